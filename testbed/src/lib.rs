@@ -1,0 +1,3 @@
+//! The testbed: scenario files in, compared reports out.
+pub mod report;
+pub mod scenario;

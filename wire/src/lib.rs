@@ -1,0 +1,245 @@
+//! Messages between the testbed (host) and the guest agent (L1 guest).
+//!
+//! Transport: the agent's dedicated serial port (`/dev/ttyS1` in the guest, a
+//! unix socket on the host), in raw mode, one JSON object per line in each
+//! direction. The host speaks first only after the agent said [`AgentMessage::Ready`].
+//!
+//! Naming: everything here uses scenario names, never kernel addresses or host
+//! IRQ numbers. Devices are `dev0`, VMs `vm0`, vectors `<device>/msi<n>` (or
+//! `msix<n>`), consumers `<vm>:<vector>`. The agent does the attribution of
+//! kernel objects to these names, because only it knows which step was running
+//! when a kernel event happened.
+//!
+//! The same [`Step`] type is what scenario files contain under `[[step]]`, so a
+//! scenario step and what the agent executes can never drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; the host refuses an agent that differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Host to agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum HostMessage {
+    /// Run one scenario; the agent answers with one `Step` per step, then `Done`.
+    Run(Job),
+    /// Sync the console and power the guest off.
+    Poweroff,
+}
+
+/// Agent to host.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AgentMessage {
+    /// Sent once, after modules are loaded and tracing is set up.
+    Ready(Ready),
+    /// Sent after each step, in step order, as soon as the step finished.
+    Step(StepReport),
+    /// The scenario finished (all steps ran, or a step failed and the rest were skipped).
+    /// The agent has torn down everything the scenario left open.
+    Done(Done),
+    /// Something outside any step went wrong (bad job, tracing broke). The agent
+    /// stays alive and waits for the next message.
+    Failed { message: String },
+}
+
+/// End of a scenario.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Done {
+    /// irqbypass activity while the agent closed what the scenario left open
+    /// (VMs, devices), so that the next scenario starts clean.
+    pub cleanup: Vec<BypassEvent>,
+    /// What went wrong during cleanup, if anything.
+    pub cleanup_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub protocol: u32,
+    pub platform: Platform,
+}
+
+/// Facts about the L1 guest that explain behaviour, read once at start.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Modules the agent loaded, in load order, e.g. `["irqbypass", "kvm", "kvm_amd", ...]`.
+    pub modules_loaded: Vec<String>,
+    /// Modules that failed to load, with the error (e.g. `kvm_intel: ENODEV`).
+    pub modules_failed: Vec<String>,
+    /// `kvm_amd` or `kvm_intel`, whichever loaded.
+    pub kvm_vendor: Option<String>,
+    /// APIC virtualization as KVM sees it: `kvm_amd.avic` or `kvm_intel.enable_apicv`.
+    pub apicv: Option<bool>,
+    /// `kvm.enable_device_posted_irqs` where the kernel has it (6.16+): whether
+    /// KVM will register irqbypass consumers at all.
+    pub device_posted_irqs: Option<bool>,
+    /// The interrupt-remapping mode the kernel reported, e.g. `intel x2apic`,
+    /// `amd`, or `None` when it is off.
+    pub irq_remapping: Option<String>,
+    /// The IOMMU reported IRQ posting support (AMD-Vi "Virtual APIC enabled",
+    /// or Intel posted-interrupt capability).
+    pub irq_posting: bool,
+}
+
+/// One scenario, resolved: device addresses are known.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub scenario: String,
+    pub devices: Vec<JobDevice>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobDevice {
+    /// Scenario name, e.g. `dev0`.
+    pub name: String,
+    pub model: DeviceModel,
+    /// PCI address in the guest, full form `0000:00:04.0`, resolved by the host through QMP.
+    pub bdf: String,
+}
+
+/// Device models the agent knows how to drive.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceModel {
+    /// QEMU's `edu`: one MSI vector, raised by a write to BAR0+0x60, acked at BAR0+0x64.
+    Edu,
+}
+
+impl DeviceModel {
+    /// The QEMU `-device` driver name.
+    pub fn qemu_driver(self) -> &'static str {
+        match self {
+            DeviceModel::Edu => "edu",
+        }
+    }
+
+    /// How many MSI vectors the model offers.
+    pub fn msi_vectors(self) -> u32 {
+        match self {
+            DeviceModel::Edu => 1,
+        }
+    }
+}
+
+/// One scenario step. Scenario files hold these under `[[step]]` with an
+/// `action` key; the agent executes them in order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Step {
+    /// Bind the device to vfio-pci, open it through VFIO (type1 container, or
+    /// no-IOMMU mode when the guest has no IOMMU) and enable bus mastering.
+    Bind { device: String },
+    /// Give the device `vectors` MSI eventfds with VFIO_DEVICE_SET_IRQS:
+    /// VFIO registers one irqbypass producer per vector.
+    EnableMsi {
+        device: String,
+        #[serde(default = "one")]
+        vectors: u32,
+    },
+    /// Disable MSI (VFIO_DEVICE_SET_IRQS with count 0): producers unregister.
+    DisableMsi { device: String },
+    /// Create a KVM VM with an in-kernel irqchip and one vCPU.
+    CreateVm { vm: String },
+    /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
+    /// with KVM_IRQFD: KVM registers an irqbypass consumer when it can post.
+    Irqfd { vm: String, vector: String },
+    /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: the consumer unregisters.
+    IrqfdDeassign { vm: String, vector: String },
+    /// Make the device raise the vector `count` times (edu: write BAR0+0x60,
+    /// then ack at BAR0+0x64), waiting for each to be signalled.
+    Fire {
+        vector: String,
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// Close the VFIO device (and its group and container): VFIO tears down its
+    /// interrupts, so producers unregister while irqfds may stay.
+    CloseDevice { device: String },
+    /// Close the VM: its irqfds go, so consumers unregister.
+    DestroyVm { vm: String },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Step {
+    /// The action name as written in scenario files.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::Bind { .. } => "bind",
+            Step::EnableMsi { .. } => "enable-msi",
+            Step::DisableMsi { .. } => "disable-msi",
+            Step::CreateVm { .. } => "create-vm",
+            Step::Irqfd { .. } => "irqfd",
+            Step::IrqfdDeassign { .. } => "irqfd-deassign",
+            Step::Fire { .. } => "fire",
+            Step::CloseDevice { .. } => "close-device",
+            Step::DestroyVm { .. } => "destroy-vm",
+        }
+    }
+}
+
+/// What happened during one step.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StepReport {
+    /// Index into `Job::steps`.
+    pub index: usize,
+    /// `None` on success; otherwise what failed, e.g. `KVM_IRQFD: EINVAL`.
+    /// Later steps are then skipped.
+    pub error: Option<String>,
+    /// irqbypass activity observed while the step ran, in kernel order.
+    pub bypass: Vec<BypassEvent>,
+    /// Interrupt accounting for `fire` steps (one entry per fired vector); empty otherwise.
+    pub interrupts: Vec<VectorCount>,
+}
+
+/// irqbypass activity, attributed to scenario names.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BypassEvent {
+    /// `irq_bypass_register_producer` returned `ret`.
+    ProducerRegistered { producer: String, ret: i64 },
+    /// `irq_bypass_unregister_producer` was called.
+    ProducerUnregistered { producer: String },
+    /// `irq_bypass_register_consumer` returned `ret`.
+    ConsumerRegistered { consumer: String, ret: i64 },
+    /// KVM_IRQFD succeeded but KVM did not call `irq_bypass_register_consumer`.
+    ConsumerNotRegistered { consumer: String },
+    /// `irq_bypass_unregister_consumer` was called.
+    ConsumerUnregistered { consumer: String },
+    /// `kvm_arch_irq_bypass_add_producer` (the connect callback) returned `ret`.
+    Connected { producer: String, consumer: String, ret: i64 },
+    /// `kvm_arch_irq_bypass_del_producer` (the disconnect callback) ran.
+    Disconnected { producer: String, consumer: String },
+}
+
+/// Where the interrupts of one vector went during a `fire` step.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VectorCount {
+    /// e.g. `dev0/msi0`.
+    pub vector: String,
+    /// How many times the agent made the device raise it.
+    pub raised: u64,
+    /// The eventfd counter read by the agent after firing, when no irqfd holds
+    /// the eventfd; `None` while KVM consumes it (then see `injected`).
+    pub signalled: Option<u64>,
+    /// Delta of the vector's line in L1 `/proc/interrupts`, summed over CPUs.
+    pub host_irq: u64,
+    /// The line's irq chip, with any device address stripped, e.g. `IR-PCI-MSI`.
+    pub host_chip: Option<String>,
+    /// KVM MSI injections for this vector's route (`kvm_msi_set_irq` trace
+    /// events with the route's address and data).
+    pub injected: u64,
+}
