@@ -1,1 +1,125 @@
-//! placeholder
+//! Kernels and initramfs images for the irqbypass testbed.
+//!
+//! - [`resolve_kernel`] turns a [`KernelSpec`] (`debian:7.2`, `debian:6.12.107`,
+//!   `path:/boot/vmlinuz-x[,modules=DIR]`) into a [`Kernel`]: a bzImage plus its
+//!   modules directory. Debian kernels are fetched with `apt-get download`
+//!   through a private apt state kept in the [`Cache`] (the system's apt state
+//!   is never touched) and unpacked with `dpkg-deb -x`; nothing is installed.
+//! - [`build_initramfs`] writes a newc cpio with busybox, the guest agent, an
+//!   `/init` script and the dependency closure of the requested modules.
+//!
+//! Everything lands in a content-addressed [`Cache`]; entries are built in a
+//! temporary directory inside the cache and renamed into place, so an
+//! interrupted run never leaves a half entry behind.
+
+mod apt;
+mod cache;
+pub mod cpio;
+mod debver;
+mod initramfs;
+mod kernel;
+mod modules;
+mod spec;
+
+use std::path::PathBuf;
+
+pub use apt::{archive_uri_from_deb822, archive_uri_from_one_line, DebPackage, DebianKernel};
+pub use cache::Cache;
+pub use debver::compare_debian_versions;
+pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
+pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
+pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
+pub use spec::{KernelSpec, KernelVersion, VersionReq};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("bad kernel spec {spec:?}: {why}")]
+    BadKernelSpec { spec: String, why: String },
+    #[error("no debian kernel matches {spec}; nearest available: {}", nearest_list(.nearest))]
+    UnknownKernelVersion { spec: String, nearest: Vec<String> },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed: {detail}")]
+    Command { cmd: String, detail: String },
+    #[error("cannot find a debian archive in the apt sources: {0}")]
+    NoArchive(String),
+    #[error("bad bzImage {path}: {why}")]
+    BadBzImage { path: PathBuf, why: String },
+    #[error("modules directory {path} does not exist")]
+    NoModulesDir { path: PathBuf },
+    #[error("module {name} not found in {modules_dir}")]
+    ModuleNotFound { name: String, modules_dir: PathBuf },
+    #[error("module {name} (needed by {needed_by}) not found in {modules_dir}")]
+    DependencyNotFound {
+        name: String,
+        needed_by: String,
+        modules_dir: PathBuf,
+    },
+    #[error("bad module {path}: {why}")]
+    BadModule { path: PathBuf, why: String },
+    #[error("module dependency cycle through {0}")]
+    DependencyCycle(String),
+    #[error("checksum mismatch for {file}: expected {expected}, got {actual}")]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("unexpected layout of {package}: {why}")]
+    PackageLayout { package: String, why: String },
+    #[error("bad cache entry {path}: {why}")]
+    BadCacheEntry { path: PathBuf, why: String },
+}
+
+fn nearest_list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+impl ImagesError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ImagesError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Attach a path-naming context to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, what: &str, path: &std::path::Path) -> Result<T, ImagesError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: &str, path: &std::path::Path) -> Result<T, ImagesError> {
+        self.map_err(|e| ImagesError::io(format!("{what} {}", path.display()), e))
+    }
+}
+
+/// Small progress events; a CLI turns them into progress bars or log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Running `apt-get update` on the private apt state.
+    UpdatingPackageLists,
+    /// Refreshing the package lists failed; stale lists or a stale
+    /// resolution are used instead.
+    UpdateFailed { error: String },
+    /// A spec was resolved to a Debian kernel.
+    Resolved { spec: String, version: String, package: String },
+    /// A package download is under way: `done` of `total` bytes.
+    Downloading { package: String, done: u64, total: u64 },
+    /// Unpacking a package with `dpkg-deb -x`.
+    Unpacking { package: String },
+    /// Computing the module closure and writing the cpio.
+    BuildingInitramfs { modules: usize },
+    /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
+    CacheHit { what: String },
+}
