@@ -1,1 +1,137 @@
-fn main() {}
+//! `testbed-agent`: the main process of the L1 guest. Loads modules, sets up
+//! tracing, then executes the host's jobs received over `/dev/ttyS1`.
+
+mod attrib;
+mod interrupts;
+mod kvm;
+mod modules;
+mod platform;
+mod runner;
+mod serial;
+#[macro_use]
+mod sys;
+mod trace;
+mod vfio;
+
+use std::path::Path;
+use std::time::Instant;
+
+use wire::{AgentMessage, HostMessage, Platform, Ready, PROTOCOL_VERSION};
+
+const AGENT_PORT: &str = "/dev/ttyS1";
+const MODULES_ORDER: &str = "/etc/testbed/modules.order";
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("PANIC: {info}");
+        sys::log(&msg);
+        eprintln!("testbed-agent: {msg}");
+    }));
+    let t0 = Instant::now();
+    // userspace printk is rate limited by default; the console log wants all of it
+    let _ = sys::write_attr("/proc/sys/kernel/printk_devkmsg", "on\n");
+    say!("starting");
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let debug = cmdline.split_whitespace().any(|a| a == "testbed_agent.debug=1");
+    let mut platform = Platform::default();
+    let release = platform::kernel_release();
+    let moddir = Path::new("/lib/modules").join(&release);
+    let loaded = modules::load_all(Path::new(MODULES_ORDER), &moddir, &cmdline);
+    platform.modules_loaded = loaded.loaded;
+    platform.modules_failed = loaded.failed;
+    platform::collect(&mut platform);
+
+    let eventfd_arg = platform::version_of(&release) >= (6, 17);
+    let tracer = match trace::Tracer::setup(eventfd_arg) {
+        Ok(t) => {
+            say!(
+                "tracing in {}{}",
+                t.dir.display(),
+                if t.private_instance { "" } else { " (top-level buffer)" }
+            );
+            platform.tracing_failed = t.failed.clone();
+            Some(t)
+        }
+        Err(e) => {
+            platform.tracing_failed = vec![format!("tracing: {e}")];
+            None
+        }
+    };
+    for f in &platform.tracing_failed {
+        say!("tracing problem: {f}");
+    }
+
+    let mut port = loop {
+        match serial::Port::open(AGENT_PORT) {
+            Ok(p) => break p,
+            Err(e) => {
+                say!("open {AGENT_PORT}: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    let ready = AgentMessage::Ready(Ready { protocol: PROTOCOL_VERSION, platform });
+    if let Err(e) = port.send(&ready) {
+        say!("sending ready: {e}");
+    }
+    say!("ready after {} ms of agent time", t0.elapsed().as_millis());
+
+    let mut runner = runner::Runner::new(tracer, debug);
+    loop {
+        let line = match port.read_line() {
+            Ok(l) => l,
+            Err(e) => {
+                // a broken port: reopen it rather than spin
+                say!("reading {AGENT_PORT}: {e}; reopening");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if let Ok(p) = serial::Port::open(AGENT_PORT) {
+                    port = p;
+                }
+                continue;
+            }
+        };
+        let msg: HostMessage = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = port.send(&AgentMessage::Failed { message: format!("bad message: {e}") });
+                continue;
+            }
+        };
+        match msg {
+            HostMessage::Poweroff => {
+                say!("power off");
+                // SAFETY: plain syscalls.
+                unsafe {
+                    libc::sync();
+                    libc::reboot(libc::RB_POWER_OFF);
+                }
+                // not PID 1 or not permitted: just leave
+                std::process::exit(0);
+            }
+            HostMessage::Run(job) => {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut send_err = None;
+                    let done = runner.run(&job, &mut |msg| {
+                        if let Err(e) = port.send(&msg) {
+                            send_err = Some(e);
+                        }
+                    });
+                    if let Some(e) = send_err {
+                        say!("sending step report: {e}");
+                    }
+                    done
+                }));
+                let msg = match result {
+                    Ok(done) => AgentMessage::Done(done),
+                    Err(_) => AgentMessage::Failed {
+                        message: format!("agent panicked while running {}", job.scenario),
+                    },
+                };
+                if let Err(e) = port.send(&msg) {
+                    say!("sending done: {e}");
+                }
+            }
+        }
+    }
+}

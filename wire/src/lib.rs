@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change; the host refuses an agent that differs.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Longest the agent stays silent while a step runs.
+pub const HEARTBEAT_SECS: u64 = 2;
+
 /// Host to agent.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -36,6 +39,10 @@ pub enum AgentMessage {
     Ready(Ready),
     /// Sent after each step, in step order, as soon as the step finished.
     Step(StepReport),
+    /// The agent is still busy with step `index`; sent at least every
+    /// [`HEARTBEAT_SECS`] during a long step, so the host can tell a slow
+    /// step from a hung guest.
+    Progress { index: usize },
     /// The scenario finished (all steps ran, or a step failed and the rest were skipped).
     /// The agent has torn down everything the scenario left open.
     Done(Done),
@@ -85,6 +92,11 @@ pub struct Platform {
     /// The IOMMU reported IRQ posting support (AMD-Vi "Virtual APIC enabled",
     /// or Intel posted-interrupt capability).
     pub irq_posting: bool,
+    /// Kprobes or trace events the agent could not place or enable, with the
+    /// reason (e.g. a symbol this kernel does not have). Empty when the agent
+    /// observes everything; otherwise bypass reports are incomplete.
+    #[serde(default)]
+    pub tracing_failed: Vec<String>,
 }
 
 /// One scenario, resolved: device addresses are known.
@@ -139,7 +151,9 @@ pub enum Step {
     /// no-IOMMU mode when the guest has no IOMMU) and enable bus mastering.
     Bind { device: String },
     /// Give the device `vectors` MSI eventfds with VFIO_DEVICE_SET_IRQS:
-    /// VFIO registers one irqbypass producer per vector.
+    /// VFIO registers one irqbypass producer per vector. A vector's eventfd
+    /// belongs to the vector, not to this step: one an earlier `irqfd` made
+    /// is reused, so the consumer can come first.
     EnableMsi {
         device: String,
         #[serde(default = "one")]
@@ -151,6 +165,8 @@ pub enum Step {
     CreateVm { vm: String },
     /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
     /// with KVM_IRQFD: KVM registers an irqbypass consumer when it can post.
+    /// The device must be bound; its MSI need not be enabled yet (the eventfd
+    /// is made here if no `enable-msi` made it before).
     Irqfd { vm: String, vector: String },
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: the consumer unregisters.
     IrqfdDeassign { vm: String, vector: String },

@@ -1,0 +1,157 @@
+//! Facts about the L1 guest for `wire::Platform`.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::sys::{parse_bool_param, read_trim};
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates the field.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// (major, minor) of a release string like `7.2.13+deb14-amd64`.
+pub fn version_of(release: &str) -> (u32, u32) {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// The kernel log so far, message texts only (non-blocking /dev/kmsg read).
+pub fn kernel_log() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return out;
+    };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "pri,seq,ts,flags;message\n continuation lines"
+                let first = rec.lines().next().unwrap_or("");
+                if let Some((_, msg)) = first.split_once(';') {
+                    out.push(msg.to_string());
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // overwritten records
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Interrupt remapping mode and posting support from kernel log lines.
+pub fn remapping_from_log(log: &[String]) -> (Option<String>, bool) {
+    let mut mode = None;
+    let mut amd = false;
+    let mut amd_x2apic = false;
+    let mut posting = false;
+    for l in log {
+        if l.contains("DMAR-IR: Enabled IRQ remapping in x2apic mode") {
+            mode = Some("intel x2apic".to_string());
+        } else if l.contains("DMAR-IR: Enabled IRQ remapping in xapic mode") {
+            mode = Some("intel xapic".to_string());
+        } else if l.contains("AMD-Vi: Interrupt remapping enabled") {
+            amd = true;
+        } else if l.contains("AMD-Vi: X2APIC enabled") {
+            amd_x2apic = true;
+        } else if l.contains("AMD-Vi: Virtual APIC enabled") {
+            posting = true;
+        }
+    }
+    if amd {
+        mode = Some(if amd_x2apic { "amd x2apic" } else { "amd" }.to_string());
+    }
+    (mode, posting)
+}
+
+/// Intel: VT-d posted interrupts are capability bit 59 (no log line says so).
+pub fn intel_posting_cap() -> bool {
+    let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else { return false };
+    rd.flatten().any(|e| {
+        read_trim(e.path().join("intel-iommu/cap"))
+            .and_then(|c| u64::from_str_radix(&c, 16).ok())
+            .is_some_and(|c| c & (1 << 59) != 0)
+    })
+}
+
+/// Fill everything but the module lists.
+pub fn collect(p: &mut wire::Platform) {
+    p.kernel_release = kernel_release();
+    let vendor = ["kvm_amd", "kvm_intel"]
+        .into_iter()
+        .find(|m| Path::new("/sys/module").join(m).join("parameters").exists());
+    p.kvm_vendor = vendor.map(str::to_string);
+    p.apicv = match vendor {
+        Some("kvm_amd") => read_trim("/sys/module/kvm_amd/parameters/avic"),
+        Some(_) => read_trim("/sys/module/kvm_intel/parameters/enable_apicv"),
+        None => None,
+    }
+    .and_then(|s| parse_bool_param(&s));
+    // 7.x has it per vendor module; some versions in kvm itself
+    let mut dpi = read_trim("/sys/module/kvm/parameters/enable_device_posted_irqs");
+    if dpi.is_none() {
+        if let Some(v) = vendor {
+            dpi = read_trim(format!("/sys/module/{v}/parameters/enable_device_posted_irqs"));
+        }
+    }
+    p.device_posted_irqs = dpi.and_then(|s| parse_bool_param(&s));
+    let (mode, amd_posting) = remapping_from_log(&kernel_log());
+    let intel = mode.as_deref().is_some_and(|m| m.starts_with("intel"));
+    p.irq_posting = amd_posting || (intel && intel_posting_cap());
+    p.irq_remapping = mode;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_of("7.2.13+deb14-amd64"), (7, 2));
+        assert_eq!(version_of("6.17.0-rc3"), (6, 17));
+        assert_eq!(version_of("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn remapping_modes() {
+        assert_eq!(
+            remapping_from_log(&v(&["DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0",
+                "DMAR-IR: Enabled IRQ remapping in x2apic mode"])),
+            (Some("intel x2apic".into()), false)
+        );
+        assert_eq!(
+            remapping_from_log(&v(&["AMD-Vi: Extended features (0x29d7, 0x0): PreF PPR X2APIC GT IA GA HE",
+                "AMD-Vi: Interrupt remapping enabled", "AMD-Vi: X2APIC enabled"])),
+            (Some("amd x2apic".into()), false)
+        );
+        assert_eq!(
+            remapping_from_log(&v(&["AMD-Vi: Interrupt remapping enabled", "AMD-Vi: Virtual APIC enabled"])),
+            (Some("amd".into()), true)
+        );
+        assert_eq!(remapping_from_log(&v(&["x2apic enabled"])), (None, false));
+    }
+}

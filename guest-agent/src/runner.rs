@@ -1,0 +1,440 @@
+//! Executes a job's steps and observes what irqbypass and KVM did.
+
+use std::collections::HashMap;
+use std::os::unix::io::AsRawFd;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use wire::{AgentMessage, BypassEvent, DeviceModel, Done, Job, JobDevice, Step, StepReport, VectorCount};
+
+use crate::attrib::{Attributor, StepNames};
+use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
+use crate::kvm::Vm;
+use crate::say;
+use crate::sys::errstr;
+use crate::trace::{KEvent, TraceRecord, Tracer};
+use crate::vfio::{bind_vfio_pci, VfioDevice};
+
+/// edu: a write here raises the MSI (irq_status |= value).
+const EDU_IRQ_RAISE: u64 = 0x60;
+/// edu: a write here acks (irq_status &= ~value).
+const EDU_IRQ_ACK: u64 = 0x64;
+/// First MSI vector number the agent hands out; one per route, job-wide.
+const FIRST_VECTOR: u8 = 0x40;
+/// How long one raised interrupt may take to be accounted.
+const FIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Vector {
+    eventfd: EventFd,
+}
+
+/// What a job has open.
+#[derive(Default)]
+struct JobState {
+    devices: HashMap<String, JobDevice>,
+    open: Vec<(String, VfioDevice)>,
+    vectors: HashMap<String, Vector>,
+    vms: Vec<(String, Vm)>,
+    next_vector: u16,
+}
+
+impl JobState {
+    fn device(&self, name: &str) -> Result<&VfioDevice, String> {
+        self.open
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| format!("device {name} is not open (no bind step?)"))
+    }
+
+    fn vm(&mut self, name: &str) -> Result<&mut Vm, String> {
+        self.vms
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!("no VM named {name}"))
+    }
+}
+
+/// `dev0/msi3` -> (`dev0`, `msi`, 3).
+pub fn parse_vector(name: &str) -> Result<(&str, &str, u32), String> {
+    let bad = || format!("bad vector name {name:?} (expected <device>/msi<n> or <device>/msix<n>)");
+    let (dev, v) = name.split_once('/').ok_or_else(bad)?;
+    let (kind, idx) = if let Some(i) = v.strip_prefix("msix") {
+        ("msix", i)
+    } else if let Some(i) = v.strip_prefix("msi") {
+        ("msi", i)
+    } else {
+        return Err(bad());
+    };
+    if dev.is_empty() {
+        return Err(bad());
+    }
+    Ok((dev, kind, idx.parse().map_err(|_| bad())?))
+}
+
+/// The agent's long-lived state between jobs.
+pub struct Runner {
+    pub tracer: Option<Tracer>,
+    attrib: Attributor,
+    /// Log raw trace lines to the console.
+    pub debug: bool,
+    /// Trace records of the running step.
+    acc: Vec<TraceRecord>,
+    /// When the host last heard from us during a job.
+    last_sent: Instant,
+}
+
+impl Runner {
+    pub fn new(tracer: Option<Tracer>, debug: bool) -> Runner {
+        Runner { tracer, attrib: Attributor::default(), debug, acc: Vec::new(), last_sent: Instant::now() }
+    }
+
+    fn mark(&mut self) {
+        self.acc.clear();
+        if let Some(t) = self.tracer.as_mut() {
+            t.mark();
+        }
+    }
+
+    fn poll_trace(&mut self) {
+        if let Some(t) = self.tracer.as_mut() {
+            let lines = t.drain_lines();
+            for l in &lines {
+                if self.debug {
+                    say!("trace: {}", l.trim());
+                }
+                if let Some(r) = crate::trace::parse_line(l) {
+                    self.acc.push(r);
+                }
+            }
+        }
+    }
+
+    fn injected(&self, vectors: &[u8]) -> u64 {
+        self.acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::Msi { vec, .. } if vectors.iter().any(|v| u32::from(*v) == vec)))
+            .count() as u64
+    }
+
+    /// Tell the host a long step is still running (`wire::HEARTBEAT_SECS`).
+    fn heartbeat(&mut self, index: usize, send: &mut dyn FnMut(AgentMessage)) {
+        if self.last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+            send(AgentMessage::Progress { index });
+            self.last_sent = Instant::now();
+        }
+    }
+
+    /// Run a job, calling `send` with each step report (and progress during
+    /// long steps); returns the Done message.
+    pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage)) -> Done {
+        self.last_sent = Instant::now();
+        self.attrib.reset();
+        let mut st = JobState {
+            devices: job.devices.iter().map(|d| (d.name.clone(), d.clone())).collect(),
+            ..Default::default()
+        };
+        say!("job {}: {} steps", job.scenario, job.steps.len());
+        let mut failed = false;
+        for (index, step) in job.steps.iter().enumerate() {
+            if failed {
+                break;
+            }
+            let rep = self.step(&mut st, index, step, send);
+            say!(
+                "step {index} {}: {}",
+                step.action(),
+                rep.error.as_deref().unwrap_or("ok")
+            );
+            failed = rep.error.is_some();
+            send(AgentMessage::Step(rep));
+            self.last_sent = Instant::now();
+        }
+        // cleanup: VMs first, then devices, then the eventfds
+        self.mark();
+        let vms = std::mem::take(&mut st.vms);
+        for (name, vm) in vms {
+            say!("cleanup: destroy {name}");
+            drop(vm);
+        }
+        let open = std::mem::take(&mut st.open);
+        for (name, dev) in open {
+            say!("cleanup: close {name}");
+            drop(dev);
+        }
+        st.vectors.clear();
+        self.poll_trace();
+        let obs = self.attrib.process(&self.acc, &StepNames::default());
+        let cleanup_error = (obs.lost > 0).then(|| format!("trace lost {} events", obs.lost));
+        say!("job {} done", job.scenario);
+        Done { cleanup: obs.events, cleanup_error }
+    }
+
+    fn step(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        step: &Step,
+        send: &mut dyn FnMut(AgentMessage),
+    ) -> StepReport {
+        self.mark();
+        let mut names = StepNames::default();
+        let mut irqfd_ok = None;
+        let mut interrupts = Vec::new();
+        let result = match step {
+            Step::Bind { device } => self.bind(st, device),
+            Step::EnableMsi { device, vectors } => {
+                names.producers = (0..*vectors).map(|i| format!("{device}/msi{i}")).collect();
+                self.enable_msi(st, device, *vectors)
+            }
+            Step::DisableMsi { device } => st.device(device).and_then(|d| d.set_msi(&[])),
+            Step::CreateVm { vm } => {
+                if st.vms.iter().any(|(n, _)| n == vm) {
+                    Err(format!("VM {vm} already exists"))
+                } else {
+                    Vm::create().map(|v| st.vms.push((vm.clone(), v)))
+                }
+            }
+            Step::Irqfd { vm, vector } => {
+                names.consumer = Some(format!("{vm}:{vector}"));
+                let r = self.irqfd(st, vm, vector);
+                if r.is_ok() {
+                    irqfd_ok = names.consumer.clone();
+                }
+                r
+            }
+            Step::IrqfdDeassign { vm, vector } => {
+                match st.vectors.get(vector).map(|v| &v.eventfd) {
+                    None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
+                    Some(fd) => {
+                        let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
+                        fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
+                    }
+                }
+            }
+            Step::Fire { vector, count } => match self.fire(st, vector, *count, index, send) {
+                Ok(c) => {
+                    interrupts.push(c);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Step::CloseDevice { device } => match st.open.iter().position(|(n, _)| n == device) {
+                Some(i) => {
+                    drop(st.open.remove(i));
+                    Ok(())
+                }
+                None => Err(format!("device {device} is not open")),
+            },
+            Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
+                Some(i) => {
+                    drop(st.vms.remove(i));
+                    Ok(())
+                }
+                None => Err(format!("no VM named {vm}")),
+            },
+        };
+        self.poll_trace();
+        let obs = self.attrib.process(&self.acc, &names);
+        let mut bypass = obs.events;
+        if let Some(consumer) = irqfd_ok {
+            if obs.consumers_registered == 0 {
+                bypass.push(BypassEvent::ConsumerNotRegistered { consumer });
+            }
+        }
+        let mut error = result.err();
+        if error.is_none() && obs.lost > 0 {
+            error = Some(format!("trace lost {} events: observation incomplete", obs.lost));
+        }
+        StepReport { index, error, bypass, interrupts }
+    }
+
+    fn bind(&mut self, st: &mut JobState, device: &str) -> Result<(), String> {
+        let d = st
+            .devices
+            .get(device)
+            .ok_or_else(|| format!("unknown device {device} (not in the job's devices)"))?
+            .clone();
+        if st.open.iter().any(|(n, _)| n == device) {
+            return Err(format!("device {device} is already open"));
+        }
+        match d.model {
+            DeviceModel::Edu => {}
+        }
+        bind_vfio_pci(&d.bdf)?;
+        let dev = VfioDevice::open(&d.bdf)?;
+        say!("{device} ({}) open{}", d.bdf, if dev.noiommu { " (no-IOMMU)" } else { "" });
+        st.open.push((device.to_string(), dev));
+        Ok(())
+    }
+
+    fn enable_msi(&mut self, st: &mut JobState, device: &str, n: u32) -> Result<(), String> {
+        st.device(device)?;
+        if n == 0 {
+            return Err("enable-msi with 0 vectors".into());
+        }
+        // a vector keeps its eventfd across enable/disable, and an irqfd step
+        // may have created it first (consumer before producer)
+        for i in 0..n {
+            let name = format!("{device}/msi{i}");
+            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(name) {
+                e.insert(new_vector()?);
+            }
+        }
+        let raw: Vec<i32> = (0..n)
+            .map(|i| st.vectors[&format!("{device}/msi{i}")].eventfd.as_raw_fd())
+            .collect();
+        st.device(device)?.set_msi(&raw)
+    }
+
+    fn irqfd(&mut self, st: &mut JobState, vm: &str, vector: &str) -> Result<(), String> {
+        let (device, _, _) = parse_vector(vector)?;
+        st.device(device)?;
+        st.vm(vm)?;
+        if !st.vectors.contains_key(vector) {
+            // consumer before producer: the eventfd exists before VFIO uses it
+            st.vectors.insert(vector.to_string(), new_vector()?);
+        }
+        let fd = st.vectors[vector].eventfd.try_clone().map_err(|e| errstr("dup eventfd", &e))?;
+        let next = st.next_vector;
+        let v = st.vm(vm)?;
+        let existing = v.routes().iter().find(|r| r.source == vector).cloned();
+        let route = match existing {
+            Some(r) => r,
+            None => {
+                let vec = u16::from(FIRST_VECTOR) + next;
+                if vec > 0xfe {
+                    return Err("out of MSI vectors for routes".into());
+                }
+                let r = v.route_for(vector, vec as u8)?;
+                st.next_vector += 1;
+                r
+            }
+        };
+        st.vm(vm)?.irqfd(vector, &fd, route.gsi)
+    }
+
+    fn fire(
+        &mut self,
+        st: &mut JobState,
+        vector: &str,
+        count: u32,
+        index: usize,
+        send: &mut dyn FnMut(AgentMessage),
+    ) -> Result<VectorCount, String> {
+        let (device, kind, idx) = parse_vector(vector)?;
+        let evfd = st
+            .vectors
+            .get(vector)
+            .ok_or_else(|| format!("vector {vector} has no eventfd (no enable-msi?)"))?
+            .eventfd
+            .try_clone()
+            .map_err(|e| errstr("dup eventfd", &e))?;
+        // routes fed by this vector through an attached irqfd
+        let mut routes = Vec::new();
+        for (_, vm) in &st.vms {
+            if vm.irqfds.contains_key(vector) {
+                routes.extend(vm.routes().iter().filter(|r| r.source == vector).map(|r| r.vector));
+            }
+        }
+        let held = !routes.is_empty();
+        let dev = st.device(device)?;
+        let irq_name = vfio_irq_name(kind, idx, &dev.bdf);
+        let host_line = || {
+            std::fs::read_to_string("/proc/interrupts")
+                .ok()
+                .and_then(|t| find_line(&t, &irq_name))
+        };
+        let base = host_line().map(|l| l.count).unwrap_or(0);
+        let mut signalled = 0u64;
+        if !held {
+            // start from an empty counter
+            signalled_read(&evfd);
+        }
+        for i in 0..u64::from(count) {
+            dev.bar0_write32(EDU_IRQ_RAISE, 1)?;
+            let t0 = Instant::now();
+            loop {
+                if held {
+                    self.poll_trace();
+                    let host = host_line().map(|l| l.count).unwrap_or(0).saturating_sub(base);
+                    if host > i || self.injected(&routes) > i {
+                        break;
+                    }
+                } else {
+                    signalled += signalled_read(&evfd);
+                    if signalled > i {
+                        break;
+                    }
+                }
+                self.heartbeat(index, send);
+                if t0.elapsed() > FIRE_TIMEOUT {
+                    say!("fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}", i + 1);
+                    break;
+                }
+                if held {
+                    sleep(Duration::from_micros(500));
+                } else {
+                    poll_in(&evfd, 10);
+                }
+            }
+            dev.bar0_write32(EDU_IRQ_ACK, 1)?;
+        }
+        // let the irqfd slow path (workqueue) catch up
+        if held {
+            let t0 = Instant::now();
+            loop {
+                self.poll_trace();
+                if self.injected(&routes) >= u64::from(count) || t0.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                sleep(Duration::from_millis(1));
+            }
+        } else {
+            signalled += signalled_read(&evfd);
+        }
+        let line = host_line();
+        Ok(VectorCount {
+            vector: vector.to_string(),
+            raised: u64::from(count),
+            signalled: (!held).then_some(signalled),
+            host_irq: line.as_ref().map(|l| l.count.saturating_sub(base)).unwrap_or(0),
+            host_chip: line.map(|l| normalize_chip(&l.chip)),
+            injected: self.injected(&routes),
+        })
+    }
+}
+
+fn new_vector() -> Result<Vector, String> {
+    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map(|eventfd| Vector { eventfd })
+        .map_err(|e| errstr("eventfd", &e))
+}
+
+/// Read (and so reset) an eventfd's counter without blocking; 0 if not signalled.
+fn signalled_read(fd: &EventFd) -> u64 {
+    fd.read().unwrap_or(0)
+}
+
+fn poll_in(fd: &EventFd, ms: i32) {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_names() {
+        assert_eq!(parse_vector("dev0/msi0").unwrap(), ("dev0", "msi", 0));
+        assert_eq!(parse_vector("nic/msix12").unwrap(), ("nic", "msix", 12));
+        assert!(parse_vector("dev0").is_err());
+        assert!(parse_vector("dev0/msi").is_err());
+        assert!(parse_vector("/msi0").is_err());
+        assert!(parse_vector("dev0/intx0").is_err());
+    }
+}

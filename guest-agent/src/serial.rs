@@ -1,0 +1,161 @@
+//! The agent port: `/dev/ttyS1` in raw mode, one JSON object per line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::say;
+
+/// `struct serial_struct` from <linux/serial.h>.
+#[repr(C)]
+#[derive(Default)]
+struct SerialStruct {
+    type_: libc::c_int,
+    line: libc::c_int,
+    port: libc::c_uint,
+    irq: libc::c_int,
+    flags: libc::c_int,
+    xmit_fifo_size: libc::c_int,
+    custom_divisor: libc::c_int,
+    baud_base: libc::c_int,
+    close_delay: libc::c_ushort,
+    io_type: libc::c_char,
+    reserved_char: [libc::c_char; 1],
+    hub6: libc::c_int,
+    closing_wait: libc::c_ushort,
+    closing_wait2: libc::c_ushort,
+    iomem_base: usize,
+    iomem_reg_shift: libc::c_ushort,
+    port_high: libc::c_uint,
+    iomap_base: libc::c_ulong,
+}
+
+pub struct Port {
+    file: File,
+    buf: Vec<u8>,
+}
+
+fn open_raw(path: &str) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: termios calls on our fd with a struct we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::cfmakeraw(&mut t);
+        t.c_cflag |= libc::CLOCAL | libc::CREAD;
+        // 115200 baud (cfsetospeed does not link statically): in polling mode
+        // the 8250 driver polls faster at higher rates
+        t.c_cflag = (t.c_cflag & !libc::CBAUD) | libc::B115200;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::tcflush(fd, libc::TCIFLUSH);
+    }
+    Ok(file)
+}
+
+impl Port {
+    pub fn open(path: &str) -> io::Result<Port> {
+        let mut p = Port { file: open_raw(path)?, buf: Vec::new() };
+        if !p.drains() {
+            say!("{path} output does not drain: no UART interrupt, switching to polling");
+            p.set_polling()?;
+            // the port was shut down and restarted under us: open it afresh
+            drop(p);
+            p = Port { file: open_raw(path)?, buf: Vec::new() };
+            if !p.drains() {
+                say!("{path} still does not drain in polling mode");
+            }
+        }
+        Ok(p)
+    }
+
+    fn outq(&self) -> i32 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// The UART's interrupt may never arrive (QEMU's amd-iommu with intremap
+    /// under TCG does not deliver IO-APIC interrupts). Probe with more blank
+    /// lines than any FIFO holds and see whether they drain; if not, the
+    /// caller switches the port to the 8250 driver's polling mode (irq 0).
+    /// The host ignores blank lines.
+    fn drains(&mut self) -> bool {
+        let _ = self.file.write_all(&[b'\n'; 96]);
+        let t0 = Instant::now();
+        while self.outq() > 0 {
+            if t0.elapsed() > Duration::from_millis(300) {
+                return false;
+            }
+            sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn set_polling(&mut self) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let mut ss = SerialStruct::default();
+        // SAFETY: TIOCGSERIAL/TIOCSSERIAL read/write a serial_struct we own.
+        unsafe {
+            if libc::ioctl(fd, libc::TIOCGSERIAL, &mut ss) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            ss.irq = 0;
+            if libc::ioctl(fd, libc::TIOCSSERIAL, &ss) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn send(&mut self, msg: &wire::AgentMessage) -> io::Result<()> {
+        let mut s = serde_json::to_string(msg).map_err(io::Error::other)?;
+        s.push('\n');
+        self.file.write_all(s.as_bytes())
+    }
+
+    /// Next non-empty line (without the newline and any CR).
+    pub fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&c| c == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=nl).collect();
+                let s = String::from_utf8_lossy(&l[..l.len() - 1])
+                    .trim_matches(|c: char| c == '\r' || c.is_whitespace())
+                    .to_string();
+                if s.is_empty() {
+                    continue;
+                }
+                return Ok(s);
+            }
+            let mut b = [0u8; 4096];
+            match self.file.read(&mut b) {
+                Ok(0) => sleep(Duration::from_millis(20)), // hangup: wait for the host
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.buf.len() > 16 << 20 {
+                self.buf.clear();
+                return Err(io::Error::other("line longer than 16 MiB"));
+            }
+        }
+    }
+}

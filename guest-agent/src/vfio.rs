@@ -1,0 +1,239 @@
+//! VFIO: bind a PCI device to vfio-pci, open it through a container and
+//! group (type1 or no-IOMMU), MSI eventfds, BAR0 access.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use vfio_bindings::bindings::vfio::*;
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_val};
+use vmm_sys_util::ioctl_io_nr;
+
+use crate::sys::{errstr, last_err, write_attr};
+
+ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE as u32, VFIO_BASE);
+ioctl_io_nr!(VFIO_SET_IOMMU, VFIO_TYPE as u32, VFIO_BASE + 2);
+ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO_TYPE as u32, VFIO_BASE + 3);
+ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE as u32, VFIO_BASE + 4);
+ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE as u32, VFIO_BASE + 6);
+ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
+ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
+
+const PCI_COMMAND: u64 = 0x04;
+const PCI_COMMAND_MEMORY: u16 = 0x2;
+const PCI_COMMAND_MASTER: u16 = 0x4;
+
+fn dev_dir(bdf: &str) -> PathBuf {
+    Path::new("/sys/bus/pci/devices").join(bdf)
+}
+
+/// Current driver name of a PCI device.
+pub fn current_driver(bdf: &str) -> Option<String> {
+    std::fs::read_link(dev_dir(bdf).join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// driver_override = vfio-pci, unbind from any other driver, drivers_probe.
+pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
+    let dir = dev_dir(bdf);
+    if !dir.exists() {
+        return Err(format!("{bdf}: no such PCI device"));
+    }
+    if current_driver(bdf).as_deref() == Some("vfio-pci") {
+        return Ok(());
+    }
+    write_attr(dir.join("driver_override"), "vfio-pci")
+        .map_err(|e| errstr(&format!("{bdf}: driver_override"), &e))?;
+    if let Some(drv) = current_driver(bdf) {
+        write_attr(dir.join("driver/unbind"), bdf)
+            .map_err(|e| errstr(&format!("{bdf}: unbind from {drv}"), &e))?;
+    }
+    write_attr("/sys/bus/pci/drivers_probe", bdf)
+        .map_err(|e| errstr(&format!("{bdf}: drivers_probe"), &e))?;
+    // probing is synchronous; allow a little slack anyway
+    let t0 = Instant::now();
+    while current_driver(bdf).as_deref() != Some("vfio-pci") {
+        if t0.elapsed() > Duration::from_millis(200) {
+            let mut why = String::new();
+            if !dir.join("iommu_group").exists() {
+                why = if Path::new("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode").exists() {
+                    "; the device has no IOMMU group (no-IOMMU mode off? boot with vfio.enable_unsafe_noiommu_mode=1)".into()
+                } else {
+                    "; the device has no IOMMU group and this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU unset)".into()
+                };
+            }
+            return Err(format!(
+                "{bdf}: vfio-pci did not bind after drivers_probe (driver: {}){why}",
+                current_driver(bdf).unwrap_or_else(|| "none".into())
+            ));
+        }
+        sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Region {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// An open VFIO device. Dropping closes device, group, container in that
+/// order (field declaration order).
+pub struct VfioDevice {
+    pub bdf: String,
+    pub noiommu: bool,
+    device: File,
+    // held open for the device's lifetime; closed after it
+    #[allow(dead_code)]
+    group: File,
+    #[allow(dead_code)]
+    container: File,
+    pub config: Region,
+    pub bar0: Region,
+}
+
+fn open_rw(p: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .map_err(|e| errstr(&format!("open {}", p.display()), &e))
+}
+
+impl VfioDevice {
+    /// Open a device already bound to vfio-pci.
+    pub fn open(bdf: &str) -> Result<VfioDevice, String> {
+        let link = std::fs::read_link(dev_dir(bdf).join("iommu_group"))
+            .map_err(|e| errstr(&format!("{bdf}: iommu_group"), &e))?;
+        let group_no = link
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{bdf}: bad iommu_group link"))?;
+        let container = open_rw(Path::new("/dev/vfio/vfio"))?;
+        // SAFETY: no-argument ioctl on our container fd.
+        let api = unsafe { ioctl(&container, VFIO_GET_API_VERSION()) };
+        if api != VFIO_API_VERSION as i32 {
+            return Err(format!("VFIO_GET_API_VERSION: {api}, expected {VFIO_API_VERSION}"));
+        }
+        let plain = PathBuf::from(format!("/dev/vfio/{group_no}"));
+        let noiommu_path = PathBuf::from(format!("/dev/vfio/noiommu-{group_no}"));
+        let (group_path, noiommu) = if plain.exists() {
+            (plain, false)
+        } else if noiommu_path.exists() {
+            (noiommu_path, true)
+        } else {
+            return Err(format!(
+                "{bdf}: neither {} nor {} exists",
+                plain.display(),
+                noiommu_path.display()
+            ));
+        };
+        let group = open_rw(&group_path)?;
+        let mut status = vfio_group_status {
+            argsz: std::mem::size_of::<vfio_group_status>() as u32,
+            flags: 0,
+        };
+        // SAFETY: the kernel writes a vfio_group_status we own.
+        if unsafe { ioctl_with_mut_ref(&group, VFIO_GROUP_GET_STATUS(), &mut status) } < 0 {
+            return Err(last_err("VFIO_GROUP_GET_STATUS"));
+        }
+        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(format!("{bdf}: VFIO group {group_no} is not viable (other devices in it are bound to host drivers)"));
+        }
+        let cfd: RawFd = container.as_raw_fd();
+        // SAFETY: the kernel reads an int (the container fd).
+        if unsafe { ioctl_with_ptr(&group, VFIO_GROUP_SET_CONTAINER(), &cfd) } < 0 {
+            return Err(last_err("VFIO_GROUP_SET_CONTAINER"));
+        }
+        let iommu_type = if noiommu { VFIO_NOIOMMU_IOMMU } else { VFIO_TYPE1_IOMMU };
+        let name = if noiommu { "VFIO_SET_IOMMU(NOIOMMU)" } else { "VFIO_SET_IOMMU(TYPE1)" };
+        // SAFETY: value ioctl on our container fd.
+        if unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU(), iommu_type.into()) } < 0 {
+            return Err(last_err(name));
+        }
+        let cbdf = std::ffi::CString::new(bdf).map_err(|_| "bad bdf".to_string())?;
+        // SAFETY: the kernel reads the NUL-terminated device name.
+        let dfd = unsafe { ioctl_with_ptr(&group, VFIO_GROUP_GET_DEVICE_FD(), cbdf.as_ptr()) };
+        if dfd < 0 {
+            return Err(last_err("VFIO_GROUP_GET_DEVICE_FD"));
+        }
+        // SAFETY: the ioctl returned a new fd that we now own.
+        let device = unsafe { File::from_raw_fd(dfd) };
+        let mut d = VfioDevice {
+            bdf: bdf.to_string(),
+            noiommu,
+            device,
+            group,
+            container,
+            config: Region::default(),
+            bar0: Region::default(),
+        };
+        d.config = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        d.bar0 = d.region(VFIO_PCI_BAR0_REGION_INDEX)?;
+        if d.bar0.size == 0 {
+            return Err(format!("{bdf}: BAR0 region is empty"));
+        }
+        d.enable_bus_master()?;
+        Ok(d)
+    }
+
+    fn region(&self, index: u32) -> Result<Region, String> {
+        let mut info = vfio_region_info {
+            argsz: std::mem::size_of::<vfio_region_info>() as u32,
+            index,
+            ..Default::default()
+        };
+        // SAFETY: the kernel fills a vfio_region_info we own (argsz bounds it).
+        if unsafe { ioctl_with_mut_ref(&self.device, VFIO_DEVICE_GET_REGION_INFO(), &mut info) } < 0 {
+            return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO({index})")));
+        }
+        Ok(Region { offset: info.offset, size: info.size })
+    }
+
+    fn enable_bus_master(&self) -> Result<(), String> {
+        let mut b = [0u8; 2];
+        self.device
+            .read_exact_at(&mut b, self.config.offset + PCI_COMMAND)
+            .map_err(|e| errstr("read PCI_COMMAND", &e))?;
+        let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
+        self.device
+            .write_all_at(&cmd.to_le_bytes(), self.config.offset + PCI_COMMAND)
+            .map_err(|e| errstr("write PCI_COMMAND", &e))
+    }
+
+    /// 32-bit write into BAR0.
+    pub fn bar0_write32(&self, off: u64, val: u32) -> Result<(), String> {
+        self.device
+            .write_all_at(&val.to_le_bytes(), self.bar0.offset + off)
+            .map_err(|e| errstr(&format!("BAR0 write at {off:#x}"), &e))
+    }
+
+    /// VFIO_DEVICE_SET_IRQS on the MSI index: eventfds for vectors 0..n
+    /// (DATA_EVENTFD|ACTION_TRIGGER), or count 0 with DATA_NONE to disable.
+    pub fn set_msi(&self, fds: &[RawFd]) -> Result<(), String> {
+        // header of 5 u32 followed by the fds, as one u32 buffer
+        let mut buf: Vec<u32> = vec![0; 5 + fds.len()];
+        buf[0] = (buf.len() * 4) as u32;
+        buf[1] = if fds.is_empty() {
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+        } else {
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+        };
+        buf[2] = VFIO_PCI_MSI_IRQ_INDEX;
+        buf[3] = 0;
+        buf[4] = fds.len() as u32;
+        for (i, fd) in fds.iter().enumerate() {
+            buf[5 + i] = *fd as u32;
+        }
+        // SAFETY: the kernel reads argsz bytes from our buffer.
+        if unsafe { ioctl_with_ptr(&self.device, VFIO_DEVICE_SET_IRQS(), buf.as_ptr()) } < 0 {
+            return Err(last_err("VFIO_DEVICE_SET_IRQS"));
+        }
+        Ok(())
+    }
+}
