@@ -1,1 +1,1018 @@
-//! placeholder
+//! Scenario files: strict TOML, checked statically before any QEMU starts.
+//!
+//! A scenario file declares devices (`[[device]]`), the steps the guest agent
+//! runs (`[[step]]`, exactly [`wire::Step`]) and what the report must show
+//! (`[[expect]]`, [`Expectation`]). The scenario's name is the file stem.
+//!
+//! Loading is strict: unknown keys are errors, and the steps are simulated to
+//! catch use of undeclared devices, vectors that are not enabled, irqfds on VMs
+//! that do not exist, anything used after it was closed, and so on. Every error
+//! names the file, line and column, e.g.
+//! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use wire::{DeviceModel, Step};
+
+/// Largest `count` a `fire` step may ask for.
+pub const MAX_FIRE_COUNT: u32 = 1_000_000;
+
+/// Longest device or VM name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A loaded and validated scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// The file stem, e.g. `edu-producer-first`.
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    /// Run in its own L1 boot instead of sharing one with other scenarios.
+    pub fresh_boot: bool,
+    pub devices: Vec<ScenarioDevice>,
+    pub steps: Vec<Step>,
+    pub expect: Vec<Expectation>,
+}
+
+/// A `[[device]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioDevice {
+    /// Scenario name, e.g. `dev0`.
+    pub name: String,
+    pub model: DeviceModel,
+    /// A fixed guest PCI address (`0000:00:05.0`); the runner then pins the
+    /// device there with `addr=`. Otherwise the address is resolved at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bdf: Option<String>,
+}
+
+/// An `[[expect]]` table: a property the report must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Expectation {
+    /// For every fired vector: raised == host_irq, and raised == injected
+    /// where an irqfd held the vector, or signalled == raised where none did.
+    Lossless,
+    /// `connected` only between a registered producer and a registered consumer
+    /// of the same vector; every connection is disconnected before or when
+    /// either end unregisters; after cleanup nothing is registered or connected.
+    Pairing,
+    /// The vector's producer registered with ret 0.
+    ProducerRegistered { vector: String },
+    /// KVM registered the consumer for `vm`'s irqfd on `vector` with ret 0.
+    ConsumerRegistered { vm: String, vector: String },
+    /// The producer of `vector` connected to `vm`'s consumer with ret 0.
+    Connected { vm: String, vector: String },
+    /// Where the platform can post, the consumer registers and connects;
+    /// elsewhere it does not register and no connection forms.
+    ConnectedIffPosting { vm: String, vector: String },
+}
+
+impl Expectation {
+    /// The `check` name as written in scenario files.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Expectation::Lossless => "lossless",
+            Expectation::Pairing => "pairing",
+            Expectation::ProducerRegistered { .. } => "producer-registered",
+            Expectation::ConsumerRegistered { .. } => "consumer-registered",
+            Expectation::Connected { .. } => "connected",
+            Expectation::ConnectedIffPosting { .. } => "connected-iff-posting",
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    /// `check` followed by its arguments, e.g. `connected vm0 dev0/msi0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.check())?;
+        match self {
+            Expectation::Lossless | Expectation::Pairing => Ok(()),
+            Expectation::ProducerRegistered { vector } => write!(f, " {vector}"),
+            Expectation::ConsumerRegistered { vm, vector }
+            | Expectation::Connected { vm, vector }
+            | Expectation::ConnectedIffPosting { vm, vector } => write!(f, " {vm} {vector}"),
+        }
+    }
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A syntax, type or semantic error at a position in the file.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: scenario name {name:?} also used by {}", path.display(), other.display())]
+    DuplicateName {
+        name: String,
+        path: PathBuf,
+        other: PathBuf,
+    },
+    #[error("{}: not a .toml file or a directory", path.display())]
+    NotAScenario { path: PathBuf },
+    #[error("{}: no scenario files (*.toml) in this directory", path.display())]
+    EmptyDirectory { path: PathBuf },
+}
+
+/// Load and validate one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Load scenario files; directories expand to their `*.toml` files sorted by
+/// name (not recursive). Two scenarios with the same name are an error.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Scenario>, ScenarioError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|source| ScenarioError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| ScenarioError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|source| ScenarioError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+                    found.push(p);
+                }
+            }
+            if found.is_empty() {
+                return Err(ScenarioError::EmptyDirectory { path: path.clone() });
+            }
+            found.sort();
+            files.extend(found);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path.clone());
+        } else {
+            return Err(ScenarioError::NotAScenario { path: path.clone() });
+        }
+    }
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        let scenario = load(&file)?;
+        if let Some(other) = seen.get(&scenario.name) {
+            return Err(ScenarioError::DuplicateName {
+                name: scenario.name,
+                path: file,
+                other: other.clone(),
+            });
+        }
+        seen.insert(scenario.name.clone(), file);
+        out.push(scenario);
+    }
+    Ok(out)
+}
+
+impl Scenario {
+    /// The job the guest agent runs, with device addresses resolved by the
+    /// host (`bdfs`: device name to full BDF). A device missing from `bdfs`
+    /// falls back to its fixed `bdf`, or an empty string.
+    pub fn job(&self, bdfs: &HashMap<String, String>) -> wire::Job {
+        wire::Job {
+            scenario: self.name.clone(),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| wire::JobDevice {
+                    name: d.name.clone(),
+                    model: d.model,
+                    bdf: bdfs
+                        .get(&d.name)
+                        .cloned()
+                        .or_else(|| d.bdf.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            steps: self.steps.clone(),
+        }
+    }
+
+    /// The device a vector such as `dev0/msi0` belongs to.
+    pub fn device_of_vector(&self, vector: &str) -> Option<&ScenarioDevice> {
+        let (dev, _) = vector.split_once('/')?;
+        self.devices.iter().find(|d| d.name == dev)
+    }
+}
+
+/// Parse and validate scenario text; `path` names the file in errors and gives
+/// the scenario its name.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let src = Source { path, text };
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    if !valid_scenario_name(&name) {
+        return Err(src.error(
+            0..0,
+            format!(
+                "bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"
+            ),
+        ));
+    }
+    let raw: RawScenario =
+        toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
+
+    let description = raw.description.get_ref().trim().to_string();
+    if description.is_empty() {
+        return Err(src.error(raw.description.span(), "description is empty".into()));
+    }
+
+    let mut checker = Checker::new(&src);
+    for dev in &raw.devices {
+        checker.declare_device(dev)?;
+    }
+    if raw.steps.is_empty() {
+        return Err(src.error(text.len()..text.len(), "no [[step]] tables".into()));
+    }
+    // Steps and expectations are internally tagged enums: serde buffers them,
+    // which loses toml's positions, and it ignores extra keys on unit variants.
+    // So each table is converted on its own, with its own position.
+    let steps: Vec<Spanned<Step>> = raw
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| src.typed("step", i + 1, "action", t))
+        .collect::<Result<_, _>>()?;
+    let expect: Vec<Spanned<Expectation>> = raw
+        .expect
+        .iter()
+        .enumerate()
+        .map(|(i, t)| src.typed("expect", i + 1, "check", t))
+        .collect::<Result<_, _>>()?;
+    for (i, step) in steps.iter().enumerate() {
+        checker.step(i, step)?;
+    }
+    for (i, exp) in expect.iter().enumerate() {
+        checker.expectation(i, exp)?;
+    }
+
+    Ok(Scenario {
+        name,
+        path: path.to_path_buf(),
+        description,
+        fresh_boot: raw.fresh_boot,
+        devices: raw.devices.into_iter().map(Spanned::into_inner).collect(),
+        steps: steps.into_iter().map(Spanned::into_inner).collect(),
+        expect: expect.into_iter().map(Spanned::into_inner).collect(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: Spanned<String>,
+    #[serde(default)]
+    fresh_boot: bool,
+    #[serde(default, rename = "device")]
+    devices: Vec<Spanned<ScenarioDevice>>,
+    #[serde(default, rename = "step")]
+    steps: Vec<Spanned<toml::Table>>,
+    #[serde(default, rename = "expect")]
+    expect: Vec<Spanned<toml::Table>>,
+}
+
+fn valid_scenario_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Device and VM names: a lowercase letter, then lowercase letters, digits,
+/// `-` or `_` (so they never clash with the `/` and `:` of vector and consumer names).
+fn name_problem(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Some("empty name".into()),
+        Some(c) if !c.is_ascii_lowercase() => {
+            return Some(format!(
+                "bad name {name:?}: must start with a lowercase letter"
+            ))
+        }
+        _ => {}
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some(format!(
+            "bad name {name:?}: longer than {MAX_NAME_LEN} characters"
+        ));
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+        return Some(format!(
+            "bad name {name:?}: use lowercase letters, digits, '-' and '_'"
+        ));
+    }
+    None
+}
+
+/// A full PCI address: `0000:00:05.0`.
+fn valid_bdf(bdf: &str) -> bool {
+    let b = bdf.as_bytes();
+    let hex = |r: Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+        && u8::from_str_radix(&bdf[8..10], 16).is_ok_and(|d| d < 32)
+}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Range<usize>, message: String) -> ScenarioError {
+        let (line, column) = line_col(self.text, span.start);
+        ScenarioError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// The span of `key = ...` inside the table at `span`, or the table itself.
+    fn key_span(&self, span: &Range<usize>, key: &str) -> Range<usize> {
+        let extent = self.table_extent(span);
+        let body = &self.text[extent.clone()];
+        let mut offset = extent.start;
+        for line in body.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                let rest = rest.trim_start();
+                if rest.starts_with('=') {
+                    let at = offset + (line.len() - trimmed.len());
+                    return at..at + trimmed.trim_end().len();
+                }
+            }
+            offset += line.len();
+        }
+        // inline tables: `{ action = "bind", device = "dev0" }`
+        if let Some(pos) = find_inline_key(body, key) {
+            return extent.start + pos..extent.start + pos + key.len();
+        }
+        span.clone()
+    }
+
+    /// Whether the span is an array-of-tables header like `[[step]]`.
+    fn header_at(&self, span: &Range<usize>) -> Option<String> {
+        let start = span.start.min(self.text.len());
+        let end = span.end.min(self.text.len()).max(start);
+        let h: String = self.text[start..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        h.strip_prefix("[[")
+            .and_then(|h| h.strip_suffix("]]"))
+            .map(str::to_string)
+    }
+
+    /// The text a table covers: for a `[[x]]` header, up to the next header.
+    fn table_extent(&self, span: &Range<usize>) -> Range<usize> {
+        let start = span.start.min(self.text.len());
+        let mut end = span.end.min(self.text.len()).max(start);
+        if self.header_at(span).is_some() {
+            let header_end = end;
+            for line in self.text[header_end..].split_inclusive('\n') {
+                if end != header_end && line.trim_start().starts_with('[') {
+                    break;
+                }
+                end += line.len();
+            }
+        }
+        start..end
+    }
+
+    /// Which `[[name]]` entry a header span is (1-based).
+    fn header_index(&self, span: &Range<usize>, name: &str) -> usize {
+        let mut n = 0;
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            if offset > span.start {
+                break;
+            }
+            let h: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            let h = h.split('#').next().unwrap_or_default();
+            if h == format!("[[{name}]]") {
+                n += 1;
+            }
+            offset += line.len();
+        }
+        n
+    }
+
+    /// The string value of `key` in the table at `span`, when written simply.
+    fn string_value(&self, span: &Range<usize>, key: &str) -> Option<String> {
+        let at = self.key_span(span, key);
+        let text = self.text.get(at)?;
+        let value = text
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
+        let value = value.strip_prefix('"')?;
+        Some(value[..value.find('"')?].to_string())
+    }
+
+    /// Make a toml error more precise: name the `[[step]]` (etc.) entry it
+    /// is in and point at the offending key where the message names one.
+    fn toml_error(&self, span: Option<Range<usize>>, message: &str) -> ScenarioError {
+        let message = message.trim().trim_end_matches('.').to_string();
+        let Some(span) = span else {
+            return self.error(0..0, message);
+        };
+        let Some(header) = self.header_at(&span) else {
+            return self.error(span, message);
+        };
+        let n = self.header_index(&span, &header);
+        let tag = match header.as_str() {
+            "device" => self.string_value(&span, "name"),
+            _ => None,
+        };
+        let context = match tag {
+            Some(tag) => format!("{header} {n} ({tag:?})"),
+            None => format!("{header} {n}"),
+        };
+        let at = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(|key| self.key_span(&span, key))
+            .unwrap_or(span);
+        self.error(at, format!("{context}: {message}"))
+    }
+
+    /// Convert one `[[what]]` table (internally tagged by `tag`) to `T`,
+    /// rejecting keys `T` does not have, with errors at the right place.
+    fn typed<T>(
+        &self,
+        what: &str,
+        n: usize,
+        tag: &str,
+        table: &Spanned<toml::Table>,
+    ) -> Result<Spanned<T>, ScenarioError>
+    where
+        T: serde::de::DeserializeOwned + Serialize,
+    {
+        let span = table.span();
+        let t = table.get_ref();
+        let context = match t.get(tag).and_then(toml::Value::as_str) {
+            Some(name) => format!("{what} {n} ({name})"),
+            None => format!("{what} {n}"),
+        };
+        let at = |key: &str, message: String| {
+            self.error(self.key_span(&span, key), format!("{context}: {message}"))
+        };
+        let value: T = match toml::Value::Table(t.clone()).try_into() {
+            Ok(v) => v,
+            Err(e) => {
+                let message = e.message().trim().trim_end_matches('.').to_string();
+                if let Some(key) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+                {
+                    return Err(at(key, message.clone()));
+                }
+                if message.starts_with("unknown variant") {
+                    return Err(at(tag, message));
+                }
+                let unexpected = message
+                    .strip_prefix("invalid type: ")
+                    .or_else(|| message.strip_prefix("invalid value: "));
+                if let Some(unexpected) = unexpected {
+                    let keys: Vec<&String> = t
+                        .iter()
+                        .filter(|(_, v)| unexpected.starts_with(&describe(v)))
+                        .map(|(k, _)| k)
+                        .collect();
+                    if let [key] = keys[..] {
+                        return Err(at(key, format!("{key}: {message}")));
+                    }
+                }
+                return Err(self.error(span, format!("{context}: {message}")));
+            }
+        };
+        // Keys serde accepted without using them (unit variants of internally
+        // tagged enums ignore extra keys even with deny_unknown_fields).
+        let back = toml::Value::try_from(&value)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default();
+        if let Some(key) = t.keys().find(|k| !back.contains_key(*k)) {
+            let known: Vec<String> = back
+                .keys()
+                .filter(|k| *k != tag)
+                .map(|k| format!("`{k}`"))
+                .collect();
+            let expected = if known.is_empty() {
+                "expected no other field".to_string()
+            } else {
+                format!("expected {}", known.join(", "))
+            };
+            return Err(at(key, format!("unknown field `{key}`, {expected}")));
+        }
+        Ok(Spanned::new(span, value))
+    }
+}
+
+/// How serde describes an unexpected toml value, e.g. ``integer `-1` ``.
+fn describe(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("string {s:?}"),
+        toml::Value::Integer(i) => format!("integer `{i}`"),
+        toml::Value::Float(f) => format!("floating point `{f}`"),
+        toml::Value::Boolean(b) => format!("boolean `{b}`"),
+        toml::Value::Datetime(_) => "datetime".into(),
+        toml::Value::Array(_) => "sequence".into(),
+        toml::Value::Table(_) => "map".into(),
+    }
+}
+
+fn find_inline_key(body: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(pos) = body[from..].find(key) {
+        let at = from + pos;
+        let prev_ok =
+            at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
+        let after = body[at + key.len()..].trim_start();
+        if prev_ok && after.starts_with('=') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DevState {
+    Declared,
+    Bound,
+    /// MSI enabled with this many vectors, at this step (1-based).
+    Msi {
+        vectors: u32,
+        step: usize,
+    },
+    Closed {
+        step: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmState {
+    Live,
+    Destroyed { step: usize },
+}
+
+struct DevInfo {
+    model: DeviceModel,
+    state: DevState,
+    /// Highest vector count any enable-msi asked for.
+    ever_enabled: u32,
+}
+
+/// Simulates the steps' state to find mistakes before anything runs.
+struct Checker<'s, 'a> {
+    src: &'s Source<'a>,
+    devices: BTreeMap<String, DevInfo>,
+    /// Fixed addresses: bdf -> device.
+    bdfs: BTreeMap<String, String>,
+    vms: BTreeMap<String, VmState>,
+    /// Attached irqfds: (vm, vector) -> step that attached it.
+    irqfds: BTreeMap<(String, String), usize>,
+    /// Every (vm, vector) that some irqfd step attached.
+    ever_attached: BTreeMap<(String, String), usize>,
+    /// Whether any step fires.
+    fired: bool,
+    /// Where the current table is, for errors.
+    span: Range<usize>,
+    context: String,
+}
+
+impl<'s, 'a> Checker<'s, 'a> {
+    fn new(src: &'s Source<'a>) -> Self {
+        Checker {
+            src,
+            devices: BTreeMap::new(),
+            bdfs: BTreeMap::new(),
+            vms: BTreeMap::new(),
+            irqfds: BTreeMap::new(),
+            ever_attached: BTreeMap::new(),
+            fired: false,
+            span: 0..0,
+            context: String::new(),
+        }
+    }
+
+    /// An error at `key` of the current table (or the table, for "").
+    fn err(&self, key: &str, message: String) -> ScenarioError {
+        let span = if key.is_empty() {
+            self.span.clone()
+        } else {
+            self.src.key_span(&self.span, key)
+        };
+        self.src.error(span, format!("{}: {message}", self.context))
+    }
+
+    fn declare_device(&mut self, dev: &Spanned<ScenarioDevice>) -> Result<(), ScenarioError> {
+        self.span = dev.span();
+        let d = dev.get_ref();
+        self.context = format!("device {:?}", d.name);
+        if let Some(p) = name_problem(&d.name) {
+            return Err(self.err("name", p));
+        }
+        if self.devices.contains_key(&d.name) {
+            return Err(self.err("name", "declared twice".into()));
+        }
+        if let Some(bdf) = &d.bdf {
+            if !valid_bdf(bdf) {
+                return Err(self.err(
+                    "bdf",
+                    format!("bad bdf {bdf:?}: expected the full form, e.g. \"0000:00:05.0\""),
+                ));
+            }
+            let key = bdf.to_ascii_lowercase();
+            if let Some(other) = self.bdfs.get(&key) {
+                return Err(self.err("bdf", format!("bdf {bdf} already used by {other}")));
+            }
+            self.bdfs.insert(key, d.name.clone());
+        }
+        self.devices.insert(
+            d.name.clone(),
+            DevInfo {
+                model: d.model,
+                state: DevState::Declared,
+                ever_enabled: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn declared(&self) -> String {
+        if self.devices.is_empty() {
+            "no [[device]] declared".into()
+        } else {
+            let names: Vec<&str> = self.devices.keys().map(String::as_str).collect();
+            format!("declared: {}", names.join(", "))
+        }
+    }
+
+    fn device(&self, key: &str, name: &str) -> Result<&DevInfo, ScenarioError> {
+        self.devices.get(name).ok_or_else(|| {
+            self.err(
+                key,
+                format!("unknown device {name:?} ({})", self.declared()),
+            )
+        })
+    }
+
+    /// Resolve `<device>/msi<n>` to (device, n), checking the model has it.
+    fn vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
+        let Some((dev, rest)) = vector.split_once('/') else {
+            return Err(self.err(
+                key,
+                format!("bad vector {vector:?}: expected <device>/msi<n>, e.g. \"dev0/msi0\""),
+            ));
+        };
+        let Some(info) = self.devices.get(dev) else {
+            return Err(self.err(
+                key,
+                format!(
+                    "unknown device {dev:?} in vector {vector:?} ({})",
+                    self.declared()
+                ),
+            ));
+        };
+        let n = rest
+            .strip_prefix("msi")
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|d| d.len() == 1 || !d.starts_with('0'))
+            .and_then(|d| d.parse::<u32>().ok())
+            .filter(|&n| n < info.model.msi_vectors());
+        match n {
+            Some(n) => Ok((dev.to_string(), n)),
+            None => Err(self.err(
+                key,
+                format!(
+                    "unknown vector {vector:?}: {dev} ({}) has vectors {}",
+                    info.model.qemu_driver(),
+                    vector_range(info.model)
+                ),
+            )),
+        }
+    }
+
+    /// The vector exists and an enable-msi still in force covers it.
+    fn enabled_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
+        let (dev, n) = self.vector(key, vector)?;
+        match self.devices[&dev].state {
+            DevState::Msi { vectors, .. } if n < vectors => Ok((dev, n)),
+            DevState::Msi { vectors, step } => Err(self.err(
+                key,
+                format!(
+                    "vector {vector:?} is not enabled: enable-msi at step {step} enabled {}",
+                    plural(vectors as usize, "vector")
+                ),
+            )),
+            DevState::Closed { step } => Err(self.err(
+                key,
+                format!("vector {vector:?} used after close-device {dev} at step {step}"),
+            )),
+            DevState::Declared | DevState::Bound => Err(self.err(
+                key,
+                format!("vector {vector:?} is not enabled: no enable-msi {dev} in force"),
+            )),
+        }
+    }
+
+    /// The vector exists on a bound, open device. Its MSI need not be
+    /// enabled: an irqfd may come first (the agent then makes the eventfd).
+    fn bound_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
+        let (dev, n) = self.vector(key, vector)?;
+        match self.devices[&dev].state {
+            DevState::Bound | DevState::Msi { .. } => Ok((dev, n)),
+            DevState::Declared => Err(self.err(key, format!("{dev} is not bound: bind it first"))),
+            DevState::Closed { step } => Err(self.err(
+                key,
+                format!("vector {vector:?} used after close-device {dev} at step {step}"),
+            )),
+        }
+    }
+
+    fn live_vm(&self, key: &str, vm: &str) -> Result<(), ScenarioError> {
+        match self.vms.get(vm) {
+            Some(VmState::Live) => Ok(()),
+            Some(VmState::Destroyed { step }) => Err(self.err(
+                key,
+                format!("vm {vm:?} used after destroy-vm at step {step}"),
+            )),
+            None => Err(self.err(key, format!("unknown vm {vm:?}: no earlier create-vm {vm}"))),
+        }
+    }
+
+    fn step(&mut self, index: usize, step: &Spanned<Step>) -> Result<(), ScenarioError> {
+        let k = index + 1;
+        self.span = step.span();
+        self.context = format!("step {k} ({})", step.get_ref().action());
+        match step.get_ref() {
+            Step::Bind { device } => {
+                let info = self.device("device", device)?;
+                match info.state {
+                    DevState::Declared => {}
+                    DevState::Closed { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after close-device at step {step}"),
+                        ))
+                    }
+                    DevState::Bound | DevState::Msi { .. } => {
+                        return Err(self.err("device", format!("{device} is already bound")))
+                    }
+                }
+                self.set_dev(device, DevState::Bound);
+            }
+            Step::EnableMsi { device, vectors } => {
+                let info = self.device("device", device)?;
+                let max = info.model.msi_vectors();
+                match info.state {
+                    DevState::Bound => {}
+                    DevState::Declared => {
+                        return Err(
+                            self.err("device", format!("{device} is not bound: bind it first"))
+                        )
+                    }
+                    DevState::Msi { step, .. } => {
+                        return Err(self.err(
+                            "device",
+                            format!(
+                                "msi on {device} already enabled at step {step}: disable-msi first"
+                            ),
+                        ))
+                    }
+                    DevState::Closed { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after close-device at step {step}"),
+                        ))
+                    }
+                }
+                if *vectors == 0 || *vectors > max {
+                    return Err(self.err(
+                        "vectors",
+                        format!(
+                            "vectors = {vectors} out of range: {device} ({}) has 1..={max}",
+                            info.model.qemu_driver()
+                        ),
+                    ));
+                }
+                let vectors = *vectors;
+                let d = self.devices.get_mut(device).expect("checked above");
+                d.ever_enabled = d.ever_enabled.max(vectors);
+                d.state = DevState::Msi { vectors, step: k };
+            }
+            Step::DisableMsi { device } => {
+                let info = self.device("device", device)?;
+                match info.state {
+                    DevState::Msi { .. } => {}
+                    DevState::Closed { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after close-device at step {step}"),
+                        ))
+                    }
+                    DevState::Declared | DevState::Bound => {
+                        return Err(self.err("device", format!("msi on {device} is not enabled")))
+                    }
+                }
+                self.set_dev(device, DevState::Bound);
+            }
+            Step::CreateVm { vm } => {
+                if let Some(p) = name_problem(vm) {
+                    return Err(self.err("vm", p));
+                }
+                match self.vms.get(vm) {
+                    Some(VmState::Live) => {
+                        return Err(self.err("vm", format!("vm {vm:?} already exists")))
+                    }
+                    Some(VmState::Destroyed { step }) => {
+                        return Err(self.err(
+                            "vm",
+                            format!("vm {vm:?} was destroyed at step {step}: use a new name"),
+                        ))
+                    }
+                    None => {}
+                }
+                if self.devices.contains_key(vm) {
+                    return Err(self.err("vm", format!("{vm:?} is already a device name")));
+                }
+                self.vms.insert(vm.clone(), VmState::Live);
+            }
+            Step::Irqfd { vm, vector } => {
+                self.live_vm("vm", vm)?;
+                self.bound_vector("vector", vector)?;
+                let key = (vm.clone(), vector.clone());
+                if let Some(step) = self.irqfds.get(&key) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} already has an irqfd on {vector} (step {step})"),
+                    ));
+                }
+                self.irqfds.insert(key.clone(), k);
+                self.ever_attached.entry(key).or_insert(k);
+            }
+            Step::IrqfdDeassign { vm, vector } => {
+                self.live_vm("vm", vm)?;
+                self.vector("vector", vector)?;
+                if self.irqfds.remove(&(vm.clone(), vector.clone())).is_none() {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} has no irqfd on {vector} to deassign"),
+                    ));
+                }
+            }
+            Step::Fire { vector, count } => {
+                let (dev, _) = self.vector("vector", vector)?;
+                if let DevState::Declared = self.devices[&dev].state {
+                    return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
+                }
+                self.enabled_vector("vector", vector)?;
+                if !(1..=MAX_FIRE_COUNT).contains(count) {
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
+                }
+                self.fired = true;
+            }
+            Step::CloseDevice { device } => {
+                let info = self.device("device", device)?;
+                match info.state {
+                    DevState::Bound | DevState::Msi { .. } => {}
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound")))
+                    }
+                    DevState::Closed { step } => {
+                        return Err(
+                            self.err("device", format!("{device} already closed at step {step}"))
+                        )
+                    }
+                }
+                self.set_dev(device, DevState::Closed { step: k });
+            }
+            Step::DestroyVm { vm } => {
+                self.live_vm("vm", vm)?;
+                self.vms.insert(vm.clone(), VmState::Destroyed { step: k });
+                self.irqfds.retain(|(v, _), _| v != vm);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_dev(&mut self, device: &str, state: DevState) {
+        if let Some(d) = self.devices.get_mut(device) {
+            d.state = state;
+        }
+    }
+
+    fn expectation(
+        &mut self,
+        index: usize,
+        exp: &Spanned<Expectation>,
+    ) -> Result<(), ScenarioError> {
+        self.span = exp.span();
+        self.context = format!("expect {} ({})", index + 1, exp.get_ref().check());
+        match exp.get_ref() {
+            Expectation::Lossless if !self.fired => {
+                Err(self.err("check", "no fire step: nothing to check".into()))
+            }
+            Expectation::Lossless | Expectation::Pairing => Ok(()),
+            Expectation::ProducerRegistered { vector } => {
+                let (dev, n) = self.vector("vector", vector)?;
+                if self.devices[&dev].ever_enabled <= n {
+                    return Err(self.err(
+                        "vector",
+                        format!("no enable-msi step ever enables {vector}"),
+                    ));
+                }
+                Ok(())
+            }
+            Expectation::ConsumerRegistered { vm, vector }
+            | Expectation::Connected { vm, vector }
+            | Expectation::ConnectedIffPosting { vm, vector } => {
+                if !self.vms.contains_key(vm) {
+                    return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
+                }
+                self.vector("vector", vector)?;
+                if !self
+                    .ever_attached
+                    .contains_key(&(vm.clone(), vector.clone()))
+                {
+                    return Err(
+                        self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `msi0..msi0` for a model's vectors.
+fn vector_range(model: DeviceModel) -> String {
+    format!("msi0..msi{}", model.msi_vectors().saturating_sub(1))
+}
+
+pub(crate) fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}

@@ -1,0 +1,241 @@
+//! Every bad scenario fixture fails to load with a message that names the
+//! file, line and column and says what is wrong.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use testbed::scenario::{self, Expectation, ScenarioError};
+
+fn fixtures(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+}
+
+/// Fixture name -> the error after `<path>:`.
+const BAD: &[(&str, &str)] = &[
+        ("bad-bdf", r#"6:1: device "dev0": bad bdf "00:05.0": expected the full form, e.g. "0000:00:05.0""#),
+        ("bad-device-name", r#"4:1: device "dev/0": bad name "dev/0": use lowercase letters, digits, '-' and '_'"#),
+        ("deassign-unattached", "14:1: step 2 (irqfd-deassign): vm0 has no irqfd on dev0/msi0 to deassign"),
+        ("duplicate-device", r#"8:1: device "dev0": declared twice"#),
+        ("expect-never-attached", "22:1: expect 1 (consumer-registered): no irqfd step attaches dev0/msi0 to vm0"),
+        ("expect-unknown-check", "8:1: expect 1 (fast): unknown variant `fast`, expected one of `lossless`, `pairing`, `producer-registered`, `consumer-registered`, `connected`, `connected-iff-posting`"),
+        ("expect-unknown-vector", r#"17:1: expect 1 (producer-registered): unknown vector "dev0/msi1": dev0 (edu) has vectors msi0..msi0"#),
+        ("expect-unknown-vm", r#"26:1: expect 1 (connected): unknown vm "vm1": no create-vm vm1"#),
+        ("fire-after-disable", r#"21:1: step 4 (fire): vector "dev0/msi0" is not enabled: no enable-msi dev0 in force"#),
+        ("fire-before-enable", r#"13:1: step 2 (fire): vector "dev0/msi0" is not enabled: no enable-msi dev0 in force"#),
+        ("fire-count-huge", "18:1: step 3 (fire): count = 1000001 out of range 1..=1000000"),
+        ("fire-count-negative", "18:1: step 3 (fire): count: invalid value: integer `-1`, expected u32"),
+        ("fire-count-zero", "18:1: step 3 (fire): count = 0 out of range 1..=1000000"),
+        ("fire-unbound", "9:1: step 1 (fire): dev0 is not bound: bind it first"),
+        ("irqfd-after-destroy", r#"25:1: step 5 (irqfd): vm "vm0" used after destroy-vm at step 4"#),
+        ("irqfd-no-vm", r#"17:1: step 3 (irqfd): unknown vm "vm0": no earlier create-vm vm0"#),
+        ("irqfd-twice", "27:1: step 5 (irqfd): vm0 already has an irqfd on dev0/msi0 (step 4)"),
+        ("lossless-nothing-fired", "8:1: expect 1 (lossless): no fire step: nothing to check"),
+        ("missing-field", "7:1: step 2 (irqfd): missing field `vector`"),
+        ("no-description", "1:1: missing field `description`"),
+        ("no-steps", "2:1: no [[step]] tables"),
+        ("syntax", "5:6: string values must be quoted, expected literal string"),
+        ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
+        ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-msi`, `disable-msi`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `close-device`, `destroy-vm`"),
+        ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`"),
+        ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
+        ("unknown-model", "5:9: unknown variant `e1000`, expected `edu`"),
+        ("unknown-step-key", "13:1: step 2 (fire): unknown field `vectr`, expected `vector` or `count`"),
+        ("unknown-top-key", "2:1: unknown field `fresh-boot`, expected one of `description`, `fresh_boot`, `device`, `step`, `expect`"),
+        ("unknown-vector", r#"17:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0"#),
+        ("use-after-close", "17:1: step 3 (enable-msi): dev0 used after close-device at step 2"),
+        ("vm-twice", r#"9:1: step 2 (create-vm): vm "vm0" already exists"#),
+];
+
+#[test]
+fn every_bad_fixture_fails_with_its_message() {
+    let dir = fixtures("bad");
+    let expected: HashMap<&str, &str> = BAD.iter().copied().collect();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let Some(want) = expected.get(name.as_str()) else {
+            panic!(
+                "{}: fixture without an expected error in BAD",
+                path.display()
+            );
+        };
+        let err = scenario::load(&path).expect_err(&name);
+        assert!(
+            matches!(err, ScenarioError::Invalid { .. }),
+            "{name}: {err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{}:{want}", path.display()),
+            "{name}"
+        );
+        seen += 1;
+    }
+    assert_eq!(
+        seen,
+        BAD.len(),
+        "a fixture in BAD is missing from {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn error_names_line_and_column_of_the_key() {
+    let text = "description = \"x\"\n\n[[device]]\nname = \"dev0\"\nmodel = \"edu\"\n\n[[step]]\naction = \"bind\"\ndevice = \"dev0\"\n\n[[step]]\naction = \"enable-msi\"\ndevice = \"dev0\"\n\n[[step]]\naction = \"fire\"\n  vector = \"dev0/msi3\"\n";
+    let err = scenario::parse(Path::new("scenarios/x.toml"), text).unwrap_err();
+    match err {
+        ScenarioError::Invalid { line, column, .. } => assert_eq!((line, column), (17, 3)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inline_tables_are_checked_too() {
+    let text = r#"
+description = "steps as an inline array"
+device = [{ name = "dev0", model = "edu" }]
+step = [
+  { action = "bind", device = "dev0" },
+  { action = "fire", vector = "dev0/msi0", count = 2 },
+]
+"#;
+    let err = scenario::parse(Path::new("inline.toml"), text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"inline.toml:6:22: step 2 (fire): vector "dev0/msi0" is not enabled: no enable-msi dev0 in force"#
+    );
+}
+
+#[test]
+fn good_fixtures_load() {
+    let scenarios = scenario::load_paths(&[fixtures("scenarios")]).unwrap();
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["edu-consumer-first", "edu-producer-first"]);
+    let s = &scenarios[1];
+    assert_eq!(
+        s.description,
+        "MSI producer registered before the KVM irqfd consumer; producer torn down first"
+    );
+    assert!(!s.fresh_boot);
+    assert_eq!(s.steps.len(), 7);
+    assert_eq!(
+        s.steps[4],
+        wire::Step::Fire {
+            vector: "dev0/msi0".into(),
+            count: 5
+        }
+    );
+    assert_eq!(s.expect[0], Expectation::Lossless);
+    assert_eq!(
+        s.expect[3],
+        Expectation::ConnectedIffPosting {
+            vm: "vm0".into(),
+            vector: "dev0/msi0".into()
+        }
+    );
+    assert_eq!(
+        s.expect[3].to_string(),
+        "connected-iff-posting vm0 dev0/msi0"
+    );
+    // defaults
+    assert_eq!(
+        s.steps[1],
+        wire::Step::EnableMsi {
+            device: "dev0".into(),
+            vectors: 1
+        }
+    );
+    let c = &scenarios[0];
+    assert!(c.fresh_boot);
+    assert_eq!(c.devices[0].bdf.as_deref(), Some("0000:00:05.0"));
+}
+
+#[test]
+fn job_uses_resolved_addresses() {
+    let s = scenario::load(&fixtures("scenarios").join("edu-producer-first.toml")).unwrap();
+    let bdfs = HashMap::from([("dev0".to_string(), "0000:00:04.0".to_string())]);
+    let job = s.job(&bdfs);
+    assert_eq!(job.scenario, "edu-producer-first");
+    assert_eq!(job.devices.len(), 1);
+    assert_eq!(job.devices[0].bdf, "0000:00:04.0");
+    assert_eq!(job.devices[0].model, wire::DeviceModel::Edu);
+    assert_eq!(job.steps, s.steps);
+    // the job is what goes over the wire: it must serialize
+    serde_json::to_string(&wire::HostMessage::Run(job)).unwrap();
+}
+
+#[test]
+fn duplicate_names_across_paths_are_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir(&a).unwrap();
+    let src = fixtures("scenarios").join("edu-producer-first.toml");
+    std::fs::copy(&src, a.join("edu-producer-first.toml")).unwrap();
+    let err = scenario::load_paths(&[src.clone(), a.clone()]).unwrap_err();
+    assert!(
+        matches!(err, ScenarioError::DuplicateName { .. }),
+        "{err:?}"
+    );
+    assert!(err
+        .to_string()
+        .contains("scenario name \"edu-producer-first\" also used by"));
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = scenario::load_paths(&[empty]).unwrap_err();
+    assert!(err
+        .to_string()
+        .ends_with("no scenario files (*.toml) in this directory"));
+
+    let err = scenario::load_paths(&[tmp.path().join("missing.toml")]).unwrap_err();
+    assert!(matches!(err, ScenarioError::Io { .. }));
+}
+
+#[test]
+fn reopening_and_reattaching_follow_the_state() {
+    // disable-msi then enable-msi again, deassign then attach again: allowed
+    let text = r#"
+description = "re-enable and re-attach"
+[[device]]
+name = "dev0"
+model = "edu"
+[[step]]
+action = "bind"
+device = "dev0"
+[[step]]
+action = "enable-msi"
+device = "dev0"
+[[step]]
+action = "create-vm"
+vm = "vm0"
+[[step]]
+action = "irqfd"
+vm = "vm0"
+vector = "dev0/msi0"
+[[step]]
+action = "irqfd-deassign"
+vm = "vm0"
+vector = "dev0/msi0"
+[[step]]
+action = "disable-msi"
+device = "dev0"
+[[step]]
+action = "enable-msi"
+device = "dev0"
+[[step]]
+action = "irqfd"
+vm = "vm0"
+vector = "dev0/msi0"
+[[step]]
+action = "destroy-vm"
+vm = "vm0"
+[[step]]
+action = "fire"
+vector = "dev0/msi0"
+"#;
+    scenario::parse(Path::new("ok.toml"), text).unwrap();
+}
