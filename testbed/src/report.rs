@@ -1,1 +1,617 @@
-//! placeholder
+//! The normalized report of one scenario run, the checks of its
+//! expectations, and its comparison against an insta snapshot.
+//!
+//! The report body ([`Report::body`]) is what a snapshot holds: deterministic
+//! text with scenario names only (no timestamps, addresses, host IRQ numbers
+//! or PIDs). The variant, the kernel release, the QEMU version and the
+//! platform facts go into the snapshot's `info` metadata, which insta does not
+//! compare, so one snapshot holds across kernels until behaviour changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use wire::{BypassEvent, Platform, Step, StepReport, VectorCount};
+
+use crate::scenario::Scenario;
+
+mod checks;
+mod snapshot;
+
+pub use snapshot::{compare_snapshot, snapshot_file, workspace_root, SnapshotOutcome};
+
+/// What the report header holds besides the platform; none of it is compared.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Header {
+    /// Variant name, e.g. `intel-ir`.
+    pub variant: String,
+    /// The guest's `uname -r`.
+    pub kernel_release: String,
+    /// e.g. `QEMU emulator version 10.0.2`.
+    pub qemu_version: String,
+}
+
+/// The result of checking one expectation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    /// The expectation as written, e.g. `connected vm0 dev0/msi0`.
+    pub expectation: String,
+    pub passed: bool,
+    /// Why it passed or, on failure, what was expected and what was seen.
+    pub detail: String,
+}
+
+/// Everything known about one scenario run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub header: Header,
+    pub platform: Platform,
+    /// The agent's step reports, in step order.
+    pub steps: Vec<StepReport>,
+    /// The agent's `Done`, when the scenario got that far.
+    pub done: Option<wire::Done>,
+    /// How the run ended early (agent error, guest panic, timeout), if it did.
+    pub failure: Option<String>,
+}
+
+impl Report {
+    /// The report of a run as the runner recorded it.
+    pub fn new(
+        scenario: &Scenario,
+        header: Header,
+        platform: &Platform,
+        run: &crate::runner::ScenarioRun,
+    ) -> Report {
+        Report::from_parts(
+            scenario,
+            header,
+            platform.clone(),
+            run.steps.clone(),
+            run.done.clone(),
+            run.failure.clone(),
+        )
+    }
+
+    /// The report from its parts: step reports in any order (they are sorted
+    /// by index), `done` if the agent sent it, `failure` if the run ended early.
+    pub fn from_parts(
+        scenario: &Scenario,
+        header: Header,
+        platform: Platform,
+        mut steps: Vec<StepReport>,
+        done: Option<wire::Done>,
+        failure: Option<String>,
+    ) -> Report {
+        steps.sort_by_key(|s| s.index);
+        Report {
+            scenario: scenario.clone(),
+            header,
+            platform,
+            steps,
+            done,
+            failure,
+        }
+    }
+
+    /// The agent's report for step `index` (0-based), if it sent one.
+    pub fn step_report(&self, index: usize) -> Option<&StepReport> {
+        self.steps.iter().find(|s| s.index == index)
+    }
+
+    /// The checks of every `[[expect]]`, in file order.
+    pub fn checks(&self) -> Vec<CheckResult> {
+        self.scenario
+            .expect
+            .iter()
+            .map(|e| {
+                let (passed, detail) = checks::check(self, e);
+                CheckResult {
+                    expectation: e.to_string(),
+                    passed,
+                    detail,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every expectation passed.
+    pub fn all_passed(&self) -> bool {
+        self.checks().iter().all(|c| c.passed)
+    }
+
+    /// The normalized, human-readable report that snapshots hold.
+    pub fn body(&self) -> String {
+        let mut out = String::new();
+        let s = &self.scenario;
+        let _ = writeln!(out, "{}: {}", s.name, s.description);
+        if !self.platform.tracing_failed.is_empty() {
+            let _ = writeln!(
+                out,
+                "observed with gaps: {}",
+                normalize(&self.platform.tracing_failed.join("; "))
+            );
+        }
+
+        // Devices only where the scenario fixed an address: otherwise the
+        // address depends on the variant (amd-iommu shifts devices).
+        out.push_str("\ndevices\n");
+        for d in &s.devices {
+            let _ = match &d.bdf {
+                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.qemu_driver()),
+                None => writeln!(out, "   {} {}", d.name, d.model.qemu_driver()),
+            };
+        }
+        if s.devices.is_empty() {
+            out.push_str("   none\n");
+        }
+
+        out.push_str("\nsteps\n");
+        let width = s.steps.len().to_string().len().max(2);
+        let first_error = self
+            .steps
+            .iter()
+            .find(|r| r.error.is_some())
+            .map(|r| r.index);
+        for (i, step) in s.steps.iter().enumerate() {
+            let _ = write!(out, "  {:>width$} {}", i + 1, step_line(step));
+            match self.step_report(i) {
+                Some(r) => {
+                    out.push('\n');
+                    if let Some(e) = &r.error {
+                        let _ = writeln!(out, "  {:width$}   failed: {}", "", normalize(e));
+                    }
+                    for ev in &r.bypass {
+                        let _ = writeln!(out, "  {:width$}   {}", "", self.event_line(ev));
+                    }
+                }
+                None => match first_error {
+                    Some(e) if e < i => {
+                        let _ = writeln!(out, "  (skipped: step {} failed)", e + 1);
+                    }
+                    _ => out.push_str("  (not run)\n"),
+                },
+            }
+        }
+        for r in &self.steps {
+            if r.index >= s.steps.len() {
+                let _ = writeln!(
+                    out,
+                    "   agent reported step {} which the scenario does not have",
+                    r.index + 1
+                );
+            }
+        }
+        if let Some(f) = &self.failure {
+            let _ = writeln!(out, "   run ended early: {}", normalize(f));
+        }
+
+        out.push_str("\ncleanup\n");
+        match &self.done {
+            None => out.push_str("   not reached\n"),
+            Some(done) => {
+                let left = self.left_open();
+                if left.is_empty() {
+                    out.push_str("   nothing left open\n");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "   closed what the scenario left open: {}",
+                        left.join(", ")
+                    );
+                }
+                for ev in &done.cleanup {
+                    let _ = writeln!(out, "       {}", self.event_line(ev));
+                }
+                if let Some(e) = &done.cleanup_error {
+                    let _ = writeln!(out, "   failed: {}", normalize(e));
+                }
+            }
+        }
+
+        out.push_str("\ninterrupts\n");
+        let counts: Vec<(usize, &VectorCount)> = self
+            .steps
+            .iter()
+            .flat_map(|r| r.interrupts.iter().map(move |c| (r.index, c)))
+            .collect();
+        if counts.is_empty() {
+            out.push_str("   none fired\n");
+        }
+        let vw = counts
+            .iter()
+            .map(|(_, c)| c.vector.len())
+            .max()
+            .unwrap_or(0);
+        for (index, c) in counts {
+            let _ = write!(
+                out,
+                "   step {:<w$} {:<vw$}  raised {}  L1 {} ({})  injected by KVM {}",
+                index + 1,
+                c.vector,
+                c.raised,
+                c.host_irq,
+                c.host_chip.as_deref().unwrap_or("no irq line"),
+                c.injected,
+                w = width,
+            );
+            if let Some(sig) = c.signalled {
+                let _ = write!(out, "  eventfd signalled {sig}");
+            }
+            out.push('\n');
+        }
+
+        out.push_str("\nconnections\n");
+        let conns: Vec<(String, &BypassEvent)> = self
+            .all_events()
+            .filter(|(_, ev)| {
+                matches!(
+                    ev,
+                    BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }
+                )
+            })
+            .collect();
+        if conns.is_empty() {
+            out.push_str("   none formed\n");
+        }
+        for (when, ev) in conns {
+            let _ = writeln!(out, "   {when:<w$}  {}", self.event_line(ev), w = width + 5);
+        }
+
+        out.push_str("\nchecks\n");
+        let checks = self.checks();
+        if checks.is_empty() {
+            out.push_str("   none\n");
+        }
+        for c in checks {
+            let verdict = if c.passed { "pass" } else { "FAIL" };
+            if c.detail.is_empty() {
+                let _ = writeln!(out, "   {verdict}  {}", c.expectation);
+            } else {
+                let _ = writeln!(out, "   {verdict}  {}: {}", c.expectation, c.detail);
+            }
+        }
+        out
+    }
+
+    /// The machine-readable report for `--json`: header, platform, steps,
+    /// cleanup, interrupts and checks.
+    pub fn to_json(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .scenario
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let r = self.step_report(i);
+                serde_json::json!({
+                    "index": i,
+                    "action": step.action(),
+                    "step": step,
+                    "ran": r.is_some(),
+                    "error": r.and_then(|r| r.error.clone()),
+                    "bypass": r.map(|r| r.bypass.clone()).unwrap_or_default(),
+                    "interrupts": r.map(|r| r.interrupts.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let interrupts: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .flat_map(|r| {
+                r.interrupts.iter().map(move |c| {
+                    let mut v = serde_json::to_value(c).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("step".into(), r.index.into());
+                    }
+                    v
+                })
+            })
+            .collect();
+        let (can_post, why_not) = posting(&self.platform);
+        serde_json::json!({
+            "scenario": self.scenario.name,
+            "description": self.scenario.description,
+            "path": self.scenario.path,
+            "header": self.header,
+            "platform": self.platform,
+            "can_post": can_post,
+            "cannot_post_because": why_not,
+            "steps": steps,
+            "cleanup": self.done.as_ref().map(|d| serde_json::json!({
+                "left_open": self.left_open(),
+                "bypass": d.cleanup,
+                "error": d.cleanup_error,
+            })),
+            "failure": self.failure,
+            "interrupts": interrupts,
+            "checks": self.checks(),
+        })
+    }
+
+    /// Every bypass event with where it happened (`step 4`, `cleanup`), in order.
+    pub(crate) fn all_events(&self) -> impl Iterator<Item = (String, &BypassEvent)> + '_ {
+        let steps = self.steps.iter().flat_map(|r| {
+            r.bypass
+                .iter()
+                .map(move |e| (format!("step {}", r.index + 1), e))
+        });
+        let cleanup = self
+            .done
+            .iter()
+            .flat_map(|d| d.cleanup.iter().map(|e| ("cleanup".to_string(), e)));
+        steps.chain(cleanup)
+    }
+
+    /// What the scenario's steps left open (bound devices, live VMs), which
+    /// the agent's cleanup closes.
+    pub fn left_open(&self) -> Vec<String> {
+        let mut devices: BTreeSet<&str> = BTreeSet::new();
+        let mut vms: BTreeSet<&str> = BTreeSet::new();
+        for (i, step) in self.scenario.steps.iter().enumerate() {
+            // Only what ran, and only steps that succeeded: a failed
+            // create-vm created nothing, a failed close-device closed nothing.
+            match self.step_report(i) {
+                None => break,
+                Some(r) if r.error.is_some() => continue,
+                Some(_) => {}
+            }
+            match step {
+                Step::Bind { device } => {
+                    devices.insert(device);
+                }
+                Step::CloseDevice { device } => {
+                    devices.remove(device.as_str());
+                }
+                Step::CreateVm { vm } => {
+                    vms.insert(vm);
+                }
+                Step::DestroyVm { vm } => {
+                    vms.remove(vm.as_str());
+                }
+                _ => {}
+            }
+        }
+        devices.into_iter().chain(vms).map(str::to_string).collect()
+    }
+
+    fn event_line(&self, ev: &BypassEvent) -> String {
+        match ev {
+            BypassEvent::ProducerRegistered { producer, ret: 0 } => {
+                format!("producer {producer} registered (ret 0)")
+            }
+            BypassEvent::ProducerRegistered { producer, ret } => {
+                format!(
+                    "producer {producer} registration failed (ret {})",
+                    errno(*ret)
+                )
+            }
+            BypassEvent::ProducerUnregistered { producer } => {
+                format!("producer {producer} unregistered")
+            }
+            BypassEvent::ConsumerRegistered { consumer, ret: 0 } => {
+                format!("consumer {consumer} registered (ret 0)")
+            }
+            BypassEvent::ConsumerRegistered { consumer, ret } => {
+                format!(
+                    "consumer {consumer} registration failed (ret {})",
+                    errno(*ret)
+                )
+            }
+            BypassEvent::ConsumerNotRegistered { consumer } => {
+                let (can_post, why) = posting(&self.platform);
+                if can_post {
+                    format!("consumer {consumer} not registered, although the platform can post")
+                } else {
+                    format!(
+                        "consumer {consumer} not registered: KVM has no device-posted IRQs ({why})"
+                    )
+                }
+            }
+            BypassEvent::ConsumerUnregistered { consumer } => {
+                format!("consumer {consumer} unregistered")
+            }
+            BypassEvent::Connected {
+                producer,
+                consumer,
+                ret: 0,
+            } => format!("connected {producer} -> {consumer} (ret 0)"),
+            BypassEvent::Connected {
+                producer,
+                consumer,
+                ret,
+            } => format!(
+                "connect {producer} -> {consumer} failed (ret {})",
+                errno(*ret)
+            ),
+            BypassEvent::Disconnected { producer, consumer } => {
+                format!("disconnected {producer} -> {consumer}")
+            }
+        }
+    }
+
+    /// The snapshot's `info` metadata: header and platform facts.
+    pub(crate) fn info(&self) -> insta::internals::Content {
+        use insta::internals::Content;
+        let s = |v: &str| Content::from(v);
+        let opt_bool = |v: Option<bool>| match v {
+            Some(b) => Content::from(b),
+            None => Content::from("unknown"),
+        };
+        let p = &self.platform;
+        let list = |v: &[String]| Content::Seq(v.iter().map(|x| s(x)).collect());
+        Content::Map(vec![
+            (s("variant"), s(&self.header.variant)),
+            (s("kernel_release"), s(&self.header.kernel_release)),
+            (s("qemu_version"), s(&self.header.qemu_version)),
+            (
+                s("kvm_vendor"),
+                s(p.kvm_vendor.as_deref().unwrap_or("none")),
+            ),
+            (s("apicv"), opt_bool(p.apicv)),
+            (s("device_posted_irqs"), opt_bool(p.device_posted_irqs)),
+            (
+                s("irq_remapping"),
+                s(p.irq_remapping.as_deref().unwrap_or("off")),
+            ),
+            (s("irq_posting"), Content::from(p.irq_posting)),
+            (s("modules_loaded"), list(&p.modules_loaded)),
+            (s("modules_failed"), list(&p.modules_failed)),
+            (s("tracing_failed"), list(&p.tracing_failed)),
+        ])
+    }
+}
+
+/// A step as one line: `fire dev0/msi0 x5`.
+pub fn step_line(step: &Step) -> String {
+    match step {
+        Step::Bind { device } => format!("bind {device}"),
+        Step::EnableMsi { device, vectors } => format!(
+            "enable-msi {device} ({})",
+            crate::scenario::plural(*vectors as usize, "vector")
+        ),
+        Step::DisableMsi { device } => format!("disable-msi {device}"),
+        Step::CreateVm { vm } => format!("create-vm {vm}"),
+        Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
+        Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
+        Step::Fire { vector, count } => format!("fire {vector} x{count}"),
+        Step::CloseDevice { device } => format!("close-device {device}"),
+        Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
+    }
+}
+
+/// Whether KVM can register irqbypass consumers on this platform, and if
+/// not, why (`apicv off, IOMMU cannot post`). The reason is built from the
+/// facts that hold on every kernel, so it does not change with the kernel
+/// having `kvm.enable_device_posted_irqs` or not.
+pub fn posting(p: &Platform) -> (bool, String) {
+    let mut why = Vec::new();
+    match p.apicv {
+        Some(true) => {}
+        Some(false) => why.push("apicv off"),
+        None => why.push(if p.kvm_vendor.is_none() {
+            "no KVM vendor module"
+        } else {
+            "apicv unknown"
+        }),
+    }
+    if !p.irq_posting {
+        why.push("IOMMU cannot post");
+    }
+    let can = match p.device_posted_irqs {
+        Some(v) => v,
+        None => p.apicv == Some(true) && p.irq_posting,
+    };
+    if !can && why.is_empty() {
+        why.push("kvm.enable_device_posted_irqs off");
+    }
+    if can {
+        why.clear();
+    }
+    (can, why.join(", "))
+}
+
+/// `-16 EBUSY` for the common errnos, the number otherwise.
+fn errno(ret: i64) -> String {
+    let name = match -ret {
+        1 => "EPERM",
+        2 => "ENOENT",
+        5 => "EIO",
+        9 => "EBADF",
+        12 => "ENOMEM",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        19 => "ENODEV",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        95 => "EOPNOTSUPP",
+        _ => return ret.to_string(),
+    };
+    format!("{ret} {name}")
+}
+
+/// Strip what varies between runs from free-form messages: kernel log
+/// timestamps (`[   12.345678]`) and long hex addresses.
+pub fn normalize(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let b = message.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        // `[  12.345678]`
+        if b[i] == b'[' {
+            if let Some(len) = timestamp_len(&message[i..]) {
+                out.push_str("[time]");
+                i += len;
+                continue;
+            }
+        }
+        // `0xffffffff81000000`, `ffff888003c1e000`
+        let at_word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        if at_word_start {
+            let hex_start = if message[i..].starts_with("0x") {
+                i + 2
+            } else {
+                i
+            };
+            let n = b[hex_start..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            let end = hex_start + n;
+            let word_ends = end == b.len() || !b[end].is_ascii_alphanumeric();
+            if n >= 8 && word_ends && b[hex_start..end].iter().any(|c| c.is_ascii_digit()) {
+                out.push_str("<addr>");
+                i = end;
+                continue;
+            }
+        }
+        let ch = message[i..].chars().next().unwrap_or('?');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn timestamp_len(s: &str) -> Option<usize> {
+    let close = s.find(']')?;
+    let inner = s[1..close].trim();
+    let (a, b) = inner.split_once('.')?;
+    (!a.is_empty()
+        && a.bytes().all(|c| c.is_ascii_digit())
+        && b.len() == 6
+        && b.bytes().all(|c| c.is_ascii_digit()))
+    .then_some(close + 1)
+}
+
+/// For each step index, which (vm, vector) irqfds are attached when it runs.
+pub(crate) fn irqfds_before_each_step(
+    scenario: &Scenario,
+) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+    // vector -> vms holding it
+    let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(scenario.steps.len());
+    for s in &scenario.steps {
+        out.push(held.clone());
+        match s {
+            Step::Irqfd { vm, vector } => {
+                held.entry(vector.clone()).or_default().insert(vm.clone());
+            }
+            Step::IrqfdDeassign { vm, vector } => {
+                if let Some(v) = held.get_mut(vector) {
+                    v.remove(vm);
+                }
+            }
+            Step::DestroyVm { vm } => {
+                for v in held.values_mut() {
+                    v.remove(vm);
+                }
+            }
+            _ => {}
+        }
+        held.retain(|_, v| !v.is_empty());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,525 @@
+//! Checking `[[expect]]` against a report.
+
+use std::collections::BTreeSet;
+
+use wire::{BypassEvent, Step};
+
+use super::{irqfds_before_each_step, posting, Report};
+use crate::scenario::Expectation;
+
+/// Whether `exp` holds for `r`, and the detail to show.
+pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
+    // Conclusions from irqbypass events (including "no event") need every
+    // probe in place.
+    if !matches!(exp, Expectation::Lossless) && !r.platform.tracing_failed.is_empty() {
+        return fail(vec![format!(
+            "cannot tell: tracing incomplete ({})",
+            r.platform.tracing_failed.join("; ")
+        )]);
+    }
+    match exp {
+        Expectation::Lossless => lossless(r),
+        Expectation::Pairing => pairing(r),
+        Expectation::ProducerRegistered { vector } => producer_registered(r, vector),
+        Expectation::ConsumerRegistered { vm, vector } => consumer_registered(r, vm, vector),
+        Expectation::Connected { vm, vector } => connected(r, vm, vector),
+        Expectation::ConnectedIffPosting { vm, vector } => connected_iff_posting(r, vm, vector),
+    }
+}
+
+fn fail(problems: Vec<String>) -> (bool, String) {
+    const SHOWN: usize = 5;
+    let mut detail = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        detail.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    (false, detail)
+}
+
+fn lossless(r: &Report) -> (bool, String) {
+    let held = irqfds_before_each_step(&r.scenario);
+    let mut problems = Vec::new();
+    let mut ok = Vec::new();
+    for (i, step) in r.scenario.steps.iter().enumerate() {
+        let Step::Fire { vector, count } = step else {
+            continue;
+        };
+        let n = i + 1;
+        let Some(rep) = r.step_report(i) else {
+            problems.push(format!("step {n} (fire {vector}) did not run"));
+            continue;
+        };
+        if let Some(e) = &rep.error {
+            problems.push(format!("step {n} (fire {vector}) failed: {e}"));
+        }
+        let Some(c) = rep.interrupts.iter().find(|c| c.vector == *vector) else {
+            problems.push(format!("step {n}: no interrupt counts for {vector}"));
+            continue;
+        };
+        let before = problems.len();
+        if c.raised != u64::from(*count) {
+            problems.push(format!("step {n} {vector}: raised {} of {count}", c.raised));
+        }
+        if c.host_irq != c.raised {
+            problems.push(format!(
+                "step {n} {vector}: raised {} but L1 saw {}",
+                c.raised, c.host_irq
+            ));
+        }
+        match held.get(i).and_then(|h| h.get(vector)) {
+            Some(vms) => {
+                if c.injected != c.raised {
+                    let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
+                    problems.push(format!(
+                        "step {n} {vector}: raised {} but KVM injected {} (irqfd of {})",
+                        c.raised,
+                        c.injected,
+                        vms.join(", ")
+                    ));
+                }
+            }
+            None => {
+                if c.signalled != Some(c.raised) {
+                    let got = c
+                        .signalled
+                        .map_or_else(|| "was not read".to_string(), |s| format!("counted {s}"));
+                    problems.push(format!(
+                        "step {n} {vector}: raised {} but the eventfd {got} (no irqfd holds it)",
+                        c.raised
+                    ));
+                }
+            }
+        }
+        if problems.len() == before {
+            ok.push(format!("step {n} {vector} {}/{}", c.raised, c.raised));
+        }
+    }
+    if !problems.is_empty() {
+        return fail(problems);
+    }
+    if ok.is_empty() {
+        return fail(vec!["nothing was fired".into()]);
+    }
+    (true, String::new())
+}
+
+/// The vector part of a consumer name `vm0:dev0/msi0`.
+fn consumer_vector(consumer: &str) -> &str {
+    consumer.split_once(':').map_or(consumer, |(_, v)| v)
+}
+
+#[derive(Default)]
+struct Pairing {
+    producers: BTreeSet<String>,
+    consumers: BTreeSet<String>,
+    connections: BTreeSet<(String, String)>,
+    formed: usize,
+    /// Connections whose end unregistered: the disconnect must follow at once.
+    pending_disconnect: Vec<(String, (String, String), String)>,
+    /// Connect events seen before an end's registration returned: the
+    /// registration (ret 0) must follow at once.
+    pending_register: Vec<(String, bool, String, (String, String))>,
+    problems: Vec<String>,
+}
+
+impl Pairing {
+    fn flush_disconnect(&mut self) {
+        for (who, conn, when) in std::mem::take(&mut self.pending_disconnect) {
+            if self.connections.remove(&conn) {
+                self.problems.push(format!(
+                    "{when}: {} -> {} still connected after {who} unregistered",
+                    conn.0, conn.1
+                ));
+            }
+        }
+    }
+
+    fn flush_register(&mut self) {
+        for (end, producer, when, conn) in std::mem::take(&mut self.pending_register) {
+            let kind = if producer { "producer" } else { "consumer" };
+            self.problems.push(format!(
+                "{when}: connected {} -> {} but {kind} {end} was not registered",
+                conn.0, conn.1
+            ));
+        }
+    }
+
+    fn registered(&mut self, end: &str, producer: bool, ret: i64, when: &str) {
+        let kind = if producer { "producer" } else { "consumer" };
+        let pending = self
+            .pending_register
+            .iter()
+            .position(|(e, p, _, _)| e == end && *p == producer);
+        if let Some(i) = pending {
+            let (_, _, _, conn) = self.pending_register.remove(i);
+            if ret != 0 {
+                self.problems.push(format!(
+                    "{when}: connected {} -> {} but {kind} {end} failed to register (ret {ret})",
+                    conn.0, conn.1
+                ));
+                self.connections.remove(&conn);
+            }
+        }
+        if ret != 0 {
+            return;
+        }
+        let set = if producer {
+            &mut self.producers
+        } else {
+            &mut self.consumers
+        };
+        if !set.insert(end.to_string()) {
+            self.problems.push(format!(
+                "{when}: {kind} {end} registered twice (ret 0 both times)"
+            ));
+        }
+    }
+
+    fn unregistered(&mut self, end: &str, producer: bool, when: &str) {
+        if producer {
+            self.producers.remove(end);
+        } else {
+            self.consumers.remove(end);
+        }
+        let kind = if producer { "producer" } else { "consumer" };
+        for conn in &self.connections {
+            let involved = if producer {
+                conn.0 == end
+            } else {
+                conn.1 == end
+            };
+            if involved {
+                self.pending_disconnect.push((
+                    format!("{kind} {end}"),
+                    conn.clone(),
+                    when.to_string(),
+                ));
+            }
+        }
+    }
+
+    fn event(&mut self, when: &str, ev: &BypassEvent) {
+        if !matches!(ev, BypassEvent::Disconnected { .. }) {
+            self.flush_disconnect();
+        }
+        if !matches!(
+            ev,
+            BypassEvent::ProducerRegistered { .. } | BypassEvent::ConsumerRegistered { .. }
+        ) {
+            self.flush_register();
+        }
+        match ev {
+            BypassEvent::ProducerRegistered { producer, ret } => {
+                self.registered(producer, true, *ret, when)
+            }
+            BypassEvent::ConsumerRegistered { consumer, ret } => {
+                self.registered(consumer, false, *ret, when)
+            }
+            BypassEvent::ConsumerNotRegistered { .. } => {}
+            BypassEvent::ProducerUnregistered { producer } => {
+                self.unregistered(producer, true, when)
+            }
+            BypassEvent::ConsumerUnregistered { consumer } => {
+                self.unregistered(consumer, false, when)
+            }
+            BypassEvent::Connected {
+                producer,
+                consumer,
+                ret,
+            } => {
+                let conn = (producer.clone(), consumer.clone());
+                if consumer_vector(consumer) != producer {
+                    self.problems.push(format!(
+                        "{when}: connected {producer} -> {consumer}, which are different vectors"
+                    ));
+                }
+                if !self.producers.contains(producer) {
+                    self.pending_register.push((
+                        producer.clone(),
+                        true,
+                        when.to_string(),
+                        conn.clone(),
+                    ));
+                }
+                if !self.consumers.contains(consumer) {
+                    self.pending_register.push((
+                        consumer.clone(),
+                        false,
+                        when.to_string(),
+                        conn.clone(),
+                    ));
+                }
+                if *ret == 0 {
+                    self.formed += 1;
+                    if !self.connections.insert(conn) {
+                        self.problems
+                            .push(format!("{when}: {producer} -> {consumer} connected twice"));
+                    }
+                }
+            }
+            BypassEvent::Disconnected { producer, consumer } => {
+                let conn = (producer.clone(), consumer.clone());
+                self.pending_disconnect.retain(|(_, c, _)| *c != conn);
+                if !self.connections.remove(&conn) {
+                    self.problems.push(format!(
+                        "{when}: disconnected {producer} -> {consumer}, which was not connected"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn pairing(r: &Report) -> (bool, String) {
+    let mut p = Pairing::default();
+    let mut last_when = String::new();
+    for (when, ev) in r.all_events() {
+        if when != last_when {
+            p.flush_disconnect();
+            p.flush_register();
+            last_when = when.clone();
+        }
+        p.event(&when, ev);
+    }
+    p.flush_disconnect();
+    p.flush_register();
+    if r.done.is_none() {
+        p.problems
+            .push("the run ended before cleanup, so teardown cannot be checked".into());
+    } else {
+        for x in &p.producers {
+            p.problems
+                .push(format!("after cleanup producer {x} is still registered"));
+        }
+        for x in &p.consumers {
+            p.problems
+                .push(format!("after cleanup consumer {x} is still registered"));
+        }
+        for (a, b) in &p.connections {
+            p.problems
+                .push(format!("after cleanup {a} -> {b} is still connected"));
+        }
+    }
+    if !p.problems.is_empty() {
+        return fail(p.problems);
+    }
+    let detail = match p.formed {
+        0 => "no connection formed; nothing left registered".to_string(),
+        n => format!(
+            "{} formed and torn down; nothing left registered",
+            crate::scenario::plural(n, "connection")
+        ),
+    };
+    (true, detail)
+}
+
+/// The first step matching `pred` and whether it ran without error.
+fn step_ran(r: &Report, pred: impl Fn(&Step) -> bool) -> Result<usize, String> {
+    let Some(i) = r.scenario.steps.iter().position(pred) else {
+        return Err("no such step in the scenario".into());
+    };
+    let line = super::step_line(&r.scenario.steps[i]);
+    match r.step_report(i) {
+        None => Err(format!("step {} ({line}) did not run", i + 1)),
+        Some(rep) => match &rep.error {
+            Some(e) => Err(format!("step {} ({line}) failed: {e}", i + 1)),
+            None => Ok(i),
+        },
+    }
+}
+
+fn step_events(r: &Report) -> impl Iterator<Item = &BypassEvent> + '_ {
+    r.steps.iter().flat_map(|s| s.bypass.iter())
+}
+
+fn producer_registered(r: &Report, vector: &str) -> (bool, String) {
+    let dev = vector.split_once('/').map_or(vector, |(d, _)| d);
+    let mut rets = Vec::new();
+    for ev in step_events(r) {
+        if let BypassEvent::ProducerRegistered { producer, ret } = ev {
+            if producer == vector {
+                if *ret == 0 {
+                    return (true, String::new());
+                }
+                rets.push(ret.to_string());
+            }
+        }
+    }
+    if !rets.is_empty() {
+        return fail(vec![format!(
+            "producer {vector} registration failed (ret {})",
+            rets.join(", ")
+        )]);
+    }
+    if let Err(e) = step_ran(
+        r,
+        |s| matches!(s, Step::EnableMsi { device, .. } if device == dev),
+    ) {
+        return fail(vec![format!("producer {vector} never registered: {e}")]);
+    }
+    fail(vec![format!(
+        "producer {vector} never registered (VFIO did not call irq_bypass_register_producer)"
+    )])
+}
+
+fn irqfd_ran(r: &Report, vm: &str, vector: &str) -> Result<usize, String> {
+    step_ran(
+        r,
+        |s| matches!(s, Step::Irqfd { vm: v, vector: x } if v == vm && x == vector),
+    )
+}
+
+/// The registration of a consumer: Some(ret) of the first registration event.
+fn consumer_registration(r: &Report, consumer: &str) -> Option<i64> {
+    let mut first = None;
+    for ev in step_events(r) {
+        if let BypassEvent::ConsumerRegistered { consumer: c, ret } = ev {
+            if c == consumer {
+                if *ret == 0 {
+                    return Some(0);
+                }
+                first.get_or_insert(*ret);
+            }
+        }
+    }
+    first
+}
+
+fn connection(r: &Report, vector: &str, consumer: &str) -> Option<i64> {
+    let mut first = None;
+    for ev in step_events(r) {
+        if let BypassEvent::Connected {
+            producer,
+            consumer: c,
+            ret,
+        } = ev
+        {
+            if producer == vector && c == consumer {
+                if *ret == 0 {
+                    return Some(0);
+                }
+                first.get_or_insert(*ret);
+            }
+        }
+    }
+    first
+}
+
+fn not_registered_why(r: &Report) -> String {
+    let (can, why) = posting(&r.platform);
+    if can {
+        "KVM did not call irq_bypass_register_consumer although the platform can post".into()
+    } else {
+        format!("KVM has no device-posted IRQs ({why})")
+    }
+}
+
+fn consumer_registered(r: &Report, vm: &str, vector: &str) -> (bool, String) {
+    let consumer = format!("{vm}:{vector}");
+    match consumer_registration(r, &consumer) {
+        Some(0) => (true, String::new()),
+        Some(ret) => fail(vec![format!(
+            "consumer {consumer} registration failed (ret {ret})"
+        )]),
+        None => match irqfd_ran(r, vm, vector) {
+            Err(e) => fail(vec![format!("consumer {consumer} not registered: {e}")]),
+            Ok(_) => fail(vec![format!(
+                "consumer {consumer} not registered: {}",
+                not_registered_why(r)
+            )]),
+        },
+    }
+}
+
+fn connected(r: &Report, vm: &str, vector: &str) -> (bool, String) {
+    let consumer = format!("{vm}:{vector}");
+    match connection(r, vector, &consumer) {
+        Some(0) => (true, String::new()),
+        Some(ret) => fail(vec![format!(
+            "connect {vector} -> {consumer} failed (ret {ret})"
+        )]),
+        None => {
+            let why = match (
+                irqfd_ran(r, vm, vector),
+                consumer_registration(r, &consumer),
+            ) {
+                (Err(e), _) => e,
+                (Ok(_), Some(0)) => format!("consumer {consumer} registered but never connected"),
+                (Ok(_), Some(ret)) => {
+                    format!("consumer {consumer} registration failed (ret {ret})")
+                }
+                (Ok(_), None) => format!(
+                    "consumer {consumer} not registered: {}",
+                    not_registered_why(r)
+                ),
+            };
+            fail(vec![format!(
+                "{vector} -> {consumer} never connected: {why}"
+            )])
+        }
+    }
+}
+
+fn connected_iff_posting(r: &Report, vm: &str, vector: &str) -> (bool, String) {
+    let consumer = format!("{vm}:{vector}");
+    if let Err(e) = irqfd_ran(r, vm, vector) {
+        return fail(vec![format!("cannot tell: {e}")]);
+    }
+    let (can, why) = posting(&r.platform);
+    let reg = consumer_registration(r, &consumer);
+    let conn = connection(r, vector, &consumer);
+    if can {
+        let mut problems = Vec::new();
+        match reg {
+            Some(0) => {}
+            Some(ret) => problems.push(format!(
+                "platform can post but consumer {consumer} failed to register (ret {ret})"
+            )),
+            None => problems.push(format!(
+                "platform can post but consumer {consumer} did not register"
+            )),
+        }
+        match conn {
+            Some(0) => {}
+            Some(ret) => problems.push(format!(
+                "platform can post but connect {vector} -> {consumer} failed (ret {ret})"
+            )),
+            None => problems.push(format!(
+                "platform can post but {vector} -> {consumer} never connected"
+            )),
+        }
+        if problems.is_empty() {
+            (
+                true,
+                "platform can post; consumer registered; connected".into(),
+            )
+        } else {
+            fail(problems)
+        }
+    } else {
+        let mut problems = Vec::new();
+        if reg == Some(0) {
+            problems.push(format!(
+                "platform cannot post ({why}) but consumer {consumer} registered"
+            ));
+        }
+        if conn.is_some() {
+            problems.push(format!(
+                "platform cannot post ({why}) but {vector} -> {consumer} connected"
+            ));
+        }
+        if problems.is_empty() {
+            (
+                true,
+                format!("platform cannot post ({why}); consumer not registered; no connection"),
+            )
+        } else {
+            fail(problems)
+        }
+    }
+}
