@@ -123,3 +123,33 @@ pub enum Progress {
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
     CacheHit { what: String },
 }
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::UpdatingPackageLists => write!(f, "updating package lists"),
+            Progress::UpdateFailed { error } => write!(f, "package list update failed, using stale lists: {error}"),
+            Progress::Resolved { spec, version, package } => write!(f, "{spec} is {version} ({package})"),
+            Progress::Downloading { package, done, total } => {
+                write!(f, "downloading {package}: {} of {} MB", done / 1_000_000, total / 1_000_000)
+            }
+            Progress::Unpacking { package } => write!(f, "unpacking {package}"),
+            Progress::BuildingInitramfs { modules } => write!(f, "building initramfs ({modules} modules)"),
+            Progress::CacheHit { what } => write!(f, "cached: {what}"),
+        }
+    }
+}
+
+impl ImagesError {
+    /// The user asked for something that does not exist or cannot be parsed
+    /// (exit 2), as opposed to a fetch or build that failed (exit 125).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ImagesError::BadKernelSpec { .. }
+                | ImagesError::UnknownKernelVersion { .. }
+                | ImagesError::NoModulesDir { .. }
+                | ImagesError::BadBzImage { .. }
+        )
+    }
+}

@@ -1,3 +1,11 @@
-//! The testbed: scenario files in, compared reports out.
+//! The testbed: scenario files in, compared reports out. See ARCHITECTURE.md
+//! for the layers; `main.rs` is only the command line.
+pub mod agent;
+pub mod plan;
+pub mod qemu;
 pub mod report;
+pub mod run;
+pub mod runner;
 pub mod scenario;
+pub mod ui;
+pub mod variant;

@@ -1,1 +1,193 @@
-fn main() {}
+//! `testbed`: run irqbypass scenarios in QEMU guests and compare their
+//! reports with stored snapshots.
+//!
+//! Exit codes (shared/design.md): 0 every report matched and every check
+//! passed; 1 a mismatch, a failed check or a scenario that broke; 2 bad usage
+//! or bad input files; 125 the kernel could not be fetched or booted (so
+//! `git bisect run` skips it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use testbed::run::{self, RunOptions};
+use testbed::{scenario, variant};
+
+#[derive(Parser)]
+#[command(name = "testbed", version, about = "Run irqbypass scenarios in QEMU guests with emulated IOMMUs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios and compare their reports with the snapshots
+    Run(RunArgs),
+    /// List variants, scenarios or kernels
+    List {
+        #[arg(value_enum)]
+        what: ListWhat,
+        /// Scenario files or directories (for `list scenarios`)
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+    },
+    /// Time the phases of one scenario on a warm cache (median of N boots)
+    Bench {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Boots to measure
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListWhat {
+    Variants,
+    Scenarios,
+    Kernels,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario files or directories of them
+    #[arg(default_value = "scenarios")]
+    paths: Vec<PathBuf>,
+    /// Variant to run on (repeatable); default: the default variants
+    #[arg(long = "variant", short = 'V')]
+    variants: Vec<String>,
+    /// Kernel spec: debian:MAJOR.MINOR[.PATCH] or path:BZIMAGE[,modules=DIR]
+    #[arg(long, short = 'k', default_value = "debian:7.2")]
+    kernel: String,
+    /// Write the machine-readable report here
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Give every scenario its own boot
+    #[arg(long)]
+    fresh_boot: bool,
+    /// Seconds the agent may stay silent during a scenario
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Seconds from QEMU start to the agent being ready
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
+    /// Accelerator: auto picks KVM only on hosts with hardware virtualization
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// QEMU binary
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Extra words for the guest kernel command line
+    #[arg(long = "append")]
+    append: Vec<String>,
+    /// Where console logs and reports of each run go (default: results/ beside scenarios/)
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Snapshot directory (default: snapshots/ beside the scenarios' directory)
+    #[arg(long)]
+    snapshots: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+impl RunArgs {
+    fn options(self) -> Result<RunOptions, run::InputError> {
+        let variants = if self.variants.is_empty() {
+            variant::defaults().collect()
+        } else {
+            self.variants
+                .iter()
+                .map(|name| variant::lookup(name).map_err(run::InputError::Variant))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let kernel = self.kernel.parse().map_err(run::InputError::Kernel)?;
+        let accel = match self.accel {
+            AccelArg::Auto => testbed::qemu::Accel::detect(),
+            AccelArg::Tcg => testbed::qemu::Accel::Tcg,
+            AccelArg::Kvm => testbed::qemu::Accel::Kvm,
+        };
+        Ok(RunOptions {
+            paths: self.paths,
+            variants,
+            kernel,
+            json: self.json,
+            fresh_boot: self.fresh_boot,
+            step_timeout: std::time::Duration::from_secs(self.timeout),
+            boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
+            accel,
+            qemu: self.qemu,
+            append: self.append,
+            results: self.results,
+            snapshots: self.snapshots,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => match args.options() {
+                Ok(options) => interruptible(run::run(options)).await,
+                Err(e) => run::usage_error(&e),
+            },
+            Command::Bench { run: args, iterations } => match args.options() {
+                Ok(options) => interruptible(run::bench(options, iterations)).await,
+                Err(e) => run::usage_error(&e),
+            },
+            Command::List { what, paths } => list(what, &paths),
+        }
+    });
+    // Dropping the runtime drops any QEMU still owned by an aborted task.
+    drop(runtime);
+    ExitCode::from(code)
+}
+
+/// Ctrl-C drops the run: its QEMU processes are killed and its temporary
+/// directories removed by their destructors; exit 130 like a shell.
+async fn interruptible(work: impl std::future::Future<Output = u8>) -> u8 {
+    tokio::select! {
+        code = work => code,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted");
+            130
+        }
+    }
+}
+
+fn list(what: ListWhat, paths: &[PathBuf]) -> u8 {
+    match what {
+        ListWhat::Variants => {
+            for v in variant::VARIANTS {
+                let default = if v.default { " (default)" } else { "" };
+                println!("{:<16} {}{default}", v.name, v.summary);
+            }
+            0
+        }
+        ListWhat::Scenarios => match scenario::load_paths(paths) {
+            Ok(scenarios) => {
+                for s in scenarios {
+                    println!("{:<28} {}", s.name, s.description);
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+        ListWhat::Kernels => run::list_kernels(),
+    }
+}

@@ -1,0 +1,43 @@
+//! Every snapshot file belongs to a scenario that exists and to a known
+//! variant, and has a body: a renamed or deleted scenario must take its
+//! snapshots with it.
+//!
+//! This test lives in `snapshots/` on purpose: cargo-insta looks for pending
+//! `.snap.new` files in the directories of the workspace's targets, and this
+//! target puts `snapshots/` among them, so `cargo insta review` works here.
+
+use std::path::Path;
+
+#[test]
+fn every_snapshot_has_a_scenario_and_a_variant() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let scenarios = root.join("scenarios");
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for variant_dir in std::fs::read_dir(root.join("snapshots")).unwrap().flatten() {
+        if !variant_dir.path().is_dir() {
+            continue;
+        }
+        let variant = variant_dir.file_name().to_string_lossy().into_owned();
+        if testbed::variant::lookup(&variant).is_err() {
+            problems.push(format!("snapshots/{variant}: no such variant"));
+        }
+        for file in std::fs::read_dir(variant_dir.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let Some(scenario) = name.strip_suffix(".snap") else { continue };
+            seen += 1;
+            if !scenarios.join(format!("{scenario}.toml")).exists() {
+                problems.push(format!("snapshots/{variant}/{name}: no scenarios/{scenario}.toml"));
+            }
+            let text = std::fs::read_to_string(file.path()).unwrap();
+            // insta's format: a metadata block between `---` lines, then the body.
+            let body = text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")).map(|(_, b)| b);
+            match body {
+                Some(body) if body.trim_start().starts_with(&format!("{scenario}:")) => {}
+                _ => problems.push(format!("snapshots/{variant}/{name}: no report body for {scenario}")),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    eprintln!("{seen} snapshot files checked");
+}

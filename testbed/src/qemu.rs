@@ -1,0 +1,284 @@
+//! QEMU command lines, built by small pure functions, and the process that
+//! owns a running QEMU. Dropping a [`QemuProcess`] kills and reaps QEMU, and
+//! QEMU also dies with the testbed (PR_SET_PDEATHSIG), so no path leaves one
+//! behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::variant::Variant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    /// KVM only where the host has real hardware virtualization: some hosts
+    /// expose a /dev/kvm (e.g. PVM) that cannot run a stock kernel.
+    pub fn detect() -> Accel {
+        let hw = Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        if hw && usable {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// A PCI device the scenario assigns, as QEMU sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciDevice {
+    /// QEMU `id=`, the scenario's device name.
+    pub id: String,
+    /// QEMU driver, e.g. `edu`.
+    pub driver: String,
+    /// Fixed `addr=` on the root bus (`05.0`), when the scenario pins it.
+    pub addr: Option<String>,
+}
+
+/// Everything one L1 boot needs.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub qemu: PathBuf,
+    pub variant: &'static Variant,
+    pub accel: Accel,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub extra_cmdline: Vec<String>,
+    pub devices: Vec<PciDevice>,
+    pub memory_mib: u32,
+    /// Holds qmp.sock and agent.sock.
+    pub runtime_dir: PathBuf,
+    pub console_log: PathBuf,
+}
+
+impl BootConfig {
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.runtime_dir.join("qmp.sock")
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.runtime_dir.join("agent.sock")
+    }
+}
+
+pub fn machine_args(accel: Accel) -> Vec<String> {
+    strings(&["-machine", &format!("q35,accel={}", accel.name())])
+}
+
+pub fn cpu_args(variant: &Variant, smp: u32, memory_mib: u32) -> Vec<String> {
+    strings(&["-cpu", variant.cpu(), "-smp", &smp.to_string(), "-m", &format!("{memory_mib}M")])
+}
+
+/// Settings every boot shares: no default devices, no display, exit instead
+/// of rebooting (a panicking kernel with panic=-1 then ends QEMU), and start
+/// paused: the runner attaches QMP and resolves devices first, then sends
+/// `cont`, so no guest event can precede the QMP greeting or go unseen.
+pub fn base_args() -> Vec<String> {
+    strings(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S"])
+}
+
+/// Kernel command line: console on ttyS0 with every message (the log is
+/// what a developer reads when something breaks), panic reboots at once (and
+/// -no-reboot turns that into an exit), then the variant's own words.
+pub fn cmdline(variant: &Variant, extra: &[String]) -> String {
+    let mut words: Vec<String> = strings(&["console=ttyS0", "panic=-1", "8250.nr_uarts=2"]);
+    words.extend(variant.cmdline().iter().map(|w| (*w).to_owned()));
+    words.extend(extra.iter().cloned());
+    words.join(" ")
+}
+
+pub fn boot_args(kernel: &Path, initrd: &Path, cmdline: &str) -> Vec<String> {
+    vec![
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline.to_owned(),
+    ]
+}
+
+/// ttyS0 is the console, into a log file; ttyS1 is the agent's channel,
+/// a socket the testbed listens on (so QEMU connects once it is ready).
+pub fn serial_args(console_log: &Path, agent_socket: &Path) -> Vec<String> {
+    vec![
+        "-serial".into(),
+        format!("file:{}", console_log.display()),
+        "-chardev".into(),
+        format!("socket,id=agent,path={}", agent_socket.display()),
+        "-serial".into(),
+        "chardev:agent".into(),
+    ]
+}
+
+pub fn qmp_args(qmp_socket: &Path) -> Vec<String> {
+    vec!["-qmp".into(), format!("unix:{},server=on,wait=off", qmp_socket.display())]
+}
+
+/// pvpanic lets the guest report a panic to QEMU (GUEST_PANICKED on QMP).
+pub fn panic_device_args() -> Vec<String> {
+    strings(&["-device", "pvpanic"])
+}
+
+pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
+    devices
+        .iter()
+        .flat_map(|d| {
+            let mut spec = format!("{},id={}", d.driver, d.id);
+            if let Some(addr) = &d.addr {
+                spec.push_str(&format!(",addr={addr}"));
+            }
+            ["-device".to_owned(), spec]
+        })
+        .collect()
+}
+
+/// The whole argument list, IOMMU before the devices it translates.
+pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
+    [
+        machine_args(cfg.accel),
+        cpu_args(cfg.variant, 1, cfg.memory_mib),
+        base_args(),
+        boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.extra_cmdline)),
+        cfg.variant.iommu_args(),
+        panic_device_args(),
+        device_args(&cfg.devices),
+        serial_args(&cfg.console_log, &cfg.agent_socket()),
+        qmp_args(&cfg.qmp_socket()),
+    ]
+    .concat()
+}
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+/// A running QEMU. Dropping it kills and reaps the process.
+pub struct QemuProcess {
+    child: tokio::process::Child,
+    pub pid: u32,
+}
+
+impl QemuProcess {
+    pub fn spawn(binary: &Path, args: &[String], stderr_log: &Path) -> std::io::Result<QemuProcess> {
+        let stderr = std::fs::File::create(stderr_log)?;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        Ok(QemuProcess { child, pid })
+    }
+
+    /// Waits for QEMU to exit on its own.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Waits up to `grace` for QEMU to exit, then kills it.
+    pub async fn finish(&mut self, grace: Duration) -> std::io::Result<ExitStatus> {
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.child.start_kill()?;
+                self.child.wait().await
+            }
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.start_kill();
+            // Reap synchronously: Drop may run while the runtime shuts down.
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Describes how QEMU ended, for error messages.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::variant;
+
+    fn config(variant: &str) -> BootConfig {
+        BootConfig {
+            qemu: "qemu-system-x86_64".into(),
+            variant: variant::lookup(variant).unwrap(),
+            accel: Accel::Tcg,
+            kernel: "/k/bzImage".into(),
+            initrd: "/k/initrd".into(),
+            extra_cmdline: vec!["quiet".into()],
+            devices: vec![
+                PciDevice { id: "dev0".into(), driver: "edu".into(), addr: None },
+                PciDevice { id: "dev1".into(), driver: "edu".into(), addr: Some("05.0".into()) },
+            ],
+            memory_mib: 1024,
+            runtime_dir: "/run/t".into(),
+            console_log: "/log/console.log".into(),
+        }
+    }
+
+    #[test]
+    fn iommu_comes_before_devices() {
+        let args = qemu_args(&config("amd-ir"));
+        let iommu = args.iter().position(|a| a.starts_with("amd-iommu")).unwrap();
+        let dev = args.iter().position(|a| a.starts_with("edu,")).unwrap();
+        assert!(iommu < dev);
+        assert!(args.contains(&"edu,id=dev1,addr=05.0".to_owned()));
+    }
+
+    #[test]
+    fn command_line_carries_variant_words() {
+        let cfg = config("none");
+        let line = cmdline(cfg.variant, &cfg.extra_cmdline);
+        assert_eq!(
+            line,
+            "console=ttyS0 panic=-1 8250.nr_uarts=2 vfio.enable_unsafe_noiommu_mode=1 quiet"
+        );
+    }
+
+    #[test]
+    fn sockets_live_in_the_runtime_dir() {
+        let args = qemu_args(&config("intel-ir"));
+        assert!(args.contains(&"unix:/run/t/qmp.sock,server=on,wait=off".to_owned()));
+        assert!(args.contains(&"socket,id=agent,path=/run/t/agent.sock".to_owned()));
+        assert!(args.contains(&"file:/log/console.log".to_owned()));
+    }
+}

@@ -1,0 +1,214 @@
+//! The `testbed` command end to end. Input errors need no guest; the rest
+//! boot real QEMU guests with the Debian kernel and run only with
+//! TESTBED_VM_TESTS=1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn testbed() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    cmd.env("INSTA_UPDATE", "no").env_remove("INSTA_FORCE_PASS");
+    cmd
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn vm_tests_enabled() -> bool {
+    if std::env::var_os("TESTBED_VM_TESTS").is_some_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!("skipped: set TESTBED_VM_TESTS=1 to boot guests");
+    false
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// QEMU processes whose command line mentions `marker` (a test's own temp dir).
+fn qemu_processes_with(marker: &Path) -> Vec<u32> {
+    let marker = marker.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("qemu-system") && cmdline.contains(&marker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn assert_no_qemu_left(marker: &Path) {
+    // The testbed reaps before exiting; allow the kernel a moment to drop the entry.
+    for _ in 0..50 {
+        if qemu_processes_with(marker).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("QEMU left running: {:?}", qemu_processes_with(marker));
+}
+
+#[test]
+fn bad_scenario_file_is_exit_2_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "description = \"x\"\n\n[[device]]\nname = \"dev0\"\nmodel = \"edu\"\ncolour = \"red\"\n")
+        .unwrap();
+    let output = testbed().arg("run").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let out = text(&output);
+    assert!(out.contains("typo.toml:6:"), "no file:line in: {out}");
+    assert!(out.contains("colour"), "does not name the unknown key: {out}");
+}
+
+#[test]
+fn unknown_variant_is_exit_2() {
+    let output = testbed().args(["run", "--variant", "intel-posted"]).arg(repo().join("scenarios")).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("unknown variant \"intel-posted\""), "{}", text(&output));
+}
+
+#[test]
+fn bad_kernel_spec_is_exit_2() {
+    let output = testbed().args(["run", "--kernel", "debian:seven"]).arg(repo().join("scenarios")).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("debian:seven"), "{}", text(&output));
+}
+
+#[test]
+fn unknown_kernel_version_is_exit_2() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let output = testbed().args(["run", "--kernel", "debian:6.99"]).arg(repo().join("scenarios")).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("6.99"), "{}", text(&output));
+}
+
+/// The product's main job on one variant: every scenario in scenarios/
+/// matches its snapshot and passes its checks.
+#[test]
+fn scenarios_match_snapshots_on_amd_ir() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let results = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "amd-ir", "--results"])
+        .arg(results.path())
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_no_qemu_left(results.path());
+}
+
+/// A scenario whose expectation cannot hold with stock QEMU (nothing posts,
+/// so nothing connects) must fail the run with a readable message.
+#[test]
+fn failing_expectation_is_exit_1() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg("--snapshots")
+        .arg(tmp.path().join("snapshots"))
+        .arg(fixture("expect-connected.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("CHECK FAILED"), "{out}");
+    assert!(out.contains("check connected vm0 dev0/msi0 failed"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// A kernel that panics before the agent runs is a kernel that "could not be
+/// booted": exit 125 so `git bisect run` skips it, with the panic quoted.
+#[test]
+fn kernel_panic_at_boot_is_exit_125() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--append", "rdinit=/no-such-init", "--results"])
+        .arg(tmp.path())
+        .arg(repo().join("scenarios/edu-no-consumer.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(125), "{out}");
+    assert!(out.contains("Kernel panic"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// Starts a run in the background and returns it with the pid of its QEMU
+/// once the agent is ready (its console line is in the log).
+fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child, u32) {
+    let child = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp)
+        .args(extra)
+        .arg(fixture("long-fire.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let console = tmp.join("intel-ir/boot-0/console.log");
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "agent never became ready");
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if log.contains("testbed-agent: ready") {
+            if let Some(&pid) = qemu_processes_with(tmp).first() {
+                return (child, pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn qemu_dying_mid_run_is_exit_1() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (child, qemu) = start_and_wait_for_agent(tmp.path(), &[]);
+    unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+    let output = child.wait_with_output().unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("qemu exited unexpectedly (killed by signal 9)"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+#[test]
+fn hung_guest_is_exit_1() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (child, qemu) = start_and_wait_for_agent(tmp.path(), &["--timeout", "5"]);
+    // A stopped QEMU is a guest that never answers again.
+    unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
+    let output = child.wait_with_output().unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("guest hung: no word from the agent for 5s"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
