@@ -171,7 +171,7 @@ impl Session {
         let qmp_socket = cfg.qmp_socket();
         let qmp = tokio::select! {
             qmp = Qmp::connect(&qmp_socket, Duration::from_secs(10)) => qmp.map_err(|e| format!("qmp: {e}")),
-            status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log)),
+            status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "start-up")),
         };
         let mut qmp = qmp.map_err(early)?;
         let events = qmp.take_events().ok_or_else(|| early("qmp: event stream already taken".into()))?;
@@ -193,7 +193,7 @@ impl Session {
         let deadline = tokio::time::Instant::now() + timeouts.boot;
         let stream = tokio::select! {
             accepted = listener.accept() => accepted.map(|(s, _)| s).map_err(|e| format!("agent socket: {e}")),
-            status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log)),
+            status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "boot")),
             _ = tokio::time::sleep_until(deadline) => Err("qemu never connected the agent port".to_owned()),
         }
         .map_err(early)?;
@@ -333,21 +333,28 @@ impl Session {
                             console_excerpt(&self.console_log, "Kernel panic")
                         ));
                     }
-                    Some(qapi::qmp::Event::SHUTDOWN { .. }) => {
-                        return Interrupt::Failed(format!("guest shut down during {what}{}", console_tail(&self.console_log)));
+                    Some(qapi::qmp::Event::SHUTDOWN { data, .. }) => {
+                        let how = serde_json::to_value(data.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "unknown reason".to_owned());
+                        return Interrupt::Failed(format!(
+                            "guest shut down ({how}) during {what}{}",
+                            console_evidence(&self.console_log)
+                        ));
                     }
                     Some(_) => continue,
                     None => return Interrupt::Failed(self.gone(what).await),
                 },
                 status = self.qemu.wait() => {
                     let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
-                    return Interrupt::Failed(format!("{} during {what}", qemu_exit_message(status, &stderr_log)));
+                    return Interrupt::Failed(qemu_exit_message(status, &stderr_log, what));
                 }
                 _ = &mut deadline => {
                     return Interrupt::Failed(format!(
                         "guest hung: no word from the agent for {}s during {what}{}",
                         timeout.as_secs(),
-                        console_tail(&self.console_log)
+                        console_evidence(&self.console_log)
                     ));
                 }
             }
@@ -358,8 +365,8 @@ impl Session {
     async fn gone(&mut self, what: &str) -> String {
         let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
         match tokio::time::timeout(Duration::from_secs(2), self.qemu.wait()).await {
-            Ok(status) => format!("{} during {what}", qemu_exit_message(status, &stderr_log)),
-            Err(_) => format!("the agent closed its port during {what}{}", console_tail(&self.console_log)),
+            Ok(status) => qemu_exit_message(status, &stderr_log, what),
+            Err(_) => format!("the agent closed its port during {what}{}", console_evidence(&self.console_log)),
         }
     }
 }
@@ -374,7 +381,13 @@ fn message_kind(message: &wire::AgentMessage) -> &'static str {
     }
 }
 
-fn qemu_exit_message(status: std::io::Result<std::process::ExitStatus>, stderr_log: &std::path::Path) -> String {
+/// "qemu exited unexpectedly (how) during what: its stderr", then the
+/// kernel's panic line if the console has one.
+fn qemu_exit_message(
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr_log: &std::path::Path,
+    what: &str,
+) -> String {
     let how = match status {
         Ok(status) => qemu::describe_exit(status),
         Err(e) => format!("unknown status ({e})"),
@@ -384,9 +397,9 @@ fn qemu_exit_message(status: std::io::Result<std::process::ExitStatus>, stderr_l
     let console = stderr_log.with_file_name("console.log");
     let panic = console_excerpt(&console, "Kernel panic");
     if stderr.is_empty() {
-        format!("qemu exited unexpectedly ({how}){panic}")
+        format!("qemu exited unexpectedly ({how}) during {what}{panic}")
     } else {
-        format!("qemu exited unexpectedly ({how}): {}{panic}", truncate(stderr, 500))
+        format!("qemu exited unexpectedly ({how}) during {what}: {}{panic}", truncate(stderr, 500))
     }
 }
 
@@ -396,6 +409,15 @@ fn console_excerpt(console_log: &std::path::Path, needle: &str) -> String {
     match text.lines().find(|l| l.contains(needle)) {
         Some(line) => format!("\n    console: {}", line.trim()),
         None => String::new(),
+    }
+}
+
+/// What the console says about a failure: the kernel's panic line when
+/// there is one (it matters more than whatever followed it), else the tail.
+fn console_evidence(console_log: &std::path::Path) -> String {
+    match console_excerpt(console_log, "Kernel panic") {
+        panic if !panic.is_empty() => panic,
+        _ => console_tail(console_log),
     }
 }
 

@@ -103,14 +103,32 @@ fn scenarios_match_snapshots_on_amd_ir() {
         return;
     }
     let results = tempfile::tempdir().unwrap();
+    let json = results.path().join("report.json");
     let output = testbed()
         .args(["run", "--variant", "amd-ir", "--results"])
         .arg(results.path())
+        .arg("--json")
+        .arg(&json)
         .arg(repo().join("scenarios"))
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_no_qemu_left(results.path());
+
+    // The machine-readable report has one passing result per scenario.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let scenarios = std::fs::read_dir(repo().join("scenarios"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "toml"))
+        .count();
+    let cells = report["results"].as_array().unwrap();
+    assert_eq!(cells.len(), scenarios);
+    for cell in cells {
+        assert_eq!(cell["variant"], "amd-ir");
+        assert_eq!(cell["verdict"], "pass", "{cell}");
+        assert!(cell["report"]["checks"].is_array(), "{cell}");
+    }
+    assert!(report["boots"][0]["seconds"]["boot_to_ready"].as_f64().unwrap() > 0.0);
 }
 
 /// A scenario whose expectation cannot hold with stock QEMU (nothing posts,
