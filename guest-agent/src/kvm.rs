@@ -1,4 +1,5 @@
-//! KVM: a VM with an in-kernel irqchip, one vCPU (never run), MSI routes and irqfds.
+//! KVM: a VM with an in-kernel irqchip, one vCPU, MSI routes and irqfds. The
+//! vCPU runs only between `start-vm` and `stop-vm`, with the L2 program (`l2`).
 
 use std::collections::BTreeMap;
 
@@ -6,6 +7,7 @@ use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::l2::L2;
 use crate::sys::errno_str;
 
 /// First GSI the agent routes (0..23 are the IOAPIC pins).
@@ -24,12 +26,17 @@ pub struct Route {
 }
 
 pub struct Vm {
-    // the vCPU goes first: it holds a reference on the VM
+    // the vCPU goes first: it holds a reference on the VM. While the L2
+    // runs, its thread owns the vCPU.
     vcpu: Option<VcpuFd>,
     vm: VmFd,
+    kvm: Kvm,
     routes: Vec<Route>,
     /// Attached irqfds: source vector name -> GSI.
     pub irqfds: BTreeMap<String, u32>,
+    /// The L2 program's memory and thread, from the first `start-vm` on.
+    /// After the VM fd: its memory is unmapped after the VM is closed.
+    pub l2: Option<L2>,
 }
 
 impl Vm {
@@ -41,7 +48,55 @@ impl Vm {
         let vcpu = vm
             .create_vcpu(0)
             .map_err(|e| errno_str("KVM_CREATE_VCPU", e.errno()))?;
-        Ok(Vm { vcpu: Some(vcpu), vm, routes: Vec::new(), irqfds: BTreeMap::new() })
+        Ok(Vm { vcpu: Some(vcpu), vm, kvm, routes: Vec::new(), irqfds: BTreeMap::new(), l2: None })
+    }
+
+    /// Run the L2 program on the vCPU in `mode` (see `wire::Step::StartVm`).
+    pub fn start_l2(&mut self, mode: wire::L2Mode, period_ms: u32, tick: &mut dyn FnMut()) -> Result<(), String> {
+        if self.l2.as_ref().is_some_and(L2::running) {
+            return Err("its L2 is already running".into());
+        }
+        let vcpu = self.vcpu.take().ok_or("the VM has no vCPU")?;
+        if self.l2.is_none() {
+            match L2::prepare(&self.kvm, &self.vm, &vcpu) {
+                Ok(l2) => self.l2 = Some(l2),
+                Err(e) => {
+                    self.vcpu = Some(vcpu);
+                    return Err(e);
+                }
+            }
+        }
+        let l2 = self.l2.as_mut().expect("prepared above");
+        let r = l2.start(&self.vm, vcpu, mode, period_ms, tick);
+        if r.is_err() && l2.running() {
+            let (vcpu, _) = l2.stop(&self.vm);
+            let at = vcpu
+                .as_ref()
+                .and_then(|v| v.get_regs().ok())
+                .map(|r| format!("; L2 at rip {:#x} rflags {:#x}", r.rip, r.rflags))
+                .unwrap_or_default();
+            self.vcpu = vcpu;
+            return r.map_err(|e| format!("{e}{at}; exceptions {:?}; {}", l2.exceptions(), l2.stats()));
+        }
+        r
+    }
+
+    /// Park the L2 and take the vCPU back from its thread.
+    pub fn stop_l2(&mut self) -> Result<(), String> {
+        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+        let (vcpu, r) = l2.stop(&self.vm);
+        self.vcpu = vcpu;
+        let exceptions = l2.exceptions();
+        r?;
+        if !exceptions.is_empty() {
+            return Err(format!("L2 took exceptions (vector: count) {exceptions:?}"));
+        }
+        Ok(())
+    }
+
+    /// The L2, when it is running.
+    pub fn running_l2(&self) -> Option<&L2> {
+        self.l2.as_ref().filter(|l| l.running())
     }
 
     /// Route for `source`, creating it (with `vector`) if it does not exist yet.
@@ -97,6 +152,13 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        if let Some(l2) = self.l2.as_mut().filter(|l| l.running()) {
+            let (vcpu, r) = l2.stop(&self.vm);
+            if let Err(e) = r {
+                crate::say!("stopping L2: {e}");
+            }
+            drop(vcpu);
+        }
         self.vcpu.take();
     }
 }

@@ -4,6 +4,7 @@
 mod attrib;
 mod interrupts;
 mod kvm;
+mod l2;
 mod modules;
 mod platform;
 mod runner;

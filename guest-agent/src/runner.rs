@@ -230,11 +230,43 @@ impl Runner {
             },
             Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
                 Some(i) => {
-                    drop(st.vms.remove(i));
-                    Ok(())
+                    let (name, mut v) = st.vms.remove(i);
+                    // stop a running L2 first, so that its errors are this step's
+                    let r = match v.running_l2().map(|l| l.stats()) {
+                        Some(stats) => {
+                            let r = v.stop_l2().map_err(|e| format!("stopping the L2 of {name}: {e}"));
+                            say!("{name}: L2 stopped ({stats})");
+                            r
+                        }
+                        None => Ok(()),
+                    };
+                    drop(v);
+                    r
                 }
                 None => Err(format!("no VM named {vm}")),
             },
+            Step::StartVm { vm, mode, period_ms } => {
+                let period = period_ms.unwrap_or(wire::DEFAULT_ALTERNATE_MS);
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                let t0 = Instant::now();
+                let r = st.vm(vm).and_then(|v| v.start_l2(*mode, period, &mut tick));
+                if r.is_ok() {
+                    say!("{vm}: L2 {} after {} us", mode.name(), t0.elapsed().as_micros());
+                }
+                r.map_err(|e| format!("{vm}: {e}"))
+            }
+            Step::StopVm { vm } => st.vm(vm).and_then(|v| {
+                let stats = v.running_l2().map(|l| l.stats()).unwrap_or_default();
+                let r = v.stop_l2();
+                say!("{vm}: L2 stopped ({stats})");
+                r.map_err(|e| format!("{vm}: {e}"))
+            }),
         };
         self.poll_trace();
         let obs = self.attrib.process(&self.acc, &names);
@@ -340,6 +372,21 @@ impl Runner {
             }
         }
         let held = !routes.is_empty();
+        // running L2s of VMs holding the vector: (vm, memory, route vector, count before)
+        let mut l2s = Vec::new();
+        for (name, vm) in &st.vms {
+            if !vm.irqfds.contains_key(vector) {
+                continue;
+            }
+            let Some(l2) = vm.running_l2() else { continue };
+            if let Some(r) = vm.routes().iter().find(|r| r.source == vector) {
+                l2s.push((name.clone(), l2.mem.clone(), r.vector, l2.mem.count(r.vector)));
+            }
+        }
+        let delivered = |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
+            l2s.iter().map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v))).collect()
+        };
+        let fire_t0 = Instant::now();
         let dev = st.device(device)?;
         let irq_name = vfio_irq_name(kind, idx, &dev.bdf);
         let host_line = || {
@@ -357,7 +404,14 @@ impl Runner {
             dev.bar0_write32(EDU_IRQ_RAISE, 1)?;
             let t0 = Instant::now();
             loop {
-                if held {
+                if !l2s.is_empty() {
+                    // delivered in every running L2 (which implies L1 saw it
+                    // and KVM injected it); the trace is read once per interrupt
+                    if delivered(&l2s).iter().all(|d| *d > i) {
+                        self.poll_trace();
+                        break;
+                    }
+                } else if held {
                     self.poll_trace();
                     let host = host_line().map(|l| l.count).unwrap_or(0).saturating_sub(base);
                     if host > i || self.injected(&routes) > i {
@@ -372,9 +426,18 @@ impl Runner {
                 self.heartbeat(index, send);
                 if t0.elapsed() > FIRE_TIMEOUT {
                     say!("fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}", i + 1);
+                    let dead = st.vms.iter().find_map(|(n, vm)| {
+                        vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}"))
+                    });
+                    if let Some(e) = dead {
+                        let _ = dev.bar0_write32(EDU_IRQ_ACK, 1);
+                        return Err(e);
+                    }
                     break;
                 }
-                if held {
+                if !l2s.is_empty() {
+                    sleep(Duration::from_micros(50));
+                } else if held {
                     sleep(Duration::from_micros(500));
                 } else {
                     poll_in(&evfd, 10);
@@ -382,12 +445,16 @@ impl Runner {
             }
             dev.bar0_write32(EDU_IRQ_ACK, 1)?;
         }
-        // let the irqfd slow path (workqueue) catch up
+        let fired_in = fire_t0.elapsed();
+        // let the irqfd slow path (workqueue) and the L2s catch up
         if held {
             let t0 = Instant::now();
             loop {
                 self.poll_trace();
-                if self.injected(&routes) >= u64::from(count) || t0.elapsed() > Duration::from_millis(300) {
+                let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
+                if (self.injected(&routes) >= u64::from(count) && all_in)
+                    || t0.elapsed() > Duration::from_millis(300)
+                {
                     break;
                 }
                 sleep(Duration::from_millis(1));
@@ -396,6 +463,22 @@ impl Runner {
             signalled += signalled_read(&evfd);
         }
         let line = host_line();
+        let delivered = (!l2s.is_empty()).then(|| delivered(&l2s).iter().sum::<u64>());
+        if let Some(d) = delivered {
+            let names: Vec<&str> = l2s.iter().map(|(n, ..)| n.as_str()).collect();
+            say!(
+                "fire {vector}: {count} raised in {} us ({} us each), delivered in L2 ({}) {d}",
+                fired_in.as_micros(),
+                fired_in.as_micros() / u128::from(count.max(1)),
+                names.join(", ")
+            );
+        }
+        // an L2 that died while the step ran is this step's failure
+        for (name, vm) in &st.vms {
+            if let Some(e) = vm.running_l2().and_then(|l| l.error()) {
+                return Err(format!("{name}: {e}"));
+            }
+        }
         Ok(VectorCount {
             vector: vector.to_string(),
             raised: u64::from(count),
@@ -403,6 +486,7 @@ impl Runner {
             host_irq: line.as_ref().map(|l| l.count.saturating_sub(base)).unwrap_or(0),
             host_chip: line.map(|l| normalize_chip(&l.chip)),
             injected: self.injected(&routes),
+            delivered,
         })
     }
 }

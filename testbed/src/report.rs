@@ -235,6 +235,9 @@ impl Report {
                 c.injected,
                 w = width,
             );
+            if let Some(d) = c.delivered {
+                let _ = write!(out, "  delivered in L2 {d}");
+            }
             if let Some(sig) = c.signalled {
                 let _ = write!(out, "  eventfd signalled {sig}");
             }
@@ -477,6 +480,18 @@ pub fn step_line(step: &Step) -> String {
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
+        Step::StartVm {
+            vm,
+            mode,
+            period_ms,
+        } => match (mode, period_ms) {
+            (wire::L2Mode::Alternate, p) => format!(
+                "start-vm {vm} (alternate, {} ms phases)",
+                p.unwrap_or(wire::DEFAULT_ALTERNATE_MS)
+            ),
+            (m, _) => format!("start-vm {vm} ({})", m.name()),
+        },
+        Step::StopVm { vm } => format!("stop-vm {vm}"),
     }
 }
 
@@ -581,6 +596,25 @@ fn timestamp_len(s: &str) -> Option<usize> {
         && b.len() == 6
         && b.bytes().all(|c| c.is_ascii_digit()))
     .then_some(close + 1)
+}
+
+/// For each step index, the VMs whose L2 runs when the step starts.
+pub(crate) fn l2_running_before_each_step(scenario: &Scenario) -> Vec<BTreeSet<String>> {
+    let mut running = BTreeSet::new();
+    let mut out = Vec::with_capacity(scenario.steps.len());
+    for s in &scenario.steps {
+        out.push(running.clone());
+        match s {
+            Step::StartVm { vm, .. } => {
+                running.insert(vm.clone());
+            }
+            Step::StopVm { vm } | Step::DestroyVm { vm } => {
+                running.remove(vm);
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// For each step index, which (vm, vector) irqfds are attached when it runs.

@@ -57,7 +57,8 @@ pub struct ScenarioDevice {
 #[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Expectation {
     /// For every fired vector: raised == host_irq, and raised == injected
-    /// where an irqfd held the vector, or signalled == raised where none did.
+    /// where an irqfd held the vector, or signalled == raised where none did;
+    /// where the L2 of a VM holding the vector ran, delivered == raised.
     Lossless,
     /// `connected` only between a registered producer and a registered consumer
     /// of the same vector; every connection is disconnected before or when
@@ -629,6 +630,8 @@ struct Checker<'s, 'a> {
     irqfds: BTreeMap<(String, String), usize>,
     /// Every (vm, vector) that some irqfd step attached.
     ever_attached: BTreeMap<(String, String), usize>,
+    /// VMs whose L2 runs: vm -> the start-vm step.
+    l2_running: BTreeMap<String, usize>,
     /// Whether any step fires.
     fired: bool,
     /// Where the current table is, for errors.
@@ -645,6 +648,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             vms: BTreeMap::new(),
             irqfds: BTreeMap::new(),
             ever_attached: BTreeMap::new(),
+            l2_running: BTreeMap::new(),
             fired: false,
             span: 0..0,
             context: String::new(),
@@ -950,6 +954,50 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.live_vm("vm", vm)?;
                 self.vms.insert(vm.clone(), VmState::Destroyed { step: k });
                 self.irqfds.retain(|(v, _), _| v != vm);
+                self.l2_running.remove(vm);
+            }
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
+                self.live_vm("vm", vm)?;
+                if let Some(step) = self.l2_running.get(vm) {
+                    return Err(self.err(
+                        "vm",
+                        format!("the L2 of {vm} is already running (start-vm at step {step})"),
+                    ));
+                }
+                if let Some(p) = period_ms {
+                    if *mode != wire::L2Mode::Alternate {
+                        return Err(self.err(
+                            "period_ms",
+                            format!(
+                                "period_ms only applies to mode = \"alternate\" (mode is \"{}\")",
+                                mode.name()
+                            ),
+                        ));
+                    }
+                    if !(1..=wire::MAX_ALTERNATE_MS).contains(p) {
+                        return Err(self.err(
+                            "period_ms",
+                            format!(
+                                "period_ms = {p} out of range 1..={}",
+                                wire::MAX_ALTERNATE_MS
+                            ),
+                        ));
+                    }
+                }
+                self.l2_running.insert(vm.clone(), k);
+            }
+            Step::StopVm { vm } => {
+                self.live_vm("vm", vm)?;
+                if self.l2_running.remove(vm).is_none() {
+                    return Err(self.err(
+                        "vm",
+                        format!("the L2 of {vm} is not running: no start-vm {vm} in force"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1014,5 +1062,76 @@ pub(crate) fn plural(n: usize, what: &str) -> String {
         format!("{n} {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod l2_step_tests {
+    use super::*;
+
+    fn with_steps(steps: &str) -> Result<Scenario, ScenarioError> {
+        let text = format!(
+            r#"
+description = "l2"
+
+[[device]]
+name = "dev0"
+model = "edu"
+
+[[step]]
+action = "bind"
+device = "dev0"
+
+[[step]]
+action = "create-vm"
+vm = "vm0"
+{steps}"#
+        );
+        parse(Path::new("scenarios/l2.toml"), &text)
+    }
+
+    fn error(steps: &str) -> String {
+        with_steps(steps).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn start_and_stop_follow_the_vm() {
+        let s = with_steps(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"halted\"\n\
+             [[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n\
+             [[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 2\n\
+             [[step]]\naction = \"destroy-vm\"\nvm = \"vm0\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.steps[2],
+            Step::StartVm { vm: "vm0".into(), mode: wire::L2Mode::Halted, period_ms: None }
+        );
+        assert_eq!(
+            s.steps[4],
+            Step::StartVm { vm: "vm0".into(), mode: wire::L2Mode::Alternate, period_ms: Some(2) }
+        );
+    }
+
+    #[test]
+    fn bad_starts_and_stops() {
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm1\"\n");
+        assert!(e.contains("step 3 (start-vm): unknown vm \"vm1\""), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n");
+        assert!(e.contains("step 4 (start-vm): the L2 of vm0 is already running (start-vm at step 3)"), "{e}");
+        let e = error("[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n");
+        assert!(e.contains("step 3 (stop-vm): the L2 of vm0 is not running"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n");
+        assert!(e.contains("l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n");
+        assert!(e.contains("period_ms = 0 out of range 1..=1000"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"sleepy\"\n");
+        assert!(e.contains("sleepy"), "{e}");
+        // destroy-vm stops the L2: a later stop-vm has nothing to stop, and the VM is gone
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"destroy-vm\"\nvm = \"vm0\"\n\
+             [[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n",
+        );
+        assert!(e.contains("step 5 (stop-vm): vm \"vm0\" used after destroy-vm at step 4"), "{e}");
     }
 }

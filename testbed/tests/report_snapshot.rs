@@ -43,6 +43,7 @@ fn report(l1_seen: u64) -> Report {
         host_irq: l1_seen,
         host_chip: Some("IR-PCI-MSI".into()),
         injected: l1_seen,
+        delivered: None,
     }];
     steps[5].bypass = vec![BypassEvent::ProducerUnregistered {
         producer: "dev0/msi0".into(),

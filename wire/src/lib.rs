@@ -180,9 +180,60 @@ pub enum Step {
     /// Close the VFIO device (and its group and container): VFIO tears down its
     /// interrupts, so producers unregister while irqfds may stay.
     CloseDevice { device: String },
-    /// Close the VM: its irqfds go, so consumers unregister.
+    /// Close the VM: its irqfds go, so consumers unregister. A running L2 is
+    /// stopped first.
     DestroyVm { vm: String },
+    /// Run the VM's vCPU on its own agent thread with the agent's tiny L2
+    /// program (real mode, x2APIC, one counter per interrupt vector), whose
+    /// main loop waits for interrupts as `mode` says. Returns once the L2
+    /// reported ready and acknowledged the mode. While it runs, `fire` waits
+    /// for each interrupt of a vector routed to the VM to be delivered in L2
+    /// and reports `delivered`. A stopped L2 may be started again, in any mode.
+    StartVm {
+        vm: String,
+        #[serde(default)]
+        mode: L2Mode,
+        /// `alternate` only: how long each spinning and each halted phase
+        /// lasts, in ms (default [`DEFAULT_ALTERNATE_MS`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        period_ms: Option<u32>,
+    },
+    /// Park the VM's L2 (it acknowledges, then leaves KVM_RUN through a port
+    /// I/O exit) and stop its vCPU thread. Interrupts raised while it is
+    /// stopped stay pending in its local APIC and are taken at the next start.
+    StopVm { vm: String },
 }
+
+/// How the L2 program's main loop waits for interrupts (interrupts are
+/// always enabled and the x2APIC TPR is 0).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum L2Mode {
+    /// Spin with `pause`: interrupts find the vCPU runnable.
+    #[default]
+    Running,
+    /// `sti; hlt` loop: every interrupt has to wake a blocked vCPU.
+    Halted,
+    /// Spin for `period_ms`, then halt for `period_ms` (woken by the L2's
+    /// own one-shot x2APIC timer), and so on.
+    Alternate,
+}
+
+impl L2Mode {
+    /// The name as written in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            L2Mode::Running => "running",
+            L2Mode::Halted => "halted",
+            L2Mode::Alternate => "alternate",
+        }
+    }
+}
+
+/// Phase length of [`L2Mode::Alternate`] when a `start-vm` gives none.
+pub const DEFAULT_ALTERNATE_MS: u32 = 5;
+/// Longest `period_ms` a `start-vm` may ask for.
+pub const MAX_ALTERNATE_MS: u32 = 1000;
 
 fn one() -> u32 {
     1
@@ -201,6 +252,8 @@ impl Step {
             Step::Fire { .. } => "fire",
             Step::CloseDevice { .. } => "close-device",
             Step::DestroyVm { .. } => "destroy-vm",
+            Step::StartVm { .. } => "start-vm",
+            Step::StopVm { .. } => "stop-vm",
         }
     }
 }
@@ -258,4 +311,36 @@ pub struct VectorCount {
     /// KVM MSI injections for this vector's route (`kvm_msi_set_irq` trace
     /// events with the route's address and data).
     pub injected: u64,
+    /// Interrupts the L2 program counted on the route's vector, summed over
+    /// the VMs holding the vector whose L2 ran during the step; `None` when
+    /// no such L2 ran (then nothing can be delivered). Absent on the wire
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_is_optional_and_absent_when_none() {
+        let old = r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
+        let c: VectorCount = serde_json::from_str(old).unwrap();
+        assert_eq!(c.delivered, None);
+        assert_eq!(serde_json::to_string(&c).unwrap(), old, "None is not sent: old hosts still parse it");
+        let with = VectorCount { delivered: Some(5), ..c };
+        assert!(serde_json::to_string(&with).unwrap().ends_with(r#""injected":5,"delivered":5}"#));
+    }
+
+    #[test]
+    fn start_vm_defaults_to_running() {
+        let s: Step = serde_json::from_str(r#"{"action":"start-vm","vm":"vm0"}"#).unwrap();
+        assert_eq!(s, Step::StartVm { vm: "vm0".into(), mode: L2Mode::Running, period_ms: None });
+        assert_eq!(s.action(), "start-vm");
+        let s: Step = serde_json::from_str(r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#).unwrap();
+        assert_eq!(s, Step::StartVm { vm: "vm0".into(), mode: L2Mode::Alternate, period_ms: Some(3) });
+        let s: Step = serde_json::from_str(r#"{"action":"stop-vm","vm":"vm0"}"#).unwrap();
+        assert_eq!(s.action(), "stop-vm");
+    }
 }

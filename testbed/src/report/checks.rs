@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use wire::{BypassEvent, Step};
 
-use super::{irqfds_before_each_step, posting, Report};
+use super::{irqfds_before_each_step, l2_running_before_each_step, posting, Report};
 use crate::scenario::Expectation;
 
 /// Whether `exp` holds for `r`, and the detail to show.
@@ -43,6 +43,7 @@ fn fail(problems: Vec<String>) -> (bool, String) {
 
 fn lossless(r: &Report) -> (bool, String) {
     let held = irqfds_before_each_step(&r.scenario);
+    let l2 = l2_running_before_each_step(&r.scenario);
     let mut problems = Vec::new();
     let mut ok = Vec::new();
     for (i, step) in r.scenario.steps.iter().enumerate() {
@@ -81,6 +82,24 @@ fn lossless(r: &Report) -> (bool, String) {
                         c.injected,
                         vms.join(", ")
                     ));
+                }
+                // where an L2 runs, every interrupt must arrive there too
+                let running: Vec<&str> = vms
+                    .iter()
+                    .filter(|vm| l2.get(i).is_some_and(|r| r.contains(*vm)))
+                    .map(String::as_str)
+                    .collect();
+                match c.delivered {
+                    Some(d) if d != c.raised => problems.push(format!(
+                        "step {n} {vector}: raised {} but L2 received {d} (L2 of {})",
+                        c.raised,
+                        running.join(", ")
+                    )),
+                    None if !running.is_empty() => problems.push(format!(
+                        "step {n} {vector}: the L2 of {} was running but reported no deliveries",
+                        running.join(", ")
+                    )),
+                    _ => {}
                 }
             }
             None => {

@@ -161,6 +161,7 @@ fn fired(raised: u64, host_irq: u64, injected: u64, signalled: Option<u64>) -> V
         host_irq,
         host_chip: Some("IR-PCI-MSI".into()),
         injected,
+        delivered: None,
     }
 }
 
@@ -730,4 +731,125 @@ fn event_checks_fail_when_tracing_is_incomplete() {
     assert!(r
         .body()
         .contains("\nobserved with gaps: kprobe irq_bypass_register_consumer: no such symbol\n"));
+}
+
+/// The producer-first wiring with an L2 running around the fire step.
+fn l2_scenario(mode_lines: &str) -> Scenario {
+    let text = format!(
+        r#"
+description = "edu MSI delivered into a running L2"
+
+[[device]]
+name = "dev0"
+model = "edu"
+
+[[step]]
+action = "bind"
+device = "dev0"
+
+[[step]]
+action = "enable-msi"
+device = "dev0"
+
+[[step]]
+action = "create-vm"
+vm = "vm0"
+
+[[step]]
+action = "irqfd"
+vm = "vm0"
+vector = "dev0/msi0"
+
+[[step]]
+action = "start-vm"
+vm = "vm0"
+{mode_lines}
+
+[[step]]
+action = "fire"
+vector = "dev0/msi0"
+count = 50
+
+[[step]]
+action = "stop-vm"
+vm = "vm0"
+
+[[step]]
+action = "fire"
+vector = "dev0/msi0"
+count = 2
+
+[[expect]]
+check = "lossless"
+"#
+    );
+    scenario::parse(Path::new("scenarios/edu-l2-running.toml"), &text).unwrap()
+}
+
+fn l2_report(delivered: Option<u64>) -> Report {
+    let s = l2_scenario("mode = \"running\"");
+    let mut steps: Vec<StepReport> = (0..8).map(|i| step(i, vec![])).collect();
+    steps[5].interrupts = vec![VectorCount {
+        delivered,
+        ..fired(50, 50, 50, None)
+    }];
+    steps[7].interrupts = vec![fired(2, 2, 2, None)];
+    Report::from_parts(&s, header(), stock(), steps, done(), None)
+}
+
+#[test]
+fn l2_delivery_is_rendered_and_checked() {
+    let r = l2_report(Some(50));
+    passes(&r, "lossless");
+    let body = r.body();
+    assert!(body.contains("   5 start-vm vm0 (running)\n"), "{body}");
+    assert!(body.contains("   7 stop-vm vm0\n"), "{body}");
+    assert!(
+        body.contains(
+            "step 6  dev0/msi0  raised 50  L1 50 (IR-PCI-MSI)  injected by KVM 50  delivered in L2 50\n"
+        ),
+        "{body}"
+    );
+    // no L2 ran during step 8: nothing about delivery
+    assert!(
+        body.contains("step 8  dev0/msi0  raised 2  L1 2 (IR-PCI-MSI)  injected by KVM 2\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn lossless_fails_on_a_lost_l2_delivery() {
+    let r = l2_report(Some(49));
+    fails(
+        &r,
+        "lossless",
+        "step 6 dev0/msi0: raised 50 but L2 received 49 (L2 of vm0)",
+    );
+    // everything else was fine: only the delivery is blamed
+    let c = check_of(&r, "lossless");
+    assert!(!c.detail.contains("injected"), "{}", c.detail);
+}
+
+#[test]
+fn lossless_fails_when_a_running_l2_reports_nothing() {
+    let r = l2_report(None);
+    fails(
+        &r,
+        "lossless",
+        "step 6 dev0/msi0: the L2 of vm0 was running but reported no deliveries",
+    );
+}
+
+#[test]
+fn start_vm_lines_name_the_mode() {
+    let s = l2_scenario("mode = \"alternate\"\nperiod_ms = 20");
+    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (alternate, 20 ms phases)");
+    let s = l2_scenario("mode = \"alternate\"");
+    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (alternate, 5 ms phases)");
+    let s = l2_scenario("mode = \"halted\"");
+    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (halted)");
+    let s = l2_scenario("");
+    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (running)", "running is the default");
+    let running = l2_running_before_each_step(&s);
+    assert!(running[4].is_empty() && running[5].contains("vm0") && running[7].is_empty());
 }

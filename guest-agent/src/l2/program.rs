@@ -1,0 +1,164 @@
+//! The L2 program, assembled by `build.rs` with iced-x86's code assembler.
+//!
+//! Compiled only into the build script (it needs iced-x86, which the agent
+//! itself does not link): the agent embeds the bytes and the stub table the
+//! build script writes to `$OUT_DIR/l2_program.rs`.
+//!
+//! 16-bit real mode, every segment base 0 (the agent sets CS, the program
+//! the rest). What it does:
+//!
+//! 1. Enters x2APIC mode (IA32_APIC_BASE |= EN|EXTD), sets the TPR to 0,
+//!    software-enables the APIC (SVR = 0x1ff), programs the timer (one-shot,
+//!    vector `TIMER_VECTOR`, divide by 1, not armed), reads IA32_APIC_BASE
+//!    back into the control block and reports it with `out PORT_READY`.
+//! 2. Enables interrupts and loops: read the request generation and the mode,
+//!    acknowledge the generation, then one round of the mode: `running`
+//!    spins with `pause`, `halted` does `sti; hlt`, `alternate` spins for one
+//!    timer period and halts for the next, `park` leaves KVM_RUN with
+//!    `out PORT_PARK` (interrupts stay enabled) and goes on when resumed.
+//! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, then
+//!    the common tail EOIs through the x2APIC EOI MSR and `iret`s. Flags are
+//!    restored by `iret`, the registers the tail uses are saved.
+
+use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
+
+use crate::layout::*;
+
+/// The assembled program: bytes to load at `CODE`, and the IVT offsets.
+pub struct Assembled {
+    pub code: Vec<u8>,
+    /// Offset (within segment 0) of each vector's stub.
+    pub stubs: Vec<u16>,
+    /// Offset of the main loop (for listings and tests).
+    pub main_loop: u16,
+}
+
+fn wrmsr_imm(a: &mut CodeAssembler, msr: u32, value: u32) -> Result<(), IcedError> {
+    a.mov(ecx, msr)?;
+    a.mov(eax, value)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()
+}
+
+pub fn assemble() -> Result<Assembled, IcedError> {
+    let mut a = CodeAssembler::new(16)?;
+    let mut main = a.create_label();
+    let mut halted = a.create_label();
+    let mut alternate = a.create_label();
+    let mut park = a.create_label();
+    let mut common = a.create_label();
+
+    // --- setup
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, u32::from(STACK_TOP))?;
+    // x2APIC: IA32_APIC_BASE |= EN | EXTD (xAPIC -> x2APIC is a legal transition)
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.or(eax, APIC_BASE_EN | APIC_BASE_EXTD)?;
+    a.wrmsr()?;
+    wrmsr_imm(&mut a, MSR_X2APIC_TPR, 0)?;
+    wrmsr_imm(&mut a, MSR_X2APIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR))?;
+    wrmsr_imm(&mut a, MSR_X2APIC_TIMER_DIV, 0b1011)?; // divide by 1
+    wrmsr_imm(&mut a, MSR_X2APIC_LVT_TIMER, u32::from(TIMER_VECTOR))?; // one-shot, unmasked
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.mov(dword_ptr(CTL_APIC_BASE), eax)?;
+    a.mov(dx, u32::from(PORT_READY))?;
+    a.out(dx, eax)?;
+    a.sti()?;
+
+    // --- main loop: esi = request generation seen, ebx = mode
+    a.set_label(&mut main)?;
+    a.inc(dword_ptr(CTL_ITER))?;
+    a.mov(esi, dword_ptr(CTL_REQ))?;
+    a.mov(ebx, dword_ptr(CTL_MODE))?;
+    a.mov(dword_ptr(CTL_ACK), esi)?;
+    a.cmp(ebx, MODE_HALTED)?;
+    a.je(halted)?;
+    a.cmp(ebx, MODE_ALTERNATE)?;
+    a.je(alternate)?;
+    a.cmp(ebx, MODE_PARK)?;
+    a.je(park)?;
+    // running (and anything unknown)
+    a.pause()?;
+    a.jmp(main)?;
+
+    a.set_label(&mut halted)?;
+    a.inc(dword_ptr(CTL_HALTS))?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(main)?;
+
+    // interrupts stay enabled: what arrives while parked is pending in the
+    // LAPIC and is injected straight away at the next KVM_RUN
+    a.set_label(&mut park)?;
+    a.mov(dx, u32::from(PORT_PARK))?;
+    a.out(dx, al)?;
+    a.jmp(main)?;
+
+    // alternate: spin until the timer fires, then halt until it fires again;
+    // a new request (esi != [CTL_REQ]) ends either phase at once
+    let timer = counter(TIMER_VECTOR);
+    let mut spin = a.create_label();
+    let mut nap = a.create_label();
+    a.set_label(&mut alternate)?;
+    a.mov(edi, dword_ptr(timer))?;
+    a.mov(ecx, MSR_X2APIC_TIMER_INIT)?;
+    a.mov(eax, dword_ptr(CTL_PERIOD))?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.set_label(&mut spin)?;
+    a.pause()?;
+    a.cmp(esi, dword_ptr(CTL_REQ))?;
+    a.jne(main)?;
+    a.cmp(edi, dword_ptr(timer))?;
+    a.je(spin)?;
+    a.mov(edi, dword_ptr(timer))?;
+    a.mov(eax, dword_ptr(CTL_PERIOD))?;
+    a.wrmsr()?; // ecx, edx unchanged
+    a.set_label(&mut nap)?;
+    a.inc(dword_ptr(CTL_HALTS))?;
+    a.sti()?;
+    a.hlt()?;
+    a.cmp(esi, dword_ptr(CTL_REQ))?;
+    a.jne(main)?;
+    a.cmp(edi, dword_ptr(timer))?;
+    a.je(nap)?;
+    a.jmp(main)?;
+
+    // --- one stub per vector, then the common tail
+    let mut stubs = Vec::with_capacity(256);
+    for v in 0..=255u8 {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.inc(dword_ptr(counter(v)))?;
+        a.jmp(common)?;
+        stubs.push(l);
+    }
+    a.set_label(&mut common)?;
+    a.push(eax)?;
+    a.push(ecx)?;
+    a.push(edx)?;
+    a.mov(ecx, MSR_X2APIC_EOI)?;
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.pop(edx)?;
+    a.pop(ecx)?;
+    a.pop(eax)?;
+    a.iret()?;
+
+    let res = a.assemble_options(u64::from(CODE), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let ip = |l: &CodeLabel| -> Result<u16, IcedError> {
+        let v = res.label_ip(l)?;
+        Ok(u16::try_from(v).expect("label beyond 64 KiB"))
+    };
+    let stubs = stubs.iter().map(ip).collect::<Result<Vec<_>, _>>()?;
+    let main_loop = ip(&main)?;
+    Ok(Assembled { code: res.inner.code_buffer, stubs, main_loop })
+}
