@@ -228,6 +228,11 @@ impl Runner {
                 }
                 None => Err(format!("device {device} is not open")),
             },
+            Step::PanicL1 => {
+                say!("panicking the kernel through sysrq-c, as the scenario asks");
+                let _ = std::fs::write("/proc/sys/kernel/sysrq", "1\n");
+                std::fs::write("/proc/sysrq-trigger", "c").map_err(|e| format!("/proc/sysrq-trigger: {e}"))
+            }
             Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
                 Some(i) => {
                     let (name, mut v) = st.vms.remove(i);

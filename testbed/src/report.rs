@@ -480,6 +480,7 @@ pub fn step_line(step: &Step) -> String {
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
+        Step::PanicL1 => "panic-l1".to_owned(),
         Step::StartVm {
             vm,
             mode,

@@ -272,6 +272,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         .enumerate()
         .map(|(i, t)| src.typed("expect", i + 1, "check", t))
         .collect::<Result<_, _>>()?;
+    checker.step_count = steps.len();
     for (i, step) in steps.iter().enumerate() {
         checker.step(i, step)?;
     }
@@ -634,6 +635,8 @@ struct Checker<'s, 'a> {
     l2_running: BTreeMap<String, usize>,
     /// Whether any step fires.
     fired: bool,
+    /// How many steps the scenario has.
+    step_count: usize,
     /// Where the current table is, for errors.
     span: Range<usize>,
     context: String,
@@ -650,6 +653,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
             fired: false,
+            step_count: 0,
             span: 0..0,
             context: String::new(),
         }
@@ -949,6 +953,11 @@ impl<'s, 'a> Checker<'s, 'a> {
                     }
                 }
                 self.set_dev(device, DevState::Closed { step: k });
+            }
+            Step::PanicL1 => {
+                if index + 1 != self.step_count {
+                    return Err(self.err("action", "panic-l1 must be the last step: nothing runs after it".into()));
+                }
             }
             Step::DestroyVm { vm } => {
                 self.live_vm("vm", vm)?;

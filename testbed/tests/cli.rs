@@ -174,6 +174,30 @@ fn kernel_panic_at_boot_is_exit_125() {
     assert_no_qemu_left(tmp.path());
 }
 
+/// A kernel panic after the agent is ready comes through pvpanic as
+/// GUEST_PANICKED: the scenario is broken (exit 1), the panic line quoted.
+#[test]
+fn guest_panic_mid_scenario_is_exit_1() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg("--snapshots")
+        .arg(tmp.path().join("snapshots"))
+        .arg(fixture("panic-l1.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("BROKEN"), "{out}");
+    assert!(out.contains("guest kernel panicked during step 3 (panic-l1)"), "{out}");
+    assert!(out.contains("Kernel panic - not syncing: sysrq triggered crash"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
 /// Starts a run in the background and returns it with the pid of its QEMU
 /// once the agent is ready (its console line is in the log).
 fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child, u32) {

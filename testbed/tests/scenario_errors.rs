@@ -38,7 +38,7 @@ const BAD: &[(&str, &str)] = &[
         ("syntax", "5:6: string values must be quoted, expected literal string"),
         ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
         ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
-        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-msi`, `disable-msi`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`"),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-msi`, `disable-msi`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `panic-l1`"),
         ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`"),
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
         ("unknown-model", "5:9: unknown variant `e1000`, expected `edu`"),

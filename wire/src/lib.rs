@@ -202,6 +202,9 @@ pub enum Step {
     /// I/O exit) and stop its vCPU thread. Interrupts raised while it is
     /// stopped stay pending in its local APIC and are taken at the next start.
     StopVm { vm: String },
+    /// Panic the L1 kernel (sysrq-c). A self-test of the harness: the run
+    /// must end with the guest's panic reported, never hang.
+    PanicL1,
 }
 
 /// How the L2 program's main loop waits for interrupts (interrupts are
@@ -252,6 +255,7 @@ impl Step {
             Step::Fire { .. } => "fire",
             Step::CloseDevice { .. } => "close-device",
             Step::DestroyVm { .. } => "destroy-vm",
+            Step::PanicL1 => "panic-l1",
             Step::StartVm { .. } => "start-vm",
             Step::StopVm { .. } => "stop-vm",
         }
