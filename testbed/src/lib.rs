@@ -1,6 +1,7 @@
 //! The testbed: scenario files in, compared reports out. See ARCHITECTURE.md
 //! for the layers; `main.rs` is only the command line.
 pub mod agent;
+pub mod bisect;
 pub mod plan;
 pub mod qemu;
 pub mod report;
