@@ -27,6 +27,11 @@ pub(crate) const SUITES: &[&str] = &[
     "sid",
 ];
 
+/// Suites whose source packages the private apt state lists (`deb-src`):
+/// the pinned QEMU source comes from trixie. Only these, because every
+/// suite's Sources index is ~10 MB on the first update.
+pub(crate) const SOURCE_SUITES: &[&str] = &["trixie"];
+
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// One `.deb` to download.
@@ -225,8 +230,10 @@ impl Apt {
         }
         let uri = system_archive_uri(Path::new("/etc/apt"))?;
         let sources = format!(
-            "Types: deb\nURIs: {uri}\nSuites: {}\nComponents: main\nArchitectures: amd64\nSigned-By: {KEYRING}\n",
-            SUITES.join(" ")
+            "Types: deb\nURIs: {uri}\nSuites: {}\nComponents: main\nArchitectures: amd64\nSigned-By: {KEYRING}\n\n\
+             Types: deb-src\nURIs: {uri}\nSuites: {}\nComponents: main\nSigned-By: {KEYRING}\n",
+            SUITES.join(" "),
+            SOURCE_SUITES.join(" ")
         );
         write_if_changed(&dir.join("sources.list.d/testbed.sources"), &sources)?;
         let d = dir.display();
@@ -289,6 +296,39 @@ impl Apt {
 
     pub(crate) fn has_lists(&self) -> bool {
         self.stamp().exists()
+    }
+
+    /// Whether the lists include source indices (`deb-src`); false for an
+    /// apt state last updated before its sources gained `deb-src` entries.
+    pub(crate) fn has_source_lists(&self) -> bool {
+        fs::read_dir(self.dir.join("state/lists"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("_source_Sources"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// `apt-get source --download-only NAME=VERSION` into `dir` (the .dsc,
+    /// the orig tarball and the Debian tarball; apt checks them against the
+    /// signed Sources index). Nothing is unpacked.
+    pub(crate) fn download_source(&self, name: &str, version: &str, dir: &Path) -> Result<(), ImagesError> {
+        let sh = shell()?;
+        sh.change_dir(dir);
+        let conf = &self.conf;
+        let spec = format!("{name}={version}");
+        let out = cmd!(sh, "apt-get -c {conf} -q source --download-only {spec}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .map_err(cmd_err("apt-get source"))?;
+        if !out.status.success() {
+            return Err(ImagesError::Command {
+                cmd: format!("apt-get source --download-only {spec}"),
+                detail: last_lines(&out.stderr, &out.stdout),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn update(&self, progress: &mut dyn FnMut(Progress)) -> Result<(), ImagesError> {

@@ -65,7 +65,7 @@ pub fn list_debian_kernels(
 
 /// Update the lists when missing or older than a day; a failed refresh with
 /// lists present is reported and tolerated (offline runs).
-fn refresh_if_stale(apt: &Apt, progress: &mut dyn FnMut(Progress)) -> Result<bool, ImagesError> {
+pub(crate) fn refresh_if_stale(apt: &Apt, progress: &mut dyn FnMut(Progress)) -> Result<bool, ImagesError> {
     if !apt.lists_stale() {
         return Ok(false);
     }

@@ -8,6 +8,9 @@
 //! - [`build_initramfs`] writes a newc cpio with busybox, the guest agent, an
 //!   `/init` script and the dependency closure of the requested modules.
 //!
+//! - [`build_qemu`] builds `qemu-system-x86_64` from the pinned Debian
+//!   source (or a user's checkout) plus the project's patch series.
+//!
 //! Everything lands in a content-addressed [`Cache`]; entries are built in a
 //! temporary directory inside the cache and renamed into place, so an
 //! interrupted run never leaves a half entry behind.
@@ -19,6 +22,7 @@ mod debver;
 mod initramfs;
 mod kernel;
 mod modules;
+mod qemu;
 mod spec;
 
 use std::path::PathBuf;
@@ -29,6 +33,11 @@ pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
+pub use qemu::{
+    build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree, system_data_dirs,
+    CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY,
+    QEMU_FORMAT_VERSION, RUNTIME_FILES,
+};
 pub use spec::{KernelSpec, KernelVersion, VersionReq};
 
 /// Errors of this crate.
@@ -74,6 +83,14 @@ pub enum ImagesError {
     PackageLayout { package: String, why: String },
     #[error("bad cache entry {path}: {why}")]
     BadCacheEntry { path: PathBuf, why: String },
+    #[error("patch {} does not apply:\n{output}", .patch.display())]
+    PatchFailed { patch: PathBuf, output: String },
+    #[error("qemu {step} failed (whole log: {}):\n{tail}", .log.display())]
+    QemuBuild { step: String, log: PathBuf, tail: String },
+    #[error("bad QEMU tree {}: {why}", .path.display())]
+    BadQemuTree { path: PathBuf, why: String },
+    #[error("QEMU firmware {files} not found in {dirs}: install seabios and qemu-system-data (cargo xtask setup)")]
+    MissingFirmware { files: String, dirs: String },
 }
 
 fn nearest_list(v: &[String]) -> String {
@@ -120,6 +137,16 @@ pub enum Progress {
     Unpacking { package: String },
     /// Computing the module closure and writing the cpio.
     BuildingInitramfs { modules: usize },
+    /// Creating the python venv (meson, pycotap) the QEMU build uses.
+    PreparingPythonVenv,
+    /// `apt-get source --download-only qemu=<version>`.
+    FetchingQemuSource { version: String },
+    /// Applying the QEMU patch series.
+    ApplyingPatches { count: usize },
+    /// Running QEMU's configure.
+    ConfiguringQemu,
+    /// ninja is at `step` of `total`.
+    BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
     CacheHit { what: String },
 }
@@ -135,6 +162,11 @@ impl std::fmt::Display for Progress {
             }
             Progress::Unpacking { package } => write!(f, "unpacking {package}"),
             Progress::BuildingInitramfs { modules } => write!(f, "building initramfs ({modules} modules)"),
+            Progress::PreparingPythonVenv => write!(f, "creating the python venv for the qemu build (meson, pycotap)"),
+            Progress::FetchingQemuSource { version } => write!(f, "downloading qemu source {version}"),
+            Progress::ApplyingPatches { count } => write!(f, "applying {count} qemu patches"),
+            Progress::ConfiguringQemu => write!(f, "configuring qemu"),
+            Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
         }
     }
@@ -150,6 +182,7 @@ impl ImagesError {
                 | ImagesError::UnknownKernelVersion { .. }
                 | ImagesError::NoModulesDir { .. }
                 | ImagesError::BadBzImage { .. }
+                | ImagesError::BadQemuTree { .. }
         )
     }
 }

@@ -79,6 +79,10 @@ struct RunArgs {
     /// QEMU binary
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// QEMU checkout to build the patched QEMU from (patched variants),
+    /// instead of the pinned Debian source; qemu-patches/ still applies
+    #[arg(long, value_name = "PATH")]
+    qemu_tree: Option<PathBuf>,
     /// Extra words for the guest kernel command line
     #[arg(long = "append")]
     append: Vec<String>,
@@ -123,6 +127,7 @@ impl RunArgs {
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
             accel,
             qemu: self.qemu,
+            qemu_tree: self.qemu_tree,
             append: self.append,
             results: self.results,
             snapshots: self.snapshots,
@@ -172,6 +177,11 @@ fn list(what: ListWhat, paths: &[PathBuf]) -> u8 {
         ListWhat::Variants => {
             for v in variant::VARIANTS {
                 let default = if v.default { " (default)" } else { "" };
+                let default = if v.qemu == variant::QemuKind::Patched {
+                    format!("{default} (patched qemu)")
+                } else {
+                    default.to_owned()
+                };
                 println!("{:<16} {}{default}", v.name, v.summary);
             }
             0

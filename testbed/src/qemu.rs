@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::variant::Variant;
+use crate::variant::{QemuKind, Variant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -51,6 +51,9 @@ pub struct PciDevice {
 #[derive(Debug, Clone)]
 pub struct BootConfig {
     pub qemu: PathBuf,
+    /// Firmware directories, each passed with `-L` (a patched QEMU built
+    /// from the `+ds` source has none of its own); empty for the stock QEMU.
+    pub data_dirs: Vec<PathBuf>,
     pub variant: &'static Variant,
     pub accel: Accel,
     pub kernel: PathBuf,
@@ -71,6 +74,31 @@ impl BootConfig {
     pub fn agent_socket(&self) -> PathBuf {
         self.runtime_dir.join("agent.sock")
     }
+}
+
+/// The patched QEMU of a run: built (or found in the cache) from the pinned
+/// source, or from `tree` when given, plus `<project>/qemu-patches/`.
+pub fn patched_qemu_spec(project: &Path, tree: Option<&Path>) -> images::QemuBuildSpec {
+    let source = match tree {
+        Some(t) => images::QemuSource::Tree(t.to_path_buf()),
+        None => images::QemuSource::pinned(),
+    };
+    images::QemuBuildSpec::new(source, project.join("qemu-patches"))
+}
+
+/// The binary and `-L` directories `variant` boots with.
+pub fn qemu_for(variant: &Variant, stock: &Path, patched: Option<&images::QemuBuild>) -> (PathBuf, Vec<PathBuf>) {
+    match (variant.qemu, patched) {
+        (QemuKind::Patched, Some(b)) => (b.binary.clone(), b.data_dirs.clone()),
+        // run.rs builds the patched QEMU whenever a patched variant is asked
+        // for; without it, fall back to the stock binary visibly in the header
+        _ => (stock.to_path_buf(), Vec::new()),
+    }
+}
+
+/// `-L DIR` for each firmware directory, in order of preference.
+pub fn firmware_args(data_dirs: &[PathBuf]) -> Vec<String> {
+    data_dirs.iter().flat_map(|d| ["-L".to_owned(), d.display().to_string()]).collect()
 }
 
 pub fn machine_args(accel: Accel) -> Vec<String> {
@@ -151,6 +179,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         machine_args(cfg.accel),
         cpu_args(cfg.variant, 1, cfg.memory_mib),
         base_args(),
+        firmware_args(&cfg.data_dirs),
         boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.extra_cmdline)),
         cfg.variant.iommu_args(),
         panic_device_args(),
@@ -240,6 +269,7 @@ mod tests {
     fn config(variant: &str) -> BootConfig {
         BootConfig {
             qemu: "qemu-system-x86_64".into(),
+            data_dirs: Vec::new(),
             variant: variant::lookup(variant).unwrap(),
             accel: Accel::Tcg,
             kernel: "/k/bzImage".into(),
@@ -262,6 +292,20 @@ mod tests {
         let dev = args.iter().position(|a| a.starts_with("edu,")).unwrap();
         assert!(iommu < dev);
         assert!(args.contains(&"edu,id=dev1,addr=05.0".to_owned()));
+    }
+
+    #[test]
+    fn firmware_dirs_become_dash_l() {
+        assert!(!qemu_args(&config("amd-ir")).contains(&"-L".to_owned()));
+        let mut cfg = config("amd-ir-patched");
+        cfg.data_dirs = vec!["/usr/share/qemu".into(), "/usr/share/seabios".into()];
+        let args = qemu_args(&cfg);
+        let l: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-L")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(l, ["/usr/share/qemu", "/usr/share/seabios"]);
     }
 
     #[test]

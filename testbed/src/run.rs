@@ -27,6 +27,9 @@ pub struct RunOptions {
     pub boot_timeout: Duration,
     pub accel: Accel,
     pub qemu: PathBuf,
+    /// Source of the patched QEMU (patched variants): a QEMU checkout
+    /// instead of the pinned Debian source.
+    pub qemu_tree: Option<PathBuf>,
     pub append: Vec<String>,
     pub results: Option<PathBuf>,
     pub snapshots: Option<PathBuf>,
@@ -94,6 +97,8 @@ struct Prepared {
     snapshots: PathBuf,
     results: PathBuf,
     runtime: tempfile::TempDir,
+    /// Built when a variant needs the patched QEMU.
+    patched_qemu: Option<images::QemuBuild>,
 }
 
 /// Loads scenarios, fetches the kernel, builds the initramfs. Errors carry the exit code.
@@ -130,18 +135,49 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
         EXIT_SKIP
     })?;
     let busybox = PathBuf::from("/bin/busybox");
-    let spec = images::InitramfsSpec { kernel: &kernel, modules: GUEST_MODULES, agent: &agent, busybox: &busybox };
+    let modules = guest_modules(options.accel);
+    let spec = images::InitramfsSpec { kernel: &kernel, modules: &modules, agent: &agent, busybox: &busybox };
     let initrd =
         tokio::task::block_in_place(|| images::build_initramfs(&cache, &spec, &mut |p| ui.images(p))).map_err(|e| {
             eprintln!("error: initramfs for {}: {e}", kernel.release);
             EXIT_SKIP
         })?;
-    Ok(Prepared { scenarios, kernel, initrd, snapshots, results, runtime })
+    let patched_qemu = if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Patched) {
+        let spec = crate::qemu::patched_qemu_spec(&project, options.qemu_tree.as_deref());
+        let build = tokio::task::block_in_place(|| images::build_qemu(&cache, &spec, &mut |p| ui.images(p)))
+            .map_err(|e| {
+                eprintln!("error: patched qemu: {e}");
+                if e.is_bad_input() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_SKIP
+                }
+            })?;
+        ui.line(&format!("patched qemu: {}", build.description));
+        Some(build)
+    } else {
+        None
+    };
+    Ok(Prepared { scenarios, kernel, initrd, snapshots, results, runtime, patched_qemu })
 }
 
 /// Modules the agent loads in the guest (their dependencies come along).
-pub const GUEST_MODULES: &[&str] =
-    &["kvm_amd", "kvm_intel", "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic_mmio"];
+/// Only the KVM vendor module the guest CPU can run: under TCG `-cpu max`
+/// is an AMD CPU with SVM; under KVM the guest CPU is the host's.
+pub fn guest_modules(accel: Accel) -> Vec<&'static str> {
+    let vendor = match accel {
+        Accel::Tcg => "kvm_amd",
+        Accel::Kvm => {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            if cpuinfo.contains("GenuineIntel") {
+                "kvm_intel"
+            } else {
+                "kvm_amd"
+            }
+        }
+    };
+    vec![vendor, "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic_mmio"]
+}
 
 pub async fn run(options: RunOptions) -> u8 {
     let ui = Ui::new();
@@ -197,8 +233,10 @@ async fn boot(
     for dir in [&log_dir, &runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
+    let (qemu, data_dirs) = crate::qemu::qemu_for(variant, &options.qemu, prepared.patched_qemu.as_ref());
     let cfg = BootConfig {
-        qemu: options.qemu.clone(),
+        qemu,
+        data_dirs,
         variant,
         accel: options.accel,
         kernel: prepared.kernel.bzimage.clone(),

@@ -1,20 +1,45 @@
-//! Developer chores: `cargo xtask setup | run | test | bench`.
+//! Developer chores: `cargo xtask setup | run | test | bench | qemu-check`.
 //!
 //! `setup` installs what a fresh Debian bookworm machine lacks: QEMU from
-//! bookworm-backports (10.0, for amd-iommu xtsup and intel-iommu eim) and
-//! busybox-static for the initramfs. The backports source is derived from
-//! the machine's own apt sources, so no mirror is named here.
+//! bookworm-backports (10.0, for amd-iommu xtsup and intel-iommu eim),
+//! busybox-static for the initramfs, and the bookworm packages the patched
+//! QEMU build needs. The backports source is derived from the machine's own
+//! apt sources, so no mirror is named here.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-const USAGE: &str = "usage: cargo xtask <setup|run|test|bench> [ARGS...]
-  setup   install host packages (QEMU from bookworm-backports, busybox-static)
-  run     setup, then run every scenario on the default kernel and variants
-  test    setup, then the whole test suite, tests that boot guests included
-  bench   setup, then time one warm-cache scenario, phase by phase";
+const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS...]
+  setup       install host packages (QEMU from bookworm-backports, busybox-static, QEMU build deps)
+  run         setup, then run every scenario on the default kernel and variants
+  test        setup, then the whole test suite, tests that boot guests included, then qemu-check
+  bench       setup, then time one warm-cache scenario, phase by phase
+  qemu-check  build the patched QEMU in target/qemu-check/ and run the qtests
+              listed in qemu-patches/qtests.txt (QEMU_TREE=PATH: a QEMU checkout as source)";
+
+/// Bookworm packages the patched QEMU build needs (images::qemu): compiler,
+/// git (git apply, --qemu-tree), xz, apt-get source, ninja, the libraries
+/// of a `--without-default-features` x86_64-softmmu build, python3-venv for
+/// meson and pycotap from PyPI, and the firmware QEMU loads at run time
+/// (seabios and qemu-system-data come with qemu-system-x86).
+const QEMU_BUILD_PACKAGES: &[&str] = &[
+    "gcc",
+    "git",
+    "xz-utils",
+    "dpkg-dev",
+    "ninja-build",
+    "libglib2.0-dev",
+    "libpixman-1-dev",
+    "libfdt-dev",
+    "zlib1g-dev",
+    "device-tree-compiler",
+    "python3-venv",
+    "flex",
+    "bison",
+    "pkg-config",
+];
 
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/irqbypass-testbed-backports.sources";
 
@@ -34,12 +59,19 @@ fn main() -> Result<()> {
         "test" => {
             setup(&sh)?;
             let _vm = sh.push_env("TESTBED_VM_TESTS", "1");
-            if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
-                cmd!(sh, "cargo nextest run --workspace --no-fail-fast {rest...}").run()?;
+            let rust = if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+                cmd!(sh, "cargo nextest run --workspace --no-fail-fast {rest...}").run()
             } else {
-                cmd!(sh, "cargo test --workspace --no-fail-fast {rest...}").run()?;
-            }
-            Ok(())
+                cmd!(sh, "cargo test --workspace --no-fail-fast {rest...}").run()
+            };
+            // the patch authors' qtests run even when a Rust test failed
+            let qemu = qemu_check(&sh);
+            rust?;
+            qemu
+        }
+        "qemu-check" => {
+            setup(&sh)?;
+            qemu_check(&sh)
         }
         "bench" => {
             setup(&sh)?;
@@ -64,11 +96,22 @@ fn setup(sh: &Shell) -> Result<()> {
         .map(|v| qemu_major(&v) >= 10)
         .unwrap_or(false);
     let busybox_ok = Path::new("/bin/busybox").exists();
-    if qemu_ok && busybox_ok {
+    let missing_build = missing_packages(sh, QEMU_BUILD_PACKAGES);
+    if qemu_ok && busybox_ok && missing_build.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("installing QEMU >= 10 and busybox-static needs root: run `sudo cargo xtask setup` once");
+        bail!(
+            "installing QEMU >= 10, busybox-static and the QEMU build packages ({}) needs root: \
+             run `sudo cargo xtask setup` once",
+            missing_build.join(" ")
+        );
+    }
+    if qemu_ok && busybox_ok {
+        let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+        cmd!(sh, "apt-get update -q").run()?;
+        cmd!(sh, "apt-get install -y -q --no-install-recommends {missing_build...}").run()?;
+        return Ok(());
     }
     if !Path::new(BACKPORTS_SOURCES).exists() {
         let uri = debian_archive_uri()?;
@@ -87,6 +130,68 @@ fn setup(sh: &Shell) -> Result<()> {
     cmd!(sh, "apt-get update -q").run()?;
     cmd!(sh, "apt-get install -y -q --no-install-recommends -t {backports} qemu-system-x86").run()?;
     cmd!(sh, "apt-get install -y -q --no-install-recommends busybox-static").run()?;
+    if !missing_build.is_empty() {
+        cmd!(sh, "apt-get install -y -q --no-install-recommends {missing_build...}").run()?;
+    }
+    Ok(())
+}
+
+/// The packages of `names` dpkg does not have installed.
+fn missing_packages(sh: &Shell, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| {
+            let format = "-f=${Status}";
+            let status = cmd!(sh, "dpkg-query -W {format} {name}")
+                .quiet()
+                .ignore_stderr()
+                .ignore_status()
+                .read()
+                .unwrap_or_default();
+            !status.ends_with(" installed")
+        })
+        .map(|n| (*n).to_owned())
+        .collect()
+}
+
+/// qtest names from `qemu-patches/qtests.txt`: one per line, `#` comments,
+/// with or without the `qtest-x86_64/` prefix.
+fn qtest_names(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("qtest-x86_64/").unwrap_or(l).to_owned())
+        .collect()
+}
+
+/// Builds the patched QEMU in `target/qemu-check/` (persistent and
+/// incremental, same configure arguments as the testbed's build) and runs
+/// the qtests `qemu-patches/qtests.txt` lists.
+fn qemu_check(sh: &Shell) -> Result<()> {
+    let root = project_root();
+    let patches = root.join("qemu-patches");
+    let list = patches.join("qtests.txt");
+    let names = qtest_names(&std::fs::read_to_string(&list).unwrap_or_default());
+    if names.is_empty() {
+        println!("qemu-check: skipped: no qtests listed in {} (one name per line, e.g. amd-iommu-test)", list.display());
+        return Ok(());
+    }
+    let source = match std::env::var_os("QEMU_TREE").filter(|v| !v.is_empty()) {
+        Some(tree) => images::QemuSource::Tree(tree.into()),
+        None => images::QemuSource::pinned(),
+    };
+    let spec = images::QemuBuildSpec::new(source, &patches);
+    let cache = images::Cache::default_location();
+    let progress = &mut |p: images::Progress| eprintln!("qemu-check: {p}");
+    let tree = images::prepare_check_tree(&cache, &spec, &root.join("target/qemu-check"), progress)?;
+    println!("qemu-check: {} in {}", tree.description, tree.build.display());
+    let mut targets = vec![images::QEMU_BINARY.to_owned()];
+    targets.extend(names.iter().map(|n| format!("tests/qtest/{n}")));
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    images::ninja(&tree.build, &targets, &tree.log, progress)?;
+    let (meson, build) = (&tree.meson, &tree.build);
+    let tests: Vec<String> = names.iter().map(|n| format!("qtest-x86_64/{n}")).collect();
+    cmd!(sh, "{meson} test -C {build} --no-rebuild --print-errorlogs --suite qtest-x86_64 {tests...}").run()?;
     Ok(())
 }
 
@@ -146,6 +251,13 @@ fn debian_archive_uri() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn qtest_list() {
+        let text = "# qtests for the AVIC patches\namd-iommu-test\n\n  qtest-x86_64/avic-test  # TCG AVIC\n";
+        assert_eq!(super::qtest_names(text), ["amd-iommu-test", "avic-test"]);
+        assert!(super::qtest_names("# nothing yet\n").is_empty());
+    }
+
     #[test]
     fn qemu_version_parsing() {
         assert_eq!(super::qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"), 10);
