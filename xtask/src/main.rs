@@ -154,14 +154,23 @@ fn missing_packages(sh: &Shell, names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// qtest names from `qemu-patches/qtests.txt`: one per line, `#` comments,
-/// with or without the `qtest-x86_64/` prefix.
+/// Test names from `qemu-patches/qtests.txt`: one per line, `#` comments;
+/// a qtest with or without the `qtest-x86_64/` prefix, or a QEMU unit test
+/// as `unit/NAME`.
 fn qtest_names(text: &str) -> Vec<String> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .map(|l| l.strip_prefix("qtest-x86_64/").unwrap_or(l).to_owned())
         .collect()
+}
+
+/// The ninja target that builds a listed test, and its name for `meson test`.
+fn qemu_test_target(name: &str) -> (String, String) {
+    match name.strip_prefix("unit/") {
+        Some(unit) => (format!("tests/unit/{unit}"), unit.to_owned()),
+        None => (format!("tests/qtest/{name}"), format!("qtest-x86_64/{name}")),
+    }
 }
 
 /// Builds the patched QEMU in `target/qemu-check/` (persistent and
@@ -185,13 +194,12 @@ fn qemu_check(sh: &Shell) -> Result<()> {
     let progress = &mut |p: images::Progress| eprintln!("qemu-check: {p}");
     let tree = images::prepare_check_tree(&cache, &spec, &root.join("target/qemu-check"), progress)?;
     println!("qemu-check: {} in {}", tree.description, tree.build.display());
-    let mut targets = vec![images::QEMU_BINARY.to_owned()];
-    targets.extend(names.iter().map(|n| format!("tests/qtest/{n}")));
+    let (mut targets, tests): (Vec<String>, Vec<String>) = names.iter().map(|n| qemu_test_target(n)).unzip();
+    targets.insert(0, images::QEMU_BINARY.to_owned());
     let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
     images::ninja(&tree.build, &targets, &tree.log, progress)?;
     let (meson, build) = (&tree.meson, &tree.build);
-    let tests: Vec<String> = names.iter().map(|n| format!("qtest-x86_64/{n}")).collect();
-    cmd!(sh, "{meson} test -C {build} --no-rebuild --print-errorlogs --suite qtest-x86_64 {tests...}").run()?;
+    cmd!(sh, "{meson} test -C {build} --no-rebuild --print-errorlogs {tests...}").run()?;
     Ok(())
 }
 
@@ -256,6 +264,18 @@ mod tests {
         let text = "# qtests for the AVIC patches\namd-iommu-test\n\n  qtest-x86_64/avic-test  # TCG AVIC\n";
         assert_eq!(super::qtest_names(text), ["amd-iommu-test", "avic-test"]);
         assert!(super::qtest_names("# nothing yet\n").is_empty());
+    }
+
+    #[test]
+    fn unit_tests_and_qtests_have_their_own_targets() {
+        assert_eq!(
+            super::qemu_test_target("unit/test-svm-avic"),
+            ("tests/unit/test-svm-avic".to_owned(), "test-svm-avic".to_owned())
+        );
+        assert_eq!(
+            super::qemu_test_target("amd-iommu-ga-test"),
+            ("tests/qtest/amd-iommu-ga-test".to_owned(), "qtest-x86_64/amd-iommu-ga-test".to_owned())
+        );
     }
 
     #[test]
