@@ -84,11 +84,31 @@ pub struct Runner {
     acc: Vec<TraceRecord>,
     /// When the host last heard from us during a job.
     last_sent: Instant,
+    /// Vectors whose producer is connected to a consumer (irqbypass), as
+    /// observed so far in the job: their device interrupts may be posted by
+    /// the IOMMU, which nothing in L1 sees until an L2 takes them.
+    connected: std::collections::HashSet<String>,
+}
+
+/// Where a `fire` or `signal` step's interrupts come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The device raises its MSI (`fire`).
+    Device,
+    /// The agent writes the vector's eventfd (`signal`).
+    Eventfd,
 }
 
 impl Runner {
     pub fn new(tracer: Option<Tracer>, debug: bool) -> Runner {
-        Runner { tracer, attrib: Attributor::default(), debug, acc: Vec::new(), last_sent: Instant::now() }
+        Runner {
+            tracer,
+            attrib: Attributor::default(),
+            debug,
+            acc: Vec::new(),
+            last_sent: Instant::now(),
+            connected: Default::default(),
+        }
     }
 
     fn mark(&mut self) {
@@ -132,6 +152,7 @@ impl Runner {
     pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage)) -> Done {
         self.last_sent = Instant::now();
         self.attrib.reset();
+        self.connected.clear();
         let mut st = JobState {
             devices: job.devices.iter().map(|d| (d.name.clone(), d.clone())).collect(),
             ..Default::default()
@@ -214,7 +235,14 @@ impl Runner {
                     }
                 }
             }
-            Step::Fire { vector, count } => match self.fire(st, vector, *count, index, send) {
+            Step::Fire { vector, count } => match self.fire(st, vector, *count, Source::Device, index, send) {
+                Ok(c) => {
+                    interrupts.push(c);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Step::Signal { vector, count } => match self.fire(st, vector, *count, Source::Eventfd, index, send) {
                 Ok(c) => {
                     interrupts.push(c);
                     Ok(())
@@ -275,6 +303,17 @@ impl Runner {
         };
         self.poll_trace();
         let obs = self.attrib.process(&self.acc, &names);
+        for ev in &obs.events {
+            match ev {
+                BypassEvent::Connected { producer, ret: 0, .. } => {
+                    self.connected.insert(producer.clone());
+                }
+                BypassEvent::Disconnected { producer, .. } => {
+                    self.connected.remove(producer);
+                }
+                _ => {}
+            }
+        }
         let mut bypass = obs.events;
         if let Some(consumer) = irqfd_ok {
             if obs.consumers_registered == 0 {
@@ -358,6 +397,7 @@ impl Runner {
         st: &mut JobState,
         vector: &str,
         count: u32,
+        source: Source,
         index: usize,
         send: &mut dyn FnMut(AgentMessage),
     ) -> Result<VectorCount, String> {
@@ -377,6 +417,11 @@ impl Runner {
             }
         }
         let held = !routes.is_empty();
+        // A device interrupt of a connected vector is posted by the IOMMU
+        // straight into the vCPU's vAPIC: no host IRQ, no KVM injection. The
+        // device raises it synchronously with the MMIO write, so without a
+        // running L2 to take it there is nothing to wait for.
+        let posted = held && source == Source::Device && self.connected.contains(vector);
         // running L2s of VMs holding the vector: (vm, memory, route vector, count before)
         let mut l2s = Vec::new();
         for (name, vm) in &st.vms {
@@ -392,12 +437,24 @@ impl Runner {
             l2s.iter().map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v))).collect()
         };
         let fire_t0 = Instant::now();
-        let dev = st.device(device)?;
-        let irq_name = vfio_irq_name(kind, idx, &dev.bdf);
+        let dev = match source {
+            Source::Device => Some(st.device(device)?),
+            Source::Eventfd => None,
+        };
+        let irq_name = dev.map(|d| vfio_irq_name(kind, idx, &d.bdf));
         let host_line = || {
+            let name = irq_name.as_deref()?;
             std::fs::read_to_string("/proc/interrupts")
                 .ok()
-                .and_then(|t| find_line(&t, &irq_name))
+                .and_then(|t| find_line(&t, name))
+        };
+        let raise = |dev: Option<&VfioDevice>| match dev {
+            Some(d) => d.bar0_write32(EDU_IRQ_RAISE, 1),
+            None => evfd.write(1).map_err(|e| errstr("write eventfd", &e)),
+        };
+        let ack = |dev: Option<&VfioDevice>| match dev {
+            Some(d) => d.bar0_write32(EDU_IRQ_ACK, 1),
+            None => Ok(()),
         };
         let base = host_line().map(|l| l.count).unwrap_or(0);
         let mut signalled = 0u64;
@@ -406,7 +463,17 @@ impl Runner {
             signalled_read(&evfd);
         }
         for i in 0..u64::from(count) {
-            dev.bar0_write32(EDU_IRQ_RAISE, 1)?;
+            if !held && source == Source::Eventfd {
+                // our own write is what the eventfd will count
+                raise(dev)?;
+                signalled += signalled_read(&evfd);
+                continue;
+            }
+            raise(dev)?;
+            if posted && l2s.is_empty() {
+                ack(dev)?;
+                continue;
+            }
             let t0 = Instant::now();
             loop {
                 if !l2s.is_empty() {
@@ -435,7 +502,7 @@ impl Runner {
                         vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}"))
                     });
                     if let Some(e) = dead {
-                        let _ = dev.bar0_write32(EDU_IRQ_ACK, 1);
+                        let _ = ack(dev);
                         return Err(e);
                     }
                     break;
@@ -448,7 +515,7 @@ impl Runner {
                     poll_in(&evfd, 10);
                 }
             }
-            dev.bar0_write32(EDU_IRQ_ACK, 1)?;
+            ack(dev)?;
         }
         let fired_in = fire_t0.elapsed();
         // let the irqfd slow path (workqueue) and the L2s catch up
@@ -457,14 +524,14 @@ impl Runner {
             loop {
                 self.poll_trace();
                 let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
-                if (self.injected(&routes) >= u64::from(count) && all_in)
+                if ((posted || self.injected(&routes) >= u64::from(count)) && all_in)
                     || t0.elapsed() > Duration::from_millis(300)
                 {
                     break;
                 }
                 sleep(Duration::from_millis(1));
             }
-        } else {
+        } else if source == Source::Device {
             signalled += signalled_read(&evfd);
         }
         let line = host_line();

@@ -113,8 +113,12 @@ pub fn cpu_args(variant: &Variant, smp: u32, memory_mib: u32) -> Vec<String> {
 /// of rebooting (a panicking kernel with panic=-1 then ends QEMU), and start
 /// paused: the runner attaches QMP and resolves devices first, then sends
 /// `cont`, so no guest event can precede the QMP greeting or go unseen.
+///
+/// A panic the guest reports through pvpanic pauses the VM instead of
+/// shutting QEMU down: GUEST_PANICKED is then the only thing that happens,
+/// so the runner cannot mistake a panic for QEMU dying.
 pub fn base_args() -> Vec<String> {
-    strings(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S"])
+    strings(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S", "-action", "panic=pause"])
 }
 
 /// Kernel command line: console on ttyS0 with every message (the log is
@@ -177,7 +181,7 @@ pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
 pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
     [
         machine_args(cfg.accel),
-        cpu_args(cfg.variant, 1, cfg.memory_mib),
+        cpu_args(cfg.variant, cfg.variant.smp, cfg.memory_mib),
         base_args(),
         firmware_args(&cfg.data_dirs),
         boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.extra_cmdline)),

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use wire::{BypassEvent, Platform, Step, StepReport, VectorCount};
 
+use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
 
 mod checks;
@@ -53,6 +54,10 @@ pub struct Report {
     pub done: Option<wire::Done>,
     /// How the run ended early (agent error, guest panic, timeout), if it did.
     pub failure: Option<String>,
+    /// What the IOMMU counted over the scenario, where the variant's IOMMU
+    /// posts interrupts (`Err`: its counters could not be read). `None`
+    /// means a platform whose IOMMU posts nothing.
+    pub iommu: Option<Result<IommuCounts, String>>,
 }
 
 impl Report {
@@ -71,6 +76,13 @@ impl Report {
             run.done.clone(),
             run.failure.clone(),
         )
+        .with_iommu(run.iommu.clone())
+    }
+
+    /// The same report with the IOMMU's counts over the scenario.
+    pub fn with_iommu(mut self, iommu: Option<Result<IommuCounts, String>>) -> Report {
+        self.iommu = iommu;
+        self
     }
 
     /// The report from its parts: step reports in any order (they are sorted
@@ -91,6 +103,7 @@ impl Report {
             steps,
             done,
             failure,
+            iommu: None,
         }
     }
 
@@ -224,17 +237,31 @@ impl Report {
             .max()
             .unwrap_or(0);
         for (index, c) in counts {
-            let _ = write!(
-                out,
-                "   step {:<w$} {:<vw$}  raised {}  L1 {} ({})  injected by KVM {}",
-                index + 1,
-                c.vector,
-                c.raised,
-                c.host_irq,
-                c.host_chip.as_deref().unwrap_or("no irq line"),
-                c.injected,
-                w = width,
-            );
+            let signal = matches!(s.steps.get(index), Some(Step::Signal { .. }));
+            let _ = if signal {
+                // written by the agent: no device, no host IRQ line
+                write!(
+                    out,
+                    "   step {:<w$} {:<vw$}  written to the eventfd {}  injected by KVM {}",
+                    index + 1,
+                    c.vector,
+                    c.raised,
+                    c.injected,
+                    w = width,
+                )
+            } else {
+                write!(
+                    out,
+                    "   step {:<w$} {:<vw$}  raised {}  L1 {} ({})  injected by KVM {}",
+                    index + 1,
+                    c.vector,
+                    c.raised,
+                    c.host_irq,
+                    c.host_chip.as_deref().unwrap_or("no irq line"),
+                    c.injected,
+                    w = width,
+                )
+            };
             if let Some(d) = c.delivered {
                 let _ = write!(out, "  delivered in L2 {d}");
             }
@@ -242,6 +269,18 @@ impl Report {
                 let _ = write!(out, "  eventfd signalled {sig}");
             }
             out.push('\n');
+        }
+        // Only the total: how it split between running vCPUs (doorbell),
+        // GA log wake-ups and IRR-only posts depends on scheduling, so the
+        // split lives in the snapshot's info and in --json.
+        match &self.iommu {
+            None => {}
+            Some(Ok(c)) => {
+                let _ = writeln!(out, "   iommu  posted {}", c.posted);
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(out, "   iommu  counters not read: {}", normalize(e));
+            }
         }
 
         out.push_str("\nconnections\n");
@@ -328,6 +367,11 @@ impl Report {
             })),
             "failure": self.failure,
             "interrupts": interrupts,
+            "iommu": match &self.iommu {
+                None => serde_json::Value::Null,
+                Some(Ok(c)) => serde_json::to_value(c).unwrap_or_default(),
+                Some(Err(e)) => serde_json::json!({ "error": e }),
+            },
             "checks": self.checks(),
         })
     }
@@ -443,7 +487,7 @@ impl Report {
         };
         let p = &self.platform;
         let list = |v: &[String]| Content::Seq(v.iter().map(|x| s(x)).collect());
-        Content::Map(vec![
+        let mut map = vec![
             (s("variant"), s(&self.header.variant)),
             (s("kernel_release"), s(&self.header.kernel_release)),
             (s("qemu_version"), s(&self.header.qemu_version)),
@@ -461,7 +505,28 @@ impl Report {
             (s("modules_loaded"), list(&p.modules_loaded)),
             (s("modules_failed"), list(&p.modules_failed)),
             (s("tracing_failed"), list(&p.tracing_failed)),
-        ])
+        ];
+        // Not compared: how the posted interrupts split depends on timing.
+        match &self.iommu {
+            None => {}
+            Some(Ok(c)) => {
+                let n = |v: u64| Content::from(v);
+                map.push((
+                    s("iommu"),
+                    Content::Map(vec![
+                        (s("posted"), n(c.posted)),
+                        (s("posted_running"), n(c.posted_running)),
+                        (s("posted_logged"), n(c.posted_logged)),
+                        (s("posted_idle"), n(c.posted_idle)),
+                        (s("log_overflows"), n(c.log_overflows)),
+                        (s("doorbell_failed"), n(c.doorbell_failed)),
+                        (s("remapped"), n(c.remapped)),
+                    ]),
+                ));
+            }
+            Some(Err(e)) => map.push((s("iommu"), s(e))),
+        }
+        Content::Map(map)
     }
 }
 
@@ -478,6 +543,7 @@ pub fn step_line(step: &Step) -> String {
         Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
+        Step::Signal { vector, count } => format!("signal {vector} x{count}"),
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
         Step::PanicL1 => "panic-l1".to_owned(),

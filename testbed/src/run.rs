@@ -409,59 +409,119 @@ pub fn list_kernels() -> u8 {
     }
 }
 
-/// `testbed bench`: boots `iterations` times on a warm cache and prints the
-/// median of each phase.
+/// `testbed bench`: boots `iterations` times per variant on a warm cache and
+/// prints the median of each phase, and the end-to-end interrupt rate of the
+/// scenario's `fire` steps (interrupts raised per second of those steps'
+/// wall time, as the host saw them: raise, delivery or accounting, report).
+/// With several variants it also prints each rate as a ratio to the first.
 pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
     let ui = Ui::new();
     let prepared = match prepare(&options, &ui) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let Some(variant) = options.variants.first() else {
+    if options.variants.is_empty() {
         return EXIT_USAGE;
-    };
+    }
     let scenario = &prepared.scenarios[0];
     let group = plan::group(std::slice::from_ref(scenario), true);
-    let mut phases: Vec<[f64; 5]> = Vec::new();
-    for i in 0..iterations.max(1) {
-        let started = Instant::now();
-        let outcome =
-            match boot(&options, &prepared, variant, i, &group[0].scenarios, &group[0].devices, &ui).await {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return EXIT_SKIP;
+    let mut summaries = Vec::new();
+    for variant in &options.variants {
+        let mut phases: Vec<[f64; 5]> = Vec::new();
+        let mut rates: Vec<f64> = Vec::new();
+        let mut posted = 0u64;
+        let mut raised = 0u64;
+        for i in 0..iterations.max(1) {
+            let started = Instant::now();
+            let outcome =
+                match boot(&options, &prepared, variant, i, &group[0].scenarios, &group[0].devices, &ui).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return EXIT_SKIP;
+                    }
+                };
+            if let Some(f) = &outcome.failure {
+                eprintln!("error: {} boot {i} failed: {}", variant.name, f.message);
+                return EXIT_FAILED;
+            }
+            let t = &outcome.timings;
+            phases.push([
+                t.qemu_start.as_secs_f64(),
+                t.boot_to_ready.as_secs_f64(),
+                t.scenarios.iter().map(Duration::as_secs_f64).sum(),
+                t.shutdown.as_secs_f64(),
+                started.elapsed().as_secs_f64(),
+            ]);
+            for run in &outcome.runs {
+                let (n, secs) = fire_rate(scenario, run);
+                if secs > 0.0 {
+                    rates.push(n as f64 / secs);
                 }
-            };
-        if let Some(f) = &outcome.failure {
-            eprintln!("error: boot {i} failed: {}", f.message);
-            return EXIT_FAILED;
+                raised += n;
+                if let Some(Ok(c)) = &run.iommu {
+                    posted += c.posted;
+                }
+            }
         }
-        let t = &outcome.timings;
-        phases.push([
-            t.qemu_start.as_secs_f64(),
-            t.boot_to_ready.as_secs_f64(),
-            t.scenarios.iter().map(Duration::as_secs_f64).sum(),
-            t.shutdown.as_secs_f64(),
-            started.elapsed().as_secs_f64(),
-        ]);
+        summaries.push((variant.name, phases, rates, posted, raised));
     }
     ui.finish();
-    println!(
-        "bench: scenario {} on {} ({}, {}), {} boots, medians:",
-        scenario.name,
-        variant.name,
-        prepared.kernel.release,
-        options.accel.name(),
-        phases.len()
-    );
-    let names = ["qemu start", "kernel boot to agent ready", "scenario", "shutdown", "total"];
-    for (i, name) in names.iter().enumerate() {
-        let mut values: Vec<f64> = phases.iter().map(|p| p[i]).collect();
-        values.sort_by(f64::total_cmp);
-        let median = values[values.len() / 2];
-        let (min, max) = (values[0], values[values.len() - 1]);
-        println!("  {name:<28} {median:>7.3} s   (min {min:.3}, max {max:.3})");
+    let mut first_rate = None;
+    for (name, phases, rates, posted, raised) in &summaries {
+        println!(
+            "bench: scenario {} on {} ({}, {}), {} boots, medians:",
+            scenario.name,
+            name,
+            prepared.kernel.release,
+            options.accel.name(),
+            phases.len()
+        );
+        let names = ["qemu start", "kernel boot to agent ready", "scenario", "shutdown", "total"];
+        for (i, label) in names.iter().enumerate() {
+            let (median, min, max) = median_min_max(phases.iter().map(|p| p[i]).collect());
+            println!("  {label:<28} {median:>7.3} s   (min {min:.3}, max {max:.3})");
+        }
+        if rates.is_empty() {
+            println!("  {:<28} no fire step", "interrupts/s (fire steps)");
+            continue;
+        }
+        let (median, min, max) = median_min_max(rates.clone());
+        let ratio = match first_rate {
+            None => {
+                first_rate = Some((*name, median));
+                String::new()
+            }
+            Some((first, rate)) => format!("   = {:.2} x {first}", median / rate),
+        };
+        println!("  {:<28} {median:>7.0}     (min {min:.0}, max {max:.0}){ratio}", "interrupts/s (fire steps)");
+        if *raised > 0 {
+            println!(
+                "  {:<28} {posted} of {raised} raised ({:.0}%)",
+                "posted by the IOMMU",
+                *posted as f64 * 100.0 / *raised as f64
+            );
+        }
     }
     EXIT_OK
+}
+
+/// Interrupts raised by a run's `fire` steps and those steps' wall time (s).
+pub fn fire_rate(scenario: &Scenario, run: &runner::ScenarioRun) -> (u64, f64) {
+    let mut raised = 0u64;
+    let mut secs = 0.0;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        if let wire::Step::Fire { count, .. } = step {
+            if let Some(t) = run.step_times.get(i) {
+                raised += u64::from(*count);
+                secs += t.as_secs_f64();
+            }
+        }
+    }
+    (raised, secs)
+}
+
+fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[values.len() / 2], values[0], values[values.len() - 1])
 }

@@ -58,12 +58,87 @@ pub struct Failure {
     pub before_ready: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ScenarioRun {
     pub scenario: String,
     pub steps: Vec<wire::StepReport>,
     pub done: Option<wire::Done>,
     pub failure: Option<String>,
+    /// What the IOMMU counted while the scenario ran (from before `Run` to
+    /// after `Done`), for variants whose IOMMU posts interrupts; `Err` when
+    /// its counters could not be read.
+    pub iommu: Option<Result<IommuCounts, String>>,
+    /// Wall time of each step as the host saw it: from `Run` (or the
+    /// previous step's report) to the step's report.
+    pub step_times: Vec<Duration>,
+}
+
+/// Deltas of the amd-iommu's interrupt counters (read-only QOM properties
+/// of qemu-patches/0024 and 0026) over one scenario.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IommuCounts {
+    /// `ga-posted`: interrupts posted into a vCPU's vAPIC IRR through a
+    /// guest-mode IRTE, whatever followed (the sum of the next three, plus
+    /// logged ones lost to a full GA log).
+    pub posted: u64,
+    /// `ga-posted-running`: IsRun set: the AVIC doorbell rang.
+    pub posted_running: u64,
+    /// `ga-posted-logged`: IsRun clear, GALogIntr set: a GA log entry (the
+    /// wake-up of a blocked vCPU).
+    pub posted_logged: u64,
+    /// `ga-posted-idle`: IsRun and GALogIntr clear: IRR only, taken at the
+    /// next VMRUN.
+    pub posted_idle: u64,
+    /// `ga-log-overflows`: GA log entries lost because the log was full.
+    pub log_overflows: u64,
+    /// `ga-doorbell-failed`: doorbells to an APIC ID no CPU has.
+    pub doorbell_failed: u64,
+    /// `irq-remapped`: interrupts remapped to the L1 (host) APIC, any
+    /// source (timers, consoles, the devices' non-posted MSIs).
+    pub remapped: u64,
+}
+
+impl IommuCounts {
+    /// The QOM properties, in field order.
+    pub const PROPERTIES: [&'static str; 7] = [
+        "ga-posted",
+        "ga-posted-running",
+        "ga-posted-logged",
+        "ga-posted-idle",
+        "ga-log-overflows",
+        "ga-doorbell-failed",
+        "irq-remapped",
+    ];
+
+    fn from_values(v: [u64; 7]) -> IommuCounts {
+        IommuCounts {
+            posted: v[0],
+            posted_running: v[1],
+            posted_logged: v[2],
+            posted_idle: v[3],
+            log_overflows: v[4],
+            doorbell_failed: v[5],
+            remapped: v[6],
+        }
+    }
+
+    fn values(&self) -> [u64; 7] {
+        [
+            self.posted,
+            self.posted_running,
+            self.posted_logged,
+            self.posted_idle,
+            self.log_overflows,
+            self.doorbell_failed,
+            self.remapped,
+        ]
+    }
+
+    /// `self - before`, counter by counter (counters only grow).
+    pub fn since(&self, before: &IommuCounts) -> IommuCounts {
+        let (a, b) = (self.values(), before.values());
+        IommuCounts::from_values(std::array::from_fn(|i| a[i].saturating_sub(b[i])))
+    }
 }
 
 #[derive(Debug)]
@@ -116,9 +191,8 @@ pub async fn run_boot(
             for rest in &scenarios[i + 1..] {
                 outcome.runs.push(ScenarioRun {
                     scenario: rest.name.clone(),
-                    steps: Vec::new(),
-                    done: None,
                     failure: Some(format!("not run: an earlier scenario broke the boot ({message})")),
+                    ..Default::default()
                 });
             }
             outcome.failure = Some(Failure { message, before_ready: false });
@@ -143,6 +217,8 @@ struct Session {
     bdfs: HashMap<String, String>,
     timeouts: Timeouts,
     console_log: PathBuf,
+    /// QOM path of the IOMMU whose counters are read around each scenario.
+    iommu_counters: Option<&'static str>,
 }
 
 /// Something that ended the wait for the agent.
@@ -207,6 +283,7 @@ impl Session {
             bdfs,
             timeouts,
             console_log: cfg.console_log.clone(),
+            iommu_counters: cfg.variant.iommu_counters(),
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         match session.next_message(remaining, "waiting for the agent to start").await {
@@ -234,12 +311,16 @@ impl Session {
         variant: &'static str,
         on_event: &mut (dyn FnMut(RunEvent) + Send),
     ) -> ScenarioRun {
-        let mut run = ScenarioRun { scenario: scenario.name.clone(), steps: Vec::new(), done: None, failure: None };
+        let mut run = ScenarioRun { scenario: scenario.name.clone(), ..Default::default() };
         let job = scenario.job(&self.bdfs);
+        // The agent does not pause between steps, so the IOMMU is read
+        // around the whole scenario; nothing else posts interrupts meanwhile.
+        let before = self.read_iommu().await;
         if let Err(message) = self.send(&wire::HostMessage::Run(job)).await {
             run.failure = Some(message);
             return run;
         }
+        let mut last = Instant::now();
         loop {
             let what = match run.steps.len() {
                 n if n < scenario.steps.len() => {
@@ -264,10 +345,20 @@ impl Session {
                         action: scenario.steps[report.index].action(),
                     });
                     run.steps.push(report);
+                    run.step_times.push(last.elapsed());
+                    last = Instant::now();
                 }
                 Interrupt::Message(wire::AgentMessage::Progress { .. }) => continue,
                 Interrupt::Message(wire::AgentMessage::Done(done)) => {
                     run.done = Some(done);
+                    if let Some(before) = before {
+                        let after = self.read_iommu().await;
+                        run.iommu = Some(match (before, after) {
+                            (Ok(b), Some(Ok(a))) => Ok(a.since(&b)),
+                            (Err(e), _) | (_, Some(Err(e))) => Err(e),
+                            (Ok(_), None) => Err("the IOMMU's counters went away".into()),
+                        });
+                    }
                     return run;
                 }
                 Interrupt::Message(wire::AgentMessage::Failed { message }) => {
@@ -284,6 +375,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The IOMMU's counters, where the variant has some to read.
+    async fn read_iommu(&self) -> Option<Result<IommuCounts, String>> {
+        let path = self.iommu_counters?;
+        let mut values = [0u64; 7];
+        for (value, property) in values.iter_mut().zip(IommuCounts::PROPERTIES) {
+            let cmd = qapi::qmp::qom_get { path: path.to_owned(), property: property.to_owned() };
+            let got = match tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Some(Err(format!("qom-get {path} {property}: {e}"))),
+                Err(_) => return Some(Err(format!("qom-get {path} {property}: no answer in 10 s"))),
+            };
+            match got.as_u64() {
+                Some(v) => *value = v,
+                None => return Some(Err(format!("qom-get {path} {property}: not a number: {got}"))),
+            }
+        }
+        Some(Ok(IommuCounts::from_values(values)))
     }
 
     async fn poweroff(mut self) -> Result<(), String> {
@@ -347,6 +457,9 @@ impl Session {
                     None => return Interrupt::Failed(self.gone(what).await),
                 },
                 status = self.qemu.wait() => {
+                    if let Some(panic) = self.panic_in_flight(what).await {
+                        return Interrupt::Failed(panic);
+                    }
                     let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
                     return Interrupt::Failed(qemu_exit_message(status, &stderr_log, what));
                 }
@@ -361,8 +474,26 @@ impl Session {
         }
     }
 
+    /// QEMU is gone: did it report a guest panic first? Its last events may
+    /// still be on their way through the QMP reader, which ends at EOF.
+    async fn panic_in_flight(&mut self, what: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let qapi::qmp::Event::GUEST_PANICKED { .. } = event {
+                return Some(format!(
+                    "guest kernel panicked during {what}{}",
+                    console_excerpt(&self.console_log, "Kernel panic")
+                ));
+            }
+        }
+        None
+    }
+
     /// The channel closed: find out whether QEMU died and how.
     async fn gone(&mut self, what: &str) -> String {
+        if let Some(panic) = self.panic_in_flight(what).await {
+            return panic;
+        }
         let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
         match tokio::time::timeout(Duration::from_secs(2), self.qemu.wait()).await {
             Ok(status) => qemu_exit_message(status, &stderr_log, what),

@@ -177,6 +177,17 @@ pub enum Step {
         #[serde(default = "one")]
         count: u32,
     },
+    /// Write the vector's eventfd `count` times from the agent itself, as a
+    /// software producer would (no device, no host IRQ, nothing the IOMMU
+    /// can post): every irqfd holding the eventfd makes KVM inject, waiting
+    /// for each to be delivered in a running L2 (or injected, or counted on
+    /// the eventfd where no irqfd holds it). The vector's eventfd must exist:
+    /// an earlier `irqfd` or `enable-msi` made it; no `enable-msi` is needed.
+    Signal {
+        vector: String,
+        #[serde(default = "one")]
+        count: u32,
+    },
     /// Close the VFIO device (and its group and container): VFIO tears down its
     /// interrupts, so producers unregister while irqfds may stay.
     CloseDevice { device: String },
@@ -253,6 +264,7 @@ impl Step {
             Step::Irqfd { .. } => "irqfd",
             Step::IrqfdDeassign { .. } => "irqfd-deassign",
             Step::Fire { .. } => "fire",
+            Step::Signal { .. } => "signal",
             Step::CloseDevice { .. } => "close-device",
             Step::DestroyVm { .. } => "destroy-vm",
             Step::PanicL1 => "panic-l1",
@@ -273,7 +285,8 @@ pub struct StepReport {
     pub error: Option<String>,
     /// irqbypass activity observed while the step ran, in kernel order.
     pub bypass: Vec<BypassEvent>,
-    /// Interrupt accounting for `fire` steps (one entry per fired vector); empty otherwise.
+    /// Interrupt accounting for `fire` and `signal` steps (one entry per
+    /// vector); empty otherwise.
     pub interrupts: Vec<VectorCount>,
 }
 
@@ -303,7 +316,8 @@ pub enum BypassEvent {
 pub struct VectorCount {
     /// e.g. `dev0/msi0`.
     pub vector: String,
-    /// How many times the agent made the device raise it.
+    /// How many times the agent made the device raise it (`fire`), or wrote
+    /// the eventfd itself (`signal`).
     pub raised: u64,
     /// The eventfd counter read by the agent after firing, when no irqfd holds
     /// the eventfd; `None` while KVM consumes it (then see `injected`).
@@ -335,6 +349,14 @@ mod tests {
         assert_eq!(serde_json::to_string(&c).unwrap(), old, "None is not sent: old hosts still parse it");
         let with = VectorCount { delivered: Some(5), ..c };
         assert!(serde_json::to_string(&with).unwrap().ends_with(r#""injected":5,"delivered":5}"#));
+    }
+
+    #[test]
+    fn signal_step() {
+        let s: Step = serde_json::from_str(r#"{"action":"signal","vector":"dev0/msi0"}"#).unwrap();
+        assert_eq!(s, Step::Signal { vector: "dev0/msi0".into(), count: 1 });
+        assert_eq!(s.action(), "signal");
+        assert!(serde_json::from_str::<Step>(r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#).is_err());
     }
 
     #[test]
