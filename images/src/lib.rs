@@ -22,6 +22,7 @@ mod debver;
 mod initramfs;
 mod kernel;
 mod modules;
+mod pvh;
 mod qemu;
 mod spec;
 
@@ -33,6 +34,7 @@ pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
+pub use pvh::pvh_kernel;
 pub use qemu::{
     build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree, system_data_dirs,
     CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY,
@@ -149,6 +151,8 @@ pub enum Progress {
     BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
     CacheHit { what: String },
+    /// Decompressing the kernel out of its bzImage for PVH boot (once per kernel).
+    ExtractingVmlinux { release: String },
 }
 
 impl std::fmt::Display for Progress {
@@ -168,6 +172,7 @@ impl std::fmt::Display for Progress {
             Progress::ConfiguringQemu => write!(f, "configuring qemu"),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
+            Progress::ExtractingVmlinux { release } => write!(f, "extracting the uncompressed kernel of {release}"),
         }
     }
 }

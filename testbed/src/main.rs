@@ -83,6 +83,10 @@ struct RunArgs {
     /// instead of the pinned Debian source; qemu-patches/ still applies
     #[arg(long, value_name = "PATH")]
     qemu_tree: Option<PathBuf>,
+    /// Boot the bzImage as it is (slower under TCG: it decompresses itself)
+    /// instead of the uncompressed kernel through its PVH entry
+    #[arg(long)]
+    bzimage: bool,
     /// Extra words for the guest kernel command line
     #[arg(long = "append")]
     append: Vec<String>,
@@ -129,6 +133,7 @@ impl RunArgs {
             qemu: self.qemu,
             qemu_tree: self.qemu_tree,
             append: self.append,
+            bzimage: self.bzimage,
             results: self.results,
             snapshots: self.snapshots,
         })

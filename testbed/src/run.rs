@@ -31,6 +31,8 @@ pub struct RunOptions {
     /// instead of the pinned Debian source.
     pub qemu_tree: Option<PathBuf>,
     pub append: Vec<String>,
+    /// Boot the bzImage as it is instead of its uncompressed PVH ELF.
+    pub bzimage: bool,
     pub results: Option<PathBuf>,
     pub snapshots: Option<PathBuf>,
 }
@@ -91,6 +93,9 @@ pub struct Cell {
 
 /// Everything a run needs once the inputs are valid.
 struct Prepared {
+    /// What QEMU's -kernel gets: the PVH ELF when the kernel has one (its
+    /// self-decompression is most of a TCG boot), else the bzImage.
+    boot_image: PathBuf,
     scenarios: Vec<Scenario>,
     kernel: images::Kernel,
     initrd: PathBuf,
@@ -134,6 +139,15 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
         eprintln!("error: cannot write the agent: {e}");
         EXIT_SKIP
     })?;
+    let pvh = if options.bzimage {
+        None
+    } else {
+        tokio::task::block_in_place(|| images::pvh_kernel(&cache, &kernel, &mut |p| ui.images(p))).map_err(|e| {
+            eprintln!("error: kernel {}: {e}", kernel.release);
+            EXIT_SKIP
+        })?
+    };
+    let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
     let busybox = PathBuf::from("/bin/busybox");
     let modules = guest_modules(options.accel);
     let spec = images::InitramfsSpec { kernel: &kernel, modules: &modules, agent: &agent, busybox: &busybox };
@@ -158,7 +172,7 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     } else {
         None
     };
-    Ok(Prepared { scenarios, kernel, initrd, snapshots, results, runtime, patched_qemu })
+    Ok(Prepared { boot_image, scenarios, kernel, initrd, snapshots, results, runtime, patched_qemu })
 }
 
 /// Modules the agent loads in the guest (their dependencies come along).
@@ -239,7 +253,7 @@ async fn boot(
         data_dirs,
         variant,
         accel: options.accel,
-        kernel: prepared.kernel.bzimage.clone(),
+        kernel: prepared.boot_image.clone(),
         initrd: prepared.initrd.clone(),
         extra_cmdline: options.append.clone(),
         devices: devices.to_vec(),
