@@ -131,6 +131,28 @@ fn scenarios_match_snapshots_on_amd_ir() {
     assert!(report["boots"][0]["seconds"]["boot_to_ready"].as_f64().unwrap() > 0.0);
 }
 
+/// The posted-interrupt variant on the patched QEMU (built by the
+/// pipeline, cached): every scenario matches its reviewed snapshot, so the
+/// connection forms and breaks where each scenario says and every posted
+/// interrupt is accounted for and delivered in L2.
+#[test]
+fn scenarios_match_snapshots_on_amd_avic() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let results = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "amd-avic", "--results"])
+        .arg(results.path())
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("edu-posted-stress                amd-avic       pass"), "{out}");
+    assert_no_qemu_left(results.path());
+}
+
 /// A scenario whose expectation cannot hold with stock QEMU (nothing posts,
 /// so nothing connects) must fail the run with a readable message.
 #[test]
