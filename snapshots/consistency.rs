@@ -26,8 +26,11 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
             let name = file.file_name().to_string_lossy().into_owned();
             let Some(scenario) = name.strip_suffix(".snap") else { continue };
             seen += 1;
-            if !scenarios.join(format!("{scenario}.toml")).exists() {
+            let scenario_file = scenarios.join(format!("{scenario}.toml"));
+            if !scenario_file.exists() {
                 problems.push(format!("snapshots/{variant}/{name}: no scenarios/{scenario}.toml"));
+            } else if !testbed::scenario::load(&scenario_file).unwrap().runs_on(&variant) {
+                problems.push(format!("snapshots/{variant}/{name}: scenarios/{scenario}.toml does not run on {variant}"));
             }
             let text = std::fs::read_to_string(file.path()).unwrap();
             // insta's format: a metadata block between `---` lines, then the body.

@@ -94,6 +94,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Make the running L2 send itself IPIs (see `L2::ipi`).
+    pub fn ipi(&mut self, vector: u8, count: u32, tick: &mut dyn FnMut()) -> Result<(u64, u64), String> {
+        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+        l2.ipi(&self.vm, vector, count, tick)
+    }
+
     /// The L2, when it is running.
     pub fn running_l2(&self) -> Option<&L2> {
         self.l2.as_ref().filter(|l| l.running())

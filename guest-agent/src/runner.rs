@@ -294,6 +294,35 @@ impl Runner {
                 }
                 r.map_err(|e| format!("{vm}: {e}"))
             }
+            Step::Ipi { vm, vector, count } => {
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                let t0 = Instant::now();
+                match st.vm(vm).and_then(|v| v.ipi(*vector, *count, &mut tick)) {
+                    Ok((sent, delivered)) => {
+                        say!(
+                            "{vm}: ipi {vector:#x}: sent {sent} of {count}, delivered in L2 {delivered} in {} us",
+                            t0.elapsed().as_micros()
+                        );
+                        interrupts.push(VectorCount {
+                            vector: format!("{vector:#04x}"),
+                            raised: sent,
+                            signalled: None,
+                            host_irq: 0,
+                            host_chip: None,
+                            injected: 0,
+                            delivered: Some(delivered),
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{vm}: {e}")),
+                }
+            }
             Step::StopVm { vm } => st.vm(vm).and_then(|v| {
                 let stats = v.running_l2().map(|l| l.stats()).unwrap_or_default();
                 let r = v.stop_l2();

@@ -81,6 +81,7 @@ mod tests {
             path: format!("scenarios/{name}.toml").into(),
             description: String::new(),
             fresh_boot: fresh,
+            variants: None,
             devices: devices
                 .iter()
                 .map(|(n, bdf)| ScenarioDevice {

@@ -231,14 +231,30 @@ impl Report {
         if counts.is_empty() {
             out.push_str("   none fired\n");
         }
+        // an ipi step's counts are named by the VM that sent them
+        let label = |index: usize, c: &VectorCount| match s.steps.get(index) {
+            Some(Step::Ipi { vm, .. }) => format!("{vm} ipi {}", c.vector),
+            _ => c.vector.clone(),
+        };
         let vw = counts
             .iter()
-            .map(|(_, c)| c.vector.len())
+            .map(|(i, c)| label(*i, c).len())
             .max()
             .unwrap_or(0);
         for (index, c) in counts {
             let signal = matches!(s.steps.get(index), Some(Step::Signal { .. }));
-            let _ = if signal {
+            let ipi = matches!(s.steps.get(index), Some(Step::Ipi { .. }));
+            let _ = if ipi {
+                // the L2's own ICR writes: no device, no eventfd, no MSI route
+                write!(
+                    out,
+                    "   step {:<w$} {:<vw$}  sent {}",
+                    index + 1,
+                    label(index, c),
+                    c.raised,
+                    w = width,
+                )
+            } else if signal {
                 // written by the agent: no device, no host IRQ line
                 write!(
                     out,
@@ -559,6 +575,7 @@ pub fn step_line(step: &Step) -> String {
             (m, _) => format!("start-vm {vm} ({})", m.name()),
         },
         Step::StopVm { vm } => format!("stop-vm {vm}"),
+        Step::Ipi { vm, vector, count } => format!("ipi {vm} {vector:#04x} x{count}"),
     }
 }
 

@@ -205,7 +205,18 @@ pub async fn run(options: RunOptions) -> u8 {
     let mut cells = Vec::new();
     let mut boots = Vec::new();
     for variant in &options.variants {
-        for (i, group) in plan::group(&prepared.scenarios, options.fresh_boot).iter().enumerate() {
+        let (here, elsewhere): (Vec<&Scenario>, Vec<&Scenario>) =
+            prepared.scenarios.iter().partition(|s| s.runs_on(variant.name));
+        for scenario in elsewhere {
+            ui.line(&format!(
+                "{:<14} {:<32} not run: the scenario names its variants ({})",
+                variant.name,
+                scenario.name,
+                scenario.variants.as_deref().unwrap_or_default().join(", ")
+            ));
+        }
+        let here: Vec<Scenario> = here.into_iter().cloned().collect();
+        for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
             let outcome = match boot(&options, &prepared, variant, i, &group.scenarios, &group.devices, &ui).await {
                 Ok(outcome) => outcome,
                 Err(message) => {
@@ -223,6 +234,10 @@ pub async fn run(options: RunOptions) -> u8 {
         }
     }
     ui.finish();
+    if cells.is_empty() {
+        eprintln!("error: none of the selected scenarios runs on the selected variants");
+        return EXIT_USAGE;
+    }
     print_table(&cells);
     if let Some(path) = &options.json {
         if let Err(e) = write_json(path, &prepared, &cells, &boots) {

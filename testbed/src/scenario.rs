@@ -34,6 +34,10 @@ pub struct Scenario {
     pub description: String,
     /// Run in its own L1 boot instead of sharing one with other scenarios.
     pub fresh_boot: bool,
+    /// The variants this scenario runs on; `None`: every variant. A
+    /// scenario that cannot mean anything on some variants, or that trips a
+    /// known problem unrelated to what it tests, names where it runs.
+    pub variants: Option<Vec<String>>,
     pub devices: Vec<ScenarioDevice>,
     pub steps: Vec<Step>,
     pub expect: Vec<Expectation>,
@@ -208,6 +212,11 @@ impl Scenario {
     /// The job the guest agent runs, with device addresses resolved by the
     /// host (`bdfs`: device name to full BDF). A device missing from `bdfs`
     /// falls back to its fixed `bdf`, or an empty string.
+    /// Whether the scenario runs on `variant`.
+    pub fn runs_on(&self, variant: &str) -> bool {
+        self.variants.as_ref().is_none_or(|v| v.iter().any(|n| n == variant))
+    }
+
     pub fn job(&self, bdfs: &HashMap<String, String>) -> wire::Job {
         wire::Job {
             scenario: self.name.clone(),
@@ -260,6 +269,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         return Err(src.error(raw.description.span(), "description is empty".into()));
     }
 
+    if let Some(variants) = &raw.variants {
+        if variants.get_ref().is_empty() {
+            return Err(src.error(variants.span(), "variants is empty: leave it out to run everywhere".into()));
+        }
+        for name in variants.get_ref() {
+            if let Err(e) = crate::variant::lookup(name) {
+                return Err(src.error(variants.span(), e.to_string()));
+            }
+        }
+    }
+
     let mut checker = Checker::new(&src);
     for dev in &raw.devices {
         checker.declare_device(dev)?;
@@ -295,6 +315,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         path: path.to_path_buf(),
         description,
         fresh_boot: raw.fresh_boot,
+        variants: raw.variants.map(Spanned::into_inner),
         devices: raw.devices.into_iter().map(Spanned::into_inner).collect(),
         steps: steps.into_iter().map(Spanned::into_inner).collect(),
         expect: expect.into_iter().map(Spanned::into_inner).collect(),
@@ -307,6 +328,8 @@ struct RawScenario {
     description: Spanned<String>,
     #[serde(default)]
     fresh_boot: bool,
+    #[serde(default)]
+    variants: Option<Spanned<Vec<String>>>,
     #[serde(default, rename = "device")]
     devices: Vec<Spanned<ScenarioDevice>>,
     #[serde(default, rename = "step")]
@@ -1039,6 +1062,32 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
             }
+            Step::Ipi { vm, vector, count } => {
+                self.live_vm("vm", vm)?;
+                if !self.l2_running.contains_key(vm) {
+                    return Err(self.err(
+                        "vm",
+                        format!("the L2 of {vm} is not running: no start-vm {vm} in force (only a running L2 sends IPIs)"),
+                    ));
+                }
+                if !wire::IPI_VECTORS.contains(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!(
+                            "ipi vector {vector:#x} out of range {:#x}..={:#x} (0x20/0x21 are the L2's timer and kick, 0x40 up the MSI routes)",
+                            wire::IPI_VECTORS.start(),
+                            wire::IPI_VECTORS.end()
+                        ),
+                    ));
+                }
+                if !(1..=MAX_FIRE_COUNT).contains(count) {
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
+                }
+                self.fired = true;
+            }
         }
         Ok(())
     }
@@ -1176,5 +1225,31 @@ vm = "vm0"
              [[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n",
         );
         assert!(e.contains("step 5 (stop-vm): vm \"vm0\" used after destroy-vm at step 4"), "{e}");
+    }
+
+    #[test]
+    fn ipi_needs_a_running_l2_and_an_ipi_vector() {
+        let s = with_steps(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n\
+             [[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\ncount = 50\n\
+             [[expect]]\ncheck = \"lossless\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps[3], Step::Ipi { vm: "vm0".into(), vector: 0x31, count: 50 });
+        let e = error("[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n");
+        assert!(e.contains("step 3 (ipi): the L2 of vm0 is not running"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x41\n");
+        assert!(e.contains("step 4 (ipi): ipi vector 0x41 out of range 0x30..=0x3f"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x21\n");
+        assert!(e.contains("out of range 0x30..=0x3f"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\ncount = 0\n");
+        assert!(e.contains("count = 0 out of range"), "{e}");
+        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 300\n");
+        assert!(e.contains("step"), "{e}");
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n\
+             [[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n",
+        );
+        assert!(e.contains("step 5 (ipi): the L2 of vm0 is not running"), "{e}");
     }
 }

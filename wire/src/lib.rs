@@ -213,6 +213,21 @@ pub enum Step {
     /// I/O exit) and stop its vCPU thread. Interrupts raised while it is
     /// stopped stay pending in its local APIC and are taken at the next start.
     StopVm { vm: String },
+    /// Make the VM's running L2 send itself `count` IPIs on `vector` by
+    /// writing its x2APIC ICR (MSR 0x830: fixed delivery, physical
+    /// destination = its own x2APIC ID), each time waiting (bounded) for the
+    /// interrupt to arrive before the next. KVM emulates every ICR write (no
+    /// device, no irqfd, nothing the IOMMU posts): this is KVM's own IPI
+    /// delivery, through the AVIC backing page where AVIC is on. The vector
+    /// is in [`IPI_VECTORS`], apart from route vectors and the L2's own timer
+    /// and kick vectors. Reports `raised` = ICR writes the L2 made and
+    /// `delivered` = interrupts it took on the vector.
+    Ipi {
+        vm: String,
+        vector: u8,
+        #[serde(default = "one")]
+        count: u32,
+    },
     /// Panic the L1 kernel (sysrq-c). A self-test of the harness: the run
     /// must end with the guest's panic reported, never hang.
     PanicL1,
@@ -244,6 +259,10 @@ impl L2Mode {
     }
 }
 
+/// Vectors an `ipi` step may use: below the MSI route vectors (0x40 up),
+/// above the L2's own timer (0x20) and kick (0x21) vectors.
+pub const IPI_VECTORS: std::ops::RangeInclusive<u8> = 0x30..=0x3f;
+
 /// Phase length of [`L2Mode::Alternate`] when a `start-vm` gives none.
 pub const DEFAULT_ALTERNATE_MS: u32 = 5;
 /// Longest `period_ms` a `start-vm` may ask for.
@@ -270,6 +289,7 @@ impl Step {
             Step::PanicL1 => "panic-l1",
             Step::StartVm { .. } => "start-vm",
             Step::StopVm { .. } => "stop-vm",
+            Step::Ipi { .. } => "ipi",
         }
     }
 }
@@ -285,8 +305,9 @@ pub struct StepReport {
     pub error: Option<String>,
     /// irqbypass activity observed while the step ran, in kernel order.
     pub bypass: Vec<BypassEvent>,
-    /// Interrupt accounting for `fire` and `signal` steps (one entry per
-    /// vector); empty otherwise.
+    /// Interrupt accounting for `fire`, `signal` and `ipi` steps (one entry
+    /// per vector; an `ipi` step's is named by its vector, e.g. `0x31`);
+    /// empty otherwise.
     pub interrupts: Vec<VectorCount>,
 }
 
@@ -357,6 +378,17 @@ mod tests {
         assert_eq!(s, Step::Signal { vector: "dev0/msi0".into(), count: 1 });
         assert_eq!(s.action(), "signal");
         assert!(serde_json::from_str::<Step>(r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#).is_err());
+    }
+
+    #[test]
+    fn ipi_step() {
+        let s: Step = serde_json::from_str(r#"{"action":"ipi","vm":"vm0","vector":49}"#).unwrap();
+        assert_eq!(s, Step::Ipi { vm: "vm0".into(), vector: 0x31, count: 1 });
+        assert_eq!(s.action(), "ipi");
+        assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err());
+        assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0"}"#).is_err());
+        assert!(IPI_VECTORS.contains(&0x30) && IPI_VECTORS.contains(&0x3f));
+        assert!(!IPI_VECTORS.contains(&0x21) && !IPI_VECTORS.contains(&0x40));
     }
 
     #[test]

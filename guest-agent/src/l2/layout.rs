@@ -38,6 +38,18 @@ pub const CTL_ITER: u16 = CTL + 16;
 pub const CTL_HALTS: u16 = CTL + 20;
 /// IA32_APIC_BASE (low half) as the L2 read it back after enabling x2APIC.
 pub const CTL_APIC_BASE: u16 = CTL + 24;
+/// The L2's x2APIC ID (MSR 0x802) as read at setup, written by the L2.
+pub const CTL_X2APIC_ID: u16 = CTL + 28;
+/// `ipi` request: the vector to send, written by the agent.
+pub const CTL_IPI_VECTOR: u16 = CTL + 32;
+/// `ipi` request: how many IPIs to send, written by the agent.
+pub const CTL_IPI_COUNT: u16 = CTL + 36;
+/// `ipi` request generation, written by the agent after vector and count.
+pub const CTL_IPI_REQ: u16 = CTL + 40;
+/// The last `ipi` generation the L2 finished sending, written by the L2.
+pub const CTL_IPI_ACK: u16 = CTL + 44;
+/// ICR writes (IPIs sent) so far, written by the L2.
+pub const CTL_IPI_SENT: u16 = CTL + 48;
 /// Per-vector interrupt counters (u32 each).
 pub const COUNTERS: u16 = 0x1000;
 /// Code origin and entry point.
@@ -66,6 +78,10 @@ pub const KICK_VECTOR: u8 = 0x21;
 /// Spurious-interrupt vector programmed into the x2APIC SVR.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
+/// `pause` iterations the L2 waits for each IPI it sent to arrive before it
+/// sends the next (a lost one does not hang it; the counts show it).
+pub const IPI_SPIN: u32 = 1 << 20;
+
 /// IA32_APIC_BASE: global enable.
 pub const APIC_BASE_EN: u32 = 1 << 11;
 /// IA32_APIC_BASE: x2APIC mode.
@@ -73,9 +89,11 @@ pub const APIC_BASE_EXTD: u32 = 1 << 10;
 
 /// MSRs the program uses.
 pub const MSR_APIC_BASE: u32 = 0x1b;
+pub const MSR_X2APIC_ID: u32 = 0x802;
 pub const MSR_X2APIC_TPR: u32 = 0x808;
 pub const MSR_X2APIC_EOI: u32 = 0x80b;
 pub const MSR_X2APIC_SVR: u32 = 0x80f;
+pub const MSR_X2APIC_ICR: u32 = 0x830;
 pub const MSR_X2APIC_LVT_TIMER: u32 = 0x832;
 pub const MSR_X2APIC_TIMER_INIT: u32 = 0x838;
 pub const MSR_X2APIC_TIMER_DIV: u32 = 0x83e;

@@ -168,6 +168,7 @@ pub struct L2 {
     /// `kvm_run` of the vCPU (mapped as long as the VcpuFd lives).
     run_ptr: usize,
     gen: u32,
+    ipi_gen: u32,
     booted: bool,
     pub mode: Option<L2Mode>,
     pub started: Option<Instant>,
@@ -243,6 +244,7 @@ impl L2 {
             pthread: 0,
             run_ptr: 0,
             gen: 0,
+            ipi_gen: 0,
             booted: false,
             mode: None,
             started: None,
@@ -338,6 +340,50 @@ impl L2 {
         Ok(())
     }
 
+    /// Make the running L2 send itself `count` IPIs on `vector` (see
+    /// `wire::Step::Ipi`): writes the request, re-requests the current mode
+    /// (which ends an `alternate` phase and wakes a halted L2), waits for
+    /// the L2 to acknowledge, then for the vector's counter to catch up.
+    /// Returns (ICR writes the L2 made, interrupts it took on `vector`).
+    /// Fails when the L2 stops making progress for `ACK_TIMEOUT`.
+    pub fn ipi(&mut self, vm: &VmFd, vector: u8, count: u32, tick: &mut dyn FnMut()) -> Result<(u64, u64), String> {
+        let mode = self.mode.ok_or("L2 is not running")?;
+        let (sent0, taken0) = (self.mem.read_u32(CTL_IPI_SENT), self.mem.count(vector));
+        let mem = self.mem.clone();
+        let progress = || (delta(sent0, mem.read_u32(CTL_IPI_SENT)), delta(taken0, mem.count(vector)));
+        self.ipi_gen = self.ipi_gen.wrapping_add(1);
+        self.mem.write_u32(CTL_IPI_VECTOR, u32::from(vector));
+        self.mem.write_u32(CTL_IPI_COUNT, count);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.mem.write_u32(CTL_IPI_REQ, self.ipi_gen);
+        self.request(vm, mode_code(mode))?;
+        let mut last = (progress(), Instant::now());
+        loop {
+            let now = progress();
+            let acked = self.mem.read_u32(CTL_IPI_ACK) == self.ipi_gen;
+            if acked && now.1 >= now.0 {
+                return Ok(now);
+            }
+            if let Some(e) = self.error() {
+                return Err(e);
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > ACK_TIMEOUT {
+                if acked {
+                    // sent, but not all taken: the counts say so
+                    return Ok(now);
+                }
+                return Err(format!(
+                    "L2 did not finish sending IPIs within {ACK_TIMEOUT:?} of its last progress (sent {} of {count}, took {})",
+                    now.0, now.1
+                ));
+            }
+            tick();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
     /// Park the L2 and join its thread; returns the vCPU. Falls back to
     /// kicking the thread out of KVM_RUN when the L2 does not park in time.
     pub fn stop(&mut self, vm: &VmFd) -> (Option<VcpuFd>, Result<(), String>) {
@@ -387,13 +433,14 @@ impl L2 {
             .counters()
             .iter()
             .enumerate()
-            .filter(|(v, c)| **c > 0 && *v >= 0x40)
+            .filter(|(v, c)| **c > 0 && *v >= 0x30)
             .map(|(v, c)| format!("{v:#x}: {c}"))
             .collect();
         format!(
-            "iterations {}, halts {}, timer {}, kicks {}, vectors [{}]",
+            "iterations {}, halts {}, IPIs sent {}, timer {}, kicks {}, vectors [{}]",
             self.mem.read_u32(CTL_ITER),
             self.mem.read_u32(CTL_HALTS),
+            self.mem.read_u32(CTL_IPI_SENT),
             self.mem.count(TIMER_VECTOR),
             self.mem.count(KICK_VECTOR),
             taken.join(", ")
@@ -464,7 +511,11 @@ mod tests {
         assert!(usize::from(CODE) + PROGRAM.len() < usize::from(STACK_TOP) - 0x1000);
         assert!(usize::from(STACK_TOP) <= MEM_SIZE);
         // every ctl field and counter is aligned (volatile u32 access)
-        for a in [CTL_MODE, CTL_REQ, CTL_ACK, CTL_PERIOD, CTL_ITER, CTL_HALTS, CTL_APIC_BASE, counter(0x40)] {
+        assert!(CTL_IPI_SENT + 4 <= COUNTERS);
+        for a in [
+            CTL_MODE, CTL_REQ, CTL_ACK, CTL_PERIOD, CTL_ITER, CTL_HALTS, CTL_APIC_BASE, CTL_X2APIC_ID,
+            CTL_IPI_VECTOR, CTL_IPI_COUNT, CTL_IPI_REQ, CTL_IPI_ACK, CTL_IPI_SENT, counter(0x40),
+        ] {
             assert_eq!(a % 4, 0);
         }
     }
@@ -477,6 +528,24 @@ mod tests {
         // a route vector outranks the kick (priority class = vector >> 4), so
         // an acknowledged kick means pending route interrupts were taken first
         assert!(0x40 >> 4 > KICK_VECTOR >> 4);
+        // ipi vectors: between the two, so they collide with neither
+        for v in wire::IPI_VECTORS {
+            assert!(v != TIMER_VECTOR && v != KICK_VECTOR && v != SPURIOUS_VECTOR && v < 0x40);
+        }
+        assert!(*wire::IPI_VECTORS.start() >> 4 > KICK_VECTOR >> 4);
+    }
+
+    #[test]
+    fn program_writes_the_icr_with_its_own_x2apic_id() {
+        let icr = [0x66, 0xb9, 0x30, 0x08, 0x00, 0x00]; // mov ecx, 0x830
+        assert!(PROGRAM.windows(6).any(|w| w == icr));
+        let id = [0x66, 0xb9, 0x02, 0x08, 0x00, 0x00]; // mov ecx, 0x802
+        assert!(PROGRAM.windows(6).any(|w| w == id));
+        let m = image();
+        for a in [CTL_IPI_REQ, CTL_IPI_ACK, CTL_IPI_SENT] {
+            let a = usize::from(a);
+            assert_eq!(&m[a..a + 4], &[0, 0, 0, 0], "no ipi requested at start");
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //!    spins with `pause`, `halted` does `sti; hlt`, `alternate` spins for one
 //!    timer period and halts for the next, `park` leaves KVM_RUN with
 //!    `out PORT_PARK` (interrupts stay enabled) and goes on when resumed.
+//!    Before that, an `ipi` request (generation in `CTL_IPI_REQ` not yet
+//!    acknowledged) makes it write its x2APIC ICR `CTL_IPI_COUNT` times
+//!    (vector `CTL_IPI_VECTOR`, fixed, physical destination = its own
+//!    x2APIC ID), waiting a bounded time for each IPI to be taken.
 //! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, then
 //!    the common tail EOIs through the x2APIC EOI MSR and `iret`s. Flags are
 //!    restored by `iret`, the registers the tail uses are saved.
@@ -65,6 +69,9 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     wrmsr_imm(&mut a, MSR_X2APIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR))?;
     wrmsr_imm(&mut a, MSR_X2APIC_TIMER_DIV, 0b1011)?; // divide by 1
     wrmsr_imm(&mut a, MSR_X2APIC_LVT_TIMER, u32::from(TIMER_VECTOR))?; // one-shot, unmasked
+    a.mov(ecx, MSR_X2APIC_ID)?;
+    a.rdmsr()?;
+    a.mov(dword_ptr(CTL_X2APIC_ID), eax)?;
     a.mov(ecx, MSR_APIC_BASE)?;
     a.rdmsr()?;
     a.mov(dword_ptr(CTL_APIC_BASE), eax)?;
@@ -75,6 +82,45 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     // --- main loop: esi = request generation seen, ebx = mode
     a.set_label(&mut main)?;
     a.inc(dword_ptr(CTL_ITER))?;
+    // an ipi request (CTL_IPI_REQ != CTL_IPI_ACK): send CTL_IPI_COUNT IPIs
+    // of CTL_IPI_VECTOR to ourselves through the ICR, waiting (at most
+    // IPI_SPIN pauses) for each to be taken before the next, then ack.
+    // edi = generation, ebp = left to send, bx = the vector's counter,
+    // esi = its value before the send; esi and ebx are reloaded below.
+    let mut ipi_next = a.create_label();
+    let mut ipi_wait = a.create_label();
+    let mut ipi_sent = a.create_label();
+    let mut ipi_done = a.create_label();
+    let mut no_ipi = a.create_label();
+    a.mov(edi, dword_ptr(CTL_IPI_REQ))?;
+    a.cmp(edi, dword_ptr(CTL_IPI_ACK))?;
+    a.je(no_ipi)?;
+    a.mov(ebp, dword_ptr(CTL_IPI_COUNT))?;
+    a.movzx(ebx, byte_ptr(CTL_IPI_VECTOR))?;
+    a.shl(bx, 2)?;
+    a.add(bx, u32::from(COUNTERS))?;
+    a.set_label(&mut ipi_next)?;
+    a.test(ebp, ebp)?;
+    a.jz(ipi_done)?;
+    a.mov(esi, dword_ptr(bx))?;
+    a.mov(ecx, MSR_X2APIC_ICR)?;
+    a.movzx(eax, byte_ptr(CTL_IPI_VECTOR))?; // fixed, physical, no shorthand
+    a.mov(edx, dword_ptr(CTL_X2APIC_ID))?; // destination: ourselves
+    a.wrmsr()?;
+    a.inc(dword_ptr(CTL_IPI_SENT))?;
+    a.mov(eax, IPI_SPIN)?;
+    a.set_label(&mut ipi_wait)?;
+    a.cmp(esi, dword_ptr(bx))?;
+    a.jne(ipi_sent)?;
+    a.pause()?;
+    a.dec(eax)?;
+    a.jnz(ipi_wait)?;
+    a.set_label(&mut ipi_sent)?;
+    a.dec(ebp)?;
+    a.jmp(ipi_next)?;
+    a.set_label(&mut ipi_done)?;
+    a.mov(dword_ptr(CTL_IPI_ACK), edi)?;
+    a.set_label(&mut no_ipi)?;
     a.mov(esi, dword_ptr(CTL_REQ))?;
     a.mov(ebx, dword_ptr(CTL_MODE))?;
     a.mov(dword_ptr(CTL_ACK), esi)?;

@@ -1048,3 +1048,71 @@ fn signal_steps_are_kvm_injections_without_a_device() {
     fails(&r, "lossless", "the IOMMU posted");
     assert!(fire_at > first_signal);
 }
+
+const IPI: &str = r#"
+description = "the L2 sends itself IPIs"
+
+[[device]]
+name = "dev0"
+model = "edu"
+
+[[step]]
+action = "create-vm"
+vm = "vm0"
+
+[[step]]
+action = "start-vm"
+vm = "vm0"
+
+[[step]]
+action = "ipi"
+vm = "vm0"
+vector = 0x31
+count = 50
+
+[[step]]
+action = "stop-vm"
+vm = "vm0"
+
+[[expect]]
+check = "lossless"
+"#;
+
+fn ipi_report(sent: u64, delivered: Option<u64>) -> Report {
+    let s = scenario::parse(Path::new("scenarios/edu-l2-ipi.toml"), IPI).unwrap();
+    let mut steps: Vec<StepReport> = (0..4).map(|i| step(i, vec![])).collect();
+    steps[2].interrupts = vec![VectorCount {
+        vector: "0x31".into(),
+        raised: sent,
+        signalled: None,
+        host_irq: 0,
+        host_chip: None,
+        injected: 0,
+        delivered,
+    }];
+    Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
+}
+
+#[test]
+fn ipi_is_rendered_and_checked() {
+    let r = ipi_report(50, Some(50));
+    passes(&r, "lossless");
+    let body = r.body();
+    assert!(body.contains("   3 ipi vm0 0x31 x50\n"), "{body}");
+    assert!(body.contains("   step 3  vm0 ipi 0x31  sent 50  delivered in L2 50\n"), "{body}");
+    assert_eq!(step_line(&r.scenario.steps[2]), "ipi vm0 0x31 x50");
+}
+
+#[test]
+fn lossless_fails_on_a_lost_ipi() {
+    let r = ipi_report(50, Some(48));
+    fails(&r, "lossless", "step 3 vm0 ipi 0x31: sent 50 but L2 received 48");
+    let r = ipi_report(49, Some(49));
+    fails(&r, "lossless", "step 3 vm0 ipi 0x31: the L2 sent 49 of 50");
+    let r = ipi_report(50, None);
+    fails(&r, "lossless", "step 3 vm0 ipi 0x31: the L2 reported no deliveries");
+    let mut r = ipi_report(50, Some(50));
+    r.steps[2].interrupts.clear();
+    r.steps[2].error = Some("vm0: L2 did not finish sending IPIs".into());
+    fails(&r, "lossless", "step 3 (vm0 ipi 0x31) failed: vm0: L2 did not finish sending IPIs");
+}
