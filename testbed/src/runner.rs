@@ -316,8 +316,9 @@ impl Session {
         // The agent does not pause between steps, so the IOMMU is read
         // around the whole scenario; nothing else posts interrupts meanwhile.
         let before = self.read_iommu().await;
-        if let Err(message) = self.send(&wire::HostMessage::Run(job)).await {
-            run.failure = Some(message);
+        if self.send(&wire::HostMessage::Run(job)).await.is_err() {
+            // A write fails when QEMU is gone; say why it is gone, not EPIPE.
+            run.failure = Some(self.gone("the start of the scenario").await);
             return run;
         }
         let mut last = Instant::now();

@@ -58,6 +58,18 @@ fn assert_no_qemu_left(marker: &Path) {
     panic!("QEMU left running: {:?}", qemu_processes_with(marker));
 }
 
+/// Runs `testbed run ARGS... SCENARIO` with its results (and, with
+/// `own_snapshots`, its snapshots) under `tmp`; the exit code and all it printed.
+fn run_in(tmp: &Path, args: &[&str], own_snapshots: bool, scenario: &Path) -> (Option<i32>, String) {
+    let mut cmd = testbed();
+    cmd.arg("run").args(args).arg("--results").arg(tmp);
+    if own_snapshots {
+        cmd.arg("--snapshots").arg(tmp.join("snapshots"));
+    }
+    let output = cmd.arg(scenario).output().unwrap();
+    (output.status.code(), text(&output))
+}
+
 #[test]
 fn bad_scenario_file_is_exit_2_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,22 +116,19 @@ fn scenarios_match_snapshots_on_amd_ir() {
     }
     let results = tempfile::tempdir().unwrap();
     let json = results.path().join("report.json");
-    let output = testbed()
-        .args(["run", "--variant", "amd-ir", "--results"])
-        .arg(results.path())
-        .arg("--json")
-        .arg(&json)
-        .arg(repo().join("scenarios"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let json_arg = json.to_str().unwrap();
+    let (code, out) =
+        run_in(results.path(), &["--variant", "amd-ir", "--json", json_arg], false, &repo().join("scenarios"));
+    assert_eq!(code, Some(0), "{out}");
     assert_no_qemu_left(results.path());
 
-    // The machine-readable report has one passing result per scenario.
+    // The machine-readable report has one passing result per scenario that
+    // runs on amd-ir.
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let scenarios = std::fs::read_dir(repo().join("scenarios"))
+    let scenarios = testbed::scenario::load_paths(&[repo().join("scenarios")])
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "toml"))
+        .iter()
+        .filter(|s| s.runs_on("amd-ir"))
         .count();
     let cells = report["results"].as_array().unwrap();
     assert_eq!(cells.len(), scenarios);
@@ -141,14 +150,8 @@ fn scenarios_match_snapshots_on_amd_avic() {
         return;
     }
     let results = tempfile::tempdir().unwrap();
-    let output = testbed()
-        .args(["run", "--variant", "amd-avic", "--results"])
-        .arg(results.path())
-        .arg(repo().join("scenarios"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(0), "{out}");
+    let (code, out) = run_in(results.path(), &["--variant", "amd-avic"], false, &repo().join("scenarios"));
+    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("edu-posted-stress                amd-avic       pass"), "{out}");
     assert_no_qemu_left(results.path());
 }
@@ -161,16 +164,8 @@ fn failing_expectation_is_exit_1() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let output = testbed()
-        .args(["run", "--variant", "intel-ir", "--results"])
-        .arg(tmp.path())
-        .arg("--snapshots")
-        .arg(tmp.path().join("snapshots"))
-        .arg(fixture("expect-connected.toml"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    let (code, out) = run_in(tmp.path(), &["--variant", "intel-ir"], true, &fixture("expect-connected.toml"));
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("CHECK FAILED"), "{out}");
     assert!(out.contains("check connected vm0 dev0/msi0 failed"), "{out}");
     assert_no_qemu_left(tmp.path());
@@ -184,14 +179,13 @@ fn kernel_panic_at_boot_is_exit_125() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let output = testbed()
-        .args(["run", "--variant", "intel-ir", "--append", "rdinit=/no-such-init", "--results"])
-        .arg(tmp.path())
-        .arg(repo().join("scenarios/edu-no-consumer.toml"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(125), "{out}");
+    let (code, out) = run_in(
+        tmp.path(),
+        &["--variant", "intel-ir", "--append", "rdinit=/no-such-init"],
+        false,
+        &repo().join("scenarios/edu-no-consumer.toml"),
+    );
+    assert_eq!(code, Some(125), "{out}");
     assert!(out.contains("Kernel panic"), "{out}");
     assert_no_qemu_left(tmp.path());
 }
@@ -204,16 +198,8 @@ fn guest_panic_mid_scenario_is_exit_1() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let output = testbed()
-        .args(["run", "--variant", "intel-ir", "--results"])
-        .arg(tmp.path())
-        .arg("--snapshots")
-        .arg(tmp.path().join("snapshots"))
-        .arg(fixture("panic-l1.toml"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    let (code, out) = run_in(tmp.path(), &["--variant", "intel-ir"], true, &fixture("panic-l1.toml"));
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("BROKEN"), "{out}");
     assert!(out.contains("guest kernel panicked during step 3 (panic-l1)"), "{out}");
     assert!(out.contains("Kernel panic - not syncing: sysrq triggered crash"), "{out}");
