@@ -219,8 +219,13 @@ fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child,
         .spawn()
         .unwrap();
     let console = tmp.join("intel-ir/boot-0/console.log");
+    let mut child = child;
     let started = Instant::now();
     loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let output = child.wait_with_output().unwrap();
+            panic!("testbed ended before the agent was ready: {}", text(&output));
+        }
         assert!(started.elapsed() < Duration::from_secs(120), "agent never became ready");
         let log = std::fs::read_to_string(&console).unwrap_or_default();
         if log.contains("testbed-agent: ready") {
