@@ -504,6 +504,9 @@ mod tests {
     use super::*;
 
     #[test]
+    // Invariants between constants: they are constant by design, and
+    // checked here so that changing one of them fails a test.
+    #[allow(clippy::assertions_on_constants)]
     fn layout_does_not_overlap() {
         assert!(usize::from(IVT) + 256 * 4 <= usize::from(CTL));
         assert!(CTL_APIC_BASE + 4 <= COUNTERS);
@@ -521,6 +524,9 @@ mod tests {
     }
 
     #[test]
+    // Invariants between constants: they are constant by design, and
+    // checked here so that changing one of them fails a test.
+    #[allow(clippy::assertions_on_constants)]
     fn vectors_the_agent_uses_are_distinct_from_route_vectors() {
         // routes use 0x40 + n (runner::FIRST_VECTOR); the L2's own vectors stay below
         assert!(TIMER_VECTOR < 0x40 && KICK_VECTOR < 0x40);
