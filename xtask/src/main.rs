@@ -75,8 +75,15 @@ fn main() -> Result<()> {
         }
         "bench" => {
             setup(&sh)?;
-            cmd!(sh, "cargo run --release -p testbed -- bench scenarios/edu-producer-first.toml --variant amd-ir {rest...}")
+            let extra = &rest;
+            // Boot phases of one warm-cache scenario...
+            cmd!(sh, "cargo run --release -p testbed -- bench scenarios/edu-producer-first.toml --variant intel-ir {extra...}")
                 .run()?;
+            // ...then posted against remapped delivery into an L2, halted and running.
+            for scenario in ["bench/scenarios/edu-bench-halted.toml", "bench/scenarios/edu-bench-running.toml"] {
+                cmd!(sh, "cargo run --release -p testbed -- bench {scenario} --variant amd-avic --variant amd-ir {extra...}")
+                    .run()?;
+            }
             Ok(())
         }
         _ => bail!("{USAGE}"),
