@@ -62,7 +62,9 @@ fn main() -> Result<()> {
             let rust = if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
                 cmd!(sh, "cargo nextest run --workspace --no-fail-fast {rest...}").run()
             } else {
-                cmd!(sh, "cargo test --workspace --no-fail-fast {rest...}").run()
+                // Without nextest, .config/nextest.toml's one-guest-at-a-time
+                // group does not apply: run each binary's tests one at a time.
+                cmd!(sh, "cargo test --workspace --no-fail-fast {rest...} -- --test-threads=1").run()
             };
             // the patch authors' qtests run even when a Rust test failed
             let qemu = qemu_check(&sh);
