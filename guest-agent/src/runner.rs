@@ -1,12 +1,12 @@
 //! Executes a job's steps and observes what irqbypass and KVM did.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::io::AsRawFd;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use wire::{AgentMessage, BypassEvent, DeviceModel, Done, Job, JobDevice, Step, StepReport, VectorCount};
+use wire::{AgentMessage, BypassEvent, Done, IrqKind, Job, JobDevice, RegWrite, Step, StepReport, VectorCount};
 
 use crate::attrib::{Attributor, StepNames};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
@@ -14,12 +14,8 @@ use crate::kvm::Vm;
 use crate::say;
 use crate::sys::errstr;
 use crate::trace::{KEvent, TraceRecord, Tracer};
-use crate::vfio::{bind_vfio_pci, VfioDevice};
+use crate::vfio::{bind_vfio_pci, unbind_vfio_pci, VfioDevice};
 
-/// edu: a write here raises the MSI (irq_status |= value).
-const EDU_IRQ_RAISE: u64 = 0x60;
-/// edu: a write here acks (irq_status &= ~value).
-const EDU_IRQ_ACK: u64 = 0x64;
 /// First MSI vector number the agent hands out; one per route, job-wide.
 const FIRST_VECTOR: u8 = 0x40;
 /// How long one raised interrupt may take to be accounted.
@@ -37,6 +33,12 @@ struct JobState {
     vectors: HashMap<String, Vector>,
     vms: Vec<(String, Vm)>,
     next_vector: u16,
+    /// Open devices' vectors that have an eventfd through VFIO (MSI or MSI-X).
+    wired: HashMap<String, BTreeSet<u32>>,
+    /// Vectors masked at the device.
+    masked: HashSet<String>,
+    /// Masked vectors raised since their mask: the device holds one raise.
+    pending: HashSet<String>,
 }
 
 impl JobState {
@@ -46,6 +48,21 @@ impl JobState {
             .find(|(n, _)| n == name)
             .map(|(_, d)| d)
             .ok_or_else(|| format!("device {name} is not open (no bind step?)"))
+    }
+
+    fn model(&self, name: &str) -> Result<&'static wire::ModelSpec, String> {
+        self.devices
+            .get(name)
+            .map(|d| d.model.spec())
+            .ok_or_else(|| format!("unknown device {name} (not in the job's devices)"))
+    }
+
+    /// Forget what a closed device had wired, masked or pending.
+    fn forget_device(&mut self, name: &str) {
+        self.wired.remove(name);
+        let prefix = format!("{name}/");
+        self.masked.retain(|v| !v.starts_with(&prefix));
+        self.pending.retain(|v| !v.starts_with(&prefix));
     }
 
     fn vm(&mut self, name: &str) -> Result<&mut Vm, String> {
@@ -90,13 +107,23 @@ pub struct Runner {
     connected: std::collections::HashSet<String>,
 }
 
-/// Where a `fire` or `signal` step's interrupts come from.
+/// Where a `fire`, `signal` or `unmask` step's interrupts come from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// The device raises its MSI (`fire`).
     Device,
     /// The agent writes the vector's eventfd (`signal`).
     Eventfd,
+    /// The device sends the raise it held pending while masked (`unmask`).
+    Unmask,
+}
+
+/// Run a model's register writes for vector `n`.
+fn write_ops(dev: &VfioDevice, ops: &[RegWrite], n: u32) -> Result<(), String> {
+    for op in ops {
+        dev.bar0_write32(op.offset, op.value.for_vector(n))?;
+    }
+    Ok(())
 }
 
 impl Runner {
@@ -190,16 +217,13 @@ impl Runner {
         let obs = self.attrib.process(&self.acc, &StepNames::default());
         let cleanup_error = (obs.lost > 0).then(|| format!("trace lost {} events", obs.lost));
         say!("job {} done", job.scenario);
-        Done { cleanup: obs.events, cleanup_error }
+        Done {
+            cleanup: obs.events,
+            cleanup_error,
+        }
     }
 
-    fn step(
-        &mut self,
-        st: &mut JobState,
-        index: usize,
-        step: &Step,
-        send: &mut dyn FnMut(AgentMessage),
-    ) -> StepReport {
+    fn step(&mut self, st: &mut JobState, index: usize, step: &Step, send: &mut dyn FnMut(AgentMessage)) -> StepReport {
         self.mark();
         let mut names = StepNames::default();
         let mut irqfd_ok = None;
@@ -210,7 +234,49 @@ impl Runner {
                 names.producers = (0..*vectors).map(|i| format!("{device}/msi{i}")).collect();
                 self.enable_msi(st, device, *vectors)
             }
-            Step::DisableMsi { device } => st.device(device).and_then(|d| d.set_msi(&[])),
+            Step::DisableMsi { device } => {
+                let r = st.device(device).and_then(|d| d.set_msi(&[]));
+                st.wired.remove(device);
+                r
+            }
+            Step::EnableMsix { device, vectors } => {
+                let want = vectors.numbers();
+                let had = st.wired.get(device).cloned().unwrap_or_default();
+                if let Ok(spec) = st.model(device) {
+                    let m = st.devices[device].model;
+                    names.producers = want
+                        .iter()
+                        .filter(|n| !had.contains(n) && **n < spec.vectors)
+                        .map(|n| m.vector_name(device, *n))
+                        .collect();
+                }
+                self.enable_msix(st, device, &want)
+            }
+            Step::DisableMsix { device } => {
+                let r = st.device(device).and_then(|d| d.set_msix(0, &[]));
+                st.wired.remove(device);
+                r
+            }
+            Step::Mask { vector } => self.mask(st, vector),
+            Step::Unmask { vector } => {
+                let pending = st.pending.contains(vector);
+                match self.fire(st, vector, u32::from(pending), Source::Unmask, index, send) {
+                    Ok(c) => {
+                        interrupts.push(c);
+                        st.masked.remove(vector);
+                        st.pending.remove(vector);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Step::Unbind { device } => match st.devices.get(device) {
+                None => Err(format!("unknown device {device} (not in the job's devices)")),
+                Some(_) if st.open.iter().any(|(n, _)| n == device) => {
+                    Err(format!("device {device} is open: close-device first"))
+                }
+                Some(d) => unbind_vfio_pci(&d.bdf),
+            },
             Step::CreateVm { vm } => {
                 if st.vms.iter().any(|(n, _)| n == vm) {
                     Err(format!("VM {vm} already exists"))
@@ -226,17 +292,18 @@ impl Runner {
                 }
                 r
             }
-            Step::IrqfdDeassign { vm, vector } => {
-                match st.vectors.get(vector).map(|v| &v.eventfd) {
-                    None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
-                    Some(fd) => {
-                        let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
-                        fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
-                    }
+            Step::IrqfdDeassign { vm, vector } => match st.vectors.get(vector).map(|v| &v.eventfd) {
+                None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
+                Some(fd) => {
+                    let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
+                    fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
                 }
-            }
+            },
             Step::Fire { vector, count } => match self.fire(st, vector, *count, Source::Device, index, send) {
                 Ok(c) => {
+                    if st.masked.contains(vector) {
+                        st.pending.insert(vector.clone());
+                    }
                     interrupts.push(c);
                     Ok(())
                 }
@@ -252,6 +319,7 @@ impl Runner {
             Step::CloseDevice { device } => match st.open.iter().position(|(n, _)| n == device) {
                 Some(i) => {
                     drop(st.open.remove(i));
+                    st.forget_device(device);
                     Ok(())
                 }
                 None => Err(format!("device {device} is not open")),
@@ -353,7 +421,12 @@ impl Runner {
         if error.is_none() && obs.lost > 0 {
             error = Some(format!("trace lost {} events: observation incomplete", obs.lost));
         }
-        StepReport { index, error, bypass, interrupts }
+        StepReport {
+            index,
+            error,
+            bypass,
+            interrupts,
+        }
     }
 
     fn bind(&mut self, st: &mut JobState, device: &str) -> Result<(), String> {
@@ -365,18 +438,24 @@ impl Runner {
         if st.open.iter().any(|(n, _)| n == device) {
             return Err(format!("device {device} is already open"));
         }
-        match d.model {
-            DeviceModel::Edu => {}
-        }
         bind_vfio_pci(&d.bdf)?;
         let dev = VfioDevice::open(&d.bdf)?;
-        say!("{device} ({}) open{}", d.bdf, if dev.noiommu { " (no-IOMMU)" } else { "" });
+        // VFIO reset the device on open: set it up for the scenario now
+        write_ops(&dev, d.model.spec().setup, 0).map_err(|e| format!("{device} setup: {e}"))?;
+        say!(
+            "{device} ({}) open{}",
+            d.bdf,
+            if dev.noiommu { " (no-IOMMU)" } else { "" }
+        );
         st.open.push((device.to_string(), dev));
         Ok(())
     }
 
     fn enable_msi(&mut self, st: &mut JobState, device: &str, n: u32) -> Result<(), String> {
         st.device(device)?;
+        if st.model(device)?.irq != IrqKind::Msi {
+            return Err(format!("{device} has no MSI: use enable-msix"));
+        }
         if n == 0 {
             return Err("enable-msi with 0 vectors".into());
         }
@@ -391,7 +470,68 @@ impl Runner {
         let raw: Vec<i32> = (0..n)
             .map(|i| st.vectors[&format!("{device}/msi{i}")].eventfd.as_raw_fd())
             .collect();
-        st.device(device)?.set_msi(&raw)
+        st.device(device)?.set_msi(&raw)?;
+        st.wired.insert(device.to_string(), (0..n).collect());
+        Ok(())
+    }
+
+    /// Wire exactly `want` of an MSI-X device's vectors: enable MSI-X with
+    /// them, or, while enabled, give added vectors an eventfd and take it
+    /// from dropped ones, one vector at a time, leaving kept ones alone.
+    fn enable_msix(&mut self, st: &mut JobState, device: &str, want: &[u32]) -> Result<(), String> {
+        st.device(device)?;
+        let spec = st.model(device)?;
+        let model = st.devices[device].model;
+        if spec.irq != IrqKind::Msix {
+            return Err(format!("{device} has no MSI-X: use enable-msi"));
+        }
+        if let Some(n) = want.iter().find(|n| **n >= spec.vectors) {
+            return Err(format!("{device} has no MSI-X vector {n} (it has {})", spec.vectors));
+        }
+        if want.is_empty() {
+            return Err("enable-msix with no vectors".into());
+        }
+        for n in want {
+            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+                e.insert(new_vector()?);
+            }
+        }
+        let fd = |st: &JobState, n: u32| st.vectors[&model.vector_name(device, n)].eventfd.as_raw_fd();
+        let want_set: BTreeSet<u32> = want.iter().copied().collect();
+        match st.wired.get(device).cloned() {
+            None => {
+                let top = *want.iter().max().expect("not empty");
+                let fds: Vec<i32> = (0..=top)
+                    .map(|n| if want_set.contains(&n) { fd(st, n) } else { -1 })
+                    .collect();
+                st.device(device)?.set_msix(0, &fds)?;
+            }
+            Some(had) => {
+                for n in want_set.difference(&had) {
+                    st.device(device)?
+                        .set_msix(*n, &[fd(st, *n)])
+                        .map_err(|e| format!("adding msix{n}: {e}"))?;
+                }
+                for n in had.difference(&want_set) {
+                    st.device(device)?
+                        .set_msix(*n, &[-1])
+                        .map_err(|e| format!("dropping msix{n}: {e}"))?;
+                }
+            }
+        }
+        st.wired.insert(device.to_string(), want_set);
+        Ok(())
+    }
+
+    fn mask(&mut self, st: &mut JobState, vector: &str) -> Result<(), String> {
+        let (device, _, idx) = parse_vector(vector)?;
+        let spec = st.model(device)?;
+        if spec.mask.is_empty() {
+            return Err(format!("{device} ({}) cannot mask a vector", spec.qemu_driver));
+        }
+        write_ops(st.device(device)?, spec.mask, idx)?;
+        st.masked.insert(vector.to_string());
+        Ok(())
     }
 
     fn irqfd(&mut self, st: &mut JobState, vm: &str, vector: &str) -> Result<(), String> {
@@ -402,7 +542,10 @@ impl Runner {
             // consumer before producer: the eventfd exists before VFIO uses it
             st.vectors.insert(vector.to_string(), new_vector()?);
         }
-        let fd = st.vectors[vector].eventfd.try_clone().map_err(|e| errstr("dup eventfd", &e))?;
+        let fd = st.vectors[vector]
+            .eventfd
+            .try_clone()
+            .map_err(|e| errstr("dup eventfd", &e))?;
         let next = st.next_vector;
         let v = st.vm(vm)?;
         let existing = v.routes().iter().find(|r| r.source == vector).cloned();
@@ -431,6 +574,9 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
     ) -> Result<VectorCount, String> {
         let (device, kind, idx) = parse_vector(vector)?;
+        let spec = st.model(device)?;
+        // a masked vector's raises stay in the device: nothing to wait for
+        let masked = source == Source::Device && st.masked.contains(vector);
         let evfd = st
             .vectors
             .get(vector)
@@ -450,7 +596,7 @@ impl Runner {
         // straight into the vCPU's vAPIC: no host IRQ, no KVM injection. The
         // device raises it synchronously with the MMIO write, so without a
         // running L2 to take it there is nothing to wait for.
-        let posted = held && source == Source::Device && self.connected.contains(vector);
+        let posted = held && source != Source::Eventfd && self.connected.contains(vector);
         // running L2s of VMs holding the vector: (vm, memory, route vector, count before)
         let mut l2s = Vec::new();
         for (name, vm) in &st.vms {
@@ -463,11 +609,13 @@ impl Runner {
             }
         }
         let delivered = |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
-            l2s.iter().map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v))).collect()
+            l2s.iter()
+                .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
+                .collect()
         };
         let fire_t0 = Instant::now();
         let dev = match source {
-            Source::Device => Some(st.device(device)?),
+            Source::Device | Source::Unmask => Some(st.device(device)?),
             Source::Eventfd => None,
         };
         let irq_name = dev.map(|d| vfio_irq_name(kind, idx, &d.bdf));
@@ -477,12 +625,13 @@ impl Runner {
                 .ok()
                 .and_then(|t| find_line(&t, name))
         };
-        let raise = |dev: Option<&VfioDevice>| match dev {
-            Some(d) => d.bar0_write32(EDU_IRQ_RAISE, 1),
-            None => evfd.write(1).map_err(|e| errstr("write eventfd", &e)),
+        let raise = |dev: Option<&VfioDevice>| match (dev, source) {
+            (Some(d), Source::Unmask) => write_ops(d, spec.unmask, idx),
+            (Some(d), _) => write_ops(d, spec.fire, idx),
+            (None, _) => evfd.write(1).map_err(|e| errstr("write eventfd", &e)),
         };
         let ack = |dev: Option<&VfioDevice>| match dev {
-            Some(d) => d.bar0_write32(EDU_IRQ_ACK, 1),
+            Some(d) => write_ops(d, spec.ack, idx),
             None => Ok(()),
         };
         let base = host_line().map(|l| l.count).unwrap_or(0);
@@ -491,7 +640,16 @@ impl Runner {
             // start from an empty counter
             signalled_read(&evfd);
         }
-        for i in 0..u64::from(count) {
+        if masked {
+            for _ in 0..count {
+                raise(dev)?;
+            }
+        } else if source == Source::Unmask && count == 0 {
+            // nothing pending: the unmask must send nothing
+            raise(dev)?;
+        }
+        let count_sent = if masked { 0 } else { count };
+        for i in 0..u64::from(count_sent) {
             if !held && source == Source::Eventfd {
                 // our own write is what the eventfd will count
                 raise(dev)?;
@@ -526,10 +684,14 @@ impl Runner {
                 }
                 self.heartbeat(index, send);
                 if t0.elapsed() > FIRE_TIMEOUT {
-                    say!("fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}", i + 1);
-                    let dead = st.vms.iter().find_map(|(n, vm)| {
-                        vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}"))
-                    });
+                    say!(
+                        "fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}",
+                        i + 1
+                    );
+                    let dead = st
+                        .vms
+                        .iter()
+                        .find_map(|(n, vm)| vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}")));
                     if let Some(e) = dead {
                         let _ = ack(dev);
                         return Err(e);
@@ -548,19 +710,26 @@ impl Runner {
         }
         let fired_in = fire_t0.elapsed();
         // let the irqfd slow path (workqueue) and the L2s catch up
-        if held {
+        if count_sent == 0 {
+            // nothing should arrive; give a wrong one the time to show up
+            sleep(Duration::from_millis(20));
+            self.poll_trace();
+            if !held {
+                signalled += signalled_read(&evfd);
+            }
+        } else if held {
             let t0 = Instant::now();
             loop {
                 self.poll_trace();
                 let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
-                if ((posted || self.injected(&routes) >= u64::from(count)) && all_in)
-                    || t0.elapsed() > Duration::from_millis(300)
-                {
+                // every VM holding the vector injects each interrupt
+                let want = u64::from(count) * routes.len() as u64;
+                if ((posted || self.injected(&routes) >= want) && all_in) || t0.elapsed() > Duration::from_millis(300) {
                     break;
                 }
                 sleep(Duration::from_millis(1));
             }
-        } else if source == Source::Device {
+        } else if source != Source::Eventfd {
             signalled += signalled_read(&evfd);
         }
         let line = host_line();
@@ -604,7 +773,11 @@ fn signalled_read(fd: &EventFd) -> u64 {
 }
 
 fn poll_in(fd: &EventFd, ms: i32) {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, ms) };
 }

@@ -46,14 +46,11 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
     if current_driver(bdf).as_deref() == Some("vfio-pci") {
         return Ok(());
     }
-    write_attr(dir.join("driver_override"), "vfio-pci")
-        .map_err(|e| errstr(&format!("{bdf}: driver_override"), &e))?;
+    write_attr(dir.join("driver_override"), "vfio-pci").map_err(|e| errstr(&format!("{bdf}: driver_override"), &e))?;
     if let Some(drv) = current_driver(bdf) {
-        write_attr(dir.join("driver/unbind"), bdf)
-            .map_err(|e| errstr(&format!("{bdf}: unbind from {drv}"), &e))?;
+        write_attr(dir.join("driver/unbind"), bdf).map_err(|e| errstr(&format!("{bdf}: unbind from {drv}"), &e))?;
     }
-    write_attr("/sys/bus/pci/drivers_probe", bdf)
-        .map_err(|e| errstr(&format!("{bdf}: drivers_probe"), &e))?;
+    write_attr("/sys/bus/pci/drivers_probe", bdf).map_err(|e| errstr(&format!("{bdf}: drivers_probe"), &e))?;
     // probing is synchronous; allow a little slack anyway
     let t0 = Instant::now();
     while current_driver(bdf).as_deref() != Some("vfio-pci") {
@@ -61,7 +58,8 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
             let mut why = String::new();
             if !dir.join("iommu_group").exists() {
                 why = if Path::new("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode").exists() {
-                    "; the device has no IOMMU group (no-IOMMU mode off? boot with vfio.enable_unsafe_noiommu_mode=1)".into()
+                    "; the device has no IOMMU group (no-IOMMU mode off? boot with vfio.enable_unsafe_noiommu_mode=1)"
+                        .into()
                 } else {
                     "; the device has no IOMMU group and this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU unset)".into()
                 };
@@ -74,6 +72,23 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
         sleep(Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// Unbind a device from vfio-pci and clear its driver_override, leaving it
+/// driverless. The device must not be open: vfio-pci's remove would wait
+/// for userspace to close it.
+pub fn unbind_vfio_pci(bdf: &str) -> Result<(), String> {
+    let dir = dev_dir(bdf);
+    if !dir.exists() {
+        return Err(format!("{bdf}: no such PCI device"));
+    }
+    match current_driver(bdf).as_deref() {
+        Some("vfio-pci") => write_attr(dir.join("driver/unbind"), bdf)
+            .map_err(|e| errstr(&format!("{bdf}: unbind from vfio-pci"), &e))?,
+        Some(other) => return Err(format!("{bdf}: bound to {other}, not vfio-pci")),
+        None => return Err(format!("{bdf}: not bound to any driver")),
+    }
+    write_attr(dir.join("driver_override"), "\n").map_err(|e| errstr(&format!("{bdf}: clear driver_override"), &e))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,7 +158,9 @@ impl VfioDevice {
             return Err(last_err("VFIO_GROUP_GET_STATUS"));
         }
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(format!("{bdf}: VFIO group {group_no} is not viable (other devices in it are bound to host drivers)"));
+            return Err(format!(
+                "{bdf}: VFIO group {group_no} is not viable (other devices in it are bound to host drivers)"
+            ));
         }
         let cfd: RawFd = container.as_raw_fd();
         // SAFETY: the kernel reads an int (the container fd).
@@ -151,7 +168,11 @@ impl VfioDevice {
             return Err(last_err("VFIO_GROUP_SET_CONTAINER"));
         }
         let iommu_type = if noiommu { VFIO_NOIOMMU_IOMMU } else { VFIO_TYPE1_IOMMU };
-        let name = if noiommu { "VFIO_SET_IOMMU(NOIOMMU)" } else { "VFIO_SET_IOMMU(TYPE1)" };
+        let name = if noiommu {
+            "VFIO_SET_IOMMU(NOIOMMU)"
+        } else {
+            "VFIO_SET_IOMMU(TYPE1)"
+        };
         // SAFETY: value ioctl on our container fd.
         if unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU(), iommu_type.into()) } < 0 {
             return Err(last_err(name));
@@ -192,7 +213,10 @@ impl VfioDevice {
         if unsafe { ioctl_with_mut_ref(&self.device, VFIO_DEVICE_GET_REGION_INFO(), &mut info) } < 0 {
             return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO({index})")));
         }
-        Ok(Region { offset: info.offset, size: info.size })
+        Ok(Region {
+            offset: info.offset,
+            size: info.size,
+        })
     }
 
     fn enable_bus_master(&self) -> Result<(), String> {
@@ -216,6 +240,17 @@ impl VfioDevice {
     /// VFIO_DEVICE_SET_IRQS on the MSI index: eventfds for vectors 0..n
     /// (DATA_EVENTFD|ACTION_TRIGGER), or count 0 with DATA_NONE to disable.
     pub fn set_msi(&self, fds: &[RawFd]) -> Result<(), String> {
+        self.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, 0, fds)
+    }
+
+    /// VFIO_DEVICE_SET_IRQS on the MSI-X index: eventfds for vectors
+    /// `start..start + fds.len()`, -1 meaning no eventfd for that vector;
+    /// no fds disables MSI-X.
+    pub fn set_msix(&self, start: u32, fds: &[RawFd]) -> Result<(), String> {
+        self.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, start, fds)
+    }
+
+    fn set_irqs(&self, index: u32, start: u32, fds: &[RawFd]) -> Result<(), String> {
         // header of 5 u32 followed by the fds, as one u32 buffer
         let mut buf: Vec<u32> = vec![0; 5 + fds.len()];
         buf[0] = (buf.len() * 4) as u32;
@@ -224,8 +259,8 @@ impl VfioDevice {
         } else {
             VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
         };
-        buf[2] = VFIO_PCI_MSI_IRQ_INDEX;
-        buf[3] = 0;
+        buf[2] = index;
+        buf[3] = start;
         buf[4] = fds.len() as u32;
         for (i, fd) in fds.iter().enumerate() {
             buf[5 + i] = *fd as u32;

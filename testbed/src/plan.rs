@@ -47,6 +47,7 @@ fn devices_of(scenario: &Scenario) -> Vec<PciDevice> {
         .map(|d| PciDevice {
             id: d.name.clone(),
             driver: d.model.qemu_driver().to_owned(),
+            props: d.model.spec().qemu_props.to_owned(),
             addr: d.bdf.as_deref().map(root_bus_addr),
         })
         .collect()

@@ -43,6 +43,8 @@ pub struct PciDevice {
     pub id: String,
     /// QEMU driver, e.g. `edu`.
     pub driver: String,
+    /// Extra comma-separated properties, e.g. `romfile=`; may be empty.
+    pub props: String,
     /// Fixed `addr=` on the root bus (`05.0`), when the scenario pins it.
     pub addr: Option<String>,
 }
@@ -169,6 +171,10 @@ pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
         .iter()
         .flat_map(|d| {
             let mut spec = format!("{},id={}", d.driver, d.id);
+            if !d.props.is_empty() {
+                spec.push(',');
+                spec.push_str(&d.props);
+            }
             if let Some(addr) = &d.addr {
                 spec.push_str(&format!(",addr={addr}"));
             }
@@ -280,8 +286,9 @@ mod tests {
             initrd: "/k/initrd".into(),
             extra_cmdline: vec!["quiet".into()],
             devices: vec![
-                PciDevice { id: "dev0".into(), driver: "edu".into(), addr: None },
-                PciDevice { id: "dev1".into(), driver: "edu".into(), addr: Some("05.0".into()) },
+                PciDevice { id: "dev0".into(), driver: "edu".into(), props: String::new(), addr: None },
+                PciDevice { id: "dev1".into(), driver: "edu".into(), props: String::new(), addr: Some("05.0".into()) },
+                PciDevice { id: "nic0".into(), driver: "igb".into(), props: "romfile=".into(), addr: None },
             ],
             memory_mib: 1024,
             runtime_dir: "/run/t".into(),
@@ -296,6 +303,7 @@ mod tests {
         let dev = args.iter().position(|a| a.starts_with("edu,")).unwrap();
         assert!(iommu < dev);
         assert!(args.contains(&"edu,id=dev1,addr=05.0".to_owned()));
+        assert!(args.contains(&"igb,id=nic0,romfile=".to_owned()), "a NIC boots no option ROM");
     }
 
     #[test]

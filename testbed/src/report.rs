@@ -62,12 +62,7 @@ pub struct Report {
 
 impl Report {
     /// The report of a run as the runner recorded it.
-    pub fn new(
-        scenario: &Scenario,
-        header: Header,
-        platform: &Platform,
-        run: &crate::runner::ScenarioRun,
-    ) -> Report {
+    pub fn new(scenario: &Scenario, header: Header, platform: &Platform, run: &crate::runner::ScenarioRun) -> Report {
         Report::from_parts(
             scenario,
             header,
@@ -161,11 +156,7 @@ impl Report {
 
         out.push_str("\nsteps\n");
         let width = s.steps.len().to_string().len().max(2);
-        let first_error = self
-            .steps
-            .iter()
-            .find(|r| r.error.is_some())
-            .map(|r| r.index);
+        let first_error = self.steps.iter().find(|r| r.error.is_some()).map(|r| r.index);
         for (i, step) in s.steps.iter().enumerate() {
             let _ = write!(out, "  {:>width$} {}", i + 1, step_line(step));
             match self.step_report(i) {
@@ -207,11 +198,7 @@ impl Report {
                 if left.is_empty() {
                     out.push_str("   nothing left open\n");
                 } else {
-                    let _ = writeln!(
-                        out,
-                        "   closed what the scenario left open: {}",
-                        left.join(", ")
-                    );
+                    let _ = writeln!(out, "   closed what the scenario left open: {}", left.join(", "));
                 }
                 for ev in &done.cleanup {
                     let _ = writeln!(out, "       {}", self.event_line(ev));
@@ -236,11 +223,7 @@ impl Report {
             Some(Step::Ipi { vm, .. }) => format!("{vm} ipi {}", c.vector),
             _ => c.vector.clone(),
         };
-        let vw = counts
-            .iter()
-            .map(|(i, c)| label(*i, c).len())
-            .max()
-            .unwrap_or(0);
+        let vw = counts.iter().map(|(i, c)| label(*i, c).len()).max().unwrap_or(0);
         for (index, c) in counts {
             let signal = matches!(s.steps.get(index), Some(Step::Signal { .. }));
             let ipi = matches!(s.steps.get(index), Some(Step::Ipi { .. }));
@@ -302,12 +285,7 @@ impl Report {
         out.push_str("\nconnections\n");
         let conns: Vec<(String, &BypassEvent)> = self
             .all_events()
-            .filter(|(_, ev)| {
-                matches!(
-                    ev,
-                    BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }
-                )
-            })
+            .filter(|(_, ev)| matches!(ev, BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }))
             .collect();
         if conns.is_empty() {
             out.push_str("   none formed\n");
@@ -394,11 +372,10 @@ impl Report {
 
     /// Every bypass event with where it happened (`step 4`, `cleanup`), in order.
     pub(crate) fn all_events(&self) -> impl Iterator<Item = (String, &BypassEvent)> + '_ {
-        let steps = self.steps.iter().flat_map(|r| {
-            r.bypass
-                .iter()
-                .map(move |e| (format!("step {}", r.index + 1), e))
-        });
+        let steps = self
+            .steps
+            .iter()
+            .flat_map(|r| r.bypass.iter().map(move |e| (format!("step {}", r.index + 1), e)));
         let cleanup = self
             .done
             .iter()
@@ -444,10 +421,7 @@ impl Report {
                 format!("producer {producer} registered (ret 0)")
             }
             BypassEvent::ProducerRegistered { producer, ret } => {
-                format!(
-                    "producer {producer} registration failed (ret {})",
-                    errno(*ret)
-                )
+                format!("producer {producer} registration failed (ret {})", errno(*ret))
             }
             BypassEvent::ProducerUnregistered { producer } => {
                 format!("producer {producer} unregistered")
@@ -456,19 +430,14 @@ impl Report {
                 format!("consumer {consumer} registered (ret 0)")
             }
             BypassEvent::ConsumerRegistered { consumer, ret } => {
-                format!(
-                    "consumer {consumer} registration failed (ret {})",
-                    errno(*ret)
-                )
+                format!("consumer {consumer} registration failed (ret {})", errno(*ret))
             }
             BypassEvent::ConsumerNotRegistered { consumer } => {
                 let (can_post, why) = posting(&self.platform);
                 if can_post {
                     format!("consumer {consumer} not registered, although the platform can post")
                 } else {
-                    format!(
-                        "consumer {consumer} not registered: KVM has no device-posted IRQs ({why})"
-                    )
+                    format!("consumer {consumer} not registered: KVM has no device-posted IRQs ({why})")
                 }
             }
             BypassEvent::ConsumerUnregistered { consumer } => {
@@ -483,10 +452,7 @@ impl Report {
                 producer,
                 consumer,
                 ret,
-            } => format!(
-                "connect {producer} -> {consumer} failed (ret {})",
-                errno(*ret)
-            ),
+            } => format!("connect {producer} -> {consumer} failed (ret {})", errno(*ret)),
             BypassEvent::Disconnected { producer, consumer } => {
                 format!("disconnected {producer} -> {consumer}")
             }
@@ -507,16 +473,10 @@ impl Report {
             (s("variant"), s(&self.header.variant)),
             (s("kernel_release"), s(&self.header.kernel_release)),
             (s("qemu_version"), s(&self.header.qemu_version)),
-            (
-                s("kvm_vendor"),
-                s(p.kvm_vendor.as_deref().unwrap_or("none")),
-            ),
+            (s("kvm_vendor"), s(p.kvm_vendor.as_deref().unwrap_or("none"))),
             (s("apicv"), opt_bool(p.apicv)),
             (s("device_posted_irqs"), opt_bool(p.device_posted_irqs)),
-            (
-                s("irq_remapping"),
-                s(p.irq_remapping.as_deref().unwrap_or("off")),
-            ),
+            (s("irq_remapping"), s(p.irq_remapping.as_deref().unwrap_or("off"))),
             (s("irq_posting"), Content::from(p.irq_posting)),
             (s("modules_loaded"), list(&p.modules_loaded)),
             (s("modules_failed"), list(&p.modules_failed)),
@@ -555,6 +515,20 @@ pub fn step_line(step: &Step) -> String {
             crate::scenario::plural(*vectors as usize, "vector")
         ),
         Step::DisableMsi { device } => format!("disable-msi {device}"),
+        Step::EnableMsix { device, vectors } => match vectors {
+            wire::VectorSet::Count(n) => format!(
+                "enable-msix {device} ({})",
+                crate::scenario::plural(*n as usize, "vector")
+            ),
+            wire::VectorSet::List(_) => {
+                let l: Vec<String> = vectors.numbers().iter().map(|n| format!("msix{n}")).collect();
+                format!("enable-msix {device} ({})", l.join(", "))
+            }
+        },
+        Step::DisableMsix { device } => format!("disable-msix {device}"),
+        Step::Mask { vector } => format!("mask {vector}"),
+        Step::Unmask { vector } => format!("unmask {vector}"),
+        Step::Unbind { device } => format!("unbind {device}"),
         Step::CreateVm { vm } => format!("create-vm {vm}"),
         Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
@@ -563,11 +537,7 @@ pub fn step_line(step: &Step) -> String {
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
         Step::PanicL1 => "panic-l1".to_owned(),
-        Step::StartVm {
-            vm,
-            mode,
-            period_ms,
-        } => match (mode, period_ms) {
+        Step::StartVm { vm, mode, period_ms } => match (mode, period_ms) {
             (wire::L2Mode::Alternate, p) => format!(
                 "start-vm {vm} (alternate, {} ms phases)",
                 p.unwrap_or(wire::DEFAULT_ALTERNATE_MS)
@@ -647,15 +617,8 @@ pub fn normalize(message: &str) -> String {
         // `0xffffffff81000000`, `ffff888003c1e000`
         let at_word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
         if at_word_start {
-            let hex_start = if message[i..].starts_with("0x") {
-                i + 2
-            } else {
-                i
-            };
-            let n = b[hex_start..]
-                .iter()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .count();
+            let hex_start = if message[i..].starts_with("0x") { i + 2 } else { i };
+            let n = b[hex_start..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
             let end = hex_start + n;
             let word_ends = end == b.len() || !b[end].is_ascii_alphanumeric();
             if n >= 8 && word_ends && b[hex_start..end].iter().any(|c| c.is_ascii_digit()) {
@@ -675,11 +638,8 @@ fn timestamp_len(s: &str) -> Option<usize> {
     let close = s.find(']')?;
     let inner = s[1..close].trim();
     let (a, b) = inner.split_once('.')?;
-    (!a.is_empty()
-        && a.bytes().all(|c| c.is_ascii_digit())
-        && b.len() == 6
-        && b.bytes().all(|c| c.is_ascii_digit()))
-    .then_some(close + 1)
+    (!a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.len() == 6 && b.bytes().all(|c| c.is_ascii_digit()))
+        .then_some(close + 1)
 }
 
 /// For each step index, the VMs whose L2 runs when the step starts.
@@ -701,10 +661,51 @@ pub(crate) fn l2_running_before_each_step(scenario: &Scenario) -> Vec<BTreeSet<S
     out
 }
 
+/// For each step: for a `fire`, whether its vector is masked at the device
+/// (the raises are held pending); for an `unmask`, whether a raise is
+/// pending (the device sends it, once); `None` for other steps. Masks go
+/// with the vector's wiring: disabling, closing or unwiring drops them.
+pub(crate) fn held_by_mask(scenario: &Scenario) -> Vec<Option<bool>> {
+    // masked vector -> raised since the mask
+    let mut masked: BTreeMap<String, bool> = BTreeMap::new();
+    let mut out = Vec::with_capacity(scenario.steps.len());
+    let of_device = |v: &str, d: &str| v.split_once('/').is_some_and(|(dev, _)| dev == d);
+    for s in &scenario.steps {
+        match s {
+            Step::Fire { vector, .. } => {
+                let m = masked.get_mut(vector);
+                out.push(Some(m.is_some()));
+                if let Some(p) = m {
+                    *p = true;
+                }
+            }
+            Step::Unmask { vector } => out.push(Some(masked.remove(vector).unwrap_or(false))),
+            Step::Mask { vector } => {
+                masked.insert(vector.clone(), false);
+                out.push(None);
+            }
+            Step::DisableMsi { device } | Step::DisableMsix { device } | Step::CloseDevice { device } => {
+                masked.retain(|v, _| !of_device(v, device));
+                out.push(None);
+            }
+            Step::EnableMsix { device, vectors } => {
+                let keep = vectors.numbers();
+                masked.retain(|v, _| {
+                    !of_device(v, device)
+                        || v.rsplit_once("msix")
+                            .and_then(|(_, n)| n.parse::<u32>().ok())
+                            .is_some_and(|n| keep.contains(&n))
+                });
+                out.push(None);
+            }
+            _ => out.push(None),
+        }
+    }
+    out
+}
+
 /// For each step index, which (vm, vector) irqfds are attached when it runs.
-pub(crate) fn irqfds_before_each_step(
-    scenario: &Scenario,
-) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+pub(crate) fn irqfds_before_each_step(scenario: &Scenario) -> Vec<BTreeMap<String, BTreeSet<String>>> {
     // vector -> vms holding it
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut out = Vec::with_capacity(scenario.steps.len());

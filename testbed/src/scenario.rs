@@ -10,14 +10,14 @@
 //! names the file, line and column, e.g.
 //! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
-use wire::{DeviceModel, Step};
+use wire::{DeviceModel, IrqKind, Step};
 
 /// Largest `count` a `fire` step may ask for.
 pub const MAX_FIRE_COUNT: u32 = 1_000_000;
@@ -226,11 +226,7 @@ impl Scenario {
                 .map(|d| wire::JobDevice {
                     name: d.name.clone(),
                     model: d.model,
-                    bdf: bdfs
-                        .get(&d.name)
-                        .cloned()
-                        .or_else(|| d.bdf.clone())
-                        .unwrap_or_default(),
+                    bdf: bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
                 })
                 .collect(),
             steps: self.steps.clone(),
@@ -256,13 +252,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if !valid_scenario_name(&name) {
         return Err(src.error(
             0..0,
-            format!(
-                "bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"
-            ),
+            format!("bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"),
         ));
     }
-    let raw: RawScenario =
-        toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
+    let raw: RawScenario = toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
 
     let description = raw.description.get_ref().trim().to_string();
     if description.is_empty() {
@@ -271,7 +264,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 
     if let Some(variants) = &raw.variants {
         if variants.get_ref().is_empty() {
-            return Err(src.error(variants.span(), "variants is empty: leave it out to run everywhere".into()));
+            return Err(src.error(
+                variants.span(),
+                "variants is empty: leave it out to run everywhere".into(),
+            ));
         }
         for name in variants.get_ref() {
             if let Err(e) = crate::variant::lookup(name) {
@@ -352,21 +348,15 @@ fn name_problem(name: &str) -> Option<String> {
     match chars.next() {
         None => return Some("empty name".into()),
         Some(c) if !c.is_ascii_lowercase() => {
-            return Some(format!(
-                "bad name {name:?}: must start with a lowercase letter"
-            ))
+            return Some(format!("bad name {name:?}: must start with a lowercase letter"))
         }
         _ => {}
     }
     if name.len() > MAX_NAME_LEN {
-        return Some(format!(
-            "bad name {name:?}: longer than {MAX_NAME_LEN} characters"
-        ));
+        return Some(format!("bad name {name:?}: longer than {MAX_NAME_LEN} characters"));
     }
     if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-        return Some(format!(
-            "bad name {name:?}: use lowercase letters, digits, '-' and '_'"
-        ));
+        return Some(format!("bad name {name:?}: use lowercase letters, digits, '-' and '_'"));
     }
     None
 }
@@ -429,10 +419,7 @@ impl Source<'_> {
     fn header_at(&self, span: &Range<usize>) -> Option<String> {
         let start = span.start.min(self.text.len());
         let end = span.end.min(self.text.len()).max(start);
-        let h: String = self.text[start..end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
+        let h: String = self.text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
         h.strip_prefix("[[")
             .and_then(|h| h.strip_suffix("]]"))
             .map(str::to_string)
@@ -476,11 +463,7 @@ impl Source<'_> {
     fn string_value(&self, span: &Range<usize>, key: &str) -> Option<String> {
         let at = self.key_span(span, key);
         let text = self.text.get(at)?;
-        let value = text
-            .strip_prefix(key)?
-            .trim_start()
-            .strip_prefix('=')?
-            .trim();
+        let value = text.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
         let value = value.strip_prefix('"')?;
         Some(value[..value.find('"')?].to_string())
     }
@@ -530,9 +513,7 @@ impl Source<'_> {
             Some(name) => format!("{what} {n} ({name})"),
             None => format!("{what} {n}"),
         };
-        let at = |key: &str, message: String| {
-            self.error(self.key_span(&span, key), format!("{context}: {message}"))
-        };
+        let at = |key: &str, message: String| self.error(self.key_span(&span, key), format!("{context}: {message}"));
         let value: T = match toml::Value::Table(t.clone()).try_into() {
             Ok(v) => v,
             Err(e) => {
@@ -569,11 +550,7 @@ impl Source<'_> {
             .and_then(|v| v.as_table().cloned())
             .unwrap_or_default();
         if let Some(key) = t.keys().find(|k| !back.contains_key(*k)) {
-            let known: Vec<String> = back
-                .keys()
-                .filter(|k| *k != tag)
-                .map(|k| format!("`{k}`"))
-                .collect();
+            let known: Vec<String> = back.keys().filter(|k| *k != tag).map(|k| format!("`{k}`")).collect();
             let expected = if known.is_empty() {
                 "expected no other field".to_string()
             } else {
@@ -602,8 +579,7 @@ fn find_inline_key(body: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = body[from..].find(key) {
         let at = from + pos;
-        let prev_ok =
-            at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
+        let prev_ok = at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
         let after = body[at + key.len()..].trim_start();
         if prev_ok && after.starts_with('=') {
             return Some(at);
@@ -626,16 +602,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum DevState {
     Declared,
     Bound,
-    /// MSI enabled with this many vectors, at this step (1-based).
-    Msi {
-        vectors: u32,
+    /// MSI or MSI-X enabled with these vectors wired, at this step (1-based).
+    Enabled {
+        vectors: BTreeSet<u32>,
         step: usize,
     },
     Closed {
+        step: usize,
+    },
+    /// Unbound from vfio-pci after a close.
+    Unbound {
         step: usize,
     },
 }
@@ -649,8 +629,8 @@ enum VmState {
 struct DevInfo {
     model: DeviceModel,
     state: DevState,
-    /// Highest vector count any enable-msi asked for.
-    ever_enabled: u32,
+    /// Every vector some enable step wired.
+    ever_wired: BTreeSet<u32>,
 }
 
 /// Simulates the steps' state to find mistakes before anything runs.
@@ -668,6 +648,8 @@ struct Checker<'s, 'a> {
     l2_running: BTreeMap<String, usize>,
     /// Whether any step fires (or signals).
     fired: bool,
+    /// Vectors masked at the device: vector -> the mask step.
+    masked: BTreeMap<String, usize>,
     /// Vectors whose eventfd the agent has made (an irqfd or enable-msi ran).
     eventfds: std::collections::BTreeSet<String>,
     /// How many steps the scenario has.
@@ -688,6 +670,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
             fired: false,
+            masked: BTreeMap::new(),
             eventfds: Default::default(),
             step_count: 0,
             span: 0..0,
@@ -733,7 +716,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             DevInfo {
                 model: d.model,
                 state: DevState::Declared,
-                ever_enabled: 0,
+                ever_wired: BTreeSet::new(),
             },
         );
         Ok(())
@@ -749,37 +732,31 @@ impl<'s, 'a> Checker<'s, 'a> {
     }
 
     fn device(&self, key: &str, name: &str) -> Result<&DevInfo, ScenarioError> {
-        self.devices.get(name).ok_or_else(|| {
-            self.err(
-                key,
-                format!("unknown device {name:?} ({})", self.declared()),
-            )
-        })
+        self.devices
+            .get(name)
+            .ok_or_else(|| self.err(key, format!("unknown device {name:?} ({})", self.declared())))
     }
 
-    /// Resolve `<device>/msi<n>` to (device, n), checking the model has it.
+    /// Resolve `<device>/msi<n>` (or `msix<n>`) to (device, n), checking the model has it.
     fn vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
         let Some((dev, rest)) = vector.split_once('/') else {
             return Err(self.err(
                 key,
-                format!("bad vector {vector:?}: expected <device>/msi<n>, e.g. \"dev0/msi0\""),
+                format!("bad vector {vector:?}: expected <device>/msi<n> or <device>/msix<n>, e.g. \"dev0/msi0\""),
             ));
         };
         let Some(info) = self.devices.get(dev) else {
             return Err(self.err(
                 key,
-                format!(
-                    "unknown device {dev:?} in vector {vector:?} ({})",
-                    self.declared()
-                ),
+                format!("unknown device {dev:?} in vector {vector:?} ({})", self.declared()),
             ));
         };
         let n = rest
-            .strip_prefix("msi")
+            .strip_prefix(info.model.irq().prefix())
             .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
             .filter(|d| d.len() == 1 || !d.starts_with('0'))
             .and_then(|d| d.parse::<u32>().ok())
-            .filter(|&n| n < info.model.msi_vectors());
+            .filter(|&n| n < info.model.vectors());
         match n {
             Some(n) => Ok((dev.to_string(), n)),
             None => Err(self.err(
@@ -793,25 +770,26 @@ impl<'s, 'a> Checker<'s, 'a> {
         }
     }
 
-    /// The vector exists and an enable-msi still in force covers it.
+    /// The vector exists and an enable step still in force wired it.
     fn enabled_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
         let (dev, n) = self.vector(key, vector)?;
-        match self.devices[&dev].state {
-            DevState::Msi { vectors, .. } if n < vectors => Ok((dev, n)),
-            DevState::Msi { vectors, step } => Err(self.err(
+        let enable = enable_action(self.devices[&dev].model);
+        match &self.devices[&dev].state {
+            DevState::Enabled { vectors, .. } if vectors.contains(&n) => Ok((dev, n)),
+            DevState::Enabled { vectors, step } => Err(self.err(
                 key,
                 format!(
-                    "vector {vector:?} is not enabled: enable-msi at step {step} enabled {}",
-                    plural(vectors as usize, "vector")
+                    "vector {vector:?} is not wired: {enable} at step {step} wired {}",
+                    describe_set(self.devices[&dev].model, vectors)
                 ),
             )),
-            DevState::Closed { step } => Err(self.err(
+            DevState::Closed { step } | DevState::Unbound { step } => Err(self.err(
                 key,
-                format!("vector {vector:?} used after close-device {dev} at step {step}"),
+                format!("vector {vector:?} used after {dev} was closed (step {step})"),
             )),
             DevState::Declared | DevState::Bound => Err(self.err(
                 key,
-                format!("vector {vector:?} is not enabled: no enable-msi {dev} in force"),
+                format!("vector {vector:?} is not enabled: no {enable} {dev} in force"),
             )),
         }
     }
@@ -821,11 +799,11 @@ impl<'s, 'a> Checker<'s, 'a> {
     fn bound_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
         let (dev, n) = self.vector(key, vector)?;
         match self.devices[&dev].state {
-            DevState::Bound | DevState::Msi { .. } => Ok((dev, n)),
+            DevState::Bound | DevState::Enabled { .. } => Ok((dev, n)),
             DevState::Declared => Err(self.err(key, format!("{dev} is not bound: bind it first"))),
-            DevState::Closed { step } => Err(self.err(
+            DevState::Closed { step } | DevState::Unbound { step } => Err(self.err(
                 key,
-                format!("vector {vector:?} used after close-device {dev} at step {step}"),
+                format!("vector {vector:?} used after {dev} was closed (step {step}): bind it again first"),
             )),
         }
     }
@@ -833,10 +811,9 @@ impl<'s, 'a> Checker<'s, 'a> {
     fn live_vm(&self, key: &str, vm: &str) -> Result<(), ScenarioError> {
         match self.vms.get(vm) {
             Some(VmState::Live) => Ok(()),
-            Some(VmState::Destroyed { step }) => Err(self.err(
-                key,
-                format!("vm {vm:?} used after destroy-vm at step {step}"),
-            )),
+            Some(VmState::Destroyed { step }) => {
+                Err(self.err(key, format!("vm {vm:?} used after destroy-vm at step {step}")))
+            }
             None => Err(self.err(key, format!("unknown vm {vm:?}: no earlier create-vm {vm}"))),
         }
     }
@@ -849,41 +826,59 @@ impl<'s, 'a> Checker<'s, 'a> {
             Step::Bind { device } => {
                 let info = self.device("device", device)?;
                 match info.state {
-                    DevState::Declared => {}
-                    DevState::Closed { step } => {
-                        return Err(self.err(
-                            "device",
-                            format!("{device} used after close-device at step {step}"),
-                        ))
-                    }
-                    DevState::Bound | DevState::Msi { .. } => {
-                        return Err(self.err("device", format!("{device} is already bound")))
+                    DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {}
+                    DevState::Bound | DevState::Enabled { .. } => {
+                        return Err(self.err("device", format!("{device} is already bound and open")))
                     }
                 }
                 self.set_dev(device, DevState::Bound);
             }
-            Step::EnableMsi { device, vectors } => {
+            Step::Unbind { device } => {
                 let info = self.device("device", device)?;
-                let max = info.model.msi_vectors();
                 match info.state {
-                    DevState::Bound => {}
-                    DevState::Declared => {
-                        return Err(
-                            self.err("device", format!("{device} is not bound: bind it first"))
-                        )
+                    DevState::Closed { .. } => {}
+                    DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
+                    DevState::Unbound { step } => {
+                        return Err(self.err("device", format!("{device} already unbound at step {step}")))
                     }
-                    DevState::Msi { step, .. } => {
+                    DevState::Bound | DevState::Enabled { .. } => {
                         return Err(self.err(
                             "device",
                             format!(
-                                "msi on {device} already enabled at step {step}: disable-msi first"
+                                "{device} is open: close-device first (vfio-pci would wait for the agent to close it)"
                             ),
                         ))
                     }
-                    DevState::Closed { step } => {
+                }
+                self.set_dev(device, DevState::Unbound { step: k });
+            }
+            Step::EnableMsi { device, vectors } => {
+                let info = self.device("device", device)?;
+                let max = info.model.vectors();
+                if info.model.irq() != IrqKind::Msi {
+                    return Err(self.err(
+                        "action",
+                        format!(
+                            "{device} ({}) has MSI-X, not MSI: use enable-msix",
+                            info.model.qemu_driver()
+                        ),
+                    ));
+                }
+                match info.state {
+                    DevState::Bound => {}
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                    }
+                    DevState::Enabled { step, .. } => {
                         return Err(self.err(
                             "device",
-                            format!("{device} used after close-device at step {step}"),
+                            format!("msi on {device} already enabled at step {step}: disable-msi first"),
+                        ))
+                    }
+                    DevState::Closed { step } | DevState::Unbound { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after it was closed (step {step}): bind it again first"),
                         ))
                     }
                 }
@@ -896,41 +891,122 @@ impl<'s, 'a> Checker<'s, 'a> {
                         ),
                     ));
                 }
-                let vectors = *vectors;
-                self.eventfds.extend((0..vectors).map(|i| format!("{device}/msi{i}")));
-                let d = self.devices.get_mut(device).expect("checked above");
-                d.ever_enabled = d.ever_enabled.max(vectors);
-                d.state = DevState::Msi { vectors, step: k };
+                let set: BTreeSet<u32> = (0..*vectors).collect();
+                self.wire_vectors(device, set, k);
             }
-            Step::DisableMsi { device } => {
+            Step::EnableMsix { device, vectors } => {
                 let info = self.device("device", device)?;
+                let model = info.model;
+                if model.irq() != IrqKind::Msix {
+                    return Err(self.err(
+                        "action",
+                        format!("{device} ({}) has MSI, not MSI-X: use enable-msi", model.qemu_driver()),
+                    ));
+                }
                 match info.state {
-                    DevState::Msi { .. } => {}
-                    DevState::Closed { step } => {
+                    DevState::Bound | DevState::Enabled { .. } => {}
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                    }
+                    DevState::Closed { step } | DevState::Unbound { step } => {
                         return Err(self.err(
                             "device",
-                            format!("{device} used after close-device at step {step}"),
+                            format!("{device} used after it was closed (step {step}): bind it again first"),
                         ))
                     }
+                }
+                let max = model.vectors();
+                let set: BTreeSet<u32> = vectors.numbers().into_iter().collect();
+                let bad = match vectors {
+                    wire::VectorSet::Count(n) if *n == 0 || *n > max => Some(format!(
+                        "vectors = {n} out of range: {device} ({}) has 1..={max}",
+                        model.qemu_driver()
+                    )),
+                    wire::VectorSet::List(l) if l.is_empty() => {
+                        Some("vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string())
+                    }
+                    wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
+                        format!(
+                            "vector {n} out of range: {device} ({}) has {}",
+                            model.qemu_driver(),
+                            vector_range(model)
+                        )
+                    }),
+                    _ => None,
+                };
+                if let Some(b) = bad {
+                    return Err(self.err("vectors", b));
+                }
+                if let DevState::Enabled { vectors: had, step } = &info.state {
+                    if *had == set {
+                        return Err(self.err(
+                            "vectors",
+                            format!("changes nothing: enable-msix at step {step} wired the same vectors"),
+                        ));
+                    }
+                }
+                // vectors this step unwires lose their mask state with their eventfd
+                self.wire_vectors(device, set, k);
+            }
+            Step::DisableMsi { device } | Step::DisableMsix { device } => {
+                let info = self.device("device", device)?;
+                let kind = info.model.irq();
+                let (want, other) = match step.get_ref() {
+                    Step::DisableMsi { .. } => (IrqKind::Msi, "disable-msix"),
+                    _ => (IrqKind::Msix, "disable-msi"),
+                };
+                if kind != want {
+                    return Err(self.err(
+                        "action",
+                        format!(
+                            "{device} ({}) has {}: use {other}",
+                            info.model.qemu_driver(),
+                            if kind == IrqKind::Msi { "MSI" } else { "MSI-X" }
+                        ),
+                    ));
+                }
+                match info.state {
+                    DevState::Enabled { .. } => {}
+                    DevState::Closed { step } | DevState::Unbound { step } => {
+                        return Err(self.err("device", format!("{device} used after it was closed (step {step})")))
+                    }
                     DevState::Declared | DevState::Bound => {
-                        return Err(self.err("device", format!("msi on {device} is not enabled")))
+                        return Err(self.err("device", format!("interrupts of {device} are not enabled")))
                     }
                 }
                 self.set_dev(device, DevState::Bound);
+            }
+            Step::Mask { vector } => {
+                let (dev, _) = self.vector("vector", vector)?;
+                let model = self.devices[&dev].model;
+                if !model.can_mask() {
+                    return Err(self.err(
+                        "vector",
+                        format!("{dev} ({}) cannot mask a vector at the device", model.qemu_driver()),
+                    ));
+                }
+                self.enabled_vector("vector", vector)?;
+                if let Some(step) = self.masked.get(vector) {
+                    return Err(self.err("vector", format!("{vector} already masked at step {step}")));
+                }
+                self.masked.insert(vector.clone(), k);
+            }
+            Step::Unmask { vector } => {
+                self.vector("vector", vector)?;
+                if self.masked.remove(vector).is_none() {
+                    return Err(self.err("vector", format!("{vector} is not masked: no mask {vector} in force")));
+                }
+                self.enabled_vector("vector", vector)?;
+                self.fired = true;
             }
             Step::CreateVm { vm } => {
                 if let Some(p) = name_problem(vm) {
                     return Err(self.err("vm", p));
                 }
                 match self.vms.get(vm) {
-                    Some(VmState::Live) => {
-                        return Err(self.err("vm", format!("vm {vm:?} already exists")))
-                    }
+                    Some(VmState::Live) => return Err(self.err("vm", format!("vm {vm:?} already exists"))),
                     Some(VmState::Destroyed { step }) => {
-                        return Err(self.err(
-                            "vm",
-                            format!("vm {vm:?} was destroyed at step {step}: use a new name"),
-                        ))
+                        return Err(self.err("vm", format!("vm {vm:?} was destroyed at step {step}: use a new name")))
                     }
                     None => {}
                 }
@@ -944,10 +1020,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.bound_vector("vector", vector)?;
                 let key = (vm.clone(), vector.clone());
                 if let Some(step) = self.irqfds.get(&key) {
-                    return Err(self.err(
-                        "vector",
-                        format!("{vm} already has an irqfd on {vector} (step {step})"),
-                    ));
+                    return Err(self.err("vector", format!("{vm} already has an irqfd on {vector} (step {step})")));
                 }
                 self.irqfds.insert(key.clone(), k);
                 self.ever_attached.entry(key).or_insert(k);
@@ -957,10 +1030,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.live_vm("vm", vm)?;
                 self.vector("vector", vector)?;
                 if self.irqfds.remove(&(vm.clone(), vector.clone())).is_none() {
-                    return Err(self.err(
-                        "vector",
-                        format!("{vm} has no irqfd on {vector} to deassign"),
-                    ));
+                    return Err(self.err("vector", format!("{vm} has no irqfd on {vector} to deassign")));
                 }
             }
             Step::Fire { vector, count } => {
@@ -970,10 +1040,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
                 self.enabled_vector("vector", vector)?;
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err(
-                        "count",
-                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
-                    ));
+                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
                 }
                 self.fired = true;
             }
@@ -986,24 +1053,17 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err(
-                        "count",
-                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
-                    ));
+                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
                 }
                 self.fired = true;
             }
             Step::CloseDevice { device } => {
                 let info = self.device("device", device)?;
                 match info.state {
-                    DevState::Bound | DevState::Msi { .. } => {}
-                    DevState::Declared => {
-                        return Err(self.err("device", format!("{device} is not bound")))
-                    }
-                    DevState::Closed { step } => {
-                        return Err(
-                            self.err("device", format!("{device} already closed at step {step}"))
-                        )
+                    DevState::Bound | DevState::Enabled { .. } => {}
+                    DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
+                    DevState::Closed { step } | DevState::Unbound { step } => {
+                        return Err(self.err("device", format!("{device} already closed at step {step}")))
                     }
                 }
                 self.set_dev(device, DevState::Closed { step: k });
@@ -1019,11 +1079,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.irqfds.retain(|(v, _), _| v != vm);
                 self.l2_running.remove(vm);
             }
-            Step::StartVm {
-                vm,
-                mode,
-                period_ms,
-            } => {
+            Step::StartVm { vm, mode, period_ms } => {
                 self.live_vm("vm", vm)?;
                 if let Some(step) = self.l2_running.get(vm) {
                     return Err(self.err(
@@ -1044,10 +1100,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                     if !(1..=wire::MAX_ALTERNATE_MS).contains(p) {
                         return Err(self.err(
                             "period_ms",
-                            format!(
-                                "period_ms = {p} out of range 1..={}",
-                                wire::MAX_ALTERNATE_MS
-                            ),
+                            format!("period_ms = {p} out of range 1..={}", wire::MAX_ALTERNATE_MS),
                         ));
                     }
                 }
@@ -1067,7 +1120,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if !self.l2_running.contains_key(vm) {
                     return Err(self.err(
                         "vm",
-                        format!("the L2 of {vm} is not running: no start-vm {vm} in force (only a running L2 sends IPIs)"),
+                        format!(
+                            "the L2 of {vm} is not running: no start-vm {vm} in force (only a running L2 sends IPIs)"
+                        ),
                     ));
                 }
                 if !wire::IPI_VECTORS.contains(vector) {
@@ -1081,10 +1136,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err(
-                        "count",
-                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
-                    ));
+                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
                 }
                 self.fired = true;
             }
@@ -1094,31 +1146,55 @@ impl<'s, 'a> Checker<'s, 'a> {
 
     fn set_dev(&mut self, device: &str, state: DevState) {
         if let Some(d) = self.devices.get_mut(device) {
+            if !matches!(state, DevState::Enabled { .. }) {
+                // masks live in the device's interrupt setup: they go with it
+                let prefix = format!("{device}/");
+                self.masked.retain(|v, _| !v.starts_with(&prefix));
+            }
             d.state = state;
         }
     }
 
-    fn expectation(
-        &mut self,
-        index: usize,
-        exp: &Spanned<Expectation>,
-    ) -> Result<(), ScenarioError> {
+    /// An enable step wired exactly `set` of the device's vectors.
+    fn wire_vectors(&mut self, device: &str, set: BTreeSet<u32>, step: usize) {
+        let model = self.devices[device].model;
+        self.eventfds.extend(set.iter().map(|n| model.vector_name(device, *n)));
+        let unwired: Vec<String> = self
+            .masked
+            .keys()
+            .filter(|v| {
+                v.strip_prefix(&format!("{device}/{}", model.irq().prefix()))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| !set.contains(&n))
+            })
+            .cloned()
+            .collect();
+        for v in unwired {
+            self.masked.remove(&v);
+        }
+        let d = self.devices.get_mut(device).expect("declared");
+        d.ever_wired.extend(set.iter().copied());
+        d.state = DevState::Enabled { vectors: set, step };
+    }
+
+    fn expectation(&mut self, index: usize, exp: &Spanned<Expectation>) -> Result<(), ScenarioError> {
         self.span = exp.span();
         self.context = format!("expect {} ({})", index + 1, exp.get_ref().check());
         match exp.get_ref() {
-            Expectation::Lossless if !self.fired => {
-                Err(self.err("check", "no fire step: nothing to check".into()))
-            }
+            Expectation::Lossless if !self.fired => Err(self.err("check", "no fire step: nothing to check".into())),
             Expectation::GaLogWakeups if !self.fired => {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
             Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
             Expectation::ProducerRegistered { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
-                if self.devices[&dev].ever_enabled <= n {
+                if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
                         "vector",
-                        format!("no enable-msi step ever enables {vector}"),
+                        format!(
+                            "no {} step ever wires {vector}",
+                            enable_action(self.devices[&dev].model)
+                        ),
                     ));
                 }
                 Ok(())
@@ -1130,13 +1206,8 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
                 self.vector("vector", vector)?;
-                if !self
-                    .ever_attached
-                    .contains_key(&(vm.clone(), vector.clone()))
-                {
-                    return Err(
-                        self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
-                    );
+                if !self.ever_attached.contains_key(&(vm.clone(), vector.clone())) {
+                    return Err(self.err("vector", format!("no irqfd step attaches {vector} to {vm}")));
                 }
                 Ok(())
             }
@@ -1146,7 +1217,21 @@ impl<'s, 'a> Checker<'s, 'a> {
 
 /// `msi0..msi0` for a model's vectors.
 fn vector_range(model: DeviceModel) -> String {
-    format!("msi0..msi{}", model.msi_vectors().saturating_sub(1))
+    let p = model.irq().prefix();
+    format!("{p}0..{p}{}", model.vectors().saturating_sub(1))
+}
+
+fn enable_action(model: DeviceModel) -> &'static str {
+    match model.irq() {
+        IrqKind::Msi => "enable-msi",
+        IrqKind::Msix => "enable-msix",
+    }
+}
+
+/// `msix0, msix3` for a set of a model's vectors.
+fn describe_set(model: DeviceModel, set: &BTreeSet<u32>) -> String {
+    let p = model.irq().prefix();
+    set.iter().map(|n| format!("{p}{n}")).collect::<Vec<_>>().join(", ")
 }
 
 pub(crate) fn plural(n: usize, what: &str) -> String {
@@ -1197,11 +1282,19 @@ vm = "vm0"
         .unwrap();
         assert_eq!(
             s.steps[2],
-            Step::StartVm { vm: "vm0".into(), mode: wire::L2Mode::Halted, period_ms: None }
+            Step::StartVm {
+                vm: "vm0".into(),
+                mode: wire::L2Mode::Halted,
+                period_ms: None
+            }
         );
         assert_eq!(
             s.steps[4],
-            Step::StartVm { vm: "vm0".into(), mode: wire::L2Mode::Alternate, period_ms: Some(2) }
+            Step::StartVm {
+                vm: "vm0".into(),
+                mode: wire::L2Mode::Alternate,
+                period_ms: Some(2)
+            }
         );
     }
 
@@ -1210,11 +1303,17 @@ vm = "vm0"
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm1\"\n");
         assert!(e.contains("step 3 (start-vm): unknown vm \"vm1\""), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n");
-        assert!(e.contains("step 4 (start-vm): the L2 of vm0 is already running (start-vm at step 3)"), "{e}");
+        assert!(
+            e.contains("step 4 (start-vm): the L2 of vm0 is already running (start-vm at step 3)"),
+            "{e}"
+        );
         let e = error("[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n");
         assert!(e.contains("step 3 (stop-vm): the L2 of vm0 is not running"), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n");
-        assert!(e.contains("l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""), "{e}");
+        assert!(
+            e.contains("l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""),
+            "{e}"
+        );
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n");
         assert!(e.contains("period_ms = 0 out of range 1..=1000"), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"sleepy\"\n");
@@ -1224,7 +1323,10 @@ vm = "vm0"
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"destroy-vm\"\nvm = \"vm0\"\n\
              [[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n",
         );
-        assert!(e.contains("step 5 (stop-vm): vm \"vm0\" used after destroy-vm at step 4"), "{e}");
+        assert!(
+            e.contains("step 5 (stop-vm): vm \"vm0\" used after destroy-vm at step 4"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1235,16 +1337,32 @@ vm = "vm0"
              [[expect]]\ncheck = \"lossless\"\n",
         )
         .unwrap();
-        assert_eq!(s.steps[3], Step::Ipi { vm: "vm0".into(), vector: 0x31, count: 50 });
+        assert_eq!(
+            s.steps[3],
+            Step::Ipi {
+                vm: "vm0".into(),
+                vector: 0x31,
+                count: 50
+            }
+        );
         let e = error("[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n");
         assert!(e.contains("step 3 (ipi): the L2 of vm0 is not running"), "{e}");
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x41\n");
-        assert!(e.contains("step 4 (ipi): ipi vector 0x41 out of range 0x30..=0x3f"), "{e}");
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x21\n");
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x41\n",
+        );
+        assert!(
+            e.contains("step 4 (ipi): ipi vector 0x41 out of range 0x30..=0x3f"),
+            "{e}"
+        );
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x21\n",
+        );
         assert!(e.contains("out of range 0x30..=0x3f"), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\ncount = 0\n");
         assert!(e.contains("count = 0 out of range"), "{e}");
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 300\n");
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 300\n",
+        );
         assert!(e.contains("step"), "{e}");
         let e = error(
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n\

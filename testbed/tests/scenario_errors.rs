@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use testbed::scenario::{self, Expectation, ScenarioError};
 
 fn fixtures(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir)
 }
 
 /// Fixture name -> the error after `<path>:`.
@@ -39,15 +37,24 @@ const BAD: &[(&str, &str)] = &[
         ("syntax", "5:6: string values must be quoted, expected literal string"),
         ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
         ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
-        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-msi`, `disable-msi`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `panic-l1`"),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unbind`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `panic-l1`"),
         ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`"),
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
-        ("unknown-model", "5:9: unknown variant `e1000`, expected `edu`"),
+        ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `e1000e`"),
         ("unknown-step-key", "13:1: step 2 (fire): unknown field `vectr`, expected `vector` or `count`"),
         ("unknown-variant-list", r#"2:12: unknown variant "amd-avx" (known: intel-ir, intel-ir-xapic, intel-dma, amd-ir, virtio-iommu, none, amd-ir-patched, amd-avic)"#),
         ("unknown-top-key", "2:1: unknown field `fresh-boot`, expected one of `description`, `fresh_boot`, `variants`, `device`, `step`, `expect`"),
         ("unknown-vector", r#"17:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0"#),
-        ("use-after-close", "17:1: step 3 (enable-msi): dev0 used after close-device at step 2"),
+        ("use-after-close", "17:1: step 3 (enable-msi): dev0 used after it was closed (step 2): bind it again first"),
+        ("msi-on-msix-device", "16:1: step 2 (enable-msi): nic0 (igb) has MSI-X, not MSI: use enable-msix"),
+        ("msix-vector-out-of-range", "18:1: step 2 (enable-msix): vector 10 out of range: nic0 (igb) has msix0..msix9"),
+        ("msix-empty-list", "18:1: step 2 (enable-msix): vectors = []: wire at least one vector (disable-msix turns MSI-X off)"),
+        ("fire-unwired-msix", r#"22:1: step 3 (fire): vector "nic0/msix2" is not wired: enable-msix at step 2 wired msix1, msix3"#),
+        ("msix-same-set", "23:1: step 3 (enable-msix): changes nothing: enable-msix at step 2 wired the same vectors"),
+        ("mask-edu", "21:1: step 3 (mask): dev0 (edu) cannot mask a vector at the device"),
+        ("unmask-not-masked", "22:1: step 3 (unmask): nic0/msix0 is not masked: no mask nic0/msix0 in force"),
+        ("unbind-open", "17:1: step 2 (unbind): nic0 is open: close-device first (vfio-pci would wait for the agent to close it)"),
+        ("msi-name-on-msix-device", r#"22:1: step 3 (fire): unknown vector "nic0/msi0": nic0 (igb) has vectors msix0..msix9"#),
         ("vm-twice", r#"9:1: step 2 (create-vm): vm "vm0" already exists"#),
 ];
 
@@ -60,29 +67,14 @@ fn every_bad_fixture_fails_with_its_message() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let Some(want) = expected.get(name.as_str()) else {
-            panic!(
-                "{}: fixture without an expected error in BAD",
-                path.display()
-            );
+            panic!("{}: fixture without an expected error in BAD", path.display());
         };
         let err = scenario::load(&path).expect_err(&name);
-        assert!(
-            matches!(err, ScenarioError::Invalid { .. }),
-            "{name}: {err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            format!("{}:{want}", path.display()),
-            "{name}"
-        );
+        assert!(matches!(err, ScenarioError::Invalid { .. }), "{name}: {err:?}");
+        assert_eq!(err.to_string(), format!("{}:{want}", path.display()), "{name}");
         seen += 1;
     }
-    assert_eq!(
-        seen,
-        BAD.len(),
-        "a fixture in BAD is missing from {}",
-        dir.display()
-    );
+    assert_eq!(seen, BAD.len(), "a fixture in BAD is missing from {}", dir.display());
 }
 
 #[test]
@@ -139,10 +131,7 @@ fn good_fixtures_load() {
             vector: "dev0/msi0".into()
         }
     );
-    assert_eq!(
-        s.expect[3].to_string(),
-        "connected-iff-posting vm0 dev0/msi0"
-    );
+    assert_eq!(s.expect[3].to_string(), "connected-iff-posting vm0 dev0/msi0");
     // defaults
     assert_eq!(
         s.steps[1],
@@ -178,10 +167,7 @@ fn duplicate_names_across_paths_are_an_error() {
     let src = fixtures("scenarios").join("edu-producer-first.toml");
     std::fs::copy(&src, a.join("edu-producer-first.toml")).unwrap();
     let err = scenario::load_paths(&[src.clone(), a.clone()]).unwrap_err();
-    assert!(
-        matches!(err, ScenarioError::DuplicateName { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ScenarioError::DuplicateName { .. }), "{err:?}");
     assert!(err
         .to_string()
         .contains("scenario name \"edu-producer-first\" also used by"));

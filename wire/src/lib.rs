@@ -15,8 +15,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod device;
+pub use device::{DeviceModel, IrqKind, ModelSpec, RegValue, RegWrite};
+
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest the agent stays silent while a step runs.
 pub const HEARTBEAT_SECS: u64 = 2;
@@ -118,30 +121,6 @@ pub struct JobDevice {
     pub bdf: String,
 }
 
-/// Device models the agent knows how to drive.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceModel {
-    /// QEMU's `edu`: one MSI vector, raised by a write to BAR0+0x60, acked at BAR0+0x64.
-    Edu,
-}
-
-impl DeviceModel {
-    /// The QEMU `-device` driver name.
-    pub fn qemu_driver(self) -> &'static str {
-        match self {
-            DeviceModel::Edu => "edu",
-        }
-    }
-
-    /// How many MSI vectors the model offers.
-    pub fn msi_vectors(self) -> u32 {
-        match self {
-            DeviceModel::Edu => 1,
-        }
-    }
-}
-
 /// One scenario step. Scenario files hold these under `[[step]]` with an
 /// `action` key; the agent executes them in order.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -161,6 +140,27 @@ pub enum Step {
     },
     /// Disable MSI (VFIO_DEVICE_SET_IRQS with count 0): producers unregister.
     DisableMsi { device: String },
+    /// Give an MSI-X device eventfds for a set of its vectors with
+    /// VFIO_DEVICE_SET_IRQS: `vectors = 4` means msix0..msix3, a list such
+    /// as `[0, 3]` wires exactly those (the others get no eventfd: no
+    /// producer). The first one enables MSI-X; while enabled, a later one
+    /// changes the set in place: new vectors get an eventfd (growing, where
+    /// the kernel allocates MSI-X vectors dynamically), dropped ones lose
+    /// theirs (their producers unregister), kept ones are untouched.
+    EnableMsix { device: String, vectors: VectorSet },
+    /// Disable MSI-X (VFIO_DEVICE_SET_IRQS with count 0): producers unregister.
+    DisableMsix { device: String },
+    /// Mask the vector at the device (igb EIMC, e1000e IMC): raising it is
+    /// then held pending in the device, however often it is raised.
+    Mask { vector: String },
+    /// Unmask the vector at the device: a raise held pending since the mask
+    /// is sent now, once. Reports the released interrupt's counts
+    /// (`raised` = 1 when one was pending, else 0).
+    Unmask { vector: String },
+    /// Unbind the closed device from vfio-pci (and clear driver_override),
+    /// leaving it without a driver; a later `bind` binds and opens it again.
+    /// Eventfds and irqfds stay: a consumer waits for the producer to return.
+    Unbind { device: String },
     /// Create a KVM VM with an in-kernel irqchip and one vCPU.
     CreateVm { vm: String },
     /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
@@ -233,6 +233,29 @@ pub enum Step {
     PanicL1,
 }
 
+/// Which vectors an `enable-msix` wires.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum VectorSet {
+    /// Vectors 0..n.
+    Count(u32),
+    /// Exactly these vectors.
+    List(Vec<u32>),
+}
+
+impl VectorSet {
+    /// The vector numbers, ascending, without duplicates.
+    pub fn numbers(&self) -> Vec<u32> {
+        let mut v = match self {
+            VectorSet::Count(n) => (0..*n).collect(),
+            VectorSet::List(l) => l.clone(),
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
 /// How the L2 program's main loop waits for interrupts (interrupts are
 /// always enabled and the x2APIC TPR is 0).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -279,6 +302,11 @@ impl Step {
             Step::Bind { .. } => "bind",
             Step::EnableMsi { .. } => "enable-msi",
             Step::DisableMsi { .. } => "disable-msi",
+            Step::EnableMsix { .. } => "enable-msix",
+            Step::DisableMsix { .. } => "disable-msix",
+            Step::Mask { .. } => "mask",
+            Step::Unmask { .. } => "unmask",
+            Step::Unbind { .. } => "unbind",
             Step::CreateVm { .. } => "create-vm",
             Step::Irqfd { .. } => "irqfd",
             Step::IrqfdDeassign { .. } => "irqfd-deassign",
@@ -326,7 +354,11 @@ pub enum BypassEvent {
     /// `irq_bypass_unregister_consumer` was called.
     ConsumerUnregistered { consumer: String },
     /// `kvm_arch_irq_bypass_add_producer` (the connect callback) returned `ret`.
-    Connected { producer: String, consumer: String, ret: i64 },
+    Connected {
+        producer: String,
+        consumer: String,
+        ret: i64,
+    },
     /// `kvm_arch_irq_bypass_del_producer` (the disconnect callback) ran.
     Disconnected { producer: String, consumer: String },
 }
@@ -364,18 +396,34 @@ mod tests {
 
     #[test]
     fn delivered_is_optional_and_absent_when_none() {
-        let old = r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
+        let old =
+            r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
         let c: VectorCount = serde_json::from_str(old).unwrap();
         assert_eq!(c.delivered, None);
-        assert_eq!(serde_json::to_string(&c).unwrap(), old, "None is not sent: old hosts still parse it");
-        let with = VectorCount { delivered: Some(5), ..c };
-        assert!(serde_json::to_string(&with).unwrap().ends_with(r#""injected":5,"delivered":5}"#));
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            old,
+            "None is not sent: old hosts still parse it"
+        );
+        let with = VectorCount {
+            delivered: Some(5),
+            ..c
+        };
+        assert!(serde_json::to_string(&with)
+            .unwrap()
+            .ends_with(r#""injected":5,"delivered":5}"#));
     }
 
     #[test]
     fn signal_step() {
         let s: Step = serde_json::from_str(r#"{"action":"signal","vector":"dev0/msi0"}"#).unwrap();
-        assert_eq!(s, Step::Signal { vector: "dev0/msi0".into(), count: 1 });
+        assert_eq!(
+            s,
+            Step::Signal {
+                vector: "dev0/msi0".into(),
+                count: 1
+            }
+        );
         assert_eq!(s.action(), "signal");
         assert!(serde_json::from_str::<Step>(r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#).is_err());
     }
@@ -383,7 +431,14 @@ mod tests {
     #[test]
     fn ipi_step() {
         let s: Step = serde_json::from_str(r#"{"action":"ipi","vm":"vm0","vector":49}"#).unwrap();
-        assert_eq!(s, Step::Ipi { vm: "vm0".into(), vector: 0x31, count: 1 });
+        assert_eq!(
+            s,
+            Step::Ipi {
+                vm: "vm0".into(),
+                vector: 0x31,
+                count: 1
+            }
+        );
         assert_eq!(s.action(), "ipi");
         assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err());
         assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0"}"#).is_err());
@@ -392,12 +447,48 @@ mod tests {
     }
 
     #[test]
+    fn enable_msix_takes_a_count_or_a_list() {
+        let s: Step = serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":3}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::EnableMsix {
+                device: "nic0".into(),
+                vectors: VectorSet::Count(3)
+            }
+        );
+        let Step::EnableMsix { vectors, .. } =
+            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":[5,1,5]}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(vectors.numbers(), [1, 5]);
+        assert_eq!(VectorSet::Count(3).numbers(), [0, 1, 2]);
+        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err());
+        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#).is_err());
+    }
+
+    #[test]
     fn start_vm_defaults_to_running() {
         let s: Step = serde_json::from_str(r#"{"action":"start-vm","vm":"vm0"}"#).unwrap();
-        assert_eq!(s, Step::StartVm { vm: "vm0".into(), mode: L2Mode::Running, period_ms: None });
+        assert_eq!(
+            s,
+            Step::StartVm {
+                vm: "vm0".into(),
+                mode: L2Mode::Running,
+                period_ms: None
+            }
+        );
         assert_eq!(s.action(), "start-vm");
-        let s: Step = serde_json::from_str(r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#).unwrap();
-        assert_eq!(s, Step::StartVm { vm: "vm0".into(), mode: L2Mode::Alternate, period_ms: Some(3) });
+        let s: Step =
+            serde_json::from_str(r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::StartVm {
+                vm: "vm0".into(),
+                mode: L2Mode::Alternate,
+                period_ms: Some(3)
+            }
+        );
         let s: Step = serde_json::from_str(r#"{"action":"stop-vm","vm":"vm0"}"#).unwrap();
         assert_eq!(s.action(), "stop-vm");
     }

@@ -4,16 +4,14 @@ use std::collections::BTreeSet;
 
 use wire::{BypassEvent, Step};
 
-use super::{irqfds_before_each_step, l2_running_before_each_step, posting, Report};
+use super::{held_by_mask, irqfds_before_each_step, l2_running_before_each_step, posting, Report};
 use crate::scenario::Expectation;
 
 /// Whether `exp` holds for `r`, and the detail to show.
 pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
     // Conclusions from irqbypass events (including "no event") need every
     // probe in place.
-    if !matches!(exp, Expectation::Lossless | Expectation::GaLogWakeups)
-        && !r.platform.tracing_failed.is_empty()
-    {
+    if !matches!(exp, Expectation::Lossless | Expectation::GaLogWakeups) && !r.platform.tracing_failed.is_empty() {
         return fail(vec![format!(
             "cannot tell: tracing incomplete ({})",
             r.platform.tracing_failed.join("; ")
@@ -32,12 +30,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
 
 fn fail(problems: Vec<String>) -> (bool, String) {
     const SHOWN: usize = 5;
-    let mut detail = problems
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
+    let mut detail = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
     if problems.len() > SHOWN {
         detail.push_str(&format!("; and {} more", problems.len() - SHOWN));
     }
@@ -58,6 +51,7 @@ fn fail(problems: Vec<String>) -> (bool, String) {
 /// device: KVM injects every write, and nothing is posted or seen by L1.
 fn lossless(r: &Report) -> (bool, String) {
     let held = irqfds_before_each_step(&r.scenario);
+    let held_by_mask = held_by_mask(&r.scenario);
     let l2 = l2_running_before_each_step(&r.scenario);
     let mut problems = Vec::new();
     let mut ok = Vec::new();
@@ -74,8 +68,14 @@ fn lossless(r: &Report) -> (bool, String) {
             continue;
         }
         let (vector, count, signal) = match step {
-            Step::Fire { vector, count } => (vector, count, false),
-            Step::Signal { vector, count } => (vector, count, true),
+            Step::Fire { .. } if held_by_mask[i] == Some(true) => {
+                masked_fire_lossless(r, i, step, &mut problems, &mut ok);
+                continue;
+            }
+            Step::Fire { vector, count } => (vector, *count, false),
+            Step::Signal { vector, count } => (vector, *count, true),
+            // the raise the device held while masked, if any, is sent now
+            Step::Unmask { vector } => (vector, u32::from(held_by_mask[i] == Some(true)), false),
             _ => continue,
         };
         let n = i + 1;
@@ -92,7 +92,7 @@ fn lossless(r: &Report) -> (bool, String) {
             continue;
         };
         let before = problems.len();
-        if c.raised != u64::from(*count) {
+        if c.raised != u64::from(count) {
             let what = if signal { "signalled" } else { "raised" };
             problems.push(format!("step {n} {vector}: {what} {} of {count}", c.raised));
         }
@@ -136,12 +136,19 @@ fn lossless(r: &Report) -> (bool, String) {
         };
         match holders {
             Some(vms) => {
-                if c.injected != via_kvm {
+                // an eventfd held by several VMs' irqfds wakes each of them
+                let copies = vms.len() as u64;
+                if c.injected != via_kvm * copies {
                     let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
+                    let each = if copies > 1 {
+                        format!(" {copies} times")
+                    } else {
+                        String::new()
+                    };
                     if via_kvm == c.raised {
                         let what = if signal { "signalled" } else { "raised" };
                         problems.push(format!(
-                            "step {n} {vector}: {what} {} but KVM injected {} (irqfd of {})",
+                            "step {n} {vector}: {what} {}{each} but KVM injected {} (irqfd of {})",
                             c.raised,
                             c.injected,
                             vms.join(", ")
@@ -162,10 +169,15 @@ fn lossless(r: &Report) -> (bool, String) {
                     .map(String::as_str)
                     .collect();
                 match c.delivered {
-                    Some(d) if d != c.raised => problems.push(format!(
-                        "step {n} {vector}: raised {} but L2 received {d} (L2 of {})",
+                    Some(d) if d != c.raised * running.len() as u64 => problems.push(format!(
+                        "step {n} {vector}: raised {} but L2 received {d} (L2 of {}{})",
                         c.raised,
-                        running.join(", ")
+                        running.join(", "),
+                        if running.len() > 1 {
+                            ", each should receive all"
+                        } else {
+                            ""
+                        }
                     )),
                     None if !running.is_empty() => problems.push(format!(
                         "step {n} {vector}: the L2 of {} was running but reported no deliveries",
@@ -218,10 +230,56 @@ fn lossless(r: &Report) -> (bool, String) {
     (true, String::new())
 }
 
+/// A `fire` on a vector masked at the device: the device holds the raise
+/// pending, so nothing may reach L1, KVM, an L2 or the eventfd.
+fn masked_fire_lossless(r: &Report, i: usize, step: &Step, problems: &mut Vec<String>, ok: &mut Vec<String>) {
+    let Step::Fire { vector, count } = step else {
+        return;
+    };
+    let n = i + 1;
+    let Some(rep) = r.step_report(i) else {
+        problems.push(format!("step {n} (fire {vector}, masked) did not run"));
+        return;
+    };
+    if let Some(e) = &rep.error {
+        problems.push(format!("step {n} (fire {vector}, masked) failed: {e}"));
+    }
+    let Some(c) = rep.interrupts.iter().find(|c| c.vector == *vector) else {
+        problems.push(format!("step {n}: no interrupt counts for {vector}"));
+        return;
+    };
+    let before = problems.len();
+    if c.raised != u64::from(*count) {
+        problems.push(format!("step {n} {vector}: raised {} of {count}", c.raised));
+    }
+    let leaked = [
+        ("L1 saw", c.host_irq),
+        ("KVM injected", c.injected),
+        ("L2 received", c.delivered.unwrap_or(0)),
+        ("the eventfd counted", c.signalled.unwrap_or(0)),
+    ];
+    for (what, got) in leaked {
+        if got != 0 {
+            problems.push(format!("step {n} {vector}: masked at the device, yet {what} {got}"));
+        }
+    }
+    if problems.len() == before {
+        ok.push(format!("step {n} {vector} held {}", c.raised));
+    }
+}
+
 /// An `ipi` step: the L2 wrote its ICR `count` times and took every IPI
 /// (KVM emulates each write; nothing passes through L1's IRQ lines or the
 /// IOMMU, so nothing else to account for).
-fn ipi_lossless(r: &Report, i: usize, vm: &str, vector: u8, count: u32, problems: &mut Vec<String>, ok: &mut Vec<String>) {
+fn ipi_lossless(
+    r: &Report,
+    i: usize,
+    vm: &str,
+    vector: u8,
+    count: u32,
+    problems: &mut Vec<String>,
+    ok: &mut Vec<String>,
+) {
     let n = i + 1;
     let what = format!("{vm} ipi {vector:#04x}");
     let Some(rep) = r.step_report(i) else {
@@ -266,8 +324,7 @@ fn ga_log_wakeups(r: &Report) -> (bool, String) {
             let (can, why) = posting(&r.platform);
             if can {
                 fail(vec![
-                    "cannot tell: the platform can post but its IOMMU has no counters to read"
-                        .into(),
+                    "cannot tell: the platform can post but its IOMMU has no counters to read".into(),
                 ])
             } else {
                 (true, format!("not applicable: platform cannot post ({why})"))
@@ -342,9 +399,8 @@ impl Pairing {
             &mut self.consumers
         };
         if !set.insert(end.to_string()) {
-            self.problems.push(format!(
-                "{when}: {kind} {end} registered twice (ret 0 both times)"
-            ));
+            self.problems
+                .push(format!("{when}: {kind} {end} registered twice (ret 0 both times)"));
         }
     }
 
@@ -356,17 +412,10 @@ impl Pairing {
         }
         let kind = if producer { "producer" } else { "consumer" };
         for conn in &self.connections {
-            let involved = if producer {
-                conn.0 == end
-            } else {
-                conn.1 == end
-            };
+            let involved = if producer { conn.0 == end } else { conn.1 == end };
             if involved {
-                self.pending_disconnect.push((
-                    format!("{kind} {end}"),
-                    conn.clone(),
-                    when.to_string(),
-                ));
+                self.pending_disconnect
+                    .push((format!("{kind} {end}"), conn.clone(), when.to_string()));
             }
         }
     }
@@ -382,19 +431,11 @@ impl Pairing {
             self.flush_register();
         }
         match ev {
-            BypassEvent::ProducerRegistered { producer, ret } => {
-                self.registered(producer, true, *ret, when)
-            }
-            BypassEvent::ConsumerRegistered { consumer, ret } => {
-                self.registered(consumer, false, *ret, when)
-            }
+            BypassEvent::ProducerRegistered { producer, ret } => self.registered(producer, true, *ret, when),
+            BypassEvent::ConsumerRegistered { consumer, ret } => self.registered(consumer, false, *ret, when),
             BypassEvent::ConsumerNotRegistered { .. } => {}
-            BypassEvent::ProducerUnregistered { producer } => {
-                self.unregistered(producer, true, when)
-            }
-            BypassEvent::ConsumerUnregistered { consumer } => {
-                self.unregistered(consumer, false, when)
-            }
+            BypassEvent::ProducerUnregistered { producer } => self.unregistered(producer, true, when),
+            BypassEvent::ConsumerUnregistered { consumer } => self.unregistered(consumer, false, when),
             BypassEvent::Connected {
                 producer,
                 consumer,
@@ -407,20 +448,12 @@ impl Pairing {
                     ));
                 }
                 if !self.producers.contains(producer) {
-                    self.pending_register.push((
-                        producer.clone(),
-                        true,
-                        when.to_string(),
-                        conn.clone(),
-                    ));
+                    self.pending_register
+                        .push((producer.clone(), true, when.to_string(), conn.clone()));
                 }
                 if !self.consumers.contains(consumer) {
-                    self.pending_register.push((
-                        consumer.clone(),
-                        false,
-                        when.to_string(),
-                        conn.clone(),
-                    ));
+                    self.pending_register
+                        .push((consumer.clone(), false, when.to_string(), conn.clone()));
                 }
                 if *ret == 0 {
                     self.formed += 1;
@@ -469,8 +502,7 @@ fn pairing(r: &Report) -> (bool, String) {
                 .push(format!("after cleanup consumer {x} is still registered"));
         }
         for (a, b) in &p.connections {
-            p.problems
-                .push(format!("after cleanup {a} -> {b} is still connected"));
+            p.problems.push(format!("after cleanup {a} -> {b} is still connected"));
         }
     }
     if !p.problems.is_empty() {
@@ -524,10 +556,7 @@ fn producer_registered(r: &Report, vector: &str) -> (bool, String) {
             rets.join(", ")
         )]);
     }
-    if let Err(e) = step_ran(
-        r,
-        |s| matches!(s, Step::EnableMsi { device, .. } if device == dev),
-    ) {
+    if let Err(e) = step_ran(r, |s| matches!(s, Step::EnableMsi { device, .. } if device == dev)) {
         return fail(vec![format!("producer {vector} never registered: {e}")]);
     }
     fail(vec![format!(
@@ -591,9 +620,7 @@ fn consumer_registered(r: &Report, vm: &str, vector: &str) -> (bool, String) {
     let consumer = format!("{vm}:{vector}");
     match consumer_registration(r, &consumer) {
         Some(0) => (true, String::new()),
-        Some(ret) => fail(vec![format!(
-            "consumer {consumer} registration failed (ret {ret})"
-        )]),
+        Some(ret) => fail(vec![format!("consumer {consumer} registration failed (ret {ret})")]),
         None => match irqfd_ran(r, vm, vector) {
             Err(e) => fail(vec![format!("consumer {consumer} not registered: {e}")]),
             Ok(_) => fail(vec![format!(
@@ -608,27 +635,17 @@ fn connected(r: &Report, vm: &str, vector: &str) -> (bool, String) {
     let consumer = format!("{vm}:{vector}");
     match connection(r, vector, &consumer) {
         Some(0) => (true, String::new()),
-        Some(ret) => fail(vec![format!(
-            "connect {vector} -> {consumer} failed (ret {ret})"
-        )]),
+        Some(ret) => fail(vec![format!("connect {vector} -> {consumer} failed (ret {ret})")]),
         None => {
-            let why = match (
-                irqfd_ran(r, vm, vector),
-                consumer_registration(r, &consumer),
-            ) {
+            let why = match (irqfd_ran(r, vm, vector), consumer_registration(r, &consumer)) {
                 (Err(e), _) => e,
                 (Ok(_), Some(0)) => format!("consumer {consumer} registered but never connected"),
                 (Ok(_), Some(ret)) => {
                     format!("consumer {consumer} registration failed (ret {ret})")
                 }
-                (Ok(_), None) => format!(
-                    "consumer {consumer} not registered: {}",
-                    not_registered_why(r)
-                ),
+                (Ok(_), None) => format!("consumer {consumer} not registered: {}", not_registered_why(r)),
             };
-            fail(vec![format!(
-                "{vector} -> {consumer} never connected: {why}"
-            )])
+            fail(vec![format!("{vector} -> {consumer} never connected: {why}")])
         }
     }
 }
@@ -648,24 +665,17 @@ fn connected_iff_posting(r: &Report, vm: &str, vector: &str) -> (bool, String) {
             Some(ret) => problems.push(format!(
                 "platform can post but consumer {consumer} failed to register (ret {ret})"
             )),
-            None => problems.push(format!(
-                "platform can post but consumer {consumer} did not register"
-            )),
+            None => problems.push(format!("platform can post but consumer {consumer} did not register")),
         }
         match conn {
             Some(0) => {}
             Some(ret) => problems.push(format!(
                 "platform can post but connect {vector} -> {consumer} failed (ret {ret})"
             )),
-            None => problems.push(format!(
-                "platform can post but {vector} -> {consumer} never connected"
-            )),
+            None => problems.push(format!("platform can post but {vector} -> {consumer} never connected")),
         }
         if problems.is_empty() {
-            (
-                true,
-                "platform can post; consumer registered; connected".into(),
-            )
+            (true, "platform can post; consumer registered; connected".into())
         } else {
             fail(problems)
         }

@@ -71,11 +71,7 @@ vector = "dev0/msi0"
 "#;
 
 fn scenario() -> Scenario {
-    scenario::parse(
-        Path::new("scenarios/edu-producer-first.toml"),
-        PRODUCER_FIRST,
-    )
-    .unwrap()
+    scenario::parse(Path::new("scenarios/edu-producer-first.toml"), PRODUCER_FIRST).unwrap()
 }
 
 /// Stock QEMU on TCG: no AVIC, no IOMMU posting.
@@ -192,18 +188,12 @@ fn posted_steps() -> Vec<StepReport> {
         step(0, vec![]),
         step(1, vec![preg("dev0/msi0")]),
         step(2, vec![]),
-        step(
-            3,
-            vec![conn("dev0/msi0", "vm0:dev0/msi0"), creg("vm0:dev0/msi0")],
-        ),
+        step(3, vec![conn("dev0/msi0", "vm0:dev0/msi0"), creg("vm0:dev0/msi0")]),
         StepReport {
             interrupts: vec![fired(5, 5, 5, None)],
             ..step(4, vec![])
         },
-        step(
-            5,
-            vec![punreg("dev0/msi0"), disc("dev0/msi0", "vm0:dev0/msi0")],
-        ),
+        step(5, vec![punreg("dev0/msi0"), disc("dev0/msi0", "vm0:dev0/msi0")]),
         step(6, vec![cunreg("vm0:dev0/msi0")]),
     ]
 }
@@ -309,7 +299,9 @@ fn posting_platform_passes_everything() {
     assert!(body.contains(
         "connections\n   step 4   connected dev0/msi0 -> vm0:dev0/msi0 (ret 0)\n   step 6   disconnected dev0/msi0 -> vm0:dev0/msi0\n"
     ), "{body}");
-    assert!(body.contains("pass  connected-iff-posting vm0 dev0/msi0: platform can post; consumer registered; connected"));
+    assert!(
+        body.contains("pass  connected-iff-posting vm0 dev0/msi0: platform can post; consumer registered; connected")
+    );
 }
 
 // ---- lossless
@@ -338,11 +330,9 @@ fn lossless_fails_when_kvm_injects_fewer() {
 #[test]
 fn lossless_uses_the_eventfd_where_no_irqfd_holds_the_vector() {
     // consumer-first fires once before the irqfd and once while it holds
-    let s = scenario::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/scenarios/edu-consumer-first.toml"),
-    )
-    .unwrap();
+    let s =
+        scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scenarios/edu-consumer-first.toml"))
+            .unwrap();
     let mk = |before: VectorCount, after: VectorCount| {
         let steps = vec![
             step(0, vec![]),
@@ -378,7 +368,10 @@ fn lossless_uses_the_eventfd_where_no_irqfd_holds_the_vector() {
     let unread = mk(fired(3, 3, 0, None), fired(2, 2, 2, None));
     fails(&unread, "lossless", "raised 3 but the eventfd was not read");
     let body = ok.body();
-    assert!(body.contains("   step 4  dev0/msi0  raised 3  L1 3 (IR-PCI-MSI)  injected by KVM 0  eventfd signalled 3\n"), "{body}");
+    assert!(
+        body.contains("   step 4  dev0/msi0  raised 3  L1 3 (IR-PCI-MSI)  injected by KVM 0  eventfd signalled 3\n"),
+        "{body}"
+    );
     assert!(
         body.contains("cleanup\n   closed what the scenario left open: dev0\n"),
         "{body}"
@@ -415,10 +408,7 @@ fn lossless_fails_when_the_fire_step_did_not_run() {
     );
     fails(&r, "lossless", "step 5 (fire dev0/msi0) did not run");
     let body = r.body();
-    assert!(
-        body.contains("   5 fire dev0/msi0 x5  (not run)\n"),
-        "{body}"
-    );
+    assert!(body.contains("   5 fire dev0/msi0 x5  (not run)\n"), "{body}");
     assert!(
         body.contains("   run ended early: timeout: the agent said nothing for 60 s\n"),
         "{body}"
@@ -440,11 +430,7 @@ fn failed_step_and_skipped_steps() {
         "connected-iff-posting",
         "cannot tell: step 4 (irqfd vm0 dev0/msi0) failed: KVM_IRQFD: EINVAL",
     );
-    fails(
-        &r,
-        "consumer-registered",
-        "step 4 (irqfd vm0 dev0/msi0) failed",
-    );
+    fails(&r, "consumer-registered", "step 4 (irqfd vm0 dev0/msi0) failed");
 }
 
 // ---- pairing
@@ -467,7 +453,11 @@ fn pairing_fails_on_a_connection_to_an_unregistered_consumer() {
     steps[3].bypass = vec![conn("dev0/msi0", "vm0:dev0/msi0")];
     steps[6].bypass = vec![];
     let r = report(posting_platform(), steps, done());
-    fails(&r, "pairing", "step 4: connected dev0/msi0 -> vm0:dev0/msi0 but consumer vm0:dev0/msi0 was not registered");
+    fails(
+        &r,
+        "pairing",
+        "step 4: connected dev0/msi0 -> vm0:dev0/msi0 but consumer vm0:dev0/msi0 was not registered",
+    );
 }
 
 #[test]
@@ -568,7 +558,11 @@ fn producer_registered_fails_on_error_or_absence() {
 #[test]
 fn consumer_registered_and_connected_fail_on_stock_and_pass_with_posting() {
     let r = report(stock(), stock_steps(), done());
-    fails(&r, "consumer-registered", "consumer vm0:dev0/msi0 not registered: KVM has no device-posted IRQs (apicv off, IOMMU cannot post)");
+    fails(
+        &r,
+        "consumer-registered",
+        "consumer vm0:dev0/msi0 not registered: KVM has no device-posted IRQs (apicv off, IOMMU cannot post)",
+    );
     fails(&r, "connected", "never connected");
     let r = report(posting_platform(), posted_steps(), done());
     passes(&r, "consumer-registered");
@@ -588,11 +582,7 @@ fn connected_fails_on_a_failed_connect() {
     ];
     steps[5].bypass = vec![punreg("dev0/msi0")];
     let r = report(posting_platform(), steps, done());
-    fails(
-        &r,
-        "connected",
-        "connect dev0/msi0 -> vm0:dev0/msi0 failed (ret -22)",
-    );
+    fails(&r, "connected", "connect dev0/msi0 -> vm0:dev0/msi0 failed (ret -22)");
     fails(
         &r,
         "connected-iff-posting",
@@ -652,10 +642,7 @@ fn posting_follows_device_posted_irqs_first() {
         device_posted_irqs: Some(false),
         ..posting_platform()
     };
-    assert_eq!(
-        posting(&p),
-        (false, "kvm.enable_device_posted_irqs off".into())
-    );
+    assert_eq!(posting(&p), (false, "kvm.enable_device_posted_irqs off".into()));
     let p = Platform {
         device_posted_irqs: Some(true),
         ..stock()
@@ -678,16 +665,15 @@ fn posting_follows_device_posted_irqs_first() {
         apicv: None,
         ..stock()
     };
-    assert_eq!(
-        posting(&p),
-        (false, "no KVM vendor module, IOMMU cannot post".into())
-    );
+    assert_eq!(posting(&p), (false, "no KVM vendor module, IOMMU cannot post".into()));
 }
 
 #[test]
 fn normalize_strips_times_and_addresses() {
     assert_eq!(
-        normalize("[   12.345678] BUG: unable to handle page fault at ffff888003c1e000 (RIP 0xffffffff81000000), step 3"),
+        normalize(
+            "[   12.345678] BUG: unable to handle page fault at ffff888003c1e000 (RIP 0xffffffff81000000), step 3"
+        ),
         "[time] BUG: unable to handle page fault at <addr> (RIP <addr>), step 3"
     );
     assert_eq!(normalize("KVM_IRQFD: EINVAL"), "KVM_IRQFD: EINVAL");
@@ -722,11 +708,7 @@ fn event_checks_fail_when_tracing_is_incomplete() {
         "pairing",
         "cannot tell: tracing incomplete (kprobe irq_bypass_register_consumer: no such symbol)",
     );
-    fails(
-        &r,
-        "connected-iff-posting",
-        "cannot tell: tracing incomplete",
-    );
+    fails(&r, "connected-iff-posting", "cannot tell: tracing incomplete");
     passes(&r, "lossless");
     assert!(r
         .body()
@@ -809,9 +791,7 @@ fn l2_delivery_is_rendered_and_checked() {
     assert!(body.contains("   5 start-vm vm0 (running)\n"), "{body}");
     assert!(body.contains("   7 stop-vm vm0\n"), "{body}");
     assert!(
-        body.contains(
-            "step 6  dev0/msi0  raised 50  L1 50 (IR-PCI-MSI)  injected by KVM 50  delivered in L2 50\n"
-        ),
+        body.contains("step 6  dev0/msi0  raised 50  L1 50 (IR-PCI-MSI)  injected by KVM 50  delivered in L2 50\n"),
         "{body}"
     );
     // no L2 ran during step 8: nothing about delivery
@@ -853,7 +833,11 @@ fn start_vm_lines_name_the_mode() {
     let s = l2_scenario("mode = \"halted\"");
     assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (halted)");
     let s = l2_scenario("");
-    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (running)", "running is the default");
+    assert_eq!(
+        step_line(&s.steps[4]),
+        "start-vm vm0 (running)",
+        "running is the default"
+    );
     let running = l2_running_before_each_step(&s);
     assert!(running[4].is_empty() && running[5].contains("vm0") && running[7].is_empty());
 }
@@ -873,11 +857,7 @@ fn iommu(posted: u64, running: u64, logged: u64) -> Option<Result<IommuCounts, S
 
 /// edu-l2-running's shape on a posting platform: 50 fired into a running
 /// L2, then 2 while it is stopped; none of them seen by L1 or KVM.
-fn posted_l2_report(
-    step6: VectorCount,
-    step8: VectorCount,
-    counts: Option<Result<IommuCounts, String>>,
-) -> Report {
+fn posted_l2_report(step6: VectorCount, step8: VectorCount, counts: Option<Result<IommuCounts, String>>) -> Report {
     let s = l2_scenario("mode = \"running\"");
     let mut steps: Vec<StepReport> = (0..8).map(|i| step(i, vec![])).collect();
     steps[5].interrupts = vec![step6];
@@ -886,7 +866,10 @@ fn posted_l2_report(
 }
 
 fn posted(raised: u64, delivered: Option<u64>) -> VectorCount {
-    VectorCount { delivered, ..fired(raised, 0, 0, None) }
+    VectorCount {
+        delivered,
+        ..fired(raised, 0, 0, None)
+    }
 }
 
 #[test]
@@ -942,7 +925,11 @@ fn lossless_fails_on_an_interrupt_counted_twice() {
 fn lossless_on_a_posting_platform_still_checks_l1_kvm_and_l2() {
     // L1 saw more than raised
     let r = posted_l2_report(posted(50, Some(50)), fired(2, 3, 3, None), iommu(50, 0, 0));
-    fails(&r, "lossless", "step 8 dev0/msi0: raised 2 but L1 saw 3, more than raised");
+    fails(
+        &r,
+        "lossless",
+        "step 8 dev0/msi0: raised 2 but L1 saw 3, more than raised",
+    );
     // what went through L1 must be injected by KVM where an irqfd holds it
     let r = posted_l2_report(posted(50, Some(50)), fired(2, 1, 0, None), iommu(51, 0, 0));
     fails(
@@ -952,15 +939,25 @@ fn lossless_on_a_posting_platform_still_checks_l1_kvm_and_l2() {
     );
     // a posted interrupt must still arrive in the running L2
     let r = posted_l2_report(posted(50, Some(49)), posted(2, None), iommu(52, 0, 0));
-    fails(&r, "lossless", "step 6 dev0/msi0: raised 50 but L2 received 49 (L2 of vm0)");
+    fails(
+        &r,
+        "lossless",
+        "step 6 dev0/msi0: raised 50 but L2 received 49 (L2 of vm0)",
+    );
     // unreadable counters: nothing can be accounted
     let r = posted_l2_report(
         posted(50, Some(50)),
         posted(2, None),
-        Some(Err("qom-get /machine/peripheral/iommu0 ga-posted: no such property".into())),
+        Some(Err(
+            "qom-get /machine/peripheral/iommu0 ga-posted: no such property".into()
+        )),
     );
     fails(&r, "lossless", "cannot account for posted interrupts: qom-get");
-    assert!(r.body().contains("   iommu  counters not read: qom-get"), "{}", r.body());
+    assert!(
+        r.body().contains("   iommu  counters not read: qom-get"),
+        "{}",
+        r.body()
+    );
 }
 
 #[test]
@@ -991,7 +988,11 @@ fn ga_log_wakeups_needs_a_logged_post_where_the_platform_posts() {
         "ga-log-wakeups",
         "the IOMMU posted 52 interrupts but logged none in the GA log",
     );
-    fails(&make(posting_platform(), Some(Err("gone".into()))), "ga-log-wakeups", "cannot tell: gone");
+    fails(
+        &make(posting_platform(), Some(Err("gone".into()))),
+        "ga-log-wakeups",
+        "cannot tell: gone",
+    );
     fails(
         &make(posting_platform(), None),
         "ga-log-wakeups",
@@ -1000,7 +1001,10 @@ fn ga_log_wakeups_needs_a_logged_post_where_the_platform_posts() {
     let stock = make(stock(), None);
     let c = check_of(&stock, "ga-log-wakeups");
     assert!(c.passed);
-    assert_eq!(c.detail, "not applicable: platform cannot post (apicv off, IOMMU cannot post)");
+    assert_eq!(
+        c.detail,
+        "not applicable: platform cannot post (apicv off, IOMMU cannot post)"
+    );
 }
 
 #[test]
@@ -1028,8 +1032,11 @@ fn signal_steps_are_kvm_injections_without_a_device() {
             _ => {}
         }
     }
-    let r = Report::from_parts(&s, header(), posting_platform(), steps.clone(), done(), None)
-        .with_iommu(iommu(total_posted, total_posted, 0));
+    let r = Report::from_parts(&s, header(), posting_platform(), steps.clone(), done(), None).with_iommu(iommu(
+        total_posted,
+        total_posted,
+        0,
+    ));
     passes(&r, "lossless");
     let body = r.body();
     assert!(body.contains("  written to the eventfd "), "{body}");
@@ -1038,13 +1045,19 @@ fn signal_steps_are_kvm_injections_without_a_device() {
     let first_signal = s.steps.iter().position(|st| matches!(st, Step::Signal { .. })).unwrap();
     let mut lossy = steps.clone();
     lossy[first_signal].interrupts[0].injected -= 1;
-    let r = Report::from_parts(&s, header(), posting_platform(), lossy, done(), None)
-        .with_iommu(iommu(total_posted, total_posted, 0));
+    let r = Report::from_parts(&s, header(), posting_platform(), lossy, done(), None).with_iommu(iommu(
+        total_posted,
+        total_posted,
+        0,
+    ));
     fails(&r, "lossless", &format!("step {}", first_signal + 1));
     fails(&r, "lossless", "but KVM injected");
     // signals are not posted: counting them as posted fails the scenario sum
-    let r = Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
-        .with_iommu(iommu(total_posted + 1, total_posted, 0));
+    let r = Report::from_parts(&s, header(), posting_platform(), steps, done(), None).with_iommu(iommu(
+        total_posted + 1,
+        total_posted,
+        0,
+    ));
     fails(&r, "lossless", "the IOMMU posted");
     assert!(fire_at > first_signal);
 }
@@ -1099,7 +1112,10 @@ fn ipi_is_rendered_and_checked() {
     passes(&r, "lossless");
     let body = r.body();
     assert!(body.contains("   3 ipi vm0 0x31 x50\n"), "{body}");
-    assert!(body.contains("   step 3  vm0 ipi 0x31  sent 50  delivered in L2 50\n"), "{body}");
+    assert!(
+        body.contains("   step 3  vm0 ipi 0x31  sent 50  delivered in L2 50\n"),
+        "{body}"
+    );
     assert_eq!(step_line(&r.scenario.steps[2]), "ipi vm0 0x31 x50");
 }
 
@@ -1114,5 +1130,117 @@ fn lossless_fails_on_a_lost_ipi() {
     let mut r = ipi_report(50, Some(50));
     r.steps[2].interrupts.clear();
     r.steps[2].error = Some("vm0: L2 did not finish sending IPIs".into());
-    fails(&r, "lossless", "step 3 (vm0 ipi 0x31) failed: vm0: L2 did not finish sending IPIs");
+    fails(
+        &r,
+        "lossless",
+        "step 3 (vm0 ipi 0x31) failed: vm0: L2 did not finish sending IPIs",
+    );
+}
+
+const MASKED: &str = r#"
+description = "igb: fire while masked, then unmask"
+
+[[device]]
+name = "nic0"
+model = "igb"
+
+[[step]]
+action = "bind"
+device = "nic0"
+
+[[step]]
+action = "enable-msix"
+device = "nic0"
+vectors = 2
+
+[[step]]
+action = "create-vm"
+vm = "vm0"
+
+[[step]]
+action = "irqfd"
+vm = "vm0"
+vector = "nic0/msix1"
+
+[[step]]
+action = "mask"
+vector = "nic0/msix1"
+
+[[step]]
+action = "fire"
+vector = "nic0/msix1"
+count = 3
+
+[[step]]
+action = "unmask"
+vector = "nic0/msix1"
+
+[[step]]
+action = "mask"
+vector = "nic0/msix1"
+
+[[step]]
+action = "unmask"
+vector = "nic0/msix1"
+
+[[expect]]
+check = "lossless"
+"#;
+
+fn masked_report(held: VectorCount, released: VectorCount, empty: VectorCount) -> Report {
+    let s = scenario::parse(Path::new("masked.toml"), MASKED).unwrap();
+    let at = |i, c: Option<VectorCount>| StepReport {
+        interrupts: c.into_iter().collect(),
+        ..step(i, vec![])
+    };
+    let steps = vec![
+        at(0, None),
+        at(1, None),
+        at(2, None),
+        at(3, None),
+        at(4, None),
+        at(5, Some(held)),
+        at(6, Some(released)),
+        at(7, None),
+        at(8, Some(empty)),
+    ];
+    Report::from_parts(&s, header(), stock(), steps, done(), None)
+}
+
+fn msix1(raised: u64, seen: u64) -> VectorCount {
+    VectorCount {
+        vector: "nic0/msix1".into(),
+        host_chip: Some("IR-PCI-MSIX".into()),
+        ..fired(raised, seen, seen, None)
+    }
+}
+
+#[test]
+fn masks_hold_raises_and_unmask_releases_one() {
+    let s = scenario::parse(Path::new("masked.toml"), MASKED).unwrap();
+    let held = held_by_mask(&s);
+    assert_eq!(held[5], Some(true), "fire while masked");
+    assert_eq!(held[6], Some(true), "unmask with a raise pending");
+    assert_eq!(held[8], Some(false), "unmask with nothing pending");
+    assert_eq!(held[4], None);
+    passes(&masked_report(msix1(3, 0), msix1(1, 1), msix1(0, 0)), "lossless");
+}
+
+#[test]
+fn lossless_fails_when_a_masked_vector_leaks_or_an_unmask_sends_twice() {
+    fails(
+        &masked_report(msix1(3, 1), msix1(1, 1), msix1(0, 0)),
+        "lossless",
+        "step 6 nic0/msix1: masked at the device, yet L1 saw 1",
+    );
+    fails(
+        &masked_report(msix1(3, 0), msix1(1, 2), msix1(0, 0)),
+        "lossless",
+        "step 7 nic0/msix1: raised 1 but L1 saw 2",
+    );
+    fails(
+        &masked_report(msix1(3, 0), msix1(1, 1), msix1(0, 1)),
+        "lossless",
+        "step 9 nic0/msix1: raised 0 but L1 saw 1",
+    );
 }
