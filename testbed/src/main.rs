@@ -40,6 +40,10 @@ enum Command {
         /// Boots to measure
         #[arg(long, default_value_t = 5)]
         iterations: usize,
+        /// Time all the scenarios in shared boots against one boot per
+        /// scenario, and check that both ways give the same reports
+        #[arg(long)]
+        boot_sharing: bool,
     },
 }
 
@@ -153,7 +157,8 @@ fn main() -> ExitCode {
                 Ok(options) => interruptible(run::run(options)).await,
                 Err(e) => run::usage_error(&e),
             },
-            Command::Bench { run: args, iterations } => match args.options() {
+            Command::Bench { run: args, iterations, boot_sharing } => match args.options() {
+                Ok(options) if boot_sharing => interruptible(run::bench_boot_sharing(options, iterations)).await,
                 Ok(options) => interruptible(run::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },

@@ -554,3 +554,130 @@ fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     (values[values.len() / 2], values[0], values[values.len() - 1])
 }
+
+/// `testbed bench --boot-sharing`: runs the whole scenario set per variant
+/// both ways, all scenarios in shared L1 boots (the default) and one boot
+/// per scenario (`--fresh-boot`), `iterations` times each, and prints the
+/// median wall time of each and their ratio. It also compares the two
+/// ways' report bodies scenario by scenario: scenarios must leave no state
+/// behind, so sharing a boot must not change any report.
+pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
+    let ui = Ui::new();
+    let prepared = match prepare(&options, &ui) {
+        Ok(p) => p,
+        Err(code) => {
+            ui.finish();
+            return code;
+        }
+    };
+    let mut lines = Vec::new();
+    let mut all_same = true;
+    for variant in &options.variants {
+        let here: Vec<Scenario> = prepared
+            .scenarios
+            .iter()
+            .filter(|s| s.runs_on(variant.name))
+            .cloned()
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        // [shared, fresh]: wall times, boots, and the last iteration's bodies
+        let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut boots = [0usize; 2];
+        let mut differing = std::collections::BTreeSet::new();
+        for _ in 0..iterations.max(1) {
+            let mut bodies: [std::collections::BTreeMap<String, String>; 2] = Default::default();
+            for (way, fresh) in [false, true].into_iter().enumerate() {
+                let started = Instant::now();
+                let groups = plan::group(&here, fresh);
+                boots[way] = groups.len();
+                for (i, group) in groups.iter().enumerate() {
+                    let outcome =
+                        match boot(&options, &prepared, variant, i, &group.scenarios, &group.devices, &ui).await {
+                            Ok(o) => o,
+                            Err(e) => {
+                                ui.finish();
+                                eprintln!("error: {e}");
+                                return EXIT_SKIP;
+                            }
+                        };
+                    let Some(ready) = &outcome.ready else {
+                        ui.finish();
+                        let why = outcome
+                            .failure
+                            .as_ref()
+                            .map_or("the guest did not boot", |f| f.message.as_str());
+                        eprintln!("error: {} boot {i} failed: {why}", variant.name);
+                        return EXIT_FAILED;
+                    };
+                    for scenario in &group.scenarios {
+                        let Some(run) = outcome.runs.iter().find(|r| r.scenario == scenario.name) else {
+                            ui.finish();
+                            eprintln!("error: {} {}: did not run", variant.name, scenario.name);
+                            return EXIT_FAILED;
+                        };
+                        let header = report::Header {
+                            variant: variant.name.to_owned(),
+                            kernel_release: ready.platform.kernel_release.clone(),
+                            qemu_version: outcome.qemu_version.clone(),
+                        };
+                        let body = Report::new(scenario, header, &ready.platform, run).body();
+                        bodies[way].insert(scenario.name.clone(), body);
+                    }
+                }
+                secs[way].push(started.elapsed().as_secs_f64());
+            }
+            let [shared, fresh] = &bodies;
+            for (name, body) in shared {
+                if fresh.get(name) != Some(body) {
+                    differing.insert(name.clone());
+                }
+            }
+        }
+        let (shared, smin, smax) = median_min_max(secs[0].clone());
+        let (fresh, fmin, fmax) = median_min_max(secs[1].clone());
+        lines.push(format!(
+            "bench: {} scenarios on {} ({}, {}), {} iterations, medians:",
+            here.len(),
+            variant.name,
+            prepared.kernel.release,
+            options.accel.name(),
+            secs[0].len()
+        ));
+        lines.push(format!(
+            "  {:<32} {shared:>7.1} s   (min {smin:.1}, max {smax:.1}, {} boots)",
+            "shared boots (default)", boots[0]
+        ));
+        lines.push(format!(
+            "  {:<32} {fresh:>7.1} s   (min {fmin:.1}, max {fmax:.1}, {} boots)   = {:.2} x shared",
+            "one boot per scenario",
+            boots[1],
+            fresh / shared
+        ));
+        if differing.is_empty() {
+            lines.push(format!(
+                "  {:<32} all {} identical",
+                "reports, shared vs one per boot",
+                here.len()
+            ));
+        } else {
+            all_same = false;
+            let names: Vec<&str> = differing.iter().map(String::as_str).collect();
+            lines.push(format!(
+                "  {:<32} DIFFER for {}",
+                "reports, shared vs one per boot",
+                names.join(", ")
+            ));
+        }
+    }
+    ui.finish();
+    for l in lines {
+        println!("{l}");
+    }
+    if all_same {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}

@@ -29,7 +29,11 @@ fn vm_tests_enabled() -> bool {
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// QEMU processes whose command line mentions `marker` (a test's own temp dir).
@@ -37,8 +41,12 @@ fn qemu_processes_with(marker: &Path) -> Vec<u32> {
     let marker = marker.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.starts_with("qemu-system") && cmdline.contains(&marker) {
             found.push(pid);
@@ -74,8 +82,11 @@ fn run_in(tmp: &Path, args: &[&str], own_snapshots: bool, scenario: &Path) -> (O
 fn bad_scenario_file_is_exit_2_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("typo.toml");
-    std::fs::write(&path, "description = \"x\"\n\n[[device]]\nname = \"dev0\"\nmodel = \"edu\"\ncolour = \"red\"\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "description = \"x\"\n\n[[device]]\nname = \"dev0\"\nmodel = \"edu\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
     let output = testbed().arg("run").arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let out = text(&output);
@@ -85,14 +96,26 @@ fn bad_scenario_file_is_exit_2_with_its_position() {
 
 #[test]
 fn unknown_variant_is_exit_2() {
-    let output = testbed().args(["run", "--variant", "intel-posted"]).arg(repo().join("scenarios")).output().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-posted"])
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("unknown variant \"intel-posted\""), "{}", text(&output));
+    assert!(
+        text(&output).contains("unknown variant \"intel-posted\""),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]
 fn bad_kernel_spec_is_exit_2() {
-    let output = testbed().args(["run", "--kernel", "debian:seven"]).arg(repo().join("scenarios")).output().unwrap();
+    let output = testbed()
+        .args(["run", "--kernel", "debian:seven"])
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("debian:seven"), "{}", text(&output));
 }
@@ -102,7 +125,11 @@ fn unknown_kernel_version_is_exit_2() {
     if !vm_tests_enabled() {
         return;
     }
-    let output = testbed().args(["run", "--kernel", "debian:6.99"]).arg(repo().join("scenarios")).output().unwrap();
+    let output = testbed()
+        .args(["run", "--kernel", "debian:6.99"])
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("6.99"), "{}", text(&output));
 }
@@ -117,8 +144,12 @@ fn scenarios_match_snapshots_on_amd_ir() {
     let results = tempfile::tempdir().unwrap();
     let json = results.path().join("report.json");
     let json_arg = json.to_str().unwrap();
-    let (code, out) =
-        run_in(results.path(), &["--variant", "amd-ir", "--json", json_arg], false, &repo().join("scenarios"));
+    let (code, out) = run_in(
+        results.path(),
+        &["--variant", "amd-ir", "--json", json_arg],
+        false,
+        &repo().join("scenarios"),
+    );
     assert_eq!(code, Some(0), "{out}");
     assert_no_qemu_left(results.path());
 
@@ -150,9 +181,17 @@ fn scenarios_match_snapshots_on_amd_avic() {
         return;
     }
     let results = tempfile::tempdir().unwrap();
-    let (code, out) = run_in(results.path(), &["--variant", "amd-avic"], false, &repo().join("scenarios"));
+    let (code, out) = run_in(
+        results.path(),
+        &["--variant", "amd-avic"],
+        false,
+        &repo().join("scenarios"),
+    );
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("edu-posted-stress                amd-avic       pass"), "{out}");
+    assert!(
+        out.contains("edu-posted-stress                amd-avic       pass"),
+        "{out}"
+    );
     assert_no_qemu_left(results.path());
 }
 
@@ -164,7 +203,12 @@ fn failing_expectation_is_exit_1() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (code, out) = run_in(tmp.path(), &["--variant", "intel-ir"], true, &fixture("expect-connected.toml"));
+    let (code, out) = run_in(
+        tmp.path(),
+        &["--variant", "intel-ir"],
+        true,
+        &fixture("expect-connected.toml"),
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("CHECK FAILED"), "{out}");
     assert!(out.contains("check connected vm0 dev0/msi0 failed"), "{out}");
@@ -202,7 +246,10 @@ fn guest_panic_mid_scenario_is_exit_1() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("BROKEN"), "{out}");
     assert!(out.contains("guest kernel panicked during step 3 (panic-l1)"), "{out}");
-    assert!(out.contains("Kernel panic - not syncing: sysrq triggered crash"), "{out}");
+    assert!(
+        out.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -265,5 +312,81 @@ fn hung_guest_is_exit_1() {
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("guest hung: no word from the agent for 5s"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// A real broken invariant, found by the lossless check: QEMU's e1000e
+/// re-sends MSI-X vectors (bugs/e1000e-msix-resend.toml). In a full run
+/// beside every scenario, that one cell fails with a message naming the
+/// step, the vector and both counts, the rest pass, and the exit code is 1.
+#[test]
+fn broken_invariant_is_reported_in_a_full_run() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg(repo().join("scenarios"))
+        .arg(repo().join("bugs/e1000e-msix-resend.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("e1000e-msix-resend               intel-ir       CHECK FAILED"),
+        "{out}"
+    );
+    let message = out
+        .lines()
+        .find(|l| l.contains("check lossless failed"))
+        .unwrap_or_else(|| panic!("no lossless failure in: {out}"));
+    // "step 6 nic0/msix1: raised 5 but L1 saw 10": more than raised
+    let saw: u64 = message
+        .split("raised 5 but L1 saw ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable lossless failure: {message}"));
+    assert!(message.contains("step 6 nic0/msix1"), "{message}");
+    assert!(saw > 5, "{message}");
+    let scenarios = testbed::scenario::load_paths(&[repo().join("scenarios")])
+        .unwrap()
+        .iter()
+        .filter(|s| s.runs_on("intel-ir"))
+        .count();
+    assert!(out.contains(&format!("{scenarios} passed, 1 failed")), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// Scenarios leave nothing behind: every scenario's report is the same
+/// whether it shares an L1 boot with the others or has its own.
+#[test]
+fn shared_and_fresh_boots_give_the_same_reports() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args([
+            "bench",
+            "--boot-sharing",
+            "--iterations",
+            "1",
+            "--variant",
+            "intel-ir",
+            "--results",
+        ])
+        .arg(tmp.path())
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("reports, shared vs one per boot") && out.contains("identical"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
