@@ -586,13 +586,17 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
         let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         let mut boots = [0usize; 2];
         let mut differing = std::collections::BTreeSet::new();
+        // every boot gets its own number: its sockets and logs are its own
+        let mut boot_no = 0;
         for _ in 0..iterations.max(1) {
             let mut bodies: [std::collections::BTreeMap<String, String>; 2] = Default::default();
             for (way, fresh) in [false, true].into_iter().enumerate() {
                 let started = Instant::now();
                 let groups = plan::group(&here, fresh);
                 boots[way] = groups.len();
-                for (i, group) in groups.iter().enumerate() {
+                for group in &groups {
+                    let i = boot_no;
+                    boot_no += 1;
                     let outcome =
                         match boot(&options, &prepared, variant, i, &group.scenarios, &group.devices, &ui).await {
                             Ok(o) => o,
