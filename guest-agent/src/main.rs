@@ -110,14 +110,28 @@ fn main() {
                 // not PID 1 or not permitted: just leave
                 std::process::exit(0);
             }
+            HostMessage::HostActionDone { .. } => {
+                let _ = port.send(&AgentMessage::Failed { message: "host-action-done outside a step".into() });
+            }
             HostMessage::Run(job) => {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut send_err = None;
-                    let done = runner.run(&job, &mut |msg| {
-                        if let Err(e) = port.send(&msg) {
-                            send_err = Some(e);
-                        }
-                    });
+                    let shared = std::cell::RefCell::new(&mut port);
+                    let done = runner.run(
+                        &job,
+                        &mut |msg| {
+                            if let Err(e) = shared.borrow_mut().send(&msg) {
+                                send_err = Some(e);
+                            }
+                        },
+                        &mut |timeout| match shared.borrow_mut().read_line_timeout(timeout) {
+                            Ok(None) => Ok(None),
+                            Ok(Some(line)) => serde_json::from_str::<HostMessage>(&line)
+                                .map(Some)
+                                .map_err(|e| format!("bad message from the host: {e}")),
+                            Err(e) => Err(format!("reading {AGENT_PORT}: {e}")),
+                        },
+                    );
                     if let Some(e) = send_err {
                         say!("sending step report: {e}");
                     }

@@ -2,11 +2,15 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use wire::{AgentMessage, BypassEvent, Done, IrqKind, Job, JobDevice, RegWrite, Step, StepReport, VectorCount};
+use wire::{
+    AgentMessage, BypassEvent, Done, HostAction, HostMessage, IrqKind, Job, JobDevice, RegWrite, Step, StepReport,
+    VectorCount,
+};
 
 use crate::attrib::{Attributor, StepNames};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
@@ -18,6 +22,12 @@ use crate::vfio::{bind_vfio_pci, unbind_vfio_pci, VfioDevice};
 
 /// First MSI vector number the agent hands out; one per route, job-wide.
 const FIRST_VECTOR: u8 = 0x40;
+/// Reads the host's next message, waiting at most the given time.
+pub type Recv<'a> = dyn FnMut(Duration) -> Result<Option<HostMessage>, String> + 'a;
+
+/// Longest the agent waits for a hot-plugged device to show up in L1.
+const REPLUG_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long one raised interrupt may take to be accounted.
 const FIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -176,7 +186,7 @@ impl Runner {
 
     /// Run a job, calling `send` with each step report (and progress during
     /// long steps); returns the Done message.
-    pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage)) -> Done {
+    pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage), recv: &mut Recv<'_>) -> Done {
         self.last_sent = Instant::now();
         self.attrib.reset();
         self.connected.clear();
@@ -190,7 +200,7 @@ impl Runner {
             if failed {
                 break;
             }
-            let rep = self.step(&mut st, index, step, send);
+            let rep = self.step(&mut st, index, step, send, recv);
             say!(
                 "step {index} {}: {}",
                 step.action(),
@@ -223,7 +233,14 @@ impl Runner {
         }
     }
 
-    fn step(&mut self, st: &mut JobState, index: usize, step: &Step, send: &mut dyn FnMut(AgentMessage)) -> StepReport {
+    fn step(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        step: &Step,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> StepReport {
         self.mark();
         let mut names = StepNames::default();
         let mut irqfd_ok = None;
@@ -270,6 +287,8 @@ impl Runner {
                     Err(e) => Err(e),
                 }
             }
+            Step::Unplug { device } => self.unplug(st, index, device, send, recv),
+            Step::Replug { device } => self.replug(st, index, device, send, recv),
             Step::Unbind { device } => match st.devices.get(device) {
                 None => Err(format!("unknown device {device} (not in the job's devices)")),
                 Some(_) if st.open.iter().any(|(n, _)| n == device) => {
@@ -520,6 +539,93 @@ impl Runner {
             }
         }
         st.wired.insert(device.to_string(), want_set);
+        Ok(())
+    }
+
+    /// Ask the host to run `action` and wait for it to be done, calling
+    /// `meanwhile` about every 20 ms (and sending heartbeats) until then.
+    fn host_action(
+        &mut self,
+        index: usize,
+        action: HostAction,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<(), String> {
+        send(AgentMessage::HostAction { index, action });
+        self.last_sent = Instant::now();
+        loop {
+            meanwhile();
+            match recv(Duration::from_millis(20))? {
+                None => self.heartbeat(index, send),
+                Some(HostMessage::HostActionDone { error: None }) => return Ok(()),
+                Some(HostMessage::HostActionDone { error: Some(e) }) => return Err(e),
+                Some(other) => return Err(format!("host sent {other:?} while a host action ran")),
+            }
+        }
+    }
+
+    fn unplug(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        device: &str,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Result<(), String> {
+        let bdf = st.devices.get(device).map(|d| d.bdf.clone()).ok_or_else(|| format!("unknown device {device}"))?;
+        let mut released = false;
+        let action = HostAction::DeviceDel { device: device.to_string() };
+        self.host_action(index, action, send, recv, &mut || {
+            // vfio-pci's remove waits for us: close the device when asked
+            if let Some(pos) = st.open.iter().position(|(n, d)| n == device && d.release_requested()) {
+                drop(st.open.remove(pos));
+                st.forget_device(device);
+                released = true;
+            }
+        })?;
+        if released {
+            say!("{device}: released to vfio-pci's remove");
+        }
+        if Path::new("/sys/bus/pci/devices").join(&bdf).exists() {
+            return Err(format!("{device} ({bdf}) still in L1 after DEVICE_DELETED"));
+        }
+        // the host IRQ lines go with the device
+        let lines = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        if let Some(l) = lines.lines().find(|l| l.contains(&format!("({bdf})"))) {
+            return Err(format!("{device} is gone but L1 still has its IRQ line: {}", l.trim()));
+        }
+        Ok(())
+    }
+
+    fn replug(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        device: &str,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Result<(), String> {
+        let bdf = st.devices.get(device).map(|d| d.bdf.clone()).ok_or_else(|| format!("unknown device {device}"))?;
+        self.host_action(index, HostAction::DeviceAdd { device: device.to_string() }, send, recv, &mut || {})?;
+        let t0 = Instant::now();
+        let dir = Path::new("/sys/bus/pci/devices").join(&bdf);
+        // L1 creates the device before it assigns its BARs; opening it
+        // before that fails (pci_enable_device), so wait for BAR0 too
+        let bar0_assigned = || {
+            std::fs::read_to_string(dir.join("resource")).ok().and_then(|t| {
+                let start = t.lines().next()?.split_whitespace().next()?.trim_start_matches("0x").to_owned();
+                u64::from_str_radix(&start, 16).ok()
+            }).is_some_and(|start| start != 0)
+        };
+        while !bar0_assigned() {
+            if t0.elapsed() > REPLUG_TIMEOUT {
+                return Err(format!("{device} ({bdf}) did not appear in L1 within {REPLUG_TIMEOUT:?} of device_add"));
+            }
+            self.heartbeat(index, send);
+            sleep(Duration::from_millis(20));
+        }
+        say!("{device} ({bdf}) back after {} ms", t0.elapsed().as_millis());
         Ok(())
     }
 

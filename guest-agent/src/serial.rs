@@ -132,6 +132,41 @@ impl Port {
         self.file.write_all(s.as_bytes())
     }
 
+    /// Like [`read_line`](Self::read_line), but gives up after `timeout`
+    /// without a whole line (`Ok(None)`); a partial line stays buffered.
+    pub fn read_line_timeout(&mut self, timeout: Duration) -> io::Result<Option<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.buf.contains(&b'\n') {
+                return self.read_line().map(Some);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut p = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+                continue;
+            }
+            if r == 0 {
+                continue;
+            }
+            let mut b = [0u8; 4096];
+            match self.file.read(&mut b) {
+                Ok(0) => sleep(Duration::from_millis(20)),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Next non-empty line (without the newline and any CR).
     pub fn read_line(&mut self) -> io::Result<String> {
         loop {

@@ -102,6 +102,9 @@ pub struct Region {
 pub struct VfioDevice {
     pub bdf: String,
     pub noiommu: bool,
+    /// Signalled by vfio-pci when the kernel wants the device back (its
+    /// remove is waiting for us to close it: hot-unplug, unbind).
+    request: Option<vmm_sys_util::eventfd::EventFd>,
     device: File,
     // held open for the device's lifetime; closed after it
     #[allow(dead_code)]
@@ -188,6 +191,7 @@ impl VfioDevice {
         let mut d = VfioDevice {
             bdf: bdf.to_string(),
             noiommu,
+            request: None,
             device,
             group,
             container,
@@ -200,6 +204,11 @@ impl VfioDevice {
             return Err(format!("{bdf}: BAR0 region is empty"));
         }
         d.enable_bus_master()?;
+        let request = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| errstr("eventfd", &e))?;
+        d.set_irqs(VFIO_PCI_REQ_IRQ_INDEX, 0, &[request.as_raw_fd()])
+            .map_err(|e| format!("{bdf}: request notification: {e}"))?;
+        d.request = Some(request);
         Ok(d)
     }
 
@@ -228,6 +237,11 @@ impl VfioDevice {
         self.device
             .write_all_at(&cmd.to_le_bytes(), self.config.offset + PCI_COMMAND)
             .map_err(|e| errstr("write PCI_COMMAND", &e))
+    }
+
+    /// Whether vfio-pci asked for the device back since the last call.
+    pub fn release_requested(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| r.read().is_ok())
     }
 
     /// 32-bit write into BAR0.

@@ -48,6 +48,10 @@ fn devices_of(scenario: &Scenario) -> Vec<PciDevice> {
             id: d.name.clone(),
             driver: d.model.qemu_driver().to_owned(),
             props: d.model.spec().qemu_props.to_owned(),
+            hotplug: scenario
+                .steps
+                .iter()
+                .any(|s| matches!(s, wire::Step::Unplug { device } if *device == d.name)),
             addr: d.bdf.as_deref().map(root_bus_addr),
         })
         .collect()

@@ -45,6 +45,10 @@ pub struct PciDevice {
     pub driver: String,
     /// Extra comma-separated properties, e.g. `romfile=`; may be empty.
     pub props: String,
+    /// Sits alone behind its own PCIe root port (`rp-<id>`), so that QMP
+    /// `device_del`/`device_add` can unplug and replug it: q35's root bus
+    /// is not hot-pluggable.
+    pub hotplug: bool,
     /// Fixed `addr=` on the root bus (`05.0`), when the scenario pins it.
     pub addr: Option<String>,
 }
@@ -167,20 +171,56 @@ pub fn panic_device_args() -> Vec<String> {
 }
 
 pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
-    devices
-        .iter()
-        .flat_map(|d| {
-            let mut spec = format!("{},id={}", d.driver, d.id);
-            if !d.props.is_empty() {
-                spec.push(',');
-                spec.push_str(&d.props);
-            }
-            if let Some(addr) = &d.addr {
-                spec.push_str(&format!(",addr={addr}"));
-            }
-            ["-device".to_owned(), spec]
+    let mut args = Vec::new();
+    if devices.iter().any(|d| d.hotplug) {
+        // Native PCIe hotplug (pciehp, the root port's own MSI) instead of
+        // q35's ACPI hotplug: ACPI's SCI is an IO-APIC interrupt, which
+        // QEMU's amd-iommu under TCG never delivers (see the amd-ir variant).
+        args.push("-global".to_owned());
+        args.push("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".to_owned());
+    }
+    for (i, d) in devices.iter().enumerate() {
+        if d.hotplug {
+            // chassis/slot pairs must be unique among root ports
+            args.push("-device".to_owned());
+            args.push(format!("pcie-root-port,id={},chassis={},slot={}", root_port_id(&d.id), i + 1, i + 1));
+        }
+        let mut spec = format!("{},id={}", d.driver, d.id);
+        if !d.props.is_empty() {
+            spec.push(',');
+            spec.push_str(&d.props);
+        }
+        if d.hotplug {
+            spec.push_str(&format!(",bus={}", root_port_id(&d.id)));
+        }
+        if let Some(addr) = &d.addr {
+            spec.push_str(&format!(",addr={addr}"));
+        }
+        args.push("-device".to_owned());
+        args.push(spec);
+    }
+    args
+}
+
+/// The QEMU id of a hot-pluggable device's root port.
+pub fn root_port_id(device: &str) -> String {
+    format!("rp-{device}")
+}
+
+/// `device_add` properties that put a hot-pluggable device back where
+/// `device_args` first placed it.
+pub fn replug_props(d: &PciDevice) -> Vec<(String, String)> {
+    let mut props: Vec<(String, String)> = d
+        .props
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
         })
-        .collect()
+        .collect();
+    props.push(("bus".to_owned(), root_port_id(&d.id)));
+    props
 }
 
 /// The whole argument list, IOMMU before the devices it translates.
@@ -286,9 +326,15 @@ mod tests {
             initrd: "/k/initrd".into(),
             extra_cmdline: vec!["quiet".into()],
             devices: vec![
-                PciDevice { id: "dev0".into(), driver: "edu".into(), props: String::new(), addr: None },
-                PciDevice { id: "dev1".into(), driver: "edu".into(), props: String::new(), addr: Some("05.0".into()) },
-                PciDevice { id: "nic0".into(), driver: "igb".into(), props: "romfile=".into(), addr: None },
+                PciDevice { id: "dev0".into(), driver: "edu".into(), props: String::new(), hotplug: false, addr: None },
+                PciDevice {
+                    id: "dev1".into(),
+                    driver: "edu".into(),
+                    props: String::new(),
+                    hotplug: false,
+                    addr: Some("05.0".into()),
+                },
+                PciDevice { id: "nic0".into(), driver: "igb".into(), props: "romfile=".into(), hotplug: true, addr: None },
             ],
             memory_mib: 1024,
             runtime_dir: "/run/t".into(),
@@ -303,7 +349,15 @@ mod tests {
         let dev = args.iter().position(|a| a.starts_with("edu,")).unwrap();
         assert!(iommu < dev);
         assert!(args.contains(&"edu,id=dev1,addr=05.0".to_owned()));
-        assert!(args.contains(&"igb,id=nic0,romfile=".to_owned()), "a NIC boots no option ROM");
+        assert!(args.contains(&"igb,id=nic0,romfile=,bus=rp-nic0".to_owned()), "a NIC boots no option ROM");
+        let port = args.iter().position(|a| a == "pcie-root-port,id=rp-nic0,chassis=3,slot=3").unwrap();
+        let nic = args.iter().position(|a| a.starts_with("igb,")).unwrap();
+        assert!(port < nic, "the root port comes before the device on it");
+        let nic0 = &config("amd-ir").devices[2];
+        assert_eq!(
+            replug_props(nic0),
+            [("romfile".to_owned(), String::new()), ("bus".to_owned(), "rp-nic0".to_owned())]
+        );
     }
 
     #[test]

@@ -529,6 +529,8 @@ pub fn step_line(step: &Step) -> String {
         Step::Mask { vector } => format!("mask {vector}"),
         Step::Unmask { vector } => format!("unmask {vector}"),
         Step::Unbind { device } => format!("unbind {device}"),
+        Step::Unplug { device } => format!("unplug {device}"),
+        Step::Replug { device } => format!("replug {device}"),
         Step::CreateVm { vm } => format!("create-vm {vm}"),
         Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
@@ -684,7 +686,10 @@ pub(crate) fn held_by_mask(scenario: &Scenario) -> Vec<Option<bool>> {
                 masked.insert(vector.clone(), false);
                 out.push(None);
             }
-            Step::DisableMsi { device } | Step::DisableMsix { device } | Step::CloseDevice { device } => {
+            Step::DisableMsi { device }
+            | Step::DisableMsix { device }
+            | Step::CloseDevice { device }
+            | Step::Unplug { device } => {
                 masked.retain(|v, _| !of_device(v, device));
                 out.push(None);
             }

@@ -15,6 +15,9 @@ use tokio::net::UnixListener;
 use crate::qemu::{self, BootConfig, QemuProcess};
 use crate::scenario::Scenario;
 
+/// Longest a hot-unplug may take: the guest must release the device and eject it.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the runner tells the UI.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
@@ -215,6 +218,8 @@ struct Session {
     lines: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
     bdfs: HashMap<String, String>,
+    /// The boot's devices, for putting an unplugged one back.
+    devices: Vec<qemu::PciDevice>,
     timeouts: Timeouts,
     console_log: PathBuf,
     /// QOM path of the IOMMU whose counters are read around each scenario.
@@ -259,7 +264,8 @@ impl Session {
         }
 
         let mut bdfs = HashMap::new();
-        for device in &cfg.devices {
+        // devices behind root ports have no bus number before the firmware runs
+        for device in cfg.devices.iter().filter(|d| !d.hotplug) {
             let address = qmp.pci_address(&device.id).await.map_err(|e| early(format!("qmp: {e}")))?;
             bdfs.insert(device.id.clone(), address.to_string());
         }
@@ -281,6 +287,7 @@ impl Session {
             lines: BufReader::new(read).lines(),
             writer,
             bdfs,
+            devices: cfg.devices.clone(),
             timeouts,
             console_log: cfg.console_log.clone(),
             iommu_counters: cfg.variant.iommu_counters(),
@@ -296,6 +303,12 @@ impl Session {
                     )));
                 }
                 outcome.timings.boot_to_ready = ready_at.elapsed();
+                // Behind a root port a device's bus number is what the
+                // guest's firmware programmed into the port: ask again now.
+                for device in session.devices.iter().filter(|d| d.hotplug) {
+                    let address = session.qmp.pci_address(&device.id).await.map_err(|e| early(format!("qmp: {e}")))?;
+                    session.bdfs.insert(device.id.clone(), address.to_string());
+                }
                 on_event(RunEvent::AgentReady { variant: cfg.variant.name, after: started.elapsed() });
                 outcome.ready = Some(ready);
                 Ok(session)
@@ -350,6 +363,17 @@ impl Session {
                     last = Instant::now();
                 }
                 Interrupt::Message(wire::AgentMessage::Progress { .. }) => continue,
+                Interrupt::Message(wire::AgentMessage::HostAction { index, action }) => {
+                    if index != run.steps.len() || !matches!(scenario.steps.get(index), Some(wire::Step::Unplug { .. } | wire::Step::Replug { .. })) {
+                        run.failure = Some(format!("agent asked for {action:?} during step {}", index + 1));
+                        return run;
+                    }
+                    let error = self.host_action(&action).await.err();
+                    if self.send(&wire::HostMessage::HostActionDone { error }).await.is_err() {
+                        run.failure = Some(self.gone(&what).await);
+                        return run;
+                    }
+                }
                 Interrupt::Message(wire::AgentMessage::Done(done)) => {
                     run.done = Some(done);
                     if let Some(before) = before {
@@ -415,6 +439,33 @@ impl Session {
         let mut line = serde_json::to_vec(message).expect("host messages always serialize");
         line.push(b'\n');
         self.writer.write_all(&line).await.map_err(|e| format!("writing to the agent: {e}"))
+    }
+
+    /// Run what the agent asked for in the middle of a step. While QEMU waits
+    /// for the guest to give up a device, the guest's agent keeps working
+    /// (it must close the device), so only QMP is awaited here.
+    async fn host_action(&mut self, action: &wire::HostAction) -> Result<(), String> {
+        match action {
+            wire::HostAction::DeviceDel { device } => self
+                .qmp
+                .device_del(device, UNPLUG_TIMEOUT)
+                .await
+                .map_err(|e| format!("device_del {device}: {e}")),
+            wire::HostAction::DeviceAdd { device } => {
+                let d = self
+                    .devices
+                    .iter()
+                    .find(|d| d.id == *device)
+                    .ok_or_else(|| format!("device_add {device}: not a device of this boot"))?;
+                if !d.hotplug {
+                    return Err(format!("device_add {device}: it is not on a hot-pluggable root port"));
+                }
+                self.qmp
+                    .device_add(&d.driver, &d.id, qemu::replug_props(d))
+                    .await
+                    .map_err(|e| format!("device_add {device}: {e}"))
+            }
+        }
     }
 
     /// The agent's next message, or why none will come.
@@ -508,6 +559,7 @@ fn message_kind(message: &wire::AgentMessage) -> &'static str {
         wire::AgentMessage::Ready(_) => "ready",
         wire::AgentMessage::Step(_) => "step",
         wire::AgentMessage::Progress { .. } => "progress",
+        wire::AgentMessage::HostAction { .. } => "host action",
         wire::AgentMessage::Done(_) => "done",
         wire::AgentMessage::Failed { .. } => "failed",
     }

@@ -302,6 +302,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     for (i, step) in steps.iter().enumerate() {
         checker.step(i, step)?;
     }
+    // later scenarios in the same boot expect the device where it was
+    let unplugged = checker.devices.iter().find_map(|(name, d)| match d.state {
+        DevState::Unplugged { step } => Some((name.clone(), step)),
+        _ => None,
+    });
+    if let Some((device, k)) = unplugged {
+        checker.span = steps[k - 1].span();
+        checker.context = format!("step {k} (unplug)");
+        return Err(checker.err("device", format!("{device} is never replugged: a scenario must leave L1's devices in place")));
+    }
     for (i, exp) in expect.iter().enumerate() {
         checker.expectation(i, exp)?;
     }
@@ -618,6 +628,10 @@ enum DevState {
     Unbound {
         step: usize,
     },
+    /// Hot-unplugged from L1.
+    Unplugged {
+        step: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -783,7 +797,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                     describe_set(self.devices[&dev].model, vectors)
                 ),
             )),
-            DevState::Closed { step } | DevState::Unbound { step } => Err(self.err(
+            DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => Err(self.err(
                 key,
                 format!("vector {vector:?} used after {dev} was closed (step {step})"),
             )),
@@ -801,7 +815,7 @@ impl<'s, 'a> Checker<'s, 'a> {
         match self.devices[&dev].state {
             DevState::Bound | DevState::Enabled { .. } => Ok((dev, n)),
             DevState::Declared => Err(self.err(key, format!("{dev} is not bound: bind it first"))),
-            DevState::Closed { step } | DevState::Unbound { step } => Err(self.err(
+            DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => Err(self.err(
                 key,
                 format!("vector {vector:?} used after {dev} was closed (step {step}): bind it again first"),
             )),
@@ -827,11 +841,34 @@ impl<'s, 'a> Checker<'s, 'a> {
                 let info = self.device("device", device)?;
                 match info.state {
                     DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {}
+                    DevState::Unplugged { step } => {
+                        return Err(self.err("device", format!("{device} was unplugged at step {step}: replug it first")))
+                    }
                     DevState::Bound | DevState::Enabled { .. } => {
                         return Err(self.err("device", format!("{device} is already bound and open")))
                     }
                 }
                 self.set_dev(device, DevState::Bound);
+            }
+            Step::Unplug { device } => {
+                let info = self.device("device", device)?;
+                if let DevState::Unplugged { step } = info.state {
+                    return Err(self.err("device", format!("{device} already unplugged at step {step}")));
+                }
+                if self.bdfs.values().any(|d| d == device) {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} has a fixed bdf on the root bus, which cannot hot-plug: drop its bdf"),
+                    ));
+                }
+                self.set_dev(device, DevState::Unplugged { step: k });
+            }
+            Step::Replug { device } => {
+                let info = self.device("device", device)?;
+                if !matches!(info.state, DevState::Unplugged { .. }) {
+                    return Err(self.err("device", format!("{device} is not unplugged: no unplug {device} in force")));
+                }
+                self.set_dev(device, DevState::Declared);
             }
             Step::Unbind { device } => {
                 let info = self.device("device", device)?;
@@ -840,6 +877,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                     DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
                     DevState::Unbound { step } => {
                         return Err(self.err("device", format!("{device} already unbound at step {step}")))
+                    }
+                    DevState::Unplugged { step } => {
+                        return Err(self.err("device", format!("{device} was unplugged at step {step}")))
                     }
                     DevState::Bound | DevState::Enabled { .. } => {
                         return Err(self.err(
@@ -875,7 +915,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                             format!("msi on {device} already enabled at step {step}: disable-msi first"),
                         ))
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } => {
+                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
                         return Err(self.err(
                             "device",
                             format!("{device} used after it was closed (step {step}): bind it again first"),
@@ -908,7 +948,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                     DevState::Declared => {
                         return Err(self.err("device", format!("{device} is not bound: bind it first")))
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } => {
+                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
                         return Err(self.err(
                             "device",
                             format!("{device} used after it was closed (step {step}): bind it again first"),
@@ -967,7 +1007,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
                 match info.state {
                     DevState::Enabled { .. } => {}
-                    DevState::Closed { step } | DevState::Unbound { step } => {
+                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
                         return Err(self.err("device", format!("{device} used after it was closed (step {step})")))
                     }
                     DevState::Declared | DevState::Bound => {
@@ -1062,7 +1102,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 match info.state {
                     DevState::Bound | DevState::Enabled { .. } => {}
                     DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
-                    DevState::Closed { step } | DevState::Unbound { step } => {
+                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
                         return Err(self.err("device", format!("{device} already closed at step {step}")))
                     }
                 }

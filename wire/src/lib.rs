@@ -19,7 +19,7 @@ mod device;
 pub use device::{DeviceModel, IrqKind, ModelSpec, RegValue, RegWrite};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest the agent stays silent while a step runs.
 pub const HEARTBEAT_SECS: u64 = 2;
@@ -32,6 +32,19 @@ pub enum HostMessage {
     Run(Job),
     /// Sync the console and power the guest off.
     Poweroff,
+    /// The host finished the [`HostAction`] the agent asked for during a
+    /// step; `error` says why it failed.
+    HostActionDone { error: Option<String> },
+}
+
+/// Something only the host can do (through QMP) in the middle of a step.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HostAction {
+    /// `device_del` the device, then wait for QEMU's DEVICE_DELETED.
+    DeviceDel { device: String },
+    /// `device_add` the device back where it was.
+    DeviceAdd { device: String },
 }
 
 /// Agent to host.
@@ -42,6 +55,10 @@ pub enum AgentMessage {
     Ready(Ready),
     /// Sent after each step, in step order, as soon as the step finished.
     Step(StepReport),
+    /// Step `index` needs the host to act; the agent goes on with the step
+    /// (it may have to release the device while the host waits) and expects
+    /// [`HostMessage::HostActionDone`].
+    HostAction { index: usize, action: HostAction },
     /// The agent is still busy with step `index`; sent at least every
     /// [`HEARTBEAT_SECS`] during a long step, so the host can tell a slow
     /// step from a hung guest.
@@ -157,6 +174,16 @@ pub enum Step {
     /// is sent now, once. Reports the released interrupt's counts
     /// (`raised` = 1 when one was pending, else 0).
     Unmask { vector: String },
+    /// Hot-unplug the device from L1 through QMP `device_del`, while it may
+    /// still be open and wired. vfio-pci's remove then asks the agent for the
+    /// device back (VFIO's request interrupt) and the agent closes it, so
+    /// its producers unregister while irqfds stay; the step ends when QEMU
+    /// reports DEVICE_DELETED. The device sits behind its own PCIe root
+    /// port, and the scenario must `replug` it before it ends.
+    Unplug { device: String },
+    /// Hot-plug the unplugged device back (QMP `device_add` on its root
+    /// port) and wait until L1 has enumerated it; `bind` then opens it.
+    Replug { device: String },
     /// Unbind the closed device from vfio-pci (and clear driver_override),
     /// leaving it without a driver; a later `bind` binds and opens it again.
     /// Eventfds and irqfds stay: a consumer waits for the producer to return.
@@ -307,6 +334,8 @@ impl Step {
             Step::Mask { .. } => "mask",
             Step::Unmask { .. } => "unmask",
             Step::Unbind { .. } => "unbind",
+            Step::Unplug { .. } => "unplug",
+            Step::Replug { .. } => "replug",
             Step::CreateVm { .. } => "create-vm",
             Step::Irqfd { .. } => "irqfd",
             Step::IrqfdDeassign { .. } => "irqfd-deassign",
