@@ -91,6 +91,9 @@ struct RunArgs {
     /// instead of the uncompressed kernel through its PVH entry
     #[arg(long)]
     bzimage: bool,
+    /// L1 CPUs, instead of the variant's own count (amd-avic: 2, others: 1)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+    smp: Option<u32>,
     /// Extra words for the guest kernel command line
     #[arg(long = "append")]
     append: Vec<String>,
@@ -138,6 +141,7 @@ impl RunArgs {
             qemu_tree: self.qemu_tree,
             append: self.append,
             bzimage: self.bzimage,
+            smp: self.smp,
             results: self.results,
             snapshots: self.snapshots,
         })

@@ -67,6 +67,8 @@ pub struct BootConfig {
     pub extra_cmdline: Vec<String>,
     pub devices: Vec<PciDevice>,
     pub memory_mib: u32,
+    /// L1 CPUs (`-smp`): the variant's, unless the user asked for others.
+    pub smp: u32,
     /// Holds qmp.sock and agent.sock.
     pub runtime_dir: PathBuf,
     pub console_log: PathBuf,
@@ -227,7 +229,7 @@ pub fn replug_props(d: &PciDevice) -> Vec<(String, String)> {
 pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
     [
         machine_args(cfg.accel),
-        cpu_args(cfg.variant, cfg.variant.smp, cfg.memory_mib),
+        cpu_args(cfg.variant, cfg.smp, cfg.memory_mib),
         base_args(),
         firmware_args(&cfg.data_dirs),
         boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.extra_cmdline)),
@@ -337,6 +339,7 @@ mod tests {
                 PciDevice { id: "nic0".into(), driver: "igb".into(), props: "romfile=".into(), hotplug: true, addr: None },
             ],
             memory_mib: 1024,
+            smp: 1,
             runtime_dir: "/run/t".into(),
             console_log: "/log/console.log".into(),
         }

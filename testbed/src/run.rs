@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub append: Vec<String>,
     /// Boot the bzImage as it is instead of its uncompressed PVH ELF.
     pub bzimage: bool,
+    /// L1 CPUs instead of the variant's own count.
+    pub smp: Option<u32>,
     pub results: Option<PathBuf>,
     pub snapshots: Option<PathBuf>,
 }
@@ -273,6 +275,7 @@ async fn boot(
         extra_cmdline: options.append.clone(),
         devices: devices.to_vec(),
         memory_mib: 1024,
+        smp: options.smp.unwrap_or(variant.smp),
         runtime_dir,
         console_log: log_dir.join("console.log"),
     };
