@@ -437,8 +437,10 @@ pub async fn run_matrix(
                 prepared[k] = Some(images);
             }
             Err(e) => {
-                ui.line(&format!("kernel {spec}: cannot be used: {}", e.message));
-                kernels[k].error = Some(e.message);
+                let prefix = format!("kernel {spec}: ");
+                let why = e.message.strip_prefix(&prefix).unwrap_or(&e.message).to_owned();
+                ui.line(&format!("kernel {spec}: cannot be used: {why}"));
+                kernels[k].error = Some(why);
             }
         }
     }

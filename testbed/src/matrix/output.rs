@@ -306,7 +306,9 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         }
         out.push('\n');
     }
-    let failing: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| !c.result.passed()).collect();
+    // Cells of a kernel that is not available are said once, above.
+    let unavailable = |c: &MatrixCell| outcome.kernels.iter().any(|k| k.spec == c.kernel && k.error.is_some());
+    let failing: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| !c.result.passed() && !unavailable(c)).collect();
     if !failing.is_empty() {
         out.push_str("## What failed\n\n");
     }
