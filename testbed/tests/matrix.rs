@@ -74,8 +74,10 @@ fn tree(dir: &Path) -> Vec<String> {
 
 /// Nothing half written: no boot or cell directory still under its temporary name.
 fn assert_nothing_partial(results: &Path) {
-    let partial: Vec<String> =
-        tree(results).into_iter().filter(|p| p.contains(".running-") || p.contains(".writing-") || p.contains(".old-")).collect();
+    let partial: Vec<String> = tree(results)
+        .into_iter()
+        .filter(|p| p.contains(".running-") || p.contains(".writing-") || p.contains(".old-"))
+        .collect();
     assert!(partial.is_empty(), "partial entries left: {partial:?}");
     let tmp: Vec<String> = tree(results).into_iter().filter(|p| p.contains(".tmp")).collect();
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
@@ -112,7 +114,8 @@ fn emit_github_for_the_checked_in_matrix() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let json = out.trim().strip_prefix("matrix=").unwrap_or_else(|| panic!("no matrix= line: {out}"));
     let matrix: serde_json::Value = serde_json::from_str(json).unwrap();
-    let shards: Vec<&str> = matrix["include"].as_array().unwrap().iter().map(|e| e["shard"].as_str().unwrap()).collect();
+    let shards: Vec<&str> =
+        matrix["include"].as_array().unwrap().iter().map(|e| e["shard"].as_str().unwrap()).collect();
     assert_eq!(shards, ["1/4", "2/4", "3/4", "4/4"]);
 }
 
@@ -212,7 +215,9 @@ fn small_matrix_table_junit_json_and_resume() {
     assert!(std::fs::read_to_string(failed.join("qmp.log")).unwrap().contains("\"query-pci\""));
     let passed = results.join("debian-7.2/amd-ir/edu-no-consumer");
     assert!(passed.join("report.txt").is_file() && !passed.join("console.log").exists(), "{:?}", tree(&results));
-    assert!(std::fs::read_to_string(results.join("summary.md")).unwrap().contains("| `edu-no-consumer` | ❌ MISMATCH | ✅ "));
+    assert!(std::fs::read_to_string(results.join("summary.md"))
+        .unwrap()
+        .contains("| `edu-no-consumer` | ❌ MISMATCH | ✅ "));
 
     // --resume: amd-ir passed everything, so only intel-ir boots again.
     let (code, out) = matrix(&["--resume"]);
@@ -253,9 +258,10 @@ fn ctrl_c_mid_matrix_leaves_nothing_running() {
             panic!("testbed ended before the agent was ready: {}", text(&output));
         }
         assert!(started.elapsed() < Duration::from_secs(120), "agent never became ready");
-        let ready = tree(&results).iter().filter(|p| p.ends_with("console.log")).any(|p| {
-            std::fs::read_to_string(results.join(p)).unwrap_or_default().contains("testbed-agent: ready")
-        });
+        let ready = tree(&results)
+            .iter()
+            .filter(|p| p.ends_with("console.log"))
+            .any(|p| std::fs::read_to_string(results.join(p)).unwrap_or_default().contains("testbed-agent: ready"));
         if ready && qemu_processes_with(tmp.path()).len() == 2 {
             break;
         }

@@ -62,9 +62,8 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         let (line, column) = line_col(text, span.start);
         MatrixFileError::Invalid { path: path.to_path_buf(), line, column, message }
     };
-    let raw: RawMatrix = toml::from_str(text).map_err(|e| {
-        error(e.span().unwrap_or(0..0), e.message().trim().trim_end_matches('.').to_owned())
-    })?;
+    let raw: RawMatrix = toml::from_str(text)
+        .map_err(|e| error(e.span().unwrap_or(0..0), e.message().trim().trim_end_matches('.').to_owned()))?;
     let list = |key: &str, value: &Option<Spanned<Vec<Spanned<String>>>>| -> Result<(), MatrixFileError> {
         let Some(value) = value else { return Ok(()) };
         if value.get_ref().is_empty() {
@@ -73,7 +72,10 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         for (i, item) in value.get_ref().iter().enumerate() {
             if let Some(first) = value.get_ref()[..i].iter().find(|f| f.get_ref() == item.get_ref()) {
                 let (line, _) = line_col(text, first.span().start);
-                return Err(error(item.span(), format!("{key}: {:?} is listed twice (also on line {line})", item.get_ref())));
+                return Err(error(
+                    item.span(),
+                    format!("{key}: {:?} is listed twice (also on line {line})", item.get_ref()),
+                ));
             }
         }
         Ok(())
@@ -147,7 +149,10 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_column() {
         let unknown = err("kernels = [\"debian:7\"]\nvariants = [\"intel-ir\",\n  \"intel-posted\"]\n");
-        assert!(unknown.starts_with("m/matrix.toml:3:3: unknown variant \"intel-posted\" (known: intel-ir, "), "{unknown}");
+        assert!(
+            unknown.starts_with("m/matrix.toml:3:3: unknown variant \"intel-posted\" (known: intel-ir, "),
+            "{unknown}"
+        );
         assert_eq!(
             err("kernels = [\"debian:7\", \"debian:seven\"]\n"),
             "m/matrix.toml:1:24: bad kernel spec \"debian:seven\": expected debian:MAJOR.MINOR[.PATCH]"
@@ -158,6 +163,10 @@ mod tests {
             err("variants = [\"amd-ir\",\n\"amd-ir\"]\n"),
             "m/matrix.toml:2:1: variants: \"amd-ir\" is listed twice (also on line 1)"
         );
-        assert!(err("kernels = \"debian:7\"\n").starts_with("m/matrix.toml:1:11: invalid type"), "{}", err("kernels = \"debian:7\"\n"));
+        assert!(
+            err("kernels = \"debian:7\"\n").starts_with("m/matrix.toml:1:11: invalid type"),
+            "{}",
+            err("kernels = \"debian:7\"\n")
+        );
     }
 }

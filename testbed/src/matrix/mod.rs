@@ -410,10 +410,8 @@ pub async fn run_matrix(
     let started = Instant::now();
     let options = settings.options;
     let used_kernels: Vec<usize> = (0..matrix.kernels.len()).filter(|k| pairs.iter().any(|p| p.kernel == *k)).collect();
-    let cells_total: usize = pairs
-        .iter()
-        .map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).count())
-        .sum();
+    let cells_total: usize =
+        pairs.iter().map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).count()).sum();
     let ui = MatrixUi::new(cells_total);
     let runtime = run::runtime_dir().map_err(|e| e.message)?;
     let agent = run::write_agent(runtime.path()).map_err(|e| e.message)?;
@@ -602,7 +600,9 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
     let boot_dir = results::boot_dir(&kernel.spec, variant.name, unit.index);
     let live = match results::LiveBootDir::create(ctx.settings.root, &boot_dir) {
         Ok(d) => d,
-        Err(e) => return (error_cells(format!("creating a boot directory under {}: {e}", ctx.settings.root.display())), None),
+        Err(e) => {
+            return (error_cells(format!("creating a boot directory under {}: {e}", ctx.settings.root.display())), None)
+        }
     };
     let target = run::BootTarget {
         images: unit.images,
@@ -611,13 +611,14 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
         runtime_dir: ctx.runtime.join(format!("u{n}")),
     };
     let started = Instant::now();
-    let outcome =
-        match run::boot(ctx.settings.options, &target, variant, &unit.scenarios, &unit.devices, &mut |e| progress.event(e))
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => return (error_cells(e), None),
-        };
+    let outcome = match run::boot(ctx.settings.options, &target, variant, &unit.scenarios, &unit.devices, &mut |e| {
+        progress.event(e)
+    })
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => return (error_cells(e), None),
+    };
     let seconds = started.elapsed().as_secs_f64();
     // The boot is over: its directory becomes boot-N, and messages that
     // name its files follow it there.

@@ -48,7 +48,8 @@ pub fn table(outcome: &MatrixOutcome) -> String {
     let kw = outcome.cells.iter().map(|c| c.kernel.len()).max().unwrap_or(0).max(6);
     let vw = outcome.cells.iter().map(|c| c.variant.len()).max().unwrap_or(0).max(7);
     let sw = outcome.cells.iter().map(|c| c.scenario.len()).max().unwrap_or(0).max(8);
-    let _ = writeln!(out, "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}", "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME");
+    let _ =
+        writeln!(out, "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}", "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME");
     for c in &outcome.cells {
         let _ = writeln!(
             out,
@@ -197,7 +198,8 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
         }
     }
     for (kernel, variant) in suites {
-        let cells: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| c.kernel == kernel && c.variant == variant).collect();
+        let cells: Vec<&MatrixCell> =
+            outcome.cells.iter().filter(|c| c.kernel == kernel && c.variant == variant).collect();
         let (tests, failures, errors, secs) = count(&cells);
         let name = xml(&format!("{kernel} {variant}"));
         let _ = writeln!(
@@ -205,7 +207,11 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
             "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{secs:.3}\">"
         );
         if let Some(release) = cells.iter().find_map(|c| c.kernel_release.as_ref()) {
-            let _ = writeln!(out, "    <properties><property name=\"kernel_release\" value=\"{}\"/></properties>", xml(release));
+            let _ = writeln!(
+                out,
+                "    <properties><property name=\"kernel_release\" value=\"{}\"/></properties>",
+                xml(release)
+            );
         }
         for c in cells {
             let open = format!(
@@ -317,7 +323,11 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         let _ = writeln!(out, "Results: `{}`\n", c.dir.display());
         let _ = writeln!(out, "```\n{}\n```\n", c.detail.join("\n"));
         if let Some(diff) = &c.diff {
-            let _ = writeln!(out, "<details><summary>snapshot diff</summary>\n\n```diff\n{}\n```\n</details>\n", diff.trim_end());
+            let _ = writeln!(
+                out,
+                "<details><summary>snapshot diff</summary>\n\n```diff\n{}\n```\n</details>\n",
+                diff.trim_end()
+            );
         }
         if let Some(console) = console_excerpt(c, root) {
             let (title, body) = console.split_once('\n').unwrap_or((&console, ""));
@@ -351,18 +361,26 @@ mod tests {
     }
 
     fn outcome() -> MatrixOutcome {
-        let mut mismatch = cell("debian:7", "amd-ir", "edu-b", CellResult::Judged(Verdict::Mismatch), &[
-            "report differs from the snapshot (diff above); review with `cargo insta review`",
-        ]);
+        let mut mismatch = cell(
+            "debian:7",
+            "amd-ir",
+            "edu-b",
+            CellResult::Judged(Verdict::Mismatch),
+            &["report differs from the snapshot (diff above); review with `cargo insta review`"],
+        );
         mismatch.diff = Some("--- snapshot\n+++ report\n-   none formed\n+   vm0 <connected> & more\n".into());
         MatrixOutcome {
             cells: vec![
                 cell("debian:7", "intel-ir", "edu-a", CellResult::Judged(Verdict::Pass), &[]),
                 cell("debian:7", "amd-ir", "edu-a", CellResult::Resumed, &[]),
                 mismatch,
-                cell("debian:6.99", "intel-ir", "edu-a", CellResult::Error, &[
-                    "kernel debian:6.99 cannot be used: no debian kernel matches debian:6.99",
-                ]),
+                cell(
+                    "debian:6.99",
+                    "intel-ir",
+                    "edu-a",
+                    CellResult::Error,
+                    &["kernel debian:6.99 cannot be used: no debian kernel matches debian:6.99"],
+                ),
             ],
             boots: Vec::new(),
             kernels: vec![
@@ -427,7 +445,12 @@ mod tests {
         let mut o = outcome();
         o.cells[2].console_log = Some(console);
         let xml = junit(&o, Path::new("/r"));
-        assert!(xml.contains("console log (last 40 of 51 lines; whole log in /r/debian-7/amd-ir/edu-b/console.log):\nline 12\n"), "{xml}");
+        assert!(
+            xml.contains(
+                "console log (last 40 of 51 lines; whole log in /r/debian-7/amd-ir/edu-b/console.log):\nline 12\n"
+            ),
+            "{xml}"
+        );
         assert!(xml.contains("?[0mKernel panic - not syncing &lt;x&gt;</failure>"), "{xml}");
         assert!(!xml.contains("line 11\n") && !xml.contains('\r') && !xml.contains('\x1b'), "{xml}");
     }

@@ -226,10 +226,7 @@ mod tests {
         assert_eq!(kernel_dir("debian:6.12"), "debian-6.12");
         assert_eq!(kernel_dir("debian:7"), "debian-7");
         assert_eq!(kernel_dir("path:/boot/vmlinuz-6.1,modules=/lib/m"), "path-boot-vmlinuz-6.1-modules-lib-m");
-        assert_eq!(
-            cell_dir("debian:7", "amd-ir", "edu-l2-ipi"),
-            PathBuf::from("debian-7/amd-ir/edu-l2-ipi")
-        );
+        assert_eq!(cell_dir("debian:7", "amd-ir", "edu-l2-ipi"), PathBuf::from("debian-7/amd-ir/edu-l2-ipi"));
         assert_eq!(boot_dir("debian:7", "amd-ir", 0), PathBuf::from("boots/debian-7/amd-ir/boot-0"));
     }
 
