@@ -190,6 +190,7 @@ fn small_matrix_table_junit_json_and_resume() {
     assert!(failure.contains("-   step 3  dev0/msi0  raised 4  L1 5 "), "{failure}");
     assert!(failure.contains("+   step 3  dev0/msi0  raised 4  L1 4 "), "{failure}");
     assert!(failure.contains("console log (last 40 of "), "{failure}");
+    assert!(failure.contains("edu-no-consumer/diff.txt)"), "{failure}");
     assert!(failure.contains("testbed-agent"), "{failure}");
     assert_eq!(junit.matches("<error type=\"ERROR\"").count(), 4, "{junit}");
 

@@ -2,9 +2,9 @@
 //!
 //! Built on `testbed run`'s pieces: [`run::prepare_kernel`] per kernel,
 //! [`plan::group`] per (kernel, variant) pair so its scenarios share one L1
-//! boot, [`run::boot`] and [`run::judge`] per boot. Boots run concurrently
-//! up to `-j` host CPUs (a TCG guest keeps one host core busy per vCPU, so
-//! a 2-CPU variant takes 2 of them). A kernel that cannot be fetched, or a
+//! boot, [`run::boot`] and [`run::judge`] per boot. Up to `-j` boots run
+//! at once (a TCG guest keeps about one host core busy: even on amd-avic's
+//! two vCPUs, the second mostly halts), longest first. A kernel that cannot be fetched, or a
 //! patched QEMU that cannot be built, turns its cells into errors; the rest
 //! of the matrix runs on.
 //!
@@ -536,8 +536,11 @@ pub async fn run_matrix(
         }
     }
 
-    // Every boot waits for its CPUs; the semaphore is fair, so boots start
-    // in matrix order.
+    // Longest first, so that a long boot (a stress scenario in a boot of
+    // its own) does not start last and run alone while the other CPUs idle.
+    // The sort is stable: boots of equal estimate keep matrix order. The
+    // semaphore is fair, so boots start in this order.
+    units.sort_by(|a, b| estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios)));
     let cpus = tokio::sync::Semaphore::new(settings.jobs);
     let ctx = UnitContext { matrix, settings, kernels: &kernels, runtime: runtime.path(), cpus: &cpus, ui: &ui };
     let finished = futures::future::join_all(units.iter().enumerate().map(|(n, u)| run_unit(&ctx, n, u))).await;
@@ -558,6 +561,22 @@ pub async fn run_matrix(
     Ok(MatrixOutcome { cells, boots, kernels, wall: started.elapsed(), jobs: settings.jobs, shard })
 }
 
+/// A rough cost of a boot, only to order boots: the boot itself, a little
+/// per step, and the interrupts its `fire` steps raise (a few hundred per
+/// second get through a TCG guest and its nested L2).
+fn estimated_seconds(scenarios: &[&Scenario]) -> f64 {
+    let mut seconds = 8.0;
+    for s in scenarios {
+        for step in &s.steps {
+            seconds += 0.1;
+            if let wire::Step::Fire { count, .. } = step {
+                seconds += f64::from(*count) / 500.0;
+            }
+        }
+    }
+    seconds
+}
+
 struct UnitContext<'a> {
     matrix: &'a Matrix,
     settings: &'a Settings<'a>,
@@ -571,8 +590,7 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
     let kernel = &ctx.kernels[unit.pair.kernel];
     let variant = unit.pair.variant;
     let label = ctx.matrix.pair_label(&unit.pair);
-    let weight = variant.smp.clamp(1, ctx.settings.jobs as u32);
-    let _cpus = ctx.cpus.acquire_many(weight).await.expect("the semaphore is never closed");
+    let _cpu = ctx.cpus.acquire().await.expect("the semaphore is never closed");
     let progress = ctx.ui.unit(&label);
     let error_cells = |why: String| -> Vec<MatrixCell> {
         unit.scenarios
@@ -648,7 +666,17 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
             scenario: scenario.name.clone(),
             result: CellResult::Judged(judged.verdict),
             seconds,
-            detail: judged.detail.iter().map(|d| d.replace(&live_path, &final_path)).collect(),
+            // insta printed the diff as it went, among other cells' output:
+            // point at the cell's own copy instead.
+            detail: judged
+                .detail
+                .iter()
+                .map(|d| {
+                    let diff_file = ctx.settings.root.join(results::cell_dir(&kernel.spec, variant.name, &scenario.name));
+                    d.replace(&live_path, &final_path)
+                        .replace("(diff above)", &format!("(diff in {})", diff_file.join("diff.txt").display()))
+                })
+                .collect(),
             diff: judged.diff,
             report: judged.report,
             dir: results::cell_dir(&kernel.spec, variant.name, &scenario.name),
