@@ -541,6 +541,7 @@ pub async fn run_matrix(
     // The sort is stable: boots of equal estimate keep matrix order. The
     // semaphore is fair, so boots start in this order.
     units.sort_by(|a, b| estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios)));
+    ui.status(&format!("{} boots, {} at a time", units.len(), settings.jobs));
     let cpus = tokio::sync::Semaphore::new(settings.jobs);
     let ctx = UnitContext { matrix, settings, kernels: &kernels, runtime: runtime.path(), cpus: &cpus, ui: &ui };
     let finished = futures::future::join_all(units.iter().enumerate().map(|(n, u)| run_unit(&ctx, n, u))).await;
