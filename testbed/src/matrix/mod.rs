@@ -673,7 +673,8 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
                 .detail
                 .iter()
                 .map(|d| {
-                    let diff_file = ctx.settings.root.join(results::cell_dir(&kernel.spec, variant.name, &scenario.name));
+                    let diff_file =
+                        ctx.settings.root.join(results::cell_dir(&kernel.spec, variant.name, &scenario.name));
                     d.replace(&live_path, &final_path)
                         .replace("(diff above)", &format!("(diff in {})", diff_file.join("diff.txt").display()))
                 })
