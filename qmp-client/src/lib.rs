@@ -69,6 +69,9 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
+mod transcript;
+use transcript::{Log, Transcribed};
+
 /// The `qapi` crate this client is built on, re-exported so callers name
 /// commands and events from the same version (`qmp_client::qapi::qmp::...`).
 pub use qapi;
@@ -79,8 +82,8 @@ pub const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between connect attempts while the socket does not exist yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
-type Reader = QmpStreamTokio<ReadHalf<UnixStream>>;
-type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+type Reader = QmpStreamTokio<ReadHalf<Transcribed<UnixStream>>>;
+type Writer = QmpStreamTokio<WriteHalf<Transcribed<UnixStream>>>;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +280,26 @@ impl Qmp {
     /// QEMU may not have created the socket yet; the greeting and
     /// `qmp_capabilities` must also complete within `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        Qmp::connect_inner(path, timeout, None).await
+    }
+
+    /// [`connect`](Self::connect), and write a transcript of the session to
+    /// `transcript`: one line per message sent (`->`) or received (`<-`),
+    /// as it went over the socket, after the seconds since connect. Replies,
+    /// events and the greeting are all in it, in arrival order.
+    pub async fn connect_with_transcript(
+        path: &Path,
+        timeout: Duration,
+        transcript: Box<dyn std::io::Write + Send>,
+    ) -> Result<Qmp, QmpError> {
+        Qmp::connect_inner(path, timeout, Some(Log::new(transcript))).await
+    }
+
+    async fn connect_inner(
+        path: &Path,
+        timeout: Duration,
+        log: Option<Log>,
+    ) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + timeout;
         let connect_err = |source| QmpError::Connect {
             path: path.to_owned(),
@@ -310,6 +333,7 @@ impl Qmp {
             }
         };
 
+        let socket = Transcribed::new(socket, log);
         let negotiation = match timeout_at(deadline, QmpStreamTokio::open(socket)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(QmpError::Negotiation(format!("bad greeting: {e}"))),

@@ -213,3 +213,44 @@ async fn no_greeting_is_a_negotiation_error() {
         "qmp negotiation failed: no greeting within 300ms"
     );
 }
+
+/// The transcript holds the greeting, every command and reply, and events,
+/// in the order they crossed the socket.
+#[tokio::test]
+async fn transcript_logs_commands_replies_and_events() {
+    let (dir, path, _seen, server) = serve(|name| match name {
+        "stop" => Reply {
+            delay: Duration::ZERO,
+            lines: vec![event("STOP", json!({})), json!({"return": {}})],
+        },
+        other => panic!("unexpected {other}"),
+    });
+    let log_path = dir.path().join("qmp.log");
+    let file = std::fs::File::create(&log_path).unwrap();
+    let qmp = Qmp::connect_with_transcript(&path, Duration::from_secs(5), Box::new(file))
+        .await
+        .unwrap();
+    qmp.execute(qmp::stop {}).await.unwrap();
+    drop(qmp);
+    server.await.unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let arrows: Vec<(&str, &str)> = text
+        .lines()
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            words.next().unwrap().parse::<f64>().unwrap();
+            let arrow = words.next().unwrap();
+            (arrow, l.split_once(arrow).unwrap().1.trim())
+        })
+        .collect();
+    assert_eq!(arrows.len(), 6, "{text}");
+    assert_eq!(arrows[0].0, "<-");
+    assert!(arrows[0].1.starts_with(r#"{"QMP""#), "{text}");
+    assert_eq!(arrows[1].0, "->");
+    assert!(arrows[1].1.contains("qmp_capabilities"), "{text}");
+    assert_eq!(arrows[2], ("<-", r#"{"return":{}}"#));
+    assert_eq!(arrows[3].0, "->");
+    assert!(arrows[3].1.contains(r#""stop""#), "{text}");
+    assert!(arrows[4].1.contains(r#""event":"STOP""#), "{text}");
+    assert_eq!(arrows[5], ("<-", r#"{"return":{}}"#));
+}

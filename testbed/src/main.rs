@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run scenarios and compare their reports with the snapshots
     Run(RunArgs),
+    /// Run scenarios on every variant x kernel, in parallel; CI reports and shards
+    Matrix(Box<testbed::matrix::MatrixArgs>),
     /// List variants, scenarios or kernels
     List {
         #[arg(value_enum)]
@@ -166,6 +168,7 @@ fn main() -> ExitCode {
                 Ok(options) => interruptible(run::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
+            Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
         }
     });

@@ -72,7 +72,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::New => "NEW SNAPSHOT",
@@ -91,16 +91,14 @@ pub struct Cell {
     pub verdict: Verdict,
     pub detail: Vec<String>,
     pub report: Option<Report>,
+    /// The unified diff, snapshot to report, when they differ.
+    pub diff: Option<String>,
 }
 
 /// Everything a run needs once the inputs are valid.
 struct Prepared {
-    /// What QEMU's -kernel gets: the PVH ELF when the kernel has one (its
-    /// self-decompression is most of a TCG boot), else the bzImage.
-    boot_image: PathBuf,
     scenarios: Vec<Scenario>,
-    kernel: images::Kernel,
-    initrd: PathBuf,
+    images: KernelImages,
     snapshots: PathBuf,
     results: PathBuf,
     runtime: tempfile::TempDir,
@@ -108,73 +106,119 @@ struct Prepared {
     patched_qemu: Option<images::QemuBuild>,
 }
 
+/// A kernel ready to boot: fetched, with its initramfs.
+pub struct KernelImages {
+    pub kernel: images::Kernel,
+    /// What QEMU's -kernel gets: the PVH ELF when the kernel has one (its
+    /// self-decompression is most of a TCG boot), else the bzImage.
+    pub boot_image: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Why inputs could not be prepared: the message and `testbed run`'s exit code.
+#[derive(Debug, Clone)]
+pub struct PrepareError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl PrepareError {
+    fn skip(message: String) -> PrepareError {
+        PrepareError { message, code: EXIT_SKIP }
+    }
+}
+
 /// Loads scenarios, fetches the kernel, builds the initramfs. Errors carry the exit code.
 fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
-    let scenarios = scenario::load_paths(&options.paths).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_USAGE
-    })?;
-    if scenarios.is_empty() {
-        eprintln!("error: no scenario files in {}", display_paths(&options.paths));
-        return Err(EXIT_USAGE);
-    }
+    let report = |e: PrepareError| {
+        eprintln!("error: {}", e.message);
+        e.code
+    };
+    let scenarios = load_scenarios(&options.paths).map_err(report)?;
     let project = project_dir(&scenarios[0].path);
     let snapshots = options.snapshots.clone().unwrap_or_else(|| project.join("snapshots"));
     let results = options.results.clone().unwrap_or_else(|| project.join("results"));
     let cache = images::Cache::default_location();
-    let kernel = tokio::task::block_in_place(|| {
-        images::resolve_kernel(&cache, &options.kernel, &mut |p| ui.images(p))
-    })
-    .map_err(|e| {
-        eprintln!("error: kernel {}: {e}", options.kernel);
-        if e.is_bad_input() {
-            EXIT_USAGE
-        } else {
-            EXIT_SKIP
-        }
-    })?;
-    let runtime = tempfile::Builder::new().prefix("testbed-").tempdir().map_err(|e| {
-        eprintln!("error: cannot create a runtime directory: {e}");
-        EXIT_SKIP
-    })?;
-    let agent = crate::agent::write_to(runtime.path()).map_err(|e| {
-        eprintln!("error: cannot write the agent: {e}");
-        EXIT_SKIP
-    })?;
-    let pvh = if options.bzimage {
-        None
-    } else {
-        tokio::task::block_in_place(|| images::pvh_kernel(&cache, &kernel, &mut |p| ui.images(p))).map_err(|e| {
-            eprintln!("error: kernel {}: {e}", kernel.release);
-            EXIT_SKIP
-        })?
-    };
-    let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
-    let busybox = PathBuf::from("/bin/busybox");
-    let modules = guest_modules(options.accel);
-    let spec = images::InitramfsSpec { kernel: &kernel, modules: &modules, agent: &agent, busybox: &busybox };
-    let initrd =
-        tokio::task::block_in_place(|| images::build_initramfs(&cache, &spec, &mut |p| ui.images(p))).map_err(|e| {
-            eprintln!("error: initramfs for {}: {e}", kernel.release);
-            EXIT_SKIP
-        })?;
+    let runtime = runtime_dir().map_err(report)?;
+    let agent = write_agent(runtime.path()).map_err(report)?;
+    let images = prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| ui.images(p)).map_err(report)?;
     let patched_qemu = if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Patched) {
-        let spec = crate::qemu::patched_qemu_spec(&project, options.qemu_tree.as_deref());
-        let build = tokio::task::block_in_place(|| images::build_qemu(&cache, &spec, &mut |p| ui.images(p)))
-            .map_err(|e| {
-                eprintln!("error: patched qemu: {e}");
-                if e.is_bad_input() {
-                    EXIT_USAGE
-                } else {
-                    EXIT_SKIP
-                }
-            })?;
+        let build = prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p))
+            .map_err(report)?;
         ui.line(&format!("patched qemu: {}", build.description));
         Some(build)
     } else {
         None
     };
-    Ok(Prepared { boot_image, scenarios, kernel, initrd, snapshots, results, runtime, patched_qemu })
+    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu })
+}
+
+/// Scenario files, fully checked; none is an error (exit 2).
+pub fn load_scenarios(paths: &[PathBuf]) -> Result<Vec<Scenario>, PrepareError> {
+    let scenarios =
+        scenario::load_paths(paths).map_err(|e| PrepareError { message: e.to_string(), code: EXIT_USAGE })?;
+    if scenarios.is_empty() {
+        return Err(PrepareError { message: format!("no scenario files in {}", display_paths(paths)), code: EXIT_USAGE });
+    }
+    Ok(scenarios)
+}
+
+/// The temporary directory for sockets and the agent binary.
+pub fn runtime_dir() -> Result<tempfile::TempDir, PrepareError> {
+    tempfile::Builder::new()
+        .prefix("testbed-")
+        .tempdir()
+        .map_err(|e| PrepareError::skip(format!("cannot create a runtime directory: {e}")))
+}
+
+/// The embedded guest agent, written into `dir`.
+pub fn write_agent(dir: &Path) -> Result<PathBuf, PrepareError> {
+    crate::agent::write_to(dir).map_err(|e| PrepareError::skip(format!("cannot write the agent: {e}")))
+}
+
+/// Fetches (or finds in the cache) the kernel of `spec`, extracts its PVH
+/// entry unless `--bzimage`, and builds its initramfs. A spec naming no
+/// available kernel is exit 2, anything else that fails exit 125.
+pub fn prepare_kernel(
+    cache: &images::Cache,
+    spec: &images::KernelSpec,
+    options: &RunOptions,
+    agent: &Path,
+    progress: &mut dyn FnMut(images::Progress),
+) -> Result<KernelImages, PrepareError> {
+    let kernel = tokio::task::block_in_place(|| images::resolve_kernel(cache, spec, progress)).map_err(|e| {
+        PrepareError {
+            message: format!("kernel {spec}: {e}"),
+            code: if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP },
+        }
+    })?;
+    let pvh = if options.bzimage {
+        None
+    } else {
+        tokio::task::block_in_place(|| images::pvh_kernel(cache, &kernel, progress))
+            .map_err(|e| PrepareError::skip(format!("kernel {}: {e}", kernel.release)))?
+    };
+    let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
+    let busybox = PathBuf::from("/bin/busybox");
+    let modules = guest_modules(options.accel);
+    let initramfs = images::InitramfsSpec { kernel: &kernel, modules: &modules, agent, busybox: &busybox };
+    let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
+        .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
+    Ok(KernelImages { kernel, boot_image, initrd })
+}
+
+/// Builds (or finds in the cache) the patched QEMU of the project in `project`.
+pub fn prepare_patched_qemu(
+    cache: &images::Cache,
+    project: &Path,
+    qemu_tree: Option<&Path>,
+    progress: &mut dyn FnMut(images::Progress),
+) -> Result<images::QemuBuild, PrepareError> {
+    let spec = crate::qemu::patched_qemu_spec(project, qemu_tree);
+    tokio::task::block_in_place(|| images::build_qemu(cache, &spec, progress)).map_err(|e| PrepareError {
+        message: format!("patched qemu: {e}"),
+        code: if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP },
+    })
 }
 
 /// Modules the agent loads in the guest (their dependencies come along).
@@ -219,7 +263,7 @@ pub async fn run(options: RunOptions) -> u8 {
         }
         let here: Vec<Scenario> = here.into_iter().cloned().collect();
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
-            let outcome = match boot(&options, &prepared, variant, i, &group.scenarios, &group.devices, &ui).await {
+            let outcome = match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
                 Ok(outcome) => outcome,
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -228,7 +272,7 @@ pub async fn run(options: RunOptions) -> u8 {
                 }
             };
             for scenario in &group.scenarios {
-                let cell = judge(&prepared, variant, scenario, &outcome);
+                let cell = judge(&prepared.snapshots, variant, scenario, &outcome);
                 ui.line(&format!("{:<14} {:<32} {}", variant.name, scenario.name, cell.verdict.label()));
                 cells.push(cell);
             }
@@ -250,47 +294,78 @@ pub async fn run(options: RunOptions) -> u8 {
     exit_code(&cells)
 }
 
-async fn boot(
+impl Prepared {
+    async fn boot(
+        &self,
+        options: &RunOptions,
+        variant: &'static Variant,
+        index: usize,
+        scenarios: &[&Scenario],
+        devices: &[crate::qemu::PciDevice],
+        ui: &Ui,
+    ) -> Result<BootOutcome, String> {
+        let target = BootTarget {
+            images: &self.images,
+            patched_qemu: self.patched_qemu.as_ref(),
+            log_dir: self.results.join(variant.name).join(format!("boot-{index}")),
+            runtime_dir: self.runtime.path().join(format!("{}-{index}", variant.name)),
+        };
+        boot(options, &target, variant, scenarios, devices, &mut |e| ui.run(e)).await
+    }
+}
+
+/// Where one boot gets its images and puts its files.
+pub struct BootTarget<'a> {
+    pub images: &'a KernelImages,
+    pub patched_qemu: Option<&'a images::QemuBuild>,
+    /// Console log, QEMU's stderr and the QMP transcript.
+    pub log_dir: PathBuf,
+    /// Sockets: keep it short (a unix socket path has at most 107 bytes).
+    pub runtime_dir: PathBuf,
+}
+
+/// One L1 boot running `scenarios` in order, with the run options' QEMU,
+/// accelerator, timeouts and extra kernel command line.
+pub async fn boot(
     options: &RunOptions,
-    prepared: &Prepared,
+    target: &BootTarget<'_>,
     variant: &'static Variant,
-    index: usize,
     scenarios: &[&Scenario],
     devices: &[crate::qemu::PciDevice],
-    ui: &Ui,
+    on_event: &mut (dyn FnMut(runner::RunEvent) + Send),
 ) -> Result<BootOutcome, String> {
-    let log_dir = prepared.results.join(variant.name).join(format!("boot-{index}"));
-    let runtime_dir = prepared.runtime.path().join(format!("{}-{index}", variant.name));
-    for dir in [&log_dir, &runtime_dir] {
+    for dir in [&target.log_dir, &target.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let (qemu, data_dirs) = crate::qemu::qemu_for(variant, &options.qemu, prepared.patched_qemu.as_ref());
+    let (qemu, data_dirs) = crate::qemu::qemu_for(variant, &options.qemu, target.patched_qemu);
     let cfg = BootConfig {
         qemu,
         data_dirs,
         variant,
         accel: options.accel,
-        kernel: prepared.boot_image.clone(),
-        initrd: prepared.initrd.clone(),
+        kernel: target.images.boot_image.clone(),
+        initrd: target.images.initrd.clone(),
         extra_cmdline: options.append.clone(),
         devices: devices.to_vec(),
         memory_mib: 1024,
         smp: options.smp.unwrap_or(variant.smp),
-        runtime_dir,
-        console_log: log_dir.join("console.log"),
+        runtime_dir: target.runtime_dir.clone(),
+        console_log: target.log_dir.join("console.log"),
     };
     let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
-    Ok(runner::run_boot(&cfg, scenarios, timeouts, &mut |e| ui.run(e)).await)
+    Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
 }
 
-/// Builds the report of one scenario run, checks it and compares it.
-fn judge(prepared: &Prepared, variant: &'static Variant, scenario: &Scenario, outcome: &BootOutcome) -> Cell {
+/// Builds the report of one scenario run, checks it and compares it with
+/// its snapshot under `snapshots`.
+pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, outcome: &BootOutcome) -> Cell {
     let mut cell = Cell {
         scenario: scenario.name.clone(),
         variant: variant.name,
         verdict: Verdict::Pass,
         detail: Vec::new(),
         report: None,
+        diff: None,
     };
     let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
     let (Some(ready), Some(run)) = (&outcome.ready, run) else {
@@ -315,7 +390,7 @@ fn judge(prepared: &Prepared, variant: &'static Variant, scenario: &Scenario, ou
         cell.verdict = Verdict::Broken;
         cell.detail.push(format!("{failure}\n    console log: {}", outcome.console_log.display()));
     }
-    match report::compare_snapshot(&prepared.snapshots, variant.name, &scenario.name, &report) {
+    match report::compare_snapshot(snapshots, variant.name, &scenario.name, &report) {
         SnapshotOutcome::Matched => {}
         SnapshotOutcome::New => {
             if cell.verdict == Verdict::Pass {
@@ -323,7 +398,7 @@ fn judge(prepared: &Prepared, variant: &'static Variant, scenario: &Scenario, ou
             }
             cell.detail.push(format!(
                 "no snapshot at {}: review with `cargo insta review`",
-                prepared.snapshots.join(variant.name).join(format!("{}.snap", scenario.name)).display()
+                snapshots.join(variant.name).join(format!("{}.snap", scenario.name)).display()
             ));
         }
         SnapshotOutcome::Accepted | SnapshotOutcome::Mismatched { accepted: true, error: None, .. } => {
@@ -331,10 +406,11 @@ fn judge(prepared: &Prepared, variant: &'static Variant, scenario: &Scenario, ou
                 cell.verdict = Verdict::Accepted;
             }
         }
-        SnapshotOutcome::Mismatched { .. } => {
+        SnapshotOutcome::Mismatched { diff, .. } => {
             if cell.verdict == Verdict::Pass {
                 cell.verdict = Verdict::Mismatch;
             }
+            cell.diff = Some(diff);
             cell.detail.push("report differs from the snapshot (diff above); review with `cargo insta review`".into());
         }
     }
@@ -373,7 +449,7 @@ fn write_json(
     boots: &[(&'static str, BootOutcome)],
 ) -> std::io::Result<()> {
     let value = serde_json::json!({
-        "kernel": prepared.kernel.description,
+        "kernel": prepared.images.kernel.description,
         "results": cells.iter().map(|c| serde_json::json!({
             "scenario": c.scenario,
             "variant": c.variant,
@@ -413,7 +489,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The directory holding `scenarios/`, `snapshots/` and `results/`: the
 /// parent of the scenario file's directory.
-fn project_dir(scenario_path: &Path) -> PathBuf {
+pub fn project_dir(scenario_path: &Path) -> PathBuf {
     let absolute = std::fs::canonicalize(scenario_path).unwrap_or_else(|_| scenario_path.to_path_buf());
     absolute.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
@@ -466,7 +542,7 @@ pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
         for i in 0..iterations.max(1) {
             let started = Instant::now();
             let outcome =
-                match boot(&options, &prepared, variant, i, &group[0].scenarios, &group[0].devices, &ui).await {
+                match prepared.boot(&options, variant, i, &group[0].scenarios, &group[0].devices, &ui).await {
                     Ok(o) => o,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -505,7 +581,7 @@ pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
             "bench: scenario {} on {} ({}, {}), {} boots, medians:",
             scenario.name,
             name,
-            prepared.kernel.release,
+            prepared.images.kernel.release,
             options.accel.name(),
             phases.len()
         );
@@ -601,7 +677,7 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
                     let i = boot_no;
                     boot_no += 1;
                     let outcome =
-                        match boot(&options, &prepared, variant, i, &group.scenarios, &group.devices, &ui).await {
+                        match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
                             Ok(o) => o,
                             Err(e) => {
                                 ui.finish();
@@ -648,7 +724,7 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
             "bench: {} scenarios on {} ({}, {}), {} iterations, medians:",
             here.len(),
             variant.name,
-            prepared.kernel.release,
+            prepared.images.kernel.release,
             options.accel.name(),
             secs[0].len()
         ));

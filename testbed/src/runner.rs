@@ -250,8 +250,13 @@ impl Session {
         on_event(RunEvent::QemuStarted { variant: cfg.variant.name, pid: qemu.pid });
 
         let qmp_socket = cfg.qmp_socket();
+        // The QMP transcript sits beside the console log: what QEMU was
+        // told and what it reported (events, replies) when a run goes wrong.
+        let transcript = cfg.console_log.with_file_name("qmp.log");
+        let transcript = std::fs::File::create(&transcript)
+            .map_err(|e| early(format!("cannot create {}: {e}", transcript.display())))?;
         let qmp = tokio::select! {
-            qmp = Qmp::connect(&qmp_socket, Duration::from_secs(10)) => qmp.map_err(|e| format!("qmp: {e}")),
+            qmp = Qmp::connect_with_transcript(&qmp_socket, Duration::from_secs(10), Box::new(transcript)) => qmp.map_err(|e| format!("qmp: {e}")),
             status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "start-up")),
         };
         let mut qmp = qmp.map_err(early)?;

@@ -1,0 +1,770 @@
+//! `testbed matrix`: scenarios x variants x kernels in one command.
+//!
+//! Built on `testbed run`'s pieces: [`run::prepare_kernel`] per kernel,
+//! [`plan::group`] per (kernel, variant) pair so its scenarios share one L1
+//! boot, [`run::boot`] and [`run::judge`] per boot. Up to `-j` boots run
+//! at once (a TCG guest keeps about one host core busy: even on amd-avic's
+//! two vCPUs, the second mostly halts), longest first. A kernel that cannot be fetched, or a
+//! patched QEMU that cannot be built, turns its cells into errors; the rest
+//! of the matrix runs on.
+//!
+//! Results directory (stable, see [`results`]):
+//! `<root>/<kernel>/<variant>/<scenario>/` per cell, `<root>/boots/...` per
+//! boot, and `report.json`, `junit.xml`, `summary.md` at the top.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+
+use crate::plan;
+use crate::qemu::Accel;
+use crate::report::Report;
+use crate::run::{self, KernelImages, RunOptions, Verdict};
+use crate::scenario::Scenario;
+use crate::variant::{self, QemuKind, Variant};
+
+pub mod file;
+mod output;
+mod progress;
+pub mod results;
+pub mod shard;
+
+pub use output::{junit, markdown};
+pub use shard::Shard;
+
+use progress::MatrixUi;
+
+/// One kernel from each line that matters for irqbypass: 6.12 (long-term),
+/// 6.16 (the last with the list-based registry), 6.17 (the first with the
+/// xarray), and the newest 7.x; each resolved to the newest available
+/// release of its line when the matrix runs.
+pub const DEFAULT_KERNELS: [&str; 4] = ["debian:6.12", "debian:6.16", "debian:6.17", "debian:7"];
+
+#[derive(clap::Args, Debug)]
+pub struct MatrixArgs {
+    /// Scenario files or directories (default: the matrix file's, else scenarios/)
+    pub paths: Vec<PathBuf>,
+    /// Matrix file (kernels, variants, scenarios); flags override its axes
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Kernel spec (repeatable); default: the matrix file's, else one per
+    /// line that matters (debian:6.12, 6.16, 6.17, 7)
+    #[arg(long = "kernel", short = 'k')]
+    pub kernels: Vec<String>,
+    /// Variant (repeatable); default: the matrix file's, else the default variants
+    #[arg(long = "variant", short = 'V')]
+    pub variants: Vec<String>,
+    /// Host CPUs for guests at once (default: all the machine has)
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Run only part I of N of the (kernel, variant) pairs, e.g. 2/4
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Print the CI matrix of shards instead of running
+    #[arg(long, value_enum)]
+    pub emit: Option<Emit>,
+    /// Shards for --emit (default: one per (kernel, variant) pair)
+    #[arg(long, requires = "emit")]
+    pub shards: Option<usize>,
+    /// Results directory (default: results/matrix beside scenarios/)
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Skip cells that passed in the results directory with the same kernel,
+    /// scenario, snapshot and settings
+    #[arg(long)]
+    pub resume: bool,
+    /// Run the matrix with -j 1 and then -j N (temporary results) and print both wall times
+    #[arg(long, conflicts_with_all = ["resume", "emit"])]
+    pub bench: bool,
+    /// Give every scenario its own boot
+    #[arg(long)]
+    pub fresh_boot: bool,
+    /// Seconds the agent may stay silent during a scenario
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Seconds from QEMU start to the agent being ready
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Accelerator: auto picks KVM only on hosts with hardware virtualization
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// QEMU binary (stock variants)
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// QEMU checkout to build the patched QEMU from (patched variants)
+    #[arg(long, value_name = "PATH")]
+    pub qemu_tree: Option<PathBuf>,
+    /// Boot the bzImage as it is instead of the uncompressed kernel
+    #[arg(long)]
+    pub bzimage: bool,
+    /// Extra words for the guest kernel command line
+    #[arg(long = "append")]
+    pub append: Vec<String>,
+    /// Snapshot directory (default: snapshots/ beside the scenarios' directory)
+    #[arg(long)]
+    pub snapshots: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Emit {
+    /// `matrix=<json>` for $GITHUB_OUTPUT: one entry per shard
+    Github,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccelChoice {
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+/// What a matrix runs, inputs checked.
+pub struct Matrix {
+    pub kernels: Vec<images::KernelSpec>,
+    pub variants: Vec<&'static Variant>,
+    pub scenarios: Vec<Scenario>,
+    pub scenario_paths: Vec<PathBuf>,
+}
+
+/// A (kernel, variant) pair: the unit of sharding and of boot sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    pub kernel: usize,
+    pub variant: &'static Variant,
+}
+
+impl Matrix {
+    /// From the command line and the matrix file; errors are usage errors.
+    pub fn resolve(args: &MatrixArgs) -> Result<Matrix, String> {
+        let from_file = match &args.file {
+            Some(path) => Some(file::load(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let kernels = if !args.kernels.is_empty() {
+            args.kernels
+                .iter()
+                .map(|k| k.parse::<images::KernelSpec>().map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?
+        } else if let Some(k) = from_file.as_ref().and_then(|f| f.kernels.clone()) {
+            k
+        } else {
+            DEFAULT_KERNELS.iter().map(|k| k.parse().expect("default kernel specs parse")).collect()
+        };
+        let variants = if !args.variants.is_empty() {
+            args.variants.iter().map(|v| variant::lookup(v).map_err(|e| e.to_string())).collect::<Result<_, _>>()?
+        } else if let Some(v) = from_file.as_ref().and_then(|f| f.variants.clone()) {
+            v
+        } else {
+            variant::defaults().collect()
+        };
+        let scenario_paths = if !args.paths.is_empty() {
+            args.paths.clone()
+        } else if let Some(s) = from_file.as_ref().and_then(|f| f.scenarios.clone()) {
+            s
+        } else {
+            vec![PathBuf::from("scenarios")]
+        };
+        for (what, dup) in [("kernel", first_duplicate(&kernels)), ("variant", first_duplicate(&variants))] {
+            if let Some(d) = dup {
+                return Err(format!("{what} {d} given twice"));
+            }
+        }
+        let scenarios = run::load_scenarios(&scenario_paths).map_err(|e| e.message)?;
+        Ok(Matrix { kernels, variants, scenarios, scenario_paths })
+    }
+
+    /// Pairs in kernel-major order, those with at least one scenario that
+    /// runs on the variant.
+    pub fn pairs(&self) -> Vec<Pair> {
+        let mut pairs = Vec::new();
+        for kernel in 0..self.kernels.len() {
+            for &variant in &self.variants {
+                if self.scenarios.iter().any(|s| s.runs_on(variant.name)) {
+                    pairs.push(Pair { kernel, variant });
+                }
+            }
+        }
+        pairs
+    }
+
+    pub fn pair_label(&self, pair: &Pair) -> String {
+        format!("{} {}", self.kernels[pair.kernel], pair.variant.name)
+    }
+}
+
+fn first_duplicate<T: PartialEq + std::fmt::Display>(items: &[T]) -> Option<String> {
+    items.iter().enumerate().find(|(i, x)| items[..*i].contains(x)).map(|(_, x)| x.to_string())
+}
+
+/// How one cell ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellResult {
+    Judged(Verdict),
+    /// Passed in an earlier run of the same results directory (`--resume`).
+    Resumed,
+    /// Never ran: its kernel could not be fetched, its QEMU not built.
+    Error,
+}
+
+impl CellResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            CellResult::Judged(v) => v.label(),
+            CellResult::Resumed => "pass (resumed)",
+            CellResult::Error => "ERROR",
+        }
+    }
+
+    pub fn passed(self) -> bool {
+        matches!(self, CellResult::Judged(Verdict::Pass | Verdict::Accepted) | CellResult::Resumed)
+    }
+
+    /// JUnit's split: a failure is the code's fault, an error the setup's.
+    pub fn is_error(self) -> bool {
+        matches!(self, CellResult::Error | CellResult::Judged(Verdict::NoBoot))
+    }
+}
+
+/// One scenario on one variant on one kernel.
+#[derive(Debug, Clone)]
+pub struct MatrixCell {
+    /// The kernel spec as given, e.g. `debian:7`.
+    pub kernel: String,
+    /// What it resolved to (`uname -r`), when it could be fetched.
+    pub kernel_release: Option<String>,
+    pub variant: &'static str,
+    pub scenario: String,
+    pub result: CellResult,
+    /// The scenario's wall time in its boot.
+    pub seconds: Option<f64>,
+    pub detail: Vec<String>,
+    pub diff: Option<String>,
+    pub report: Option<Report>,
+    /// The cell's directory, relative to the results root.
+    pub dir: PathBuf,
+    /// The console log of the cell's boot, if it booted.
+    pub console_log: Option<PathBuf>,
+}
+
+/// One boot of the matrix.
+#[derive(Debug, Clone)]
+pub struct BootRecord {
+    pub kernel: String,
+    pub variant: &'static str,
+    pub scenarios: Vec<String>,
+    /// Relative to the results root.
+    pub dir: PathBuf,
+    pub failure: Option<String>,
+    pub qemu_version: String,
+    pub boot_to_ready: f64,
+    pub seconds: f64,
+}
+
+/// A kernel of the matrix and what became of it.
+#[derive(Debug, Clone)]
+pub struct KernelRecord {
+    pub spec: String,
+    pub release: Option<String>,
+    pub description: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Everything a finished matrix run knows.
+#[derive(Debug, Clone)]
+pub struct MatrixOutcome {
+    pub cells: Vec<MatrixCell>,
+    pub boots: Vec<BootRecord>,
+    pub kernels: Vec<KernelRecord>,
+    pub wall: Duration,
+    pub jobs: usize,
+    pub shard: Option<Shard>,
+}
+
+impl MatrixOutcome {
+    pub fn exit_code(&self) -> u8 {
+        if self.cells.iter().all(|c| c.result.passed()) {
+            run::EXIT_OK
+        } else {
+            run::EXIT_FAILED
+        }
+    }
+}
+
+/// `testbed matrix`.
+pub async fn main(args: MatrixArgs) -> u8 {
+    let matrix = match Matrix::resolve(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return run::EXIT_USAGE;
+        }
+    };
+    let pairs = matrix.pairs();
+    if pairs.is_empty() {
+        eprintln!("error: none of the selected scenarios runs on the selected variants");
+        return run::EXIT_USAGE;
+    }
+    if let Some(Emit::Github) = args.emit {
+        let labels: Vec<String> = pairs.iter().map(|p| matrix.pair_label(p)).collect();
+        let count = args.shards.unwrap_or(labels.len());
+        if count == 0 {
+            eprintln!("error: --shards must be at least 1");
+            return run::EXIT_USAGE;
+        }
+        println!("{}", shard::github_matrix(&labels, count));
+        return run::EXIT_OK;
+    }
+    let pairs = match args.shard {
+        Some(s) => pairs[s.range(pairs.len())].to_vec(),
+        None => pairs,
+    };
+    if pairs.is_empty() {
+        eprintln!("shard {}: no cells", args.shard.map(|s| s.to_string()).unwrap_or_default());
+        return run::EXIT_OK;
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let options = run_options(&args, &matrix);
+    let project = run::project_dir(&matrix.scenarios[0].path);
+    let snapshots = args.snapshots.clone().unwrap_or_else(|| project.join("snapshots"));
+
+    if args.bench {
+        return bench(&matrix, &pairs, &options, &snapshots, jobs).await;
+    }
+    let root = args.results.clone().unwrap_or_else(|| project.join("results").join("matrix"));
+    let settings = Settings { options: &options, snapshots: &snapshots, root: &root, jobs, resume: args.resume };
+    let outcome = match run_matrix(&matrix, &pairs, &settings, args.shard).await {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return run::EXIT_FAILED;
+        }
+    };
+    output::print_table(&outcome);
+    match results::write_reports(&root, &outcome) {
+        Ok(written) => {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("error: writing reports under {}: {e}", root.display());
+            return run::EXIT_FAILED;
+        }
+    }
+    outcome.exit_code()
+}
+
+fn run_options(args: &MatrixArgs, matrix: &Matrix) -> RunOptions {
+    RunOptions {
+        paths: matrix.scenario_paths.clone(),
+        variants: matrix.variants.clone(),
+        kernel: matrix.kernels[0].clone(),
+        json: None,
+        fresh_boot: args.fresh_boot,
+        step_timeout: Duration::from_secs(args.timeout),
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        accel: match args.accel {
+            AccelChoice::Auto => Accel::detect(),
+            AccelChoice::Tcg => Accel::Tcg,
+            AccelChoice::Kvm => Accel::Kvm,
+        },
+        qemu: args.qemu.clone(),
+        qemu_tree: args.qemu_tree.clone(),
+        append: args.append.clone(),
+        bzimage: args.bzimage,
+        smp: None,
+        results: None,
+        snapshots: args.snapshots.clone(),
+    }
+}
+
+/// How a matrix runs, besides what it runs.
+pub struct Settings<'a> {
+    pub options: &'a RunOptions,
+    pub snapshots: &'a Path,
+    pub root: &'a Path,
+    pub jobs: usize,
+    pub resume: bool,
+}
+
+/// A boot to run: scenarios of one pair that share an L1.
+struct Unit<'a> {
+    pair: Pair,
+    images: &'a KernelImages,
+    patched_qemu: Option<&'a images::QemuBuild>,
+    index: usize,
+    scenarios: Vec<&'a Scenario>,
+    devices: Vec<crate::qemu::PciDevice>,
+}
+
+/// Runs `pairs` of `matrix`: kernels and QEMU first (cached), then every
+/// boot, at most `jobs` host CPUs' worth at once. Dropping the future
+/// (Ctrl-C) kills the running QEMUs and removes their unfinished boot
+/// directories; finished cells are already complete on disk.
+pub async fn run_matrix(
+    matrix: &Matrix,
+    pairs: &[Pair],
+    settings: &Settings<'_>,
+    shard: Option<Shard>,
+) -> Result<MatrixOutcome, String> {
+    let started = Instant::now();
+    let options = settings.options;
+    let used_kernels: Vec<usize> = (0..matrix.kernels.len()).filter(|k| pairs.iter().any(|p| p.kernel == *k)).collect();
+    let cells_total: usize =
+        pairs.iter().map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).count()).sum();
+    let ui = MatrixUi::new(cells_total);
+    let runtime = run::runtime_dir().map_err(|e| e.message)?;
+    let agent = run::write_agent(runtime.path()).map_err(|e| e.message)?;
+    let cache = images::Cache::default_location();
+
+    // Kernels, one after another (the cache serializes fetches anyway).
+    let mut kernels: Vec<KernelRecord> = matrix
+        .kernels
+        .iter()
+        .map(|k| KernelRecord { spec: k.to_string(), release: None, description: None, error: None })
+        .collect();
+    let mut prepared: Vec<Option<KernelImages>> = matrix.kernels.iter().map(|_| None).collect();
+    for &k in &used_kernels {
+        let spec = &matrix.kernels[k];
+        ui.status(&format!("{spec}: fetching"));
+        match run::prepare_kernel(&cache, spec, options, &agent, &mut |p| ui.status(&format!("{spec}: {p}"))) {
+            Ok(images) => {
+                ui.line(&format!("kernel {spec}: {}", images.kernel.description));
+                kernels[k].release = Some(images.kernel.release.clone());
+                kernels[k].description = Some(images.kernel.description.clone());
+                prepared[k] = Some(images);
+            }
+            Err(e) => {
+                let prefix = format!("kernel {spec}: ");
+                let why = e.message.strip_prefix(&prefix).unwrap_or(&e.message).to_owned();
+                ui.line(&format!("kernel {spec}: cannot be used: {why}"));
+                kernels[k].error = Some(why);
+            }
+        }
+    }
+    let project = run::project_dir(&matrix.scenarios[0].path);
+    let patched_qemu: Option<Result<images::QemuBuild, String>> =
+        pairs.iter().any(|p| p.variant.qemu == QemuKind::Patched).then(|| {
+            ui.status("patched qemu");
+            let build = run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+                ui.status(&format!("patched qemu: {p}"))
+            })
+            .map_err(|e| e.message);
+            match &build {
+                Ok(b) => ui.line(&format!("patched qemu: {}", b.description)),
+                Err(e) => ui.line(&format!("patched qemu: cannot be used: {e}")),
+            }
+            build
+        });
+
+    // Cells that cannot run or need not run, and the boots of the rest.
+    let mut cells: Vec<MatrixCell> = Vec::new();
+    let pair_scenarios: Vec<Vec<Scenario>> = pairs
+        .iter()
+        .map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).cloned().collect())
+        .collect();
+    let mut to_run: Vec<(usize, Vec<Scenario>)> = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let kernel = &kernels[pair.kernel];
+        let qemu_error = match (&patched_qemu, pair.variant.qemu) {
+            (Some(Err(e)), QemuKind::Patched) => Some(e.clone()),
+            _ => None,
+        };
+        let cannot = match (&kernel.error, qemu_error) {
+            (Some(e), _) => Some(format!("kernel {} cannot be used: {e}", kernel.spec)),
+            (None, Some(e)) => Some(format!("patched qemu cannot be used: {e}")),
+            (None, None) => None,
+        };
+        let mut remaining = Vec::new();
+        for scenario in &pair_scenarios[i] {
+            let mut cell = MatrixCell {
+                kernel: kernel.spec.clone(),
+                kernel_release: kernel.release.clone(),
+                variant: pair.variant.name,
+                scenario: scenario.name.clone(),
+                result: CellResult::Error,
+                seconds: None,
+                detail: Vec::new(),
+                diff: None,
+                report: None,
+                dir: results::cell_dir(&kernel.spec, pair.variant.name, &scenario.name),
+                console_log: None,
+            };
+            if let Some(why) = &cannot {
+                cell.detail.push(why.clone());
+                results::write_cell(settings.root, &cell, None, None);
+                ui.cell_done(&cell);
+                cells.push(cell);
+                continue;
+            }
+            let fingerprint = results::fingerprint(
+                kernel.description.as_deref().unwrap_or_default(),
+                pair.variant,
+                scenario,
+                settings.snapshots,
+                options,
+                patched_qemu.as_ref().and_then(|q| q.as_ref().ok()).filter(|_| pair.variant.qemu == QemuKind::Patched),
+            );
+            if settings.resume {
+                if let Some(seconds) = results::passed_before(settings.root, &cell.dir, &fingerprint) {
+                    cell.result = CellResult::Resumed;
+                    cell.seconds = seconds;
+                    ui.cell_done(&cell);
+                    cells.push(cell);
+                    continue;
+                }
+            }
+            remaining.push(scenario.clone());
+        }
+        if !remaining.is_empty() {
+            to_run.push((i, remaining));
+        }
+    }
+    let mut units: Vec<Unit> = Vec::new();
+    for (i, scenarios) in &to_run {
+        let pair = pairs[*i];
+        let images = prepared[pair.kernel].as_ref().expect("kernels of runnable pairs are prepared");
+        for (index, group) in plan::group(scenarios, options.fresh_boot).into_iter().enumerate() {
+            units.push(Unit {
+                pair,
+                images,
+                patched_qemu: patched_qemu.as_ref().and_then(|q| q.as_ref().ok()),
+                index,
+                scenarios: group.scenarios,
+                devices: group.devices,
+            });
+        }
+    }
+
+    // Longest first, so that a long boot (a stress scenario in a boot of
+    // its own) does not start last and run alone while the other CPUs idle.
+    // The sort is stable: boots of equal estimate keep matrix order. The
+    // semaphore is fair, so boots start in this order.
+    units.sort_by(|a, b| estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios)));
+    ui.status(&format!("{} boots, {} at a time", units.len(), settings.jobs));
+    let cpus = tokio::sync::Semaphore::new(settings.jobs);
+    let ctx = UnitContext { matrix, settings, kernels: &kernels, runtime: runtime.path(), cpus: &cpus, ui: &ui };
+    let finished = futures::future::join_all(units.iter().enumerate().map(|(n, u)| run_unit(&ctx, n, u))).await;
+    ui.finish();
+    let mut boots = Vec::new();
+    for (unit_cells, boot) in finished {
+        cells.extend(unit_cells);
+        boots.extend(boot);
+    }
+    // Matrix order: kernel, variant, scenario, whatever finished first.
+    let order = |c: &MatrixCell| {
+        let k = matrix.kernels.iter().position(|k| k.to_string() == c.kernel);
+        let v = matrix.variants.iter().position(|v| v.name == c.variant);
+        let s = matrix.scenarios.iter().position(|s| s.name == c.scenario);
+        (k, v, s)
+    };
+    cells.sort_by_key(order);
+    Ok(MatrixOutcome { cells, boots, kernels, wall: started.elapsed(), jobs: settings.jobs, shard })
+}
+
+/// A rough cost of a boot, only to order boots: the boot itself, a little
+/// per step, and the interrupts its `fire` steps raise (a few hundred per
+/// second get through a TCG guest and its nested L2).
+fn estimated_seconds(scenarios: &[&Scenario]) -> f64 {
+    let mut seconds = 8.0;
+    for s in scenarios {
+        for step in &s.steps {
+            seconds += 0.1;
+            if let wire::Step::Fire { count, .. } = step {
+                seconds += f64::from(*count) / 500.0;
+            }
+        }
+    }
+    seconds
+}
+
+struct UnitContext<'a> {
+    matrix: &'a Matrix,
+    settings: &'a Settings<'a>,
+    kernels: &'a [KernelRecord],
+    runtime: &'a Path,
+    cpus: &'a tokio::sync::Semaphore,
+    ui: &'a MatrixUi,
+}
+
+async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<MatrixCell>, Option<BootRecord>) {
+    let kernel = &ctx.kernels[unit.pair.kernel];
+    let variant = unit.pair.variant;
+    let label = ctx.matrix.pair_label(&unit.pair);
+    let _cpu = ctx.cpus.acquire().await.expect("the semaphore is never closed");
+    let progress = ctx.ui.unit(&label);
+    let error_cells = |why: String| -> Vec<MatrixCell> {
+        unit.scenarios
+            .iter()
+            .map(|s| {
+                let cell = MatrixCell {
+                    kernel: kernel.spec.clone(),
+                    kernel_release: kernel.release.clone(),
+                    variant: variant.name,
+                    scenario: s.name.clone(),
+                    result: CellResult::Error,
+                    seconds: None,
+                    detail: vec![why.clone()],
+                    diff: None,
+                    report: None,
+                    dir: results::cell_dir(&kernel.spec, variant.name, &s.name),
+                    console_log: None,
+                };
+                results::write_cell(ctx.settings.root, &cell, None, None);
+                ctx.ui.cell_done(&cell);
+                cell
+            })
+            .collect()
+    };
+    let boot_dir = results::boot_dir(&kernel.spec, variant.name, unit.index);
+    let live = match results::LiveBootDir::create(ctx.settings.root, &boot_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            return (error_cells(format!("creating a boot directory under {}: {e}", ctx.settings.root.display())), None)
+        }
+    };
+    let target = run::BootTarget {
+        images: unit.images,
+        patched_qemu: unit.patched_qemu,
+        log_dir: live.path().to_path_buf(),
+        runtime_dir: ctx.runtime.join(format!("u{n}")),
+    };
+    let started = Instant::now();
+    let outcome = match run::boot(ctx.settings.options, &target, variant, &unit.scenarios, &unit.devices, &mut |e| {
+        progress.event(e)
+    })
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => return (error_cells(e), None),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    // The boot is over: its directory becomes boot-N, and messages that
+    // name its files follow it there.
+    let final_dir = ctx.settings.root.join(&boot_dir);
+    let live_path = live.path().to_string_lossy().into_owned();
+    let final_path = final_dir.to_string_lossy().into_owned();
+    let boot_files = match live.finish(&final_dir) {
+        Ok(()) => Some(final_dir.clone()),
+        Err(e) => {
+            ctx.ui.line(&format!("{label}: cannot keep the boot's logs in {}: {e}", final_dir.display()));
+            None
+        }
+    };
+    let mut cells = Vec::new();
+    for scenario in &unit.scenarios {
+        let judged = run::judge(ctx.settings.snapshots, variant, scenario, &outcome);
+        let seconds = outcome
+            .runs
+            .iter()
+            .position(|r| r.scenario == scenario.name)
+            .and_then(|i| outcome.timings.scenarios.get(i))
+            .map(Duration::as_secs_f64);
+        let cell = MatrixCell {
+            kernel: kernel.spec.clone(),
+            kernel_release: kernel.release.clone(),
+            variant: variant.name,
+            scenario: scenario.name.clone(),
+            result: CellResult::Judged(judged.verdict),
+            seconds,
+            // insta printed the diff as it went, among other cells' output:
+            // point at the cell's own copy instead.
+            detail: judged
+                .detail
+                .iter()
+                .map(|d| {
+                    let diff_file =
+                        ctx.settings.root.join(results::cell_dir(&kernel.spec, variant.name, &scenario.name));
+                    d.replace(&live_path, &final_path)
+                        .replace("(diff above)", &format!("(diff in {})", diff_file.join("diff.txt").display()))
+                })
+                .collect(),
+            diff: judged.diff,
+            report: judged.report,
+            dir: results::cell_dir(&kernel.spec, variant.name, &scenario.name),
+            console_log: boot_files.as_ref().map(|d| d.join("console.log")),
+        };
+        let fingerprint = results::fingerprint(
+            kernel.description.as_deref().unwrap_or_default(),
+            variant,
+            scenario,
+            ctx.settings.snapshots,
+            ctx.settings.options,
+            unit.patched_qemu.filter(|_| variant.qemu == QemuKind::Patched),
+        );
+        results::write_cell(ctx.settings.root, &cell, boot_files.as_deref(), Some(&fingerprint));
+        ctx.ui.cell_done(&cell);
+        cells.push(cell);
+    }
+    let boot = BootRecord {
+        kernel: kernel.spec.clone(),
+        variant: variant.name,
+        scenarios: unit.scenarios.iter().map(|s| s.name.clone()).collect(),
+        dir: boot_dir,
+        failure: outcome.failure.as_ref().map(|f| f.message.replace(&live_path, &final_path)),
+        qemu_version: outcome.qemu_version.clone(),
+        boot_to_ready: outcome.timings.boot_to_ready.as_secs_f64(),
+        seconds,
+    };
+    (cells, Some(boot))
+}
+
+/// `--bench`: the same matrix with -j 1 and then -j `jobs`, each into a
+/// fresh temporary results directory, then both wall times and the ratio.
+async fn bench(matrix: &Matrix, pairs: &[Pair], options: &RunOptions, snapshots: &Path, jobs: usize) -> u8 {
+    let levels: Vec<usize> = if jobs > 1 { vec![1, jobs] } else { vec![1] };
+    let mut walls = Vec::new();
+    for &j in &levels {
+        let tmp = match tempfile::Builder::new().prefix("testbed-bench-").tempdir() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot create a results directory: {e}");
+                return run::EXIT_FAILED;
+            }
+        };
+        let settings = Settings { options, snapshots, root: tmp.path(), jobs: j, resume: false };
+        let outcome = match run_matrix(matrix, pairs, &settings, None).await {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return run::EXIT_FAILED;
+            }
+        };
+        let passed = outcome.cells.iter().filter(|c| c.result.passed()).count();
+        eprintln!(
+            "-j {j}: {} cells ({passed} passed) in {} boots, {:.1} s",
+            outcome.cells.len(),
+            outcome.boots.len(),
+            outcome.wall.as_secs_f64()
+        );
+        walls.push((j, outcome));
+    }
+    let kernels: Vec<String> = walls[0].1.kernels.iter().filter_map(|k| k.release.clone()).collect();
+    println!(
+        "bench: matrix of {} kernels ({}) x {} variants ({}), {} cells in {} boots, accel {}",
+        pairs.iter().map(|p| p.kernel).collect::<std::collections::BTreeSet<_>>().len(),
+        kernels.join(", "),
+        matrix.variants.len(),
+        matrix.variants.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+        walls[0].1.cells.len(),
+        walls[0].1.boots.len(),
+        options.accel.name()
+    );
+    let base = walls[0].1.wall.as_secs_f64();
+    for (j, outcome) in &walls {
+        let wall = outcome.wall.as_secs_f64();
+        let boots: f64 = outcome.boots.iter().map(|b| b.seconds).sum();
+        println!(
+            "  -j {j}: wall {wall:>7.1} s   sum of boots {boots:>7.1} s   {:.2} s per cell   speed-up {:.2}x",
+            wall / outcome.cells.len().max(1) as f64,
+            base / wall
+        );
+    }
+    if walls.iter().all(|(_, o)| o.exit_code() == run::EXIT_OK) {
+        run::EXIT_OK
+    } else {
+        eprintln!("bench: some cells did not pass (timings still printed)");
+        run::EXIT_FAILED
+    }
+}
