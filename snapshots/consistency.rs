@@ -18,9 +18,22 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
         if !variant_dir.path().is_dir() {
             continue;
         }
-        let variant = variant_dir.file_name().to_string_lossy().into_owned();
+        let dir_name = variant_dir.file_name().to_string_lossy().into_owned();
+        // `<variant>@<major.minor>`: a kernel line's own snapshots
+        let (variant, line) = match dir_name.split_once('@') {
+            Some((v, l)) => (v.to_owned(), Some(l.to_owned())),
+            None => (dir_name.clone(), None),
+        };
+        if let Some(l) = &line {
+            let ok = l.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+            });
+            if !ok {
+                problems.push(format!("snapshots/{dir_name}: expected <variant>@<major.minor>"));
+            }
+        }
         if testbed::variant::lookup(&variant).is_err() {
-            problems.push(format!("snapshots/{variant}: no such variant"));
+            problems.push(format!("snapshots/{dir_name}: no such variant"));
         }
         for file in std::fs::read_dir(variant_dir.path()).unwrap().flatten() {
             let name = file.file_name().to_string_lossy().into_owned();
@@ -28,16 +41,16 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
             seen += 1;
             let scenario_file = scenarios.join(format!("{scenario}.toml"));
             if !scenario_file.exists() {
-                problems.push(format!("snapshots/{variant}/{name}: no scenarios/{scenario}.toml"));
+                problems.push(format!("snapshots/{dir_name}/{name}: no scenarios/{scenario}.toml"));
             } else if !testbed::scenario::load(&scenario_file).unwrap().runs_on(&variant) {
-                problems.push(format!("snapshots/{variant}/{name}: scenarios/{scenario}.toml does not run on {variant}"));
+                problems.push(format!("snapshots/{dir_name}/{name}: scenarios/{scenario}.toml does not run on {variant}"));
             }
             let text = std::fs::read_to_string(file.path()).unwrap();
             // insta's format: a metadata block between `---` lines, then the body.
             let body = text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")).map(|(_, b)| b);
             match body {
                 Some(body) if body.trim_start().starts_with(&format!("{scenario}:")) => {}
-                _ => problems.push(format!("snapshots/{variant}/{name}: no report body for {scenario}")),
+                _ => problems.push(format!("snapshots/{dir_name}/{name}: no report body for {scenario}")),
             }
         }
     }

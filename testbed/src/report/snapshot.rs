@@ -94,6 +94,28 @@ const INSTA_FAILED: &str = "snapshot assertion for";
 
 /// Compare `report.body()` with `snapshot_root/<variant>/<scenario>.snap`
 /// through insta (see the module docs for what insta writes).
+/// Where a report's snapshot lives: `<variant>@<major.minor>/` when that
+/// kernel line has its own snapshot of the scenario (its behaviour really
+/// differs from the others'), else `<variant>/`, which holds for every
+/// kernel.
+pub fn snapshot_dir(root: &Path, variant: &str, scenario: &str, kernel_release: &str) -> PathBuf {
+    if let Some(line) = kernel_line(kernel_release) {
+        let own = root.join(format!("{variant}@{line}"));
+        if own.join(format!("{scenario}.snap")).exists() {
+            return own;
+        }
+    }
+    root.join(variant)
+}
+
+/// `6.16.12+deb13-amd64` -> `6.16`.
+pub fn kernel_line(release: &str) -> Option<String> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().filter(|p| !p.is_empty())?;
+    let minor = parts.next().filter(|p| !p.is_empty())?;
+    Some(format!("{major}.{minor}"))
+}
+
 pub fn compare_snapshot(
     snapshot_root: &Path,
     variant: &str,
@@ -101,7 +123,7 @@ pub fn compare_snapshot(
     report: &Report,
 ) -> SnapshotOutcome {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = absolute(snapshot_root).join(variant);
+    let dir = snapshot_dir(&absolute(snapshot_root), variant, scenario, &report.header.kernel_release);
     let snap = dir.join(format!("{scenario}.snap"));
     let existed = snap.exists();
     let old_body = if existed {
@@ -229,4 +251,24 @@ fn unified_diff(old: &str, new: &str) -> String {
         .context_radius(3)
         .header("snapshot", "report")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_line_snapshot_overrides_the_variant_one() {
+        assert_eq!(kernel_line("6.16.12+deb13-amd64").as_deref(), Some("6.16"));
+        assert_eq!(kernel_line("7.2.13+deb14-amd64").as_deref(), Some("7.2"));
+        assert_eq!(kernel_line("6.1.0-50-amd64").as_deref(), Some("6.1"));
+        assert_eq!(kernel_line("weird"), None);
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("intel-ir@6.16");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("a.snap"), "").unwrap();
+        assert_eq!(snapshot_dir(root.path(), "intel-ir", "a", "6.16.12+deb13-amd64"), own);
+        assert_eq!(snapshot_dir(root.path(), "intel-ir", "b", "6.16.12+deb13-amd64"), root.path().join("intel-ir"));
+        assert_eq!(snapshot_dir(root.path(), "intel-ir", "a", "6.17.13+deb13-amd64"), root.path().join("intel-ir"));
+    }
 }
