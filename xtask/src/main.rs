@@ -15,7 +15,8 @@ const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS.
   setup       install host packages (QEMU from bookworm-backports, busybox-static, QEMU build deps)
   run         setup, then run every scenario on the default kernel and variants
   test        setup, then the whole test suite, tests that boot guests included, then qemu-check
-  bench       setup, then time one warm-cache scenario, phase by phase
+  bench       setup, then time one warm-cache scenario phase by phase, posted against
+              remapped delivery (own and equal CPU counts), shared against fresh boots
   qemu-check  build the patched QEMU in target/qemu-check/ and run the qtests
               listed in qemu-patches/qtests.txt (QEMU_TREE=PATH: a QEMU checkout as source)";
 
@@ -81,11 +82,20 @@ fn main() -> Result<()> {
             // Boot phases of one warm-cache scenario...
             cmd!(sh, "cargo run --release -p testbed -- bench scenarios/edu-producer-first.toml --variant intel-ir {extra...}")
                 .run()?;
-            // ...then posted against remapped delivery into an L2, halted and running.
+            // ...then posted against remapped delivery into an L2, halted and
+            // running, at each variant's own CPU count and at 2 CPUs for both...
             for scenario in ["bench/scenarios/edu-bench-halted.toml", "bench/scenarios/edu-bench-running.toml"] {
                 cmd!(sh, "cargo run --release -p testbed -- bench {scenario} --variant amd-avic --variant amd-ir {extra...}")
                     .run()?;
+                cmd!(
+                    sh,
+                    "cargo run --release -p testbed -- bench {scenario} --variant amd-avic --variant amd-ir --smp 2 {extra...}"
+                )
+                .run()?;
             }
+            // ...then every scenario in shared boots against one boot each.
+            cmd!(sh, "cargo run --release -p testbed -- bench --boot-sharing scenarios --variant intel-ir --iterations 3")
+                .run()?;
             Ok(())
         }
         _ => bail!("{USAGE}"),
