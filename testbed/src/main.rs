@@ -96,6 +96,10 @@ struct RunArgs {
     /// L1 CPUs, instead of the variant's own count (amd-avic: 2, others: 1)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
     smp: Option<u32>,
+    /// An extra QEMU argument, appended last (repeatable), e.g.
+    /// `--qemu-arg=-trace --qemu-arg='igb_irq_*'`
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
     /// Extra words for the guest kernel command line
     #[arg(long = "append")]
     append: Vec<String>,
@@ -144,6 +148,7 @@ impl RunArgs {
             append: self.append,
             bzimage: self.bzimage,
             smp: self.smp,
+            qemu_args: self.qemu_args,
             results: self.results,
             snapshots: self.snapshots,
         })

@@ -69,6 +69,8 @@ pub struct BootConfig {
     pub memory_mib: u32,
     /// L1 CPUs (`-smp`): the variant's, unless the user asked for others.
     pub smp: u32,
+    /// Extra QEMU arguments from the user (`--qemu-arg`), last.
+    pub extra_args: Vec<String>,
     /// Holds qmp.sock and agent.sock.
     pub runtime_dir: PathBuf,
     pub console_log: PathBuf,
@@ -238,6 +240,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         device_args(&cfg.devices),
         serial_args(&cfg.console_log, &cfg.agent_socket()),
         qmp_args(&cfg.qmp_socket()),
+        cfg.extra_args.clone(),
     ]
     .concat()
 }
@@ -340,6 +343,7 @@ mod tests {
             ],
             memory_mib: 1024,
             smp: 1,
+            extra_args: Vec::new(),
             runtime_dir: "/run/t".into(),
             console_log: "/log/console.log".into(),
         }

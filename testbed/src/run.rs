@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub bzimage: bool,
     /// L1 CPUs instead of the variant's own count.
     pub smp: Option<u32>,
+    /// Extra QEMU arguments, e.g. `-trace igb_irq_*`.
+    pub qemu_args: Vec<String>,
     pub results: Option<PathBuf>,
     pub snapshots: Option<PathBuf>,
 }
@@ -349,6 +351,7 @@ pub async fn boot(
         devices: devices.to_vec(),
         memory_mib: 1024,
         smp: options.smp.unwrap_or(variant.smp),
+        extra_args: options.qemu_args.clone(),
         runtime_dir: target.runtime_dir.clone(),
         console_log: target.log_dir.join("console.log"),
     };

@@ -374,6 +374,7 @@ fn run_options(args: &MatrixArgs, matrix: &Matrix) -> RunOptions {
         append: args.append.clone(),
         bzimage: args.bzimage,
         smp: None,
+        qemu_args: Vec::new(),
         results: None,
         snapshots: args.snapshots.clone(),
     }
