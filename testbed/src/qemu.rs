@@ -87,13 +87,20 @@ impl BootConfig {
 }
 
 /// The patched QEMU of a run: built (or found in the cache) from the pinned
-/// source, or from `tree` when given, plus `<project>/qemu-patches/`.
+/// source, or from `tree` when given, plus the `qemu-patches/` of the
+/// project: the nearest directory from `project` up that has one (scenario
+/// sets such as `bench/scenarios/` live below the project root).
 pub fn patched_qemu_spec(project: &Path, tree: Option<&Path>) -> images::QemuBuildSpec {
     let source = match tree {
         Some(t) => images::QemuSource::Tree(t.to_path_buf()),
         None => images::QemuSource::pinned(),
     };
-    images::QemuBuildSpec::new(source, project.join("qemu-patches"))
+    let patches = project
+        .ancestors()
+        .map(|d| d.join("qemu-patches"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| project.join("qemu-patches"));
+    images::QemuBuildSpec::new(source, patches)
 }
 
 /// The binary and `-L` directories `variant` boots with.
@@ -347,6 +354,15 @@ mod tests {
             runtime_dir: "/run/t".into(),
             console_log: "/log/console.log".into(),
         }
+    }
+
+    #[test]
+    fn patches_are_found_above_a_nested_scenario_set() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("qemu-patches")).unwrap();
+        std::fs::create_dir_all(root.path().join("bench")).unwrap();
+        let spec = patched_qemu_spec(&root.path().join("bench"), None);
+        assert_eq!(spec.patches_dir, root.path().join("qemu-patches"));
     }
 
     #[test]
