@@ -35,8 +35,12 @@ pub use generated::{PROGRAM, STUBS};
 #[cfg(test)]
 use generated::MAIN_LOOP;
 
-/// How long an L2 may take to report ready and acknowledge a request.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an L2 may go without progress (reporting ready, acknowledging
+/// a request, sending the next IPI). Generous: on a loaded 2-core host a
+/// TCG L1 shares a core with other guests and its L2 gets a fraction of
+/// that; 5 s failed about one run in twelve of a parallel matrix. A real
+/// hang still ends the step, and the host's own watchdog stays longer.
+const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// The signal that kicks a vCPU thread out of KVM_RUN (handler does nothing).
 const KICK_SIGNAL: libc::c_int = libc::SIGUSR1;
 
