@@ -124,18 +124,31 @@ pub fn drive(
 
     let _reset = ResetGuard { tree };
     git_ok(tree, &["bisect", "start", &bad_sha, &good_sha])?;
+    // git's own lines (and the step's stdout) as they come; the step's
+    // stderr goes straight to ours
     let mut run = git(tree);
-    run.args(["bisect", "run"]).args(step);
-    let out = run.output().map_err(|e| GitBisectError::Git {
+    run.args(["bisect", "run"]).args(step).stdout(std::process::Stdio::piped());
+    let mut child = run.spawn().map_err(|e| GitBisectError::Git {
         tree: tree.to_path_buf(),
         args: "bisect run".into(),
         detail: e.to_string(),
     })?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    for line in stdout.lines().chain(stderr.lines()) {
-        on_line(line);
+    let mut stdout = String::new();
+    {
+        use std::io::BufRead;
+        let pipe = child.stdout.take().expect("piped");
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            on_line(&line);
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
     }
+    let status = child.wait().map_err(|e| GitBisectError::Git {
+        tree: tree.to_path_buf(),
+        args: "bisect run".into(),
+        detail: e.to_string(),
+    })?;
     let log = git_ok(tree, &["bisect", "log"]).unwrap_or_default();
     let steps = steps_from_log(&log);
     let outcome = if let Some(commit) = first_bad(&stdout) {
@@ -155,8 +168,8 @@ pub fn drive(
         let commit = git_ok(tree, &["rev-parse", "HEAD"]).unwrap_or_default();
         return Err(GitBisectError::StepAborted {
             commit,
-            code: out.status.code(),
-            output: format!("{stdout}{stderr}").lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+            code: status.code(),
+            output: stdout.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
     };
     Ok(GitBisectResult { outcome, log, steps })
@@ -280,7 +293,7 @@ mod tests {
     fn an_aborting_step_ends_the_bisect_and_restores_the_tree() {
         let t = tempfile::tempdir().unwrap();
         let shas = repo(t.path(), 8, 4);
-        let e = drive(t.path(), &shas[0], &shas[7], &sh("echo bad input >&2; exit 128"), &mut |_| {}).unwrap_err();
+        let e = drive(t.path(), &shas[0], &shas[7], &sh("echo bad input; exit 128"), &mut |_| {}).unwrap_err();
         match &e {
             GitBisectError::StepAborted { output, .. } => assert!(output.contains("bad input"), "{output}"),
             other => panic!("{other:?}"),

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use testbed::run::{self, RunOptions};
-use testbed::{scenario, variant};
+use testbed::{bisect_cmd, scenario, variant};
 
 #[derive(Parser)]
 #[command(name = "testbed", version, about = "Run irqbypass scenarios in QEMU guests with emulated IOMMUs")]
@@ -41,6 +41,30 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         iterations: usize,
     },
+    /// Find the first kernel (Debian version, or commit of --tree) at which
+    /// one scenario's report on one variant differs from --good's
+    Bisect {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The old end: debian:VERSION, or a revision of --tree
+        #[arg(long)]
+        good: String,
+        /// The new end, whose report differs
+        #[arg(long)]
+        bad: String,
+        /// A kernel git tree: bisect its commits with `git bisect run`,
+        /// building each (the tree's own checkout is not touched)
+        #[arg(long, value_name = "PATH")]
+        tree: Option<PathBuf>,
+    },
+    /// One `git bisect run` step of `testbed bisect --tree` (internal)
+    #[command(hide = true)]
+    BisectStep {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,7 +82,7 @@ struct RunArgs {
     /// Variant to run on (repeatable); default: the default variants
     #[arg(long = "variant", short = 'V')]
     variants: Vec<String>,
-    /// Kernel spec: debian:MAJOR.MINOR[.PATCH] or path:BZIMAGE[,modules=DIR]
+    /// Kernel spec: debian:MAJOR.MINOR[.PATCH], path:BZIMAGE[,modules=DIR] or git:TREE[@REV]
     #[arg(long, short = 'k', default_value = "debian:7.2")]
     kernel: String,
     /// Write the machine-readable report here
@@ -106,6 +130,58 @@ enum AccelArg {
 }
 
 impl RunArgs {
+    /// The flags that make another testbed process run the same way (the
+    /// steps of a git bisect); the kernel is left out.
+    fn step_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut flag = |name: &str, value: std::ffi::OsString| {
+            a.push(name.into());
+            a.push(value);
+        };
+        for v in &self.variants {
+            flag("--variant", v.into());
+        }
+        flag("--timeout", self.timeout.to_string().into());
+        flag("--boot-timeout", self.boot_timeout.to_string().into());
+        let accel = match self.accel {
+            AccelArg::Auto => "auto",
+            AccelArg::Tcg => "tcg",
+            AccelArg::Kvm => "kvm",
+        };
+        flag("--accel", accel.into());
+        flag("--qemu", self.qemu.clone().into());
+        if let Some(t) = &self.qemu_tree {
+            flag("--qemu-tree", t.clone().into());
+        }
+        for w in &self.append {
+            flag("--append", w.into());
+        }
+        if let Some(r) = &self.results {
+            flag("--results", r.clone().into());
+        }
+        if let Some(s) = &self.snapshots {
+            flag("--snapshots", s.clone().into());
+        }
+        if self.bzimage {
+            a.push("--bzimage".into());
+        }
+        for p in &self.paths {
+            a.push(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).into());
+        }
+        a
+    }
+
+    /// A bisect probes one scenario file on one variant.
+    fn check_bisect(&self) -> Result<(), String> {
+        if self.variants.len() != 1 {
+            return Err("a bisect needs exactly one --variant".into());
+        }
+        if self.paths.len() != 1 || !self.paths[0].is_file() {
+            return Err("a bisect needs exactly one scenario file".into());
+        }
+        Ok(())
+    }
+
     fn options(self) -> Result<RunOptions, run::InputError> {
         let variants = if self.variants.is_empty() {
             variant::defaults().collect()
@@ -158,6 +234,29 @@ fn main() -> ExitCode {
                 Err(e) => run::usage_error(&e),
             },
             Command::List { what, paths } => list(what, &paths),
+            Command::Bisect { run: args, good, bad, tree } => {
+                if let Err(e) = args.check_bisect() {
+                    eprintln!("error: {e}");
+                    return run::EXIT_USAGE;
+                }
+                let step_args = args.step_args();
+                match args.options() {
+                    Ok(options) => match tree {
+                        Some(tree) => {
+                            interruptible(bisect_cmd::git_tree(options, &tree, &good, &bad, step_args)).await
+                        }
+                        None => interruptible(bisect_cmd::versions(options, &good, &bad)).await,
+                    },
+                    Err(e) => run::usage_error(&e),
+                }
+            }
+            Command::BisectStep { run: args, state } => match args.options() {
+                Ok(options) => interruptible(bisect_cmd::step(options, &state)).await,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    128
+                }
+            },
         }
     });
     // Dropping the runtime drops any QEMU still owned by an aborted task.
