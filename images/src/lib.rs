@@ -24,6 +24,7 @@ mod debver;
 mod initramfs;
 mod kbuild;
 mod kernel;
+mod linux_source;
 mod modules;
 mod pvh;
 mod qemu;
@@ -37,6 +38,7 @@ pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
 pub use kbuild::{linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
+pub use linux_source::{debian_linux_tree, DebianTree};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;
 pub use qemu::{
@@ -161,6 +163,10 @@ pub enum Progress {
     BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
     CacheHit { what: String },
+    /// `apt-get source --download-only linux=<version>`.
+    FetchingKernelSource { version: String },
+    /// Committing patch `index` of `total` of Debian's series.
+    ApplyingKernelPatch { index: usize, total: usize, name: String },
     /// Checking a commit out in the testbed's worktree of a kernel tree.
     CheckingOut { rev: String },
     /// Merging the config fragments onto tinyconfig.
@@ -190,6 +196,8 @@ impl std::fmt::Display for Progress {
             Progress::ConfiguringQemu => write!(f, "configuring qemu"),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
+            Progress::FetchingKernelSource { version } => write!(f, "fetching the linux {version} source"),
+            Progress::ApplyingKernelPatch { index, total, name } => write!(f, "patch {index}/{total}: {name}"),
             Progress::CheckingOut { rev } => write!(f, "checking out {rev}"),
             Progress::ConfiguringKernel => write!(f, "configuring the kernel (tinyconfig + kernel-config/)"),
             Progress::BuildingKernel { objects } => write!(f, "building the kernel: {objects} files compiled"),

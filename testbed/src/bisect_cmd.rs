@@ -9,9 +9,10 @@
 //!   kernel `testbed list kernels` shows between the two, searched with
 //!   [`crate::bisect::first_change`]; nothing is built.
 //! - Over a git tree (`--tree PATH --good REV --bad REV`): `git bisect run`
-//!   in a worktree the testbed owns (the user's checkout is not touched),
-//!   with `testbed bisect-step` as the step: it builds the checked-out
-//!   commit (`git:WORKTREE`, incrementally in the kept `O=` directory),
+//!   in the tree itself (it must be clean; its branch or commit is checked
+//!   out again afterwards, however the bisect ends), with `testbed
+//!   bisect-step` as the step: it builds the checked-out commit
+//!   (`git:TREE`, incrementally in the `O=` directory kept for the tree),
 //!   runs the scenario and compares the body with the reference.
 //!
 //! Exit codes: 0 the first change was found; 1 the report is the same at
@@ -253,7 +254,6 @@ fn git_run(tree: &Path, args: &[&str]) -> Result<(), String> {
 /// The git bisect. `step_args` are the run flags to hand on to each step.
 pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, step_args: Vec<OsString>) -> u8 {
     let ui = Ui::new();
-    let cache = images::Cache::default_location();
     let fail = |ui: &Ui, msg: String, code: u8| {
         ui.finish();
         eprintln!("error: {msg}");
@@ -269,35 +269,23 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
     ) else {
         return fail(&ui, format!("{}: --good {good} or --bad {bad} is not a commit there", tree.display()), EXIT_USAGE);
     };
-    // the testbed's own worktree: bisects never move the user's checkout
-    let worktree = match images::linux_worktree(&cache, &tree) {
-        Ok(w) => PathBuf::from(format!("{}-bisect", w.display())),
-        Err(e) => return fail(&ui, e.to_string(), EXIT_SKIP),
-    };
-    let prepared = (|| -> Result<(), String> {
-        if worktree.join(".git").exists() {
-            // a bisect a killed run left behind is ours to end
-            let _ = git_run(&worktree, &["bisect", "reset"]);
-            git_run(&worktree, &["checkout", "-q", "--detach", "--force", &good_sha])
-        } else {
-            let _ = git_run(&tree, &["worktree", "prune"]);
-            ui.line(&format!("creating the bisect worktree {}", worktree.display()));
-            git_run(&tree, &["worktree", "add", "-q", "--detach", "--force", &worktree.display().to_string(), &good_sha])
-        }
-    })();
-    if let Err(e) = prepared {
-        return fail(&ui, e, EXIT_SKIP);
+    if let Err(e) = gitbisect::check_tree(&tree) {
+        return fail(&ui, e.to_string(), EXIT_USAGE);
     }
     let state = match tempfile::Builder::new().prefix("testbed-bisect-").tempdir() {
         Ok(d) => d,
         Err(e) => return fail(&ui, format!("temporary directory: {e}"), EXIT_SKIP),
     };
-    let kernel = images::KernelSpec::Git { tree: worktree.clone(), rev: None };
+    let kernel = images::KernelSpec::Git { tree: tree.clone(), rev: None };
     let started = Instant::now();
     // the two ends first: the reference, and proof that the bad end differs
+    let restore = match gitbisect::RestoreHead::new(&tree) {
+        Ok(r) => r,
+        Err(e) => return fail(&ui, e.to_string(), EXIT_SKIP),
+    };
     let mut ends = Vec::new();
     for (label, sha) in [("good", &good_sha), ("bad", &bad_sha)] {
-        if let Err(e) = git_run(&worktree, &["checkout", "-q", "--detach", "--force", sha]) {
+        if let Err(e) = git_run(&tree, &["checkout", "-q", "--detach", sha]) {
             return fail(&ui, e, EXIT_SKIP);
         }
         let t = Instant::now();
@@ -312,6 +300,7 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
             Err(code) => return fail(&ui, format!("the {label} end {} could not be tested", &sha[..12]), code),
         }
     }
+    drop(restore);
     ui.finish();
     if ends[0] == ends[1] {
         println!("the report is the same at {good} and {bad}: nothing to bisect");
@@ -332,9 +321,9 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
     let mut step: Vec<OsString> = vec![exe.into(), "bisect-step".into(), "--state".into(), state.path().into()];
     step.extend(step_args);
     step.push("--kernel".into());
-    step.push(format!("git:{}", worktree.display()).into());
+    step.push(format!("git:{}", tree.display()).into());
     let result = tokio::task::block_in_place(|| {
-        gitbisect::drive(&worktree, &good_sha, &bad_sha, &step, &mut |line| eprintln!("git: {line}"))
+        gitbisect::drive(&tree, &good_sha, &bad_sha, &step, &mut |line| eprintln!("git: {line}"))
     });
     let total = started.elapsed().as_secs_f64();
     match result {

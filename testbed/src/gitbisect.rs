@@ -83,6 +83,42 @@ pub fn head_state(tree: &Path) -> Result<String, GitBisectError> {
     }
 }
 
+/// Refuses a tree with uncommitted changes to tracked files or a bisect
+/// already under way: neither is ours to overwrite or end.
+pub fn check_tree(tree: &Path) -> Result<(), GitBisectError> {
+    let bad_tree = |why: String| GitBisectError::BadTree { tree: tree.to_path_buf(), why };
+    let in_progress = git_ok(tree, &["rev-parse", "--git-path", "BISECT_START"])?;
+    let in_progress = if Path::new(&in_progress).is_absolute() { PathBuf::from(in_progress) } else { tree.join(in_progress) };
+    if in_progress.exists() {
+        return Err(bad_tree("a bisect is already under way there (git bisect reset ends it)".into()));
+    }
+    let dirty = git_ok(tree, &["status", "--porcelain", "--untracked-files=no"])?;
+    if !dirty.is_empty() {
+        return Err(bad_tree(format!("it has uncommitted changes:\n{dirty}")));
+    }
+    Ok(())
+}
+
+/// Checks the branch or commit that was checked out when it was made out
+/// again when dropped: for checkouts outside `git bisect` (the two ends).
+pub struct RestoreHead {
+    tree: PathBuf,
+    head: String,
+}
+
+impl RestoreHead {
+    pub fn new(tree: &Path) -> Result<RestoreHead, GitBisectError> {
+        Ok(RestoreHead { tree: tree.to_path_buf(), head: head_state(tree)? })
+    }
+}
+
+impl Drop for RestoreHead {
+    fn drop(&mut self) {
+        let target = self.head.strip_prefix("refs/heads/").unwrap_or(&self.head);
+        let _ = run_git(&self.tree, &["checkout", "-q", target]);
+    }
+}
+
 /// Resets the bisect when dropped, however the bisect ended.
 struct ResetGuard<'a> {
     tree: &'a Path,
@@ -105,15 +141,7 @@ pub fn drive(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GitBisectResult, GitBisectError> {
     let bad_tree = |why: String| GitBisectError::BadTree { tree: tree.to_path_buf(), why };
-    let in_progress = git_ok(tree, &["rev-parse", "--git-path", "BISECT_START"])?;
-    let in_progress = if Path::new(&in_progress).is_absolute() { PathBuf::from(in_progress) } else { tree.join(in_progress) };
-    if in_progress.exists() {
-        return Err(bad_tree("a bisect is already under way there (git bisect reset ends it)".into()));
-    }
-    let dirty = git_ok(tree, &["status", "--porcelain", "--untracked-files=no"])?;
-    if !dirty.is_empty() {
-        return Err(bad_tree(format!("it has uncommitted changes:\n{dirty}")));
-    }
+    check_tree(tree)?;
     let good_sha = git_ok(tree, &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")])
         .map_err(|_| bad_tree(format!("unknown revision {good}")))?;
     let bad_sha = git_ok(tree, &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")])
@@ -318,6 +346,19 @@ mod tests {
         assert!(err(&shas[0], &shas[3]).contains("already under way"));
         // and the bisect that was under way is not ours to reset
         assert!(run_git(t.path(), &["bisect", "log"]).unwrap().status.success());
+    }
+
+    #[test]
+    fn restore_head_goes_back_to_the_branch() {
+        let t = tempfile::tempdir().unwrap();
+        let shas = repo(t.path(), 4, 2);
+        {
+            let _restore = RestoreHead::new(t.path()).unwrap();
+            git_ok(t.path(), &["checkout", "-q", "--detach", &shas[1]]).unwrap();
+            assert_eq!(head_state(t.path()).unwrap(), shas[1]);
+        }
+        assert_eq!(head_state(t.path()).unwrap(), "refs/heads/main");
+        assert_eq!(git_ok(t.path(), &["rev-parse", "HEAD"]).unwrap(), shas[3]);
     }
 
     #[test]

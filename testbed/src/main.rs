@@ -52,10 +52,18 @@ enum Command {
         /// The new end, whose report differs
         #[arg(long)]
         bad: String,
-        /// A kernel git tree: bisect its commits with `git bisect run`,
-        /// building each (the tree's own checkout is not touched)
+        /// A clean kernel git tree: bisect its commits with `git bisect
+        /// run`, building each; its checkout is restored afterwards
         #[arg(long, value_name = "PATH")]
         tree: Option<PathBuf>,
+    },
+    /// Make a kernel git tree from Debian's linux source package: the
+    /// upstream tarball, then one commit per Debian patch
+    KernelTree {
+        /// Debian source version: 6.12.107 (newest Debian revision) or 6.12.107-1
+        version: String,
+        /// Where the tree goes (must not exist)
+        dest: PathBuf,
     },
     /// One `git bisect run` step of `testbed bisect --tree` (internal)
     #[command(hide = true)]
@@ -250,6 +258,7 @@ fn main() -> ExitCode {
                     Err(e) => run::usage_error(&e),
                 }
             }
+            Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
             Command::BisectStep { run: args, state } => match args.options() {
                 Ok(options) => interruptible(bisect_cmd::step(options, &state)).await,
                 Err(e) => {
@@ -272,6 +281,32 @@ async fn interruptible(work: impl std::future::Future<Output = u8>) -> u8 {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted");
             130
+        }
+    }
+}
+
+fn kernel_tree(version: &str, dest: &std::path::Path) -> u8 {
+    let ui = testbed::ui::Ui::new();
+    let cache = images::Cache::default_location();
+    let made = images::debian_linux_tree(&cache, version, dest, &mut |p| ui.images(p));
+    ui.finish();
+    match made {
+        Ok(t) => {
+            println!(
+                "{}: linux {} as {} commits (tags: upstream, debian)",
+                t.path.display(),
+                t.debian_version,
+                t.commits
+            );
+            run::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_bad_input() {
+                run::EXIT_USAGE
+            } else {
+                run::EXIT_SKIP
+            }
         }
     }
 }
