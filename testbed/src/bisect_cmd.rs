@@ -3,7 +3,9 @@
 //! Both bisects look for the first point where one scenario's report body
 //! on one variant stops being what it is at `--good` (the header, which
 //! names the kernel, is not compared; a scenario that breaks is a change
-//! too, its failure is in the body).
+//! too, its failure is in the body). `--console-match TEXT` adds the
+//! boot's console lines containing TEXT to what is compared, for changes
+//! the kernel only logs.
 //!
 //! - Over Debian kernels (`--good debian:6.1 --bad debian:6.12`): every
 //!   kernel `testbed list kernels` shows between the two, searched with
@@ -29,20 +31,50 @@ use crate::gitbisect::{self, GitBisectError, GitBisectOutcome, StepVerdict};
 use crate::run::{self, RunOptions, EXIT_FAILED, EXIT_OK, EXIT_SKIP, EXIT_USAGE};
 use crate::ui::Ui;
 
-/// What is compared between two points: the report body.
-fn comparable(report: &crate::report::Report) -> String {
-    report.body()
+/// What is compared between two points: the report body, then the
+/// console lines that contain one of `console_match` (without printk's
+/// `[time]` prefix), when any are asked for.
+fn comparable(report: &crate::report::Report, console_log: &Path, console_match: &[String]) -> String {
+    let mut out = report.body();
+    if !console_match.is_empty() {
+        let console = std::fs::read(console_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let quoted: Vec<String> = console_match.iter().map(|m| format!("{m:?}")).collect();
+        let _ = writeln!(out, "\nconsole lines with {}", quoted.join(" or "));
+        let mut any = false;
+        for line in console.lines().map(console_text).filter(|l| console_match.iter().any(|m| l.contains(m.as_str()))) {
+            let _ = writeln!(out, "   {line}");
+            any = true;
+        }
+        if !any {
+            let _ = writeln!(out, "   none");
+        }
+    }
+    out
+}
+
+/// A console line without its printk time stamp and trailing blanks.
+fn console_text(line: &str) -> &str {
+    let line = line.trim_end();
+    match line.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((time, rest)) if time.trim().parse::<f64>().is_ok() => rest.trim_start(),
+        _ => line,
+    }
 }
 
 /// `run`'s probe with another kernel.
-async fn probe_kernel(options: &RunOptions, kernel: images::KernelSpec, ui: &Ui) -> Result<String, u8> {
+async fn probe_kernel(
+    options: &RunOptions,
+    kernel: images::KernelSpec,
+    console_match: &[String],
+    ui: &Ui,
+) -> Result<String, u8> {
     let mut options = options.clone();
     options.kernel = kernel;
-    run::probe(&options, ui).await.map(|r| comparable(&r))
+    run::probe(&options, ui).await.map(|(r, console)| comparable(&r, &console, console_match))
 }
 
 /// The version bisect over the Debian kernels between `good` and `bad`.
-pub async fn versions(options: RunOptions, good: &str, bad: &str) -> u8 {
+pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match: &[String]) -> u8 {
     let parse = |s: &str| -> Result<images::VersionReq, String> {
         let spec = if s.contains(':') { s.to_string() } else { format!("debian:{s}") };
         match spec.parse::<images::KernelSpec>() {
@@ -107,7 +139,7 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str) -> u8 {
         });
         let t = Instant::now();
         let got = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(probe_kernel(&options, spec, &ui))
+            tokio::runtime::Handle::current().block_on(probe_kernel(&options, spec, console_match, &ui))
         });
         let secs = t.elapsed().as_secs_f64();
         match got {
@@ -252,7 +284,14 @@ fn git_run(tree: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// The git bisect. `step_args` are the run flags to hand on to each step.
-pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, step_args: Vec<OsString>) -> u8 {
+pub async fn git_tree(
+    options: RunOptions,
+    tree: &Path,
+    good: &str,
+    bad: &str,
+    console_match: &[String],
+    step_args: Vec<OsString>,
+) -> u8 {
     let ui = Ui::new();
     let fail = |ui: &Ui, msg: String, code: u8| {
         ui.finish();
@@ -289,7 +328,7 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
             return fail(&ui, e, EXIT_SKIP);
         }
         let t = Instant::now();
-        match probe_kernel(&options, kernel.clone(), &ui).await {
+        match probe_kernel(&options, kernel.clone(), console_match, &ui).await {
             Ok(body) => {
                 ui.line(&format!("  {label} {} : tested ({:.0} s)", &sha[..12], t.elapsed().as_secs_f64()));
                 ends.push(body);
@@ -319,6 +358,10 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
         }
     };
     let mut step: Vec<OsString> = vec![exe.into(), "bisect-step".into(), "--state".into(), state.path().into()];
+    for m in console_match {
+        step.push("--console-match".into());
+        step.push(m.into());
+    }
     step.extend(step_args);
     step.push("--kernel".into());
     step.push(format!("git:{}", tree.display()).into());
@@ -371,7 +414,7 @@ pub async fn git_tree(options: RunOptions, tree: &Path, good: &str, bad: &str, s
 /// names, compare with the reference in `state`. Exits 0 same, 1 differs,
 /// 125 cannot build or boot, 128 anything else (git aborts the bisect:
 /// bad input must not read as "bad").
-pub async fn step(options: RunOptions, state: &Path) -> u8 {
+pub async fn step(options: RunOptions, state: &Path, console_match: &[String]) -> u8 {
     let images::KernelSpec::Git { tree, .. } = &options.kernel else {
         eprintln!("error: bisect-step needs a git: kernel");
         return 128;
@@ -391,8 +434,8 @@ pub async fn step(options: RunOptions, state: &Path) -> u8 {
     ui.finish();
     let secs = t.elapsed().as_secs_f64();
     let (code, verdict) = match got {
-        Ok(body) => {
-            let body = comparable(&body);
+        Ok((report, console)) => {
+            let body = comparable(&report, &console, console_match);
             let _ = std::fs::write(report_file(state, &head), &body);
             if body == reference {
                 (0, "same as the reference")
@@ -410,6 +453,13 @@ pub async fn step(options: RunOptions, state: &Path) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_lines_lose_their_time_stamps() {
+        assert_eq!(console_text("[    0.123456] DMAR: Unknown option - 'x'  "), "DMAR: Unknown option - 'x'");
+        assert_eq!(console_text("DMAR: IOMMU enabled"), "DMAR: IOMMU enabled");
+        assert_eq!(console_text("[x] not a time"), "[x] not a time");
+    }
 
     #[test]
     fn side_by_side_marks_changes() {

@@ -56,6 +56,9 @@ enum Command {
         /// run`, building each; its checkout is restored afterwards
         #[arg(long, value_name = "PATH")]
         tree: Option<PathBuf>,
+        /// Also compare the console lines containing TEXT (repeatable)
+        #[arg(long, value_name = "TEXT")]
+        console_match: Vec<String>,
     },
     /// Make a kernel git tree from Debian's linux source package: the
     /// upstream tarball, then one commit per Debian patch
@@ -72,6 +75,8 @@ enum Command {
         run: RunArgs,
         #[arg(long)]
         state: PathBuf,
+        #[arg(long)]
+        console_match: Vec<String>,
     },
 }
 
@@ -242,7 +247,7 @@ fn main() -> ExitCode {
                 Err(e) => run::usage_error(&e),
             },
             Command::List { what, paths } => list(what, &paths),
-            Command::Bisect { run: args, good, bad, tree } => {
+            Command::Bisect { run: args, good, bad, tree, console_match } => {
                 if let Err(e) = args.check_bisect() {
                     eprintln!("error: {e}");
                     return run::EXIT_USAGE;
@@ -251,16 +256,17 @@ fn main() -> ExitCode {
                 match args.options() {
                     Ok(options) => match tree {
                         Some(tree) => {
-                            interruptible(bisect_cmd::git_tree(options, &tree, &good, &bad, step_args)).await
+                            let bisect = bisect_cmd::git_tree(options, &tree, &good, &bad, &console_match, step_args);
+                            interruptible(bisect).await
                         }
-                        None => interruptible(bisect_cmd::versions(options, &good, &bad)).await,
+                        None => interruptible(bisect_cmd::versions(options, &good, &bad, &console_match)).await,
                     },
                     Err(e) => run::usage_error(&e),
                 }
             }
             Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
-            Command::BisectStep { run: args, state } => match args.options() {
-                Ok(options) => interruptible(bisect_cmd::step(options, &state)).await,
+            Command::BisectStep { run: args, state, console_match } => match args.options() {
+                Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
                 Err(e) => {
                     eprintln!("error: {e}");
                     128

@@ -557,9 +557,10 @@ fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 /// One boot of the single scenario of `options` on its first variant, for
-/// bisects: the report (checks and snapshot are not judged), or the exit
-/// code when there is none (2 bad input, 125 no kernel or no boot).
-pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<Report, u8> {
+/// bisects: the report (checks and snapshot are not judged) and the boot's
+/// console log, or the exit code when there is none (2 bad input, 125 no
+/// kernel or no boot).
+pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u8> {
     let prepared = prepare(options, ui)?;
     let (Some(variant), [scenario]) = (options.variants.first(), prepared.scenarios.as_slice()) else {
         eprintln!("error: a probe runs one scenario on one variant");
@@ -585,5 +586,5 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<Report, u8> {
         kernel_release: ready.platform.kernel_release.clone(),
         qemu_version: outcome.qemu_version.clone(),
     };
-    Ok(Report::new(scenario, header, &ready.platform, run))
+    Ok((Report::new(scenario, header, &ready.platform, run), outcome.console_log.clone()))
 }

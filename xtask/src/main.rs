@@ -41,6 +41,13 @@ const QEMU_BUILD_PACKAGES: &[&str] = &[
     "pkg-config",
 ];
 
+/// Bookworm packages the kernel builds of `git:` specs need (images'
+/// kbuild): make, bc, flex/bison (in the QEMU list), libelf for objtool,
+/// libssl for the signing tools, kmod for depmod in modules_install,
+/// patch for `testbed kernel-tree`; ccache makes rebuilds of a bisect
+/// cheaper.
+const KERNEL_BUILD_PACKAGES: &[&str] = &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache"];
+
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/irqbypass-testbed-backports.sources";
 
 fn main() -> Result<()> {
@@ -105,13 +112,13 @@ fn setup(sh: &Shell) -> Result<()> {
         .map(|v| qemu_major(&v) >= 10)
         .unwrap_or(false);
     let busybox_ok = Path::new("/bin/busybox").exists();
-    let missing_build = missing_packages(sh, QEMU_BUILD_PACKAGES);
+    let missing_build = missing_packages(sh, &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES].concat());
     if qemu_ok && busybox_ok && missing_build.is_empty() {
         return Ok(());
     }
     if !is_root() {
         bail!(
-            "installing QEMU >= 10, busybox-static and the QEMU build packages ({}) needs root: \
+            "installing QEMU >= 10, busybox-static and the QEMU and kernel build packages ({}) needs root: \
              run `sudo cargo xtask setup` once",
             missing_build.join(" ")
         );
