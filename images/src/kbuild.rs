@@ -161,7 +161,8 @@ pub(crate) fn resolve_git(
                 cache,
                 &key,
                 |work, progress| {
-                    let _tree_lock = cache.lock(&format!("linux-tree-{}", short_hash(&[tree.as_os_str().as_encoded_bytes()])))?;
+                    let _tree_lock =
+                        cache.lock(&format!("linux-tree-{}", short_hash(&[tree.as_os_str().as_encoded_bytes()])))?;
                     let worktree = checkout_worktree(cache, &tree, &sha, progress)?;
                     build(cache, &worktree, work, &description, progress)
                 },
@@ -179,9 +180,13 @@ pub(crate) fn resolve_git(
             }
             let dirty = !out.stdout.is_empty();
             let source = Source::Checkout { head: head.clone(), diff: out.stdout };
-            let description =
-                format!("git {} ({}{})", tree.display(), &head[..12], if dirty { "+dirty" } else { "" });
-            build_kernel_entry(cache, &source.key(), |work, progress| build(cache, &tree, work, &description, progress), progress)
+            let description = format!("git {} ({}{})", tree.display(), &head[..12], if dirty { "+dirty" } else { "" });
+            build_kernel_entry(
+                cache,
+                &source.key(),
+                |work, progress| build(cache, &tree, work, &description, progress),
+                progress,
+            )
         }
     }
 }
@@ -276,7 +281,8 @@ fn build(
     let out = out_dir.display().to_string();
     let mut args = vec!["-n".to_string(), "-O".to_string(), out.clone()];
     args.extend(merge);
-    if !run_logged(Command::new("scripts/kconfig/merge_config.sh").args(&args).current_dir(source), &log, &mut |_| {})? {
+    if !run_logged(Command::new("scripts/kconfig/merge_config.sh").args(&args).current_dir(source), &log, &mut |_| {})?
+    {
         return Err(fail("configure"));
     }
     let config = fs::read_to_string(out_dir.join(".config")).ctx("read", &out_dir.join(".config"))?;
@@ -343,16 +349,17 @@ pub fn missing_values(config: &str) -> Vec<String> {
     let mut missing = Vec::new();
     for (_, text) in CONFIG_FRAGMENTS {
         for line in text.lines().map(str::trim) {
-            let (symbol, wanted) = if let Some(sym) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
-                (sym, None)
-            } else if line.starts_with("CONFIG_") {
-                match line.split_once('=') {
-                    Some((s, v)) => (s, Some(v)),
-                    None => continue,
-                }
-            } else {
-                continue;
-            };
+            let (symbol, wanted) =
+                if let Some(sym) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+                    (sym, None)
+                } else if line.starts_with("CONFIG_") {
+                    match line.split_once('=') {
+                        Some((s, v)) => (s, Some(v)),
+                        None => continue,
+                    }
+                } else {
+                    continue;
+                };
             let actual = config.lines().find_map(|l| {
                 if l == format!("# {symbol} is not set") {
                     Some(None)

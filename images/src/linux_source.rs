@@ -28,7 +28,10 @@ pub struct DebianTree {
 fn run(cmd: &mut Command, what: &str) -> Result<String, ImagesError> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| ImagesError::io(format!("run {what}"), e))?;
     if !out.status.success() {
-        return Err(ImagesError::Command { cmd: what.to_string(), detail: crate::apt::last_lines(&out.stderr, &out.stdout) });
+        return Err(ImagesError::Command {
+            cmd: what.to_string(),
+            detail: crate::apt::last_lines(&out.stderr, &out.stdout),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -65,7 +68,10 @@ pub fn debian_linux_tree(
         }
         let available = apt.source_versions("linux")?;
         let Some(chosen) = pick_version(&available, version) else {
-            return Err(ImagesError::UnknownKernelVersion { spec: format!("linux source {version}"), nearest: available });
+            return Err(ImagesError::UnknownKernelVersion {
+                spec: format!("linux source {version}"),
+                nearest: available,
+            });
         };
         progress(Progress::FetchingKernelSource { version: chosen.clone() });
         apt.download_source("linux", &chosen, work.path())?;
@@ -77,7 +83,10 @@ pub fn debian_linux_tree(
             .flatten()
             .map(|e| e.path())
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(needle)))
-            .ok_or_else(|| ImagesError::PackageLayout { package: format!("linux {debian_version}"), why: format!("no {needle} file") })
+            .ok_or_else(|| ImagesError::PackageLayout {
+                package: format!("linux {debian_version}"),
+                why: format!("no {needle} file"),
+            })
     };
     let orig = find(".orig.tar.")?;
     let debian_tar = find(".debian.tar.")?;
@@ -96,7 +105,10 @@ pub fn debian_linux_tree(
         .map_err(|e| ImagesError::io(format!("create a directory in {}", parent.display()), e))?;
     let tree = partial.path();
     progress(Progress::Unpacking { package: orig.file_name().unwrap_or_default().to_string_lossy().into_owned() });
-    run(Command::new("tar").arg("-xf").arg(&orig).arg("-C").arg(tree).arg("--strip-components=1"), "tar -x orig tarball")?;
+    run(
+        Command::new("tar").arg("-xf").arg(&orig).arg("-C").arg(tree).arg("--strip-components=1"),
+        "tar -x orig tarball",
+    )?;
     let git = |args: &[&str]| {
         let mut c = Command::new("git");
         c.arg("-C").arg(tree).args(args);
@@ -115,8 +127,12 @@ pub fn debian_linux_tree(
     let upstream = debian_version.rsplit_once('-').map(|(u, _)| u).unwrap_or(&debian_version).to_string();
     run(&mut git(&["commit", "-q", "-m", &format!("linux {upstream} (Debian orig tarball)")]), "git commit")?;
     run(&mut git(&["tag", "upstream"]), "git tag")?;
-    let names: Vec<&str> =
-        series.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).filter_map(|l| l.split_whitespace().next()).collect();
+    let names: Vec<&str> = series
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     for (i, name) in names.iter().enumerate() {
         progress(Progress::ApplyingKernelPatch { index: i + 1, total: names.len(), name: name.to_string() });
         let file = patches.join(name);
@@ -128,7 +144,10 @@ pub fn debian_linux_tree(
             .output()
             .map_err(|e| ImagesError::io("run patch", e))?;
         if !out.status.success() {
-            return Err(ImagesError::PatchFailed { patch: file, output: String::from_utf8_lossy(&out.stdout).into_owned() });
+            return Err(ImagesError::PatchFailed {
+                patch: file,
+                output: String::from_utf8_lossy(&out.stdout).into_owned(),
+            });
         }
         let text = fs::read_to_string(&file).unwrap_or_default();
         let subject = patch_subject(&text).unwrap_or_else(|| name.to_string());
@@ -172,7 +191,10 @@ mod tests {
 
     #[test]
     fn subjects() {
-        assert_eq!(patch_subject("From: x\nSubject: [PATCH 2/3] kbuild: fix it\n\nbody").as_deref(), Some("kbuild: fix it"));
+        assert_eq!(
+            patch_subject("From: x\nSubject: [PATCH 2/3] kbuild: fix it\n\nbody").as_deref(),
+            Some("kbuild: fix it")
+        );
         assert_eq!(patch_subject("Subject: wireless: Add certs\n").as_deref(), Some("wireless: Add certs"));
         assert_eq!(patch_subject("Description: Disable autoload\n more\n").as_deref(), Some("Disable autoload"));
         assert_eq!(patch_subject("--- a/x\n+++ b/x\n"), None);

@@ -174,7 +174,11 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
             EXIT_SKIP
         }
         Ok(Found::NoChange) => {
-            println!("the report is the same on {} and {}: nothing to bisect ({total:.0} s)", name(0), name(items.len() - 1));
+            println!(
+                "the report is the same on {} and {}: nothing to bisect ({total:.0} s)",
+                name(0),
+                name(items.len() - 1)
+            );
             EXIT_FAILED
         }
         Ok(Found::Between { last_good, first_bad, skipped }) => {
@@ -270,12 +274,8 @@ fn git_line(tree: &Path, args: &[&str]) -> Option<String> {
 }
 
 fn git_run(tree: &Path, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(tree)
-        .args(args)
-        .output()
-        .map_err(|e| format!("git: {e}"))?;
+    let out =
+        std::process::Command::new("git").arg("-C").arg(tree).args(args).output().map_err(|e| format!("git: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -306,7 +306,11 @@ pub async fn git_tree(
         git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")]),
         git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")]),
     ) else {
-        return fail(&ui, format!("{}: --good {good} or --bad {bad} is not a commit there", tree.display()), EXIT_USAGE);
+        return fail(
+            &ui,
+            format!("{}: --good {good} or --bad {bad} is not a commit there", tree.display()),
+            EXIT_USAGE,
+        );
     };
     if let Err(e) = gitbisect::check_tree(&tree) {
         return fail(&ui, e.to_string(), EXIT_USAGE);
@@ -334,7 +338,11 @@ pub async fn git_tree(
                 ends.push(body);
             }
             Err(EXIT_SKIP) => {
-                return fail(&ui, format!("the {label} end {} cannot be built or booted: it must be testable", &sha[..12]), EXIT_SKIP)
+                return fail(
+                    &ui,
+                    format!("the {label} end {} cannot be built or booted: it must be testable", &sha[..12]),
+                    EXIT_SKIP,
+                )
             }
             Err(code) => return fail(&ui, format!("the {label} end {} could not be tested", &sha[..12]), code),
         }
@@ -346,7 +354,9 @@ pub async fn git_tree(
         return EXIT_FAILED;
     }
     let write = |p: PathBuf, body: &str| std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()));
-    if let Err(e) = write(reference_file(state.path()), &ends[0]).and(write(report_file(state.path(), &bad_sha), &ends[1])) {
+    if let Err(e) =
+        write(reference_file(state.path()), &ends[0]).and(write(report_file(state.path(), &bad_sha), &ends[1]))
+    {
         eprintln!("error: {e}");
         return EXIT_SKIP;
     }
@@ -395,14 +405,19 @@ pub async fn git_tree(
             }
             match r.outcome {
                 GitBisectOutcome::FirstBad { commit, subject } => {
-                    println!("first commit whose report differs from {good}'s: {commit} {subject} ({total:.0} s in all)");
+                    println!(
+                        "first commit whose report differs from {good}'s: {commit} {subject} ({total:.0} s in all)"
+                    );
                     let after = std::fs::read_to_string(report_file(state.path(), &commit)).unwrap_or_default();
                     println!();
                     print!("{}", side_by_side(&format!("{good} (reference)"), &ends[0], &commit[..12], &after));
                     EXIT_OK
                 }
                 GitBisectOutcome::OnlySkippedLeft { candidates } => {
-                    println!("untestable commits hide the change; it is one of: {} ({total:.0} s)", candidates.join(" "));
+                    println!(
+                        "untestable commits hide the change; it is one of: {} ({total:.0} s)",
+                        candidates.join(" ")
+                    );
                     EXIT_SKIP
                 }
             }

@@ -88,7 +88,8 @@ pub fn head_state(tree: &Path) -> Result<String, GitBisectError> {
 pub fn check_tree(tree: &Path) -> Result<(), GitBisectError> {
     let bad_tree = |why: String| GitBisectError::BadTree { tree: tree.to_path_buf(), why };
     let in_progress = git_ok(tree, &["rev-parse", "--git-path", "BISECT_START"])?;
-    let in_progress = if Path::new(&in_progress).is_absolute() { PathBuf::from(in_progress) } else { tree.join(in_progress) };
+    let in_progress =
+        if Path::new(&in_progress).is_absolute() { PathBuf::from(in_progress) } else { tree.join(in_progress) };
     if in_progress.exists() {
         return Err(bad_tree("a bisect is already under way there (git bisect reset ends it)".into()));
     }
