@@ -60,6 +60,12 @@ enum Command {
         #[arg(long, value_name = "TEXT")]
         console_match: Vec<String>,
     },
+    /// Fetch or build a kernel (any --kernel spec) and print it as a path:
+    /// spec, with the time it took
+    Kernel {
+        /// debian:VERSION, path:BZIMAGE[,modules=DIR] or git:TREE[@REV]
+        spec: String,
+    },
     /// Make a kernel git tree from Debian's linux source package: the
     /// upstream tarball, then one commit per Debian patch
     KernelTree {
@@ -265,6 +271,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
+            Command::Kernel { spec } => kernel(&spec),
             Command::BisectStep { run: args, state, console_match } => match args.options() {
                 Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
                 Err(e) => {
@@ -287,6 +294,36 @@ async fn interruptible(work: impl std::future::Future<Output = u8>) -> u8 {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted");
             130
+        }
+    }
+}
+
+fn kernel(spec: &str) -> u8 {
+    let spec: images::KernelSpec = match spec.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return run::EXIT_USAGE;
+        }
+    };
+    let ui = testbed::ui::Ui::new();
+    let cache = images::Cache::default_location();
+    let started = std::time::Instant::now();
+    let kernel = images::resolve_kernel(&cache, &spec, &mut |p| ui.images(p));
+    ui.finish();
+    match kernel {
+        Ok(k) => {
+            println!("{} ({}), {:.1} s", k.description, k.release, started.elapsed().as_secs_f64());
+            println!("path:{},modules={}", k.bzimage.display(), k.modules_dir.display());
+            run::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: kernel {spec}: {e}");
+            if e.is_bad_input() {
+                run::EXIT_USAGE
+            } else {
+                run::EXIT_SKIP
+            }
         }
     }
 }
