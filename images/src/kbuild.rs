@@ -281,8 +281,11 @@ fn build(
     let out = out_dir.display().to_string();
     let mut args = vec!["-n".to_string(), "-O".to_string(), out.clone()];
     args.extend(merge);
-    if !run_logged(Command::new("scripts/kconfig/merge_config.sh").args(&args).current_dir(source), &log, &mut |_| {})?
-    {
+    if !run_logged(
+        Command::new("scripts/kconfig/merge_config.sh").args(&args).current_dir(source).env("ARCH", "x86_64"),
+        &log,
+        &mut |_| {},
+    )? {
         return Err(fail("configure"));
     }
     let config = fs::read_to_string(out_dir.join(".config")).ctx("read", &out_dir.join(".config"))?;
