@@ -2,7 +2,7 @@
 //! without a checkout and for bisects with a real history: the upstream
 //! (orig) tarball is the first commit, then every patch of
 //! `debian/patches/series` is one commit, in series order, with the patch's
-//! subject as the message. Tags: `upstream` on the first commit, `debian`
+//! subject as the message. Tags: `upstream` on the first commit, `patched`
 //! on the last. The sources come through the private apt state (`deb-src`),
 //! like the QEMU source; apt checks them against the signed Sources index.
 
@@ -157,7 +157,7 @@ pub fn debian_linux_tree(
             "git commit",
         )?;
     }
-    run(&mut git(&["tag", "debian"]), "git tag")?;
+    run(&mut git(&["tag", "patched"]), "git tag")?;
     let kept = partial.keep();
     fs::rename(&kept, dest).map_err(|e| {
         let _ = fs::remove_dir_all(&kept);

@@ -336,7 +336,7 @@ fn kernel_tree(version: &str, dest: &std::path::Path) -> u8 {
     match made {
         Ok(t) => {
             println!(
-                "{}: linux {} as {} commits (tags: upstream, debian)",
+                "{}: linux {} as {} commits (branch debian; tags: upstream, patched)",
                 t.path.display(),
                 t.debian_version,
                 t.commits
