@@ -476,6 +476,70 @@ mod tests {
         assert!(!is_compile_line("CC kernel/fork.o: error"));
     }
 
+    /// A git tree that passes for a kernel tree, whose merge_config.sh
+    /// records the commit it ran on and fails; returns the commits.
+    fn fake_kernel_tree(dir: &Path) -> Vec<String> {
+        let g = |args: &[&str]| {
+            let out = git(dir).args(args).output().unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        g(&["init", "-q", "-b", "main"]);
+        g(&["config", "user.name", "t"]);
+        g(&["config", "user.email", "t@localhost"]);
+        fs::create_dir_all(dir.join("scripts/kconfig")).unwrap();
+        fs::create_dir_all(dir.join("kernel/configs")).unwrap();
+        fs::create_dir_all(dir.join("arch/x86/configs")).unwrap();
+        fs::write(dir.join("kernel/configs/tiny.config"), "").unwrap();
+        fs::write(dir.join("arch/x86/configs/tiny.config"), "").unwrap();
+        let script = dir.join("scripts/kconfig/merge_config.sh");
+        let mut shas = Vec::new();
+        for i in 0..3 {
+            fs::write(dir.join("Kconfig"), format!("# version {i}\n")).unwrap();
+            fs::write(&script, "#!/bin/sh\necho \"configuring $(cat Kconfig)\"\nexit 1\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+            g(&["add", "-A"]);
+            g(&["commit", "-q", "-m", &format!("v{i}")]);
+            shas.push(g(&["rev-parse", "HEAD"]));
+        }
+        shas
+    }
+
+    #[test]
+    fn a_revision_is_built_in_the_testbeds_worktree_and_a_failure_leaves_no_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("linux");
+        fs::create_dir_all(&tree).unwrap();
+        let shas = fake_kernel_tree(&tree);
+        let cache = Cache::new(t.path().join("cache"));
+        let e = resolve_git(&cache, &tree, Some("HEAD~1"), &mut |_| {}).unwrap_err();
+        // a failed build is not bad input (exit 125), names its step and keeps the log
+        assert!(!e.is_bad_input(), "{e}");
+        let ImagesError::KernelBuild { step, log, tail } = &e else { panic!("{e}") };
+        assert_eq!(step, "configure");
+        assert!(tail.contains("configuring # version 1"), "{tail}");
+        assert!(log.is_file());
+        // built from HEAD~1 in the worktree; the user's checkout is untouched
+        let worktree = linux_worktree(&cache, &tree).unwrap();
+        assert_eq!(git_ok(&worktree, &["rev-parse", "HEAD"]).unwrap(), shas[1]);
+        assert_eq!(git_ok(&tree, &["rev-parse", "HEAD"]).unwrap(), shas[2]);
+        assert_eq!(git_ok(&tree, &["symbolic-ref", "HEAD"]).unwrap(), "refs/heads/main");
+        // nothing half-built became an entry
+        let entries = fs::read_dir(t.path().join("cache/kernels")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(entries, 0);
+        // the same worktree moves to the next revision asked for
+        let e = resolve_git(&cache, &tree, Some(&shas[0]), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("configuring # version 0"), "{e}");
+        assert_eq!(git_ok(&worktree, &["rev-parse", "HEAD"]).unwrap(), shas[0]);
+        // an unknown revision is bad input
+        let e = resolve_git(&cache, &tree, Some("nope"), &mut |_| {}).unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().ends_with("unknown revision nope"), "{e}");
+        // the checkout itself is built in place, as it is
+        let e = resolve_git(&cache, &tree, None, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("configuring # version 2"), "{e}");
+    }
+
     #[test]
     fn bad_trees_are_bad_input() {
         let t = tempfile::tempdir().unwrap();
