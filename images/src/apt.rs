@@ -368,6 +368,26 @@ impl Apt {
             .collect())
     }
 
+    /// The Debian versions of source package `name` in the source lists.
+    pub(crate) fn source_versions(&self, name: &str) -> Result<Vec<String>, ImagesError> {
+        let sh = shell()?;
+        let conf = &self.conf;
+        let out = cmd!(sh, "apt-cache -c {conf} showsrc {name}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .map_err(cmd_err("apt-cache showsrc"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut versions: Vec<String> = paragraphs(&text)
+            .into_iter()
+            .filter(|p| p.iter().any(|(k, v)| k == "Package" && v == name))
+            .filter_map(|p| p.into_iter().find(|(k, _)| k == "Version").map(|(_, v)| v))
+            .collect();
+        versions.sort_by(|a, b| compare_debian_versions(a, b));
+        versions.dedup();
+        Ok(versions)
+    }
+
     /// Every amd64 kernel in the lists, sorted by version then Debian version.
     pub(crate) fn kernels(&self) -> Result<Vec<DebianKernel>, ImagesError> {
         let sh = shell()?;

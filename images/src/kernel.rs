@@ -89,6 +89,7 @@ pub fn resolve_kernel(
     match spec {
         KernelSpec::Path { bzimage, modules } => resolve_path(bzimage, modules.as_deref()),
         KernelSpec::Debian(req) => resolve_debian(cache, &spec.to_string(), req, progress),
+        KernelSpec::Git { tree, rev } => crate::kbuild::resolve_git(cache, tree, rev.as_deref(), progress),
     }
 }
 

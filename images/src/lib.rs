@@ -8,6 +8,8 @@
 //! - [`build_initramfs`] writes a newc cpio with busybox, the guest agent, an
 //!   `/init` script and the dependency closure of the requested modules.
 //!
+//! - `git:TREE[@REV]` specs are built (tinyconfig + `kernel-config/`
+//!   fragments, out of tree, incrementally) by the `kbuild` module.
 //! - [`build_qemu`] builds `qemu-system-x86_64` from the pinned Debian
 //!   source (or a user's checkout) plus the project's patch series.
 //!
@@ -20,7 +22,9 @@ mod cache;
 pub mod cpio;
 mod debver;
 mod initramfs;
+mod kbuild;
 mod kernel;
+mod linux_source;
 mod modules;
 mod pvh;
 mod qemu;
@@ -32,7 +36,9 @@ pub use apt::{archive_uri_from_deb822, archive_uri_from_one_line, DebPackage, De
 pub use cache::Cache;
 pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
+pub use kbuild::{linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
+pub use linux_source::{debian_linux_tree, DebianTree};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;
 pub use qemu::{
@@ -91,6 +97,12 @@ pub enum ImagesError {
     QemuBuild { step: String, log: PathBuf, tail: String },
     #[error("bad QEMU tree {}: {why}", .path.display())]
     BadQemuTree { path: PathBuf, why: String },
+    #[error("bad kernel tree {}: {why}", .path.display())]
+    BadKernelTree { path: PathBuf, why: String },
+    #[error("kernel {step} failed (whole log: {}):\n{tail}", .log.display())]
+    KernelBuild { step: String, log: PathBuf, tail: String },
+    #[error("kernel config lacks what the fragments ask for: {missing} (log: {})", .log.display())]
+    KernelConfig { missing: String, log: PathBuf },
     #[error("QEMU firmware {files} not found in {dirs}: install seabios and qemu-system-data (cargo xtask setup)")]
     MissingFirmware { files: String, dirs: String },
 }
@@ -151,6 +163,18 @@ pub enum Progress {
     BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
     CacheHit { what: String },
+    /// `apt-get source --download-only linux=<version>`.
+    FetchingKernelSource { version: String },
+    /// Committing patch `index` of `total` of Debian's series.
+    ApplyingKernelPatch { index: usize, total: usize, name: String },
+    /// Checking a commit out in the testbed's worktree of a kernel tree.
+    CheckingOut { rev: String },
+    /// Merging the config fragments onto tinyconfig.
+    ConfiguringKernel,
+    /// The kernel build has compiled `objects` files so far.
+    BuildingKernel { objects: u64 },
+    /// `make modules_install` of the built kernel.
+    InstallingModules { release: String },
     /// Decompressing the kernel out of its bzImage for PVH boot (once per kernel).
     ExtractingVmlinux { release: String },
 }
@@ -172,6 +196,12 @@ impl std::fmt::Display for Progress {
             Progress::ConfiguringQemu => write!(f, "configuring qemu"),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
+            Progress::FetchingKernelSource { version } => write!(f, "fetching the linux {version} source"),
+            Progress::ApplyingKernelPatch { index, total, name } => write!(f, "patch {index}/{total}: {name}"),
+            Progress::CheckingOut { rev } => write!(f, "checking out {rev}"),
+            Progress::ConfiguringKernel => write!(f, "configuring the kernel (tinyconfig + kernel-config/)"),
+            Progress::BuildingKernel { objects } => write!(f, "building the kernel: {objects} files compiled"),
+            Progress::InstallingModules { release } => write!(f, "installing the modules of {release}"),
             Progress::ExtractingVmlinux { release } => write!(f, "extracting the uncompressed kernel of {release}"),
         }
     }
@@ -188,6 +218,7 @@ impl ImagesError {
                 | ImagesError::NoModulesDir { .. }
                 | ImagesError::BadBzImage { .. }
                 | ImagesError::BadQemuTree { .. }
+                | ImagesError::BadKernelTree { .. }
         )
     }
 }

@@ -1,4 +1,5 @@
-//! Kernel specs: `debian:MAJOR[.MINOR[.PATCH]]` and `path:BZIMAGE[,modules=DIR]`.
+//! Kernel specs: `debian:MAJOR[.MINOR[.PATCH]]`, `path:BZIMAGE[,modules=DIR]`
+//! and `git:TREE[@REV]`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -99,6 +100,10 @@ pub enum KernelSpec {
         bzimage: PathBuf,
         modules: Option<PathBuf>,
     },
+    /// Built from a kernel git tree: `rev` is checked out in a worktree the
+    /// testbed owns (the user's checkout is not touched); without `rev` the
+    /// tree is built as it is, uncommitted changes included.
+    Git { tree: PathBuf, rev: Option<String> },
 }
 
 fn bad(spec: &str, why: &str) -> ImagesError {
@@ -148,12 +153,22 @@ impl FromStr for KernelSpec {
                 bzimage: PathBuf::from(bz),
                 modules,
             })
-        } else if s.starts_with("git:") {
-            Err(bad(s, "git kernels are not supported by the images crate yet"))
+        } else if let Some(rest) = s.strip_prefix("git:") {
+            const WHY: &str = "expected git:TREE[@REV]";
+            // a revision has no '/' after the '@' only when it is a rev, so
+            // `git:/src/a@b/linux` is a path
+            let (tree, rev) = match rest.rsplit_once('@') {
+                Some((t, r)) if !r.contains('/') => (t, Some(r)),
+                _ => (rest, None),
+            };
+            if tree.is_empty() || rev.is_some_and(|r| r.is_empty() || r.starts_with('-')) {
+                return Err(bad(s, WHY));
+            }
+            Ok(KernelSpec::Git { tree: PathBuf::from(tree), rev: rev.map(str::to_string) })
         } else {
             Err(bad(
                 s,
-                "expected debian:MAJOR.MINOR[.PATCH] or path:BZIMAGE[,modules=DIR]",
+                "expected debian:MAJOR.MINOR[.PATCH], path:BZIMAGE[,modules=DIR] or git:TREE[@REV]",
             ))
         }
     }
@@ -167,6 +182,13 @@ impl fmt::Display for KernelSpec {
                 write!(f, "path:{}", bzimage.display())?;
                 if let Some(m) = modules {
                     write!(f, ",modules={}", m.display())?;
+                }
+                Ok(())
+            }
+            KernelSpec::Git { tree, rev } => {
+                write!(f, "git:{}", tree.display())?;
+                if let Some(r) = rev {
+                    write!(f, "@{r}")?;
                 }
                 Ok(())
             }
@@ -213,6 +235,8 @@ mod tests {
             "debian:7",
             "path:/boot/vmlinuz-x",
             "path:/x/bzImage,modules=/x/lib/modules/7.2.0",
+            "git:/src/linux@v6.17",
+            "git:/src/linux",
         ] {
             assert_eq!(p(s).to_string(), s);
         }
@@ -233,12 +257,26 @@ mod tests {
         assert_eq!(e("debian:7."), "bad kernel spec \"debian:7.\": expected debian:MAJOR.MINOR[.PATCH]");
         assert_eq!(
             e("ubuntu:7.2"),
-            "bad kernel spec \"ubuntu:7.2\": expected debian:MAJOR.MINOR[.PATCH] or path:BZIMAGE[,modules=DIR]"
+            "bad kernel spec \"ubuntu:7.2\": expected debian:MAJOR.MINOR[.PATCH], path:BZIMAGE[,modules=DIR] or git:TREE[@REV]"
         );
         assert_eq!(e("path:"), "bad kernel spec \"path:\": expected path:BZIMAGE[,modules=DIR]");
         assert_eq!(e("path:/x,modules="), "bad kernel spec \"path:/x,modules=\": empty modules= directory");
         assert_eq!(e("path:/x,foo=1"), "bad kernel spec \"path:/x,foo=1\": expected path:BZIMAGE[,modules=DIR]");
-        assert!(e("git:/src/linux@HEAD").contains("not supported"));
+        assert_eq!(e("git:"), "bad kernel spec \"git:\": expected git:TREE[@REV]");
+        assert_eq!(e("git:/src/linux@"), "bad kernel spec \"git:/src/linux@\": expected git:TREE[@REV]");
+        assert_eq!(e("git:@HEAD"), "bad kernel spec \"git:@HEAD\": expected git:TREE[@REV]");
+        assert_eq!(e("git:/l@--force"), "bad kernel spec \"git:/l@--force\": expected git:TREE[@REV]");
+    }
+
+    #[test]
+    fn git_specs() {
+        assert_eq!(
+            p("git:/src/linux@v6.17~3"),
+            KernelSpec::Git { tree: "/src/linux".into(), rev: Some("v6.17~3".into()) }
+        );
+        assert_eq!(p("git:../linux"), KernelSpec::Git { tree: "../linux".into(), rev: None });
+        // an '@' inside the path is not a revision
+        assert_eq!(p("git:/src/a@b/linux"), KernelSpec::Git { tree: "/src/a@b/linux".into(), rev: None });
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! for the layers; `main.rs` is only the command line.
 pub mod agent;
 pub mod bisect;
+pub mod bisect_cmd;
+pub mod gitbisect;
 pub mod matrix;
 pub mod plan;
 pub mod qemu;

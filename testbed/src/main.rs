@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use testbed::run::{self, RunOptions};
-use testbed::{scenario, variant};
+use testbed::{bisect_cmd, scenario, variant};
 
 #[derive(Parser)]
 #[command(name = "testbed", version, about = "Run irqbypass scenarios in QEMU guests with emulated IOMMUs")]
@@ -47,6 +47,49 @@ enum Command {
         #[arg(long)]
         boot_sharing: bool,
     },
+    /// Find the first kernel (Debian version, or commit of --tree) at which
+    /// one scenario's report on one variant differs from --good's
+    Bisect {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The old end: debian:VERSION, or a revision of --tree
+        #[arg(long)]
+        good: String,
+        /// The new end, whose report differs
+        #[arg(long)]
+        bad: String,
+        /// A clean kernel git tree: bisect its commits with `git bisect
+        /// run`, building each; its checkout is restored afterwards
+        #[arg(long, value_name = "PATH")]
+        tree: Option<PathBuf>,
+        /// Also compare the console lines containing TEXT (repeatable)
+        #[arg(long, value_name = "TEXT")]
+        console_match: Vec<String>,
+    },
+    /// Fetch or build a kernel (any --kernel spec) and print it as a path:
+    /// spec, with the time it took
+    Kernel {
+        /// debian:VERSION, path:BZIMAGE[,modules=DIR] or git:TREE[@REV]
+        spec: String,
+    },
+    /// Make a kernel git tree from Debian's linux source package: the
+    /// upstream tarball, then one commit per Debian patch
+    KernelTree {
+        /// Debian source version: 6.12.107 (newest Debian revision) or 6.12.107-1
+        version: String,
+        /// Where the tree goes (must not exist)
+        dest: PathBuf,
+    },
+    /// One `git bisect run` step of `testbed bisect --tree` (internal)
+    #[command(hide = true)]
+    BisectStep {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        console_match: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,7 +107,7 @@ struct RunArgs {
     /// Variant to run on (repeatable); default: the default variants
     #[arg(long = "variant", short = 'V')]
     variants: Vec<String>,
-    /// Kernel spec: debian:MAJOR.MINOR[.PATCH] or path:BZIMAGE[,modules=DIR]
+    /// Kernel spec: debian:MAJOR.MINOR[.PATCH], path:BZIMAGE[,modules=DIR] or git:TREE[@REV]
     #[arg(long, short = 'k', default_value = "debian:7.2")]
     kernel: String,
     /// Write the machine-readable report here
@@ -119,6 +162,58 @@ enum AccelArg {
 }
 
 impl RunArgs {
+    /// The flags that make another testbed process run the same way (the
+    /// steps of a git bisect); the kernel is left out.
+    fn step_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut flag = |name: &str, value: std::ffi::OsString| {
+            a.push(name.into());
+            a.push(value);
+        };
+        for v in &self.variants {
+            flag("--variant", v.into());
+        }
+        flag("--timeout", self.timeout.to_string().into());
+        flag("--boot-timeout", self.boot_timeout.to_string().into());
+        let accel = match self.accel {
+            AccelArg::Auto => "auto",
+            AccelArg::Tcg => "tcg",
+            AccelArg::Kvm => "kvm",
+        };
+        flag("--accel", accel.into());
+        flag("--qemu", self.qemu.clone().into());
+        if let Some(t) = &self.qemu_tree {
+            flag("--qemu-tree", t.clone().into());
+        }
+        for w in &self.append {
+            flag("--append", w.into());
+        }
+        if let Some(r) = &self.results {
+            flag("--results", r.clone().into());
+        }
+        if let Some(s) = &self.snapshots {
+            flag("--snapshots", s.clone().into());
+        }
+        if self.bzimage {
+            a.push("--bzimage".into());
+        }
+        for p in &self.paths {
+            a.push(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).into());
+        }
+        a
+    }
+
+    /// A bisect probes one scenario file on one variant.
+    fn check_bisect(&self) -> Result<(), String> {
+        if self.variants.len() != 1 {
+            return Err("a bisect needs exactly one --variant".into());
+        }
+        if self.paths.len() != 1 || !self.paths[0].is_file() {
+            return Err("a bisect needs exactly one scenario file".into());
+        }
+        Ok(())
+    }
+
     fn options(self) -> Result<RunOptions, run::InputError> {
         let variants = if self.variants.is_empty() {
             variant::defaults().collect()
@@ -175,6 +270,32 @@ fn main() -> ExitCode {
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
+            Command::Bisect { run: args, good, bad, tree, console_match } => {
+                if let Err(e) = args.check_bisect() {
+                    eprintln!("error: {e}");
+                    return run::EXIT_USAGE;
+                }
+                let step_args = args.step_args();
+                match args.options() {
+                    Ok(options) => match tree {
+                        Some(tree) => {
+                            let bisect = bisect_cmd::git_tree(options, &tree, &good, &bad, &console_match, step_args);
+                            interruptible(bisect).await
+                        }
+                        None => interruptible(bisect_cmd::versions(options, &good, &bad, &console_match)).await,
+                    },
+                    Err(e) => run::usage_error(&e),
+                }
+            }
+            Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
+            Command::Kernel { spec } => kernel(&spec),
+            Command::BisectStep { run: args, state, console_match } => match args.options() {
+                Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    128
+                }
+            },
         }
     });
     // Dropping the runtime drops any QEMU still owned by an aborted task.
@@ -190,6 +311,62 @@ async fn interruptible(work: impl std::future::Future<Output = u8>) -> u8 {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted");
             130
+        }
+    }
+}
+
+fn kernel(spec: &str) -> u8 {
+    let spec: images::KernelSpec = match spec.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return run::EXIT_USAGE;
+        }
+    };
+    let ui = testbed::ui::Ui::new();
+    let cache = images::Cache::default_location();
+    let started = std::time::Instant::now();
+    let kernel = images::resolve_kernel(&cache, &spec, &mut |p| ui.images(p));
+    ui.finish();
+    match kernel {
+        Ok(k) => {
+            println!("{} ({}), {:.1} s", k.description, k.release, started.elapsed().as_secs_f64());
+            println!("path:{},modules={}", k.bzimage.display(), k.modules_dir.display());
+            run::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: kernel {spec}: {e}");
+            if e.is_bad_input() {
+                run::EXIT_USAGE
+            } else {
+                run::EXIT_SKIP
+            }
+        }
+    }
+}
+
+fn kernel_tree(version: &str, dest: &std::path::Path) -> u8 {
+    let ui = testbed::ui::Ui::new();
+    let cache = images::Cache::default_location();
+    let made = images::debian_linux_tree(&cache, version, dest, &mut |p| ui.images(p));
+    ui.finish();
+    match made {
+        Ok(t) => {
+            println!(
+                "{}: linux {} as {} commits (branch debian; tags: upstream, patched)",
+                t.path.display(),
+                t.debian_version,
+                t.commits
+            );
+            run::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_bad_input() {
+                run::EXIT_USAGE
+            } else {
+                run::EXIT_SKIP
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_SKIP: u8 = 125;
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub paths: Vec<PathBuf>,
     pub variants: Vec<&'static Variant>,
@@ -766,4 +767,37 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
     } else {
         EXIT_FAILED
     }
+}
+
+/// One boot of the single scenario of `options` on its first variant, for
+/// bisects: the report (checks and snapshot are not judged) and the boot's
+/// console log, or the exit code when there is none (2 bad input, 125 no
+/// kernel or no boot).
+pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u8> {
+    let prepared = prepare(options, ui)?;
+    let (Some(variant), [scenario]) = (options.variants.first(), prepared.scenarios.as_slice()) else {
+        eprintln!("error: a probe runs one scenario on one variant");
+        return Err(EXIT_USAGE);
+    };
+    if !scenario.runs_on(variant.name) {
+        eprintln!("error: {} does not run on {}", scenario.name, variant.name);
+        return Err(EXIT_USAGE);
+    }
+    let group = plan::group(std::slice::from_ref(scenario), true);
+    let outcome = prepared.boot(options, variant, 0, &group[0].scenarios, &group[0].devices, ui).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_SKIP
+    })?;
+    let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
+    let (Some(ready), Some(run)) = (&outcome.ready, run) else {
+        let why = outcome.failure.as_ref().map(|f| f.message.as_str()).unwrap_or("the guest did not boot");
+        eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
+        return Err(EXIT_SKIP);
+    };
+    let header = report::Header {
+        variant: variant.name.to_owned(),
+        kernel_release: ready.platform.kernel_release.clone(),
+        qemu_version: outcome.qemu_version.clone(),
+    };
+    Ok((Report::new(scenario, header, &ready.platform, run), outcome.console_log.clone()))
 }

@@ -17,6 +17,9 @@ const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS.
   test        setup, then the whole test suite, tests that boot guests included, then qemu-check
   bench       setup, then time one warm-cache scenario phase by phase, posted against
               remapped delivery (own and equal CPU counts), shared against fresh boots
+  bench-kernel TREE REV [DEBIAN_VERSION]
+              full and incremental build of git:TREE@REV~1 then @REV (fresh cache, no ccache),
+              then boot-to-agent medians of the built kernel and debian:DEBIAN_VERSION (default 6.12)
   qemu-check  build the patched QEMU in target/qemu-check/ and run the qtests
               listed in qemu-patches/qtests.txt (QEMU_TREE=PATH: a QEMU checkout as source)";
 
@@ -41,6 +44,13 @@ const QEMU_BUILD_PACKAGES: &[&str] = &[
     "bison",
     "pkg-config",
 ];
+
+/// Bookworm packages the kernel builds of `git:` specs need (images'
+/// kbuild): make, bc, flex/bison (in the QEMU list), libelf for objtool,
+/// libssl for the signing tools, kmod for depmod in modules_install,
+/// patch for `testbed kernel-tree`; ccache makes rebuilds of a bisect
+/// cheaper.
+const KERNEL_BUILD_PACKAGES: &[&str] = &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache"];
 
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/irqbypass-testbed-backports.sources";
 
@@ -98,12 +108,58 @@ fn main() -> Result<()> {
                 .run()?;
             Ok(())
         }
+        "bench-kernel" => {
+            setup(&sh)?;
+            bench_kernel(&sh, &rest)
+        }
         _ => bail!("{USAGE}"),
     }
 }
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Kernel build and boot figures: a full build of `REV~1` in a fresh cache
+/// with ccache off (what a first `git:` spec costs), then `REV` in the same
+/// kept build directory (one commit later: what a bisect step costs), then
+/// `testbed bench`'s boot phases for the built kernel and a Debian one.
+fn bench_kernel(sh: &Shell, args: &[String]) -> Result<()> {
+    let [tree, rev, rest @ ..] = args else { bail!("{USAGE}") };
+    let debian = rest.first().map(String::as_str).unwrap_or("6.12");
+    cmd!(sh, "cargo build --release -p testbed").run()?;
+    let testbed = project_root().join("target/release/testbed");
+    let testbed = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| PathBuf::from(d).join("release/testbed"))
+        .unwrap_or(testbed);
+    let cache = project_root().join("target/bench-kernel-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut times = Vec::new();
+    for (label, spec) in [
+        ("full build", format!("git:{tree}@{rev}~1")),
+        ("incremental build (one commit later)", format!("git:{tree}@{rev}")),
+    ] {
+        let _cache = sh.push_env("TESTBED_CACHE", &cache);
+        // make's own incremental rebuild, not ccache's hits
+        let _ccache = sh.push_env("CCACHE_DISABLE", "1");
+        let started = std::time::Instant::now();
+        cmd!(sh, "{testbed} kernel {spec}").run()?;
+        times.push((label, started.elapsed().as_secs_f64()));
+    }
+    let built = {
+        let _cache = sh.push_env("TESTBED_CACHE", &cache);
+        let out = cmd!(sh, "{testbed} kernel git:{tree}@{rev}").read()?;
+        out.lines().last().unwrap_or_default().to_owned()
+    };
+    for (label, secs) in &times {
+        println!("bench-kernel: {label:<40} {secs:>8.1} s");
+    }
+    // the built kernel is read from the fresh cache through its path: spec
+    let scenario = "scenarios/edu-producer-first.toml";
+    cmd!(sh, "{testbed} bench {scenario} --variant intel-ir --kernel {built}").run()?;
+    let debian = format!("debian:{debian}");
+    cmd!(sh, "{testbed} bench {scenario} --variant intel-ir --kernel {debian}").run()?;
+    Ok(())
 }
 
 /// Installs host packages unless they are already there.
@@ -115,13 +171,13 @@ fn setup(sh: &Shell) -> Result<()> {
         .map(|v| qemu_major(&v) >= 10)
         .unwrap_or(false);
     let busybox_ok = Path::new("/bin/busybox").exists();
-    let missing_build = missing_packages(sh, QEMU_BUILD_PACKAGES);
+    let missing_build = missing_packages(sh, &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES].concat());
     if qemu_ok && busybox_ok && missing_build.is_empty() {
         return Ok(());
     }
     if !is_root() {
         bail!(
-            "installing QEMU >= 10, busybox-static and the QEMU build packages ({}) needs root: \
+            "installing QEMU >= 10, busybox-static and the QEMU and kernel build packages ({}) needs root: \
              run `sudo cargo xtask setup` once",
             missing_build.join(" ")
         );

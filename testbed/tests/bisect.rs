@@ -1,0 +1,117 @@
+//! `testbed bisect` over real Debian kernels (no build): boots guests, so
+//! it runs only with TESTBED_VM_TESTS=1.
+//!
+//! The change it finds is real: Debian's 6.1 kernels register KVM's
+//! irqbypass consumer (and connect it to VFIO's producer) even where the
+//! platform cannot post interrupts; from 6.12 on KVM registers it only
+//! where posting is possible, so on stock QEMU's amd-iommu the report
+//! loses the consumer and the connection. The bisect's verdict is checked
+//! against what separate `testbed run`s of the same kernels say about the
+//! committed snapshot (taken on 7.2): the kernel before the change fails
+//! it, the first changed one matches it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn testbed() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    cmd.env("INSTA_UPDATE", "no").env_remove("INSTA_FORCE_PASS");
+    cmd
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn vm_tests_enabled() -> bool {
+    if std::env::var_os("TESTBED_VM_TESTS").is_some_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!("skipped: set TESTBED_VM_TESTS=1 to boot guests");
+    false
+}
+
+#[test]
+fn version_bisect_finds_the_kernel_where_kvm_stops_registering_a_useless_consumer() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = repo().join("scenarios/edu-producer-first.toml");
+    // four kernels: 6.1.170, 6.1.176, 6.12.43, 6.12.57; the search tests
+    // both ends and then the middle
+    let output = testbed()
+        .args(["bisect", "--good", "debian:6.1.170", "--bad", "debian:6.12.57", "--variant", "amd-ir", "--results"])
+        .arg(tmp.path())
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let out = text(&output);
+    println!("{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    let verdict = out.lines().find(|l| l.starts_with("first kernel whose report differs: ")).expect("a verdict");
+    assert!(verdict.contains("debian:6.12.43 (the one before it, debian:6.1.176,"), "{verdict}");
+    // the two reports side by side: the consumer and connection on the left only
+    let table: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("debian:6.1.176 ")).collect();
+    assert!(table[0].trim_end().ends_with("debian:6.12.43"), "{out}");
+    let row = |left: &str| table.iter().find(|l| l.trim_start().starts_with(left)).copied().unwrap_or("");
+    let consumer = row("consumer vm0:dev0/msi0 registered (ret 0)");
+    assert!(consumer.contains(" | ") && consumer.contains("consumer vm0:dev0/msi0 not registered"), "{out}");
+    assert!(row("connected dev0/msi0 -> vm0:dev0/msi0 (ret 0)").trim_end().ends_with('<'), "{out}");
+
+    // what separate runs say about the same two kernels
+    let run = |kernel: &str| {
+        let output = testbed()
+            .args(["run", "--variant", "amd-ir", "--kernel", kernel, "--results"])
+            .arg(tmp.path())
+            .arg("--snapshots")
+            .arg(repo().join("snapshots"))
+            .arg(&scenario)
+            .env("CI", "true")
+            .output()
+            .unwrap();
+        (output.status.code(), text(&output))
+    };
+    let (code, out) = run("debian:6.12.43");
+    assert_eq!(code, Some(0), "the first changed kernel matches the 7.2 snapshot:\n{out}");
+    let (code, out) = run("debian:6.1.176");
+    assert_eq!(code, Some(1), "the last unchanged kernel does not:\n{out}");
+    assert!(out.contains("connected-iff-posting"), "{out}");
+}
+
+#[test]
+fn bisect_input_errors_are_exit_2() {
+    let scenario = repo().join("scenarios/edu-producer-first.toml");
+    let run = |args: &[&str]| {
+        let output = testbed().arg("bisect").args(args).output().unwrap();
+        (output.status.code(), text(&output))
+    };
+    let (code, out) = run(&["--good", "debian:6.1", "--bad", "debian:6.12", scenario.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("exactly one --variant"), "{out}");
+    let (code, out) = run(&["--good", "debian:6.1", "--bad", "debian:6.12", "--variant", "amd-ir", "scenarios"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("exactly one scenario file"), "{out}");
+    let (code, out) =
+        run(&["--good", "path:/x", "--bad", "debian:6.12", "--variant", "amd-ir", scenario.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("a version bisect takes debian: kernels"), "{out}");
+    let t = tempfile::tempdir().unwrap();
+    let (code, out) = run(&[
+        "--tree",
+        t.path().to_str().unwrap(),
+        "--good",
+        "v1",
+        "--bad",
+        "v2",
+        "--variant",
+        "amd-ir",
+        scenario.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is not a commit there"), "{out}");
+}
