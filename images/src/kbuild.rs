@@ -47,6 +47,7 @@ pub const CONFIG_FRAGMENTS: &[(&str, &str)] = &[
     ("iommu.config", include_str!("../../kernel-config/iommu.config")),
     ("trace.config", include_str!("../../kernel-config/trace.config")),
     ("vdpa.config", include_str!("../../kernel-config/vdpa.config")),
+    ("pcie-hotplug.config", include_str!("../../kernel-config/pcie-hotplug.config")),
 ];
 
 /// tinyconfig, as `make tinyconfig` builds it: allnoconfig plus these.

@@ -83,6 +83,47 @@ fn version_bisect_finds_the_kernel_where_kvm_stops_registering_a_useless_consume
     assert!(out.contains("connected-iff-posting"), "{out}");
 }
 
+/// The irqbypass rework's line: from 6.17 KVM refuses a second irqfd on an
+/// eventfd that already has one (EBUSY); 6.16 accepts it. The bisect over
+/// Debian's 6.16 and 6.17 kernels finds the first 6.17 kernel and shows the
+/// refused irqfd beside the accepted one; each side matches the snapshot
+/// kept for its kernel line (snapshots/intel-ir@6.16/ and intel-ir/).
+#[test]
+fn version_bisect_finds_the_kernel_that_refuses_a_second_irqfd_on_an_eventfd() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = repo().join("scenarios/edu-shared-eventfd.toml");
+    let output = testbed()
+        .args(["bisect", "--good", "debian:6.16", "--bad", "debian:6.17", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let out = text(&output);
+    println!("{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    let verdict = out.lines().find(|l| l.starts_with("first kernel whose report differs: ")).expect("a verdict");
+    assert!(verdict.contains("differs: debian:6.17.") && verdict.contains("the one before it, debian:6.16."), "{verdict}");
+    let refused = out
+        .lines()
+        .find(|l| l.contains("failed: KVM_IRQFD: Device or resource busy"))
+        .unwrap_or_else(|| panic!("no refused irqfd on the right: {out}"));
+    assert!(refused.contains(" | ") && refused.contains("consumer vm1:dev0/msi0 not registered"), "{refused}");
+    // each kernel line matches its own committed snapshot
+    for kernel in ["debian:6.16", "debian:6.17"] {
+        let output = testbed()
+            .args(["run", "--variant", "intel-ir", "--kernel", kernel, "--results"])
+            .arg(tmp.path())
+            .arg(&scenario)
+            .env("CI", "true")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{kernel}:\n{}", text(&output));
+    }
+}
+
 #[test]
 fn bisect_input_errors_are_exit_2() {
     let scenario = repo().join("scenarios/edu-producer-first.toml");
