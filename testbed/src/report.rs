@@ -91,6 +91,13 @@ impl Report {
         failure: Option<String>,
     ) -> Report {
         steps.sort_by_key(|s| s.index);
+        for s in &mut steps {
+            by_vector(&mut s.bypass);
+        }
+        let mut done = done;
+        if let Some(d) = done.as_mut() {
+            by_vector(&mut d.cleanup);
+        }
         Report {
             scenario: scenario.clone(),
             header,
@@ -503,6 +510,32 @@ impl Report {
             Some(Err(e)) => map.push((s("iommu"), s(e))),
         }
         Content::Map(map)
+    }
+}
+
+/// Orders one step's irqbypass events by the vector they concern, keeping
+/// each vector's own events in kernel order. Events of different vectors in
+/// one step come from independent kernel work (KVM shuts irqfds down on a
+/// workqueue, so destroying a VM with two irqfds unregisters them in either
+/// order); their interleaving is timing, not behaviour, and must not reach
+/// a snapshot. The order that means something, within a vector (connect
+/// before disconnect, disconnect around an unregister), is kept.
+pub fn by_vector(events: &mut [wire::BypassEvent]) {
+    events.sort_by(|a, b| event_vector(a).cmp(event_vector(b)));
+}
+
+/// The vector an event is about: a producer is named by its vector, a
+/// consumer `<vm>:<vector>`.
+fn event_vector(ev: &wire::BypassEvent) -> &str {
+    use wire::BypassEvent as E;
+    match ev {
+        E::ProducerRegistered { producer, .. }
+        | E::ProducerUnregistered { producer }
+        | E::Connected { producer, .. }
+        | E::Disconnected { producer, .. } => producer,
+        E::ConsumerRegistered { consumer, .. }
+        | E::ConsumerNotRegistered { consumer }
+        | E::ConsumerUnregistered { consumer } => consumer.split_once(':').map_or(consumer.as_str(), |(_, v)| v),
     }
 }
 

@@ -1244,3 +1244,26 @@ fn lossless_fails_when_a_masked_vector_leaks_or_an_unmask_sends_twice() {
         "step 9 nic0/msix1: raised 0 but L1 saw 1",
     );
 }
+
+#[test]
+fn events_of_different_vectors_are_ordered_by_vector_keeping_each_vectors_order() {
+    let mut a = vec![
+        cunreg("vm0:nic0/msix3"),
+        disc("nic0/msix3", "vm0:nic0/msix3"),
+        cunreg("vm0:nic0/msix1"),
+        disc("nic0/msix1", "vm0:nic0/msix1"),
+    ];
+    let mut b = vec![
+        cunreg("vm0:nic0/msix1"),
+        disc("nic0/msix1", "vm0:nic0/msix1"),
+        cunreg("vm0:nic0/msix3"),
+        disc("nic0/msix3", "vm0:nic0/msix3"),
+    ];
+    by_vector(&mut a);
+    by_vector(&mut b);
+    assert_eq!(a, b, "the interleaving of two vectors' teardown is not behaviour");
+    // within a vector the kernel's order stays, whatever it is
+    let mut c = vec![disc("nic0/msix1", "vm0:nic0/msix1"), punreg("nic0/msix1"), preg("nic0/msix0")];
+    by_vector(&mut c);
+    assert_eq!(c, vec![preg("nic0/msix0"), disc("nic0/msix1", "vm0:nic0/msix1"), punreg("nic0/msix1")]);
+}
