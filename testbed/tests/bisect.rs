@@ -10,30 +10,8 @@
 //! committed snapshot (taken on 7.2): the kernel before the change fails
 //! it, the first changed one matches it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn testbed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
-    cmd.env("INSTA_UPDATE", "no").env_remove("INSTA_FORCE_PASS");
-    cmd
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn vm_tests_enabled() -> bool {
-    if std::env::var_os("TESTBED_VM_TESTS").is_some_and(|v| v == "1") {
-        return true;
-    }
-    eprintln!("skipped: set TESTBED_VM_TESTS=1 to boot guests");
-    false
-}
+mod common;
+use common::*;
 
 #[test]
 fn version_bisect_finds_the_kernel_where_kvm_stops_registering_a_useless_consumer() {

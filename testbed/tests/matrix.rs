@@ -3,56 +3,12 @@
 //! not hold, its table, JUnit XML, JSON and results directory, `--resume`,
 //! and Ctrl-C in the middle of a boot. Usage errors need no guest.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn testbed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
-    cmd.env("INSTA_UPDATE", "no").env_remove("INSTA_FORCE_PASS");
-    cmd
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn vm_tests_enabled() -> bool {
-    if std::env::var_os("TESTBED_VM_TESTS").is_some_and(|v| v == "1") {
-        return true;
-    }
-    eprintln!("skipped: set TESTBED_VM_TESTS=1 to boot guests");
-    false
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// QEMU processes whose command line mentions `marker` (a test's own temp dir).
-fn qemu_processes_with(marker: &Path) -> Vec<u32> {
-    let marker = marker.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.starts_with("qemu-system") && cmdline.contains(&marker) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn assert_no_qemu_left(marker: &Path) {
-    for _ in 0..50 {
-        if qemu_processes_with(marker).is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("QEMU left running: {:?}", qemu_processes_with(marker));
-}
+mod common;
+use common::*;
 
 /// Every path under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<String> {
