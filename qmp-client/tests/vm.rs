@@ -318,7 +318,8 @@ async fn pci_address_behind_bridge() {
         return;
     }
     // Bridges get their secondary bus number from firmware, so let SeaBIOS
-    // run (no boot device needed); until then the device is not reachable.
+    // run (no boot device needed); until then the device is not reachable,
+    // and while SeaBIOS scans behind the port its secondary bus reads 0xff.
     let qemu = Qemu::spawn(&[
         "-machine",
         "q35",
@@ -332,7 +333,7 @@ async fn pci_address_behind_bridge() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
         match qmp.pci_address("dev1").await {
-            Ok(a) if a.bus != 0 => break a,
+            Ok(a) if a.bus != 0 && a.bus != 0xff => break a,
             Ok(_) | Err(QmpError::NoSuchDevice(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
