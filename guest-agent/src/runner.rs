@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use crate::kvm::Vm;
 use crate::say;
 use crate::sys::errstr;
 use crate::trace::{KEvent, TraceRecord, Tracer};
-use crate::vfio::{bind_vfio_pci, unbind_vfio_pci, VfioDevice};
+use crate::vfio::{bind_vfio_pci, dev_dir, unbind_vfio_pci, VfioDevice};
 
 /// First MSI vector number the agent hands out; one per route, job-wide.
 const FIRST_VECTOR: u8 = 0x40;
@@ -58,6 +57,14 @@ impl JobState {
             .find(|(n, _)| n == name)
             .map(|(_, d)| d)
             .ok_or_else(|| format!("device {name} is not open (no bind step?)"))
+    }
+
+    /// The device's PCI address in L1.
+    fn bdf(&self, name: &str) -> Result<String, String> {
+        self.devices
+            .get(name)
+            .map(|d| d.bdf.clone())
+            .ok_or_else(|| format!("unknown device {name} (not in the job's devices)"))
     }
 
     fn model(&self, name: &str) -> Result<&'static wire::ModelSpec, String> {
@@ -289,13 +296,13 @@ impl Runner {
             }
             Step::Unplug { device } => self.unplug(st, index, device, send, recv),
             Step::Replug { device } => self.replug(st, index, device, send, recv),
-            Step::Unbind { device } => match st.devices.get(device) {
-                None => Err(format!("unknown device {device} (not in the job's devices)")),
-                Some(_) if st.open.iter().any(|(n, _)| n == device) => {
+            Step::Unbind { device } => {
+                if st.open.iter().any(|(n, _)| n == device) {
                     Err(format!("device {device} is open: close-device first"))
+                } else {
+                    st.bdf(device).and_then(|bdf| unbind_vfio_pci(&bdf))
                 }
-                Some(d) => unbind_vfio_pci(&d.bdf),
-            },
+            }
             Step::CreateVm { vm } => {
                 if st.vms.iter().any(|(n, _)| n == vm) {
                     Err(format!("VM {vm} already exists"))
@@ -573,7 +580,7 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
         recv: &mut Recv<'_>,
     ) -> Result<(), String> {
-        let bdf = st.devices.get(device).map(|d| d.bdf.clone()).ok_or_else(|| format!("unknown device {device}"))?;
+        let bdf = st.bdf(device)?;
         let mut released = false;
         let action = HostAction::DeviceDel { device: device.to_string() };
         self.host_action(index, action, send, recv, &mut || {
@@ -587,7 +594,7 @@ impl Runner {
         if released {
             say!("{device}: released to vfio-pci's remove");
         }
-        if Path::new("/sys/bus/pci/devices").join(&bdf).exists() {
+        if dev_dir(&bdf).exists() {
             return Err(format!("{device} ({bdf}) still in L1 after DEVICE_DELETED"));
         }
         // the host IRQ lines go with the device
@@ -606,10 +613,10 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
         recv: &mut Recv<'_>,
     ) -> Result<(), String> {
-        let bdf = st.devices.get(device).map(|d| d.bdf.clone()).ok_or_else(|| format!("unknown device {device}"))?;
+        let bdf = st.bdf(device)?;
         self.host_action(index, HostAction::DeviceAdd { device: device.to_string() }, send, recv, &mut || {})?;
         let t0 = Instant::now();
-        let dir = Path::new("/sys/bus/pci/devices").join(&bdf);
+        let dir = dev_dir(&bdf);
         // L1 creates the device before it assigns its BARs; opening it
         // before that fails (pci_enable_device), so wait for BAR0 too
         let bar0_assigned = || {

@@ -26,7 +26,8 @@ const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_MEMORY: u16 = 0x2;
 const PCI_COMMAND_MASTER: u16 = 0x4;
 
-fn dev_dir(bdf: &str) -> PathBuf {
+/// The device's directory in sysfs.
+pub fn dev_dir(bdf: &str) -> PathBuf {
     Path::new("/sys/bus/pci/devices").join(bdf)
 }
 

@@ -360,6 +360,21 @@ pub async fn boot(
     Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
 }
 
+/// The report of `scenario` in a boot's outcome, or why there is none (the
+/// guest never got ready, or the run ended before the scenario).
+pub fn scenario_report(variant: &Variant, scenario: &Scenario, outcome: &BootOutcome) -> Result<Report, String> {
+    let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
+    let (Some(ready), Some(run)) = (&outcome.ready, run) else {
+        return Err(outcome.failure.as_ref().map_or("the guest did not boot", |f| f.message.as_str()).to_owned());
+    };
+    let header = report::Header {
+        variant: variant.name.to_owned(),
+        kernel_release: ready.platform.kernel_release.clone(),
+        qemu_version: outcome.qemu_version.clone(),
+    };
+    Ok(Report::new(scenario, header, &ready.platform, run))
+}
+
 /// Builds the report of one scenario run, checks it and compares it with
 /// its snapshot under `snapshots`.
 pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, outcome: &BootOutcome) -> Cell {
@@ -371,26 +386,21 @@ pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, o
         report: None,
         diff: None,
     };
-    let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
-    let (Some(ready), Some(run)) = (&outcome.ready, run) else {
-        cell.verdict = Verdict::NoBoot;
-        let why = outcome.failure.as_ref().map(|f| f.message.as_str()).unwrap_or("the guest did not boot");
-        cell.detail.push(format!("{why}\n    console log: {}", outcome.console_log.display()));
-        return cell;
+    let report = match scenario_report(variant, scenario, outcome) {
+        Ok(report) => report,
+        Err(why) => {
+            cell.verdict = Verdict::NoBoot;
+            cell.detail.push(format!("{why}\n    console log: {}", outcome.console_log.display()));
+            return cell;
+        }
     };
-    let header = report::Header {
-        variant: variant.name.to_owned(),
-        kernel_release: ready.platform.kernel_release.clone(),
-        qemu_version: outcome.qemu_version.clone(),
-    };
-    let report = Report::new(scenario, header, &ready.platform, run);
     for check in report.checks() {
         if !check.passed {
             cell.verdict = Verdict::ChecksFailed;
             cell.detail.push(format!("check {} failed: {}", check.expectation, check.detail));
         }
     }
-    if let Some(failure) = &run.failure {
+    if let Some(failure) = &report.failure {
         cell.verdict = Verdict::Broken;
         cell.detail.push(format!("{failure}\n    console log: {}", outcome.console_log.display()));
     }
@@ -689,28 +699,15 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
                                 return EXIT_SKIP;
                             }
                         };
-                    let Some(ready) = &outcome.ready else {
-                        ui.finish();
-                        let why = outcome
-                            .failure
-                            .as_ref()
-                            .map_or("the guest did not boot", |f| f.message.as_str());
-                        eprintln!("error: {} boot {i} failed: {why}", variant.name);
-                        return EXIT_FAILED;
-                    };
                     for scenario in &group.scenarios {
-                        let Some(run) = outcome.runs.iter().find(|r| r.scenario == scenario.name) else {
-                            ui.finish();
-                            eprintln!("error: {} {}: did not run", variant.name, scenario.name);
-                            return EXIT_FAILED;
+                        match scenario_report(variant, scenario, &outcome) {
+                            Ok(report) => bodies[way].insert(scenario.name.clone(), report.body()),
+                            Err(why) => {
+                                ui.finish();
+                                eprintln!("error: {} boot {i}, {}: {why}", variant.name, scenario.name);
+                                return EXIT_FAILED;
+                            }
                         };
-                        let header = report::Header {
-                            variant: variant.name.to_owned(),
-                            kernel_release: ready.platform.kernel_release.clone(),
-                            qemu_version: outcome.qemu_version.clone(),
-                        };
-                        let body = Report::new(scenario, header, &ready.platform, run).body();
-                        bodies[way].insert(scenario.name.clone(), body);
                     }
                 }
                 secs[way].push(started.elapsed().as_secs_f64());
@@ -788,16 +785,11 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
         eprintln!("error: {e}");
         EXIT_SKIP
     })?;
-    let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
-    let (Some(ready), Some(run)) = (&outcome.ready, run) else {
-        let why = outcome.failure.as_ref().map(|f| f.message.as_str()).unwrap_or("the guest did not boot");
-        eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
-        return Err(EXIT_SKIP);
-    };
-    let header = report::Header {
-        variant: variant.name.to_owned(),
-        kernel_release: ready.platform.kernel_release.clone(),
-        qemu_version: outcome.qemu_version.clone(),
-    };
-    Ok((Report::new(scenario, header, &ready.platform, run), outcome.console_log.clone()))
+    match scenario_report(variant, scenario, &outcome) {
+        Ok(report) => Ok((report, outcome.console_log.clone())),
+        Err(why) => {
+            eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
+            Err(EXIT_SKIP)
+        }
+    }
 }
