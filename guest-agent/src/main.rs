@@ -32,6 +32,8 @@ fn main() {
     // userspace printk is rate limited by default; the console log wants all of it
     let _ = sys::write_attr("/proc/sys/kernel/printk_devkmsg", "on\n");
     say!("starting");
+    // opened before anything loads, so the first read holds the boot's warnings
+    let mut kernel_log = platform::KernelLog::open().map_err(|e| say!("/dev/kmsg: {e}")).ok();
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let debug = cmdline.split_whitespace().any(|a| a == "testbed_agent.debug=1");
@@ -72,13 +74,14 @@ fn main() {
             }
         }
     };
+    platform.boot_warnings = kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
     let ready = AgentMessage::Ready(Ready { protocol: PROTOCOL_VERSION, platform });
     if let Err(e) = port.send(&ready) {
         say!("sending ready: {e}");
     }
     say!("ready after {} ms of agent time", t0.elapsed().as_millis());
 
-    let mut runner = runner::Runner::new(tracer, debug);
+    let mut runner = runner::Runner::new(tracer, debug, kernel_log);
     loop {
         let line = match port.read_line() {
             Ok(l) => l,

@@ -29,34 +29,59 @@ pub fn version_of(release: &str) -> (u32, u32) {
     (major, minor)
 }
 
-/// The kernel log so far, message texts only (non-blocking /dev/kmsg read).
+/// The kernel log so far, message texts only.
 pub fn kernel_log() -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(mut f) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
-        return out;
-    };
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                // "pri,seq,ts,flags;message\n continuation lines"
-                let first = rec.lines().next().unwrap_or("");
-                if let Some((_, msg)) = first.split_once(';') {
-                    out.push(msg.to_string());
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // overwritten records
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
+    KernelLog::open().map(|mut k| k.read_new()).unwrap_or_default()
+}
+
+/// A reader of `/dev/kmsg` that remembers its place: each
+/// [`KernelLog::read_new`] returns what the kernel logged since the last.
+pub struct KernelLog {
+    file: std::fs::File,
+}
+
+impl KernelLog {
+    /// Opens the log at its oldest record.
+    pub fn open() -> std::io::Result<KernelLog> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")?;
+        Ok(KernelLog { file })
     }
-    out
+
+    /// Message texts of the records logged since the last call (non-blocking).
+    pub fn read_new(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    // "pri,seq,ts,flags;message\n continuation lines"
+                    let first = rec.lines().next().unwrap_or("");
+                    if let Some((_, msg)) = first.split_once(';') {
+                        out.push(msg.to_string());
+                    }
+                }
+                // records overwritten before we read them: the read moves past
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Headlines of the kernel warnings logged since the last call. The
+    /// agent's own lines are skipped: it repeats warnings on the console.
+    pub fn new_warnings(&mut self) -> Vec<String> {
+        self.read_new()
+            .into_iter()
+            .filter(|m| !m.starts_with("testbed-agent:") && wire::kernel_warning(m))
+            .collect()
+    }
 }
 
 /// Interrupt remapping mode and posting support from kernel log lines.

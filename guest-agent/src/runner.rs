@@ -14,6 +14,7 @@ use wire::{
 use crate::attrib::{Attributor, StepNames};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
 use crate::kvm::Vm;
+use crate::platform::KernelLog;
 use crate::say;
 use crate::sys::errstr;
 use crate::trace::{KEvent, TraceRecord, Tracer};
@@ -122,6 +123,11 @@ pub struct Runner {
     /// observed so far in the job: their device interrupts may be posted by
     /// the IOMMU, which nothing in L1 sees until an L2 takes them.
     connected: std::collections::HashSet<String>,
+    /// Where the kernel's warnings come from; `None` when `/dev/kmsg` could
+    /// not be opened (then none are reported).
+    kernel_log: Option<KernelLog>,
+    /// Warnings logged between jobs, reported with the next job's first step.
+    warnings_before: Vec<String>,
 }
 
 /// Where a `fire`, `signal` or `unmask` step's interrupts come from.
@@ -144,7 +150,7 @@ fn write_ops(dev: &VfioDevice, ops: &[RegWrite], n: u32) -> Result<(), String> {
 }
 
 impl Runner {
-    pub fn new(tracer: Option<Tracer>, debug: bool) -> Runner {
+    pub fn new(tracer: Option<Tracer>, debug: bool, kernel_log: Option<KernelLog>) -> Runner {
         Runner {
             tracer,
             attrib: Attributor::default(),
@@ -152,7 +158,19 @@ impl Runner {
             acc: Vec::new(),
             last_sent: Instant::now(),
             connected: Default::default(),
+            kernel_log,
+            warnings_before: Vec::new(),
         }
+    }
+
+    /// The kernel warnings logged since the last call, each also said on
+    /// the console next to the step it belongs to.
+    fn new_kernel_warnings(&mut self) -> Vec<String> {
+        let warnings = self.kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
+        for w in &warnings {
+            say!("kernel warned: {w}");
+        }
+        warnings
     }
 
     fn mark(&mut self) {
@@ -202,6 +220,13 @@ impl Runner {
             ..Default::default()
         };
         say!("job {}: {} steps", job.scenario, job.steps.len());
+        // whatever the kernel logged since the last job ended (late work of
+        // its teardown, say) goes with this job's first step
+        self.warnings_before = self
+            .new_kernel_warnings()
+            .into_iter()
+            .map(|w| format!("before the first step: {w}"))
+            .collect();
         let mut failed = false;
         for (index, step) in job.steps.iter().enumerate() {
             if failed {
@@ -233,10 +258,12 @@ impl Runner {
         self.poll_trace();
         let obs = self.attrib.process(&self.acc, &StepNames::default());
         let cleanup_error = (obs.lost > 0).then(|| format!("trace lost {} events", obs.lost));
+        let kernel_warnings = self.new_kernel_warnings();
         say!("job {} done", job.scenario);
         Done {
             cleanup: obs.events,
             cleanup_error,
+            kernel_warnings,
         }
     }
 
@@ -447,11 +474,14 @@ impl Runner {
         if error.is_none() && obs.lost > 0 {
             error = Some(format!("trace lost {} events: observation incomplete", obs.lost));
         }
+        let mut kernel_warnings = std::mem::take(&mut self.warnings_before);
+        kernel_warnings.extend(self.new_kernel_warnings());
         StepReport {
             index,
             error,
             bypass,
             interrupts,
+            kernel_warnings,
         }
     }
 

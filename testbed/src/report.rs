@@ -114,9 +114,14 @@ impl Report {
         self.steps.iter().find(|s| s.index == index)
     }
 
-    /// The checks of every `[[expect]]`, in file order.
+    /// The checks of every `[[expect]]`, in file order, then the check every
+    /// scenario carries without asking, `kernel-quiet`, when it fails: a
+    /// kernel that warned has gone wrong, whatever else the report says. A
+    /// passing `kernel-quiet` is not listed, so that it is not in every
+    /// snapshot.
     pub fn checks(&self) -> Vec<CheckResult> {
-        self.scenario
+        let mut checks: Vec<CheckResult> = self
+            .scenario
             .expect
             .iter()
             .map(|e| {
@@ -127,7 +132,44 @@ impl Report {
                     detail,
                 }
             })
-            .collect()
+            .collect();
+        let warnings = self.kernel_warnings();
+        if !warnings.is_empty() {
+            let shown: Vec<String> = warnings.iter().map(|(when, w)| format!("{when}: {w}")).collect();
+            checks.push(CheckResult {
+                expectation: "kernel-quiet".into(),
+                passed: false,
+                detail: format!(
+                    "the kernel warned {} time{}: {}",
+                    warnings.len(),
+                    if warnings.len() == 1 { "" } else { "s" },
+                    shown.join("; ")
+                ),
+            });
+        }
+        checks
+    }
+
+    /// Every kernel warning the agent saw during the scenario, normalized
+    /// ([`normalize_warning`]), with where it was printed: `step 8
+    /// destroy-vm` or `cleanup`. Warnings of the boot count for each of
+    /// its scenarios (`boot`), so that a scenario's verdict is the same
+    /// whether it shares its boot or has one of its own.
+    pub fn kernel_warnings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            self.platform.boot_warnings.iter().map(|w| ("boot".to_string(), normalize_warning(w))).collect();
+        for r in &self.steps {
+            let action = self.scenario.steps.get(r.index).map(|s| s.action()).unwrap_or("?");
+            for w in &r.kernel_warnings {
+                out.push((format!("step {} {action}", r.index + 1), normalize_warning(w)));
+            }
+        }
+        if let Some(done) = &self.done {
+            for w in &done.kernel_warnings {
+                out.push(("cleanup".to_string(), normalize_warning(w)));
+            }
+        }
+        out
     }
 
     /// Whether every expectation passed.
@@ -213,6 +255,14 @@ impl Report {
                 if let Some(e) = &done.cleanup_error {
                     let _ = writeln!(out, "   failed: {}", normalize(e));
                 }
+            }
+        }
+
+        let warnings = self.kernel_warnings();
+        if !warnings.is_empty() {
+            out.push_str("\nkernel warnings\n");
+            for (when, w) in &warnings {
+                let _ = writeln!(out, "   {when}: {w}");
             }
         }
 
@@ -368,6 +418,9 @@ impl Report {
             })),
             "failure": self.failure,
             "interrupts": interrupts,
+            "kernel_warnings": self.kernel_warnings().into_iter()
+                .map(|(when, warning)| serde_json::json!({ "when": when, "warning": warning }))
+                .collect::<Vec<_>>(),
             "iommu": match &self.iommu {
                 None => serde_json::Value::Null,
                 Some(Ok(c)) => serde_json::to_value(c).unwrap_or_default(),
@@ -667,6 +720,53 @@ pub fn normalize(message: &str) -> String {
         i += ch.len_utf8();
     }
     out
+}
+
+/// A kernel warning's headline without what differs between runs and
+/// builds: `CPU: 0 PID: 138 ` and `[#1]`, the offsets in `func+0x99/0xb0`,
+/// and what [`normalize`] strips.
+pub fn normalize_warning(line: &str) -> String {
+    let mut s = normalize(line);
+    // `WARNING: CPU: 0 PID: 138 at ...`
+    if let Some(cpu) = s.find("CPU: ") {
+        if let Some(at) = s[cpu..].find(" at ") {
+            let between = &s[cpu..cpu + at];
+            if between.split_whitespace().count() == 4 && between.contains("PID: ") {
+                s.replace_range(cpu..cpu + at + 1, "");
+            }
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s.as_str();
+    while let Some(plus) = rest.find("+0x") {
+        out.push_str(&rest[..plus]);
+        let tail = &rest[plus + 1..];
+        // `+0x99/0xb0`: offset and function size
+        let offset_len = 2 + tail[2..].bytes().take_while(|c| c.is_ascii_hexdigit()).count();
+        let size_len = tail[offset_len..]
+            .strip_prefix("/0x")
+            .map(|t| 3 + t.bytes().take_while(|c| c.is_ascii_hexdigit()).count())
+            .unwrap_or(0);
+        if offset_len > 2 {
+            rest = &tail[offset_len + size_len..];
+        } else {
+            out.push('+');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    let mut s = out;
+    while let Some(i) = s.find("[#") {
+        match s[i + 2..].find(']') {
+            Some(n) if n > 0 && s[i + 2..i + 2 + n].bytes().all(|c| c.is_ascii_digit()) => {
+                let end = i + 2 + n + 1;
+                let end = if s[end..].starts_with(' ') { end + 1 } else { end };
+                s.replace_range(i..end, "");
+            }
+            _ => break,
+        }
+    }
+    s.trim_end().to_string()
 }
 
 fn timestamp_len(s: &str) -> Option<usize> {

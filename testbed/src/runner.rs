@@ -603,11 +603,31 @@ fn console_excerpt(console_log: &std::path::Path, needle: &str) -> String {
 
 /// What the console says about a failure: the kernel's panic line when
 /// there is one (it matters more than whatever followed it), else the tail.
+/// A hang often follows a BUG or an oops that did not panic: the last
+/// warning headline on the console comes before the tail then.
 fn console_evidence(console_log: &std::path::Path) -> String {
     match console_excerpt(console_log, "Kernel panic") {
         panic if !panic.is_empty() => panic,
-        _ => console_tail(console_log),
+        _ => last_kernel_warning(console_log) + &console_tail(console_log),
     }
+}
+
+/// The console's last kernel warning headlines ([`wire::kernel_warning`]):
+/// up to three, since one failure prints several (`list_add corruption`,
+/// `kernel BUG at`, `Oops`).
+fn last_kernel_warning(console_log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(console_log).unwrap_or_default();
+    let message = |line: &str| match line.trim_start().strip_prefix('[').and_then(|l| l.split_once("] ")) {
+        Some((_, message)) => message.to_string(),
+        None => line.to_string(),
+    };
+    let warnings: Vec<String> = text.lines().map(message).filter(|m| wire::kernel_warning(m)).collect();
+    let mut out = String::new();
+    for w in &warnings[warnings.len().saturating_sub(3)..] {
+        out.push_str("\n    kernel warning on the console: ");
+        out.push_str(truncate(w.trim_end(), 160));
+    }
+    out
 }
 
 /// The last lines of the console, to show what the guest was doing.
@@ -630,5 +650,33 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_names_the_last_kernel_warnings_then_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(
+            &log,
+            "[    4.242477] WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]\n\
+             [   10.326901] ------------[ cut here ]------------\n\
+             [   10.326950] list_add corruption. prev->next should be next (ffff888006eab890), but was ffff888006ea9cb0.\n\
+             [   10.326991] kernel BUG at lib/list_debug.c:29!\n\
+             [   10.327747] Oops: invalid opcode: 0000 [#1] SMP NOPTI\n\
+             [   10.327800] RIP: 0010:__list_add_valid_or_report+0x5c/0xa0\n",
+        )
+        .unwrap();
+        let evidence = console_evidence(&log);
+        let lines: Vec<&str> = evidence.lines().map(str::trim).collect();
+        assert!(lines[1].starts_with("kernel warning on the console: list_add corruption."), "{evidence}");
+        assert_eq!(lines[2], "kernel warning on the console: kernel BUG at lib/list_debug.c:29!");
+        assert_eq!(lines[3], "kernel warning on the console: Oops: invalid opcode: 0000 [#1] SMP NOPTI");
+        assert_eq!(lines[4], "console tail:");
+        assert!(!evidence.contains("svm_vcpu_free"), "only the last three: {evidence}");
     }
 }

@@ -296,6 +296,52 @@ fn broken_invariant_is_reported_in_a_full_run() {
     assert_no_qemu_left(tmp.path());
 }
 
+/// A kernel warning fails the scenario during which the kernel printed it,
+/// even where every check of its own passes. Debian's 6.17 kernels have a
+/// real one: on AVIC, deassigning an irqfd while its producer stays
+/// leaves the vCPU's IRTE list non-empty, and destroying the VM then warns
+/// in `svm_vcpu_free` (6.16 and 7.2 are quiet). The scenario after it in
+/// the same boot is not blamed.
+#[test]
+fn kernel_warning_fails_the_scenario_that_caused_it() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // a copy of the snapshots, so that the mismatch's .snap.new lands there
+    let snapshots = tmp.path().join("snapshots");
+    std::fs::create_dir_all(snapshots.join("amd-avic")).unwrap();
+    for scenario in ["edu-consumer-first", "edu-producer-first"] {
+        let snap = format!("amd-avic/{scenario}.snap");
+        std::fs::copy(repo().join("snapshots").join(&snap), snapshots.join(&snap)).unwrap();
+    }
+    let output = testbed()
+        .args(["run", "--variant", "amd-avic", "--kernel", "debian:6.17", "--snapshots"])
+        .arg(&snapshots)
+        .arg("--results")
+        .arg(tmp.path().join("results"))
+        .arg(repo().join("scenarios/edu-consumer-first.toml"))
+        .arg(repo().join("scenarios/edu-producer-first.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let mut table = out.lines().skip_while(|l| !l.starts_with("SCENARIO "));
+    let row = table.find(|l| l.starts_with("edu-consumer-first ")).unwrap_or_else(|| panic!("no row: {out}"));
+    assert!(row.ends_with("CHECK FAILED"), "{row}");
+    let message = table.next().unwrap_or_default();
+    assert!(
+        message.contains(
+            "check kernel-quiet failed: the kernel warned 1 time: step 8 destroy-vm: \
+             WARNING: at arch/x86/kvm/svm/svm.c:"
+        ) && message.contains(" svm_vcpu_free [kvm_amd]"),
+        "{out}"
+    );
+    let next = table.find(|l| l.starts_with("edu-producer-first ")).unwrap_or_else(|| panic!("no row: {out}"));
+    assert!(next.ends_with("pass"), "{out}");
+    assert_no_qemu_left(&tmp.path().join("results"));
+}
+
 /// Scenarios leave nothing behind: every scenario's report is the same
 /// whether it shares an L1 boot with the others or has its own.
 #[test]

@@ -19,7 +19,7 @@ mod device;
 pub use device::{DeviceModel, IrqKind, ModelSpec, RegValue, RegWrite};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Longest the agent stays silent while a step runs.
 pub const HEARTBEAT_SECS: u64 = 2;
@@ -80,6 +80,10 @@ pub struct Done {
     pub cleanup: Vec<BypassEvent>,
     /// What went wrong during cleanup, if anything.
     pub cleanup_error: Option<String>,
+    /// Kernel warnings printed while the agent cleaned up (see
+    /// [`StepReport::kernel_warnings`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -117,6 +121,11 @@ pub struct Platform {
     /// observes everything; otherwise bypass reports are incomplete.
     #[serde(default)]
     pub tracing_failed: Vec<String>,
+    /// Kernel warnings printed before the first scenario (see
+    /// [`kernel_warning`]): they belong to no scenario, but a kernel that
+    /// warns while booting is worth knowing about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_warnings: Vec<String>,
 }
 
 /// One scenario, resolved: device addresses are known.
@@ -366,6 +375,38 @@ pub struct StepReport {
     /// per vector; an `ipi` step's is named by its vector, e.g. `0x31`);
     /// empty otherwise.
     pub interrupts: Vec<VectorCount>,
+    /// The headline of every kernel warning (WARNING, BUG, Oops, ...) the
+    /// kernel log gained while the step ran, in log order. A kernel that
+    /// warns has gone wrong even when every interrupt arrived, so the host
+    /// fails the scenario on any of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_warnings: Vec<String>,
+}
+
+/// Whether a kernel log message is the headline of a kernel warning, and
+/// so a sign that the kernel went wrong: `WARN()` (`WARNING: CPU: 0 PID: 1
+/// at file:line function`), `BUG()`/`BUG_ON()` (`kernel BUG at file:line!`),
+/// an oops, a detected lockup or stall, or one of the debug checks that
+/// print before they warn or BUG (list and refcount corruption, UBSAN,
+/// KASAN). Continuation lines (registers, call traces) are not headlines.
+pub fn kernel_warning(message: &str) -> bool {
+    const HEADLINES: [&str; 9] = [
+        "WARNING: ",
+        "kernel BUG at ",
+        "BUG: ",
+        "Oops: ",
+        "general protection fault",
+        "UBSAN: ",
+        "refcount_t: ",
+        "list_add corruption",
+        "list_del corruption",
+    ];
+    let m = message.trim_start();
+    HEADLINES.iter().any(|h| m.starts_with(h))
+        || m.contains("rcu_sched detected stalls")
+        || m.contains("rcu_preempt detected stalls")
+        || m.contains("soft lockup - CPU#")
+        || (m.starts_with("INFO: task ") && m.contains(" blocked for more than "))
 }
 
 /// irqbypass activity, attributed to scenario names.
@@ -494,6 +535,33 @@ mod tests {
         assert_eq!(VectorSet::Count(3).numbers(), [0, 1, 2]);
         assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err());
         assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#).is_err());
+    }
+
+    #[test]
+    fn kernel_warning_headlines() {
+        for warn in [
+            "WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]",
+            "kernel BUG at lib/list_debug.c:29!",
+            "Oops: invalid opcode: 0000 [#1] SMP NOPTI",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            "list_add corruption. prev->next should be next (ffff888006eab890), but was ffff888006ea9cb0.",
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [testbed-agent:138]",
+            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "INFO: task kworker/0:1:12 blocked for more than 120 seconds.",
+            "refcount_t: underflow; use-after-free.",
+        ] {
+            assert!(kernel_warning(warn), "{warn}");
+        }
+        for quiet in [
+            "------------[ cut here ]------------",
+            "RIP: 0010:svm_vcpu_free+0x99/0xb0 [kvm_amd]",
+            " kvm_arch_vcpu_destroy+0x95/0x170 [kvm]",
+            "testbed-agent: step 8 destroy-vm: ok",
+            "AMD-Vi: Virtual APIC enabled",
+            "vfio-pci 0000:00:02.0: WARNING is not at the start",
+        ] {
+            assert!(!kernel_warning(quiet), "{quiet}");
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn stock() -> Platform {
         irq_remapping: Some("intel x2apic".into()),
         irq_posting: false,
         tracing_failed: vec![],
+        boot_warnings: vec![],
     }
 }
 
@@ -114,6 +115,7 @@ fn step(index: usize, bypass: Vec<E>) -> StepReport {
         error: None,
         bypass,
         interrupts: vec![],
+        kernel_warnings: vec![],
     }
 }
 
@@ -202,6 +204,7 @@ fn done() -> Option<Done> {
     Some(Done {
         cleanup: vec![],
         cleanup_error: None,
+        kernel_warnings: vec![],
     })
 }
 
@@ -497,6 +500,7 @@ fn pairing_fails_when_something_survives_cleanup() {
     let d = Done {
         cleanup: vec![cunreg("vm0:dev0/msi0")],
         cleanup_error: None,
+        kernel_warnings: vec![],
     };
     passes(&report(posting_platform(), steps, Some(d)), "pairing");
 }
@@ -677,6 +681,56 @@ fn normalize_strips_times_and_addresses() {
         "[time] BUG: unable to handle page fault at <addr> (RIP <addr>), step 3"
     );
     assert_eq!(normalize("KVM_IRQFD: EINVAL"), "KVM_IRQFD: EINVAL");
+}
+
+#[test]
+fn normalize_warning_strips_what_differs_between_runs() {
+    assert_eq!(
+        normalize_warning(
+            "WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]"
+        ),
+        "WARNING: at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free [kvm_amd]"
+    );
+    assert_eq!(
+        normalize_warning("Oops: invalid opcode: 0000 [#1] SMP NOPTI"),
+        "Oops: invalid opcode: 0000 SMP NOPTI"
+    );
+    assert_eq!(normalize_warning("kernel BUG at lib/list_debug.c:29!"), "kernel BUG at lib/list_debug.c:29!");
+    assert_eq!(
+        normalize_warning("list_add corruption. prev->next should be next (ffff888006eab890), but was ffff888006ea9cb0."),
+        "list_add corruption. prev->next should be next (<addr>), but was <addr>."
+    );
+    // a `+0x` that is no offset stays
+    assert_eq!(normalize_warning("BUG: a+0xg"), "BUG: a+0xg");
+}
+
+#[test]
+fn a_kernel_warning_fails_the_scenario_where_it_was_printed() {
+    let quiet = report(posting_platform(), posted_steps(), done());
+    assert!(quiet.checks().iter().all(|c| c.expectation != "kernel-quiet"));
+    assert!(!quiet.body().contains("kernel warnings"));
+
+    let mut steps = posted_steps();
+    steps[6].kernel_warnings =
+        vec!["WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]".into()];
+    let mut d = done().unwrap();
+    d.kernel_warnings = vec!["BUG: kernel NULL pointer dereference, address: 0000000000000008".into()];
+    let r = report(posting_platform(), steps, Some(d));
+    assert!(!r.all_passed());
+    fails(
+        &r,
+        "kernel-quiet",
+        "the kernel warned 2 times: step 7 destroy-vm: WARNING: at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free [kvm_amd]; \
+         cleanup: BUG: kernel NULL pointer dereference, address: <addr>",
+    );
+    let body = r.body();
+    assert!(
+        body.contains(
+            "kernel warnings\n   step 7 destroy-vm: WARNING: at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free [kvm_amd]\n"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("FAIL  kernel-quiet: the kernel warned 2 times"), "{body}");
 }
 
 #[test]
