@@ -13,8 +13,9 @@
 //!    back into the control block and reports it with `out PORT_READY`.
 //! 2. Enables interrupts and loops: read the request generation and the mode,
 //!    acknowledge the generation, then one round of the mode: `running`
-//!    spins with `pause`, `halted` does `sti; hlt`, `alternate` spins for one
-//!    timer period and halts for the next, `park` leaves KVM_RUN with
+//!    spins with `pause`, `halted` does `sti; hlt` (after checking, with
+//!    interrupts off, that no request came meanwhile), `alternate` spins for
+//!    one timer period and halts for the next, `park` leaves KVM_RUN with
 //!    `out PORT_PARK` (interrupts stay enabled) and goes on when resumed.
 //!    Before that, an `ipi` request (generation in `CTL_IPI_REQ` not yet
 //!    acknowledged) makes it write its x2APIC ICR `CTL_IPI_COUNT` times
@@ -79,8 +80,11 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.out(dx, eax)?;
     a.sti()?;
 
-    // --- main loop: esi = request generation seen, ebx = mode
+    // --- main loop: esi = request generation seen, ebx = mode. Interrupts
+    // are enabled throughout, except between a halt's last check and its
+    // `hlt` (see `halted`); those checks jump back here with them off.
     a.set_label(&mut main)?;
+    a.sti()?;
     a.inc(dword_ptr(CTL_ITER))?;
     // an ipi request (CTL_IPI_REQ != CTL_IPI_ACK): send CTL_IPI_COUNT IPIs
     // of CTL_IPI_VECTOR to ourselves through the ICR, waiting (at most
@@ -134,7 +138,16 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.pause()?;
     a.jmp(main)?;
 
+    // A halt checks for a new request with interrupts off, then `sti; hlt`:
+    // the agent writes the request before it sends the kick, so a kick
+    // that arrives after the check stays pending through `sti`'s
+    // one-instruction interrupt shadow and wakes the `hlt`. Checked with
+    // interrupts on, a kick taken between the check and the `hlt` would be
+    // counted and then leave the L2 halted with nothing left to wake it.
     a.set_label(&mut halted)?;
+    a.cli()?;
+    a.cmp(esi, dword_ptr(CTL_REQ))?;
+    a.jne(main)?;
     a.inc(dword_ptr(CTL_HALTS))?;
     a.sti()?;
     a.hlt()?;
@@ -167,15 +180,19 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.mov(edi, dword_ptr(timer))?;
     a.mov(eax, dword_ptr(CTL_PERIOD))?;
     a.wrmsr()?; // ecx, edx unchanged
+    // the nap's checks, like `halted`'s, run with interrupts off: the
+    // one-shot timer may fire (and be taken) before the `hlt` is reached
+    // when L1 preempts the L2 for longer than a period
     a.set_label(&mut nap)?;
-    a.inc(dword_ptr(CTL_HALTS))?;
-    a.sti()?;
-    a.hlt()?;
+    a.cli()?;
     a.cmp(esi, dword_ptr(CTL_REQ))?;
     a.jne(main)?;
     a.cmp(edi, dword_ptr(timer))?;
-    a.je(nap)?;
-    a.jmp(main)?;
+    a.jne(main)?;
+    a.inc(dword_ptr(CTL_HALTS))?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(nap)?;
 
     // --- one stub per vector, then the common tail
     let mut stubs = Vec::with_capacity(256);
