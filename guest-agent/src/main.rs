@@ -13,6 +13,7 @@ mod serial;
 mod sys;
 mod trace;
 mod vfio;
+mod watchdog;
 
 use std::path::Path;
 use std::time::Instant;
@@ -81,6 +82,7 @@ fn main() {
     }
     say!("ready after {} ms of agent time", t0.elapsed().as_millis());
 
+    watchdog::start();
     let mut runner = runner::Runner::new(tracer, debug, kernel_log);
     loop {
         let line = match port.read_line() {
@@ -117,6 +119,7 @@ fn main() {
                 let _ = port.send(&AgentMessage::Failed { message: "host-action-done outside a step".into() });
             }
             HostMessage::Run(job) => {
+                watchdog::busy(true);
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut send_err = None;
                     let shared = std::cell::RefCell::new(&mut port);
@@ -140,6 +143,7 @@ fn main() {
                     }
                     done
                 }));
+                watchdog::busy(false);
                 let msg = match result {
                     Ok(done) => AgentMessage::Done(done),
                     Err(_) => AgentMessage::Failed {

@@ -203,6 +203,7 @@ impl Runner {
 
     /// Tell the host a long step is still running (`wire::HEARTBEAT_SECS`).
     fn heartbeat(&mut self, index: usize, send: &mut dyn FnMut(AgentMessage)) {
+        crate::watchdog::alive();
         if self.last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
             send(AgentMessage::Progress { index });
             self.last_sent = Instant::now();
@@ -232,6 +233,7 @@ impl Runner {
             if failed {
                 break;
             }
+            crate::watchdog::alive();
             let rep = self.step(&mut st, index, step, send, recv);
             say!(
                 "step {index} {}: {}",
