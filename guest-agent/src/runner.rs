@@ -18,7 +18,7 @@ use crate::platform::KernelLog;
 use crate::say;
 use crate::sys::errstr;
 use crate::trace::{KEvent, TraceRecord, Tracer};
-use crate::vfio::{bind_vfio_pci, dev_dir, unbind_vfio_pci, VfioDevice};
+use crate::vfio::{bind_vfio_pci, dev_dir, enable_one_vf, unbind_vfio_pci, SriovPf, VfioDevice};
 
 /// First MSI vector number the agent hands out; one per route, job-wide.
 const FIRST_VECTOR: u8 = 0x40;
@@ -496,13 +496,28 @@ impl Runner {
         if st.open.iter().any(|(n, _)| n == device) {
             return Err(format!("device {device} is already open"));
         }
-        bind_vfio_pci(&d.bdf)?;
-        let dev = VfioDevice::open(&d.bdf)?;
+        let spec = d.model.spec();
+        let dev = if spec.sriov_vf {
+            // the job's address is the PF's: open it, enable VF 0, open that
+            bind_vfio_pci(&d.bdf)?;
+            let pf = VfioDevice::open(&d.bdf)?;
+            write_ops(&pf, spec.pf_setup, 0).map_err(|e| format!("{device} PF setup: {e}"))?;
+            let pf = Box::new(SriovPf { bdf: d.bdf.clone(), dev: pf });
+            let (vf_bdf, token) = enable_one_vf(&pf.dev)?;
+            bind_vfio_pci(&vf_bdf)?;
+            let mut vf = VfioDevice::open_with_token(&vf_bdf, Some(&token))?;
+            say!("{device}: VF {vf_bdf} of {}", d.bdf);
+            vf.pf = Some(pf);
+            vf
+        } else {
+            bind_vfio_pci(&d.bdf)?;
+            VfioDevice::open(&d.bdf)?
+        };
         // VFIO reset the device on open: set it up for the scenario now
         write_ops(&dev, d.model.spec().setup, 0).map_err(|e| format!("{device} setup: {e}"))?;
         say!(
             "{device} ({}) open{}",
-            d.bdf,
+            dev.bdf,
             if dev.noiommu { " (no-IOMMU)" } else { "" }
         );
         st.open.push((device.to_string(), dev));

@@ -21,6 +21,7 @@ ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE as u32, VFIO_BASE + 4);
 ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE as u32, VFIO_BASE + 6);
 ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
+ioctl_io_nr!(VFIO_DEVICE_FEATURE, VFIO_TYPE as u32, VFIO_BASE + 17);
 
 const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_MEMORY: u16 = 0x2;
@@ -114,6 +115,80 @@ pub struct VfioDevice {
     container: File,
     pub config: Region,
     pub bar0: Region,
+    /// For a virtual function the agent enabled: its PF, which disables
+    /// SR-IOV and closes once the VF is closed (fields drop in order).
+    pub pf: Option<Box<SriovPf>>,
+}
+
+/// A PF opened through vfio-pci with SR-IOV enabled for one VF.
+pub struct SriovPf {
+    pub bdf: String,
+    pub dev: VfioDevice,
+}
+
+impl Drop for SriovPf {
+    fn drop(&mut self) {
+        let path = dev_dir(&self.bdf).join("sriov_numvfs");
+        if let Err(e) = write_attr(&path, "0") {
+            crate::say!("{}: disabling SR-IOV: {e}", self.bdf);
+        }
+    }
+}
+
+/// Enable one VF on a PF that is open through vfio-pci (vfio-pci loaded
+/// with enable_sriov=1) and return the VF's address and the VF token that
+/// opening it needs: vfio-pci lets a VF of a PF it owns be opened only
+/// with the token the PF's user set.
+pub fn enable_one_vf(pf: &VfioDevice) -> Result<(String, String), String> {
+    // before the token: without CONFIG_PCI_IOV the token ioctl only says ENOTTY
+    let dir = dev_dir(&pf.bdf);
+    if !dir.join("sriov_numvfs").exists() {
+        return Err(format!(
+            "{}: no sriov_numvfs: no SR-IOV capability, or a kernel without CONFIG_PCI_IOV",
+            pf.bdf
+        ));
+    }
+    let mut uuid = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut uuid))
+        .map_err(|e| errstr("/dev/urandom", &e))?;
+    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
+    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let token = format!(
+        "{}-{}-{}-{}-{}",
+        hex(&uuid[0..4]),
+        hex(&uuid[4..6]),
+        hex(&uuid[6..8]),
+        hex(&uuid[8..10]),
+        hex(&uuid[10..16])
+    );
+    // struct vfio_device_feature { argsz, flags, data[] } with a uuid as data
+    let mut buf = [0u8; 8 + 16];
+    let argsz = buf.len() as u32;
+    buf[0..4].copy_from_slice(&argsz.to_ne_bytes());
+    buf[4..8].copy_from_slice(&(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN).to_ne_bytes());
+    buf[8..].copy_from_slice(&uuid);
+    // SAFETY: the kernel reads argsz bytes from our buffer.
+    if unsafe { ioctl_with_ptr(&pf.device, VFIO_DEVICE_FEATURE(), buf.as_ptr()) } < 0 {
+        return Err(last_err("VFIO_DEVICE_FEATURE(PCI_VF_TOKEN)"));
+    }
+    write_attr(dir.join("sriov_numvfs"), "1").map_err(|e| {
+        let hint = if Path::new("/sys/module/vfio_pci/parameters/enable_sriov").exists() {
+            ""
+        } else {
+            " (vfio_pci.enable_sriov=1 missing?)"
+        };
+        errstr(&format!("{}: sriov_numvfs{hint}", pf.bdf), &e)
+    })?;
+    let vf = std::fs::read_link(dir.join("virtfn0"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| format!("{}: SR-IOV on, but no virtfn0", pf.bdf))?;
+    Ok((vf, token))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn open_rw(p: &Path) -> Result<File, String> {
@@ -127,6 +202,12 @@ fn open_rw(p: &Path) -> Result<File, String> {
 impl VfioDevice {
     /// Open a device already bound to vfio-pci.
     pub fn open(bdf: &str) -> Result<VfioDevice, String> {
+        Self::open_with_token(bdf, None)
+    }
+
+    /// Open a device already bound to vfio-pci; a VF of a PF that vfio-pci
+    /// owns needs its PF's VF token.
+    pub fn open_with_token(bdf: &str, vf_token: Option<&str>) -> Result<VfioDevice, String> {
         let link = std::fs::read_link(dev_dir(bdf).join("iommu_group"))
             .map_err(|e| errstr(&format!("{bdf}: iommu_group"), &e))?;
         let group_no = link
@@ -181,7 +262,11 @@ impl VfioDevice {
         if unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU(), iommu_type.into()) } < 0 {
             return Err(last_err(name));
         }
-        let cbdf = std::ffi::CString::new(bdf).map_err(|_| "bad bdf".to_string())?;
+        let name = match vf_token {
+            Some(t) => format!("{bdf} vf_token={t}"),
+            None => bdf.to_string(),
+        };
+        let cbdf = std::ffi::CString::new(name).map_err(|_| "bad bdf".to_string())?;
         // SAFETY: the kernel reads the NUL-terminated device name.
         let dfd = unsafe { ioctl_with_ptr(&group, VFIO_GROUP_GET_DEVICE_FD(), cbdf.as_ptr()) };
         if dfd < 0 {
@@ -198,6 +283,7 @@ impl VfioDevice {
             container,
             config: Region::default(),
             bar0: Region::default(),
+            pf: None,
         };
         d.config = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
         d.bar0 = d.region(VFIO_PCI_BAR0_REGION_INDEX)?;

@@ -53,6 +53,7 @@ fn devices_of(scenario: &Scenario) -> Vec<PciDevice> {
                 .iter()
                 .any(|s| matches!(s, wire::Step::Unplug { device } if *device == d.name)),
             addr: d.bdf.as_deref().map(root_bus_addr),
+            sriov: d.model.spec().sriov_vf,
         })
         .collect()
 }

@@ -51,6 +51,8 @@ pub struct PciDevice {
     pub hotplug: bool,
     /// Fixed `addr=` on the root bus (`05.0`), when the scenario pins it.
     pub addr: Option<String>,
+    /// The agent enables SR-IOV on it and assigns a virtual function.
+    pub sriov: bool,
 }
 
 /// Everything one L1 boot needs.
@@ -141,8 +143,12 @@ pub fn base_args() -> Vec<String> {
 /// Kernel command line: console on ttyS0 with every message (the log is
 /// what a developer reads when something breaks), panic reboots at once (and
 /// -no-reboot turns that into an exit), then the variant's own words.
-pub fn cmdline(variant: &Variant, extra: &[String]) -> String {
+pub fn cmdline(variant: &Variant, devices: &[PciDevice], extra: &[String]) -> String {
     let mut words: Vec<String> = strings(&["console=ttyS0", "panic=-1", "8250.nr_uarts=2"]);
+    if devices.iter().any(|d| d.sriov) {
+        // vfio-pci refuses sriov_numvfs on a PF it owns without it
+        words.push("vfio_pci.enable_sriov=1".to_owned());
+    }
     words.extend(variant.cmdline().iter().map(|w| (*w).to_owned()));
     words.extend(extra.iter().cloned());
     words.join(" ")
@@ -189,6 +195,14 @@ pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
         // QEMU's amd-iommu under TCG never delivers (see the amd-ir variant).
         args.push("-global".to_owned());
         args.push("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".to_owned());
+    }
+    if devices.iter().any(|d| d.sriov) {
+        // No 64-bit PCI window, so L1 places the VF BARs below 4 GiB: QEMU
+        // 10.0.2 (Debian's stock QEMU here) maps a VF's 64-bit BAR at the
+        // low 32 bits of its address only, so above 4 GiB the VF's
+        // registers are unreachable (bugs/igb-vf-bar-above-4g.toml).
+        args.push("-global".to_owned());
+        args.push("q35-pcihost.pci-hole64-size=0".to_owned());
     }
     for (i, d) in devices.iter().enumerate() {
         if d.hotplug {
@@ -241,7 +255,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         cpu_args(cfg.variant, cfg.smp, cfg.memory_mib),
         base_args(),
         firmware_args(&cfg.data_dirs),
-        boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.extra_cmdline)),
+        boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline)),
         cfg.variant.iommu_args(),
         panic_device_args(),
         device_args(&cfg.devices),
@@ -338,15 +352,30 @@ mod tests {
             initrd: "/k/initrd".into(),
             extra_cmdline: vec!["quiet".into()],
             devices: vec![
-                PciDevice { id: "dev0".into(), driver: "edu".into(), props: String::new(), hotplug: false, addr: None },
+                PciDevice {
+                    id: "dev0".into(),
+                    driver: "edu".into(),
+                    props: String::new(),
+                    hotplug: false,
+                    addr: None,
+                    sriov: false,
+                },
                 PciDevice {
                     id: "dev1".into(),
                     driver: "edu".into(),
                     props: String::new(),
                     hotplug: false,
                     addr: Some("05.0".into()),
+                    sriov: false,
                 },
-                PciDevice { id: "nic0".into(), driver: "igb".into(), props: "romfile=".into(), hotplug: true, addr: None },
+                PciDevice {
+                    id: "nic0".into(),
+                    driver: "igb".into(),
+                    props: "romfile=".into(),
+                    hotplug: true,
+                    addr: None,
+                    sriov: false,
+                },
             ],
             memory_mib: 1024,
             smp: 1,
@@ -400,11 +429,24 @@ mod tests {
     #[test]
     fn command_line_carries_variant_words() {
         let cfg = config("none");
-        let line = cmdline(cfg.variant, &cfg.extra_cmdline);
+        let line = cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline);
         assert_eq!(
             line,
             "console=ttyS0 panic=-1 8250.nr_uarts=2 vfio.enable_unsafe_noiommu_mode=1 quiet"
         );
+    }
+
+    #[test]
+    fn an_sriov_pf_gets_vfio_sriov_and_no_64_bit_window() {
+        let mut cfg = config("intel-ir");
+        let global = "q35-pcihost.pci-hole64-size=0".to_owned();
+        assert!(!qemu_args(&cfg).contains(&global));
+        assert!(!cmdline(cfg.variant, &cfg.devices, &[]).contains("enable_sriov"));
+        cfg.devices[2].sriov = true;
+        let args = qemu_args(&cfg);
+        let at = args.iter().position(|a| *a == global).unwrap();
+        assert_eq!(args[at - 1], "-global");
+        assert!(cmdline(cfg.variant, &cfg.devices, &[]).contains(" vfio_pci.enable_sriov=1"));
     }
 
     #[test]

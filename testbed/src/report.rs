@@ -195,8 +195,8 @@ impl Report {
         out.push_str("\ndevices\n");
         for d in &s.devices {
             let _ = match &d.bdf {
-                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.qemu_driver()),
-                None => writeln!(out, "   {} {}", d.name, d.model.qemu_driver()),
+                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.name()),
+                None => writeln!(out, "   {} {}", d.name, d.model.name()),
             };
         }
         if s.devices.is_empty() {

@@ -777,7 +777,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 key,
                 format!(
                     "unknown vector {vector:?}: {dev} ({}) has vectors {}",
-                    info.model.qemu_driver(),
+                    info.model.name(),
                     vector_range(info.model)
                 ),
             )),
@@ -852,6 +852,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             Step::Unplug { device } => {
                 let info = self.device("device", device)?;
+                if info.model.spec().sriov_vf {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is a virtual function the agent makes: unplug its PF instead (not supported yet)"),
+                    ));
+                }
                 if let DevState::Unplugged { step } = info.state {
                     return Err(self.err("device", format!("{device} already unplugged at step {step}")));
                 }
@@ -872,6 +878,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             Step::Unbind { device } => {
                 let info = self.device("device", device)?;
+                if info.model.spec().sriov_vf {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is a virtual function: closing it disables SR-IOV, so it has nothing to unbind"),
+                    ));
+                }
                 match info.state {
                     DevState::Closed { .. } => {}
                     DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
@@ -900,7 +912,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "action",
                         format!(
                             "{device} ({}) has MSI-X, not MSI: use enable-msix",
-                            info.model.qemu_driver()
+                            info.model.name()
                         ),
                     ));
                 }
@@ -927,7 +939,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "vectors",
                         format!(
                             "vectors = {vectors} out of range: {device} ({}) has 1..={max}",
-                            info.model.qemu_driver()
+                            info.model.name()
                         ),
                     ));
                 }
@@ -940,7 +952,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if model.irq() != IrqKind::Msix {
                     return Err(self.err(
                         "action",
-                        format!("{device} ({}) has MSI, not MSI-X: use enable-msi", model.qemu_driver()),
+                        format!("{device} ({}) has MSI, not MSI-X: use enable-msi", model.name()),
                     ));
                 }
                 match info.state {
@@ -960,7 +972,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 let bad = match vectors {
                     wire::VectorSet::Count(n) if *n == 0 || *n > max => Some(format!(
                         "vectors = {n} out of range: {device} ({}) has 1..={max}",
-                        model.qemu_driver()
+                        model.name()
                     )),
                     wire::VectorSet::List(l) if l.is_empty() => {
                         Some("vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string())
@@ -968,7 +980,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                     wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
                         format!(
                             "vector {n} out of range: {device} ({}) has {}",
-                            model.qemu_driver(),
+                            model.name(),
                             vector_range(model)
                         )
                     }),
@@ -1000,7 +1012,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "action",
                         format!(
                             "{device} ({}) has {}: use {other}",
-                            info.model.qemu_driver(),
+                            info.model.name(),
                             if kind == IrqKind::Msi { "MSI" } else { "MSI-X" }
                         ),
                     ));
@@ -1022,7 +1034,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if !model.can_mask() {
                     return Err(self.err(
                         "vector",
-                        format!("{dev} ({}) cannot mask a vector at the device", model.qemu_driver()),
+                        format!("{dev} ({}) cannot mask a vector at the device", model.name()),
                     ));
                 }
                 self.enabled_vector("vector", vector)?;

@@ -17,6 +17,11 @@ pub enum DeviceModel {
     Edu,
     /// QEMU's `igb` (82576 PF): MSI-X, 10 vectors, raised through EICS.
     Igb,
+    /// Virtual function 0 of a QEMU `igb` (82576 VF): MSI-X, 3 vectors,
+    /// raised through the VF's own VTEICS. The agent makes the VF: it opens
+    /// the PF through vfio-pci, sets it up and enables one VF with a VF
+    /// token, then opens the VF on its own.
+    IgbVf,
     /// QEMU's `e1000e` (82574): MSI-X, 4 of its 5 vectors (one per queue
     /// interrupt cause that IVAR maps to a vector), raised through ICS.
     E1000e,
@@ -93,6 +98,11 @@ pub struct ModelSpec {
     pub vectors: u32,
     /// Writes after the device is opened (VFIO resets it on open).
     pub setup: &'static [RegWrite],
+    /// The scenario's device is virtual function 0 of the `qemu_driver`
+    /// PF, which the agent enables through SR-IOV.
+    pub sriov_vf: bool,
+    /// Writes into the PF's BAR0 before its VF is enabled (SR-IOV only).
+    pub pf_setup: &'static [RegWrite],
     /// Writes that make the device raise vector n once.
     pub fire: &'static [RegWrite],
     /// Writes that acknowledge vector n after it was raised.
@@ -111,6 +121,8 @@ const EDU: ModelSpec = ModelSpec {
     irq: IrqKind::Msi,
     vectors: 1,
     setup: &[],
+    sriov_vf: false,
+    pf_setup: &[],
     fire: &[w(0x60, 1)],
     ack: &[w(0x64, 1)],
     mask: &[],
@@ -127,13 +139,16 @@ const IGB_EIMS: u64 = 0x1524;
 const IGB_EIMC: u64 = 0x1528;
 const IGB_EIAC: u64 = 0x152c;
 const IGB_VECTORS: u32 = 10;
+const IGB_GPIE_MULTIPLE_MSIX: u32 = 1 << 4;
 const IGB_ALL: u32 = (1 << IGB_VECTORS) - 1;
 const IGB: ModelSpec = ModelSpec {
     qemu_driver: "igb",
     qemu_props: "romfile=",
     irq: IrqKind::Msix,
     vectors: IGB_VECTORS,
-    setup: &[w(IGB_GPIE, 1 << 4), w(IGB_EIAC, IGB_ALL), w(IGB_EIMS, IGB_ALL)],
+    setup: &[w(IGB_GPIE, IGB_GPIE_MULTIPLE_MSIX), w(IGB_EIAC, IGB_ALL), w(IGB_EIMS, IGB_ALL)],
+    sriov_vf: false,
+    pf_setup: &[],
     fire: &[bit(IGB_EICS, 0)],
     ack: &[],
     mask: &[bit(IGB_EIMC, 0)],
@@ -179,19 +194,52 @@ const E1000E: ModelSpec = ModelSpec {
         w(E1000E_EIAC, E1000E_CAUSES),
         w(E1000E_IMS, E1000E_CAUSES),
     ],
+    sriov_vf: false,
+    pf_setup: &[],
     fire: &[bit(E1000E_ICS, E1000E_CAUSE_SHIFT)],
     ack: &[],
     mask: &[bit(E1000E_IMC, E1000E_CAUSE_SHIFT)],
     unmask: &[bit(E1000E_IMS, E1000E_CAUSE_SHIFT)],
 };
 
+// igb VF (82576 datasheet 7.9, hw/net/igbvf.c, igb_core.c). The VF's
+// VTEICS/VTEIMS/VTEIMC/VTEIAC sit at the PF's EICS/EIMS/EIMC/EIAC offsets
+// in the VF's BAR0; QEMU maps VF n's three vectors onto PF EICR bits
+// 22 - 3n.. and sends them as the VF's MSI-X vectors, but only with the
+// PF's GPIE.Multiple_MSIX set, so the PF is set up first.
+const IGB_VF_ALL: u32 = 0x7;
+const IGB_VF: ModelSpec = ModelSpec {
+    qemu_driver: "igb",
+    qemu_props: "romfile=",
+    irq: IrqKind::Msix,
+    vectors: 3,
+    setup: &[w(IGB_EIAC, IGB_VF_ALL), w(IGB_EIMS, IGB_VF_ALL)],
+    sriov_vf: true,
+    pf_setup: &[w(IGB_GPIE, IGB_GPIE_MULTIPLE_MSIX)],
+    fire: &[bit(IGB_EICS, 0)],
+    ack: &[],
+    mask: &[bit(IGB_EIMC, 0)],
+    unmask: &[bit(IGB_EIMS, 0)],
+};
+
 impl DeviceModel {
-    pub const ALL: [DeviceModel; 3] = [DeviceModel::Edu, DeviceModel::Igb, DeviceModel::E1000e];
+    pub const ALL: [DeviceModel; 4] = [DeviceModel::Edu, DeviceModel::Igb, DeviceModel::IgbVf, DeviceModel::E1000e];
+
+    /// The model's name in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceModel::Edu => "edu",
+            DeviceModel::Igb => "igb",
+            DeviceModel::IgbVf => "igb-vf",
+            DeviceModel::E1000e => "e1000e",
+        }
+    }
 
     pub fn spec(self) -> &'static ModelSpec {
         match self {
             DeviceModel::Edu => &EDU,
             DeviceModel::Igb => &IGB,
+            DeviceModel::IgbVf => &IGB_VF,
             DeviceModel::E1000e => &E1000E,
         }
     }
@@ -264,6 +312,10 @@ mod tests {
             .iter()
             .map(|m| serde_json::to_string(m).unwrap())
             .collect();
-        assert_eq!(ser, [r#""edu""#, r#""igb""#, r#""e1000e""#]);
+        assert_eq!(ser, [r#""edu""#, r#""igb""#, r#""igb-vf""#, r#""e1000e""#]);
+        for m in DeviceModel::ALL {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.name()));
+            assert_eq!(m.spec().sriov_vf, !m.spec().pf_setup.is_empty(), "{m:?}");
+        }
     }
 }
