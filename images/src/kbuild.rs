@@ -443,6 +443,7 @@ mod tests {
             "CONFIG_VDPA_SIM_NET=m",
             "CONFIG_VP_VDPA=m",
             "CONFIG_PVH=y",
+            "CONFIG_PCI_IOV=y",
         ] {
             assert!(all.lines().any(|l| l == want), "{want}");
         }
