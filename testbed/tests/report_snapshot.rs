@@ -27,6 +27,7 @@ fn report(l1_seen: u64) -> Report {
         error: None,
         bypass,
         interrupts: vec![],
+        kernel_warnings: vec![],
     };
     let mut steps: Vec<StepReport> = (0..7).map(|i| step(i, vec![])).collect();
     steps[1].bypass = vec![BypassEvent::ProducerRegistered {
@@ -68,6 +69,7 @@ fn report(l1_seen: u64) -> Report {
         Some(Done {
             cleanup: vec![],
             cleanup_error: None,
+            kernel_warnings: vec![],
         }),
         None,
     )
