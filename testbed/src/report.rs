@@ -153,8 +153,8 @@ impl Report {
         out.push_str("\ndevices\n");
         for d in &s.devices {
             let _ = match &d.bdf {
-                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.qemu_driver()),
-                None => writeln!(out, "   {} {}", d.name, d.model.qemu_driver()),
+                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.label()),
+                None => writeln!(out, "   {} {}", d.name, d.model.label()),
             };
         }
         if s.devices.is_empty() {
@@ -559,6 +559,10 @@ pub fn step_line(step: &Step) -> String {
             }
         },
         Step::DisableMsix { device } => format!("disable-msix {device}"),
+        Step::EnableVqs { device, vectors } => {
+            let l: Vec<String> = vectors.numbers().iter().map(|n| format!("vq{n}")).collect();
+            format!("enable-vqs {device} ({})", l.join(", "))
+        }
         Step::Mask { vector } => format!("mask {vector}"),
         Step::Unmask { vector } => format!("unmask {vector}"),
         Step::Unbind { device } => format!("unbind {device}"),

@@ -74,6 +74,10 @@ pub enum Expectation {
     Pairing,
     /// The vector's producer registered with ret 0.
     ProducerRegistered { vector: String },
+    /// The step that wires the vector ran, and no irqbypass producer
+    /// registered for it (nor one nobody expected): e.g. a vDPA parent
+    /// without per-queue IRQs.
+    NoProducer { vector: String },
     /// KVM registered the consumer for `vm`'s irqfd on `vector` with ret 0.
     ConsumerRegistered { vm: String, vector: String },
     /// The producer of `vector` connected to `vm`'s consumer with ret 0.
@@ -95,6 +99,7 @@ impl Expectation {
             Expectation::Lossless => "lossless",
             Expectation::Pairing => "pairing",
             Expectation::ProducerRegistered { .. } => "producer-registered",
+            Expectation::NoProducer { .. } => "no-producer",
             Expectation::ConsumerRegistered { .. } => "consumer-registered",
             Expectation::Connected { .. } => "connected",
             Expectation::ConnectedIffPosting { .. } => "connected-iff-posting",
@@ -109,7 +114,7 @@ impl fmt::Display for Expectation {
         f.write_str(self.check())?;
         match self {
             Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
-            Expectation::ProducerRegistered { vector } => write!(f, " {vector}"),
+            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => write!(f, " {vector}"),
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector } => write!(f, " {vm} {vector}"),
@@ -713,6 +718,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             return Err(self.err("name", "declared twice".into()));
         }
         if let Some(bdf) = &d.bdf {
+            if d.model.qemu_driver().is_none() {
+                return Err(self.err(
+                    "bdf",
+                    format!("{} is not a PCI device: it has no bdf", d.model.label()),
+                ));
+            }
             if !valid_bdf(bdf) {
                 return Err(self.err(
                     "bdf",
@@ -756,7 +767,7 @@ impl<'s, 'a> Checker<'s, 'a> {
         let Some((dev, rest)) = vector.split_once('/') else {
             return Err(self.err(
                 key,
-                format!("bad vector {vector:?}: expected <device>/msi<n> or <device>/msix<n>, e.g. \"dev0/msi0\""),
+                format!("bad vector {vector:?}: expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>, e.g. \"dev0/msi0\""),
             ));
         };
         let Some(info) = self.devices.get(dev) else {
@@ -777,7 +788,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 key,
                 format!(
                     "unknown vector {vector:?}: {dev} ({}) has vectors {}",
-                    info.model.qemu_driver(),
+                    info.model.label(),
                     vector_range(info.model)
                 ),
             )),
@@ -852,6 +863,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             Step::Unplug { device } => {
                 let info = self.device("device", device)?;
+                if info.model.vdpa().is_some() {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} ({}) is a vDPA device: unplug is for VFIO devices", info.model.label()),
+                    ));
+                }
                 if let DevState::Unplugged { step } = info.state {
                     return Err(self.err("device", format!("{device} already unplugged at step {step}")));
                 }
@@ -872,6 +889,15 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             Step::Unbind { device } => {
                 let info = self.device("device", device)?;
+                if info.model.vdpa().is_some() {
+                    return Err(self.err(
+                        "device",
+                        format!(
+                            "{device} ({}) is a vDPA device: close-device deletes it, nothing stays bound",
+                            info.model.label()
+                        ),
+                    ));
+                }
                 match info.state {
                     DevState::Closed { .. } => {}
                     DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
@@ -899,8 +925,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err(
                         "action",
                         format!(
-                            "{device} ({}) has MSI-X, not MSI: use enable-msix",
-                            info.model.qemu_driver()
+                            "{device} ({}) has {}, not MSI: use {}",
+                            info.model.label(),
+                            irq_kind_name(info.model.irq()),
+                            enable_action(info.model)
                         ),
                     ));
                 }
@@ -927,20 +955,35 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "vectors",
                         format!(
                             "vectors = {vectors} out of range: {device} ({}) has 1..={max}",
-                            info.model.qemu_driver()
+                            info.model.label()
                         ),
                     ));
                 }
                 let set: BTreeSet<u32> = (0..*vectors).collect();
                 self.wire_vectors(device, set, k);
             }
-            Step::EnableMsix { device, vectors } => {
+            Step::EnableMsix { device, vectors } | Step::EnableVqs { device, vectors } => {
                 let info = self.device("device", device)?;
                 let model = info.model;
-                if model.irq() != IrqKind::Msix {
+                let action = step.get_ref().action();
+                if enable_action(model) != action {
                     return Err(self.err(
                         "action",
-                        format!("{device} ({}) has MSI, not MSI-X: use enable-msi", model.qemu_driver()),
+                        format!(
+                            "{device} ({}) has {}, not {}: use {}",
+                            model.label(),
+                            irq_kind_name(model.irq()),
+                            if action == "enable-vqs" { "virtqueues" } else { "MSI-X" },
+                            enable_action(model)
+                        ),
+                    ));
+                }
+                if let (DevState::Enabled { step, .. }, IrqKind::Vq) = (&info.state, model.irq()) {
+                    return Err(self.err(
+                        "device",
+                        format!(
+                            "virtqueue interrupts of {device} already enabled at step {step}: once per bind (DRIVER_OK)"
+                        ),
                     ));
                 }
                 match info.state {
@@ -960,15 +1003,18 @@ impl<'s, 'a> Checker<'s, 'a> {
                 let bad = match vectors {
                     wire::VectorSet::Count(n) if *n == 0 || *n > max => Some(format!(
                         "vectors = {n} out of range: {device} ({}) has 1..={max}",
-                        model.qemu_driver()
+                        model.label()
                     )),
                     wire::VectorSet::List(l) if l.is_empty() => {
-                        Some("vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string())
+                        Some(match model.irq() {
+                            IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
+                            _ => "vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string(),
+                        })
                     }
                     wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
                         format!(
                             "vector {n} out of range: {device} ({}) has {}",
-                            model.qemu_driver(),
+                            model.label(),
                             vector_range(model)
                         )
                     }),
@@ -995,12 +1041,21 @@ impl<'s, 'a> Checker<'s, 'a> {
                     Step::DisableMsi { .. } => (IrqKind::Msi, "disable-msix"),
                     _ => (IrqKind::Msix, "disable-msi"),
                 };
+                if kind == IrqKind::Vq {
+                    return Err(self.err(
+                        "action",
+                        format!(
+                            "{device} ({}) has virtqueues: their interrupts stay until close-device",
+                            info.model.label()
+                        ),
+                    ));
+                }
                 if kind != want {
                     return Err(self.err(
                         "action",
                         format!(
                             "{device} ({}) has {}: use {other}",
-                            info.model.qemu_driver(),
+                            info.model.label(),
                             if kind == IrqKind::Msi { "MSI" } else { "MSI-X" }
                         ),
                     ));
@@ -1022,7 +1077,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if !model.can_mask() {
                     return Err(self.err(
                         "vector",
-                        format!("{dev} ({}) cannot mask a vector at the device", model.qemu_driver()),
+                        format!("{dev} ({}) cannot mask a vector at the device", model.label()),
                     ));
                 }
                 self.enabled_vector("vector", vector)?;
@@ -1074,7 +1129,14 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
             }
             Step::Fire { vector, count } => {
-                let (dev, _) = self.vector("vector", vector)?;
+                let (dev, n) = self.vector("vector", vector)?;
+                let model = self.devices[&dev].model;
+                if let Some(wire::VqFire::Cannot(why)) = model.vdpa().and_then(|v| v.vqs.get(n as usize)) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} cannot fire: {why}"),
+                    ));
+                }
                 if let DevState::Declared = self.devices[&dev].state {
                     return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
                 }
@@ -1226,7 +1288,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
             Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
-            Expectation::ProducerRegistered { vector } => {
+            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
@@ -1265,6 +1327,15 @@ fn enable_action(model: DeviceModel) -> &'static str {
     match model.irq() {
         IrqKind::Msi => "enable-msi",
         IrqKind::Msix => "enable-msix",
+        IrqKind::Vq => "enable-vqs",
+    }
+}
+
+fn irq_kind_name(kind: IrqKind) -> &'static str {
+    match kind {
+        IrqKind::Msi => "MSI",
+        IrqKind::Msix => "MSI-X",
+        IrqKind::Vq => "virtqueues",
     }
 }
 
