@@ -281,13 +281,19 @@ impl Runner {
         self.mark();
         let mut names = StepNames::default();
         let mut irqfd_ok = None;
+        // virtqueues given a call eventfd: each should have had its producer
+        let mut vqs_enabled: Vec<String> = Vec::new();
         let mut interrupts = Vec::new();
         let result = match step {
             Step::Bind { device } => self.bind(st, device),
             Step::EnableVqs { device, vectors } => {
                 let want = vectors.numbers();
                 names.producers = want.iter().map(|n| format!("{device}/vq{n}")).collect();
-                self.enable_vqs(st, device, &want)
+                let r = self.enable_vqs(st, device, &want);
+                if r.is_ok() {
+                    vqs_enabled = names.producers.clone();
+                }
+                r
             }
             Step::EnableMsi { device, vectors } => {
                 names.producers = (0..*vectors).map(|i| format!("{device}/msi{i}")).collect();
@@ -478,6 +484,14 @@ impl Runner {
             }
         }
         let mut bypass = obs.events;
+        for producer in vqs_enabled {
+            let registered = bypass
+                .iter()
+                .any(|e| matches!(e, BypassEvent::ProducerRegistered { producer: p, .. } if *p == producer));
+            if !registered {
+                bypass.push(BypassEvent::ProducerNotRegistered { producer });
+            }
+        }
         if let Some(consumer) = irqfd_ok {
             if obs.consumers_registered == 0 {
                 bypass.push(BypassEvent::ConsumerNotRegistered { consumer });

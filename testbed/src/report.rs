@@ -450,6 +450,15 @@ impl Report {
             BypassEvent::ConsumerUnregistered { consumer } => {
                 format!("consumer {consumer} unregistered")
             }
+            BypassEvent::ProducerNotRegistered { producer } => {
+                match self.scenario.device_of_vector(producer).map(|d| d.model) {
+                    Some(m) if !m.host_irq() => format!(
+                        "producer {producer} not registered: {} has no IRQ of its own per virtqueue",
+                        m.label()
+                    ),
+                    _ => format!("producer {producer} not registered"),
+                }
+            }
             BypassEvent::Connected {
                 producer,
                 consumer,
@@ -530,6 +539,7 @@ fn event_vector(ev: &wire::BypassEvent) -> &str {
     use wire::BypassEvent as E;
     match ev {
         E::ProducerRegistered { producer, .. }
+        | E::ProducerNotRegistered { producer }
         | E::ProducerUnregistered { producer }
         | E::Connected { producer, .. }
         | E::Disconnected { producer, .. } => producer,

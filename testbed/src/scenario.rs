@@ -231,7 +231,13 @@ impl Scenario {
                 .map(|d| wire::JobDevice {
                     name: d.name.clone(),
                     model: d.model,
-                    bdf: bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                    // a device QEMU does not provide has no address, even
+                    // where a scenario in the same boot has a PCI device of
+                    // the same name
+                    bdf: match d.model.qemu_driver() {
+                        Some(_) => bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                        None => String::new(),
+                    },
                 })
                 .collect(),
             steps: self.steps.clone(),

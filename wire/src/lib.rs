@@ -402,6 +402,10 @@ pub enum BypassEvent {
     ConsumerRegistered { consumer: String, ret: i64 },
     /// KVM_IRQFD succeeded but KVM did not call `irq_bypass_register_consumer`.
     ConsumerNotRegistered { consumer: String },
+    /// An `enable-vqs` gave the virtqueue its call eventfd and reached
+    /// DRIVER_OK, but vhost-vdpa did not call `irq_bypass_register_producer`
+    /// for it (a parent without per-queue IRQs).
+    ProducerNotRegistered { producer: String },
     /// `irq_bypass_unregister_consumer` was called.
     ConsumerUnregistered { consumer: String },
     /// `kvm_arch_irq_bypass_add_producer` (the connect callback) returned `ret`.

@@ -438,7 +438,7 @@ impl Pairing {
         match ev {
             BypassEvent::ProducerRegistered { producer, ret } => self.registered(producer, true, *ret, when),
             BypassEvent::ConsumerRegistered { consumer, ret } => self.registered(consumer, false, *ret, when),
-            BypassEvent::ConsumerNotRegistered { .. } => {}
+            BypassEvent::ConsumerNotRegistered { .. } | BypassEvent::ProducerNotRegistered { .. } => {}
             BypassEvent::ProducerUnregistered { producer } => self.unregistered(producer, true, when),
             BypassEvent::ConsumerUnregistered { consumer } => self.unregistered(consumer, false, when),
             BypassEvent::Connected {
