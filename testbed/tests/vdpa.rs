@@ -12,6 +12,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled};
 
@@ -19,6 +20,12 @@ use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled
 const LINUX_VERSION: &str = "6.12.107";
 
 fn vdpa_kernel() -> String {
+    // the tests of this binary may run in parallel threads: one makes the tree
+    static KERNEL: OnceLock<String> = OnceLock::new();
+    KERNEL.get_or_init(make_vdpa_kernel).clone()
+}
+
+fn make_vdpa_kernel() -> String {
     if let Some(spec) = std::env::var_os("TESTBED_VDPA_KERNEL").filter(|v| !v.is_empty()) {
         return spec
             .into_string()
