@@ -88,6 +88,42 @@ fn vdpa_scenarios_match_their_snapshots_on_a_built_kernel() {
     assert_no_qemu_left(tmp.path());
 }
 
+/// vDPA scenarios leave L1 as they found it (the vDPA device deleted, the
+/// PCI function back with virtio-pci): sharing a boot with a VFIO scenario
+/// changes no report.
+#[test]
+fn vdpa_scenarios_share_a_boot_without_changing_reports() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let kernel = vdpa_kernel();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args([
+            "bench",
+            "--boot-sharing",
+            "--iterations",
+            "1",
+            "--variant",
+            "amd-avic",
+            "--kernel",
+            &kernel,
+        ])
+        .arg("--results")
+        .arg(tmp.path())
+        .arg(repo().join("built-kernel"))
+        .arg(repo().join("scenarios/edu-producer-first.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("reports, shared vs one per boot  all 3 identical"),
+        "{out}"
+    );
+    assert_no_qemu_left(tmp.path());
+}
+
 /// A producer expected where vhost-vdpa registers none: the check fails,
 /// naming who did not register it, and the run exits 1.
 #[test]
