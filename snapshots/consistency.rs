@@ -1,6 +1,7 @@
 //! Every snapshot file belongs to a scenario that exists and to a known
 //! variant, and has a body: a renamed or deleted scenario must take its
-//! snapshots with it.
+//! snapshots with it. Scenarios live in `scenarios/` or, when they need a
+//! kernel the testbed builds, in `built-kernel/`.
 //!
 //! This test lives in `snapshots/` on purpose: cargo-insta looks for pending
 //! `.snap.new` files in the directories of the workspace's targets, and this
@@ -11,7 +12,7 @@ use std::path::Path;
 #[test]
 fn every_snapshot_has_a_scenario_and_a_variant() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let scenarios = root.join("scenarios");
+    let scenario_dirs = ["scenarios", "built-kernel"];
     let mut problems = Vec::new();
     let mut seen = 0;
     for variant_dir in std::fs::read_dir(root.join("snapshots")).unwrap().flatten() {
@@ -39,11 +40,26 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
             let name = file.file_name().to_string_lossy().into_owned();
             let Some(scenario) = name.strip_suffix(".snap") else { continue };
             seen += 1;
-            let scenario_file = scenarios.join(format!("{scenario}.toml"));
-            if !scenario_file.exists() {
-                problems.push(format!("snapshots/{dir_name}/{name}: no scenarios/{scenario}.toml"));
-            } else if !testbed::scenario::load(&scenario_file).unwrap().runs_on(&variant) {
-                problems.push(format!("snapshots/{dir_name}/{name}: scenarios/{scenario}.toml does not run on {variant}"));
+            let found: Vec<&str> = scenario_dirs
+                .iter()
+                .copied()
+                .filter(|d| root.join(d).join(format!("{scenario}.toml")).exists())
+                .collect();
+            match found.as_slice() {
+                [] => problems.push(format!(
+                    "snapshots/{dir_name}/{name}: no {scenario}.toml in {}",
+                    scenario_dirs.join(" or ")
+                )),
+                [dir] => {
+                    let scenario_file = root.join(dir).join(format!("{scenario}.toml"));
+                    if !testbed::scenario::load(&scenario_file).unwrap().runs_on(&variant) {
+                        problems.push(format!("snapshots/{dir_name}/{name}: {dir}/{scenario}.toml does not run on {variant}"));
+                    }
+                }
+                _ => problems.push(format!(
+                    "snapshots/{dir_name}/{name}: {scenario}.toml is in both {}: one snapshot cannot serve two scenarios",
+                    found.join(" and ")
+                )),
             }
             let text = std::fs::read_to_string(file.path()).unwrap();
             // insta's format: a metadata block between `---` lines, then the body.

@@ -12,7 +12,7 @@ use wire::BypassEvent;
 use crate::trace::{KEvent, TraceRecord};
 
 /// Name for a kernel object the agent did not see being registered.
-pub const UNKNOWN: &str = "unknown";
+pub const UNKNOWN: &str = wire::UNKNOWN_NAME;
 
 /// What the running step expects to register.
 #[derive(Debug, Default, Clone)]

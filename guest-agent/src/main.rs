@@ -2,6 +2,7 @@
 //! tracing, then executes the host's jobs received over `/dev/ttyS1`.
 
 mod attrib;
+mod genl;
 mod interrupts;
 mod kvm;
 mod l2;
@@ -12,6 +13,7 @@ mod serial;
 #[macro_use]
 mod sys;
 mod trace;
+mod vdpa;
 mod vfio;
 mod watchdog;
 

@@ -18,6 +18,7 @@ use crate::platform::KernelLog;
 use crate::say;
 use crate::sys::errstr;
 use crate::trace::{KEvent, TraceRecord, Tracer};
+use crate::vdpa::VdpaDevice;
 use crate::vfio::{bind_vfio_pci, dev_dir, enable_one_vf, unbind_vfio_pci, SriovPf, VfioDevice};
 
 /// First MSI vector number the agent hands out; one per route, job-wide.
@@ -40,6 +41,8 @@ struct Vector {
 struct JobState {
     devices: HashMap<String, JobDevice>,
     open: Vec<(String, VfioDevice)>,
+    /// Open vDPA devices (vhost-vdpa).
+    vdpa: Vec<(String, VdpaDevice)>,
     vectors: HashMap<String, Vector>,
     vms: Vec<(String, Vm)>,
     next_vector: u16,
@@ -58,6 +61,19 @@ impl JobState {
             .find(|(n, _)| n == name)
             .map(|(_, d)| d)
             .ok_or_else(|| format!("device {name} is not open (no bind step?)"))
+    }
+
+    fn vdpa(&self, name: &str) -> Result<&VdpaDevice, String> {
+        self.vdpa
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| format!("device {name} is not open (no bind step?)"))
+    }
+
+    /// Whether the device is open, through VFIO or vhost-vdpa.
+    fn is_open(&self, name: &str) -> bool {
+        self.open.iter().any(|(n, _)| n == name) || self.vdpa.iter().any(|(n, _)| n == name)
     }
 
     /// The device's PCI address in L1.
@@ -92,14 +108,16 @@ impl JobState {
     }
 }
 
-/// `dev0/msi3` -> (`dev0`, `msi`, 3).
+/// `dev0/msi3` -> (`dev0`, `msi`, 3); `vdpa0/vq1` -> (`vdpa0`, `vq`, 1).
 pub fn parse_vector(name: &str) -> Result<(&str, &str, u32), String> {
-    let bad = || format!("bad vector name {name:?} (expected <device>/msi<n> or <device>/msix<n>)");
+    let bad = || format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)");
     let (dev, v) = name.split_once('/').ok_or_else(bad)?;
     let (kind, idx) = if let Some(i) = v.strip_prefix("msix") {
         ("msix", i)
     } else if let Some(i) = v.strip_prefix("msi") {
         ("msi", i)
+    } else if let Some(i) = v.strip_prefix("vq") {
+        ("vq", i)
     } else {
         return Err(bad());
     };
@@ -139,6 +157,13 @@ enum Source {
     Eventfd,
     /// The device sends the raise it held pending while masked (`unmask`).
     Unmask,
+}
+
+/// What a `fire`, `unmask` or its acknowledgement acts on.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Vfio(&'a VfioDevice),
+    Vdpa(&'a VdpaDevice),
 }
 
 /// Run a model's register writes for vector `n`.
@@ -256,6 +281,11 @@ impl Runner {
             say!("cleanup: close {name}");
             drop(dev);
         }
+        let vdpa = std::mem::take(&mut st.vdpa);
+        for (name, dev) in vdpa {
+            say!("cleanup: close and delete vDPA device {name}");
+            drop(dev);
+        }
         st.vectors.clear();
         self.poll_trace();
         let obs = self.attrib.process(&self.acc, &StepNames::default());
@@ -280,9 +310,20 @@ impl Runner {
         self.mark();
         let mut names = StepNames::default();
         let mut irqfd_ok = None;
+        // virtqueues given a call eventfd: each should have had its producer
+        let mut vqs_enabled: Vec<String> = Vec::new();
         let mut interrupts = Vec::new();
         let result = match step {
             Step::Bind { device } => self.bind(st, device),
+            Step::EnableVqs { device, vectors } => {
+                let want = vectors.numbers();
+                names.producers = want.iter().map(|n| format!("{device}/vq{n}")).collect();
+                let r = self.enable_vqs(st, device, &want);
+                if r.is_ok() {
+                    vqs_enabled = names.producers.clone();
+                }
+                r
+            }
             Step::EnableMsi { device, vectors } => {
                 names.producers = (0..*vectors).map(|i| format!("{device}/msi{i}")).collect();
                 self.enable_msi(st, device, *vectors)
@@ -326,7 +367,7 @@ impl Runner {
             Step::Unplug { device } => self.unplug(st, index, device, send, recv),
             Step::Replug { device } => self.replug(st, index, device, send, recv),
             Step::Unbind { device } => {
-                if st.open.iter().any(|(n, _)| n == device) {
+                if st.is_open(device) {
                     Err(format!("device {device} is open: close-device first"))
                 } else {
                     st.bdf(device).and_then(|bdf| unbind_vfio_pci(&bdf))
@@ -371,14 +412,19 @@ impl Runner {
                 }
                 Err(e) => Err(e),
             },
-            Step::CloseDevice { device } => match st.open.iter().position(|(n, _)| n == device) {
-                Some(i) => {
+            Step::CloseDevice { device } => {
+                if let Some(i) = st.open.iter().position(|(n, _)| n == device) {
                     drop(st.open.remove(i));
                     st.forget_device(device);
                     Ok(())
+                } else if let Some(i) = st.vdpa.iter().position(|(n, _)| n == device) {
+                    drop(st.vdpa.remove(i));
+                    st.forget_device(device);
+                    Ok(())
+                } else {
+                    Err(format!("device {device} is not open"))
                 }
-                None => Err(format!("device {device} is not open")),
-            },
+            }
             Step::PanicL1 => {
                 say!("panicking the kernel through sysrq-c, as the scenario asks");
                 let _ = std::fs::write("/proc/sys/kernel/sysrq", "1\n");
@@ -467,6 +513,14 @@ impl Runner {
             }
         }
         let mut bypass = obs.events;
+        for producer in vqs_enabled {
+            let registered = bypass
+                .iter()
+                .any(|e| matches!(e, BypassEvent::ProducerRegistered { producer: p, .. } if *p == producer));
+            if !registered {
+                bypass.push(BypassEvent::ProducerNotRegistered { producer });
+            }
+        }
         if let Some(consumer) = irqfd_ok {
             if obs.consumers_registered == 0 {
                 bypass.push(BypassEvent::ConsumerNotRegistered { consumer });
@@ -493,8 +547,17 @@ impl Runner {
             .get(device)
             .ok_or_else(|| format!("unknown device {device} (not in the job's devices)"))?
             .clone();
-        if st.open.iter().any(|(n, _)| n == device) {
+        if st.is_open(device) {
             return Err(format!("device {device} is already open"));
+        }
+        if let Some(spec) = d.model.vdpa() {
+            let dev = VdpaDevice::open(device, &d.bdf, spec)?;
+            say!(
+                "{device}: vDPA device on {}, open through vhost-vdpa",
+                if d.bdf.is_empty() { d.model.label().to_string() } else { d.bdf.clone() }
+            );
+            st.vdpa.push((device.to_string(), dev));
+            return Ok(());
         }
         let spec = d.model.spec();
         let dev = if spec.sriov_vf {
@@ -545,6 +608,33 @@ impl Runner {
             .collect();
         st.device(device)?.set_msi(&raw)?;
         st.wired.insert(device.to_string(), (0..n).collect());
+        Ok(())
+    }
+
+    /// Give the vDPA device's virtqueues in `want` their call eventfds, then DRIVER_OK.
+    fn enable_vqs(&mut self, st: &mut JobState, device: &str, want: &[u32]) -> Result<(), String> {
+        st.vdpa(device)?;
+        let model = st.devices[device].model;
+        if want.is_empty() {
+            return Err("enable-vqs with no virtqueues".into());
+        }
+        for n in want {
+            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+                e.insert(new_vector()?);
+            }
+        }
+        let wired: Vec<(u32, i32)> = want
+            .iter()
+            .map(|n| (*n, st.vectors[&model.vector_name(device, *n)].eventfd.as_raw_fd()))
+            .collect();
+        let dev = st
+            .vdpa
+            .iter_mut()
+            .find(|(n, _)| n == device)
+            .map(|(_, d)| d)
+            .ok_or_else(|| format!("device {device} is not open"))?;
+        dev.enable(&wired)?;
+        st.wired.insert(device.to_string(), want.iter().copied().collect());
         Ok(())
     }
 
@@ -687,7 +777,7 @@ impl Runner {
         let (device, _, idx) = parse_vector(vector)?;
         let spec = st.model(device)?;
         if spec.mask.is_empty() {
-            return Err(format!("{device} ({}) cannot mask a vector", spec.qemu_driver));
+            return Err(format!("{device} ({}) cannot mask a vector", spec.label));
         }
         write_ops(st.device(device)?, spec.mask, idx)?;
         st.masked.insert(vector.to_string());
@@ -696,7 +786,9 @@ impl Runner {
 
     fn irqfd(&mut self, st: &mut JobState, vm: &str, vector: &str) -> Result<(), String> {
         let (device, _, _) = parse_vector(vector)?;
-        st.device(device)?;
+        if !st.is_open(device) {
+            return Err(format!("device {device} is not open (no bind step?)"));
+        }
         st.vm(vm)?;
         if !st.vectors.contains_key(vector) {
             // consumer before producer: the eventfd exists before VFIO uses it
@@ -775,23 +867,33 @@ impl Runner {
         };
         let fire_t0 = Instant::now();
         let dev = match source {
-            Source::Device | Source::Unmask => Some(st.device(device)?),
+            Source::Device | Source::Unmask if matches!(spec.attach, wire::Attach::Vdpa(_)) => {
+                Some(Target::Vdpa(st.vdpa(device)?))
+            }
+            Source::Device | Source::Unmask => Some(Target::Vfio(st.device(device)?)),
             Source::Eventfd => None,
         };
-        let irq_name = dev.map(|d| vfio_irq_name(kind, idx, &d.bdf));
+        let irq_name = dev.and_then(|d| match d {
+            Target::Vfio(d) => Some(vfio_irq_name(kind, idx, &d.bdf)),
+            Target::Vdpa(d) => d.irq_name(idx),
+        });
         let host_line = || {
             let name = irq_name.as_deref()?;
             std::fs::read_to_string("/proc/interrupts")
                 .ok()
                 .and_then(|t| find_line(&t, name))
         };
-        let raise = |dev: Option<&VfioDevice>| match (dev, source) {
-            (Some(d), Source::Unmask) => write_ops(d, spec.unmask, idx),
-            (Some(d), _) => write_ops(d, spec.fire, idx),
+        let raise = |dev: Option<Target>| match (dev, source) {
+            (Some(Target::Vfio(d)), Source::Unmask) => write_ops(d, spec.unmask, idx),
+            (Some(Target::Vfio(d)), _) => write_ops(d, spec.fire, idx),
+            (Some(Target::Vdpa(d)), _) => d.fire(idx),
             (None, _) => evfd.write(1).map_err(|e| errstr("write eventfd", &e)),
         };
-        let ack = |dev: Option<&VfioDevice>| match dev {
-            Some(d) => write_ops(d, spec.ack, idx),
+        // a vDPA buffer is acknowledged by the device completing it, which
+        // also frees its descriptor for the next fire
+        let ack = |dev: Option<Target>| match dev {
+            Some(Target::Vfio(d)) => write_ops(d, spec.ack, idx),
+            Some(Target::Vdpa(d)) => d.wait_completed(idx),
             None => Ok(()),
         };
         let base = host_line().map(|l| l.count).unwrap_or(0);
@@ -954,5 +1056,6 @@ mod tests {
         assert!(parse_vector("dev0/msi").is_err());
         assert!(parse_vector("/msi0").is_err());
         assert!(parse_vector("dev0/intx0").is_err());
+        assert_eq!(parse_vector("vdpa0/vq1").unwrap(), ("vdpa0", "vq", 1));
     }
 }

@@ -36,6 +36,7 @@ fn main() {
         &images::InitramfsSpec {
             kernel: &kernel,
             modules: &modules,
+            optional: &[],
             agent: Path::new(&args[1]),
             busybox: Path::new("/bin/busybox"),
         },

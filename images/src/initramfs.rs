@@ -37,6 +37,10 @@ pub struct InitramfsSpec<'a> {
     /// Root module names (`-` and `_` are equivalent); their dependency
     /// closure is included.
     pub modules: &'a [&'a str],
+    /// Groups of further roots, each included only when the kernel has
+    /// every module of the group (e.g. a vDPA device's modules, which
+    /// Debian's kernels lack): a missing one is no error.
+    pub optional: &'a [&'a [&'a str]],
     /// Static binary installed as `/bin/testbed-agent`.
     pub agent: &'a Path,
     /// Static busybox (default `/bin/busybox` from busybox-static).
@@ -113,7 +117,13 @@ pub fn build_initramfs(
 ) -> Result<PathBuf, ImagesError> {
     let k = spec.kernel;
     let index = ModuleIndex::scan(&k.modules_dir)?;
-    let closure = module_closure(&index, spec.modules)?;
+    let mut roots: Vec<&str> = spec.modules.to_vec();
+    for group in spec.optional {
+        if group.iter().all(|m| index.has(m)) {
+            roots.extend_from_slice(group);
+        }
+    }
+    let closure = module_closure(&index, &roots)?;
     progress(Progress::BuildingInitramfs { modules: closure.len() });
 
     let mut t = Tree::default();
@@ -180,7 +190,7 @@ mod tests {
         };
         let cache = Cache::new(t.path().join("cache"));
         let roots = ["irqbypass"]; // built in: skipped
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, agent: &agent, busybox: &bb };
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb };
         let mut events = Vec::new();
         let p = build_initramfs(&cache, &spec, &mut |e| events.push(e)).unwrap();
         let bytes = fs::read(&p).unwrap();
@@ -210,8 +220,16 @@ mod tests {
         assert!(events.contains(&Progress::CacheHit { what: "initramfs".into() }));
         // a missing root module is named
         let roots = ["irqbypass", "no-such"];
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, agent: &agent, busybox: &bb };
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb };
         let e = build_initramfs(&cache, &spec, &mut |_| {}).unwrap_err();
         assert_eq!(e.to_string(), format!("module no_such not found in {}", mods.display()));
+        // an optional group the kernel lacks part of is left out, no error
+        let roots = ["irqbypass"];
+        let missing: &[&str] = &["irqbypass", "no-such"];
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[missing], agent: &agent, busybox: &bb };
+        let p3 = build_initramfs(&cache, &spec, &mut |_| {}).unwrap();
+        assert_eq!(p3, p, "the same archive: nothing of the group went in");
+        let index = ModuleIndex::scan(&mods).unwrap();
+        assert!(index.has("irqbypass") && !index.has("no-such"));
     }
 }

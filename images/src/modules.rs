@@ -28,6 +28,14 @@ pub struct ModuleIndex {
     pub builtin: BTreeSet<String>,
 }
 
+impl ModuleIndex {
+    /// Whether the kernel has the module, as a file or built in.
+    pub fn has(&self, name: &str) -> bool {
+        let name = canonical(name);
+        self.files.contains_key(&name) || self.builtin.contains(&name)
+    }
+}
+
 fn strip_suffix(rel: &str) -> Option<(&str, &str)> {
     SUFFIXES
         .iter()

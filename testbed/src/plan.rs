@@ -40,13 +40,16 @@ pub fn group<'a>(scenarios: &'a [Scenario], fresh_boot_all: bool) -> Vec<BootGro
     groups
 }
 
+/// The scenario's devices that QEMU provides (a vDPA simulator device
+/// lives in the L1 kernel: nothing to add to QEMU).
 fn devices_of(scenario: &Scenario) -> Vec<PciDevice> {
     scenario
         .devices
         .iter()
-        .map(|d| PciDevice {
+        .filter_map(|d| Some((d, d.model.qemu_driver()?)))
+        .map(|(d, driver)| PciDevice {
             id: d.name.clone(),
-            driver: d.model.qemu_driver().to_owned(),
+            driver: driver.to_owned(),
             props: d.model.spec().qemu_props.to_owned(),
             hotplug: scenario
                 .steps

@@ -195,8 +195,8 @@ impl Report {
         out.push_str("\ndevices\n");
         for d in &s.devices {
             let _ = match &d.bdf {
-                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.name()),
-                None => writeln!(out, "   {} {}", d.name, d.model.name()),
+                Some(bdf) => writeln!(out, "   {} {} at {bdf}", d.name, d.model.label()),
+                None => writeln!(out, "   {} {}", d.name, d.model.label()),
             };
         }
         if s.devices.is_empty() {
@@ -503,6 +503,15 @@ impl Report {
             BypassEvent::ConsumerUnregistered { consumer } => {
                 format!("consumer {consumer} unregistered")
             }
+            BypassEvent::ProducerNotRegistered { producer } => {
+                match self.scenario.device_of_vector(producer).map(|d| d.model) {
+                    Some(m) if !m.host_irq() => format!(
+                        "producer {producer} not registered: {} has no IRQ of its own per virtqueue",
+                        m.label()
+                    ),
+                    _ => format!("producer {producer} not registered"),
+                }
+            }
             BypassEvent::Connected {
                 producer,
                 consumer,
@@ -583,6 +592,7 @@ fn event_vector(ev: &wire::BypassEvent) -> &str {
     use wire::BypassEvent as E;
     match ev {
         E::ProducerRegistered { producer, .. }
+        | E::ProducerNotRegistered { producer }
         | E::ProducerUnregistered { producer }
         | E::Connected { producer, .. }
         | E::Disconnected { producer, .. } => producer,
@@ -612,6 +622,10 @@ pub fn step_line(step: &Step) -> String {
             }
         },
         Step::DisableMsix { device } => format!("disable-msix {device}"),
+        Step::EnableVqs { device, vectors } => {
+            let l: Vec<String> = vectors.numbers().iter().map(|n| format!("vq{n}")).collect();
+            format!("enable-vqs {device} ({})", l.join(", "))
+        }
         Step::Mask { vector } => format!("mask {vector}"),
         Step::Unmask { vector } => format!("unmask {vector}"),
         Step::Unbind { device } => format!("unbind {device}"),

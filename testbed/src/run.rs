@@ -204,7 +204,10 @@ pub fn prepare_kernel(
     let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
     let busybox = PathBuf::from("/bin/busybox");
     let modules = guest_modules(options.accel);
-    let initramfs = images::InitramfsSpec { kernel: &kernel, modules: &modules, agent, busybox: &busybox };
+    let optional = optional_guest_modules();
+    let optional: Vec<&[&str]> = optional.iter().map(Vec::as_slice).collect();
+    let initramfs =
+        images::InitramfsSpec { kernel: &kernel, modules: &modules, optional: &optional, agent, busybox: &busybox };
     let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
         .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
     Ok(KernelImages { kernel, boot_image, initrd })
@@ -240,6 +243,18 @@ pub fn guest_modules(accel: Accel) -> Vec<&'static str> {
         }
     };
     vec![vendor, "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic_mmio"]
+}
+
+/// Module groups the agent loads where the kernel has all of a group: each
+/// vDPA model's modules (kernels the testbed builds have them, Debian's
+/// lack vdpa_sim and vp_vdpa). A scenario using the model on a kernel
+/// without them fails at its `bind`, naming the missing modules.
+pub fn optional_guest_modules() -> Vec<Vec<&'static str>> {
+    wire::DeviceModel::ALL
+        .iter()
+        .filter_map(|m| m.vdpa())
+        .map(|v| v.modules.to_vec())
+        .collect()
 }
 
 pub async fn run(options: RunOptions) -> u8 {

@@ -74,6 +74,10 @@ pub enum Expectation {
     Pairing,
     /// The vector's producer registered with ret 0.
     ProducerRegistered { vector: String },
+    /// The step that wires the vector ran, and no irqbypass producer
+    /// registered for it (nor one nobody expected): e.g. a vDPA parent
+    /// without per-queue IRQs.
+    NoProducer { vector: String },
     /// KVM registered the consumer for `vm`'s irqfd on `vector` with ret 0.
     ConsumerRegistered { vm: String, vector: String },
     /// The producer of `vector` connected to `vm`'s consumer with ret 0.
@@ -95,6 +99,7 @@ impl Expectation {
             Expectation::Lossless => "lossless",
             Expectation::Pairing => "pairing",
             Expectation::ProducerRegistered { .. } => "producer-registered",
+            Expectation::NoProducer { .. } => "no-producer",
             Expectation::ConsumerRegistered { .. } => "consumer-registered",
             Expectation::Connected { .. } => "connected",
             Expectation::ConnectedIffPosting { .. } => "connected-iff-posting",
@@ -109,7 +114,7 @@ impl fmt::Display for Expectation {
         f.write_str(self.check())?;
         match self {
             Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
-            Expectation::ProducerRegistered { vector } => write!(f, " {vector}"),
+            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => write!(f, " {vector}"),
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector } => write!(f, " {vm} {vector}"),
@@ -226,7 +231,13 @@ impl Scenario {
                 .map(|d| wire::JobDevice {
                     name: d.name.clone(),
                     model: d.model,
-                    bdf: bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                    // a device QEMU does not provide has no address, even
+                    // where a scenario in the same boot has a PCI device of
+                    // the same name
+                    bdf: match d.model.qemu_driver() {
+                        Some(_) => bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                        None => String::new(),
+                    },
                 })
                 .collect(),
             steps: self.steps.clone(),
@@ -713,6 +724,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             return Err(self.err("name", "declared twice".into()));
         }
         if let Some(bdf) = &d.bdf {
+            if d.model.qemu_driver().is_none() {
+                return Err(self.err(
+                    "bdf",
+                    format!("{} is not a PCI device: it has no bdf", d.model.label()),
+                ));
+            }
             if !valid_bdf(bdf) {
                 return Err(self.err(
                     "bdf",
@@ -756,7 +773,7 @@ impl<'s, 'a> Checker<'s, 'a> {
         let Some((dev, rest)) = vector.split_once('/') else {
             return Err(self.err(
                 key,
-                format!("bad vector {vector:?}: expected <device>/msi<n> or <device>/msix<n>, e.g. \"dev0/msi0\""),
+                format!("bad vector {vector:?}: expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>, e.g. \"dev0/msi0\""),
             ));
         };
         let Some(info) = self.devices.get(dev) else {
@@ -777,7 +794,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 key,
                 format!(
                     "unknown vector {vector:?}: {dev} ({}) has vectors {}",
-                    info.model.name(),
+                    info.model.label(),
                     vector_range(info.model)
                 ),
             )),
@@ -858,6 +875,12 @@ impl<'s, 'a> Checker<'s, 'a> {
                         format!("{device} is a virtual function the agent makes: unplug its PF instead (not supported yet)"),
                     ));
                 }
+                if info.model.vdpa().is_some() {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} ({}) is a vDPA device: unplug is for VFIO devices", info.model.label()),
+                    ));
+                }
                 if let DevState::Unplugged { step } = info.state {
                     return Err(self.err("device", format!("{device} already unplugged at step {step}")));
                 }
@@ -882,6 +905,15 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err(
                         "device",
                         format!("{device} is a virtual function: closing it disables SR-IOV, so it has nothing to unbind"),
+                    ));
+                }
+                if info.model.vdpa().is_some() {
+                    return Err(self.err(
+                        "device",
+                        format!(
+                            "{device} ({}) is a vDPA device: close-device deletes it, nothing stays bound",
+                            info.model.label()
+                        ),
                     ));
                 }
                 match info.state {
@@ -911,8 +943,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err(
                         "action",
                         format!(
-                            "{device} ({}) has MSI-X, not MSI: use enable-msix",
-                            info.model.name()
+                            "{device} ({}) has {}, not MSI: use {}",
+                            info.model.label(),
+                            irq_kind_name(info.model.irq()),
+                            enable_action(info.model)
                         ),
                     ));
                 }
@@ -939,20 +973,35 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "vectors",
                         format!(
                             "vectors = {vectors} out of range: {device} ({}) has 1..={max}",
-                            info.model.name()
+                            info.model.label()
                         ),
                     ));
                 }
                 let set: BTreeSet<u32> = (0..*vectors).collect();
                 self.wire_vectors(device, set, k);
             }
-            Step::EnableMsix { device, vectors } => {
+            Step::EnableMsix { device, vectors } | Step::EnableVqs { device, vectors } => {
                 let info = self.device("device", device)?;
                 let model = info.model;
-                if model.irq() != IrqKind::Msix {
+                let action = step.get_ref().action();
+                if enable_action(model) != action {
                     return Err(self.err(
                         "action",
-                        format!("{device} ({}) has MSI, not MSI-X: use enable-msi", model.name()),
+                        format!(
+                            "{device} ({}) has {}, not {}: use {}",
+                            model.label(),
+                            irq_kind_name(model.irq()),
+                            if action == "enable-vqs" { "virtqueues" } else { "MSI-X" },
+                            enable_action(model)
+                        ),
+                    ));
+                }
+                if let (DevState::Enabled { step, .. }, IrqKind::Vq) = (&info.state, model.irq()) {
+                    return Err(self.err(
+                        "device",
+                        format!(
+                            "virtqueue interrupts of {device} already enabled at step {step}: once per bind (DRIVER_OK)"
+                        ),
                     ));
                 }
                 match info.state {
@@ -972,15 +1021,18 @@ impl<'s, 'a> Checker<'s, 'a> {
                 let bad = match vectors {
                     wire::VectorSet::Count(n) if *n == 0 || *n > max => Some(format!(
                         "vectors = {n} out of range: {device} ({}) has 1..={max}",
-                        model.name()
+                        model.label()
                     )),
                     wire::VectorSet::List(l) if l.is_empty() => {
-                        Some("vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string())
+                        Some(match model.irq() {
+                            IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
+                            _ => "vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string(),
+                        })
                     }
                     wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
                         format!(
                             "vector {n} out of range: {device} ({}) has {}",
-                            model.name(),
+                            model.label(),
                             vector_range(model)
                         )
                     }),
@@ -1007,12 +1059,21 @@ impl<'s, 'a> Checker<'s, 'a> {
                     Step::DisableMsi { .. } => (IrqKind::Msi, "disable-msix"),
                     _ => (IrqKind::Msix, "disable-msi"),
                 };
+                if kind == IrqKind::Vq {
+                    return Err(self.err(
+                        "action",
+                        format!(
+                            "{device} ({}) has virtqueues: their interrupts stay until close-device",
+                            info.model.label()
+                        ),
+                    ));
+                }
                 if kind != want {
                     return Err(self.err(
                         "action",
                         format!(
                             "{device} ({}) has {}: use {other}",
-                            info.model.name(),
+                            info.model.label(),
                             if kind == IrqKind::Msi { "MSI" } else { "MSI-X" }
                         ),
                     ));
@@ -1034,7 +1095,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if !model.can_mask() {
                     return Err(self.err(
                         "vector",
-                        format!("{dev} ({}) cannot mask a vector at the device", model.name()),
+                        format!("{dev} ({}) cannot mask a vector at the device", model.label()),
                     ));
                 }
                 self.enabled_vector("vector", vector)?;
@@ -1086,7 +1147,14 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
             }
             Step::Fire { vector, count } => {
-                let (dev, _) = self.vector("vector", vector)?;
+                let (dev, n) = self.vector("vector", vector)?;
+                let model = self.devices[&dev].model;
+                if let Some(wire::VqFire::Cannot(why)) = model.vdpa().and_then(|v| v.vqs.get(n as usize)) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} cannot fire: {why}"),
+                    ));
+                }
                 if let DevState::Declared = self.devices[&dev].state {
                     return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
                 }
@@ -1238,7 +1306,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
             Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
-            Expectation::ProducerRegistered { vector } => {
+            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
@@ -1277,6 +1345,15 @@ fn enable_action(model: DeviceModel) -> &'static str {
     match model.irq() {
         IrqKind::Msi => "enable-msi",
         IrqKind::Msix => "enable-msix",
+        IrqKind::Vq => "enable-vqs",
+    }
+}
+
+fn irq_kind_name(kind: IrqKind) -> &'static str {
+    match kind {
+        IrqKind::Msi => "MSI",
+        IrqKind::Msix => "MSI-X",
+        IrqKind::Vq => "virtqueues",
     }
 }
 

@@ -6,6 +6,11 @@
 //! a new device is a new table entry, not new code. Register offsets and
 //! bits are from QEMU's device models (hw/misc/edu.c, hw/net/igb_core.c,
 //! hw/net/e1000e_core.c) and the Intel 82576 / 82574 datasheets.
+//!
+//! vDPA models ([`Attach::Vdpa`]) are driven through vhost-vdpa instead of
+//! VFIO: their vectors are virtqueues (`vdpa0/vq1`), and [`VdpaSpec`] says
+//! which management device creates them and how each virtqueue is made to
+//! signal (a buffer the device completes).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +30,15 @@ pub enum DeviceModel {
     /// QEMU's `e1000e` (82574): MSI-X, 4 of its 5 vectors (one per queue
     /// interrupt cause that IVAR maps to a vector), raised through ICS.
     E1000e,
+    /// The kernel's vDPA network simulator (`vdpa_sim_net`) through
+    /// vhost-vdpa: no PCI device, no per-queue IRQ (it calls the
+    /// virtqueue's callback from a work item), so vhost-vdpa registers no
+    /// irqbypass producer. Loops TX frames back into RX.
+    VdpaSimNet,
+    /// QEMU's `virtio-net-pci` (modern only, behind the IOMMU) driven by
+    /// the kernel's `vp_vdpa` through vhost-vdpa: one MSI-X vector per
+    /// virtqueue, so one irqbypass producer per virtqueue.
+    VpVdpaNet,
 }
 
 /// Which interrupt capability a model's vectors use.
@@ -34,6 +48,9 @@ pub enum IrqKind {
     Msi,
     /// Vectors `msix0..`: VFIO_PCI_MSIX_IRQ_INDEX.
     Msix,
+    /// Vectors `vq0..`: a vDPA device's virtqueues, each signalling its
+    /// vhost-vdpa call eventfd.
+    Vq,
 }
 
 impl IrqKind {
@@ -42,6 +59,7 @@ impl IrqKind {
         match self {
             IrqKind::Msi => "msi",
             IrqKind::Msix => "msix",
+            IrqKind::Vq => "vq",
         }
     }
 }
@@ -85,11 +103,68 @@ const fn bit(offset: u64, shift: u32) -> RegWrite {
     }
 }
 
+/// Which userspace driver the agent opens a device through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// vfio-pci: the register writes of [`ModelSpec`] raise its vectors.
+    Vfio,
+    /// A vDPA device created over the `vdpa` generic netlink family and
+    /// opened through vhost-vdpa.
+    Vdpa(&'static VdpaSpec),
+}
+
+/// Where a vDPA device comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mgmtdev {
+    /// A management device with a fixed name and no bus (`vdpasim_net`).
+    Named(&'static str),
+    /// The PCI function itself (`pci/<bdf>`), once bound to this PCI driver
+    /// (its name in /sys/bus/pci/drivers, which may differ from the module's).
+    Pci { driver: &'static str },
+}
+
+/// How the agent makes one virtqueue signal once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VqFire {
+    /// A transmit queue: post one frame and kick; the device completes it
+    /// and signals this queue.
+    Tx,
+    /// A receive queue of a device that loops transmitted frames back:
+    /// post one receive buffer here, then one frame on transmit queue `tx`
+    /// with that queue's interrupts suppressed (VRING_AVAIL_F_NO_INTERRUPT),
+    /// so only this queue signals.
+    RxLoopback { tx: u32 },
+    /// Nothing can make this queue signal; the reason is the error a
+    /// scenario firing it gets.
+    Cannot(&'static str),
+}
+
+/// How to drive a vDPA model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VdpaSpec {
+    pub mgmtdev: Mgmtdev,
+    /// Kernel modules the model needs in L1 (checked before use, so a
+    /// kernel without them fails with their names).
+    pub modules: &'static [&'static str],
+    /// One entry per virtqueue the agent sets up, in queue order.
+    pub vqs: &'static [VqFire],
+    /// The parent gives each virtqueue an IRQ of its own (`get_vq_irq`):
+    /// its interrupts pass through an L1 host IRQ line, and vhost-vdpa
+    /// registers an irqbypass producer. Without, the parent signals the
+    /// call eventfd from kernel code, as software would.
+    pub queue_irqs: bool,
+}
+
 /// How to drive one device model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelSpec {
-    /// The QEMU `-device` driver name.
-    pub qemu_driver: &'static str,
+    /// The QEMU `-device` driver name; `None` for a device that is not on
+    /// L1's PCI bus (the vDPA simulator lives in the L1 kernel).
+    pub qemu_driver: Option<&'static str>,
+    /// What the device is called in messages and reports: the QEMU driver,
+    /// else the kernel driver that provides it.
+    pub label: &'static str,
+    pub attach: Attach,
     /// Extra `-device` properties (the NICs boot no option ROM: nothing
     /// here uses their network side, and SeaBIOS would run it).
     pub qemu_props: &'static str,
@@ -116,7 +191,9 @@ pub struct ModelSpec {
 
 // edu (hw/misc/edu.c): irq_status |= value at 0x60 raises MSI; 0x64 clears.
 const EDU: ModelSpec = ModelSpec {
-    qemu_driver: "edu",
+    qemu_driver: Some("edu"),
+    label: "edu",
+    attach: Attach::Vfio,
     qemu_props: "",
     irq: IrqKind::Msi,
     vectors: 1,
@@ -142,7 +219,9 @@ const IGB_VECTORS: u32 = 10;
 const IGB_GPIE_MULTIPLE_MSIX: u32 = 1 << 4;
 const IGB_ALL: u32 = (1 << IGB_VECTORS) - 1;
 const IGB: ModelSpec = ModelSpec {
-    qemu_driver: "igb",
+    qemu_driver: Some("igb"),
+    label: "igb",
+    attach: Attach::Vfio,
     qemu_props: "romfile=",
     irq: IrqKind::Msix,
     vectors: IGB_VECTORS,
@@ -184,7 +263,9 @@ const E1000E_CAUSES: u32 = ((1 << E1000E_VECTORS) - 1) << E1000E_CAUSE_SHIFT;
 const E1000E_IVAR_IDENTITY: u32 = 0x8 | (0x9 << 4) | (0xa << 8) | (0xb << 12);
 const E1000E_CTRL_EXT_IAME: u32 = 1 << 27;
 const E1000E: ModelSpec = ModelSpec {
-    qemu_driver: "e1000e",
+    qemu_driver: Some("e1000e"),
+    label: "e1000e",
+    attach: Attach::Vfio,
     qemu_props: "romfile=",
     irq: IrqKind::Msix,
     vectors: E1000E_VECTORS,
@@ -209,7 +290,9 @@ const E1000E: ModelSpec = ModelSpec {
 // PF's GPIE.Multiple_MSIX set, so the PF is set up first.
 const IGB_VF_ALL: u32 = 0x7;
 const IGB_VF: ModelSpec = ModelSpec {
-    qemu_driver: "igb",
+    qemu_driver: Some("igb"),
+    label: "igb-vf",
+    attach: Attach::Vfio,
     qemu_props: "romfile=",
     irq: IrqKind::Msix,
     vectors: 3,
@@ -222,18 +305,72 @@ const IGB_VF: ModelSpec = ModelSpec {
     unmask: &[bit(IGB_EIMS, 0)],
 };
 
-impl DeviceModel {
-    pub const ALL: [DeviceModel; 4] = [DeviceModel::Edu, DeviceModel::Igb, DeviceModel::IgbVf, DeviceModel::E1000e];
+// virtio-net (virtio spec 5.1.2): queue 0 receives, queue 1 transmits;
+// no control queue is negotiated. vdpa_sim_net (drivers/vdpa/vdpa_sim/
+// vdpa_sim_net.c) copies each transmitted frame into the next receive
+// buffer and completes both, so its receive queue can be made to signal.
+const VDPA_SIM_NET: VdpaSpec = VdpaSpec {
+    mgmtdev: Mgmtdev::Named("vdpasim_net"),
+    modules: &["vhost_vdpa", "vdpa_sim_net"],
+    vqs: &[VqFire::RxLoopback { tx: 1 }, VqFire::Tx],
+    queue_irqs: false,
+};
+const VDPA_SIM: ModelSpec = ModelSpec {
+    qemu_driver: None,
+    label: "vdpa_sim_net",
+    attach: Attach::Vdpa(&VDPA_SIM_NET),
+    qemu_props: "",
+    irq: IrqKind::Vq,
+    vectors: 2,
+    setup: &[],
+    fire: &[],
+    ack: &[],
+    mask: &[],
+    unmask: &[],
+    sriov_vf: false,
+    pf_setup: &[],
+};
 
-    /// The model's name in scenario files.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceModel::Edu => "edu",
-            DeviceModel::Igb => "igb",
-            DeviceModel::IgbVf => "igb-vf",
-            DeviceModel::E1000e => "e1000e",
-        }
-    }
+// QEMU's virtio-net-pci without a netdev: a transmitted frame has no peer
+// and is dropped (qemu_sendv_packet_async), but the buffer is completed and
+// the queue's MSI-X vector raised; nothing ever arrives on the receive
+// queue. Modern only (vp_vdpa drives the modern interface), and with
+// iommu_platform so that its DMA goes through the IOMMU domain vhost-vdpa
+// maps (without it QEMU's virtio device would bypass the IOMMU).
+const VP_VDPA_NET: VdpaSpec = VdpaSpec {
+    mgmtdev: Mgmtdev::Pci { driver: "vp-vdpa" },
+    modules: &["vhost_vdpa", "vp_vdpa"],
+    vqs: &[
+        VqFire::Cannot("virtio-net-pci has no network backend: nothing arrives on its receive queue"),
+        VqFire::Tx,
+    ],
+    queue_irqs: true,
+};
+const VP_VDPA: ModelSpec = ModelSpec {
+    qemu_driver: Some("virtio-net-pci"),
+    label: "virtio-net-pci",
+    attach: Attach::Vdpa(&VP_VDPA_NET),
+    qemu_props: "disable-legacy=on,iommu_platform=on,romfile=",
+    irq: IrqKind::Vq,
+    vectors: 2,
+    setup: &[],
+    fire: &[],
+    ack: &[],
+    mask: &[],
+    unmask: &[],
+    sriov_vf: false,
+    pf_setup: &[],
+};
+
+impl DeviceModel {
+    pub const ALL: [DeviceModel; 6] = [
+        DeviceModel::Edu,
+        DeviceModel::Igb,
+        DeviceModel::IgbVf,
+        DeviceModel::E1000e,
+        DeviceModel::VdpaSimNet,
+        DeviceModel::VpVdpaNet,
+    ];
 
     pub fn spec(self) -> &'static ModelSpec {
         match self {
@@ -241,12 +378,28 @@ impl DeviceModel {
             DeviceModel::Igb => &IGB,
             DeviceModel::IgbVf => &IGB_VF,
             DeviceModel::E1000e => &E1000E,
+            DeviceModel::VdpaSimNet => &VDPA_SIM,
+            DeviceModel::VpVdpaNet => &VP_VDPA,
         }
     }
 
-    /// The QEMU `-device` driver name.
-    pub fn qemu_driver(self) -> &'static str {
+    /// The QEMU `-device` driver name; `None` when the device is not on
+    /// L1's PCI bus.
+    pub fn qemu_driver(self) -> Option<&'static str> {
         self.spec().qemu_driver
+    }
+
+    /// What the device is called in messages and reports.
+    pub fn label(self) -> &'static str {
+        self.spec().label
+    }
+
+    /// The vDPA side of the model, if it is one.
+    pub fn vdpa(self) -> Option<&'static VdpaSpec> {
+        match self.spec().attach {
+            Attach::Vfio => None,
+            Attach::Vdpa(v) => Some(v),
+        }
     }
 
     /// How many vectors the model offers.
@@ -263,6 +416,12 @@ impl DeviceModel {
         format!("{device}/{}{n}", self.irq().prefix())
     }
 
+    /// Whether the device's vectors pass through an L1 host IRQ line (every
+    /// VFIO model; a vDPA model whose parent has per-queue IRQs).
+    pub fn host_irq(self) -> bool {
+        self.vdpa().is_none_or(|v| v.queue_irqs)
+    }
+
     /// Whether the device can hold a vector pending (mask/unmask steps).
     pub fn can_mask(self) -> bool {
         !self.spec().mask.is_empty()
@@ -277,6 +436,19 @@ mod tests {
     fn every_model_can_fire_each_of_its_vectors_distinctly() {
         for m in DeviceModel::ALL {
             let s = m.spec();
+            if let Some(v) = m.vdpa() {
+                assert_eq!(s.irq, IrqKind::Vq, "{m:?}");
+                assert_eq!(v.vqs.len() as u32, s.vectors, "{m:?}: one fire rule per virtqueue");
+                assert!(v.vqs.contains(&VqFire::Tx), "{m:?}: no queue can fire");
+                for q in v.vqs {
+                    if let VqFire::RxLoopback { tx } = q {
+                        assert_eq!(v.vqs.get(*tx as usize), Some(&VqFire::Tx), "{m:?}: loopback needs a TX queue");
+                    }
+                }
+                assert!(s.fire.is_empty() && s.setup.is_empty() && !m.can_mask(), "{m:?}: no BAR0 writes");
+                continue;
+            }
+            assert!(s.qemu_driver.is_some(), "{m:?}: VFIO needs a PCI device");
             assert!(!s.fire.is_empty(), "{m:?}");
             assert_eq!(s.mask.is_empty(), s.unmask.is_empty(), "{m:?}: mask without unmask");
             for op in s.fire.iter().chain(s.mask).chain(s.unmask) {
@@ -312,10 +484,15 @@ mod tests {
             .iter()
             .map(|m| serde_json::to_string(m).unwrap())
             .collect();
-        assert_eq!(ser, [r#""edu""#, r#""igb""#, r#""igb-vf""#, r#""e1000e""#]);
+        assert_eq!(
+            ser,
+            [r#""edu""#, r#""igb""#, r#""igb-vf""#, r#""e1000e""#, r#""vdpa-sim-net""#, r#""vp-vdpa-net""#]
+        );
         for m in DeviceModel::ALL {
-            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.name()));
             assert_eq!(m.spec().sriov_vf, !m.spec().pf_setup.is_empty(), "{m:?}");
         }
+        assert_eq!(DeviceModel::VpVdpaNet.vector_name("vdpa0", 1), "vdpa0/vq1");
+        assert_eq!(DeviceModel::VdpaSimNet.qemu_driver(), None);
+        assert!(!DeviceModel::VdpaSimNet.host_irq() && DeviceModel::VpVdpaNet.host_irq() && DeviceModel::Edu.host_irq());
     }
 }

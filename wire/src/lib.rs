@@ -6,7 +6,7 @@
 //!
 //! Naming: everything here uses scenario names, never kernel addresses or host
 //! IRQ numbers. Devices are `dev0`, VMs `vm0`, vectors `<device>/msi<n>` (or
-//! `msix<n>`), consumers `<vm>:<vector>`. The agent does the attribution of
+//! `msix<n>`, or `vq<n>` for a vDPA device's virtqueues), consumers `<vm>:<vector>`. The agent does the attribution of
 //! kernel objects to these names, because only it knows which step was running
 //! when a kernel event happened.
 //!
@@ -16,10 +16,14 @@
 use serde::{Deserialize, Serialize};
 
 mod device;
-pub use device::{DeviceModel, IrqKind, ModelSpec, RegValue, RegWrite};
+pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
 pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The name the agent gives a kernel object it did not see being
+/// registered (or a producer registered where no step expected one).
+pub const UNKNOWN_NAME: &str = "unknown";
 
 /// Longest the agent stays silent while a step runs.
 pub const HEARTBEAT_SECS: u64 = 2;
@@ -143,7 +147,8 @@ pub struct JobDevice {
     /// Scenario name, e.g. `dev0`.
     pub name: String,
     pub model: DeviceModel,
-    /// PCI address in the guest, full form `0000:00:04.0`, resolved by the host through QMP.
+    /// PCI address in the guest, full form `0000:00:04.0`, resolved by the
+    /// host through QMP; empty for a device that is not on PCI (`vdpa-sim-net`).
     pub bdf: String,
 }
 
@@ -154,7 +159,20 @@ pub struct JobDevice {
 pub enum Step {
     /// Bind the device to vfio-pci, open it through VFIO (type1 container, or
     /// no-IOMMU mode when the guest has no IOMMU) and enable bus mastering.
+    /// A vDPA model instead gets a vDPA device (generic netlink
+    /// `VDPA_CMD_DEV_NEW` on its management device, after binding the PCI
+    /// function to the model's driver where it has one), bound to
+    /// vhost_vdpa and opened: owner, features, the IOTLB mapping of the
+    /// agent's ring memory, every virtqueue's size, addresses, base, kick
+    /// eventfd and enable; status FEATURES_OK. No call eventfd yet.
     Bind { device: String },
+    /// A vDPA device's call eventfds for a set of its virtqueues
+    /// (VHOST_SET_VRING_CALL, `vectors` as for `enable-msix`), then status
+    /// DRIVER_OK: vhost-vdpa registers an irqbypass producer for each
+    /// wired virtqueue whose parent driver gives it an IRQ of its own
+    /// (vp_vdpa's per-queue MSI-X vectors), none where it has none
+    /// (vdpa_sim). Once per bind: `close-device` tears it down.
+    EnableVqs { device: String, vectors: VectorSet },
     /// Give the device `vectors` MSI eventfds with VFIO_DEVICE_SET_IRQS:
     /// VFIO registers one irqbypass producer per vector. A vector's eventfd
     /// belongs to the vector, not to this step: one an earlier `irqfd` made
@@ -207,7 +225,10 @@ pub enum Step {
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: the consumer unregisters.
     IrqfdDeassign { vm: String, vector: String },
     /// Make the device raise the vector `count` times (edu: write BAR0+0x60,
-    /// then ack at BAR0+0x64), waiting for each to be signalled.
+    /// then ack at BAR0+0x64), waiting for each to be signalled. A vDPA
+    /// virtqueue is fired as its model's [`VqFire`] says (a transmit queue:
+    /// one frame posted and kicked), and acknowledged by waiting for the
+    /// device to complete the buffer.
     Fire {
         vector: String,
         #[serde(default = "one")]
@@ -336,6 +357,7 @@ impl Step {
     pub fn action(&self) -> &'static str {
         match self {
             Step::Bind { .. } => "bind",
+            Step::EnableVqs { .. } => "enable-vqs",
             Step::EnableMsi { .. } => "enable-msi",
             Step::DisableMsi { .. } => "disable-msi",
             Step::EnableMsix { .. } => "enable-msix",
@@ -421,6 +443,10 @@ pub enum BypassEvent {
     ConsumerRegistered { consumer: String, ret: i64 },
     /// KVM_IRQFD succeeded but KVM did not call `irq_bypass_register_consumer`.
     ConsumerNotRegistered { consumer: String },
+    /// An `enable-vqs` gave the virtqueue its call eventfd and reached
+    /// DRIVER_OK, but vhost-vdpa did not call `irq_bypass_register_producer`
+    /// for it (a parent without per-queue IRQs).
+    ProducerNotRegistered { producer: String },
     /// `irq_bypass_unregister_consumer` was called.
     ConsumerUnregistered { consumer: String },
     /// `kvm_arch_irq_bypass_add_producer` (the connect callback) returned `ret`.
@@ -562,6 +588,20 @@ mod tests {
         ] {
             assert!(!kernel_warning(quiet), "{quiet}");
         }
+    }
+
+    #[test]
+    fn enable_vqs_step() {
+        let s: Step = serde_json::from_str(r#"{"action":"enable-vqs","device":"vdpa0","vectors":[1]}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::EnableVqs {
+                device: "vdpa0".into(),
+                vectors: VectorSet::List(vec![1])
+            }
+        );
+        assert_eq!(s.action(), "enable-vqs");
+        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::Lossless => lossless(r),
         Expectation::Pairing => pairing(r),
         Expectation::ProducerRegistered { vector } => producer_registered(r, vector),
+        Expectation::NoProducer { vector } => no_producer(r, vector),
         Expectation::ConsumerRegistered { vm, vector } => consumer_registered(r, vm, vector),
         Expectation::Connected { vm, vector } => connected(r, vm, vector),
         Expectation::ConnectedIffPosting { vm, vector } => connected_iff_posting(r, vm, vector),
@@ -97,11 +98,15 @@ fn lossless(r: &Report) -> (bool, String) {
             problems.push(format!("step {n} {vector}: {what} {} of {count}", c.raised));
         }
         let holders = held.get(i).and_then(|h| h.get(vector));
+        // a device without an IRQ of its own for the vector (vdpa_sim)
+        // signals the eventfd from kernel code: no L1 line, nothing posted
+        let no_host_irq = r.scenario.device_of_vector(vector).is_some_and(|d| !d.model.host_irq());
         // what KVM must have injected where an irqfd holds the vector
-        let via_kvm = if signal {
+        let via_kvm = if signal || no_host_irq {
             if c.host_irq != 0 {
+                let by = if signal { "from software" } else { "by a device without an IRQ of its own" };
                 problems.push(format!(
-                    "step {n} {vector}: signalled from software but L1 saw {} device interrupts",
+                    "step {n} {vector}: signalled {by} but L1 saw {} device interrupts",
                     c.host_irq
                 ));
             }
@@ -433,7 +438,7 @@ impl Pairing {
         match ev {
             BypassEvent::ProducerRegistered { producer, ret } => self.registered(producer, true, *ret, when),
             BypassEvent::ConsumerRegistered { consumer, ret } => self.registered(consumer, false, *ret, when),
-            BypassEvent::ConsumerNotRegistered { .. } => {}
+            BypassEvent::ConsumerNotRegistered { .. } | BypassEvent::ProducerNotRegistered { .. } => {}
             BypassEvent::ProducerUnregistered { producer } => self.unregistered(producer, true, when),
             BypassEvent::ConsumerUnregistered { consumer } => self.unregistered(consumer, false, when),
             BypassEvent::Connected {
@@ -556,12 +561,49 @@ fn producer_registered(r: &Report, vector: &str) -> (bool, String) {
             rets.join(", ")
         )]);
     }
-    if let Err(e) = step_ran(r, |s| matches!(s, Step::EnableMsi { device, .. } if device == dev)) {
+    if let Err(e) = step_ran(r, |s| wires(s, dev)) {
         return fail(vec![format!("producer {vector} never registered: {e}")]);
     }
+    let who = match r.scenario.device_of_vector(vector) {
+        Some(d) if d.model.vdpa().is_some() => "vhost-vdpa",
+        _ => "VFIO",
+    };
     fail(vec![format!(
-        "producer {vector} never registered (VFIO did not call irq_bypass_register_producer)"
+        "producer {vector} never registered ({who} did not call irq_bypass_register_producer)"
     )])
+}
+
+/// A step that gives `dev`'s vectors their eventfds.
+fn wires(s: &Step, dev: &str) -> bool {
+    match s {
+        Step::EnableMsi { device, .. } | Step::EnableMsix { device, .. } | Step::EnableVqs { device, .. } => {
+            device == dev
+        }
+        _ => false,
+    }
+}
+
+fn no_producer(r: &Report, vector: &str) -> (bool, String) {
+    let dev = vector.split_once('/').map_or(vector, |(d, _)| d);
+    // "no producer" says nothing unless the vector was really wired
+    if let Err(e) = step_ran(r, |s| wires(s, dev)) {
+        return fail(vec![format!("cannot tell: {e}")]);
+    }
+    let mut problems = Vec::new();
+    for (when, ev) in r.all_events() {
+        if let BypassEvent::ProducerRegistered { producer, ret } = ev {
+            if producer == vector {
+                problems.push(format!("producer {vector} registered at {when} (ret {ret})"));
+            } else if producer == wire::UNKNOWN_NAME {
+                problems.push(format!("a producer nobody expected registered at {when} (ret {ret})"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        (true, String::new())
+    } else {
+        fail(problems)
+    }
 }
 
 fn irqfd_ran(r: &Report, vm: &str, vector: &str) -> Result<usize, String> {

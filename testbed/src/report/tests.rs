@@ -1321,3 +1321,106 @@ fn events_of_different_vectors_are_ordered_by_vector_keeping_each_vectors_order(
     by_vector(&mut c);
     assert_eq!(c, vec![preg("nic0/msix0"), disc("nic0/msix1", "vm0:nic0/msix1"), punreg("nic0/msix1")]);
 }
+
+// ---- vDPA: no-producer, and lossless where the device has no IRQ of its own
+
+const VDPA_SIM: &str = r#"
+description = "vdpa_sim_net: no per-queue IRQ"
+
+[[device]]
+name = "vdpa0"
+model = "vdpa-sim-net"
+
+[[step]]
+action = "bind"
+device = "vdpa0"
+
+[[step]]
+action = "create-vm"
+vm = "vm0"
+
+[[step]]
+action = "irqfd"
+vm = "vm0"
+vector = "vdpa0/vq1"
+
+[[step]]
+action = "enable-vqs"
+device = "vdpa0"
+vectors = 2
+
+[[step]]
+action = "fire"
+vector = "vdpa0/vq1"
+count = 5
+
+[[step]]
+action = "close-device"
+device = "vdpa0"
+
+[[expect]]
+check = "lossless"
+
+[[expect]]
+check = "no-producer"
+vector = "vdpa0/vq1"
+"#;
+
+fn vdpa_sim_report(enable: Vec<E>, fire: VectorCount) -> Report {
+    let s = scenario::parse(Path::new("built-kernel/vdpa-sim.toml"), VDPA_SIM).unwrap();
+    let steps = vec![
+        step(0, vec![]),
+        step(1, vec![]),
+        step(2, vec![E::ConsumerNotRegistered { consumer: "vm0:vdpa0/vq1".into() }]),
+        step(3, enable),
+        StepReport { interrupts: vec![fire], ..step(4, vec![]) },
+        step(5, vec![]),
+    ];
+    Report::from_parts(&s, header(), stock(), steps, done(), None)
+}
+
+/// vdpa_sim signals the eventfd from kernel code: no L1 IRQ line.
+fn sim_fired(host_irq: u64, injected: u64) -> VectorCount {
+    VectorCount {
+        vector: "vdpa0/vq1".into(),
+        raised: 5,
+        signalled: None,
+        host_irq,
+        host_chip: None,
+        injected,
+        delivered: None,
+    }
+}
+
+#[test]
+fn no_producer_passes_without_one_and_fails_on_any() {
+    let r = vdpa_sim_report(vec![], sim_fired(0, 5));
+    passes(&r, "no-producer");
+    passes(&r, "lossless");
+
+    let r = vdpa_sim_report(vec![preg("vdpa0/vq1")], sim_fired(0, 5));
+    fails(&r, "no-producer", "producer vdpa0/vq1 registered at step 4 (ret 0)");
+
+    let r = vdpa_sim_report(vec![preg(wire::UNKNOWN_NAME)], sim_fired(0, 5));
+    fails(&r, "no-producer", "a producer nobody expected registered at step 4");
+
+    // "no producer" because the wiring step failed proves nothing
+    let s = scenario::parse(Path::new("built-kernel/vdpa-sim.toml"), VDPA_SIM).unwrap();
+    let mut steps = vec![step(0, vec![]), step(1, vec![]), step(2, vec![]), step(3, vec![])];
+    steps[3].error = Some("VHOST_VDPA_SET_STATUS(0xf): Invalid argument (os error 22)".into());
+    let r = Report::from_parts(&s, header(), stock(), steps, done(), None);
+    fails(&r, "no-producer", "cannot tell: step 4 (enable-vqs vdpa0 (vq0, vq1)) failed");
+}
+
+#[test]
+fn lossless_of_a_device_without_its_own_irq() {
+    // an L1 line for a device that has none is a miscount
+    let r = vdpa_sim_report(vec![], sim_fired(5, 5));
+    fails(
+        &r,
+        "lossless",
+        "step 5 vdpa0/vq1: signalled by a device without an IRQ of its own but L1 saw 5 device interrupts",
+    );
+    let r = vdpa_sim_report(vec![], sim_fired(0, 4));
+    fails(&r, "lossless", "step 5 vdpa0/vq1: raised 5 but KVM injected 4 (irqfd of vm0)");
+}

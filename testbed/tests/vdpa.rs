@@ -1,0 +1,184 @@
+//! The vDPA scenarios of `built-kernel/` on a kernel the testbed builds
+//! (Debian's lack vdpa_sim and vp_vdpa), a vDPA expectation that fails for
+//! real, and what the scenarios say on a kernel without vDPA. They boot
+//! guests: `TESTBED_VM_TESTS=1`.
+//!
+//! The kernel: `$TESTBED_VDPA_KERNEL` (any kernel spec, e.g.
+//! `git:/path/to/linux` or the `path:` that `testbed kernel` prints), else
+//! Debian's 6.12.107 source (what the snapshots were taken on) made into a
+//! git tree once by `testbed kernel-tree` in the testbed's cache and built
+//! with `git:` (a full build the first time, the cached kernel after).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled};
+
+/// The Debian `linux` version the built kernel comes from.
+const LINUX_VERSION: &str = "6.12.107";
+
+fn vdpa_kernel() -> String {
+    // the tests of this binary may run in parallel threads: one makes the tree
+    static KERNEL: OnceLock<String> = OnceLock::new();
+    KERNEL.get_or_init(make_vdpa_kernel).clone()
+}
+
+fn make_vdpa_kernel() -> String {
+    if let Some(spec) = std::env::var_os("TESTBED_VDPA_KERNEL").filter(|v| !v.is_empty()) {
+        return spec
+            .into_string()
+            .expect("TESTBED_VDPA_KERNEL is not UTF-8");
+    }
+    let tree: PathBuf = images::Cache::default_location()
+        .root()
+        .join("test-linux-trees")
+        .join(LINUX_VERSION);
+    if !tree.join(".git").exists() {
+        // made under another name and renamed: an interrupted run leaves
+        // no half-made tree that a later run would build
+        let partial = tree.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(tree.parent().unwrap()).unwrap();
+        let out = testbed()
+            .args(["kernel-tree", LINUX_VERSION])
+            .arg(&partial)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "testbed kernel-tree: {}",
+            text(&out)
+        );
+        std::fs::rename(&partial, &tree).unwrap();
+    }
+    format!("git:{}", tree.display())
+}
+
+/// Both scenarios match their snapshots on every variant they name: no
+/// producer for vdpa_sim, one per queue for vp_vdpa, posted on amd-avic.
+#[test]
+fn vdpa_scenarios_match_their_snapshots_on_a_built_kernel() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let kernel = vdpa_kernel();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--kernel", &kernel, "--results"])
+        .arg(tmp.path())
+        .args([
+            "--variant",
+            "intel-ir",
+            "--variant",
+            "amd-ir",
+            "--variant",
+            "amd-ir-patched",
+            "--variant",
+            "amd-avic",
+        ])
+        .arg(repo().join("built-kernel"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("6 passed, 0 failed"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// vDPA scenarios leave L1 as they found it (the vDPA device deleted, the
+/// PCI function back with virtio-pci): sharing a boot with a VFIO scenario
+/// changes no report.
+#[test]
+fn vdpa_scenarios_share_a_boot_without_changing_reports() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let kernel = vdpa_kernel();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args([
+            "bench",
+            "--boot-sharing",
+            "--iterations",
+            "1",
+            "--variant",
+            "amd-avic",
+            "--kernel",
+            &kernel,
+        ])
+        .arg("--results")
+        .arg(tmp.path())
+        .arg(repo().join("built-kernel"))
+        .arg(repo().join("scenarios/edu-producer-first.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("reports, shared vs one per boot  all 3 identical"),
+        "{out}"
+    );
+    assert_no_qemu_left(tmp.path());
+}
+
+/// A producer expected where vhost-vdpa registers none: the check fails,
+/// naming who did not register it, and the run exits 1.
+#[test]
+fn a_vdpa_expectation_fails_for_real() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let kernel = vdpa_kernel();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args([
+            "run",
+            "--variant",
+            "intel-ir",
+            "--kernel",
+            &kernel,
+            "--results",
+        ])
+        .arg(tmp.path())
+        .arg(fixture("vdpa-sim-expects-a-producer.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("CHECK FAILED"), "{out}");
+    assert!(
+        out.contains("producer vdpa0/vq1 never registered (vhost-vdpa did not call irq_bypass_register_producer)"),
+        "{out}"
+    );
+    // the rest of the scenario ran: the interrupts were accounted
+    assert!(!out.contains("check lossless failed"), "{out}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// On Debian's kernel (the default) the vDPA modules are missing: the bind
+/// fails and names them, and the run exits 1.
+#[test]
+fn vdpa_scenarios_name_the_missing_modules_on_debian() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg(repo().join("built-kernel/vdpa-sim-no-producer.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(
+            "module vhost_vdpa, vdpa_sim_net not loaded: this kernel has no such vDPA support"
+        ),
+        "{out}"
+    );
+    assert_no_qemu_left(tmp.path());
+}
