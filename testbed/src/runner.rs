@@ -490,7 +490,11 @@ impl Session {
                             )),
                         },
                         Ok(None) => Interrupt::Failed(self.gone(what).await),
-                        Err(e) => Interrupt::Failed(format!("reading from the agent: {e}")),
+                        // a reset socket is usually QEMU dying: say that if it did
+                        Err(e) => Interrupt::Failed(match self.qemu_gone(what).await {
+                            Some(why) => why,
+                            None => format!("reading from the agent: {e}"),
+                        }),
                     };
                 }
                 event = self.events.recv() => match event {
@@ -548,14 +552,20 @@ impl Session {
 
     /// The channel closed: find out whether QEMU died and how.
     async fn gone(&mut self, what: &str) -> String {
+        match self.qemu_gone(what).await {
+            Some(why) => why,
+            None => format!("the agent closed its port during {what}{}", console_evidence(&self.console_log)),
+        }
+    }
+
+    /// How QEMU went, if it reported a guest panic or exits within 2 s.
+    async fn qemu_gone(&mut self, what: &str) -> Option<String> {
         if let Some(panic) = self.panic_in_flight(what).await {
-            return panic;
+            return Some(panic);
         }
         let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
-        match tokio::time::timeout(Duration::from_secs(2), self.qemu.wait()).await {
-            Ok(status) => qemu_exit_message(status, &stderr_log, what),
-            Err(_) => format!("the agent closed its port during {what}{}", console_evidence(&self.console_log)),
-        }
+        let status = tokio::time::timeout(Duration::from_secs(2), self.qemu.wait()).await.ok()?;
+        Some(qemu_exit_message(status, &stderr_log, what))
     }
 }
 
