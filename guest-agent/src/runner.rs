@@ -228,8 +228,9 @@ impl Runner {
 
     /// Tell the host a long step is still running (`wire::HEARTBEAT_SECS`).
     fn heartbeat(&mut self, index: usize, send: &mut dyn FnMut(AgentMessage)) {
-        crate::watchdog::alive();
         if self.last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+            // a heartbeat is progress for the watchdog too (once a second, not per poll)
+            crate::watchdog::alive();
             send(AgentMessage::Progress { index });
             self.last_sent = Instant::now();
         }

@@ -616,17 +616,17 @@ fn console_excerpt(console_log: &std::path::Path, needle: &str) -> String {
 /// A hang often follows a BUG or an oops that did not panic: the last
 /// warning headline on the console comes before the tail then.
 fn console_evidence(console_log: &std::path::Path) -> String {
-    match console_excerpt(console_log, "Kernel panic") {
-        panic if !panic.is_empty() => panic,
-        _ => last_kernel_warning(console_log) + &console_tail(console_log),
+    let text = std::fs::read_to_string(console_log).unwrap_or_default();
+    match text.lines().find(|l| l.contains("Kernel panic")) {
+        Some(panic) => format!("\n    console: {}", panic.trim()),
+        None => last_kernel_warning(&text) + &console_tail(&text),
     }
 }
 
 /// The console's last kernel warning headlines ([`wire::kernel_warning`]):
 /// up to three, since one failure prints several (`list_add corruption`,
 /// `kernel BUG at`, `Oops`).
-fn last_kernel_warning(console_log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(console_log).unwrap_or_default();
+fn last_kernel_warning(text: &str) -> String {
     let message = |line: &str| match line.trim_start().strip_prefix('[').and_then(|l| l.split_once("] ")) {
         Some((_, message)) => message.to_string(),
         None => line.to_string(),
@@ -641,8 +641,7 @@ fn last_kernel_warning(console_log: &std::path::Path) -> String {
 }
 
 /// The last lines of the console, to show what the guest was doing.
-fn console_tail(console_log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(console_log).unwrap_or_default();
+fn console_tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(5)..];
     if tail.is_empty() {
