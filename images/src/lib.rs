@@ -44,7 +44,7 @@ pub use pvh::pvh_kernel;
 pub use qemu::{
     build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree, system_data_dirs,
     CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY,
-    QEMU_FORMAT_VERSION, RUNTIME_FILES,
+    QEMU_FORMAT_VERSION, QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
 };
 pub use spec::{KernelSpec, KernelVersion, VersionReq};
 
@@ -159,6 +159,8 @@ pub enum Progress {
     ApplyingPatches { count: usize },
     /// Running QEMU's configure.
     ConfiguringQemu,
+    /// Syncing the patched source into the QEMU build tree `dir`.
+    UpdatingQemuTree { dir: PathBuf },
     /// ninja is at `step` of `total`.
     BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
@@ -194,6 +196,7 @@ impl std::fmt::Display for Progress {
             Progress::FetchingQemuSource { version } => write!(f, "downloading qemu source {version}"),
             Progress::ApplyingPatches { count } => write!(f, "applying {count} qemu patches"),
             Progress::ConfiguringQemu => write!(f, "configuring qemu"),
+            Progress::UpdatingQemuTree { dir } => write!(f, "updating the qemu build tree {}", dir.display()),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
             Progress::FetchingKernelSource { version } => write!(f, "fetching the linux {version} source"),

@@ -20,8 +20,9 @@ const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS.
   bench-kernel TREE REV [DEBIAN_VERSION]
               full and incremental build of git:TREE@REV~1 then @REV (fresh cache, no ccache),
               then boot-to-agent medians of the built kernel and debian:DEBIAN_VERSION (default 6.12)
-  qemu-check  build the patched QEMU in target/qemu-check/ and run the qtests
-              listed in qemu-patches/qtests.txt (QEMU_TREE=PATH: a QEMU checkout as source)";
+  qemu-check  build the qtests listed in qemu-patches/qtests.txt in the patched QEMU's
+              build tree (shared with the testbed's build, in the cache) and run them
+              (QEMU_TREE=PATH: a QEMU checkout as source)";
 
 /// Bookworm packages the patched QEMU build needs (images::qemu): compiler,
 /// git (git apply, --qemu-tree), xz, apt-get source, ninja, the libraries
@@ -128,10 +129,7 @@ fn bench_kernel(sh: &Shell, args: &[String]) -> Result<()> {
     let [tree, rev, rest @ ..] = args else { bail!("{USAGE}") };
     let debian = rest.first().map(String::as_str).unwrap_or("6.12");
     cmd!(sh, "cargo build --release -p testbed").run()?;
-    let testbed = project_root().join("target/release/testbed");
-    let testbed = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| PathBuf::from(d).join("release/testbed"))
-        .unwrap_or(testbed);
+    let testbed = target_dir().join("release/testbed");
     let cache = project_root().join("target/bench-kernel-cache");
     let _ = std::fs::remove_dir_all(&cache);
     let mut times = Vec::new();
@@ -248,9 +246,10 @@ fn qemu_test_target(name: &str) -> (String, String) {
     }
 }
 
-/// Builds the patched QEMU in `target/qemu-check/` (persistent and
-/// incremental, same configure arguments as the testbed's build) and runs
-/// the qtests `qemu-patches/qtests.txt` lists.
+/// Brings the patched QEMU's build tree (the one the testbed builds its
+/// QEMU in, in the cache) to `qemu-patches/`, builds the qtests
+/// `qemu-patches/qtests.txt` lists there and runs them. After the testbed
+/// built the same QEMU only the tests are compiled.
 fn qemu_check(sh: &Shell) -> Result<()> {
     let root = project_root();
     let patches = root.join("qemu-patches");
@@ -260,6 +259,12 @@ fn qemu_check(sh: &Shell) -> Result<()> {
         println!("qemu-check: skipped: no qtests listed in {} (one name per line, e.g. amd-iommu-test)", list.display());
         return Ok(());
     }
+    // the tree of earlier versions, replaced by the shared one in the cache
+    let old_tree = target_dir().join("qemu-check");
+    if old_tree.join("build").is_dir() {
+        println!("qemu-check: removing {} (the tree is now shared with the testbed's QEMU build)", old_tree.display());
+        std::fs::remove_dir_all(&old_tree)?;
+    }
     let source = match std::env::var_os("QEMU_TREE").filter(|v| !v.is_empty()) {
         Some(tree) => images::QemuSource::Tree(tree.into()),
         None => images::QemuSource::pinned(),
@@ -267,15 +272,26 @@ fn qemu_check(sh: &Shell) -> Result<()> {
     let spec = images::QemuBuildSpec::new(source, &patches);
     let cache = images::Cache::default_location();
     let progress = &mut |p: images::Progress| eprintln!("qemu-check: {p}");
-    let tree = images::prepare_check_tree(&cache, &spec, &root.join("target/qemu-check"), progress)?;
+    let tree = images::prepare_check_tree(&cache, &spec, progress)?;
     println!("qemu-check: {} in {}", tree.description, tree.build.display());
     let (mut targets, tests): (Vec<String>, Vec<String>) = names.iter().map(|n| qemu_test_target(n)).unzip();
+    // the qtests run the emulator: nothing to do when the testbed built it
     targets.insert(0, images::QEMU_BINARY.to_owned());
     let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
     images::ninja(&tree.build, &targets, &tree.log, progress)?;
     let (meson, build) = (&tree.meson, &tree.build);
     cmd!(sh, "{meson} test -C {build} --no-rebuild --print-errorlogs {tests...}").run()?;
+    // the tree stays locked until the tests are over
+    drop(tree);
     Ok(())
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => project_root().join(d),
+        None => project_root().join("target"),
+    }
 }
 
 fn qemu_major(version_output: &str) -> u32 {
