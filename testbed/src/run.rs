@@ -534,8 +534,8 @@ pub fn list_kernels() -> u8 {
     ui.finish();
     match kernels {
         Ok(kernels) => {
-            for k in kernels {
-                println!("debian:{}", k.version);
+            for line in kernel_list_lines(&kernels) {
+                println!("{line}");
             }
             EXIT_OK
         }
@@ -544,6 +544,29 @@ pub fn list_kernels() -> u8 {
             EXIT_SKIP
         }
     }
+}
+
+/// `testbed list kernels`: one line per upstream version (a `debian:`
+/// spec names no Debian revision) with the Debian version that spec
+/// resolves to, the newest. Older revisions of the same upstream version
+/// (e.g. a backport rebuilt as `-2~bpo12+1` beside `-1~bpo12+1`, each in
+/// its own package) are named on that line. `kernels` is sorted as
+/// `images::list_debian_kernels` returns it: by version, then Debian version.
+pub fn kernel_list_lines(kernels: &[images::DebianKernel]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for same in kernels.chunk_by(|a, b| a.version == b.version) {
+        let (newest, older) = same.split_last().expect("chunks are not empty");
+        let mut older: Vec<&str> = older.iter().map(|k| k.debian_version.as_str()).collect();
+        older.retain(|v| *v != newest.debian_version);
+        older.dedup();
+        let spec = format!("debian:{}", newest.version);
+        let mut line = format!("{spec:<18} {}", newest.debian_version);
+        if !older.is_empty() {
+            line.push_str(&format!(" (older revisions not used: {})", older.join(", ")));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 /// `testbed bench`: boots `iterations` times per variant on a warm cache and
@@ -806,5 +829,48 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
             eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
             Err(EXIT_SKIP)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(version: &str, debian_version: &str, package: &str) -> images::DebianKernel {
+        let deb = images::DebPackage {
+            name: package.into(),
+            version: debian_version.into(),
+            sha256: String::new(),
+            size: 0,
+        };
+        images::DebianKernel {
+            version: images::KernelVersion::parse(version).unwrap(),
+            debian_version: debian_version.into(),
+            image_package: deb.clone(),
+            packages: vec![deb],
+        }
+    }
+
+    #[test]
+    fn kernel_list_has_one_line_per_upstream_version() {
+        // bookworm-backports carries 6.12.90 twice: -1~bpo12+1 as
+        // linux-image-6.12.90+deb12-amd64 and -2~bpo12+1 as +deb12.1
+        let kernels = [
+            kernel("6.12.88", "6.12.88-1~bpo12+1", "linux-image-6.12.88+deb12-amd64"),
+            kernel("6.12.90", "6.12.90-1~bpo12+1", "linux-image-6.12.90+deb12-amd64"),
+            kernel("6.12.90", "6.12.90-2~bpo12+1", "linux-image-6.12.90+deb12.1-amd64"),
+            kernel("7.2.13", "7.2.13-1", "linux-image-7.2.13+deb14-amd64"),
+            // the same version from two suites: one revision, named once
+            kernel("7.2.13", "7.2.13-1", "linux-image-amd64"),
+        ];
+        assert_eq!(
+            kernel_list_lines(&kernels),
+            [
+                "debian:6.12.88     6.12.88-1~bpo12+1",
+                "debian:6.12.90     6.12.90-2~bpo12+1 (older revisions not used: 6.12.90-1~bpo12+1)",
+                "debian:7.2.13      7.2.13-1",
+            ]
+        );
+        assert!(kernel_list_lines(&[]).is_empty());
     }
 }
