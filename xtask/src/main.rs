@@ -14,7 +14,8 @@ use xshell::{cmd, Shell};
 const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS...]
   setup       install host packages (QEMU from bookworm-backports, busybox-static, QEMU build deps)
   run         setup, then run every scenario on the default kernel and variants
-  test        setup, then the whole test suite, tests that boot guests included, then qemu-check
+  test        setup, build, the patched QEMU, the whole test suite (tests that boot guests
+              included), qemu-check; then the wall time of each phase
   bench       setup, then time one warm-cache scenario phase by phase, posted against
               remapped delivery (own and equal CPU counts), shared against fresh boots
   bench-kernel TREE REV [DEBIAN_VERSION]
@@ -68,21 +69,7 @@ fn main() -> Result<()> {
             cmd!(sh, "cargo run --release -p testbed -- run scenarios {rest...}").run()?;
             Ok(())
         }
-        "test" => {
-            setup(&sh)?;
-            let _vm = sh.push_env("TESTBED_VM_TESTS", "1");
-            let rust = if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
-                cmd!(sh, "cargo nextest run --workspace --no-fail-fast {rest...}").run()
-            } else {
-                // Without nextest, .config/nextest.toml's one-guest-at-a-time
-                // group does not apply: run each binary's tests one at a time.
-                cmd!(sh, "cargo test --workspace --no-fail-fast {rest...} -- --test-threads=1").run()
-            };
-            // the patch authors' qtests run even when a Rust test failed
-            let qemu = qemu_check(&sh);
-            rust?;
-            qemu
-        }
+        "test" => test(&sh, &rest),
         "qemu-check" => {
             setup(&sh)?;
             qemu_check(&sh)
@@ -115,6 +102,103 @@ fn main() -> Result<()> {
         }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// `cargo xtask test`, phase by phase, with a table of each phase's wall
+/// time at the end, whether or not a phase failed: the budget in every CI log.
+fn test(sh: &Shell, rest: &[String]) -> Result<()> {
+    let mut phases = Phases::default();
+    let result = test_phases(sh, rest, &mut phases);
+    print!("{}", phases.summary(TEST_PHASES));
+    result
+}
+
+const SETUP: &str = "setup (host packages)";
+const BUILD: &str = "build (workspace, test binaries)";
+const PATCHED_QEMU: &str = "patched qemu (testbed qemu)";
+const RUST_TESTS: &str = "rust tests (guests included)";
+const QTESTS: &str = "qtests (qemu-check)";
+const TEST_PHASES: &[&str] = &[SETUP, BUILD, PATCHED_QEMU, RUST_TESTS, QTESTS];
+
+fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
+    phases.run(SETUP, || setup(sh))?;
+    let _vm = sh.push_env("TESTBED_VM_TESTS", "1");
+    let nextest = cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    phases.run(BUILD, || {
+        if nextest {
+            cmd!(sh, "cargo nextest run --workspace --no-run {rest...}").run()?;
+        } else {
+            cmd!(sh, "cargo test --workspace --no-run {rest...}").run()?;
+        }
+        Ok(())
+    })?;
+    // Built once here, where its time shows, the patched QEMU is a cache hit
+    // for every test that boots it; its build tree is the qtests' too. A
+    // QEMU that does not build ends the run: each test would try again.
+    phases.run(PATCHED_QEMU, || {
+        let testbed = target_dir().join("debug/testbed");
+        if testbed.is_file() {
+            cmd!(sh, "{testbed} qemu").run()?;
+        } else {
+            cmd!(sh, "cargo run -p testbed -- qemu").run()?;
+        }
+        Ok(())
+    })?;
+    let rust = phases.run(RUST_TESTS, || {
+        if nextest {
+            cmd!(sh, "cargo nextest run --workspace --no-fail-fast {rest...}").run()?;
+        } else {
+            // Without nextest, .config/nextest.toml's one-guest-at-a-time
+            // group does not apply: run each binary's tests one at a time.
+            cmd!(sh, "cargo test --workspace --no-fail-fast {rest...} -- --test-threads=1").run()?;
+        }
+        Ok(())
+    });
+    // the patch authors' qtests run even when a Rust test failed
+    let qemu = phases.run(QTESTS, || qemu_check(sh));
+    rust?;
+    qemu
+}
+
+/// Wall times of the phases of a run, in order, and whether each passed.
+#[derive(Default)]
+struct Phases {
+    done: Vec<(&'static str, std::time::Duration, bool)>,
+}
+
+impl Phases {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        println!("xtask: phase: {name}");
+        let started = std::time::Instant::now();
+        let result = f();
+        self.done.push((name, started.elapsed(), result.is_ok()));
+        result
+    }
+
+    /// A table of the phases run, then the `planned` ones that did not run.
+    fn summary(&self, planned: &[&str]) -> String {
+        let names = planned.iter().chain(self.done.iter().map(|(n, ..)| n)).chain(&["total"]);
+        let width = names.map(|n| n.len()).max().unwrap_or(0);
+        let mut out = String::from("\nxtask: wall time per phase\n");
+        let mut total = 0.0;
+        for (name, took, ok) in &self.done {
+            let secs = took.as_secs_f64();
+            total += secs;
+            let outcome = if *ok { "ok" } else { "FAILED" };
+            out.push_str(&format!("  {name:<width$}  {}  {outcome}\n", clock(secs)));
+        }
+        for name in planned.iter().filter(|n| !self.done.iter().any(|(d, ..)| d == *n)) {
+            out.push_str(&format!("  {name:<width$}  {:>9}  not run\n", "-"));
+        }
+        out.push_str(&format!("  {:<width$}  {}\n", "total", clock(total)));
+        out
+    }
+}
+
+/// `1234.5` → `  20:34.5` (minutes and seconds, right-aligned in 9).
+fn clock(secs: f64) -> String {
+    let tenths = (secs * 10.0).round() as u64;
+    format!("{:>9}", format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10))
 }
 
 fn project_root() -> PathBuf {
@@ -367,6 +451,26 @@ mod tests {
             super::qemu_test_target("amd-iommu-ga-test"),
             ("tests/qtest/amd-iommu-ga-test".to_owned(), "qtest-x86_64/amd-iommu-ga-test".to_owned())
         );
+    }
+
+    #[test]
+    fn phase_summary_shows_every_phase_also_after_a_failure() {
+        use std::time::Duration;
+        let phases = super::Phases {
+            done: vec![("setup", Duration::from_millis(1200), true), ("build", Duration::from_secs(754), false)],
+        };
+        assert_eq!(
+            phases.summary(&["setup", "build", "tests"]),
+            "\nxtask: wall time per phase\n\
+             \x20 setup     0:01.2  ok\n\
+             \x20 build    12:34.0  FAILED\n\
+             \x20 tests          -  not run\n\
+             \x20 total    12:35.2\n"
+        );
+        let mut phases = super::Phases::default();
+        assert_eq!(phases.run("a", || Ok(7)).unwrap(), 7);
+        assert!(phases.run("b", || -> anyhow::Result<()> { anyhow::bail!("no") }).is_err());
+        assert_eq!(phases.done.iter().map(|(n, _, ok)| (*n, *ok)).collect::<Vec<_>>(), [("a", true), ("b", false)]);
     }
 
     #[test]
