@@ -394,14 +394,19 @@ fn git_export(tree: &Path, commit: &str, dest: &Path, also: &[String]) -> Result
     paths.extend(LEFT_PACKED.iter().map(|p| format!(":(top,exclude){p}")));
     git_archive(tree, commit, &paths, dest)?;
     // paths of the diff or of symlinks that are not in the commit are no error here
-    let mut extra: Vec<String> = also.iter().map(|p| format!(":(top,literal){p}")).collect();
-    extra.extend(dangling_targets(dest)?.iter().map(|p| format!(":(top,literal){p}")));
-    let known: Vec<String> = extra
-        .into_iter()
-        .filter(|spec| {
-            let path = spec.trim_start_matches(":(top,literal)");
-            git(tree).args(["cat-file", "-e", &format!("{commit}:{path}")]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-        })
+    let in_commit = |path: &String| {
+        git(tree)
+            .args(["cat-file", "-e", &format!("{commit}:{path}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let known: Vec<String> = also
+        .iter()
+        .cloned()
+        .chain(dangling_targets(dest)?)
+        .filter(in_commit)
+        .map(|path| format!(":(top,literal){path}"))
         .collect();
     if !known.is_empty() {
         git_archive(tree, commit, &known, dest)?;
