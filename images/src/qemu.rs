@@ -563,7 +563,7 @@ fn copy_downloaded_subprojects(tree: &Path, dest: &Path) -> Result<(), ImagesErr
 /// `git apply` in `dir` (not a repository; a repository above it, e.g. the
 /// project's own when the cache lives inside it, is never consulted).
 /// Err carries git's output: the file and hunk that failed.
-fn git_apply(dir: &Path, patch: &Path) -> Result<(), String> {
+pub(crate) fn git_apply(dir: &Path, patch: &Path) -> Result<(), String> {
     let ceiling = dir.parent().unwrap_or(dir);
     let out = Command::new("git")
         .current_dir(dir)
@@ -602,7 +602,7 @@ fn skip_edk2_unpack(src: &Path) -> Result<(), ImagesError> {
     Ok(())
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<(), ImagesError> {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<(), ImagesError> {
     let out = cmd.output().map_err(|e| ImagesError::io(format!("run {what}"), e))?;
     if out.status.success() {
         Ok(())

@@ -52,8 +52,11 @@ const QEMU_BUILD_PACKAGES: &[&str] = &[
 /// kbuild): make, bc, flex/bison (in the QEMU list), libelf for objtool,
 /// libssl for the signing tools, kmod for depmod in modules_install,
 /// patch for `testbed kernel-tree`; ccache makes rebuilds of a bisect
-/// cheaper.
-const KERNEL_BUILD_PACKAGES: &[&str] = &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache"];
+/// cheaper. The static selftest builds (images' selftests) add rsync
+/// (`make headers` and the kselftest install use it), libc6-dev for
+/// libc.a and uuid-dev for the VFIO selftests' libuuid.a.
+const KERNEL_BUILD_PACKAGES: &[&str] =
+    &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache", "rsync", "libc6-dev", "uuid-dev"];
 
 /// Bookworm packages the tests need: shellcheck, which actionlint runs on
 /// the workflows' `run:` scripts (without it those go unchecked).
