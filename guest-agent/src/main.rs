@@ -2,6 +2,7 @@
 //! tracing, then executes the host's jobs received over `/dev/ttyS1`.
 
 mod attrib;
+mod exec;
 mod genl;
 mod interrupts;
 mod kvm;
@@ -116,6 +117,22 @@ fn main() {
                 }
                 // not PID 1 or not permitted: just leave
                 std::process::exit(0);
+            }
+            HostMessage::Exec(job) => {
+                watchdog::busy(true);
+                let result = exec::run(
+                    &job,
+                    &mut |msg| {
+                        if let Err(e) = port.send(&msg) {
+                            say!("sending output of {}: {e}", job.name);
+                        }
+                    },
+                    &mut || runner.new_kernel_warnings(),
+                );
+                watchdog::busy(false);
+                if let Err(e) = port.send(&AgentMessage::Exited(result)) {
+                    say!("sending the end of {}: {e}", job.name);
+                }
             }
             HostMessage::HostActionDone { .. } => {
                 let _ = port.send(&AgentMessage::Failed { message: "host-action-done outside a step".into() });

@@ -190,7 +190,7 @@ impl Runner {
 
     /// The kernel warnings logged since the last call, each also said on
     /// the console next to the step it belongs to.
-    fn new_kernel_warnings(&mut self) -> Vec<String> {
+    pub fn new_kernel_warnings(&mut self) -> Vec<String> {
         let warnings = self.kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
         for w in &warnings {
             say!("kernel warned: {w}");

@@ -16,10 +16,12 @@
 use serde::{Deserialize, Serialize};
 
 mod device;
+mod exec;
+pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -39,6 +41,9 @@ pub enum HostMessage {
     /// The host finished the [`HostAction`] the agent asked for during a
     /// step; `error` says why it failed.
     HostActionDone { error: Option<String> },
+    /// Run one program (a selftest); the agent answers with
+    /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
+    Exec(ExecJob),
 }
 
 /// Something only the host can do (through QMP) in the middle of a step.
@@ -73,6 +78,11 @@ pub enum AgentMessage {
     /// Something outside any step went wrong (bad job, tracing broke). The agent
     /// stays alive and waits for the next message.
     Failed { message: String },
+    /// One line of a running [`ExecJob`]'s output (stdout and stderr
+    /// interleaved as the program wrote them), without its newline.
+    ExecOutput { line: String },
+    /// The [`ExecJob`] ended.
+    Exited(ExecResult),
 }
 
 /// End of a scenario.
