@@ -10,6 +10,7 @@ pub mod qemu;
 pub mod report;
 pub mod run;
 pub mod runner;
+pub mod selftests;
 pub mod scenario;
 pub mod ui;
 pub mod variant;

@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// Run scenarios on every variant x kernel, in parallel; CI reports and shards
     Matrix(Box<testbed::matrix::MatrixArgs>),
+    /// Run the kernel's own KVM and VFIO selftests in L1 on each variant
+    Selftests(Box<testbed::selftests::SelftestsArgs>),
     /// List variants, scenarios or kernels
     List {
         #[arg(value_enum)]
@@ -278,6 +280,7 @@ fn main() -> ExitCode {
                 Err(e) => run::usage_error(&e),
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
+            Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
             Command::Bisect { run: args, good, bad, tree, console_match } => {
                 if let Err(e) = args.check_bisect() {

@@ -189,6 +189,28 @@ pub fn prepare_kernel(
     agent: &Path,
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<KernelImages, PrepareError> {
+    prepare_kernel_with(cache, spec, options, agent, &InitramfsExtras::default(), progress)
+}
+
+/// What an initramfs holds beyond the agent and the scenarios' modules.
+#[derive(Debug, Clone, Default)]
+pub struct InitramfsExtras {
+    /// Module groups added where the kernel has all of a group (the agent
+    /// loads them with the rest).
+    pub optional_modules: Vec<Vec<&'static str>>,
+    /// (path in the guest, file on the host), e.g. selftest binaries.
+    pub files: Vec<(String, PathBuf)>,
+}
+
+/// [`prepare_kernel`] with further modules and files in the initramfs.
+pub fn prepare_kernel_with(
+    cache: &images::Cache,
+    spec: &images::KernelSpec,
+    options: &RunOptions,
+    agent: &Path,
+    extras: &InitramfsExtras,
+    progress: &mut dyn FnMut(images::Progress),
+) -> Result<KernelImages, PrepareError> {
     let kernel = tokio::task::block_in_place(|| images::resolve_kernel(cache, spec, progress)).map_err(|e| {
         PrepareError {
             message: format!("kernel {spec}: {e}"),
@@ -204,10 +226,17 @@ pub fn prepare_kernel(
     let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
     let busybox = PathBuf::from("/bin/busybox");
     let modules = guest_modules(options.accel);
-    let optional = optional_guest_modules();
+    let mut optional = optional_guest_modules();
+    optional.extend(extras.optional_modules.iter().cloned());
     let optional: Vec<&[&str]> = optional.iter().map(Vec::as_slice).collect();
-    let initramfs =
-        images::InitramfsSpec { kernel: &kernel, modules: &modules, optional: &optional, agent, busybox: &busybox };
+    let initramfs = images::InitramfsSpec {
+        kernel: &kernel,
+        modules: &modules,
+        optional: &optional,
+        agent,
+        busybox: &busybox,
+        files: &extras.files,
+    };
     let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
         .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
     Ok(KernelImages { kernel, boot_image, initrd })
