@@ -17,9 +17,8 @@ fn selftests(results: &Path) -> std::process::Command {
     cmd
 }
 
-/// A small set end to end on intel-ir: KVM's irqfd and APIC state tests and
-/// VFIO's device test on an igb bound to vfio-pci; the table, JUnit (one
-/// case per test) and KTAP agree.
+/// A small set end to end on intel-ir: KVM's irqfd and APIC state tests;
+/// the table, JUnit (one case per test), KTAP and JSON agree.
 #[test]
 fn a_small_set_passes_end_to_end() {
     if !vm_tests_enabled() {
@@ -34,24 +33,52 @@ fn a_small_set_passes_end_to_end() {
         .arg(&ktap)
         .arg("--json")
         .arg(&json)
-        .args(["irqfd_test", "x86/xapic_state_test", "vfio_pci_device_test"])
+        .args(["irqfd_test", "x86/xapic_state_test"])
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(out.contains("selftests from linux-source-7.2"), "{out}");
-    assert!(out.contains("3 passed, 0 failed, 0 skipped"), "{out}");
+    assert!(out.contains("2 passed, 0 failed, 0 skipped"), "{out}");
     let junit = std::fs::read_to_string(junit).unwrap();
-    assert_eq!(junit.matches("<testcase ").count(), 3, "{junit}");
-    assert!(junit.contains("classname=\"selftests.vfio.intel-ir\" name=\"vfio_pci_device_test\""), "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 2, "{junit}");
+    assert!(junit.contains("classname=\"selftests.kvm.intel-ir\" name=\"irqfd_test\""), "{junit}");
     let ktap = std::fs::read_to_string(ktap).unwrap();
-    assert!(ktap.starts_with("KTAP version 1\n1..3\n"), "{ktap}");
-    assert_eq!(ktap.lines().filter(|l| l.starts_with("ok ")).count(), 3, "{ktap}");
+    assert!(ktap.starts_with("KTAP version 1\n1..2\n"), "{ktap}");
+    assert_eq!(ktap.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{ktap}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    assert_eq!(json["results"].as_array().unwrap().len(), 3);
+    assert_eq!(json["results"].as_array().unwrap().len(), 2);
     // each test's own output is kept
     let log = std::fs::read_to_string(tmp.path().join("intel-ir/kvm/irqfd_test.log")).unwrap();
     assert!(log.starts_with("# kvm:irqfd_test: pass\n"), "{log}");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// VFIO's DMA mapping test on an igb bound to vfio-pci in L1, on Debian
+/// 7.3 (7.2's VFIO selftests do not compile): every type1 fixture maps and
+/// unmaps through the emulated VT-d, the iommufd ones fail because
+/// Debian's kernel has no iommufd, which the known-failure entry says
+/// (xfail, exit 0).
+#[test]
+fn vfio_selftests_run_on_a_device_bound_in_l1() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["selftests", "--kernel", "debian:7.3", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg("vfio_dma_mapping_test")
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("vfio:vfio_dma_mapping_test  intel-ir"), "{out}");
+    assert!(out.contains("xfail"), "{out}");
+    assert!(out.contains("this kernel has no /dev/iommu"), "{out}");
+    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log")).unwrap();
+    assert!(log.contains("\nok 1 vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap\n"), "{log}");
+    assert!(log.contains("\nok 2 vfio_dma_mapping_test.vfio_type1v2_iommu_anonymous.dma_map_unmap\n"), "{log}");
     assert_no_qemu_left(tmp.path());
 }
 

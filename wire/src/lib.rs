@@ -130,6 +130,10 @@ pub struct Platform {
     /// The IOMMU reported IRQ posting support (AMD-Vi "Virtual APIC enabled",
     /// or Intel posted-interrupt capability).
     pub irq_posting: bool,
+    /// `/dev/iommu` exists: the kernel has iommufd (CONFIG_IOMMUFD), which
+    /// VFIO's selftests open by default. Debian's kernels lack it.
+    #[serde(default)]
+    pub iommufd: bool,
     /// Kprobes or trace events the agent could not place or enable, with the
     /// reason (e.g. a symbol this kernel does not have). Empty when the agent
     /// observes everything; otherwise bypass reports are incomplete.

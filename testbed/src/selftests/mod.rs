@@ -372,8 +372,17 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             let row = match w {
                 Wanted::Run(_) => {
                     let Some((t, run)) = ran.next() else { break };
-                    let verdict =
-                        catalog::classify(t, variant.name, run.result.as_ref(), run.broken.as_deref(), &run.output);
+                    let facts = catalog::Facts {
+                        iommufd: runs.boots.get(run.boot).and_then(|b| b.platform.as_ref()).is_some_and(|p| p.iommufd),
+                    };
+                    let verdict = catalog::classify(
+                        t,
+                        variant.name,
+                        &facts,
+                        run.result.as_ref(),
+                        run.broken.as_deref(),
+                        &run.output,
+                    );
                     let log = write_log(&dir, t, run, &verdict);
                     let console = runs.boots.get(run.boot).map(|b| b.console_log.display().to_string());
                     ui.line(&format!("{:<14} {:<36} {}", variant.name, t.to_string(), verdict.outcome.label()));
@@ -458,6 +467,7 @@ fn variant_header(name: &str, runs: &boot::Runs, build: &SelftestBuild) -> serde
         "kvm_vendor": first.and_then(|b| b.platform.as_ref().and_then(|p| p.kvm_vendor.clone())),
         "apicv": first.and_then(|b| b.platform.as_ref().and_then(|p| p.apicv)),
         "irq_posting": first.and_then(|b| b.platform.as_ref().map(|p| p.irq_posting)),
+        "iommufd": first.and_then(|b| b.platform.as_ref().map(|p| p.iommufd)),
         "source": build.source,
     })
 }
