@@ -388,22 +388,24 @@ impl Apt {
         Ok(versions)
     }
 
-    /// Every amd64 kernel in the lists, sorted by version then Debian version.
-    pub(crate) fn kernels(&self) -> Result<Vec<DebianKernel>, ImagesError> {
+    /// The package names the lists have with `prefix` that `keep` accepts, sorted.
+    fn package_names(&self, prefix: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, ImagesError> {
         let sh = shell()?;
         let conf = &self.conf;
-        let out = cmd!(sh, "apt-cache -c {conf} pkgnames linux-image-")
+        let out = cmd!(sh, "apt-cache -c {conf} pkgnames {prefix}")
             .quiet()
             .ignore_status()
             .output()
             .map_err(cmd_err("apt-cache pkgnames"))?;
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|n| is_kernel_image_name(n))
-            .map(String::from)
-            .collect();
+        let mut names: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|n| keep(n)).map(String::from).collect();
         names.sort();
+        Ok(names)
+    }
+
+    /// Every amd64 kernel in the lists, sorted by version then Debian version.
+    pub(crate) fn kernels(&self) -> Result<Vec<DebianKernel>, ImagesError> {
+        let names = self.package_names("linux-image-", is_kernel_image_name)?;
         let images = self.show(&names)?;
         let mut dep_names = BTreeSet::new();
         for r in &images {
@@ -418,20 +420,7 @@ impl Apt {
     /// Every `linux-source-X.Y` package (each version the lists hold): the
     /// plain source tarballs of Debian's kernels.
     pub(crate) fn linux_source_packages(&self) -> Result<Vec<DebPackage>, ImagesError> {
-        let sh = shell()?;
-        let conf = &self.conf;
-        let out = cmd!(sh, "apt-cache -c {conf} pkgnames linux-source-")
-            .quiet()
-            .ignore_status()
-            .output()
-            .map_err(cmd_err("apt-cache pkgnames"))?;
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|n| linux_source_line(n).is_some())
-            .map(String::from)
-            .collect();
-        names.sort();
+        let names = self.package_names("linux-source-", |n| linux_source_line(n).is_some())?;
         let mut seen = BTreeSet::new();
         Ok(self
             .show(&names)?
