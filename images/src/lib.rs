@@ -221,7 +221,9 @@ impl std::fmt::Display for Progress {
             Progress::PreparingPythonVenv => write!(f, "creating the python venv for the qemu build (meson, pycotap)"),
             Progress::FetchingQemuSource { version } => write!(f, "downloading qemu source {version}"),
             Progress::ApplyingPatches { count } => write!(f, "applying {count} qemu patches"),
-            Progress::ConfiguringQemu => write!(f, "configuring qemu"),
+            Progress::ConfiguringQemu => {
+                write!(f, "configuring qemu (a first full build takes about 8 minutes on 2 cores, then it is cached)")
+            }
             Progress::UpdatingQemuTree { dir } => write!(f, "updating the qemu build tree {}", dir.display()),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),

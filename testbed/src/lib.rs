@@ -11,6 +11,7 @@ pub mod report;
 pub mod run;
 pub mod runner;
 pub mod selftests;
+pub mod summary;
 pub mod scenario;
 pub mod ui;
 pub mod variant;

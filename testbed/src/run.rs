@@ -72,6 +72,8 @@ pub enum Verdict {
     Broken,
     /// The kernel did not boot to the agent.
     NoBoot,
+    /// The variant's QEMU could not be built.
+    NotRun,
 }
 
 impl Verdict {
@@ -84,6 +86,7 @@ impl Verdict {
             Verdict::ChecksFailed => "CHECK FAILED",
             Verdict::Broken => "BROKEN",
             Verdict::NoBoot => "NO BOOT",
+            Verdict::NotRun => "NOT RUN",
         }
     }
 }
@@ -107,6 +110,9 @@ struct Prepared {
     runtime: tempfile::TempDir,
     /// Built when a variant needs the patched QEMU.
     patched_qemu: Option<images::QemuBuild>,
+    /// Why the patched QEMU could not be built, when stock variants run
+    /// anyway: the patched ones are then not run.
+    patched_qemu_error: Option<String>,
 }
 
 /// A kernel ready to boot: fetched, with its initramfs.
@@ -145,15 +151,25 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     let runtime = runtime_dir().map_err(report)?;
     let agent = write_agent(runtime.path()).map_err(report)?;
     let images = prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| ui.images(p)).map_err(report)?;
+    let mut patched_qemu_error = None;
     let patched_qemu = if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Patched) {
-        let build = prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p))
-            .map_err(report)?;
-        ui.line(&format!("patched qemu: {}", build.description));
-        Some(build)
+        match prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+            Ok(build) => {
+                ui.line(&format!("patched qemu: {}", build.description));
+                Some(build)
+            }
+            // the stock variants' results are still worth having
+            Err(e) if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Stock) => {
+                eprintln!("error: {}; its variants are not run, the stock ones are", e.message);
+                patched_qemu_error = Some(e.message);
+                None
+            }
+            Err(e) => return Err(report(e)),
+        }
     } else {
         None
     };
-    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu })
+    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu, patched_qemu_error })
 }
 
 /// Scenario files, fully checked; none is an error (exit 2).
@@ -309,6 +325,20 @@ pub async fn run(options: RunOptions) -> u8 {
             ));
         }
         let here: Vec<Scenario> = here.into_iter().cloned().collect();
+        if let (crate::variant::QemuKind::Patched, Some(why)) = (variant.qemu, &prepared.patched_qemu_error) {
+            for scenario in &here {
+                ui.line(&format!("{:<14} {:<32} {}", variant.name, scenario.name, Verdict::NotRun.label()));
+                cells.push(Cell {
+                    scenario: scenario.name.clone(),
+                    variant: variant.name,
+                    verdict: Verdict::NotRun,
+                    detail: vec![why.clone()],
+                    report: None,
+                    diff: None,
+                });
+            }
+            continue;
+        }
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
             let outcome = match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
                 Ok(outcome) => outcome,
@@ -332,6 +362,8 @@ pub async fn run(options: RunOptions) -> u8 {
         return EXIT_USAGE;
     }
     print_table(&cells);
+    println!();
+    print!("{}", crate::summary::render(&crate::summary::summarize(&cells)));
     if let Some(path) = &options.json {
         if let Err(e) = write_json(path, &prepared, &cells, &boots) {
             eprintln!("error: writing {}: {e}", path.display());
