@@ -108,11 +108,18 @@ fn console_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/tmp/l2-{name}-console.log"))
 }
 
-/// The last lines of a file, for error messages.
+/// The last lines of a file, for error messages; a kernel panic's
+/// headline (and the line before it, which says why) first.
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    let mut out = Vec::new();
+    if let Some(i) = lines.iter().position(|l| l.contains("Kernel panic - not syncing")) {
+        out.extend(lines[i.saturating_sub(1)..=i].iter().copied());
+        out.push("...");
+    }
+    out.extend(lines[lines.len().saturating_sub(n)..].iter().copied());
+    out.join(" | ")
 }
 
 impl L2Linux {

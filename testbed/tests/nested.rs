@@ -39,27 +39,28 @@ fn an_l2_that_never_comes_up_fails_clearly() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("report.json");
     let output = testbed()
         .args(["run", "--variant", "intel-ir", "--results"])
         .arg(tmp.path().join("results"))
         .arg("--snapshots")
         .arg(tmp.path().join("snapshots"))
+        .arg("--json")
+        .arg(&json)
         .arg(fixture("nested/l2-never-up.toml"))
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    let report = std::fs::read_dir(tmp.path().join("snapshots/intel-ir"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .next()
-        .unwrap_or_else(|| panic!("no report written: {out}"));
-    assert!(report.contains("1 start-l2 l2 with nic0 (1 queues)"), "{report}");
-    assert!(report.contains("failed: l2: the L2's QEMU exited"), "{report}");
-    assert!(report.contains("without an answer"), "{report}");
-    assert!(report.contains("(skipped: step 1 failed)"), "{report}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let steps = &report["results"][0]["report"]["steps"];
+    let error = steps[0]["error"].as_str().unwrap_or_else(|| panic!("start-l2 did not fail: {report}"));
+    assert!(error.starts_with("l2: the L2's QEMU exited (exit status: 0) after "), "{error}");
+    assert!(error.contains("without an answer"), "{error}");
+    assert!(error.contains("Kernel panic - not syncing"), "the L2's panic is not named: {error}");
+    assert_eq!(steps[1]["ran"], false, "{report}");
+    // the agent went on to its cleanup and the next message: L1 was fine
     let console = std::fs::read_to_string(tmp.path().join("results/intel-ir/boot-0/console.log")).unwrap();
-    assert!(console.contains("cleanup") || console.contains("job l2-never-up done"), "{console}");
+    assert!(console.contains("job l2-never-up done"), "{console}");
     assert_no_qemu_left(tmp.path());
 }
