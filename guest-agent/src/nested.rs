@@ -52,7 +52,7 @@ pub fn l2_bdf(i: usize) -> String {
 /// The VMM's command line.
 pub fn vmm_args(name: &str, l1_bdfs: &[String], queues: u32, append: Option<&str>) -> Vec<String> {
     let mut cmdline = format!(
-        "console=ttyS0 testbed_l2=1 testbed_l2.queues={queues} panic=-1 quiet mitigations=off tsc=reliable no_timer_check"
+        "console=ttyS0 testbed_l2=1 testbed_l2.queues={queues} panic=-1 quiet mitigations=off tsc=reliable no_timer_check acpi=off"
     );
     if let Some(a) = append {
         cmdline.push(' ');
@@ -252,7 +252,7 @@ impl L2Linux {
         self.next_message(COMMAND_TIMEOUT, tick, &stderr)
     }
 
-    /// Power the L2 off and wait for its QEMU to exit by itself.
+    /// Stop the L2 (it resets) and wait for its QEMU to exit by itself (-no-reboot).
     pub fn stop(mut self, tick: &mut dyn FnMut()) -> Result<(), String> {
         let mut line = serde_json::to_string(&L2Command::Poweroff).map_err(|e| e.to_string())?;
         line.push('\n');

@@ -519,7 +519,7 @@ impl Runner {
                 append,
             } => match self.start_l2(st, index, l2, devices, *queues, append.as_deref(), send) {
                 Ok(r) => {
-                    l2_report = Some(r);
+                    l2_report = Some(Box::new(r));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -531,7 +531,7 @@ impl Runner {
                 frames,
             } => match self.l2_traffic(st, index, l2, from, to, *frames, send) {
                 Ok(r) => {
-                    l2_report = Some(r);
+                    l2_report = Some(Box::new(r));
                     Ok(())
                 }
                 Err(e) => Err(e),

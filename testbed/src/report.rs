@@ -425,7 +425,7 @@ impl Report {
                     "error": r.and_then(|r| r.error.clone()),
                     "bypass": r.map(|r| r.bypass.clone()).unwrap_or_default(),
                     "interrupts": r.map(|r| r.interrupts.clone()).unwrap_or_default(),
-                    "l2": r.and_then(|r| r.l2.clone()),
+                    "l2": r.and_then(|r| r.l2.as_deref().cloned()),
                 })
             })
             .collect();

@@ -323,7 +323,7 @@ pub enum Step {
         #[serde(default = "one")]
         frames: u32,
     },
-    /// Power the L2 off and wait for its QEMU to exit (QEMU's own teardown:
+    /// Stop the L2 (it resets; its QEMU, run with -no-reboot, exits: QEMU's own teardown:
     /// VFIO releases the devices, producers and consumers unregister); the
     /// devices stay bound to vfio-pci in L1.
     StopL2 { l2: String },
@@ -451,7 +451,7 @@ pub struct StepReport {
     pub kernel_warnings: Vec<String>,
     /// What a real L2 did during `start-l2`, `l2-traffic` and `stop-l2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub l2: Option<L2StepReport>,
+    pub l2: Option<Box<L2StepReport>>,
 }
 
 /// Whether a kernel log message is the headline of a kernel warning, and

@@ -20,7 +20,7 @@ pub enum L2Command {
         to: String,
         frames: u32,
     },
-    /// Power the L2 off.
+    /// Stop the L2: it resets (it has no ACPI to power off with), and its QEMU exits.
     Poweroff,
 }
 
