@@ -7,7 +7,9 @@ mod genl;
 mod interrupts;
 mod kvm;
 mod l2;
+mod l2linux;
 mod modules;
+mod nested;
 mod platform;
 mod runner;
 mod serial;
@@ -25,6 +27,21 @@ use wire::{AgentMessage, HostMessage, Platform, Ready, PROTOCOL_VERSION};
 
 const AGENT_PORT: &str = "/dev/ttyS1";
 const MODULES_ORDER: &str = "/etc/testbed/modules.order";
+
+/// `testbed_l2=1` (and `testbed_l2.queues=N`) on the kernel command line:
+/// this agent runs in a real L2 started by an L1 agent.
+fn l2_role(cmdline: &str) -> Option<u32> {
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    if !words.contains(&"testbed_l2=1") {
+        return None;
+    }
+    let queues = words
+        .iter()
+        .find_map(|w| w.strip_prefix("testbed_l2.queues="))
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(wire::L2_DEFAULT_QUEUES);
+    Some(queues)
+}
 
 fn main() {
     std::panic::set_hook(Box::new(|info| {
@@ -47,6 +64,10 @@ fn main() {
     let loaded = modules::load_all(Path::new(MODULES_ORDER), &moddir, &cmdline);
     platform.modules_loaded = loaded.loaded;
     platform.modules_failed = loaded.failed;
+    if let Some(queues) = l2_role(&cmdline) {
+        say!("L2 role, modules loaded after {} ms", t0.elapsed().as_millis());
+        l2linux::main(queues);
+    }
     platform::collect(&mut platform);
 
     let eventfd_arg = platform::version_of(&release) >= (6, 17);

@@ -32,6 +32,7 @@ mod pvh;
 mod qemu;
 mod selftests;
 mod spec;
+mod vmm;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,9 @@ pub use selftests::{
     SELFTESTS_FORMAT_VERSION,
 };
 pub use spec::{KernelSpec, KernelVersion, VersionReq};
+pub use vmm::{
+    dyn_info, library_closure, vmm_files, DynInfo, GUEST_FIRMWARE_DIR, GUEST_LIB_DIR, GUEST_VMM_BINARY, VMM_FIRMWARE,
+};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,10 @@ pub enum ImagesError {
     KernelBuild { step: String, log: PathBuf, tail: String },
     #[error("kernel config lacks what the fragments ask for: {missing} (log: {})", .log.display())]
     KernelConfig { missing: String, log: PathBuf },
+    #[error("bad ELF file {}: {why}", .path.display())]
+    BadElf { path: PathBuf, why: String },
+    #[error("shared library {name} (needed by {}) not found", .needed_by.display())]
+    LibraryNotFound { name: String, needed_by: PathBuf },
     #[error("QEMU firmware {files} not found in {dirs}: install seabios and qemu-system-data (cargo xtask setup)")]
     MissingFirmware { files: String, dirs: String },
     #[error("unknown selftest suite {0:?}: expected kvm or vfio")]

@@ -5,6 +5,7 @@ pub mod bisect;
 pub mod bisect_cmd;
 pub mod gitbisect;
 pub mod matrix;
+pub mod nested;
 pub mod plan;
 pub mod qemu;
 pub mod report;

@@ -53,6 +53,8 @@ pub struct PciDevice {
     pub addr: Option<String>,
     /// The agent enables SR-IOV on it and assigns a virtual function.
     pub sriov: bool,
+    /// The QEMU hub a NIC is joined to (`-netdev hubport`), by scenario name.
+    pub hub: Option<String>,
 }
 
 /// Everything one L1 boot needs.
@@ -225,6 +227,19 @@ pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
         if let Some(addr) = &d.addr {
             spec.push_str(&format!(",addr={addr}"));
         }
+        if let Some(hub) = &d.hub {
+            // hubs are numbered in order of first appearance
+            let mut hubs: Vec<&String> = Vec::new();
+            for h in devices.iter().filter_map(|d| d.hub.as_ref()) {
+                if !hubs.contains(&h) {
+                    hubs.push(h);
+                }
+            }
+            let hubid = hubs.iter().position(|h| *h == hub).unwrap_or(0);
+            args.push("-netdev".to_owned());
+            args.push(format!("hubport,id=hp-{},hubid={hubid}", d.id));
+            spec.push_str(&format!(",netdev=hp-{}", d.id));
+        }
         args.push("-device".to_owned());
         args.push(spec);
     }
@@ -363,6 +378,7 @@ mod tests {
                     hotplug: false,
                     addr: None,
                     sriov: false,
+                    hub: None,
                 },
                 PciDevice {
                     id: "dev1".into(),
@@ -371,6 +387,7 @@ mod tests {
                     hotplug: false,
                     addr: Some("05.0".into()),
                     sriov: false,
+                    hub: None,
                 },
                 PciDevice {
                     id: "nic0".into(),
@@ -379,6 +396,7 @@ mod tests {
                     hotplug: true,
                     addr: None,
                     sriov: false,
+                    hub: None,
                 },
             ],
             memory_mib: 1024,

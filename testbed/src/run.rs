@@ -122,6 +122,9 @@ pub struct KernelImages {
     /// self-decompression is most of a TCG boot), else the bzImage.
     pub boot_image: PathBuf,
     pub initrd: PathBuf,
+    /// The guest agent that went into `initrd` (a nested boot's initramfs
+    /// and its L2's get the same one).
+    pub agent: PathBuf,
 }
 
 /// Why inputs could not be prepared: the message and `testbed run`'s exit code.
@@ -255,7 +258,12 @@ pub fn prepare_kernel_with(
     };
     let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
         .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
-    Ok(KernelImages { kernel, boot_image, initrd })
+    Ok(KernelImages {
+        kernel,
+        boot_image,
+        initrd,
+        agent: agent.to_path_buf(),
+    })
 }
 
 /// Builds (or finds in the cache) the patched QEMU of the project in `project`.
@@ -417,13 +425,44 @@ pub async fn boot(
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let (qemu, data_dirs) = crate::qemu::qemu_for(variant, &options.qemu, target.patched_qemu);
+    let initrd = if scenarios.iter().any(|s| s.needs_l2()) {
+        // the VMM is the binary this boot runs on: resolve a bare name through PATH
+        let vmm = which(&qemu).ok_or_else(|| format!("{} not found in PATH", qemu.display()))?;
+        let firmware = if data_dirs.is_empty() {
+            images::system_data_dirs()
+        } else {
+            data_dirs.clone()
+        };
+        let cache = images::Cache::default_location();
+        let t0 = Instant::now();
+        let initrd = tokio::task::block_in_place(|| {
+            crate::nested::nested_initrd(&cache, target.images, &vmm, &firmware, &mut |_| {})
+        })
+        .map_err(|e| {
+            format!(
+                "initramfs with an L2 for {}: {e}",
+                target.images.kernel.release
+            )
+        })?;
+        eprintln!(
+            "nested initramfs ({} MB, VMM {}) ready in {:.1} s",
+            std::fs::metadata(&initrd)
+                .map(|m| m.len() >> 20)
+                .unwrap_or(0),
+            vmm.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        initrd
+    } else {
+        target.images.initrd.clone()
+    };
     let cfg = BootConfig {
         qemu,
         data_dirs,
         variant,
         accel: options.accel,
         kernel: target.images.boot_image.clone(),
-        initrd: target.images.initrd.clone(),
+        initrd,
         extra_cmdline: options.append.clone(),
         devices: devices.to_vec(),
         memory_mib: 1024,
@@ -434,6 +473,18 @@ pub async fn boot(
     };
     let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
     Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
+}
+
+/// `name` itself when it has a slash, else the first executable of that
+/// name in PATH.
+pub fn which(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return Some(name.to_path_buf()).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The report of `scenario` in a boot's outcome, or why there is none (the

@@ -145,6 +145,7 @@ count = 5
             bypass,
             interrupts,
             kernel_warnings: vec![],
+            l2: None,
         };
         let connect = if connected {
             vec![wire::BypassEvent::Connected { producer: "dev0/msi0".into(), consumer: "vm0:dev0/msi0".into(), ret: 0 }]

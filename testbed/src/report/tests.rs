@@ -117,6 +117,7 @@ fn step(index: usize, bypass: Vec<E>) -> StepReport {
         bypass,
         interrupts: vec![],
         kernel_warnings: vec![],
+        l2: None,
     }
 }
 

@@ -312,6 +312,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             hotplug: false,
             addr: None,
             sriov: false,
+            hub: None,
         }]
     } else {
         Vec::new()
