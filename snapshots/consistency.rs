@@ -1,7 +1,8 @@
 //! Every snapshot file belongs to a scenario that exists and to a known
 //! variant, and has a body: a renamed or deleted scenario must take its
-//! snapshots with it. Scenarios live in `scenarios/` or, when they need a
-//! kernel the testbed builds, in `built-kernel/`.
+//! snapshots with it. Scenarios live in `scenarios/`, in `built-kernel/`
+//! when they need a kernel the testbed builds, or in `nested/` when they
+//! run a real L2 Linux.
 //!
 //! This test lives in `snapshots/` on purpose: cargo-insta looks for pending
 //! `.snap.new` files in the directories of the workspace's targets, and this
@@ -12,7 +13,7 @@ use std::path::Path;
 #[test]
 fn every_snapshot_has_a_scenario_and_a_variant() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let scenario_dirs = ["scenarios", "built-kernel"];
+    let scenario_dirs = ["scenarios", "built-kernel", "nested"];
     let mut problems = Vec::new();
     let mut seen = 0;
     for variant_dir in std::fs::read_dir(root.join("snapshots")).unwrap().flatten() {

@@ -21,6 +21,21 @@ pub struct StepNames {
     pub producers: Vec<String>,
     /// Name for a consumer registered during the step.
     pub consumer: Option<String>,
+    /// When `producers` is empty: the job's VFIO devices, (L1 address,
+    /// scenario name), to name producers someone else registers (an L1
+    /// QEMU assigning them to a real L2) by their VFIO IRQ name.
+    pub vfio_devices: Vec<(String, String)>,
+}
+
+/// `vfio-msix[3](0000:00:04.0)` -> `nic0/msix3` for a device named `nic0` at that address.
+pub fn name_from_vfio(vfio_name: &str, devices: &[(String, String)]) -> Option<String> {
+    let rest = vfio_name.strip_prefix("vfio-")?;
+    let (kind, rest) = rest.split_once('[')?;
+    let (n, rest) = rest.split_once("](")?;
+    let bdf = rest.strip_suffix(')')?;
+    let n: u32 = n.parse().ok()?;
+    let (_, dev) = devices.iter().find(|(b, _)| b == bdf)?;
+    Some(format!("{dev}/{kind}{n}"))
 }
 
 /// What one step's trace said.
@@ -88,8 +103,18 @@ impl Attributor {
         let mut pending: Pending = HashMap::new();
         for rec in recs {
             match &rec.event {
-                KEvent::ProdReg { ptr, .. } => {
-                    let name = next_prod.next().cloned().unwrap_or_else(|| UNKNOWN.to_string());
+                KEvent::ProdReg { ptr, vfio_name, .. } => {
+                    let by_vfio = || {
+                        vfio_name
+                            .as_deref()
+                            .and_then(|v| name_from_vfio(v, &names.vfio_devices))
+                    };
+                    let name = if names.producers.is_empty() {
+                        by_vfio()
+                    } else {
+                        next_prod.next().cloned()
+                    }
+                    .unwrap_or_else(|| UNKNOWN.to_string());
                     self.producers.insert(*ptr, name.clone());
                     pending.entry((Kind::Prod, rec.pid)).or_default().push(obs.events.len());
                     obs.events.push(BypassEvent::ProducerRegistered { producer: name, ret: RET_MISSING });
@@ -152,8 +177,21 @@ mod tests {
             " testbed-agent-1 [000] ..... 1.0: prod_reg: (irq_bypass_register_producer+0x0/0x1 [irqbypass]) ptr=0xa0 eventfd=0xe0",
             " testbed-agent-1 [000] ..... 1.1: prod_reg_ret: (vfio_msi_set_vector_signal+0x1/0x2 [vfio_pci_core] <- irq_bypass_register_producer) ret=0",
         ]);
-        let o = a.process(&enable, &StepNames { producers: vec!["dev0/msi0".into()], consumer: None });
-        assert_eq!(o.events, vec![BypassEvent::ProducerRegistered { producer: "dev0/msi0".into(), ret: 0 }]);
+        let o = a.process(
+            &enable,
+            &StepNames {
+                producers: vec!["dev0/msi0".into()],
+                consumer: None,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            o.events,
+            vec![BypassEvent::ProducerRegistered {
+                producer: "dev0/msi0".into(),
+                ret: 0
+            }]
+        );
 
         let irqfd = recs(&[
             " testbed-agent-1 [000] ..... 2.0: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc0 eventfd=0xe0",
@@ -161,7 +199,14 @@ mod tests {
             " testbed-agent-1 [000] ..... 2.2: kvm_connect_ret: (irq_bypass_register_consumer+0x1/0x2 [irqbypass] <- kvm_arch_irq_bypass_add_producer) ret=0",
             " testbed-agent-1 [000] ..... 2.3: cons_reg_ret: (kvm_irqfd+0x1/0x2 [kvm] <- irq_bypass_register_consumer) ret=0",
         ]);
-        let o = a.process(&irqfd, &StepNames { producers: vec![], consumer: Some("vm0:dev0/msi0".into()) });
+        let o = a.process(
+            &irqfd,
+            &StepNames {
+                producers: vec![],
+                consumer: Some("vm0:dev0/msi0".into()),
+                ..Default::default()
+            },
+        );
         assert_eq!(o.consumers_registered, 1);
         assert_eq!(
             o.events,
@@ -202,7 +247,11 @@ mod tests {
         ]);
         let o = a.process(
             &r,
-            &StepNames { producers: vec!["dev0/msi0".into(), "dev0/msi1".into()], consumer: None },
+            &StepNames {
+                producers: vec!["dev0/msi0".into(), "dev0/msi1".into()],
+                consumer: None,
+                ..Default::default()
+            },
         );
         assert_eq!(
             o.events,

@@ -2,11 +2,14 @@
 //! tracing, then executes the host's jobs received over `/dev/ttyS1`.
 
 mod attrib;
+mod exec;
 mod genl;
 mod interrupts;
 mod kvm;
 mod l2;
+mod l2linux;
 mod modules;
+mod nested;
 mod platform;
 mod runner;
 mod serial;
@@ -24,6 +27,21 @@ use wire::{AgentMessage, HostMessage, Platform, Ready, PROTOCOL_VERSION};
 
 const AGENT_PORT: &str = "/dev/ttyS1";
 const MODULES_ORDER: &str = "/etc/testbed/modules.order";
+
+/// `testbed_l2=1` (and `testbed_l2.queues=N`) on the kernel command line:
+/// this agent runs in a real L2 started by an L1 agent.
+fn l2_role(cmdline: &str) -> Option<u32> {
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    if !words.contains(&"testbed_l2=1") {
+        return None;
+    }
+    let queues = words
+        .iter()
+        .find_map(|w| w.strip_prefix("testbed_l2.queues="))
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(wire::L2_DEFAULT_QUEUES);
+    Some(queues)
+}
 
 fn main() {
     std::panic::set_hook(Box::new(|info| {
@@ -46,6 +64,10 @@ fn main() {
     let loaded = modules::load_all(Path::new(MODULES_ORDER), &moddir, &cmdline);
     platform.modules_loaded = loaded.loaded;
     platform.modules_failed = loaded.failed;
+    if let Some(queues) = l2_role(&cmdline) {
+        say!("L2 role, modules loaded after {} ms", t0.elapsed().as_millis());
+        l2linux::main(queues);
+    }
     platform::collect(&mut platform);
 
     let eventfd_arg = platform::version_of(&release) >= (6, 17);
@@ -116,6 +138,22 @@ fn main() {
                 }
                 // not PID 1 or not permitted: just leave
                 std::process::exit(0);
+            }
+            HostMessage::Exec(job) => {
+                watchdog::busy(true);
+                let result = exec::run(
+                    &job,
+                    &mut |msg| {
+                        if let Err(e) = port.send(&msg) {
+                            say!("sending output of {}: {e}", job.name);
+                        }
+                    },
+                    &mut || runner.new_kernel_warnings(),
+                );
+                watchdog::busy(false);
+                if let Err(e) = port.send(&AgentMessage::Exited(result)) {
+                    say!("sending the end of {}: {e}", job.name);
+                }
             }
             HostMessage::HostActionDone { .. } => {
                 let _ = port.send(&AgentMessage::Failed { message: "host-action-done outside a step".into() });

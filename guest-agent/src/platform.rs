@@ -144,6 +144,7 @@ pub fn collect(p: &mut wire::Platform) {
     let intel = mode.as_deref().is_some_and(|m| m.starts_with("intel"));
     p.irq_posting = amd_posting || (intel && intel_posting_cap());
     p.irq_remapping = mode;
+    p.iommufd = Path::new("/dev/iommu").exists();
 }
 
 #[cfg(test)]

@@ -127,7 +127,13 @@ impl Port {
     }
 
     pub fn send(&mut self, msg: &wire::AgentMessage) -> io::Result<()> {
-        let mut s = serde_json::to_string(msg).map_err(io::Error::other)?;
+        let s = serde_json::to_string(msg).map_err(io::Error::other)?;
+        self.send_line(&s)
+    }
+
+    /// Write one line (a newline is added).
+    pub fn send_line(&mut self, line: &str) -> io::Result<()> {
+        let mut s = line.to_owned();
         s.push('\n');
         self.file.write_all(s.as_bytes())?;
         // Measured, not understood: with the port in polling mode (amd-ir,

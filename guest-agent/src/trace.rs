@@ -15,7 +15,9 @@ const INSTANCE: &str = "testbed";
 /// One kernel event the agent cares about, kernel pointers still raw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KEvent {
-    ProdReg { ptr: u64, eventfd: Option<u64> },
+    /// `vfio_name`: the producer's VFIO IRQ name (`vfio-msix[3](0000:00:04.0)`)
+    /// when it is a VFIO producer.
+    ProdReg { ptr: u64, eventfd: Option<u64>, vfio_name: Option<String> },
     ProdRegRet { ret: i64 },
     ProdUnreg { ptr: u64 },
     ConsReg { ptr: u64, eventfd: Option<u64> },
@@ -48,7 +50,11 @@ pub fn probe_defs(eventfd_arg: bool) -> Vec<(&'static str, String)> {
     vec![
         (
             "prod_reg",
-            format!("p:{GROUP}/prod_reg irq_bypass_register_producer ptr=%di:x64{ev}"),
+            // vfio_name: a VFIO producer sits in its vfio_pci_irq_ctx right
+            // after `char *name; bool masked;`, so the name pointer is 16
+            // bytes before it (any other producer reads garbage or a fault,
+            // and is named by its step instead)
+            format!("p:{GROUP}/prod_reg irq_bypass_register_producer ptr=%di:x64{ev} vfio_name=+0(-16(%di)):string"),
         ),
         (
             "prod_reg_ret",
@@ -99,6 +105,13 @@ fn parse_num(v: &str) -> Option<i64> {
     }
 }
 
+/// `key="text"` in a kprobe line.
+fn quoted(args: &str, key: &str) -> Option<String> {
+    let start = args.find(&format!("{key}=\""))? + key.len() + 2;
+    let len = args[start..].find('"')?;
+    Some(args[start..start + len].to_string())
+}
+
 fn field(args: &str, key: &str) -> Option<i64> {
     args.split_whitespace()
         .filter_map(|t| t.split_once('='))
@@ -144,6 +157,7 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
         "prod_reg" => KEvent::ProdReg {
             ptr: field(args, "ptr")? as u64,
             eventfd: field(args, "eventfd").map(|v| v as u64),
+            vfio_name: quoted(args, "vfio_name").filter(|n| n.starts_with("vfio-msi")),
         },
         "prod_reg_ret" => KEvent::ProdRegRet { ret: field(args, "ret")? },
         "prod_unreg" => KEvent::ProdUnreg { ptr: field(args, "ptr")? as u64 },
@@ -343,7 +357,7 @@ mod tests {
         assert_eq!(r.pid, 1);
         assert_eq!(
             r.event,
-            KEvent::ProdReg { ptr: 0xffff888003a1c228, eventfd: Some(0xffff888003b7e000) }
+            KEvent::ProdReg { ptr: 0xffff888003a1c228, eventfd: Some(0xffff888003b7e000), vfio_name: None }
         );
     }
 
@@ -384,7 +398,7 @@ mod tests {
         let r: Vec<TraceRecord> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
         assert_eq!(
             r[0].event,
-            KEvent::ProdReg { ptr: 0xff2398d28107bcb0, eventfd: Some(0xff2398d284d33340) }
+            KEvent::ProdReg { ptr: 0xff2398d28107bcb0, eventfd: Some(0xff2398d284d33340), vfio_name: None }
         );
         assert_eq!(r[0].pid, 1);
         assert_eq!(r[1].event, KEvent::ProdRegRet { ret: 0 });

@@ -39,6 +39,7 @@ fn main() {
             optional: &[],
             agent: Path::new(&args[1]),
             busybox: Path::new("/bin/busybox"),
+            files: &[],
         },
         &mut progress,
     )

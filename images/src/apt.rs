@@ -388,22 +388,24 @@ impl Apt {
         Ok(versions)
     }
 
-    /// Every amd64 kernel in the lists, sorted by version then Debian version.
-    pub(crate) fn kernels(&self) -> Result<Vec<DebianKernel>, ImagesError> {
+    /// The package names the lists have with `prefix` that `keep` accepts, sorted.
+    fn package_names(&self, prefix: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, ImagesError> {
         let sh = shell()?;
         let conf = &self.conf;
-        let out = cmd!(sh, "apt-cache -c {conf} pkgnames linux-image-")
+        let out = cmd!(sh, "apt-cache -c {conf} pkgnames {prefix}")
             .quiet()
             .ignore_status()
             .output()
             .map_err(cmd_err("apt-cache pkgnames"))?;
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|n| is_kernel_image_name(n))
-            .map(String::from)
-            .collect();
+        let mut names: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|n| keep(n)).map(String::from).collect();
         names.sort();
+        Ok(names)
+    }
+
+    /// Every amd64 kernel in the lists, sorted by version then Debian version.
+    pub(crate) fn kernels(&self) -> Result<Vec<DebianKernel>, ImagesError> {
+        let names = self.package_names("linux-image-", is_kernel_image_name)?;
         let images = self.show(&names)?;
         let mut dep_names = BTreeSet::new();
         for r in &images {
@@ -413,6 +415,20 @@ impl Apt {
         }
         let deps = self.show(&dep_names.into_iter().collect::<Vec<_>>())?;
         Ok(kernels_from_records(&images, &deps))
+    }
+
+    /// Every `linux-source-X.Y` package (each version the lists hold): the
+    /// plain source tarballs of Debian's kernels.
+    pub(crate) fn linux_source_packages(&self) -> Result<Vec<DebPackage>, ImagesError> {
+        let names = self.package_names("linux-source-", |n| linux_source_line(n).is_some())?;
+        let mut seen = BTreeSet::new();
+        Ok(self
+            .show(&names)?
+            .iter()
+            .filter(|r| linux_source_line(r.get("Package").map(String::as_str).unwrap_or("")).is_some())
+            .filter_map(deb_from_record)
+            .filter(|d| seen.insert((d.name.clone(), d.version.clone())))
+            .collect())
     }
 
     /// `apt-get download` one package into `dir`, verify it and return its path.
@@ -544,6 +560,14 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), ImagesError> {
         return Ok(());
     }
     crate::cache::write_atomic(path, text.as_bytes())
+}
+
+/// The kernel line (major, minor) of a `linux-source-X.Y` package name;
+/// `None` for anything else (the `linux-source` metapackage included).
+pub(crate) fn linux_source_line(name: &str) -> Option<(u32, u32)> {
+    let (major, minor) = name.strip_prefix("linux-source-")?.split_once('.')?;
+    let num = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten();
+    Some((num(major)?, num(minor)?))
 }
 
 /// `linux-image-<digit>...-amd64`, without -cloud-, -rt-, -dbg, -unsigned.
@@ -737,6 +761,16 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = system_archive_uri(empty.path()).unwrap_err().to_string();
         assert!(e.starts_with("cannot find a debian archive in the apt sources: no deb entry for suite"), "{e}");
+    }
+
+    #[test]
+    fn linux_source_names() {
+        assert_eq!(linux_source_line("linux-source-7.2"), Some((7, 2)));
+        assert_eq!(linux_source_line("linux-source-6.12"), Some((6, 12)));
+        assert_eq!(linux_source_line("linux-source"), None);
+        assert_eq!(linux_source_line("linux-source-7"), None);
+        assert_eq!(linux_source_line("linux-source-7.2.13"), None);
+        assert_eq!(linux_source_line("linux-source-7.x"), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! /etc/testbed/modules.order         load order, paths relative to /lib/modules/<release>/
 //! /lib/modules/<release>/kernel/...  decompressed .ko files of the closure
 //! /proc /sys /dev /tmp /run /root    empty directories
+//! (any further files a caller adds, e.g. /selftests/kvm/x86/...)
 //! ```
 
 use std::collections::BTreeMap;
@@ -45,6 +46,10 @@ pub struct InitramfsSpec<'a> {
     pub agent: &'a Path,
     /// Static busybox (default `/bin/busybox` from busybox-static).
     pub busybox: &'a Path,
+    /// Further files: (absolute path in the guest, file on the host),
+    /// installed with the host file's permission bits (e.g. selftest
+    /// binaries under `/selftests/`).
+    pub files: &'a [(String, PathBuf)],
 }
 
 /// Path of the module load order inside the initramfs, one path per line
@@ -138,6 +143,12 @@ pub fn build_initramfs(
     let agent = fs::read(spec.agent).ctx("read", spec.agent)?;
     t.add("bin/testbed-agent", Node::File { perm: 0o755, data: agent });
     t.add("init", Node::File { perm: 0o755, data: INIT.as_bytes().to_vec() });
+    for (dest, src) in spec.files {
+        use std::os::unix::fs::PermissionsExt;
+        let data = fs::read(src).ctx("read", src)?;
+        let perm = fs::metadata(src).ctx("stat", src)?.permissions().mode() & 0o7777;
+        t.add(dest, Node::File { perm, data });
+    }
     let mut order = String::new();
     for m in closure {
         order.push_str(&m.target);
@@ -190,7 +201,7 @@ mod tests {
         };
         let cache = Cache::new(t.path().join("cache"));
         let roots = ["irqbypass"]; // built in: skipped
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb };
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb, files: &[] };
         let mut events = Vec::new();
         let p = build_initramfs(&cache, &spec, &mut |e| events.push(e)).unwrap();
         let bytes = fs::read(&p).unwrap();
@@ -218,15 +229,29 @@ mod tests {
         let p2 = build_initramfs(&cache, &spec, &mut |e| events.push(e)).unwrap();
         assert_eq!(p, p2);
         assert!(events.contains(&Progress::CacheHit { what: "initramfs".into() }));
+        // further files keep their mode and make another archive
+        use std::os::unix::fs::PermissionsExt;
+        let test = t.path().join("xapic_ipi_test");
+        fs::write(&test, b"ELF").unwrap();
+        fs::set_permissions(&test, fs::Permissions::from_mode(0o755)).unwrap();
+        let files = [("/selftests/kvm/x86/xapic_ipi_test".to_string(), test)];
+        let with_files = InitramfsSpec { files: &files, ..spec };
+        let p3 = build_initramfs(&cache, &with_files, &mut |_| {}).unwrap();
+        assert_ne!(p3, p);
+        let bytes = fs::read(&p3).unwrap();
+        let entries = parse_newc(&bytes).unwrap();
+        let e = entries.iter().find(|e| e.name == "selftests/kvm/x86/xapic_ipi_test").unwrap();
+        assert_eq!((e.mode, e.data.as_slice()), (S_IFREG | 0o755, &b"ELF"[..]));
+        assert!(entries.iter().any(|e| e.name == "selftests/kvm/x86" && e.mode & 0o170000 == S_IFDIR));
         // a missing root module is named
         let roots = ["irqbypass", "no-such"];
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb };
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb, files: &[] };
         let e = build_initramfs(&cache, &spec, &mut |_| {}).unwrap_err();
         assert_eq!(e.to_string(), format!("module no_such not found in {}", mods.display()));
         // an optional group the kernel lacks part of is left out, no error
         let roots = ["irqbypass"];
         let missing: &[&str] = &["irqbypass", "no-such"];
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[missing], agent: &agent, busybox: &bb };
+        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[missing], agent: &agent, busybox: &bb, files: &[] };
         let p3 = build_initramfs(&cache, &spec, &mut |_| {}).unwrap();
         assert_eq!(p3, p, "the same archive: nothing of the group went in");
         let index = ModuleIndex::scan(&mods).unwrap();

@@ -232,7 +232,7 @@ fn build_dir(cache: &Cache, source: &Path) -> Result<(PathBuf, PathBuf), ImagesE
     Ok((dir, log))
 }
 
-fn jobs() -> usize {
+pub(crate) fn jobs() -> usize {
     std::env::var("TESTBED_BUILD_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -389,7 +389,7 @@ pub fn missing_values(config: &str) -> Vec<String> {
 
 /// Runs `cmd` with stdout and stderr appended to `log`, handing each stdout
 /// line to `line`; true when it succeeded.
-fn run_logged(cmd: &mut Command, log: &Path, line: &mut dyn FnMut(&str)) -> Result<bool, ImagesError> {
+pub(crate) fn run_logged(cmd: &mut Command, log: &Path, line: &mut dyn FnMut(&str)) -> Result<bool, ImagesError> {
     let mut f = fs::OpenOptions::new().create(true).append(true).open(log).ctx("open", log)?;
     let _ = writeln!(f, "$ {cmd:?}");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(f.try_clone().ctx("open", log)?);

@@ -12,6 +12,8 @@
 //!   fragments, out of tree, incrementally) by the `kbuild` module.
 //! - [`build_qemu`] builds `qemu-system-x86_64` from the pinned Debian
 //!   source (or a user's checkout) plus the project's patch series.
+//! - [`build_selftests`] builds the upstream KVM and VFIO selftests
+//!   statically from a Debian `linux-source-X.Y` package or a kernel tree.
 //!
 //! Everything lands in a content-addressed [`Cache`]; entries are built in a
 //! temporary directory inside the cache and renamed into place, so an
@@ -28,7 +30,9 @@ mod linux_source;
 mod modules;
 mod pvh;
 mod qemu;
+mod selftests;
 mod spec;
+mod vmm;
 
 use std::path::PathBuf;
 
@@ -44,9 +48,16 @@ pub use pvh::pvh_kernel;
 pub use qemu::{
     build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree, system_data_dirs,
     CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY,
-    QEMU_FORMAT_VERSION, RUNTIME_FILES,
+    QEMU_FORMAT_VERSION, QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
+};
+pub use selftests::{
+    build_selftests, kernel_upstream_version, SelftestBuild, SelftestSource, SelftestSuite, SuiteBuild,
+    SELFTESTS_FORMAT_VERSION,
 };
 pub use spec::{KernelSpec, KernelVersion, VersionReq};
+pub use vmm::{
+    dyn_info, library_closure, vmm_files, DynInfo, GUEST_FIRMWARE_DIR, GUEST_LIB_DIR, GUEST_VMM_BINARY, VMM_FIRMWARE,
+};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +114,22 @@ pub enum ImagesError {
     KernelBuild { step: String, log: PathBuf, tail: String },
     #[error("kernel config lacks what the fragments ask for: {missing} (log: {})", .log.display())]
     KernelConfig { missing: String, log: PathBuf },
+    #[error("bad ELF file {}: {why}", .path.display())]
+    BadElf { path: PathBuf, why: String },
+    #[error("shared library {name} (needed by {}) not found", .needed_by.display())]
+    LibraryNotFound { name: String, needed_by: PathBuf },
     #[error("QEMU firmware {files} not found in {dirs}: install seabios and qemu-system-data (cargo xtask setup)")]
     MissingFirmware { files: String, dirs: String },
+    #[error("unknown selftest suite {0:?}: expected kvm or vfio")]
+    UnknownSelftestSuite(String),
+    #[error("no linux-source package for {version} or a newer kernel line; the archive has {}", nearest_list(.available))]
+    NoSelftestSource { version: String, available: Vec<String> },
+    #[error("selftests {step} failed (whole log: {}):\n{tail}", .log.display())]
+    SelftestBuildFailed { step: String, log: PathBuf, tail: String },
+    #[error("built selftest {} is unusable: {why}", .path.display())]
+    BadSelftest { path: PathBuf, why: String },
+    #[error("building selftests needs {what}: install {package} (cargo xtask setup)")]
+    MissingBuildTool { what: String, package: String },
 }
 
 fn nearest_list(v: &[String]) -> String {
@@ -159,6 +184,8 @@ pub enum Progress {
     ApplyingPatches { count: usize },
     /// Running QEMU's configure.
     ConfiguringQemu,
+    /// Syncing the patched source into the QEMU build tree `dir`.
+    UpdatingQemuTree { dir: PathBuf },
     /// ninja is at `step` of `total`.
     BuildingQemu { step: u64, total: u64 },
     /// A cache entry was reused (`what` is e.g. `kernel 7.2.13` or `initramfs`).
@@ -177,6 +204,15 @@ pub enum Progress {
     InstallingModules { release: String },
     /// Decompressing the kernel out of its bzImage for PVH boot (once per kernel).
     ExtractingVmlinux { release: String },
+    /// Selftests come from `source`; `note` says why when it is not the
+    /// kernel's own line.
+    SelftestsFrom { source: String, note: Option<String> },
+    /// `make headers` in the selftests' kernel source.
+    InstallingKernelHeaders,
+    /// Building one selftest suite: `compiled` source files so far.
+    BuildingSelftests { suite: SelftestSuite, compiled: u64 },
+    /// `make install` of the selftest suites that built.
+    InstallingSelftests,
 }
 
 impl std::fmt::Display for Progress {
@@ -193,7 +229,10 @@ impl std::fmt::Display for Progress {
             Progress::PreparingPythonVenv => write!(f, "creating the python venv for the qemu build (meson, pycotap)"),
             Progress::FetchingQemuSource { version } => write!(f, "downloading qemu source {version}"),
             Progress::ApplyingPatches { count } => write!(f, "applying {count} qemu patches"),
-            Progress::ConfiguringQemu => write!(f, "configuring qemu"),
+            Progress::ConfiguringQemu => {
+                write!(f, "configuring qemu (a first full build takes about 8 minutes on 2 cores, then it is cached)")
+            }
+            Progress::UpdatingQemuTree { dir } => write!(f, "updating the qemu build tree {}", dir.display()),
             Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
             Progress::FetchingKernelSource { version } => write!(f, "fetching the linux {version} source"),
@@ -203,6 +242,13 @@ impl std::fmt::Display for Progress {
             Progress::BuildingKernel { objects } => write!(f, "building the kernel: {objects} files compiled"),
             Progress::InstallingModules { release } => write!(f, "installing the modules of {release}"),
             Progress::ExtractingVmlinux { release } => write!(f, "extracting the uncompressed kernel of {release}"),
+            Progress::SelftestsFrom { source, note: None } => write!(f, "selftests from {source}"),
+            Progress::SelftestsFrom { source, note: Some(note) } => write!(f, "selftests from {source} ({note})"),
+            Progress::InstallingKernelHeaders => write!(f, "make headers (for the selftests)"),
+            Progress::BuildingSelftests { suite, compiled } => {
+                write!(f, "building the {suite} selftests: {compiled} files compiled")
+            }
+            Progress::InstallingSelftests => write!(f, "installing the selftests"),
         }
     }
 }
@@ -219,6 +265,7 @@ impl ImagesError {
                 | ImagesError::BadBzImage { .. }
                 | ImagesError::BadQemuTree { .. }
                 | ImagesError::BadKernelTree { .. }
+                | ImagesError::UnknownSelftestSuite(_)
         )
     }
 }

@@ -11,10 +11,20 @@
 //!
 //! ```text
 //! qemu/<sha256>/           bin/qemu-system-x86_64, qemu.json, build.log
+//! qemu-tree/<source-key>/  src/ (patched source), build/ (configured, built
+//!                          incrementally), check.log: one per QEMU source,
+//!                          shared by every patch series and by qemu-check
 //! qemu-src/<sha256>.orig.tar.xz   verified upstream tarballs of Debian sources
 //! qemu-venv/               python venv with meson and pycotap (stamp .testbed-ready)
 //! logs/qemu-<key>.log      the build log of the last failed build of <key>
 //! ```
+//!
+//! An entry is built in the source's tree: the freshly exported and patched
+//! source is synced into `src/` (only files whose content changed are
+//! rewritten, so ninja recompiles only what a patch change touched), the
+//! binary built there is copied into a work directory with the entry's
+//! metadata and renamed into place. The configure arguments do not depend on
+//! the patches, so a new patch series never forces a reconfigure.
 //!
 //! The Debian source is the `+ds` orig tarball only: Debian's own
 //! debian/patches are not applied, our patches go on the upstream tree. The
@@ -31,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apt::{hex, sha256_file, Apt};
-use crate::cache::{publish, Cache};
+use crate::cache::{publish, Cache, FileLock};
 use crate::kernel::refresh_if_stale;
 use crate::{ImagesError, IoContext, Progress};
 
@@ -284,24 +294,25 @@ pub fn build_qemu(
     check_runtime_files(&system_data_dirs())?;
     let python = ensure_venv(cache, progress)?;
     let work = cache.work_dir("qemu")?;
-    let src = work.path().join("src");
-    let build = work.path().join("build");
+    let fresh = work.path().join("src");
     let log_path = work.path().join("build.log");
+    let entry = work.path().join("entry");
+    let bin_dir = entry.join("bin");
     let result = (|| -> Result<String, ImagesError> {
-        let version = prepare_source(cache, &source, &patch_files, &src, progress)?;
-        fs::create_dir_all(&build).ctx("create directory", &build)?;
-        let mut args = spec.configure_args.clone();
-        args.push(format!("--with-pkgversion=testbed-{short}"));
-        configure(&src, &build, &python, &args, &log_path, progress)?;
-        ninja(&build, &[QEMU_BINARY], &log_path, progress)?;
-        Ok(version)
+        let tree = open_tree(cache, &source, &patch_files, &fresh, &spec.configure_args, &python, &log_path, progress)?;
+        ninja(&tree.build, &[QEMU_BINARY], &log_path, progress)?;
+        // copied while the tree is locked: the tree keeps its binary, so the
+        // next build links only when something changed
+        fs::create_dir_all(&bin_dir).ctx("create directory", &bin_dir)?;
+        let built = tree.build.join(QEMU_BINARY);
+        fs::copy(&built, bin_dir.join(QEMU_BINARY)).ctx("copy", &built)?;
+        Ok(tree.version)
     })();
     let version = match result {
         Ok(v) => v,
         Err(e) => return Err(keep_log(cache, &key, &log_path, e)),
     };
-    let binary = build.join(QEMU_BINARY);
-    let version_line = run_version(&binary)?;
+    let version_line = run_version(&bin_dir.join(QEMU_BINARY))?;
     let description = match &source {
         SourceId::Debian { .. } => format!("{version} +{} patches (key {short})", patches.len()),
         SourceId::Tree { path, head, diff } => format!(
@@ -312,10 +323,6 @@ pub fn build_qemu(
             patches.len()
         ),
     };
-    let entry = work.path().join("entry");
-    let bin_dir = entry.join("bin");
-    fs::create_dir_all(&bin_dir).ctx("create directory", &bin_dir)?;
-    fs::rename(&binary, bin_dir.join(QEMU_BINARY)).ctx("move", &binary)?;
     let _ = fs::copy(&log_path, entry.join("build.log"));
     let meta = EntryMeta { version, description: format!("qemu {description}"), version_line };
     fs::write(entry.join(ENTRY_META), serde_json::to_vec_pretty(&meta).expect("meta serializes"))
@@ -556,7 +563,7 @@ fn copy_downloaded_subprojects(tree: &Path, dest: &Path) -> Result<(), ImagesErr
 /// `git apply` in `dir` (not a repository; a repository above it, e.g. the
 /// project's own when the cache lives inside it, is never consulted).
 /// Err carries git's output: the file and hunk that failed.
-fn git_apply(dir: &Path, patch: &Path) -> Result<(), String> {
+pub(crate) fn git_apply(dir: &Path, patch: &Path) -> Result<(), String> {
     let ceiling = dir.parent().unwrap_or(dir);
     let out = Command::new("git")
         .current_dir(dir)
@@ -595,7 +602,7 @@ fn skip_edk2_unpack(src: &Path) -> Result<(), ImagesError> {
     Ok(())
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<(), ImagesError> {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<(), ImagesError> {
     let out = cmd.output().map_err(|e| ImagesError::io(format!("run {what}"), e))?;
     if out.status.success() {
         Ok(())
@@ -736,61 +743,134 @@ pub fn ninja(build: &Path, targets: &[&str], log: &Path, progress: &mut dyn FnMu
     Ok(())
 }
 
-/// A persistent, incrementally rebuilt tree for QEMU-level tests
-/// (`cargo xtask qemu-check`): `dir/src` holds the patched source and
-/// `dir/build` its configured build directory.
-#[derive(Debug, Clone)]
-pub struct CheckTree {
-    pub src: PathBuf,
-    pub build: PathBuf,
-    /// Inside the build directory: the meson QEMU's configure set up.
-    pub meson: PathBuf,
-    pub log: PathBuf,
-    pub description: String,
+/// Bump when the layout of a `qemu-tree/` directory or the way it is
+/// configured changes (an old tree is then left alone, a new one made).
+pub const QEMU_TREE_FORMAT_VERSION: u32 = 1;
+
+/// The `--with-pkgversion` of every build: constant, so that a change of
+/// patches never changes configure's arguments (which would reconfigure
+/// and rebuild everything). The entry's description names its key.
+const PKGVERSION: &str = "--with-pkgversion=testbed";
+
+/// Which tree a source builds in: one per Debian source tarball, one per
+/// checkout (whatever its HEAD and uncommitted changes, so that editing a
+/// checkout rebuilds incrementally too). Patches are not part of it.
+fn tree_key(source: &SourceId) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("irqbypass-testbed qemu-tree v{QEMU_TREE_FORMAT_VERSION}\0").as_bytes());
+    match source {
+        SourceId::Debian { orig_sha256, .. } => h.update(format!("orig-sha256 {orig_sha256}").as_bytes()),
+        SourceId::Tree { path, .. } => {
+            h.update(b"checkout ");
+            h.update(path.as_os_str().as_encoded_bytes());
+        }
+    }
+    hex(&h.finalize())[..16].to_string()
 }
 
-/// Prepare `dir/src` (the source `spec` names, with its patches; only files
-/// whose content changed are rewritten, so ninja rebuilds only what changed)
-/// and configure `dir/build` with the spec's arguments when it is new or
-/// its arguments changed.
-pub fn prepare_check_tree(
+/// The configured build tree of one source, locked for as long as it lives.
+struct OpenTree {
+    dir: PathBuf,
+    src: PathBuf,
+    build: PathBuf,
+    /// QEMU's VERSION.
+    version: String,
+    _lock: FileLock,
+}
+
+/// Lock the tree of `source`, make its `src/` the source plus `patches`
+/// (exported into `fresh`, which must not exist, then synced: only changed
+/// files are rewritten) and configure its `build/` with `configure_args`
+/// when it is new or was configured differently. Configure's output goes
+/// to `log`.
+#[allow(clippy::too_many_arguments)]
+fn open_tree(
     cache: &Cache,
-    spec: &QemuBuildSpec,
-    dir: &Path,
+    source: &SourceId,
+    patches: &[PathBuf],
+    fresh: &Path,
+    configure_args: &[String],
+    python: &Path,
+    log: &Path,
     progress: &mut dyn FnMut(Progress),
-) -> Result<CheckTree, ImagesError> {
-    let patch_files = list_patches(&spec.patches_dir)?;
-    let source = source_identity(cache, &spec.source, progress)?;
-    let python = ensure_venv(cache, progress)?;
-    fs::create_dir_all(dir).ctx("create directory", dir)?;
-    let fresh = dir.join("src.new");
-    if fresh.exists() {
-        fs::remove_dir_all(&fresh).ctx("remove", &fresh)?;
-    }
-    let version = prepare_source(cache, &source, &patch_files, &fresh, progress)?;
+) -> Result<OpenTree, ImagesError> {
+    let key = tree_key(source);
+    let dir = cache.dir("qemu-tree")?.join(&key);
+    let lock = cache.lock(&format!("qemu-tree-{key}"))?;
+    let version = prepare_source(cache, source, patches, fresh, progress)?;
+    progress(Progress::UpdatingQemuTree { dir: dir.clone() });
     let src = dir.join("src");
-    sync_tree(&fresh, &src)?;
-    fs::remove_dir_all(&fresh).ctx("remove", &fresh)?;
+    sync_tree(fresh, &src)?;
     let build = dir.join("build");
-    let log = dir.join("build.log");
-    let _ = fs::remove_file(&log);
     let stamp = build.join(".testbed-configure");
-    let mut args = spec.configure_args.clone();
-    args.push("--with-pkgversion=testbed-check".into());
+    let mut args = configure_args.to_vec();
+    args.push(PKGVERSION.into());
     let want = format!("{}\n{}", python.display(), args.join("\n"));
     if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) || !build.join("build.ninja").exists() {
         if build.exists() {
             fs::remove_dir_all(&build).ctx("remove", &build)?;
         }
         fs::create_dir_all(&build).ctx("create directory", &build)?;
-        configure(&src, &build, &python, &args, &log, progress)?;
+        configure(&src, &build, python, &args, log, progress)?;
         fs::write(&stamp, want).ctx("write", &stamp)?;
     }
+    Ok(OpenTree { dir, src, build, version, _lock: lock })
+}
+
+/// The build tree `cargo xtask qemu-check` builds and runs QEMU-level tests
+/// in: the same tree [`build_qemu`] builds the testbed's QEMU in, locked
+/// until this is dropped. `build` holds an up-to-date configure; which
+/// targets to build is the caller's choice.
+#[derive(Debug)]
+pub struct CheckTree {
+    pub src: PathBuf,
+    pub build: PathBuf,
+    /// Inside the build directory: the meson QEMU's configure set up.
+    pub meson: PathBuf,
+    /// The log of this check (configure, ninja), rewritten each time.
+    pub log: PathBuf,
+    pub description: String,
+    _lock: FileLock,
+}
+
+/// Lock the build tree of `spec`'s source and bring it to `spec` (its
+/// patches, synced so ninja rebuilds only what changed; configured with the
+/// spec's arguments when new or configured differently), exactly as
+/// [`build_qemu`] does before it builds, so after a build of the same spec
+/// only what the tests add is left to compile.
+pub fn prepare_check_tree(
+    cache: &Cache,
+    spec: &QemuBuildSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CheckTree, ImagesError> {
+    let patch_files = list_patches(&spec.patches_dir)?;
+    let source = source_identity(cache, &spec.source, progress)?;
+    let python = ensure_venv(cache, progress)?;
+    let work = cache.work_dir("qemu-check")?;
+    let configure_log = work.path().join("check.log");
+    let tree = open_tree(
+        cache,
+        &source,
+        &patch_files,
+        &work.path().join("src"),
+        &spec.configure_args,
+        &python,
+        &configure_log,
+        progress,
+    )?;
+    // this check's log: configure's output, if it ran, then the caller's ninja
+    let log = tree.dir.join("check.log");
+    if configure_log.is_file() {
+        fs::rename(&configure_log, &log).ctx("rename", &configure_log)?;
+    } else {
+        fs::write(&log, "").ctx("write", &log)?;
+    }
+    drop(work);
     // Run from its build directory, QEMU looks for everything, the
     // firmware path included, under build/qemu-bundle/: link the system's
     // firmware directories there so qtests find SeaBIOS.
     for d in FIRMWARE_DIRS.iter().map(Path::new).filter(|d| d.is_dir()) {
-        let link = build.join("qemu-bundle").join(d.strip_prefix("/").unwrap_or(d));
+        let link = tree.build.join("qemu-bundle").join(d.strip_prefix("/").unwrap_or(d));
         if fs::symlink_metadata(&link).is_err() {
             let parent = link.parent().expect("has parent");
             fs::create_dir_all(parent).ctx("create directory", parent)?;
@@ -798,11 +878,12 @@ pub fn prepare_check_tree(
         }
     }
     Ok(CheckTree {
-        meson: build.join("pyvenv/bin/meson"),
-        src,
-        build,
+        meson: tree.build.join("pyvenv/bin/meson"),
+        src: tree.src,
+        build: tree.build,
         log,
-        description: format!("qemu {version} +{} patches", patch_files.len()),
+        description: format!("qemu {} +{} patches", tree.version, patch_files.len()),
+        _lock: tree._lock,
     })
 }
 
@@ -906,6 +987,9 @@ mod tests {
         let t3 = SourceId::Tree { path: "/a".into(), head: "abc".into(), diff: b"x".to_vec() };
         assert_eq!(build_key(&t1, &[], &args), build_key(&t2, &[], &args), "same commit, other checkout");
         assert_ne!(build_key(&t1, &[], &args), build_key(&t3, &[], &args), "dirty diff counts");
+        // entries already in caches stay valid: the key of a given input
+        // never changes (bump QEMU_FORMAT_VERSION when it must)
+        assert_eq!(&build_key(&src, &[p1], &args)[..16], "5948049793cec235");
     }
 
     #[test]
@@ -998,6 +1082,131 @@ mod tests {
         assert_eq!(v, "10.1.51");
         assert!(!dest.join("untracked.c").exists());
         assert!(tree.join("untracked.c").exists());
+    }
+
+    /// A git checkout that looks like QEMU to `prepare_source`: its
+    /// `configure` appends its arguments to `../configure-runs` (the tree
+    /// directory) and writes a build.ninja.
+    fn fake_checkout(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(dir).unwrap();
+        let configure = dir.join("configure");
+        fs::write(&configure, "#!/bin/sh\necho \"$*\" >> ../configure-runs\n: > build.ninja\n").unwrap();
+        fs::set_permissions(&configure, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("VERSION"), "10.0.50\n").unwrap();
+        fs::write(dir.join("a.c"), "int a;\n").unwrap();
+        fs::write(dir.join("b.c"), "int b;\n").unwrap();
+        git_in(dir, &["init", "-q"]);
+        git_in(dir, &["add", "."]);
+        git_in(dir, &["commit", "-q", "-m", "base"]);
+    }
+
+    fn git_in(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    fn patch_a(dir: &Path, new_line: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(
+            dir.join("0001-a.patch"),
+            format!("diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a;\n+{new_line}\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn one_tree_per_source_synced_and_configured_once() {
+        let t = tempfile::tempdir().unwrap();
+        let checkout = t.path().join("qemu");
+        fake_checkout(&checkout);
+        let cache = Cache::new(t.path().join("cache"));
+        let patches = t.path().join("patches");
+        let python = Path::new("/usr/bin/python3");
+        let args = default_configure_args();
+        let mut n = 0;
+        let mut open = |patches_dir: &Path, args: &[String]| {
+            n += 1;
+            let source = tree_identity(&checkout).unwrap();
+            let patch_files = list_patches(patches_dir).unwrap();
+            let fresh = t.path().join(format!("fresh{n}"));
+            let log = t.path().join(format!("log{n}"));
+            open_tree(&cache, &source, &patch_files, &fresh, args, python, &log, &mut |_| {}).unwrap()
+        };
+        let runs = |tree: &OpenTree| -> Vec<String> {
+            fs::read_to_string(tree.dir.join("configure-runs")).unwrap().lines().map(String::from).collect()
+        };
+        let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+
+        patch_a(&patches, "int a1;");
+        let tree = open(&patches, &args);
+        assert_eq!(tree.version, "10.0.50");
+        assert_eq!(fs::read_to_string(tree.src.join("a.c")).unwrap(), "int a1;\n");
+        assert_eq!(runs(&tree).len(), 1);
+        assert!(runs(&tree)[0].ends_with(" --with-pkgversion=testbed"), "{:?}", runs(&tree));
+        // the lock is held while the tree is open
+        let key = tree_key(&tree_identity(&checkout).unwrap());
+        let lock_file = cache.root().join(format!("locks/qemu-tree-{key}.lock"));
+        let f = fs::File::open(&lock_file).unwrap();
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a valid, owned file descriptor.
+        assert_ne!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "tree not locked");
+        let dir = tree.dir.clone();
+        let (a_time, b_time) = (mtime(&tree.src.join("a.c")), mtime(&tree.src.join("b.c")));
+        let ninja_time = mtime(&tree.build.join("build.ninja"));
+        drop(tree);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+
+        // another patch series: the same tree, only the patched file
+        // rewritten, no configure (its arguments do not name the patches)
+        let patches2 = t.path().join("patches2");
+        patch_a(&patches2, "int a2;");
+        let tree = open(&patches2, &args);
+        assert_eq!(tree.dir, dir);
+        assert_eq!(fs::read_to_string(tree.src.join("a.c")).unwrap(), "int a2;\n");
+        assert_ne!(mtime(&tree.src.join("a.c")), a_time);
+        assert_eq!(mtime(&tree.src.join("b.c")), b_time, "unchanged file rewritten");
+        assert_eq!(mtime(&tree.build.join("build.ninja")), ninja_time, "reconfigured");
+        assert_eq!(runs(&tree).len(), 1);
+        drop(tree);
+
+        // a new commit in the checkout: still its tree, still no configure
+        fs::write(checkout.join("b.c"), "int b2;\n").unwrap();
+        git_in(&checkout, &["commit", "-q", "-am", "b2"]);
+        let tree = open(&patches2, &args);
+        assert_eq!(tree.dir, dir);
+        assert_eq!(fs::read_to_string(tree.src.join("b.c")).unwrap(), "int b2;\n");
+        assert_eq!(runs(&tree).len(), 1);
+        drop(tree);
+
+        // other configure arguments: configured again
+        let mut more = args.clone();
+        more.push("--enable-debug-tcg".into());
+        let tree = open(&patches2, &more);
+        assert_eq!(runs(&tree).len(), 2);
+        assert!(runs(&tree)[1].contains("--enable-debug-tcg"));
+    }
+
+    #[test]
+    fn tree_key_is_the_source_not_the_commit() {
+        let d = |sha: &str| SourceId::Debian { version: "v".into(), orig_sha256: sha.into() };
+        let t = |path: &str, head: &str, diff: &[u8]| SourceId::Tree {
+            path: path.into(),
+            head: head.into(),
+            diff: diff.to_vec(),
+        };
+        assert_eq!(tree_key(&d("aa")), tree_key(&d("aa")));
+        assert_ne!(tree_key(&d("aa")), tree_key(&d("bb")));
+        assert_eq!(tree_key(&t("/q", "1", b"")), tree_key(&t("/q", "2", b"x")));
+        assert_ne!(tree_key(&t("/q", "1", b"")), tree_key(&t("/r", "1", b"")));
+        assert_ne!(tree_key(&t("/q", "1", b"")), tree_key(&d("aa")));
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn debian_7_2_end_to_end() {
     // initramfs
     let roots = ["kvm_amd", "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic_mmio"];
     let bb = Path::new("/bin/busybox");
-    let spec = InitramfsSpec { kernel: &k, modules: &roots, optional: &[], agent: bb, busybox: bb };
+    let spec = InitramfsSpec { kernel: &k, modules: &roots, optional: &[], agent: bb, busybox: bb, files: &[] };
     let t = Instant::now();
     let p = build_initramfs(&cache, &spec, &mut |_| {}).unwrap();
     let size = std::fs::metadata(&p).unwrap().len();

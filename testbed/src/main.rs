@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// Run scenarios on every variant x kernel, in parallel; CI reports and shards
     Matrix(Box<testbed::matrix::MatrixArgs>),
+    /// Run the kernel's own KVM and VFIO selftests in L1 on each variant
+    Selftests(Box<testbed::selftests::SelftestsArgs>),
     /// List variants, scenarios or kernels
     List {
         #[arg(value_enum)]
@@ -71,6 +73,15 @@ enum Command {
     Kernel {
         /// debian:VERSION, path:BZIMAGE[,modules=DIR] or git:TREE[@REV]
         spec: String,
+    },
+    /// Build (or find in the cache) the patched QEMU the patched variants
+    /// run, from the pinned source or --qemu-tree plus the qemu-patches/
+    /// found from the current directory up, and print its binary, with the
+    /// time it took
+    Qemu {
+        /// QEMU checkout to build from instead of the pinned Debian source
+        #[arg(long, value_name = "PATH")]
+        qemu_tree: Option<PathBuf>,
     },
     /// Make a kernel git tree from Debian's linux source package: the
     /// upstream tarball, then one commit per Debian patch
@@ -269,6 +280,7 @@ fn main() -> ExitCode {
                 Err(e) => run::usage_error(&e),
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
+            Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
             Command::Bisect { run: args, good, bad, tree, console_match } => {
                 if let Err(e) = args.check_bisect() {
@@ -289,6 +301,7 @@ fn main() -> ExitCode {
             }
             Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
             Command::Kernel { spec } => kernel(&spec),
+            Command::Qemu { qemu_tree } => patched_qemu(qemu_tree.as_deref()),
             Command::BisectStep { run: args, state, console_match } => match args.options() {
                 Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
                 Err(e) => {
@@ -336,6 +349,31 @@ fn kernel(spec: &str) -> u8 {
         }
         Err(e) => {
             eprintln!("error: kernel {spec}: {e}");
+            if e.is_bad_input() {
+                run::EXIT_USAGE
+            } else {
+                run::EXIT_SKIP
+            }
+        }
+    }
+}
+
+fn patched_qemu(tree: Option<&std::path::Path>) -> u8 {
+    let project = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let spec = testbed::qemu::patched_qemu_spec(&project, tree);
+    let ui = testbed::ui::Ui::new();
+    let cache = images::Cache::default_location();
+    let started = std::time::Instant::now();
+    let built = images::build_qemu(&cache, &spec, &mut |p| ui.images(p));
+    ui.finish();
+    match built {
+        Ok(b) => {
+            println!("{}, {:.1} s", b.description, started.elapsed().as_secs_f64());
+            println!("{}", b.binary.display());
+            run::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: patched qemu: {e}");
             if e.is_bad_input() {
                 run::EXIT_USAGE
             } else {

@@ -57,6 +57,7 @@ fn devices_of(scenario: &Scenario) -> Vec<PciDevice> {
                 .any(|s| matches!(s, wire::Step::Unplug { device } if *device == d.name)),
             addr: d.bdf.as_deref().map(root_bus_addr),
             sriov: d.model.spec().sriov_vf,
+            hub: d.hub.clone(),
         })
         .collect()
 }
@@ -97,6 +98,7 @@ mod tests {
                     name: (*n).into(),
                     model: wire::DeviceModel::Edu,
                     bdf: bdf.map(Into::into),
+                    hub: None,
                 })
                 .collect(),
             steps: Vec::new(),

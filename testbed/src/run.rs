@@ -72,6 +72,8 @@ pub enum Verdict {
     Broken,
     /// The kernel did not boot to the agent.
     NoBoot,
+    /// The variant's QEMU could not be built.
+    NotRun,
 }
 
 impl Verdict {
@@ -84,6 +86,7 @@ impl Verdict {
             Verdict::ChecksFailed => "CHECK FAILED",
             Verdict::Broken => "BROKEN",
             Verdict::NoBoot => "NO BOOT",
+            Verdict::NotRun => "NOT RUN",
         }
     }
 }
@@ -107,6 +110,9 @@ struct Prepared {
     runtime: tempfile::TempDir,
     /// Built when a variant needs the patched QEMU.
     patched_qemu: Option<images::QemuBuild>,
+    /// Why the patched QEMU could not be built, when stock variants run
+    /// anyway: the patched ones are then not run.
+    patched_qemu_error: Option<String>,
 }
 
 /// A kernel ready to boot: fetched, with its initramfs.
@@ -116,6 +122,9 @@ pub struct KernelImages {
     /// self-decompression is most of a TCG boot), else the bzImage.
     pub boot_image: PathBuf,
     pub initrd: PathBuf,
+    /// The guest agent that went into `initrd` (a nested boot's initramfs
+    /// and its L2's get the same one).
+    pub agent: PathBuf,
 }
 
 /// Why inputs could not be prepared: the message and `testbed run`'s exit code.
@@ -145,15 +154,25 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     let runtime = runtime_dir().map_err(report)?;
     let agent = write_agent(runtime.path()).map_err(report)?;
     let images = prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| ui.images(p)).map_err(report)?;
+    let mut patched_qemu_error = None;
     let patched_qemu = if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Patched) {
-        let build = prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p))
-            .map_err(report)?;
-        ui.line(&format!("patched qemu: {}", build.description));
-        Some(build)
+        match prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+            Ok(build) => {
+                ui.line(&format!("patched qemu: {}", build.description));
+                Some(build)
+            }
+            // the stock variants' results are still worth having
+            Err(e) if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Stock) => {
+                eprintln!("error: {}; its variants are not run, the stock ones are", e.message);
+                patched_qemu_error = Some(e.message);
+                None
+            }
+            Err(e) => return Err(report(e)),
+        }
     } else {
         None
     };
-    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu })
+    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu, patched_qemu_error })
 }
 
 /// Scenario files, fully checked; none is an error (exit 2).
@@ -189,6 +208,28 @@ pub fn prepare_kernel(
     agent: &Path,
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<KernelImages, PrepareError> {
+    prepare_kernel_with(cache, spec, options, agent, &InitramfsExtras::default(), progress)
+}
+
+/// What an initramfs holds beyond the agent and the scenarios' modules.
+#[derive(Debug, Clone, Default)]
+pub struct InitramfsExtras {
+    /// Module groups added where the kernel has all of a group (the agent
+    /// loads them with the rest).
+    pub optional_modules: Vec<Vec<&'static str>>,
+    /// (path in the guest, file on the host), e.g. selftest binaries.
+    pub files: Vec<(String, PathBuf)>,
+}
+
+/// [`prepare_kernel`] with further modules and files in the initramfs.
+pub fn prepare_kernel_with(
+    cache: &images::Cache,
+    spec: &images::KernelSpec,
+    options: &RunOptions,
+    agent: &Path,
+    extras: &InitramfsExtras,
+    progress: &mut dyn FnMut(images::Progress),
+) -> Result<KernelImages, PrepareError> {
     let kernel = tokio::task::block_in_place(|| images::resolve_kernel(cache, spec, progress)).map_err(|e| {
         PrepareError {
             message: format!("kernel {spec}: {e}"),
@@ -204,13 +245,25 @@ pub fn prepare_kernel(
     let boot_image = pvh.unwrap_or_else(|| kernel.bzimage.clone());
     let busybox = PathBuf::from("/bin/busybox");
     let modules = guest_modules(options.accel);
-    let optional = optional_guest_modules();
+    let mut optional = optional_guest_modules();
+    optional.extend(extras.optional_modules.iter().cloned());
     let optional: Vec<&[&str]> = optional.iter().map(Vec::as_slice).collect();
-    let initramfs =
-        images::InitramfsSpec { kernel: &kernel, modules: &modules, optional: &optional, agent, busybox: &busybox };
+    let initramfs = images::InitramfsSpec {
+        kernel: &kernel,
+        modules: &modules,
+        optional: &optional,
+        agent,
+        busybox: &busybox,
+        files: &extras.files,
+    };
     let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
         .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
-    Ok(KernelImages { kernel, boot_image, initrd })
+    Ok(KernelImages {
+        kernel,
+        boot_image,
+        initrd,
+        agent: agent.to_path_buf(),
+    })
 }
 
 /// Builds (or finds in the cache) the patched QEMU of the project in `project`.
@@ -280,6 +333,20 @@ pub async fn run(options: RunOptions) -> u8 {
             ));
         }
         let here: Vec<Scenario> = here.into_iter().cloned().collect();
+        if let (crate::variant::QemuKind::Patched, Some(why)) = (variant.qemu, &prepared.patched_qemu_error) {
+            for scenario in &here {
+                ui.line(&format!("{:<14} {:<32} {}", variant.name, scenario.name, Verdict::NotRun.label()));
+                cells.push(Cell {
+                    scenario: scenario.name.clone(),
+                    variant: variant.name,
+                    verdict: Verdict::NotRun,
+                    detail: vec![why.clone()],
+                    report: None,
+                    diff: None,
+                });
+            }
+            continue;
+        }
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
             let outcome = match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
                 Ok(outcome) => outcome,
@@ -303,6 +370,8 @@ pub async fn run(options: RunOptions) -> u8 {
         return EXIT_USAGE;
     }
     print_table(&cells);
+    println!();
+    print!("{}", crate::summary::render(&crate::summary::summarize(&cells)));
     if let Some(path) = &options.json {
         if let Err(e) = write_json(path, &prepared, &cells, &boots) {
             eprintln!("error: writing {}: {e}", path.display());
@@ -356,13 +425,44 @@ pub async fn boot(
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let (qemu, data_dirs) = crate::qemu::qemu_for(variant, &options.qemu, target.patched_qemu);
+    let initrd = if scenarios.iter().any(|s| s.needs_l2()) {
+        // the VMM is the binary this boot runs on: resolve a bare name through PATH
+        let vmm = which(&qemu).ok_or_else(|| format!("{} not found in PATH", qemu.display()))?;
+        let firmware = if data_dirs.is_empty() {
+            images::system_data_dirs()
+        } else {
+            data_dirs.clone()
+        };
+        let cache = images::Cache::default_location();
+        let t0 = Instant::now();
+        let initrd = tokio::task::block_in_place(|| {
+            crate::nested::nested_initrd(&cache, target.images, &vmm, &firmware, &mut |_| {})
+        })
+        .map_err(|e| {
+            format!(
+                "initramfs with an L2 for {}: {e}",
+                target.images.kernel.release
+            )
+        })?;
+        eprintln!(
+            "nested initramfs ({} MB, VMM {}) ready in {:.1} s",
+            std::fs::metadata(&initrd)
+                .map(|m| m.len() >> 20)
+                .unwrap_or(0),
+            vmm.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        initrd
+    } else {
+        target.images.initrd.clone()
+    };
     let cfg = BootConfig {
         qemu,
         data_dirs,
         variant,
         accel: options.accel,
         kernel: target.images.boot_image.clone(),
-        initrd: target.images.initrd.clone(),
+        initrd,
         extra_cmdline: options.append.clone(),
         devices: devices.to_vec(),
         memory_mib: 1024,
@@ -373,6 +473,18 @@ pub async fn boot(
     };
     let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
     Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
+}
+
+/// `name` itself when it has a slash, else the first executable of that
+/// name in PATH.
+pub fn which(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return Some(name.to_path_buf()).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The report of `scenario` in a boot's outcome, or why there is none (the
@@ -534,8 +646,8 @@ pub fn list_kernels() -> u8 {
     ui.finish();
     match kernels {
         Ok(kernels) => {
-            for k in kernels {
-                println!("debian:{}", k.version);
+            for line in kernel_list_lines(&kernels) {
+                println!("{line}");
             }
             EXIT_OK
         }
@@ -544,6 +656,29 @@ pub fn list_kernels() -> u8 {
             EXIT_SKIP
         }
     }
+}
+
+/// `testbed list kernels`: one line per upstream version (a `debian:`
+/// spec names no Debian revision) with the Debian version that spec
+/// resolves to, the newest. Older revisions of the same upstream version
+/// (e.g. a backport rebuilt as `-2~bpo12+1` beside `-1~bpo12+1`, each in
+/// its own package) are named on that line. `kernels` is sorted as
+/// `images::list_debian_kernels` returns it: by version, then Debian version.
+pub fn kernel_list_lines(kernels: &[images::DebianKernel]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for same in kernels.chunk_by(|a, b| a.version == b.version) {
+        let (newest, older) = same.split_last().expect("chunks are not empty");
+        let mut older: Vec<&str> = older.iter().map(|k| k.debian_version.as_str()).collect();
+        older.retain(|v| *v != newest.debian_version);
+        older.dedup();
+        let spec = format!("debian:{}", newest.version);
+        let mut line = format!("{spec:<18} {}", newest.debian_version);
+        if !older.is_empty() {
+            line.push_str(&format!(" (older revisions not used: {})", older.join(", ")));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 /// `testbed bench`: boots `iterations` times per variant on a warm cache and
@@ -806,5 +941,48 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
             eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
             Err(EXIT_SKIP)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(version: &str, debian_version: &str, package: &str) -> images::DebianKernel {
+        let deb = images::DebPackage {
+            name: package.into(),
+            version: debian_version.into(),
+            sha256: String::new(),
+            size: 0,
+        };
+        images::DebianKernel {
+            version: images::KernelVersion::parse(version).unwrap(),
+            debian_version: debian_version.into(),
+            image_package: deb.clone(),
+            packages: vec![deb],
+        }
+    }
+
+    #[test]
+    fn kernel_list_has_one_line_per_upstream_version() {
+        // bookworm-backports carries 6.12.90 twice: -1~bpo12+1 as
+        // linux-image-6.12.90+deb12-amd64 and -2~bpo12+1 as +deb12.1
+        let kernels = [
+            kernel("6.12.88", "6.12.88-1~bpo12+1", "linux-image-6.12.88+deb12-amd64"),
+            kernel("6.12.90", "6.12.90-1~bpo12+1", "linux-image-6.12.90+deb12-amd64"),
+            kernel("6.12.90", "6.12.90-2~bpo12+1", "linux-image-6.12.90+deb12.1-amd64"),
+            kernel("7.2.13", "7.2.13-1", "linux-image-7.2.13+deb14-amd64"),
+            // the same version from two suites: one revision, named once
+            kernel("7.2.13", "7.2.13-1", "linux-image-amd64"),
+        ];
+        assert_eq!(
+            kernel_list_lines(&kernels),
+            [
+                "debian:6.12.88     6.12.88-1~bpo12+1",
+                "debian:6.12.90     6.12.90-2~bpo12+1 (older revisions not used: 6.12.90-1~bpo12+1)",
+                "debian:7.2.13      7.2.13-1",
+            ]
+        );
+        assert!(kernel_list_lines(&[]).is_empty());
     }
 }

@@ -26,6 +26,8 @@ pub enum RunEvent {
     ScenarioStarted { variant: &'static str, scenario: String, steps: usize },
     StepFinished { variant: &'static str, scenario: String, index: usize, action: &'static str },
     ScenarioFinished { variant: &'static str, scenario: String },
+    /// A selftest started in L1 (`testbed selftests`).
+    TestStarted { variant: &'static str, test: String },
     PoweringOff { variant: &'static str },
 }
 
@@ -154,6 +156,20 @@ pub struct BootOutcome {
     pub console_log: PathBuf,
 }
 
+impl BootOutcome {
+    /// Nothing happened yet.
+    pub(crate) fn new(cfg: &BootConfig) -> BootOutcome {
+        BootOutcome {
+            ready: None,
+            qemu_version: String::new(),
+            timings: Timings::default(),
+            runs: Vec::new(),
+            failure: None,
+            console_log: cfg.console_log.clone(),
+        }
+    }
+}
+
 /// Boot once and run `scenarios` in order. Never returns with QEMU running.
 pub async fn run_boot(
     cfg: &BootConfig,
@@ -161,14 +177,7 @@ pub async fn run_boot(
     timeouts: Timeouts,
     on_event: &mut (dyn FnMut(RunEvent) + Send),
 ) -> BootOutcome {
-    let mut outcome = BootOutcome {
-        ready: None,
-        qemu_version: String::new(),
-        timings: Timings::default(),
-        runs: Vec::new(),
-        failure: None,
-        console_log: cfg.console_log.clone(),
-    };
+    let mut outcome = BootOutcome::new(cfg);
     let mut session = match Session::start(cfg, timeouts, &mut outcome, on_event).await {
         Ok(session) => session,
         Err(failure) => {
@@ -211,7 +220,8 @@ pub async fn run_boot(
     outcome
 }
 
-struct Session {
+/// A running L1 whose agent said Ready. Dropping it kills QEMU.
+pub(crate) struct Session {
     qemu: QemuProcess,
     qmp: Qmp,
     events: tokio::sync::mpsc::UnboundedReceiver<qapi::qmp::Event>,
@@ -227,13 +237,13 @@ struct Session {
 }
 
 /// Something that ended the wait for the agent.
-enum Interrupt {
+pub(crate) enum Interrupt {
     Message(wire::AgentMessage),
     Failed(String),
 }
 
 impl Session {
-    async fn start(
+    pub(crate) async fn start(
         cfg: &BootConfig,
         timeouts: Timeouts,
         outcome: &mut BootOutcome,
@@ -399,12 +409,21 @@ impl Session {
                     run.failure = Some("agent restarted in the middle of a scenario".to_owned());
                     return run;
                 }
+                Interrupt::Message(other @ (wire::AgentMessage::ExecOutput { .. } | wire::AgentMessage::Exited(_))) => {
+                    run.failure = Some(format!("agent sent {} during a scenario", message_kind(&other)));
+                    return run;
+                }
                 Interrupt::Failed(message) => {
                     run.failure = Some(message);
                     return run;
                 }
             }
         }
+    }
+
+    /// The PCI address in L1 of the boot's device `id`, as QMP reported it.
+    pub(crate) fn bdf(&self, id: &str) -> Option<&str> {
+        self.bdfs.get(id).map(String::as_str)
     }
 
     /// The IOMMU's counters, where the variant has some to read.
@@ -426,7 +445,7 @@ impl Session {
         Some(Ok(IommuCounts::from_values(values)))
     }
 
-    async fn poweroff(mut self) -> Result<(), String> {
+    pub(crate) async fn poweroff(mut self) -> Result<(), String> {
         self.send(&wire::HostMessage::Poweroff).await?;
         match tokio::time::timeout(self.timeouts.shutdown, self.qemu.wait()).await {
             Ok(Ok(_)) => Ok(()),
@@ -440,7 +459,7 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, message: &wire::HostMessage) -> Result<(), String> {
+    pub(crate) async fn send(&mut self, message: &wire::HostMessage) -> Result<(), String> {
         let mut line = serde_json::to_vec(message).expect("host messages always serialize");
         line.push(b'\n');
         self.writer.write_all(&line).await.map_err(|e| format!("writing to the agent: {e}"))
@@ -474,7 +493,7 @@ impl Session {
     }
 
     /// The agent's next message, or why none will come.
-    async fn next_message(&mut self, timeout: Duration, what: &str) -> Interrupt {
+    pub(crate) async fn next_message(&mut self, timeout: Duration, what: &str) -> Interrupt {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -551,7 +570,7 @@ impl Session {
     }
 
     /// The channel closed: find out whether QEMU died and how.
-    async fn gone(&mut self, what: &str) -> String {
+    pub(crate) async fn gone(&mut self, what: &str) -> String {
         match self.qemu_gone(what).await {
             Some(why) => why,
             None => format!("the agent closed its port during {what}{}", console_evidence(&self.console_log)),
@@ -569,7 +588,7 @@ impl Session {
     }
 }
 
-fn message_kind(message: &wire::AgentMessage) -> &'static str {
+pub(crate) fn message_kind(message: &wire::AgentMessage) -> &'static str {
     match message {
         wire::AgentMessage::Ready(_) => "ready",
         wire::AgentMessage::Step(_) => "step",
@@ -577,6 +596,8 @@ fn message_kind(message: &wire::AgentMessage) -> &'static str {
         wire::AgentMessage::HostAction { .. } => "host action",
         wire::AgentMessage::Done(_) => "done",
         wire::AgentMessage::Failed { .. } => "failed",
+        wire::AgentMessage::ExecOutput { .. } => "exec output",
+        wire::AgentMessage::Exited(_) => "exited",
     }
 }
 

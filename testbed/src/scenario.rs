@@ -54,6 +54,11 @@ pub struct ScenarioDevice {
     /// device there with `addr=`. Otherwise the address is resolved at run time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bdf: Option<String>,
+    /// A NIC's network: devices naming the same hub are joined by a QEMU
+    /// hub in L0 (`-netdev hubport`), so frames one sends reach the
+    /// others and nothing else (never QEMU's user-mode network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// An `[[expect]]` table: a property the report must have.
@@ -90,6 +95,18 @@ pub enum Expectation {
     /// (GA log: the wake-up path of halted vCPUs). Not applicable, and so
     /// passing, where the platform cannot post.
     GaLogWakeups,
+    /// Every `l2-traffic` step: every frame sent arrived, every vector of
+    /// the L2's devices was delivered in L2 exactly as often as L1's host
+    /// IRQ line saw the device raise it, and the receiving NIC's queue
+    /// vectors took at least one interrupt.
+    L2Lossless,
+}
+
+impl Scenario {
+    /// Whether the scenario starts a real L2 (its boot then carries a VMM).
+    pub fn needs_l2(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::StartL2 { .. }))
+    }
 }
 
 impl Expectation {
@@ -104,6 +121,7 @@ impl Expectation {
             Expectation::Connected { .. } => "connected",
             Expectation::ConnectedIffPosting { .. } => "connected-iff-posting",
             Expectation::GaLogWakeups => "ga-log-wakeups",
+            Expectation::L2Lossless => "l2-lossless",
         }
     }
 }
@@ -113,8 +131,13 @@ impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.check())?;
         match self {
-            Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
-            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => write!(f, " {vector}"),
+            Expectation::Lossless
+            | Expectation::Pairing
+            | Expectation::GaLogWakeups
+            | Expectation::L2Lossless => Ok(()),
+            Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
+                write!(f, " {vector}")
+            }
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector } => write!(f, " {vm} {vector}"),
@@ -664,6 +687,8 @@ struct Checker<'s, 'a> {
     devices: BTreeMap<String, DevInfo>,
     /// Fixed addresses: bdf -> device.
     bdfs: BTreeMap<String, String>,
+    /// Each device's hub.
+    hubs: BTreeMap<String, Option<String>>,
     vms: BTreeMap<String, VmState>,
     /// Attached irqfds: (vm, vector) -> step that attached it.
     irqfds: BTreeMap<(String, String), usize>,
@@ -671,6 +696,10 @@ struct Checker<'s, 'a> {
     ever_attached: BTreeMap<(String, String), usize>,
     /// VMs whose L2 runs: vm -> the start-vm step.
     l2_running: BTreeMap<String, usize>,
+    /// Whether any step is an `l2-traffic`.
+    l2_traffic: bool,
+    /// Running real L2s (`start-l2`): name -> (step, devices).
+    linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
     /// Whether any step fires (or signals).
     fired: bool,
     /// Vectors masked at the device: vector -> the mask step.
@@ -690,10 +719,13 @@ impl<'s, 'a> Checker<'s, 'a> {
             src,
             devices: BTreeMap::new(),
             bdfs: BTreeMap::new(),
+            hubs: BTreeMap::new(),
             vms: BTreeMap::new(),
             irqfds: BTreeMap::new(),
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
+            linux_l2s: BTreeMap::new(),
+            l2_traffic: false,
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
@@ -742,6 +774,18 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             self.bdfs.insert(key, d.name.clone());
         }
+        if let Some(hub) = &d.hub {
+            if !matches!(d.model, DeviceModel::Igb | DeviceModel::E1000e) {
+                return Err(self.err(
+                    "hub",
+                    format!("{} is not a NIC: it has no hub", d.model.label()),
+                ));
+            }
+            if let Some(p) = name_problem(hub) {
+                return Err(self.err("hub", p));
+            }
+        }
+        self.hubs.insert(d.name.clone(), d.hub.clone());
         self.devices.insert(
             d.name.clone(),
             DevInfo {
@@ -854,7 +898,124 @@ impl<'s, 'a> Checker<'s, 'a> {
         self.span = step.span();
         self.context = format!("step {k} ({})", step.get_ref().action());
         match step.get_ref() {
+            Step::StartL2 {
+                l2,
+                devices,
+                queues,
+                append: _,
+            } => {
+                if let Some((step, _)) = self.linux_l2s.get(l2) {
+                    return Err(self.err(
+                        "l2",
+                        format!("L2 {l2} is already running (start-l2 at step {step})"),
+                    ));
+                }
+                if devices.is_empty() {
+                    return Err(self.err("devices", "an L2 needs at least one device".to_string()));
+                }
+                if !(1..=8).contains(queues) {
+                    return Err(self.err("queues", format!("queues = {queues} out of range 1..=8")));
+                }
+                for d in devices {
+                    let info = self.device("devices", d)?;
+                    if !matches!(info.model, DeviceModel::Igb | DeviceModel::E1000e) {
+                        return Err(self.err(
+                            "devices",
+                            format!("{d} is {}: an L2 drives only NICs with a Linux driver (igb, e1000e)", info.model.label()),
+                        ));
+                    }
+                    match info.state {
+                        DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {
+                        }
+                        DevState::Unplugged { step } => {
+                            return Err(self.err(
+                                "devices",
+                                format!("{d} was unplugged at step {step}: replug it first"),
+                            ))
+                        }
+                        DevState::Bound | DevState::Enabled { .. } => {
+                            return Err(self.err(
+                                "devices",
+                                format!("{d} is open in the agent: close-device first"),
+                            ))
+                        }
+                    }
+                    if let Some((other, _)) =
+                        self.linux_l2s.iter().find(|(_, (_, ds))| ds.contains(d))
+                    {
+                        return Err(
+                            self.err("devices", format!("{d} is already assigned to L2 {other}"))
+                        );
+                    }
+                    if devices.iter().filter(|x| *x == d).count() > 1 {
+                        return Err(self.err("devices", format!("{d} is listed twice")));
+                    }
+                }
+                self.linux_l2s.insert(l2.clone(), (k, devices.clone()));
+            }
+            Step::L2Traffic {
+                l2,
+                from,
+                to,
+                frames,
+            } => {
+                let Some((_, devs)) = self.linux_l2s.get(l2) else {
+                    return Err(self.err(
+                        "l2",
+                        format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
+                    ));
+                };
+                for (key, d) in [("from", from), ("to", to)] {
+                    if !devs.contains(d) {
+                        return Err(self.err(
+                            key,
+                            format!("{d} is not a device of L2 {l2} ({})", devs.join(", ")),
+                        ));
+                    }
+                }
+                if from == to {
+                    return Err(self.err(
+                        "to",
+                        format!("from and to are both {to}: frames go from one NIC to another"),
+                    ));
+                }
+                let hubs: Vec<Option<&String>> = [from, to]
+                    .iter()
+                    .map(|d| self.hubs.get(*d).and_then(|h| h.as_ref()))
+                    .collect();
+                if hubs[0].is_none() || hubs[0] != hubs[1] {
+                    return Err(self.err(
+                        "to",
+                        format!("{from} and {to} must sit on the same hub (hub = \"...\" in both [[device]] tables)"),
+                    ));
+                }
+                self.l2_traffic = true;
+                if !(1..=wire::L2_MAX_FRAMES).contains(frames) {
+                    return Err(self.err(
+                        "frames",
+                        format!("frames = {frames} out of range 1..={}", wire::L2_MAX_FRAMES),
+                    ));
+                }
+            }
+            Step::StopL2 { l2 } => {
+                if self.linux_l2s.remove(l2).is_none() {
+                    return Err(self.err(
+                        "l2",
+                        format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
+                    ));
+                }
+            }
             Step::Bind { device } => {
+                if let Some((l2, _)) = self
+                    .linux_l2s
+                    .iter()
+                    .find(|(_, (_, ds))| ds.contains(device))
+                {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is assigned to the running L2 {l2}: stop-l2 first"),
+                    ));
+                }
                 let info = self.device("device", device)?;
                 match info.state {
                     DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {}
@@ -1305,7 +1466,13 @@ impl<'s, 'a> Checker<'s, 'a> {
             Expectation::GaLogWakeups if !self.fired => {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
-            Expectation::Lossless | Expectation::Pairing | Expectation::GaLogWakeups => Ok(()),
+            Expectation::L2Lossless if !self.l2_traffic => {
+                Err(self.err("check", "no l2-traffic step: nothing to check".into()))
+            }
+            Expectation::Lossless
+            | Expectation::Pairing
+            | Expectation::GaLogWakeups
+            | Expectation::L2Lossless => Ok(()),
             Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 if !self.devices[&dev].ever_wired.contains(&n) {

@@ -59,6 +59,7 @@ impl Ui {
                 }
             }
             RunEvent::ScenarioFinished { .. } => {}
+            RunEvent::TestStarted { variant, test } => self.status(format!("{variant}: {test}")),
             RunEvent::PoweringOff { variant } => {
                 if self.bar.is_some() {
                     self.status(format!("{variant}: powering off"));

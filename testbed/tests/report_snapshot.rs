@@ -28,6 +28,7 @@ fn report(l1_seen: u64) -> Report {
         bypass,
         interrupts: vec![],
         kernel_warnings: vec![],
+        l2: None,
     };
     let mut steps: Vec<StepReport> = (0..7).map(|i| step(i, vec![])).collect();
     steps[1].bypass = vec![BypassEvent::ProducerRegistered {

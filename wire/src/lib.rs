@@ -16,10 +16,14 @@
 use serde::{Deserialize, Serialize};
 
 mod device;
+mod exec;
+mod nested;
+pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
+pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -39,6 +43,9 @@ pub enum HostMessage {
     /// The host finished the [`HostAction`] the agent asked for during a
     /// step; `error` says why it failed.
     HostActionDone { error: Option<String> },
+    /// Run one program (a selftest); the agent answers with
+    /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
+    Exec(ExecJob),
 }
 
 /// Something only the host can do (through QMP) in the middle of a step.
@@ -73,6 +80,11 @@ pub enum AgentMessage {
     /// Something outside any step went wrong (bad job, tracing broke). The agent
     /// stays alive and waits for the next message.
     Failed { message: String },
+    /// One line of a running [`ExecJob`]'s output (stdout and stderr
+    /// interleaved as the program wrote them), without its newline.
+    ExecOutput { line: String },
+    /// The [`ExecJob`] ended.
+    Exited(ExecResult),
 }
 
 /// End of a scenario.
@@ -120,6 +132,10 @@ pub struct Platform {
     /// The IOMMU reported IRQ posting support (AMD-Vi "Virtual APIC enabled",
     /// or Intel posted-interrupt capability).
     pub irq_posting: bool,
+    /// `/dev/iommu` exists: the kernel has iommufd (CONFIG_IOMMUFD), which
+    /// VFIO's selftests open by default. Debian's kernels lack it.
+    #[serde(default)]
+    pub iommufd: bool,
     /// Kprobes or trace events the agent could not place or enable, with the
     /// reason (e.g. a symbol this kernel does not have). Empty when the agent
     /// observes everything; otherwise bypass reports are incomplete.
@@ -288,6 +304,47 @@ pub enum Step {
     /// Panic the L1 kernel (sysrq-c). A self-test of the harness: the run
     /// must end with the guest's panic reported, never hang.
     PanicL1,
+    /// Start a real L2 Linux: the agent binds `devices` to vfio-pci in L1
+    /// and runs the VMM the boot carries (the QEMU binary L1 itself runs
+    /// on, with its library closure) with `-accel kvm -cpu host`, the same
+    /// kernel and a small L2 initramfs (busybox, the NIC drivers, the agent
+    /// in its L2 role), each device as `-device vfio-pci`. In L2 the
+    /// devices' own drivers (igb, e1000e) bind, each NIC gets `queues`
+    /// combined queues (ETHTOOL_SCHANNELS) and its link brought up. Returns
+    /// once the L2 reported ready; its boot time is in the step report.
+    /// QEMU's VFIO code registers the irqbypass producers (when L2's driver
+    /// enables MSI-X), KVM the consumers.
+    StartL2 {
+        l2: String,
+        devices: Vec<String>,
+        #[serde(default = "default_queues")]
+        queues: u32,
+        /// Extra words for the L2 kernel's command line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        append: Option<String>,
+    },
+    /// In the running L2, send `frames` Ethernet frames (IPv4/UDP, one
+    /// source address each, so the receiver's RSS spreads them over its
+    /// queues) from device `from` to device `to` (joined by a QEMU hub in
+    /// L0) through a packet socket, and wait for all of them to arrive at
+    /// `to`, then for the interrupts to settle. Reports, per MSI-X vector
+    /// of the L2's devices, the L1 host IRQ line's count and what L2's
+    /// /proc/interrupts counted.
+    L2Traffic {
+        l2: String,
+        from: String,
+        to: String,
+        #[serde(default = "one")]
+        frames: u32,
+    },
+    /// Stop the L2 (it resets; its QEMU, run with -no-reboot, exits: QEMU's own teardown:
+    /// VFIO releases the devices, producers and consumers unregister); the
+    /// devices stay bound to vfio-pci in L1.
+    StopL2 { l2: String },
+}
+
+fn default_queues() -> u32 {
+    L2_DEFAULT_QUEUES
 }
 
 /// Which vectors an `enable-msix` wires.
@@ -378,6 +435,9 @@ impl Step {
             Step::StartVm { .. } => "start-vm",
             Step::StopVm { .. } => "stop-vm",
             Step::Ipi { .. } => "ipi",
+            Step::StartL2 { .. } => "start-l2",
+            Step::L2Traffic { .. } => "l2-traffic",
+            Step::StopL2 { .. } => "stop-l2",
         }
     }
 }
@@ -403,6 +463,9 @@ pub struct StepReport {
     /// fails the scenario on any of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_warnings: Vec<String>,
+    /// What a real L2 did during `start-l2`, `l2-traffic` and `stop-l2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<Box<L2StepReport>>,
 }
 
 /// Whether a kernel log message is the headline of a kernel warning, and

@@ -25,7 +25,7 @@ use crate::scenario::Scenario;
 use crate::variant::{self, QemuKind, Variant};
 
 pub mod file;
-mod output;
+pub(crate) mod output;
 mod progress;
 pub mod results;
 pub mod shard;

@@ -125,7 +125,7 @@ pub fn json(outcome: &MatrixOutcome) -> serde_json::Value {
 
 /// Text that is safe inside XML: escaped, and without the control
 /// characters XML 1.0 forbids (consoles are full of them).
-fn xml(text: &str) -> String {
+pub(crate) fn xml(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

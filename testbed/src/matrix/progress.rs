@@ -97,6 +97,7 @@ impl UnitProgress {
             RunEvent::QemuStarted { .. } => "booting".to_owned(),
             RunEvent::AgentReady { after, .. } => format!("agent ready after {:.1}s", after.as_secs_f64()),
             RunEvent::ScenarioStarted { scenario, steps, .. } => format!("{scenario} ({steps} steps)"),
+            RunEvent::TestStarted { test, .. } => test.clone(),
             RunEvent::StepFinished { scenario, index, action, .. } => {
                 if self.bar.is_none() {
                     return;

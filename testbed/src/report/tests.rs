@@ -85,6 +85,7 @@ fn stock() -> Platform {
         device_posted_irqs: None,
         irq_remapping: Some("intel x2apic".into()),
         irq_posting: false,
+        iommufd: false,
         tracing_failed: vec![],
         boot_warnings: vec![],
     }
@@ -116,6 +117,7 @@ fn step(index: usize, bypass: Vec<E>) -> StepReport {
         bypass,
         interrupts: vec![],
         kernel_warnings: vec![],
+        l2: None,
     }
 }
 

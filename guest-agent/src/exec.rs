@@ -1,0 +1,279 @@
+//! Runs a program for the host (`wire::ExecJob`, a selftest): binds the
+//! devices it needs to vfio-pci, starts it in a process group of its own
+//! with stdout and stderr on one pipe, forwards its output line by line,
+//! keeps the host's silence timer fed, and kills the whole group when it
+//! overruns its timeout or when it exits leaving children behind.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wire::{AgentMessage, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
+
+use crate::say;
+
+/// How long output may still arrive after the program exited (from
+/// children that kept the pipe open) before the group is killed.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Splits a byte stream into lines and forwards them, up to
+/// [`MAX_EXEC_OUTPUT`] bytes; counts what it drops.
+struct Lines {
+    partial: Vec<u8>,
+    forwarded: usize,
+    dropped: u64,
+}
+
+impl Lines {
+    fn new() -> Lines {
+        Lines { partial: Vec::new(), forwarded: 0, dropped: 0 }
+    }
+
+    fn push(&mut self, bytes: &[u8], send: &mut dyn FnMut(AgentMessage)) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            self.emit(&line[..line.len() - 1], send);
+        }
+        // a program that never prints a newline still gets forwarded
+        if self.partial.len() >= 4096 {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line, send);
+        }
+    }
+
+    fn finish(&mut self, send: &mut dyn FnMut(AgentMessage)) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line, send);
+        }
+    }
+
+    fn emit(&mut self, line: &[u8], send: &mut dyn FnMut(AgentMessage)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if self.forwarded + line.len() + 1 > MAX_EXEC_OUTPUT {
+            self.dropped += line.len() as u64 + 1;
+            return;
+        }
+        self.forwarded += line.len() + 1;
+        send(AgentMessage::ExecOutput { line: String::from_utf8_lossy(line).into_owned() });
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits up to `timeout` for `fd` to become readable (or hang up).
+fn readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    n > 0
+}
+
+fn kill_group(pgid: u32) {
+    // SAFETY: plain syscall; a group that is already gone gives ESRCH.
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+    }
+}
+
+/// Runs `job`, sending its output and heartbeats through `send`; returns
+/// how it ended. `warnings` drains the kernel warnings logged since its
+/// last call.
+pub fn run(
+    job: &ExecJob,
+    send: &mut dyn FnMut(AgentMessage),
+    warnings: &mut dyn FnMut() -> Vec<String>,
+) -> ExecResult {
+    // whatever the kernel said before belongs to whatever ran before
+    let _ = warnings();
+    let started = Instant::now();
+    let result = |status: ExecStatus, dropped_bytes: u64, warnings: Vec<String>| ExecResult {
+        status,
+        millis: started.elapsed().as_millis() as u64,
+        dropped_bytes,
+        kernel_warnings: warnings,
+    };
+    for bdf in &job.vfio_pci {
+        if let Err(e) = crate::vfio::bind_vfio_pci(bdf) {
+            return result(ExecStatus::SetupFailed { error: format!("vfio-pci bind: {e}") }, 0, warnings());
+        }
+    }
+    let Some((program, args)) = job.argv.split_first() else {
+        return result(ExecStatus::SpawnFailed { error: "empty argv".into() }, 0, Vec::new());
+    };
+    let (read_end, write_end) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("pipe: {e}") }, 0, Vec::new()),
+    };
+    let stderr_end = match write_end.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("dup: {e}") }, 0, Vec::new()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(job.cwd.as_deref().unwrap_or("/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(stderr_end))
+        .process_group(0);
+    say!("exec {}: {}", job.name, job.argv.join(" "));
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("{program}: {e}") }, 0, warnings()),
+    };
+    // the parent's copies of the write end went with `cmd`
+    drop(cmd);
+    let pgid = child.id();
+    let deadline = started + Duration::from_secs(job.timeout_secs);
+    let mut reader = std::fs::File::from(read_end);
+    let mut lines = Lines::new();
+    let mut last_sent = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
+    let mut eof = false;
+    let mut timed_out = false;
+    loop {
+        if !eof && readable(reader.as_raw_fd(), Duration::from_millis(200)) {
+            match reader.read(&mut buf) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    let before = lines.forwarded;
+                    lines.push(&buf[..n], send);
+                    if lines.forwarded != before {
+                        last_sent = Instant::now();
+                        crate::watchdog::alive();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => eof = true,
+            }
+        } else if eof {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if exited.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some((status, Instant::now()));
+            }
+        }
+        match exited {
+            Some(_) if eof => break,
+            // children of the test still hold the pipe: give them a moment, then end them
+            Some((_, at)) if at.elapsed() >= DRAIN_AFTER_EXIT => break,
+            Some(_) => {}
+            None if Instant::now() >= deadline => {
+                timed_out = true;
+                kill_group(pgid);
+                let status = child.wait().ok();
+                exited = status.map(|s| (s, Instant::now()));
+                break;
+            }
+            None => {}
+        }
+        if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+            crate::watchdog::alive();
+            send(AgentMessage::Progress { index: 0 });
+            last_sent = Instant::now();
+        }
+    }
+    // nothing of the program's group outlives it
+    kill_group(pgid);
+    lines.finish(send);
+    let status = match (timed_out, exited) {
+        (true, _) => ExecStatus::TimedOut,
+        (false, Some((status, _))) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExecStatus::Exited { code },
+            (None, Some(signal)) => ExecStatus::Signaled { signal },
+            (None, None) => ExecStatus::SpawnFailed { error: format!("unknown exit status {status:?}") },
+        },
+        (false, None) => ExecStatus::SpawnFailed { error: "lost track of the program".into() },
+    };
+    say!("exec {}: {:?} after {} ms", job.name, status, started.elapsed().as_millis());
+    result(status, lines.dropped, warnings())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(argv: &[&str], timeout_secs: u64) -> ExecJob {
+        ExecJob {
+            name: "t".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("GREETING".into(), "hello".into())],
+            cwd: Some("/tmp".into()),
+            timeout_secs,
+            vfio_pci: vec![],
+        }
+    }
+
+    fn collect(job: &ExecJob) -> (Vec<String>, ExecResult) {
+        let mut out = Vec::new();
+        let r = run(
+            job,
+            &mut |m| {
+                if let AgentMessage::ExecOutput { line } = m {
+                    out.push(line)
+                }
+            },
+            &mut Vec::new,
+        );
+        (out, r)
+    }
+
+    #[test]
+    fn output_order_exit_code_env_and_cwd() {
+        let (out, r) = collect(&job(&["/bin/sh", "-c", "echo $GREETING; pwd; echo err >&2; printf tail; exit 4"], 10));
+        assert_eq!(out, ["hello", "/tmp", "err", "tail"]);
+        assert_eq!(r.status, ExecStatus::Exited { code: 4 });
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let t0 = Instant::now();
+        let (_, r) = collect(&job(&["/bin/sh", "-c", "sleep 30 & sleep 30"], 1));
+        assert_eq!(r.status, ExecStatus::TimedOut);
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_child_left_behind_does_not_hold_the_run() {
+        let t0 = Instant::now();
+        let (out, r) = collect(&job(&["/bin/sh", "-c", "echo start; sleep 30 & exit 0"], 20));
+        assert_eq!(out, ["start"]);
+        assert_eq!(r.status, ExecStatus::Exited { code: 0 });
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn signals_and_missing_programs() {
+        let (_, r) = collect(&job(&["/bin/sh", "-c", "kill -ABRT $$"], 10));
+        assert_eq!(r.status, ExecStatus::Signaled { signal: libc::SIGABRT });
+        let (_, r) = collect(&job(&["/nonexistent/test"], 10));
+        assert!(matches!(r.status, ExecStatus::SpawnFailed { ref error } if error.contains("/nonexistent/test")), "{r:?}");
+    }
+
+    #[test]
+    fn output_beyond_the_cap_is_counted_not_sent() {
+        let mut lines = Lines::new();
+        let mut n = 0;
+        let chunk = vec![b'x'; 1023];
+        for _ in 0..(MAX_EXEC_OUTPUT / 1024 + 10) {
+            lines.push(&chunk, &mut |_| n += 1);
+            lines.push(b"\n", &mut |_| n += 1);
+        }
+        assert_eq!(n, MAX_EXEC_OUTPUT / 1024);
+        assert_eq!(lines.dropped, 10 * 1024);
+    }
+}

@@ -1,0 +1,66 @@
+//! A real L2 Linux under L1's KVM (nested QEMU), booted for real: gated by
+//! TESTBED_VM_TESTS=1 and run in nextest's `guests` group.
+
+mod common;
+
+use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled};
+
+/// `nested/` on intel-ir: the L2 boots, its igb driver binds both NICs
+/// and takes every interrupt the checks ask for; the report matches its
+/// snapshot and the L2's boot time is printed in the L1 console log.
+#[test]
+fn nested_scenarios_pass_on_intel_ir() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .arg(repo().join("nested"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("igb-l2-msix") && out.contains("1 passed, 0 failed"), "{out}");
+    let console = std::fs::read_to_string(tmp.path().join("intel-ir/boot-0/console.log")).unwrap();
+    assert!(console.contains("L2 ready "), "no L2 boot time in the console log");
+    assert!(console.contains("L2 powered off, its QEMU gone"), "the L2 did not stop through QEMU's own teardown");
+    assert_no_qemu_left(tmp.path());
+}
+
+/// An L2 that never comes up (no init: its kernel panics and its QEMU,
+/// run with -no-reboot, exits): the start-l2 step fails, naming the exit
+/// and the end of the L2's console; the run says so and nothing is left
+/// running.
+#[test]
+fn an_l2_that_never_comes_up_fails_clearly() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("report.json");
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path().join("results"))
+        .arg("--snapshots")
+        .arg(tmp.path().join("snapshots"))
+        .arg("--json")
+        .arg(&json)
+        .arg(fixture("nested/l2-never-up.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let steps = &report["results"][0]["report"]["steps"];
+    let error = steps[0]["error"].as_str().unwrap_or_else(|| panic!("start-l2 did not fail: {report}"));
+    assert!(error.starts_with("l2: the L2's QEMU exited (exit status: 0) after "), "{error}");
+    assert!(error.contains("without an answer"), "{error}");
+    assert!(error.contains("Kernel panic - not syncing"), "the L2's panic is not named: {error}");
+    assert_eq!(steps[1]["ran"], false, "{report}");
+    // the agent went on to its cleanup and the next message: L1 was fine
+    let console = std::fs::read_to_string(tmp.path().join("results/intel-ir/boot-0/console.log")).unwrap();
+    assert!(console.contains("job l2-never-up done"), "{console}");
+    assert_no_qemu_left(tmp.path());
+}

@@ -1,0 +1,115 @@
+//! A real L2 Linux: what the L1 agent and the agent in its L2 role say to
+//! each other (JSON lines over the L2's second serial port, which is the
+//! L1 QEMU's stdio), and what a step reports about it.
+
+use serde::{Deserialize, Serialize};
+
+/// Combined queues per NIC when a `start-l2` names none.
+pub const L2_DEFAULT_QUEUES: u32 = 2;
+/// Most frames one `l2-traffic` step may send.
+pub const L2_MAX_FRAMES: u32 = 100_000;
+
+/// L1 agent to L2 agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum L2Command {
+    /// Send `frames` frames from the NIC at L2 address `from` to the one at
+    /// `to`, wait for them and for the interrupt counts to settle.
+    Traffic {
+        from: String,
+        to: String,
+        frames: u32,
+    },
+    /// Stop the L2: it resets (it has no ACPI to power off with), and its QEMU exits.
+    Poweroff,
+}
+
+/// L2 agent to L1 agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum L2Message {
+    /// Drivers bound, queues set, links up.
+    Ready {
+        uptime_ms: u64,
+        nics: Vec<L2Nic>,
+        interrupts: Vec<L2Irq>,
+    },
+    /// The answer to [`L2Command::Traffic`].
+    Traffic {
+        sent: u64,
+        received: u64,
+        before: Vec<L2Irq>,
+        after: Vec<L2Irq>,
+    },
+    /// Something in L2 went wrong; the L2 stays up for the next command.
+    Failed { message: String },
+}
+
+/// A network interface of the L2.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct L2Nic {
+    /// PCI address in L2.
+    pub bdf: String,
+    pub ifname: String,
+    pub driver: String,
+    /// Combined queues after ETHTOOL_SCHANNELS.
+    pub queues: u32,
+    pub carrier: bool,
+}
+
+/// One MSI-X line of L2's /proc/interrupts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct L2Irq {
+    /// PCI address in L2.
+    pub bdf: String,
+    /// The MSI-X table index (the hwirq column of a per-device MSI domain).
+    pub index: u32,
+    /// The action, e.g. `eth1-TxRx-0`.
+    pub name: String,
+    /// Summed over CPUs.
+    pub count: u64,
+}
+
+/// What a real L2 did during a step.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct L2StepReport {
+    /// `start-l2`: from spawning the VMM to the L2 agent's ready message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
+    /// `start-l2`: the L2's own uptime when it was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2_uptime_ms: Option<u64>,
+    /// `start-l2`: the NICs as L2 sees them (scenario device names in `bdf`'s place).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<L2Nic>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_received: Option<u64>,
+    /// `l2-traffic`: MSIs L1's KVM injected into the L2 during the step
+    /// (`kvm_msi_set_irq`, all vectors: the L2 has no other MSI source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<u64>,
+    /// `l2-traffic`: per MSI-X vector of the L2's devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vectors: Vec<L2VectorCount>,
+}
+
+/// One vector of an L2's device during `l2-traffic`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct L2VectorCount {
+    /// e.g. `nic1/msix1`.
+    pub vector: String,
+    /// L2's action name without the interface, e.g. `TxRx-0` (`eth1-TxRx-0`),
+    /// or the interface's own vector (link, other causes): empty.
+    pub l2_action: String,
+    /// Delta of the vector's `vfio-msix[n](bdf)` line in L1's /proc/interrupts.
+    pub host_irq: u64,
+    pub host_chip: Option<String>,
+    /// Delta of the vector's line in L2's /proc/interrupts.
+    pub delivered: u64,
+}
