@@ -334,7 +334,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             name: t.to_string(),
             argv: vec![guest_path(t)],
             cwd: format!("{GUEST_ROOT}/{}", t.suite),
-            timeout: Duration::from_secs(args.test_timeout),
+            timeout: Duration::from_secs(catalog::timeout_secs(t, args.test_timeout)),
             vfio_devices: if t.suite == SelftestSuite::Vfio { vec![VFIO_DEVICE_ID.into()] } else { Vec::new() },
         })
         .collect();
@@ -386,6 +386,11 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                     let Some((t, run)) = ran.next() else { break };
                     let facts = catalog::Facts {
                         iommufd: runs.boots.get(run.boot).and_then(|b| b.platform.as_ref()).is_some_and(|p| p.iommufd),
+                        irq_remapping: runs
+                            .boots
+                            .get(run.boot)
+                            .and_then(|b| b.platform.as_ref())
+                            .is_some_and(|p| p.irq_remapping.is_some()),
                     };
                     let verdict = catalog::classify(
                         t,
