@@ -6,8 +6,10 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use wire::{AgentMessage, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
@@ -87,6 +89,120 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// A program started by [`spawn`], in its own process group.
+struct Child {
+    pid: libc::pid_t,
+}
+
+impl Child {
+    fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn wait_flags(&self, flags: libc::c_int) -> std::io::Result<Option<ExitStatus>> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child; status is a valid int.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, flags) };
+            match r {
+                0 => return Ok(None),
+                r if r == self.pid => return Ok(Some(ExitStatus::from_raw(status))),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        self.wait_flags(libc::WNOHANG)
+    }
+
+    fn wait(&self) -> std::io::Result<ExitStatus> {
+        self.wait_flags(0)?.ok_or_else(|| std::io::Error::other("waitpid returned no status"))
+    }
+}
+
+/// fork and exec `program` with `args`, the agent's environment plus
+/// `env`, in `cwd`, in a new process group, stdin /dev/null, stdout and
+/// stderr `out`. Not `std::process::Command`: in a static glibc binary
+/// its posix_spawn path is never taken (its libc checks are weak symbols,
+/// which static binaries lack), and its fork path needs an AF_UNIX
+/// socketpair, which a kernel without CONFIG_UNIX (the testbed's built
+/// kernels) refuses with EAFNOSUPPORT.
+fn spawn(program: &str, args: &[String], env: &[(String, String)], cwd: &str, out: OwnedFd) -> std::io::Result<Child> {
+    let cstr = |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::other("NUL byte in an argument"));
+    let path = cstr(program.as_bytes())?;
+    let argv_c: Vec<CString> =
+        std::iter::once(program).chain(args.iter().map(String::as_str)).map(|a| cstr(a.as_bytes())).collect::<Result<_, _>>()?;
+    let mut vars: Vec<(OsString, OsString)> =
+        std::env::vars_os().filter(|(k, _)| !env.iter().any(|(n, _)| k.as_bytes() == n.as_bytes())).collect();
+    vars.extend(env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    let envp_c: Vec<CString> = vars
+        .iter()
+        .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envp_c.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let cwd_c = cstr(cwd.as_bytes())?;
+    let null = std::fs::File::open("/dev/null")?;
+    let (err_read, err_write) = pipe()?;
+    // SAFETY: the child calls only async-signal-safe functions on memory
+    // prepared above, then execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the child; every pointer was made before the fork.
+        unsafe {
+            let fail = |fd: RawFd| -> ! {
+                let errno = *libc::__errno_location();
+                let bytes = errno.to_ne_bytes();
+                libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127)
+            };
+            let ew = err_write.as_raw_fd();
+            if libc::setpgid(0, 0) != 0
+                || libc::chdir(cwd_c.as_ptr()) != 0
+                || libc::dup2(null.as_raw_fd(), 0) < 0
+                || libc::dup2(out.as_raw_fd(), 1) < 0
+                || libc::dup2(out.as_raw_fd(), 2) < 0
+            {
+                fail(ew);
+            }
+            // the agent's runtime ignores SIGPIPE; a test gets the default
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(ew);
+        }
+    }
+    drop(err_write);
+    drop(out);
+    let child = Child { pid };
+    let mut reader = std::fs::File::from(err_read);
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if got == 4 {
+        let _ = child.wait();
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    Ok(child)
+}
+
 /// Runs `job`, sending its output and heartbeats through `send`; returns
 /// how it ended. `warnings` drains the kernel warnings logged since its
 /// last call.
@@ -116,25 +232,11 @@ pub fn run(
         Ok(p) => p,
         Err(e) => return result(ExecStatus::SpawnFailed { error: format!("pipe: {e}") }, 0, Vec::new()),
     };
-    let stderr_end = match write_end.try_clone() {
-        Ok(fd) => fd,
-        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("dup: {e}") }, 0, Vec::new()),
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(job.cwd.as_deref().unwrap_or("/"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write_end))
-        .stderr(Stdio::from(stderr_end))
-        .process_group(0);
     say!("exec {}: {}", job.name, job.argv.join(" "));
-    let mut child = match cmd.spawn() {
+    let child = match spawn(program, args, &job.env, job.cwd.as_deref().unwrap_or("/"), write_end) {
         Ok(c) => c,
         Err(e) => return result(ExecStatus::SpawnFailed { error: format!("{program}: {e}") }, 0, warnings()),
     };
-    // the parent's copies of the write end went with `cmd`
-    drop(cmd);
     let pgid = child.id();
     let deadline = started + Duration::from_secs(job.timeout_secs);
     let mut reader = std::fs::File::from(read_end);

@@ -444,6 +444,10 @@ mod tests {
             "CONFIG_VP_VDPA=m",
             "CONFIG_PVH=y",
             "CONFIG_PCI_IOV=y",
+            "CONFIG_IOMMUFD=y",
+            "CONFIG_VFIO_DEVICE_CDEV=y",
+            "CONFIG_VFIO_CONTAINER=y",
+            "# CONFIG_IOMMUFD_VFIO_CONTAINER is not set",
         ] {
             assert!(all.lines().any(|l| l == want), "{want}");
         }

@@ -42,7 +42,7 @@ pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
 pub use kbuild::{linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
-pub use linux_source::{debian_linux_tree, DebianTree};
+pub use linux_source::{debian_linux_tree, DebianTree, TreeFrom, TreeOrigin};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;
 pub use qemu::{

@@ -83,13 +83,21 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         qemu_tree: Option<PathBuf>,
     },
-    /// Make a kernel git tree from Debian's linux source package: the
-    /// upstream tarball, then one commit per Debian patch
+    /// Make a kernel git tree from Debian's kernel sources: the linux
+    /// source package (the upstream tarball, then one commit per Debian
+    /// patch; tags upstream, patched) or, when that has no such version, a
+    /// linux-source-X.Y package (Debian's patched tree as one commit; tag
+    /// patched)
     KernelTree {
-        /// Debian source version: 6.12.107 (newest Debian revision) or 6.12.107-1
+        /// 6.12.107 (newest Debian revision), 6.12.107-1 (exact), or a line
+        /// such as 7.3 (newest linux-source-7.3)
         version: String,
         /// Where the tree goes (must not exist)
         dest: PathBuf,
+        /// Which kind of source: auto (the source package when it has the
+        /// version, else linux-source-X.Y), source-package, linux-source
+        #[arg(long, value_enum, default_value = "auto")]
+        from: TreeFromArg,
     },
     /// One `git bisect run` step of `testbed bisect --tree` (internal)
     #[command(hide = true)]
@@ -101,6 +109,23 @@ enum Command {
         #[arg(long)]
         console_match: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TreeFromArg {
+    Auto,
+    SourcePackage,
+    LinuxSource,
+}
+
+impl From<TreeFromArg> for images::TreeFrom {
+    fn from(a: TreeFromArg) -> images::TreeFrom {
+        match a {
+            TreeFromArg::Auto => images::TreeFrom::Auto,
+            TreeFromArg::SourcePackage => images::TreeFrom::SourcePackage,
+            TreeFromArg::LinuxSource => images::TreeFrom::LinuxSource,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -299,7 +324,7 @@ fn main() -> ExitCode {
                     Err(e) => run::usage_error(&e),
                 }
             }
-            Command::KernelTree { version, dest } => kernel_tree(&version, &dest),
+            Command::KernelTree { version, dest, from } => kernel_tree(&version, from.into(), &dest),
             Command::Kernel { spec } => kernel(&spec),
             Command::Qemu { qemu_tree } => patched_qemu(qemu_tree.as_deref()),
             Command::BisectStep { run: args, state, console_match } => match args.options() {
@@ -383,19 +408,26 @@ fn patched_qemu(tree: Option<&std::path::Path>) -> u8 {
     }
 }
 
-fn kernel_tree(version: &str, dest: &std::path::Path) -> u8 {
+fn kernel_tree(version: &str, from: images::TreeFrom, dest: &std::path::Path) -> u8 {
     let ui = testbed::ui::Ui::new();
     let cache = images::Cache::default_location();
-    let made = images::debian_linux_tree(&cache, version, dest, &mut |p| ui.images(p));
+    let made = images::debian_linux_tree(&cache, version, from, dest, &mut |p| ui.images(p));
     ui.finish();
     match made {
         Ok(t) => {
-            println!(
-                "{}: linux {} as {} commits (branch debian; tags: upstream, patched)",
-                t.path.display(),
-                t.debian_version,
-                t.commits
-            );
+            match &t.origin {
+                images::TreeOrigin::SourcePackage => println!(
+                    "{}: linux {} as {} commits (branch debian; tags: upstream, patched)",
+                    t.path.display(),
+                    t.debian_version,
+                    t.commits
+                ),
+                images::TreeOrigin::LinuxSource(name) => println!(
+                    "{}: {name} {} (Debian's patched tree) as 1 commit (branch debian; tag: patched)",
+                    t.path.display(),
+                    t.debian_version
+                ),
+            }
             run::EXIT_OK
         }
         Err(e) => {

@@ -82,6 +82,46 @@ fn vfio_selftests_run_on_a_device_bound_in_l1() {
     assert_no_qemu_left(tmp.path());
 }
 
+/// The kernel with iommufd the next test needs: `$TESTBED_IOMMUFD_KERNEL`,
+/// any kernel spec, e.g. `git:DIR` of a tree from `testbed kernel-tree 7.3
+/// DIR`. Unset, the test only says so: a kernel build (10 to 30 minutes
+/// on two busy cores) is no part of `cargo xtask test`.
+fn iommufd_kernel() -> Option<String> {
+    let spec = std::env::var("TESTBED_IOMMUFD_KERNEL").ok().filter(|s| !s.is_empty());
+    if spec.is_none() {
+        eprintln!("skipped: set TESTBED_IOMMUFD_KERNEL to a kernel spec with iommufd (git:DIR of testbed kernel-tree 7.3 DIR)");
+    }
+    spec
+}
+
+/// The default VFIO selftests on a kernel with iommufd (a built one: the
+/// kernel-config fragments have CONFIG_IOMMUFD and the VFIO cdev), on an
+/// igb behind the emulated VT-d: every IOMMU mode, iommufd included, and
+/// vfio_pci_driver_test's memcpy and MSI through libvfio's igb driver.
+#[test]
+fn vfio_selftests_pass_on_a_kernel_with_iommufd() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let Some(kernel) = iommufd_kernel() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let output = testbed()
+        .args(["selftests", "--suite", "vfio", "--kernel", &kernel, "--variant", "intel-ir", "--results"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("4 passed, 0 failed, 0 skipped"), "{out}");
+    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log")).unwrap();
+    assert!(log.contains(" vfio_dma_mapping_test.iommufd_anonymous.dma_map_unmap\n"), "{log}");
+    assert!(!log.contains("not ok "), "{log}");
+    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_pci_driver_test.log")).unwrap();
+    assert!(log.contains(" vfio_pci_driver_test.iommufd.memcpy_success\n"), "{log}");
+    assert!(log.contains(" vfio_pci_driver_test.iommufd.send_msi\n"), "{log}");
+    assert_no_qemu_left(tmp.path());
+}
+
 /// A test that overruns --test-timeout is killed by the agent (TIMEOUT,
 /// exit 1) and the next test runs in the same boot. set_memory_region_test
 /// takes 30 s and more under TCG, svm_vmcall_test well under a second.

@@ -85,12 +85,16 @@ pub enum When {
     Always,
     /// Kernels without iommufd (no /dev/iommu), such as Debian's.
     NoIommufd,
+    /// Boots where L1 has no interrupt remapping.
+    NoIrqRemapping,
 }
 
 /// What the boot that ran a test said about L1 (its agent's Ready).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts {
     pub iommufd: bool,
+    /// L1 remaps interrupts (the agent saw an IR-capable IOMMU in use).
+    pub irq_remapping: bool,
 }
 
 impl When {
@@ -98,6 +102,7 @@ impl When {
         match self {
             When::Always => true,
             When::NoIommufd => !facts.iommufd,
+            When::NoIrqRemapping => !facts.irq_remapping,
         }
     }
 }
@@ -106,6 +111,16 @@ impl When {
 const NO_IOMMUFD: &str = "this kernel has no /dev/iommu (CONFIG_IOMMUFD unset, as in Debian's kernels), and libvfio's \
      default IOMMU mode is iommufd, compiled in (lib/iommu.c), with a failed open an assertion (lib/iommu.c: \
      iommu->iommufd > 0): every fixture in an iommufd mode fails; the type1 ones are in the test's log";
+
+/// VFIO refuses a device whose MSIs the platform cannot isolate, in every
+/// mode: type1 ("No interrupt remapping support", module parameter
+/// allow_unsafe_interrupts) and iommufd (EPERM from
+/// VFIO_DEVICE_BIND_IOMMUFD). On the amd-iommu variants with 7.3 kernels
+/// L1 turns interrupt remapping off at boot.
+const NO_IRQ_REMAPPING: &str = "L1 has no interrupt remapping, so VFIO refuses the device (type1: \"No interrupt remapping \
+     support\"; iommufd: EPERM from VFIO_DEVICE_BIND_IOMMUFD). On amd-iommu with 7.3 kernels: check_sb_ioapic() \
+     (drivers/iommu/amd/init.c) wants the IVRS IOAPIC's device to be an SMBus or ISA bridge, and QEMU's IVRS names \
+     00:14.0 (AMD's FCH address), which is empty on q35, so \"No southbridge IOAPIC found\" and IR is disabled";
 
 pub const KNOWN: &[Known] = &[
     // The guest's INT3 must exit to L1's KVM as a #BP exception intercept
@@ -125,7 +140,23 @@ pub const KNOWN: &[Known] = &[
     Known { test: "vfio:vfio_dma_mapping_test", variants: &[], when: When::NoIommufd, reason: NO_IOMMUFD },
     Known { test: "vfio:vfio_iommufd_setup_test", variants: &[], when: When::NoIommufd, reason: NO_IOMMUFD },
     Known { test: "vfio:vfio_pci_driver_test", variants: &[], when: When::NoIommufd, reason: NO_IOMMUFD },
+    Known { test: "vfio:vfio_pci_device_test", variants: &[], when: When::NoIrqRemapping, reason: NO_IRQ_REMAPPING },
+    Known { test: "vfio:vfio_dma_mapping_test", variants: &[], when: When::NoIrqRemapping, reason: NO_IRQ_REMAPPING },
+    Known { test: "vfio:vfio_iommufd_setup_test", variants: &[], when: When::NoIrqRemapping, reason: NO_IRQ_REMAPPING },
+    Known { test: "vfio:vfio_pci_driver_test", variants: &[], when: When::NoIrqRemapping, reason: NO_IRQ_REMAPPING },
 ];
+
+/// Tests that need longer than the usual timeout under TCG, with their
+/// minimum: vfio_pci_driver_test's memcpy_storm runs 4095 igb loopback
+/// memcpys in each of the five IOMMU modes (about 70 s each on a busy
+/// 2-core host; the whole test overran 300 s).
+const SLOW: &[(&str, u64)] = &[("vfio:vfio_pci_driver_test", 1200)];
+
+/// The timeout of `test`: `default` (--test-timeout), raised for [`SLOW`] tests.
+pub fn timeout_secs(test: &TestId, default: u64) -> u64 {
+    let full = test.to_string();
+    SLOW.iter().find(|(t, _)| *t == full).map_or(default, |&(_, min)| default.max(min))
+}
 
 /// The known failure of `test` on `variant`, if any.
 pub fn known(test: &TestId, variant: &str, facts: &Facts) -> Option<&'static Known> {
@@ -448,12 +479,31 @@ mod tests {
     fn a_known_failure_can_depend_on_the_kernel() {
         let table = [Known { test: "vfio:vfio_pci_device_test", variants: &[], when: When::NoIommufd, reason: "no iommufd" }];
         let t = id(SelftestSuite::Vfio, "vfio_pci_device_test");
-        let debian = Facts { iommufd: false };
-        let built = Facts { iommufd: true };
+        let debian = Facts { iommufd: false, irq_remapping: true };
+        let built = Facts { iommufd: true, irq_remapping: true };
         assert_eq!(classify_in(&table, &t, "intel-ir", &debian, Some(&exited(1)), None, &[]).outcome, Outcome::Xfail);
         // where the kernel has iommufd the same failure is a failure
         assert_eq!(classify_in(&table, &t, "intel-ir", &built, Some(&exited(1)), None, &[]).outcome, Outcome::Fail);
         assert_eq!(classify_in(&table, &t, "intel-ir", &built, Some(&exited(0)), None, &[]).outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn a_known_failure_can_depend_on_interrupt_remapping() {
+        let t = id(SelftestSuite::Vfio, "vfio_pci_device_test");
+        let no_ir = Facts { iommufd: true, irq_remapping: false };
+        let ir = Facts { iommufd: true, irq_remapping: true };
+        let v = classify(&t, "amd-ir-patched", &no_ir, Some(&exited(1)), None, &[]);
+        assert_eq!(v.outcome, Outcome::Xfail);
+        assert!(v.reason.unwrap().contains("No southbridge IOAPIC found"));
+        assert_eq!(classify(&t, "intel-ir", &ir, Some(&exited(1)), None, &[]).outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn slow_tests_get_a_longer_timeout() {
+        let t = id(SelftestSuite::Vfio, "vfio_pci_driver_test");
+        assert_eq!(timeout_secs(&t, 300), 1200);
+        assert_eq!(timeout_secs(&t, 3000), 3000);
+        assert_eq!(timeout_secs(&id(SelftestSuite::Kvm, "irqfd_test"), 300), 300);
     }
 
     #[test]
