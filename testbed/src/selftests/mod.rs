@@ -265,10 +265,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         Ok(b) => b,
         Err(e) => return fail(format!("selftests: {e}"), if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP }),
     };
-    ui.line(&format!("selftests from {}", build.source));
-    if let Some(note) = &build.note {
-        ui.line(&format!("  {note}"));
-    }
+    // images said where the sources come from (Progress::SelftestsFrom, with the note)
     let wanted = match select(args, &inputs.suites, &build) {
         Ok(w) => w,
         Err(e) => return fail(e, EXIT_USAGE),
