@@ -448,7 +448,8 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         "variants": headers,
     });
     let mut code = if rows.iter().any(|r| r.verdict.outcome.is_failure()) { EXIT_FAILED } else { EXIT_OK };
-    let writes: [(&Option<PathBuf>, Box<dyn Fn() -> String>); 3] = [
+    type Render<'a> = Box<dyn Fn() -> String + 'a>;
+    let writes: [(&Option<PathBuf>, Render); 3] = [
         (&args.json, Box::new(|| serde_json::to_string_pretty(&output::json(header.clone(), &rows)).expect("json") + "\n")),
         (&args.junit, Box::new(|| output::junit(&rows))),
         (&args.ktap, Box::new(|| output::ktap(&rows))),
