@@ -239,22 +239,10 @@ fn tarball_tree(
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .ok_or_else(|| ImagesError::PackageLayout { package: pkg.name.clone(), why: "not downloaded".into() })?;
-    progress(Progress::Unpacking { package: format!("{} {}", pkg.name, pkg.version) });
+    let package = format!("{} {}", pkg.name, pkg.version);
+    progress(Progress::Unpacking { package: package.clone() });
     let root = work.join("deb-root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "dpkg-deb -x")?;
-    fs::remove_file(&deb).ctx("remove", &deb)?;
-    let usr_src = root.join("usr/src");
-    let tarball = fs::read_dir(&usr_src)
-        .ctx("read", &usr_src)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
-        })
-        .ok_or_else(|| ImagesError::PackageLayout {
-            package: format!("{} {}", pkg.name, pkg.version),
-            why: "no /usr/src/linux-source-*.tar.* inside".into(),
-        })?;
+    let tarball = crate::selftests::linux_source_tarball(&deb, &root, &package)?;
     let partial = partial_beside(dest)?;
     let tree = partial.path();
     run(

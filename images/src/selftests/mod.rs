@@ -39,6 +39,7 @@
 
 mod check;
 mod source;
+pub(crate) use source::linux_source_tarball;
 
 use std::fmt;
 use std::fs;

@@ -250,6 +250,29 @@ pub(crate) const LEFT_PACKED: &[&str] = &[
     "arch/sh", "arch/sparc", "arch/um", "arch/xtensa",
 ];
 
+/// Unpack a downloaded `linux-source-X.Y` package (`deb`, removed after)
+/// into `root` and return the source tarball it carries
+/// (`root/usr/src/linux-source-X.Y.tar.*`).
+pub(crate) fn linux_source_tarball(deb: &Path, root: &Path, package: &str) -> Result<PathBuf, ImagesError> {
+    run_checked(
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
+        &format!("dpkg-deb -x {}", deb.display()),
+    )?;
+    fs::remove_file(deb).ctx("remove", deb)?;
+    let usr_src = root.join("usr/src");
+    fs::read_dir(&usr_src)
+        .ctx("read", &usr_src)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
+        })
+        .ok_or_else(|| ImagesError::PackageLayout {
+            package: package.to_string(),
+            why: "no /usr/src/linux-source-*.tar.* inside".into(),
+        })
+}
+
 /// Fill `dest` (created here) with the source tree, less [`LEFT_PACKED`];
 /// `work` holds downloads and is the caller's to remove.
 pub(crate) fn unpack(
@@ -271,25 +294,7 @@ pub(crate) fn unpack(
             };
             progress(Progress::Unpacking { package: id.describe() });
             let root = work.join("deb-root");
-            run_checked(
-                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-                &format!("dpkg-deb -x {}", deb.display()),
-            )?;
-            fs::remove_file(&deb).ctx("remove", &deb)?;
-            let usr_src = root.join("usr/src");
-            let tarball = fs::read_dir(&usr_src)
-                .ctx("read", &usr_src)?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
-                })
-                .ok_or_else(|| ImagesError::PackageLayout {
-                    package: id.describe(),
-                    why: "no /usr/src/linux-source-*.tar.* inside".into(),
-                })?;
+            let tarball = linux_source_tarball(&deb, &root, &id.describe())?;
             untar(&tarball, dest)?;
             fs::remove_dir_all(&root).ctx("remove", &root)?;
         }
