@@ -1050,17 +1050,7 @@ mod tests {
         fs::write(tree.join("VERSION"), "10.1.50\n").unwrap();
         let e = tree_identity(&tree).unwrap_err().to_string();
         assert!(e.contains("not a git checkout"), "{e}");
-        let git = |args: &[&str]| {
-            let ok = Command::new("git")
-                .current_dir(&tree)
-                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-                .args(args)
-                .output()
-                .unwrap()
-                .status
-                .success();
-            assert!(ok, "git {args:?}");
-        };
+        let git = |args: &[&str]| git_in(&tree, args);
         git(&["init", "-q"]);
         git(&["add", "."]);
         git(&["commit", "-q", "-m", "base"]);

@@ -158,11 +158,7 @@ pub fn timeout_secs(test: &TestId, default: u64) -> u64 {
     SLOW.iter().find(|(t, _)| *t == full).map_or(default, |&(_, min)| default.max(min))
 }
 
-/// The known failure of `test` on `variant`, if any.
-pub fn known(test: &TestId, variant: &str, facts: &Facts) -> Option<&'static Known> {
-    known_in(KNOWN, test, variant, facts)
-}
-
+/// The known failure of `test` on `variant` in `table`, if any.
 fn known_in<'a>(table: &'a [Known], test: &TestId, variant: &str, facts: &Facts) -> Option<&'a Known> {
     let full = test.to_string();
     table.iter().find(|k| {
