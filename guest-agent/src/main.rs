@@ -12,6 +12,7 @@ mod modules;
 mod nested;
 mod platform;
 mod runner;
+mod scaling;
 mod serial;
 #[macro_use]
 mod sys;
@@ -153,6 +154,21 @@ fn main() {
                 watchdog::busy(false);
                 if let Err(e) = port.send(&AgentMessage::Exited(result)) {
                     say!("sending the end of {}: {e}", job.name);
+                }
+            }
+            HostMessage::Scaling(job) => {
+                watchdog::busy(true);
+                // warnings from before the job are not its own
+                let _ = runner.new_kernel_warnings();
+                let mut done = scaling::run(&job, runner.tracer.as_mut(), &mut |msg| {
+                    if let Err(e) = port.send(&msg) {
+                        say!("sending a scaling message: {e}");
+                    }
+                });
+                done.kernel_warnings = runner.new_kernel_warnings();
+                watchdog::busy(false);
+                if let Err(e) = port.send(&AgentMessage::ScalingDone(done)) {
+                    say!("sending the end of the scaling job: {e}");
                 }
             }
             HostMessage::HostActionDone { .. } => {

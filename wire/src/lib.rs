@@ -18,12 +18,14 @@ use serde::{Deserialize, Serialize};
 mod device;
 mod exec;
 mod nested;
+mod scaling;
 pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
+pub use scaling::{ConsumerProbe, ScalingDone, ScalingJob, ScalingPoint, CHUNK_CALLS, MAX_IRQFDS_PER_VM};
 pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -46,6 +48,9 @@ pub enum HostMessage {
     /// Run one program (a selftest); the agent answers with
     /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
     Exec(ExecJob),
+    /// Time KVM_IRQFD registration (`testbed scaling`); the agent answers
+    /// with [`AgentMessage::ScalingPoint`]s, then [`AgentMessage::ScalingDone`].
+    Scaling(ScalingJob),
 }
 
 /// Something only the host can do (through QMP) in the middle of a step.
@@ -85,6 +90,10 @@ pub enum AgentMessage {
     ExecOutput { line: String },
     /// The [`ExecJob`] ended.
     Exited(ExecResult),
+    /// One measurement of a [`ScalingJob`].
+    ScalingPoint(ScalingPoint),
+    /// The [`ScalingJob`] ended.
+    ScalingDone(ScalingDone),
 }
 
 /// End of a scenario.
