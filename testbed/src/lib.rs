@@ -11,6 +11,7 @@ pub mod qemu;
 pub mod report;
 pub mod run;
 pub mod runner;
+pub mod scaling;
 pub mod selftests;
 pub mod summary;
 pub mod scenario;

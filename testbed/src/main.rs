@@ -29,6 +29,8 @@ enum Command {
     Matrix(Box<testbed::matrix::MatrixArgs>),
     /// Run the kernel's own KVM and VFIO selftests in L1 on each variant
     Selftests(Box<testbed::selftests::SelftestsArgs>),
+    /// Time KVM_IRQFD registration in L1 for N irqfds (doubling N) per kernel: curves, exponents, verdicts
+    Scaling(Box<testbed::scaling::ScalingArgs>),
     /// List variants, scenarios or kernels
     List {
         #[arg(value_enum)]
@@ -306,6 +308,7 @@ fn main() -> ExitCode {
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
+            Command::Scaling(args) => interruptible(testbed::scaling::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
             Command::Bisect { run: args, good, bad, tree, console_match } => {
                 if let Err(e) = args.check_bisect() {

@@ -409,7 +409,12 @@ impl Session {
                     run.failure = Some("agent restarted in the middle of a scenario".to_owned());
                     return run;
                 }
-                Interrupt::Message(other @ (wire::AgentMessage::ExecOutput { .. } | wire::AgentMessage::Exited(_))) => {
+                Interrupt::Message(
+                    other @ (wire::AgentMessage::ExecOutput { .. }
+                    | wire::AgentMessage::Exited(_)
+                    | wire::AgentMessage::ScalingPoint(_)
+                    | wire::AgentMessage::ScalingDone(_)),
+                ) => {
                     run.failure = Some(format!("agent sent {} during a scenario", message_kind(&other)));
                     return run;
                 }
@@ -598,6 +603,7 @@ pub(crate) fn message_kind(message: &wire::AgentMessage) -> &'static str {
         wire::AgentMessage::Failed { .. } => "failed",
         wire::AgentMessage::ExecOutput { .. } => "exec output",
         wire::AgentMessage::Exited(_) => "exited",
+        wire::AgentMessage::ScalingPoint(_) | wire::AgentMessage::ScalingDone(_) => "scaling result",
     }
 }
 

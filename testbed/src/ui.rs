@@ -33,7 +33,7 @@ impl Ui {
     }
 
     /// The current activity, replaced by the next one.
-    fn status(&self, text: String) {
+    pub fn status(&self, text: String) {
         match &self.bar {
             Some(bar) => bar.set_message(text),
             None => eprintln!("{text}"),
