@@ -330,3 +330,57 @@ async fn measure(cfg: &BootConfig, job: &wire::ScalingJob, timeouts: Timeouts, u
     }
     let _ = session.poweroff().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ScalingArgs,
+    }
+
+    fn parse(words: &[&str]) -> ScalingArgs {
+        Cli::try_parse_from(std::iter::once("scaling").chain(words.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn doubling_series() {
+        assert_eq!(series(64, 512).unwrap(), [64, 128, 256, 512]);
+        assert_eq!(series(64, 1000).unwrap(), [64, 128, 256, 512, 1000]);
+        assert_eq!(series(5, 5).unwrap(), [5]);
+        assert!(series(0, 8).is_err());
+        assert!(series(16, 8).is_err());
+    }
+
+    #[test]
+    fn defaults_compare_the_list_with_the_xarray_on_the_posting_variant() {
+        let i = inputs(&parse(&[])).unwrap();
+        assert_eq!(i.variant.name, "amd-avic");
+        let kernels: Vec<String> = i.kernels.iter().map(ToString::to_string).collect();
+        assert_eq!(kernels, ["debian:6.16", "debian:7.2"]);
+        assert_eq!(i.job.series.last(), Some(&16384));
+        assert_eq!((i.job.per_vm, i.job.repeats), (64, 3));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        for words in [
+            &["--per-vm", "0"][..],
+            &["--per-vm", "4073"],
+            &["--repeats", "0"],
+            &["--min", "0"],
+            &["--variant", "nope"],
+        ] {
+            assert!(inputs(&parse(words)).is_err(), "{words:?}");
+        }
+        assert!(inputs(&parse(&["--per-vm", "4072"])).is_ok());
+    }
+
+    #[test]
+    fn l1_keeps_its_tsc() {
+        assert_eq!(cmdline(&["quiet".into()]), ["tsc=reliable", "quiet"]);
+    }
+}
