@@ -50,10 +50,14 @@ impl Heartbeat<'_> {
 
 /// The GSI routing of a VM with `count` irqfds: one MSI route each.
 fn routes(count: u32) -> Result<KvmIrqRouting, String> {
-    let mut table = KvmIrqRouting::new(count as usize).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
+    let mut table =
+        KvmIrqRouting::new(count as usize).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
     for (i, slot) in table.as_mut_slice().iter_mut().enumerate() {
-        let mut e =
-            kvm_irq_routing_entry { gsi: FIRST_GSI + i as u32, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+        let mut e = kvm_irq_routing_entry {
+            gsi: FIRST_GSI + i as u32,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
         e.u.msi.address_lo = MSI_ADDR_APIC0;
         e.u.msi.data = 0x40 + (i as u32 % 0xb0);
         *slot = e;
@@ -68,19 +72,28 @@ pub fn vms_for(n: u32, per_vm: u32) -> u32 {
 
 /// Creates the VMs (irqchip, routes) and `n` eventfds, untimed.
 fn build(kvm: &Kvm, n: u32, per_vm: u32, hb: &mut Heartbeat) -> Result<Layout, String> {
-    let mut layout = Layout { vms: Vec::new(), eventfds: Vec::with_capacity(n as usize) };
+    let mut layout = Layout {
+        vms: Vec::new(),
+        eventfds: Vec::with_capacity(n as usize),
+    };
     let mut left = n;
     while left > 0 {
         let count = left.min(per_vm);
-        let vm = kvm.create_vm().map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
-        vm.create_irq_chip().map_err(|e| errno_str("KVM_CREATE_IRQCHIP", e.errno()))?;
-        vm.set_gsi_routing(&routes(count)?).map_err(|e| errno_str("KVM_SET_GSI_ROUTING", e.errno()))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
+        vm.create_irq_chip()
+            .map_err(|e| errno_str("KVM_CREATE_IRQCHIP", e.errno()))?;
+        vm.set_gsi_routing(&routes(count)?)
+            .map_err(|e| errno_str("KVM_SET_GSI_ROUTING", e.errno()))?;
         layout.vms.push(vm);
         left -= count;
         hb.tick();
     }
     for _ in 0..n {
-        layout.eventfds.push(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+        layout
+            .eventfds
+            .push(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
     }
     Ok(layout)
 }
@@ -130,7 +143,11 @@ pub fn summarize(times: &[u64]) -> (u64, u64, u64) {
     last.sort_unstable();
     let mut sorted = times.to_vec();
     sorted.sort_unstable();
-    (sorted[sorted.len() / 2], last[last.len() / 2], *sorted.last().expect("not empty"))
+    (
+        sorted[sorted.len() / 2],
+        last[last.len() / 2],
+        *sorted.last().expect("not empty"),
+    )
 }
 
 /// Sum over chunks of `chunk` consecutive calls of the chunk's median
@@ -148,7 +165,10 @@ pub fn chunked_total(times: &[u64], chunk: usize) -> u64 {
 
 /// Raises RLIMIT_NOFILE (soft and hard) to at least `want`.
 fn raise_nofile(want: u64) -> Result<u64, String> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit fills the struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(crate::sys::last_err("getrlimit(RLIMIT_NOFILE)"));
@@ -156,10 +176,15 @@ fn raise_nofile(want: u64) -> Result<u64, String> {
     if lim.rlim_cur >= want {
         return Ok(lim.rlim_cur);
     }
-    let new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max.max(want),
+    };
     // SAFETY: plain setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(crate::sys::last_err(&format!("setrlimit(RLIMIT_NOFILE, {want})")));
+        return Err(crate::sys::last_err(&format!(
+            "setrlimit(RLIMIT_NOFILE, {want})"
+        )));
     }
     Ok(want)
 }
@@ -172,8 +197,16 @@ fn set_probes(tracer: &Tracer, on: bool) -> std::io::Result<()> {
 
 /// Registers `job.probe_irqfds` irqfds with the kprobes on and counts what
 /// irqbypass did.
-fn probe(kvm: &Kvm, job: &ScalingJob, tracer: Option<&mut Tracer>, hb: &mut Heartbeat) -> ConsumerProbe {
-    let mut p = ConsumerProbe { irqfds: job.probe_irqfds, ..Default::default() };
+fn probe(
+    kvm: &Kvm,
+    job: &ScalingJob,
+    tracer: Option<&mut Tracer>,
+    hb: &mut Heartbeat,
+) -> ConsumerProbe {
+    let mut p = ConsumerProbe {
+        irqfds: job.probe_irqfds,
+        ..Default::default()
+    };
     let Some(tracer) = tracer else {
         p.error = Some("the agent has no tracer".into());
         return p;
@@ -193,7 +226,8 @@ fn probe(kvm: &Kvm, job: &ScalingJob, tracer: Option<&mut Tracer>, hb: &mut Hear
             Some(KEvent::ConsRegRet { ret: 0 }) => p.registered += 1,
             Some(KEvent::Connect { .. }) => p.connections += 1,
             Some(KEvent::Lost { count }) => {
-                p.error.get_or_insert_with(|| format!("the trace buffer lost {count} events"));
+                p.error
+                    .get_or_insert_with(|| format!("the trace buffer lost {count} events"));
             }
             _ => {}
         }
@@ -203,10 +237,29 @@ fn probe(kvm: &Kvm, job: &ScalingJob, tracer: Option<&mut Tracer>, hb: &mut Hear
 
 /// Runs the job; sends points and heartbeats through `send`, returns the
 /// end (the caller adds the kernel warnings).
-pub fn run(job: &ScalingJob, mut tracer: Option<&mut Tracer>, send: &mut dyn FnMut(AgentMessage)) -> ScalingDone {
-    let mut done = ScalingDone { probe: ConsumerProbe::default(), nofile: 0, error: None, kernel_warnings: Vec::new() };
-    let mut hb = Heartbeat { send, last: Instant::now(), index: 0 };
-    let largest = job.series.iter().copied().max().unwrap_or(0).max(job.probe_irqfds);
+pub fn run(
+    job: &ScalingJob,
+    mut tracer: Option<&mut Tracer>,
+    send: &mut dyn FnMut(AgentMessage),
+) -> ScalingDone {
+    let mut done = ScalingDone {
+        probe: ConsumerProbe::default(),
+        nofile: 0,
+        error: None,
+        kernel_warnings: Vec::new(),
+    };
+    let mut hb = Heartbeat {
+        send,
+        last: Instant::now(),
+        index: 0,
+    };
+    let largest = job
+        .series
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(job.probe_irqfds);
     let vms = u64::from(vms_for(largest, job.per_vm));
     match raise_nofile(u64::from(largest) + vms + SPARE_FDS) {
         Ok(n) => done.nofile = n,
@@ -229,7 +282,11 @@ pub fn run(job: &ScalingJob, mut tracer: Option<&mut Tracer>, send: &mut dyn FnM
         done.probe.register_calls,
         done.probe.registered,
         done.probe.connections,
-        done.probe.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+        done.probe
+            .error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
     );
     if let Some(t) = tracer.as_deref() {
         if let Err(e) = set_probes(t, false) {

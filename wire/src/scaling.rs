@@ -100,7 +100,12 @@ mod tests {
 
     #[test]
     fn scaling_messages_round_trip() {
-        let job = HostMessage::Scaling(ScalingJob { series: vec![64, 128], per_vm: 64, repeats: 3, probe_irqfds: 16 });
+        let job = HostMessage::Scaling(ScalingJob {
+            series: vec![64, 128],
+            per_vm: 64,
+            repeats: 3,
+            probe_irqfds: 16,
+        });
         let line = serde_json::to_string(&job).unwrap();
         assert!(line.contains(r#""type":"scaling""#), "{line}");
         assert_eq!(serde_json::from_str::<HostMessage>(&line).unwrap(), job);
@@ -118,7 +123,13 @@ mod tests {
         let line = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<AgentMessage>(&line).unwrap(), p);
         let d = AgentMessage::ScalingDone(ScalingDone {
-            probe: ConsumerProbe { irqfds: 16, register_calls: 16, registered: 16, connections: 0, error: None },
+            probe: ConsumerProbe {
+                irqfds: 16,
+                register_calls: 16,
+                registered: 16,
+                connections: 0,
+                error: None,
+            },
             nofile: 70_000,
             error: None,
             kernel_warnings: vec![],

@@ -75,7 +75,11 @@ pub fn curve(points: &[wire::ScalingPoint]) -> Vec<CurvePoint> {
 
 /// Least-squares slope of ln(y) over ln(x), and R².
 pub fn loglog_slope(xy: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let pts: Vec<(f64, f64)> = xy.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
+    let pts: Vec<(f64, f64)> = xy
+        .iter()
+        .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+        .map(|(x, y)| (x.ln(), y.ln()))
+        .collect();
     if pts.len() < 2 {
         return None;
     }
@@ -89,7 +93,11 @@ pub fn loglog_slope(xy: &[(f64, f64)]) -> Option<(f64, f64)> {
         return None;
     }
     let slope = sxy / sxx;
-    let r2 = if syy == 0.0 { 1.0 } else { (sxy * sxy) / (sxx * syy) };
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
     Some((slope, r2))
 }
 
@@ -146,7 +154,10 @@ pub fn thresholds() -> String {
 /// [`MIN_FIT_POINTS`] points there.
 pub fn growth(curve: &[CurvePoint]) -> Option<Growth> {
     let top = curve.iter().map(|p| p.n).max()?;
-    let upper: Vec<&CurvePoint> = curve.iter().filter(|p| p.n.saturating_mul(UPPER_PART_DIVISOR) >= top).collect();
+    let upper: Vec<&CurvePoint> = curve
+        .iter()
+        .filter(|p| p.n.saturating_mul(UPPER_PART_DIVISOR) >= top)
+        .collect();
     if upper.len() < MIN_FIT_POINTS {
         return None;
     }
@@ -166,7 +177,13 @@ pub fn growth(curve: &[CurvePoint]) -> Option<Growth> {
 pub fn local_slopes(curve: &[CurvePoint]) -> Vec<Option<f64>> {
     let mut out = vec![None];
     for w in curve.windows(2) {
-        out.push(loglog_slope(&[(f64::from(w[0].n), w[0].total_ns), (f64::from(w[1].n), w[1].total_ns)]).map(|s| s.0));
+        out.push(
+            loglog_slope(&[
+                (f64::from(w[0].n), w[0].total_ns),
+                (f64::from(w[1].n), w[1].total_ns),
+            ])
+            .map(|s| s.0),
+        );
     }
     out.truncate(curve.len());
     out
@@ -251,7 +268,13 @@ mod tests {
             max_ns: 0,
             teardown_ns: 0,
         };
-        let c = curve(&[p(128, 0, 900), p(64, 0, 100), p(64, 1, 5000), p(64, 2, 120), p(128, 1, 1000)]);
+        let c = curve(&[
+            p(128, 0, 900),
+            p(64, 0, 100),
+            p(64, 1, 5000),
+            p(64, 2, 120),
+            p(128, 1, 1000),
+        ]);
         assert_eq!(c.len(), 2);
         assert_eq!((c[0].n, c[0].repeats, c[0].total_ns), (64, 3, 120.0));
         assert_eq!((c[1].n, c[1].repeats, c[1].total_ns), (128, 2, 950.0));

@@ -126,10 +126,17 @@ fn inputs(args: &ScalingArgs) -> Result<Inputs, String> {
     let kernels = args
         .kernels
         .iter()
-        .map(|k| k.parse().map_err(|e: images::ImagesError| format!("--kernel {k}: {e}")))
+        .map(|k| {
+            k.parse()
+                .map_err(|e: images::ImagesError| format!("--kernel {k}: {e}"))
+        })
         .collect::<Result<Vec<images::KernelSpec>, _>>()?;
     if !(1..=wire::MAX_IRQFDS_PER_VM).contains(&args.per_vm) {
-        return Err(format!("--per-vm {}: between 1 and {}", args.per_vm, wire::MAX_IRQFDS_PER_VM));
+        return Err(format!(
+            "--per-vm {}: between 1 and {}",
+            args.per_vm,
+            wire::MAX_IRQFDS_PER_VM
+        ));
     }
     if args.repeats == 0 {
         return Err("--repeats must be at least 1".into());
@@ -163,7 +170,12 @@ fn inputs(args: &ScalingArgs) -> Result<Inputs, String> {
         results: None,
         snapshots: None,
     };
-    Ok(Inputs { variant, kernels, job, options })
+    Ok(Inputs {
+        variant,
+        kernels,
+        job,
+        options,
+    })
 }
 
 pub async fn main(args: ScalingArgs) -> u8 {
@@ -183,7 +195,10 @@ pub async fn main(args: ScalingArgs) -> u8 {
 async fn run_all(args: &ScalingArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     let options = &inputs.options;
     let cache = images::Cache::default_location();
-    let results = args.results.clone().unwrap_or_else(|| PathBuf::from("results/scaling"));
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/scaling"));
     let fail = |message: String, code: u8| {
         eprintln!("error: {message}");
         code
@@ -198,7 +213,9 @@ async fn run_all(args: &ScalingArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     };
     let patched = if inputs.variant.qemu == variant::QemuKind::Patched {
         let project = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+            ui.images(p)
+        }) {
             Ok(b) => Some(b),
             Err(e) => return fail(e.message, e.code),
         }
@@ -206,22 +223,36 @@ async fn run_all(args: &ScalingArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         None
     };
     let (qemu, data_dirs) = crate::qemu::qemu_for(inputs.variant, &options.qemu, patched.as_ref());
-    let timeouts =
-        Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
+    let timeouts = Timeouts {
+        boot: options.boot_timeout,
+        step: options.step_timeout,
+        shutdown: Duration::from_secs(30),
+    };
     let mut runs = Vec::new();
     for (k, spec) in inputs.kernels.iter().enumerate() {
-        let mut run = KernelRun { spec: spec.to_string(), ..Default::default() };
-        let extras = InitramfsExtras { optional_modules: Vec::new(), files: Vec::new() };
-        let images = match run::prepare_kernel_with(&cache, spec, options, &agent, &extras, &mut |p| ui.images(p)) {
-            Ok(i) => i,
-            Err(e) => {
-                run.failure = Some(e.message);
-                runs.push(run);
-                continue;
-            }
+        let mut run = KernelRun {
+            spec: spec.to_string(),
+            ..Default::default()
         };
+        let extras = InitramfsExtras {
+            optional_modules: Vec::new(),
+            files: Vec::new(),
+        };
+        let images =
+            match run::prepare_kernel_with(&cache, spec, options, &agent, &extras, &mut |p| {
+                ui.images(p)
+            }) {
+                Ok(i) => i,
+                Err(e) => {
+                    run.failure = Some(e.message);
+                    runs.push(run);
+                    continue;
+                }
+            };
         run.release = images.kernel.release.clone();
-        let log_dir = results.join(inputs.variant.name).join(format!("kernel-{k}"));
+        let log_dir = results
+            .join(inputs.variant.name)
+            .join(format!("kernel-{k}"));
         let runtime_dir = runtime.path().join(format!("kernel-{k}"));
         for d in [&log_dir, &runtime_dir] {
             let _ = std::fs::remove_dir_all(d);
@@ -252,7 +283,10 @@ async fn run_all(args: &ScalingArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     }
     ui.finish();
     println!();
-    print!("{}", output::report(inputs.variant.name, &inputs.job, &runs));
+    print!(
+        "{}",
+        output::report(inputs.variant.name, &inputs.job, &runs)
+    );
     if let Some(path) = &args.json {
         let json = output::json(inputs.variant.name, &inputs.job, &runs);
         let text = serde_json::to_string_pretty(&json).expect("json") + "\n";
@@ -264,14 +298,23 @@ async fn run_all(args: &ScalingArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     if runs.iter().all(|r| r.platform.is_none()) {
         return EXIT_SKIP;
     }
-    if runs.iter().any(|r| r.failure.is_some() || r.done.as_ref().is_none_or(|d| d.error.is_some())) {
+    if runs
+        .iter()
+        .any(|r| r.failure.is_some() || r.done.as_ref().is_none_or(|d| d.error.is_some()))
+    {
         return EXIT_FAILED;
     }
     EXIT_OK
 }
 
 /// One boot: the agent runs the job, the points come back.
-async fn measure(cfg: &BootConfig, job: &wire::ScalingJob, timeouts: Timeouts, ui: &Ui, run: &mut KernelRun) {
+async fn measure(
+    cfg: &BootConfig,
+    job: &wire::ScalingJob,
+    timeouts: Timeouts,
+    ui: &Ui,
+    run: &mut KernelRun,
+) {
     let mut outcome = BootOutcome::new(cfg);
     let started = Session::start(cfg, timeouts, &mut outcome, &mut |e| ui.run(e)).await;
     run.platform = outcome.ready.as_ref().map(|r| r.platform.clone());
@@ -286,7 +329,11 @@ async fn measure(cfg: &BootConfig, job: &wire::ScalingJob, timeouts: Timeouts, u
         }
     };
     let what = format!("the scaling job on {}", run.release);
-    if session.send(&wire::HostMessage::Scaling(job.clone())).await.is_err() {
+    if session
+        .send(&wire::HostMessage::Scaling(job.clone()))
+        .await
+        .is_err()
+    {
         run.failure = Some(session.gone(&what).await);
         return;
     }
@@ -299,7 +346,11 @@ async fn measure(cfg: &BootConfig, job: &wire::ScalingJob, timeouts: Timeouts, u
                 let n = job.series[index.min(job.series.len() - 1)];
                 if shown != Some((n, run.points.len())) {
                     shown = Some((n, run.points.len()));
-                    ui.status(format!("{}: N={n} ({}/{total} points)", run.release, run.points.len()));
+                    ui.status(format!(
+                        "{}: N={n} ({}/{total} points)",
+                        run.release,
+                        run.points.len()
+                    ));
                 }
             }
             Interrupt::Message(wire::AgentMessage::ScalingPoint(p)) => {
@@ -319,7 +370,10 @@ async fn measure(cfg: &BootConfig, job: &wire::ScalingJob, timeouts: Timeouts, u
                 break;
             }
             Interrupt::Message(other) => {
-                run.failure = Some(format!("agent sent {} during {what}", crate::runner::message_kind(&other)));
+                run.failure = Some(format!(
+                    "agent sent {} during {what}",
+                    crate::runner::message_kind(&other)
+                ));
                 return;
             }
             Interrupt::Failed(message) => {
@@ -343,7 +397,9 @@ mod tests {
     }
 
     fn parse(words: &[&str]) -> ScalingArgs {
-        Cli::try_parse_from(std::iter::once("scaling").chain(words.iter().copied())).unwrap().args
+        Cli::try_parse_from(std::iter::once("scaling").chain(words.iter().copied()))
+            .unwrap()
+            .args
     }
 
     #[test]

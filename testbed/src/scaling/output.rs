@@ -48,7 +48,12 @@ pub fn kernel_summary(run: &KernelRun) -> String {
         (None, Some(g)) => fit_line(&g),
         (None, None) => format!("{} points, too few to fit", c.len()),
     };
-    format!("{} ({}): {what} [{:.0} s]", run.release, run.spec, run.wall.as_secs_f64())
+    format!(
+        "{} ({}): {what} [{:.0} s]",
+        run.release,
+        run.spec,
+        run.wall.as_secs_f64()
+    )
 }
 
 fn fit_line(g: &Growth) -> String {
@@ -66,7 +71,14 @@ fn fit_line(g: &Growth) -> String {
 fn curve_table(c: &[CurvePoint]) -> String {
     let mut s = format!(
         "  {:>6} {:>5} {:>12} {:>12} {:>15} {:>18} {:>12} {:>7}\n",
-        "N", "VMs", "total ms", "raw sum ms", "median call us", "last-tenth call us", "teardown ms", "local k"
+        "N",
+        "VMs",
+        "total ms",
+        "raw sum ms",
+        "median call us",
+        "last-tenth call us",
+        "teardown ms",
+        "local k"
     );
     for (p, k) in c.iter().zip(fit::local_slopes(c)) {
         s.push_str(&format!(
@@ -96,7 +108,15 @@ pub fn report(variant: &str, job: &wire::ScalingJob, runs: &[KernelRun]) -> Stri
     );
     for run in runs {
         s.push('\n');
-        s.push_str(&format!("kernel {} ({})\n", if run.release.is_empty() { "?" } else { &run.release }, run.spec));
+        s.push_str(&format!(
+            "kernel {} ({})\n",
+            if run.release.is_empty() {
+                "?"
+            } else {
+                &run.release
+            },
+            run.spec
+        ));
         s.push_str(&format!("  {}\n", consumers_line(run)));
         let c = fit::curve(&run.points);
         if !c.is_empty() {
