@@ -50,7 +50,8 @@ enum Command {
         boot_sharing: bool,
     },
     /// Find the first kernel (Debian version, or commit of --tree) at which
-    /// one scenario's report on one variant differs from --good's
+    /// one scenario's checks on one variant pass (or fail) where --good's
+    /// did the opposite, or at which its report differs from --good's
     Bisect {
         #[command(flatten)]
         run: RunArgs,
@@ -67,6 +68,12 @@ enum Command {
         /// Also compare the console lines containing TEXT (repeatable)
         #[arg(long, value_name = "TEXT")]
         console_match: Vec<String>,
+        /// verdict: the first kernel on which the checks pass, or fail
+        /// (git bisect's good/bad); report: the first whose report differs.
+        /// Default: the verdict when the scenario has expectations and the
+        /// checks differ between the ends, else the report
+        #[arg(long, value_enum)]
+        question: Option<QuestionArg>,
     },
     /// Fetch or build a kernel (any --kernel spec) and print it as a path:
     /// spec, with the time it took
@@ -108,7 +115,24 @@ enum Command {
         state: PathBuf,
         #[arg(long)]
         console_match: Vec<String>,
+        #[arg(long, value_enum)]
+        question: QuestionArg,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuestionArg {
+    Verdict,
+    Report,
+}
+
+impl From<QuestionArg> for testbed::bisect::Question {
+    fn from(a: QuestionArg) -> testbed::bisect::Question {
+        match a {
+            QuestionArg::Verdict => testbed::bisect::Question::Verdict,
+            QuestionArg::Report => testbed::bisect::Question::Report,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -307,7 +331,8 @@ fn main() -> ExitCode {
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
-            Command::Bisect { run: args, good, bad, tree, console_match } => {
+            Command::Bisect { run: args, good, bad, tree, console_match, question } => {
+                let question = question.map(Into::into);
                 if let Err(e) = args.check_bisect() {
                     eprintln!("error: {e}");
                     return run::EXIT_USAGE;
@@ -316,10 +341,13 @@ fn main() -> ExitCode {
                 match args.options() {
                     Ok(options) => match tree {
                         Some(tree) => {
-                            let bisect = bisect_cmd::git_tree(options, &tree, &good, &bad, &console_match, step_args);
+                            let bisect =
+                                bisect_cmd::git_tree(options, &tree, &good, &bad, &console_match, step_args, question);
                             interruptible(bisect).await
                         }
-                        None => interruptible(bisect_cmd::versions(options, &good, &bad, &console_match)).await,
+                        None => {
+                            interruptible(bisect_cmd::versions(options, &good, &bad, &console_match, question)).await
+                        }
                     },
                     Err(e) => run::usage_error(&e),
                 }
@@ -327,8 +355,8 @@ fn main() -> ExitCode {
             Command::KernelTree { version, dest, from } => kernel_tree(&version, from.into(), &dest),
             Command::Kernel { spec } => kernel(&spec),
             Command::Qemu { qemu_tree } => patched_qemu(qemu_tree.as_deref()),
-            Command::BisectStep { run: args, state, console_match } => match args.options() {
-                Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
+            Command::BisectStep { run: args, state, console_match, question } => match args.options() {
+                Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match, question.into())).await,
                 Err(e) => {
                     eprintln!("error: {e}");
                     128
