@@ -135,7 +135,7 @@ fn fail(problems: Vec<String>) -> (bool, String) {
 /// is attributed to a step only by elimination.) `signal` steps have no
 /// device: KVM injects every write, and nothing is posted or seen by L1.
 fn lossless(r: &Report) -> (bool, String) {
-    let held = irqfds_before_each_step(&r.scenario);
+    let held = irqfds_before_each_step(r);
     let held_by_mask = held_by_mask(&r.scenario);
     let l2 = l2_running_before_each_step(&r.scenario);
     let mut problems = Vec::new();
