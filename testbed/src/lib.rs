@@ -8,6 +8,7 @@ pub mod matrix;
 pub mod nested;
 pub mod plan;
 pub mod qemu;
+pub mod regression;
 pub mod report;
 pub mod run;
 pub mod runner;

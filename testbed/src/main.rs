@@ -75,6 +75,16 @@ enum Command {
         #[arg(long, value_enum)]
         question: Option<QuestionArg>,
     },
+    /// Run the regression corpus (default: regressions/): each entry's
+    /// scenario on the Debian kernels its [regression] table names, and
+    /// check that its checks fail or pass there as recorded
+    Regressions {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Only the CI cases: one failing and one passing kernel per entry
+        #[arg(long)]
+        ci: bool,
+    },
     /// Fetch or build a kernel (any --kernel spec) and print it as a path:
     /// spec, with the time it took
     Kernel {
@@ -349,6 +359,16 @@ fn main() -> ExitCode {
                             interruptible(bisect_cmd::versions(options, &good, &bad, &console_match, question)).await
                         }
                     },
+                    Err(e) => run::usage_error(&e),
+                }
+            }
+            Command::Regressions { run: mut args, ci } => {
+                // the run flags' default scenario directory means the corpus here
+                if args.paths == [PathBuf::from("scenarios")] {
+                    args.paths = vec![PathBuf::from("regressions")];
+                }
+                match args.options() {
+                    Ok(options) => interruptible(testbed::regression::main(options, ci)).await,
                     Err(e) => run::usage_error(&e),
                 }
             }

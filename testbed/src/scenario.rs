@@ -376,6 +376,11 @@ struct RawScenario {
     steps: Vec<Spanned<toml::Table>>,
     #[serde(default, rename = "expect")]
     expect: Vec<Spanned<toml::Table>>,
+    /// A regression corpus entry's record of the bug (`regressions/`):
+    /// checked by `crate::regression`, not part of the scenario.
+    #[serde(default)]
+    #[allow(dead_code)]
+    regression: Option<toml::Table>,
 }
 
 fn valid_scenario_name(name: &str) -> bool {
