@@ -227,7 +227,7 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                     };
                     let judged = judge(&entries[entry].regression.kernels[case], &got);
                     ui.line(&format!(
-                        "{:<36} {:<16} {:<10} {} ({secs:.0} s boot)",
+                        "{:<48} {:<16} {:<10} {} ({secs:.0} s boot)",
                         scenario.name,
                         kernel,
                         variant_name,
@@ -257,7 +257,7 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
 
 fn print_table(entries: &[Entry], rows: &[Row]) {
     println!();
-    println!("{:<36} {:<16} {:<10} {:<6} {:<6} RESULT", "ENTRY", "KERNEL", "VARIANT", "EXPECT", "GOT");
+    println!("{:<48} {:<16} {:<10} {:<6} {:<6} RESULT", "ENTRY", "KERNEL", "VARIANT", "EXPECT", "GOT");
     for r in rows {
         let entry = &entries[r.entry];
         let case = &entry.regression.kernels[r.case];
@@ -272,7 +272,7 @@ fn print_table(entries: &[Entry], rows: &[Row]) {
             (Err(_), _) => "UNEXPECTED",
         };
         println!(
-            "{:<36} {:<16} {:<10} {:<6} {got:<6} {result}",
+            "{:<48} {:<16} {:<10} {:<6} {got:<6} {result}",
             entry.scenario.name,
             case.kernel,
             entry.regression.variant,
