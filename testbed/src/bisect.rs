@@ -28,7 +28,11 @@ pub enum Found<R> {
     FirstChange { index: usize, before: R, after: R },
     /// The change lies after `last_good` and at or before `first_bad`, but
     /// the items in between were all skipped.
-    Between { last_good: usize, first_bad: usize, skipped: Vec<usize> },
+    Between {
+        last_good: usize,
+        first_bad: usize,
+        skipped: Vec<usize>,
+    },
     /// The last item's report equals the first's: nothing to bisect.
     NoChange,
 }
@@ -97,11 +101,22 @@ pub fn first_change_by<R: Clone + Debug>(
         }
     }
     if bad - good == 1 {
-        return Ok(Found::FirstChange { index: bad, before: reference, after: bad_report });
+        return Ok(Found::FirstChange {
+            index: bad,
+            before: reference,
+            after: bad_report,
+        });
     }
-    let mut between: Vec<usize> = skipped.into_iter().filter(|&i| good < i && i < bad).collect();
+    let mut between: Vec<usize> = skipped
+        .into_iter()
+        .filter(|&i| good < i && i < bad)
+        .collect();
     between.sort_unstable();
-    Ok(Found::Between { last_good: good, first_bad: bad, skipped: between })
+    Ok(Found::Between {
+        last_good: good,
+        first_bad: bad,
+        skipped: between,
+    })
 }
 
 /// What a bisect asks.
@@ -163,17 +178,34 @@ pub struct Chosen {
 /// Chooses the question from what the two ends gave: `asked` when given;
 /// otherwise the verdict when the scenario has expectations and the checks
 /// differ between the ends, else the report (with a note saying why).
-pub fn choose(asked: Option<Question>, has_expectations: bool, good: &Outcome, bad: &Outcome) -> Chosen {
+pub fn choose(
+    asked: Option<Question>,
+    has_expectations: bool,
+    good: &Outcome,
+    bad: &Outcome,
+) -> Chosen {
     if let Some(question) = asked {
-        return Chosen { question, note: None };
+        return Chosen {
+            question,
+            note: None,
+        };
     }
     if !has_expectations {
-        return Chosen { question: Question::Report, note: Some("the scenario has no expectations".into()) };
+        return Chosen {
+            question: Question::Report,
+            note: Some("the scenario has no expectations".into()),
+        };
     }
     if good.passed != bad.passed {
-        return Chosen { question: Question::Verdict, note: None };
+        return Chosen {
+            question: Question::Verdict,
+            note: None,
+        };
     }
-    Chosen { question: Question::Report, note: Some(format!("the checks {} at both ends", good.verdict())) }
+    Chosen {
+        question: Question::Report,
+        note: Some(format!("the checks {} at both ends", good.verdict())),
+    }
 }
 
 /// Whether anything lies between the two points of the boundary.
@@ -196,9 +228,19 @@ pub fn version_gap(a: &images::KernelVersion, b: &images::KernelVersion) -> Gap 
         let missing = if b.patch == a.patch + 2 {
             format!("upstream {}.{}.{}", a.major, a.minor, a.patch + 1)
         } else {
-            format!("upstream {}.{}.{} to {}.{}.{}", a.major, a.minor, a.patch + 1, a.major, a.minor, b.patch - 1)
+            format!(
+                "upstream {}.{}.{} to {}.{}.{}",
+                a.major,
+                a.minor,
+                a.patch + 1,
+                a.major,
+                a.minor,
+                b.patch - 1
+            )
         };
-        return Gap::Untested(format!("no Debian kernel lies between them ({missing} not packaged)"));
+        return Gap::Untested(format!(
+            "no Debian kernel lies between them ({missing} not packaged)"
+        ));
     }
     Gap::Untested("no Debian kernel lies between them".into())
 }
@@ -223,12 +265,22 @@ pub fn describe(
         Question::Report => "the good end's report".to_string(),
     };
     let where_ = match gap {
-        Gap::Adjacent => format!("the change is in {} ({}, just before it, gives {before_says})", after.0, before.0),
+        Gap::Adjacent => format!(
+            "the change is in {} ({}, just before it, gives {before_says})",
+            after.0, before.0
+        ),
         Gap::Untested(why) => {
-            format!("the change lies between {} ({before_says}) and {}; {why}", before.0, after.0)
+            format!(
+                "the change lies between {} ({before_says}) and {}; {why}",
+                before.0, after.0
+            )
         }
     };
-    vec![format!("question: {}", question.text(kind, good)), format!("answer: {answer}"), where_]
+    vec![
+        format!("question: {}", question.text(kind, good)),
+        format!("answer: {answer}"),
+        where_,
+    ]
 }
 
 #[cfg(test)]
@@ -236,7 +288,11 @@ mod tests {
     use super::*;
 
     /// Reports: "old" before `change`, "new" from it on; `skip` items skip.
-    fn history(len: usize, change: usize, skip: &[usize]) -> (Vec<usize>, Result<Found<&'static str>, BisectError>) {
+    fn history(
+        len: usize,
+        change: usize,
+        skip: &[usize],
+    ) -> (Vec<usize>, Result<Found<&'static str>, BisectError>) {
         let mut probed = Vec::new();
         let found = first_change(len, |i| {
             probed.push(i);
@@ -258,15 +314,27 @@ mod tests {
                 let (probed, found) = history(len, change, &[]);
                 assert_eq!(
                     found,
-                    Ok(Found::FirstChange { index: change, before: "old", after: "new" }),
+                    Ok(Found::FirstChange {
+                        index: change,
+                        before: "old",
+                        after: "new"
+                    }),
                     "len {len} change {change}"
                 );
                 let mut unique = probed.clone();
                 unique.sort_unstable();
                 unique.dedup();
-                assert_eq!(unique.len(), probed.len(), "an item was probed twice: {probed:?}");
+                assert_eq!(
+                    unique.len(),
+                    probed.len(),
+                    "an item was probed twice: {probed:?}"
+                );
                 let bound = (len as f64).log2().ceil() as usize + 2;
-                assert!(probed.len() <= bound, "len {len}: {} probes > {bound}", probed.len());
+                assert!(
+                    probed.len() <= bound,
+                    "len {len}: {} probes > {bound}",
+                    probed.len()
+                );
             }
         }
     }
@@ -275,25 +343,57 @@ mod tests {
     fn steps_around_skipped_items() {
         // A skip away from the boundary does not matter.
         let (_, found) = history(10, 6, &[3]);
-        assert_eq!(found, Ok(Found::FirstChange { index: 6, before: "old", after: "new" }));
+        assert_eq!(
+            found,
+            Ok(Found::FirstChange {
+                index: 6,
+                before: "old",
+                after: "new"
+            })
+        );
         // Right before it, it does: 4 is old, 5 unknown, 6 new.
         let (_, found) = history(10, 6, &[5]);
-        assert_eq!(found, Ok(Found::Between { last_good: 4, first_bad: 6, skipped: vec![5] }));
+        assert_eq!(
+            found,
+            Ok(Found::Between {
+                last_good: 4,
+                first_bad: 6,
+                skipped: vec![5]
+            })
+        );
         let (_, found) = history(10, 6, &[4, 6]);
         // 5 is old, 6 is skipped, 7 is new: the change is at 6 or 7.
-        assert_eq!(found, Ok(Found::Between { last_good: 5, first_bad: 7, skipped: vec![6] }));
+        assert_eq!(
+            found,
+            Ok(Found::Between {
+                last_good: 5,
+                first_bad: 7,
+                skipped: vec![6]
+            })
+        );
     }
 
     #[test]
     fn no_change_and_bad_ends() {
         assert_eq!(first_change(5, |_| Probe::Report(1)), Ok(Found::NoChange));
-        assert_eq!(first_change::<u8>(1, |_| Probe::Report(1)), Err(BisectError::TooFew(1)));
         assert_eq!(
-            first_change::<u8>(5, |i| if i == 0 { Probe::Skip("down".into()) } else { Probe::Report(1) }),
+            first_change::<u8>(1, |_| Probe::Report(1)),
+            Err(BisectError::TooFew(1))
+        );
+        assert_eq!(
+            first_change::<u8>(5, |i| if i == 0 {
+                Probe::Skip("down".into())
+            } else {
+                Probe::Report(1)
+            }),
             Err(BisectError::GoodSkipped("down".into()))
         );
         assert_eq!(
-            first_change::<u8>(5, |i| if i == 4 { Probe::Skip("down".into()) } else { Probe::Report(1) }),
+            first_change::<u8>(5, |i| if i == 4 {
+                Probe::Skip("down".into())
+            } else {
+                Probe::Report(1)
+            }),
             Err(BisectError::BadSkipped("down".into()))
         );
     }
@@ -319,7 +419,10 @@ mod question_tests {
     use super::*;
 
     fn outcome(passed: bool, body: &str) -> Outcome {
-        Outcome { passed, body: body.into() }
+        Outcome {
+            passed,
+            body: body.into(),
+        }
     }
 
     fn v(s: &str) -> images::KernelVersion {
@@ -329,7 +432,13 @@ mod question_tests {
     #[test]
     fn the_verdict_is_the_default_when_the_checks_differ_at_the_ends() {
         let (fail, pass) = (outcome(false, "a"), outcome(true, "b"));
-        assert_eq!(choose(None, true, &fail, &pass), Chosen { question: Question::Verdict, note: None });
+        assert_eq!(
+            choose(None, true, &fail, &pass),
+            Chosen {
+                question: Question::Verdict,
+                note: None
+            }
+        );
         assert_eq!(choose(None, true, &pass, &fail).question, Question::Verdict);
         // the same verdict at both ends: only the report can tell them apart
         let chosen = choose(None, true, &fail, &outcome(false, "c"));
@@ -337,10 +446,19 @@ mod question_tests {
         assert_eq!(chosen.note.as_deref(), Some("the checks fail at both ends"));
         let chosen = choose(None, false, &fail, &pass);
         assert_eq!(chosen.question, Question::Report);
-        assert_eq!(chosen.note.as_deref(), Some("the scenario has no expectations"));
+        assert_eq!(
+            chosen.note.as_deref(),
+            Some("the scenario has no expectations")
+        );
         // asked for: answered as asked
-        assert_eq!(choose(Some(Question::Report), true, &fail, &pass).question, Question::Report);
-        assert_eq!(choose(Some(Question::Verdict), false, &fail, &outcome(false, "c")).question, Question::Verdict);
+        assert_eq!(
+            choose(Some(Question::Report), true, &fail, &pass).question,
+            Question::Report
+        );
+        assert_eq!(
+            choose(Some(Question::Verdict), false, &fail, &outcome(false, "c")).question,
+            Question::Verdict
+        );
     }
 
     /// CVE-2026-23198 on Debian's 6.18 kernels: the bug fails differently
@@ -358,7 +476,14 @@ mod question_tests {
         let probe = |i: usize| Probe::Report(outcomes[i].clone());
         let q = Question::Verdict;
         let found = first_change_by(kernels.len(), probe, |a, b| q.same(a, b)).unwrap();
-        let Found::FirstChange { index, before, after } = found else { panic!("{found:?}") };
+        let Found::FirstChange {
+            index,
+            before,
+            after,
+        } = found
+        else {
+            panic!("{found:?}")
+        };
         assert_eq!(kernels[index], "6.18.12");
         // `before` is the reference (the good end); the boundary's left side is index - 1
         assert!(!before.passed && after.passed);
@@ -380,8 +505,12 @@ mod question_tests {
             ]
         );
         // the report question stops at the first affected kernel whose failure looks different
-        let found = first_change(kernels.len(), |i| Probe::Report(outcomes[i].body.clone())).unwrap();
-        assert!(matches!(found, Found::FirstChange { index: 1, .. }), "{found:?}");
+        let found =
+            first_change(kernels.len(), |i| Probe::Report(outcomes[i].body.clone())).unwrap();
+        assert!(
+            matches!(found, Found::FirstChange { index: 1, .. }),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -397,7 +526,10 @@ mod question_tests {
         );
         assert_eq!(lines[0], "question: first kernel on which the checks fail");
         assert_eq!(lines[1], "answer: the checks first fail on debian:6.18.10");
-        assert_eq!(lines[2], "the change is in debian:6.18.10 (debian:6.18.9, just before it, gives checks pass)");
+        assert_eq!(
+            lines[2],
+            "the change is in debian:6.18.10 (debian:6.18.9, just before it, gives checks pass)"
+        );
     }
 
     #[test]
@@ -405,7 +537,9 @@ mod question_tests {
         assert_eq!(version_gap(&v("6.18.9"), &v("6.18.10")), Gap::Adjacent);
         assert_eq!(
             version_gap(&v("6.18.9"), &v("6.18.11")),
-            Gap::Untested("no Debian kernel lies between them (upstream 6.18.10 not packaged)".into())
+            Gap::Untested(
+                "no Debian kernel lies between them (upstream 6.18.10 not packaged)".into()
+            )
         );
         assert_eq!(
             version_gap(&v("6.1.176"), &v("6.12.43")),
@@ -420,7 +554,10 @@ mod question_tests {
             &version_gap(&v("6.1.176"), &v("6.12.43")),
         );
         assert_eq!(report[0], "question: first kernel whose report differs");
-        assert_eq!(report[1], "answer: first kernel whose report differs: debian:6.12.43");
+        assert_eq!(
+            report[1],
+            "answer: first kernel whose report differs: debian:6.12.43"
+        );
         assert_eq!(
             report[2],
             "the change lies between debian:6.1.176 (the good end's report) and debian:6.12.43; \

@@ -36,14 +36,24 @@ use crate::ui::Ui;
 /// What is compared between two points: the report body, then the
 /// console lines that contain one of `console_match` (without printk's
 /// `[time]` prefix), when any are asked for.
-fn comparable(report: &crate::report::Report, console_log: &Path, console_match: &[String]) -> String {
+fn comparable(
+    report: &crate::report::Report,
+    console_log: &Path,
+    console_match: &[String],
+) -> String {
     let mut out = report.body();
     if !console_match.is_empty() {
-        let console = std::fs::read(console_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let console = std::fs::read(console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let quoted: Vec<String> = console_match.iter().map(|m| format!("{m:?}")).collect();
         let _ = writeln!(out, "\nconsole lines with {}", quoted.join(" or "));
         let mut any = false;
-        for line in console.lines().map(console_text).filter(|l| console_match.iter().any(|m| l.contains(m.as_str()))) {
+        for line in console
+            .lines()
+            .map(console_text)
+            .filter(|l| console_match.iter().any(|m| l.contains(m.as_str())))
+        {
             let _ = writeln!(out, "   {line}");
             any = true;
         }
@@ -65,7 +75,11 @@ fn console_text(line: &str) -> &str {
 
 /// What a probe's report says: whether its checks passed (and it ran to
 /// its end), and its comparable body.
-fn outcome(report: &crate::report::Report, console_log: &Path, console_match: &[String]) -> Outcome {
+fn outcome(
+    report: &crate::report::Report,
+    console_log: &Path,
+    console_match: &[String],
+) -> Outcome {
     Outcome {
         passed: report.failure.is_none() && report.all_passed(),
         body: comparable(report, console_log, console_match),
@@ -81,7 +95,9 @@ async fn probe_kernel(
 ) -> Result<Outcome, u8> {
     let mut options = options.clone();
     options.kernel = kernel;
-    run::probe(&options, ui).await.map(|(r, console)| outcome(&r, &console, console_match))
+    run::probe(&options, ui)
+        .await
+        .map(|(r, console)| outcome(&r, &console, console_match))
 }
 
 /// Whether the one scenario file of a bisect has `[[expect]]` tables
@@ -119,10 +135,16 @@ pub async fn versions(
     asked: Option<Question>,
 ) -> u8 {
     let parse = |s: &str| -> Result<images::VersionReq, String> {
-        let spec = if s.contains(':') { s.to_string() } else { format!("debian:{s}") };
+        let spec = if s.contains(':') {
+            s.to_string()
+        } else {
+            format!("debian:{s}")
+        };
         match spec.parse::<images::KernelSpec>() {
             Ok(images::KernelSpec::Debian(req)) => Ok(req),
-            Ok(_) => Err(format!("{s}: a version bisect takes debian: kernels (git trees need --tree)")),
+            Ok(_) => Err(format!(
+                "{s}: a version bisect takes debian: kernels (git trees need --tree)"
+            )),
             Err(e) => Err(e.to_string()),
         }
     };
@@ -139,7 +161,8 @@ pub async fn versions(
     };
     let ui = Ui::new();
     let cache = images::Cache::default_location();
-    let listed = tokio::task::block_in_place(|| images::list_debian_kernels(&cache, &mut |p| ui.images(p)));
+    let listed =
+        tokio::task::block_in_place(|| images::list_debian_kernels(&cache, &mut |p| ui.images(p)));
     let mut versions: Vec<images::KernelVersion> = match listed {
         Ok(k) => k.into_iter().map(|k| k.version).collect(),
         Err(e) => {
@@ -153,7 +176,11 @@ pub async fn versions(
     let newest = |req: &images::VersionReq| versions.iter().rev().find(|v| req.matches(v)).copied();
     let (Some(first), Some(last)) = (newest(&good_req), newest(&bad_req)) else {
         ui.finish();
-        let missing = if newest(&good_req).is_none() { good } else { bad };
+        let missing = if newest(&good_req).is_none() {
+            good
+        } else {
+            bad
+        };
         eprintln!("error: no Debian kernel matches {missing} (testbed list kernels shows them)");
         return EXIT_USAGE;
     };
@@ -162,7 +189,10 @@ pub async fn versions(
         eprintln!("error: --good debian:{first} must be older than --bad debian:{last}");
         return EXIT_USAGE;
     }
-    let items: Vec<images::KernelVersion> = versions.into_iter().filter(|v| first <= *v && *v <= last).collect();
+    let items: Vec<images::KernelVersion> = versions
+        .into_iter()
+        .filter(|v| first <= *v && *v <= last)
+        .collect();
     let name = |i: usize| format!("debian:{}", items[i]);
     ui.line(&format!(
         "bisecting {} kernels from {} to {}: scenario {} on {}",
@@ -190,7 +220,12 @@ pub async fn versions(
         });
         let t = Instant::now();
         let got = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(probe_kernel(&options, spec, console_match, &ui))
+            tokio::runtime::Handle::current().block_on(probe_kernel(
+                &options,
+                spec,
+                console_match,
+                &ui,
+            ))
         });
         let secs = t.elapsed().as_secs_f64();
         let p = match got {
@@ -200,11 +235,18 @@ pub async fn versions(
                     Some(Probe::Report(r)) if r.body == o.body => "report same as the reference",
                     Some(_) => "report differs",
                 };
-                ui.line(&format!("  {:<18} checks {}, {report} ({secs:.0} s)", name(i), o.verdict()));
+                ui.line(&format!(
+                    "  {:<18} checks {}, {report} ({secs:.0} s)",
+                    name(i),
+                    o.verdict()
+                ));
                 Probe::Report(o)
             }
             Err(EXIT_SKIP) => {
-                ui.line(&format!("  {:<18} skipped: no kernel or no boot ({secs:.0} s)", name(i)));
+                ui.line(&format!(
+                    "  {:<18} skipped: no kernel or no boot ({secs:.0} s)",
+                    name(i)
+                ));
                 Probe::Skip("no kernel or no boot".into())
             }
             Err(code) => {
@@ -219,7 +261,10 @@ pub async fn versions(
     let chosen = match &ends {
         (Probe::Report(g), Probe::Report(b)) => bisect::choose(asked, expectations, g, b),
         // first_change says which end cannot be tested
-        _ => Chosen { question: asked.unwrap_or(Question::Report), note: None },
+        _ => Chosen {
+            question: asked.unwrap_or(Question::Report),
+            note: None,
+        },
     };
     let question = chosen.question;
     let found = first_change_by(items.len(), &mut probe, |a, b| question.same(a, b));
@@ -256,7 +301,11 @@ pub async fn versions(
             );
             EXIT_FAILED
         }
-        Ok(Found::Between { last_good, first_bad, skipped }) => {
+        Ok(Found::Between {
+            last_good,
+            first_bad,
+            skipped,
+        }) => {
             let skipped: Vec<String> = skipped.into_iter().map(name).collect();
             println!(
                 "answer: unknown: the change lies after {} and by {}; {} could not be tested ({total:.0} s)",
@@ -267,7 +316,8 @@ pub async fn versions(
             EXIT_SKIP
         }
         Ok(Found::FirstChange { index, after, .. }) => {
-            let before = outcome_of(index - 1).expect("the search probed the item before the change");
+            let before =
+                outcome_of(index - 1).expect("the search probed the item before the change");
             let gap = bisect::version_gap(&items[index - 1], &items[index]);
             let lines = bisect::describe(
                 question,
@@ -283,14 +333,27 @@ pub async fn versions(
             println!("({} kernels probed, {total:.0} s)", probed.len());
             println!();
             let title = |i: usize, o: &Outcome| format!("{} (checks {})", name(i), o.verdict());
-            print!("{}", side_by_side(&title(index - 1, &before), &before.body, &title(index, &after), &after.body));
+            print!(
+                "{}",
+                side_by_side(
+                    &title(index - 1, &before),
+                    &before.body,
+                    &title(index, &after),
+                    &after.body
+                )
+            );
             EXIT_OK
         }
     }
 }
 
 fn scenario_names(options: &RunOptions) -> String {
-    options.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+    options
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn variant_name(options: &RunOptions) -> &'static str {
@@ -303,7 +366,13 @@ fn variant_name(options: &RunOptions) -> &'static str {
 pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str) -> String {
     let l: Vec<&str> = left.lines().collect();
     let r: Vec<&str> = right.lines().collect();
-    let width = l.iter().chain([&left_title]).map(|s| s.chars().count()).max().unwrap_or(0).min(100);
+    let width = l
+        .iter()
+        .chain([&left_title])
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(100);
     let cut = |s: &str| -> String {
         if s.chars().count() > width {
             let mut t: String = s.chars().take(width - 1).collect();
@@ -318,7 +387,11 @@ pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str
         let _ = writeln!(out, "{:<width$} {mark} {b}", cut(a));
     };
     row(left_title, ' ', right_title);
-    row(&"-".repeat(width), ' ', &"-".repeat(right_title.chars().count().max(8)));
+    row(
+        &"-".repeat(width),
+        ' ',
+        &"-".repeat(right_title.chars().count().max(8)),
+    );
     let diff = similar::TextDiff::from_slices(&l, &r);
     for op in diff.ops() {
         let (_, old, new) = op.as_tag_tuple();
@@ -357,7 +430,10 @@ fn write_outcome(state: &Path, name: &str, o: &Outcome) -> Result<(), String> {
 
 fn read_outcome(state: &Path, name: &str) -> Option<Outcome> {
     let body = std::fs::read_to_string(state.join(format!("{name}.txt"))).ok()?;
-    let passed = match std::fs::read_to_string(state.join(format!("{name}.verdict"))).ok()?.trim() {
+    let passed = match std::fs::read_to_string(state.join(format!("{name}.verdict")))
+        .ok()?
+        .trim()
+    {
         "pass" => true,
         "fail" => false,
         _ => return None,
@@ -374,17 +450,33 @@ fn question_arg(q: Question) -> &'static str {
 }
 
 fn git_line(tree: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git").arg("-C").arg(tree).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(tree)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn git_run(tree: &Path, args: &[&str]) -> Result<(), String> {
-    let out =
-        std::process::Command::new("git").arg("-C").arg(tree).args(args).output().map_err(|e| format!("git: {e}"))?;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(tree)
+        .args(args)
+        .output()
+        .map_err(|e| format!("git: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("git {} in {}: {}", args.join(" "), tree.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "git {} in {}: {}",
+            args.join(" "),
+            tree.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -413,12 +505,21 @@ pub async fn git_tree(
         Err(e) => return fail(&ui, format!("{}: {e}", tree.display()), EXIT_USAGE),
     };
     let (Some(good_sha), Some(bad_sha)) = (
-        git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")]),
-        git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")]),
+        git_line(
+            &tree,
+            &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")],
+        ),
+        git_line(
+            &tree,
+            &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")],
+        ),
     ) else {
         return fail(
             &ui,
-            format!("{}: --good {good} or --bad {bad} is not a commit there", tree.display()),
+            format!(
+                "{}: --good {good} or --bad {bad} is not a commit there",
+                tree.display()
+            ),
             EXIT_USAGE,
         );
     };
@@ -429,7 +530,10 @@ pub async fn git_tree(
         Ok(d) => d,
         Err(e) => return fail(&ui, format!("temporary directory: {e}"), EXIT_SKIP),
     };
-    let kernel = images::KernelSpec::Git { tree: tree.clone(), rev: None };
+    let kernel = images::KernelSpec::Git {
+        tree: tree.clone(),
+        rev: None,
+    };
     let started = Instant::now();
     // the two ends first: the reference, and proof that the bad end differs
     let restore = match gitbisect::RestoreHead::new(&tree) {
@@ -444,17 +548,30 @@ pub async fn git_tree(
         let t = Instant::now();
         match probe_kernel(&options, kernel.clone(), console_match, &ui).await {
             Ok(body) => {
-                ui.line(&format!("  {label} {} : tested ({:.0} s)", &sha[..12], t.elapsed().as_secs_f64()));
+                ui.line(&format!(
+                    "  {label} {} : tested ({:.0} s)",
+                    &sha[..12],
+                    t.elapsed().as_secs_f64()
+                ));
                 ends.push(body);
             }
             Err(EXIT_SKIP) => {
                 return fail(
                     &ui,
-                    format!("the {label} end {} cannot be built or booted: it must be testable", &sha[..12]),
+                    format!(
+                        "the {label} end {} cannot be built or booted: it must be testable",
+                        &sha[..12]
+                    ),
                     EXIT_SKIP,
                 )
             }
-            Err(code) => return fail(&ui, format!("the {label} end {} could not be tested", &sha[..12]), code),
+            Err(code) => {
+                return fail(
+                    &ui,
+                    format!("the {label} end {} could not be tested", &sha[..12]),
+                    code,
+                )
+            }
         }
     }
     drop(restore);
@@ -470,9 +587,11 @@ pub async fn git_tree(
         println!("answer: none: {same} of {good} and {bad}: nothing to bisect");
         return EXIT_FAILED;
     }
-    if let Err(e) =
-        write_outcome(state.path(), REFERENCE, &ends[0]).and(write_outcome(state.path(), &bad_sha, &ends[1]))
-    {
+    if let Err(e) = write_outcome(state.path(), REFERENCE, &ends[0]).and(write_outcome(
+        state.path(),
+        &bad_sha,
+        &ends[1],
+    )) {
         eprintln!("error: {e}");
         return EXIT_SKIP;
     }
@@ -499,7 +618,9 @@ pub async fn git_tree(
     step.push("--kernel".into());
     step.push(format!("git:{}", tree.display()).into());
     let result = tokio::task::block_in_place(|| {
-        gitbisect::drive(&tree, &good_sha, &bad_sha, &step, &mut |line| eprintln!("git: {line}"))
+        gitbisect::drive(&tree, &good_sha, &bad_sha, &step, &mut |line| {
+            eprintln!("git: {line}")
+        })
     });
     let total = started.elapsed().as_secs_f64();
     match result {
@@ -518,20 +639,24 @@ pub async fn git_tree(
             }
             println!("steps: {}", r.steps.len());
             for (sha, verdict) in &r.steps {
-                let subject = git_line(&tree, &["log", "-1", "--format=%s", sha]).unwrap_or_default();
+                let subject =
+                    git_line(&tree, &["log", "-1", "--format=%s", sha]).unwrap_or_default();
                 let v = match verdict {
                     StepVerdict::Good => "same",
                     StepVerdict::Bad => "differs",
                     StepVerdict::Skip => "skipped",
                 };
-                let checks =
-                    read_outcome(state.path(), sha).map(|o| format!("checks {}", o.verdict())).unwrap_or_default();
+                let checks = read_outcome(state.path(), sha)
+                    .map(|o| format!("checks {}", o.verdict()))
+                    .unwrap_or_default();
                 println!("  {} {v:<8} {checks:<11} {subject}", &sha[..12]);
             }
             match r.outcome {
                 GitBisectOutcome::FirstBad { commit, subject } => {
-                    let after = read_outcome(state.path(), &commit)
-                        .unwrap_or_else(|| Outcome { passed: !ends[0].passed, body: String::new() });
+                    let after = read_outcome(state.path(), &commit).unwrap_or_else(|| Outcome {
+                        passed: !ends[0].passed,
+                        body: String::new(),
+                    });
                     let name = format!("{} {subject}", &commit[..12]);
                     let lines = bisect::describe(
                         question,
@@ -574,7 +699,12 @@ pub async fn git_tree(
 /// names, compare with the reference in `state`. Exits 0 same, 1 differs,
 /// 125 cannot build or boot, 128 anything else (git aborts the bisect:
 /// bad input must not read as "bad").
-pub async fn step(options: RunOptions, state: &Path, console_match: &[String], question: Question) -> u8 {
+pub async fn step(
+    options: RunOptions,
+    state: &Path,
+    console_match: &[String],
+    question: Question,
+) -> u8 {
     let images::KernelSpec::Git { tree, .. } = &options.kernel else {
         eprintln!("error: bisect-step needs a git: kernel");
         return 128;
@@ -600,13 +730,19 @@ pub async fn step(options: RunOptions, state: &Path, console_match: &[String], q
             if question.same(&o, &reference) {
                 (0, format!("checks {}, same as the good end", o.verdict()))
             } else {
-                (1, format!("checks {}, differs from the good end", o.verdict()))
+                (
+                    1,
+                    format!("checks {}, differs from the good end", o.verdict()),
+                )
             }
         }
         Err(EXIT_SKIP) => (125, "skipped: no build or no boot".to_string()),
         Err(_) => (128, "aborting: bad input".to_string()),
     };
-    eprintln!("bisect-step {} {subject}: {verdict} ({secs:.0} s)", &head[..12]);
+    eprintln!(
+        "bisect-step {} {subject}: {verdict} ({secs:.0} s)",
+        &head[..12]
+    );
     code
 }
 
@@ -616,19 +752,40 @@ mod tests {
 
     #[test]
     fn console_lines_lose_their_time_stamps() {
-        assert_eq!(console_text("[    0.123456] DMAR: Unknown option - 'x'  "), "DMAR: Unknown option - 'x'");
+        assert_eq!(
+            console_text("[    0.123456] DMAR: Unknown option - 'x'  "),
+            "DMAR: Unknown option - 'x'"
+        );
         assert_eq!(console_text("DMAR: IOMMU enabled"), "DMAR: IOMMU enabled");
         assert_eq!(console_text("[x] not a time"), "[x] not a time");
     }
 
     #[test]
     fn side_by_side_marks_changes() {
-        let s = side_by_side("a", "same\nold line\ngone\ntail\n", "b", "same\nnew line\ntail\nadded\n");
+        let s = side_by_side(
+            "a",
+            "same\nold line\ngone\ntail\n",
+            "b",
+            "same\nnew line\ntail\nadded\n",
+        );
         let lines: Vec<&str> = s.lines().collect();
-        assert!(lines[0].starts_with("a ") && lines[0].ends_with(" b"), "{s}");
+        assert!(
+            lines[0].starts_with("a ") && lines[0].ends_with(" b"),
+            "{s}"
+        );
         assert_eq!(lines[2], "same       same", "{s}");
-        assert!(lines.iter().any(|l| l.starts_with("old line") && l.contains(" | new line")), "{s}");
-        assert!(lines.iter().any(|l| l.starts_with("gone") && l.ends_with('<')), "{s}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("old line") && l.contains(" | new line")),
+            "{s}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("gone") && l.ends_with('<')),
+            "{s}"
+        );
         assert!(lines.iter().any(|l| l.contains(" > added")), "{s}");
     }
 }

@@ -63,7 +63,12 @@ impl Runner {
         let mut routes = Vec::new();
         for (_, vm) in &st.vms {
             if vm.irqfds.contains_key(vector) {
-                routes.extend(vm.routes().iter().filter(|r| r.source == vector).map(|r| r.vector));
+                routes.extend(
+                    vm.routes()
+                        .iter()
+                        .filter(|r| r.source == vector)
+                        .map(|r| r.vector),
+                );
             }
         }
         let held = !routes.is_empty();
@@ -80,14 +85,20 @@ impl Runner {
             }
             let Some(l2) = vm.running_l2() else { continue };
             if let Some(r) = vm.routes().iter().find(|r| r.source == vector) {
-                l2s.push((name.clone(), l2.mem.clone(), r.vector, l2.mem.count(r.vector)));
+                l2s.push((
+                    name.clone(),
+                    l2.mem.clone(),
+                    r.vector,
+                    l2.mem.count(r.vector),
+                ));
             }
         }
-        let delivered = |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
-            l2s.iter()
-                .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
-                .collect()
-        };
+        let delivered =
+            |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
+                l2s.iter()
+                    .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
+                    .collect()
+            };
         let fire_t0 = Instant::now();
         let dev = match source {
             Source::Device | Source::Unmask if matches!(spec.attach, wire::Attach::Vdpa(_)) => {
@@ -157,7 +168,10 @@ impl Runner {
                     }
                 } else if held {
                     self.poll_trace();
-                    let host = host_line().map(|l| l.count).unwrap_or(0).saturating_sub(base);
+                    let host = host_line()
+                        .map(|l| l.count)
+                        .unwrap_or(0)
+                        .saturating_sub(base);
                     if host > i || self.injected(&routes) > i {
                         break;
                     }
@@ -173,10 +187,11 @@ impl Runner {
                         "fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}",
                         i + 1
                     );
-                    let dead = st
-                        .vms
-                        .iter()
-                        .find_map(|(n, vm)| vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}")));
+                    let dead = st.vms.iter().find_map(|(n, vm)| {
+                        vm.running_l2()
+                            .and_then(|l| l.error())
+                            .map(|e| format!("{n}: {e}"))
+                    });
                     if let Some(e) = dead {
                         let _ = ack(dev);
                         return Err(e);
@@ -209,7 +224,9 @@ impl Runner {
                 let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
                 // every VM holding the vector injects each interrupt
                 let want = u64::from(count) * routes.len() as u64;
-                if ((posted || self.injected(&routes) >= want) && all_in) || t0.elapsed() > Duration::from_millis(300) {
+                if ((posted || self.injected(&routes) >= want) && all_in)
+                    || t0.elapsed() > Duration::from_millis(300)
+                {
                     break;
                 }
                 sleep(Duration::from_millis(1));
@@ -238,7 +255,10 @@ impl Runner {
             vector: vector.to_string(),
             raised: u64::from(count),
             signalled: (!held).then_some(signalled),
-            host_irq: line.as_ref().map(|l| l.count.saturating_sub(base)).unwrap_or(0),
+            host_irq: line
+                .as_ref()
+                .map(|l| l.count.saturating_sub(base))
+                .unwrap_or(0),
             host_chip: line.map(|l| normalize_chip(&l.chip)),
             injected: self.injected(&routes),
             delivered,

@@ -115,15 +115,26 @@ pub struct Regression {
 #[derive(Debug, thiserror::Error)]
 pub enum RegressionError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}:{column}: {message}", path.display())]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 
@@ -132,7 +143,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionError> {
     let error = |span: Range<usize>, message: String| {
         let (line, column) = line_col(text, span.start);
-        RegressionError::Invalid { path: path.to_path_buf(), line, column, message }
+        RegressionError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let message = e.message().trim().trim_end_matches('.').to_string();
@@ -143,12 +159,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionEr
     };
     let span = raw.span();
     let raw = raw.into_inner();
-    let variant =
-        crate::variant::lookup(raw.variant.get_ref()).map_err(|e| error(raw.variant.span(), e.to_string()))?.name;
+    let variant = crate::variant::lookup(raw.variant.get_ref())
+        .map_err(|e| error(raw.variant.span(), e.to_string()))?
+        .name;
     for c in raw.introduced.iter().chain([&raw.fix]) {
         let hex = &c.get_ref().commit;
         if hex.len() < 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(error(c.span(), format!("commit {hex:?}: give at least 12 hex digits")));
+            return Err(error(
+                c.span(),
+                format!("commit {hex:?}: give at least 12 hex digits"),
+            ));
         }
     }
     let mut kernels = Vec::new();
@@ -157,18 +177,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionEr
         match case.kernel.parse::<images::KernelSpec>() {
             Ok(images::KernelSpec::Debian(_)) => {}
             Ok(_) => {
-                return Err(error(k.span(), format!("kernel {:?}: the corpus takes debian: kernels", case.kernel)))
+                return Err(error(
+                    k.span(),
+                    format!("kernel {:?}: the corpus takes debian: kernels", case.kernel),
+                ))
             }
             Err(e) => return Err(error(k.span(), format!("kernel {:?}: {e}", case.kernel))),
         }
         if case.expect == Expect::Pass && !case.failing.is_empty() {
             return Err(error(
                 k.span(),
-                format!("{}: failing checks listed on a kernel expected to pass", case.kernel),
+                format!(
+                    "{}: failing checks listed on a kernel expected to pass",
+                    case.kernel
+                ),
             ));
         }
         if case.shows.trim().is_empty() {
-            return Err(error(k.span(), format!("{}: shows is empty: say what the report shows there", case.kernel)));
+            return Err(error(
+                k.span(),
+                format!(
+                    "{}: shows is empty: say what the report shows there",
+                    case.kernel
+                ),
+            ));
         }
         if kernels.iter().any(|o: &KernelCase| o.kernel == case.kernel) {
             return Err(error(k.span(), format!("{} is listed twice", case.kernel)));
@@ -177,7 +209,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionEr
     }
     for side in [Expect::Fail, Expect::Pass] {
         if !kernels.iter().any(|k| k.expect == side) {
-            return Err(error(span, format!("no kernel with expect = \"{}\": name one on each side", side.label())));
+            return Err(error(
+                span,
+                format!(
+                    "no kernel with expect = \"{}\": name one on each side",
+                    side.label()
+                ),
+            ));
         }
     }
     for side in [Expect::Fail, Expect::Pass] {
@@ -185,7 +223,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionEr
         if ci != 1 {
             return Err(error(
                 span,
-                format!("{ci} kernels with expect = \"{}\" and ci = true: mark exactly one", side.label()),
+                format!(
+                    "{ci} kernels with expect = \"{}\" and ci = true: mark exactly one",
+                    side.label()
+                ),
             ));
         }
     }
@@ -201,8 +242,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Regression>, RegressionEr
 
 /// Reads and parses `path`'s `[regression]` table.
 pub fn load(path: &Path) -> Result<Option<Regression>, RegressionError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| RegressionError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| RegressionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -243,17 +286,29 @@ verified = "2026-12-06"
         assert_eq!(r.kernels.len(), 2);
         assert_eq!(r.kernels[0].failing, ["lossless"]);
         assert_eq!(r.kernels[1].verified.as_deref(), Some("2026-12-06"));
-        assert_eq!(parse(Path::new("x.toml"), "description = \"x\"\n").unwrap(), None);
+        assert_eq!(
+            parse(Path::new("x.toml"), "description = \"x\"\n").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn bad_entries_name_the_line() {
         let e = err(&GOOD.replace("b4d37cdb77a0", "b4d37"));
-        assert_eq!(e, "r/x.toml:5:7: commit \"b4d37\": give at least 12 hex digits");
+        assert_eq!(
+            e,
+            "r/x.toml:5:7: commit \"b4d37\": give at least 12 hex digits"
+        );
         let e = err(&GOOD.replace("debian:6.18.9", "git:/x"));
-        assert!(e.starts_with("r/x.toml:7:1: kernel \"git:/x\": the corpus takes debian: kernels"), "{e}");
+        assert!(
+            e.starts_with("r/x.toml:7:1: kernel \"git:/x\": the corpus takes debian: kernels"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("expect = \"fail\"", "expect = \"broken\""));
-        assert!(e.starts_with("r/x.toml:9:10: unknown variant `broken`"), "{e}");
+        assert!(
+            e.starts_with("r/x.toml:9:10: unknown variant `broken`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("shows = \"lost\"", "shows = \"lost\"\nwhy = 1"));
         assert!(e.contains("unknown field `why`"), "{e}");
         let e = err(&GOOD.replace("variant = \"amd-avic\"", "variant = \"amd-x\""));
@@ -261,8 +316,17 @@ verified = "2026-12-06"
         let e = err(&GOOD.replace("expect = \"pass\"", "expect = \"fail\""));
         assert!(e.contains("no kernel with expect = \"pass\""), "{e}");
         let e = err(&GOOD.replacen("ci = true", "ci = false", 1));
-        assert!(e.contains("0 kernels with expect = \"fail\" and ci = true: mark exactly one"), "{e}");
-        let e = err(&GOOD.replace("ci = true\nverified", "ci = true\nfailing = [\"pairing\"]\nverified"));
-        assert!(e.contains("failing checks listed on a kernel expected to pass"), "{e}");
+        assert!(
+            e.contains("0 kernels with expect = \"fail\" and ci = true: mark exactly one"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "ci = true\nverified",
+            "ci = true\nfailing = [\"pairing\"]\nverified",
+        ));
+        assert!(
+            e.contains("failing checks listed on a kernel expected to pass"),
+            "{e}"
+        );
     }
 }

@@ -50,7 +50,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Entry>, String> {
                         regression.variant
                     ));
                 }
-                Ok(Entry { scenario, regression })
+                Ok(Entry {
+                    scenario,
+                    regression,
+                })
             }
             Ok(None) => Err(format!(
                 "{}: no [regression] table: a corpus entry names its upstream change and kernels",
@@ -77,12 +80,21 @@ pub fn verdict(report: &Report) -> Got {
         .checks()
         .into_iter()
         .filter(|c| !c.passed)
-        .map(|c| c.expectation.split_whitespace().next().unwrap_or_default().to_string())
+        .map(|c| {
+            c.expectation
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     if report.failure.is_some() {
         failed.push("broken".into());
     }
-    Got::Verdict { passed: failed.is_empty(), failed }
+    Got::Verdict {
+        passed: failed.is_empty(),
+        failed,
+    }
 }
 
 /// Whether `got` is what `case` expects; `Err` says what differs.
@@ -95,10 +107,18 @@ pub fn judge(case: &KernelCase, got: &Got) -> Result<(), String> {
                 return Err(if *passed {
                     "the checks pass: expected them to fail".to_string()
                 } else {
-                    format!("the checks fail ({}): expected them to pass", failed.join(", "))
+                    format!(
+                        "the checks fail ({}): expected them to pass",
+                        failed.join(", ")
+                    )
                 });
             }
-            let missing: Vec<&str> = case.failing.iter().filter(|c| !failed.contains(c)).map(String::as_str).collect();
+            let missing: Vec<&str> = case
+                .failing
+                .iter()
+                .filter(|c| !failed.contains(c))
+                .map(String::as_str)
+                .collect();
             if !missing.is_empty() {
                 return Err(format!(
                     "expected {} among the failed checks; failed: {}",
@@ -118,7 +138,10 @@ pub fn plan(entries: &[Entry], ci_only: bool) -> BTreeMap<String, Vec<(usize, us
     for (e, entry) in entries.iter().enumerate() {
         for (c, case) in entry.regression.kernels.iter().enumerate() {
             if !ci_only || case.ci {
-                by_kernel.entry(case.kernel.clone()).or_default().push((e, c));
+                by_kernel
+                    .entry(case.kernel.clone())
+                    .or_default()
+                    .push((e, c));
             }
         }
     }
@@ -146,7 +169,11 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
     let started = Instant::now();
     let cache = images::Cache::default_location();
     let project = run::project_dir(&entries[0].scenario.path);
-    let results = options.results.clone().unwrap_or_else(|| project.join("results")).join("regressions");
+    let results = options
+        .results
+        .clone()
+        .unwrap_or_else(|| project.join("results"))
+        .join("regressions");
     let fail = |ui: &Ui, e: run::PrepareError| {
         ui.finish();
         eprintln!("error: {}", e.message);
@@ -161,10 +188,13 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
         Err(e) => return fail(&ui, e),
     };
     let patched = entries.iter().any(|e| {
-        crate::variant::lookup(e.regression.variant).is_ok_and(|v| v.qemu == crate::variant::QemuKind::Patched)
+        crate::variant::lookup(e.regression.variant)
+            .is_ok_and(|v| v.qemu == crate::variant::QemuKind::Patched)
     });
     let patched_qemu = if patched {
-        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+            ui.images(p)
+        }) {
             Ok(b) => Some(b),
             Err(e) => return fail(&ui, e),
         }
@@ -174,7 +204,11 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
     let mut rows: Vec<Row> = Vec::new();
     let mut boots = 0;
     for (kernel, cases) in &by_kernel {
-        let no_run = |why: String| cases.iter().map(move |&(entry, case)| (entry, case, why.clone()));
+        let no_run = |why: String| {
+            cases
+                .iter()
+                .map(move |&(entry, case)| (entry, case, why.clone()))
+        };
         let spec: images::KernelSpec = match kernel.parse() {
             Ok(s) => s,
             Err(e) => {
@@ -183,26 +217,44 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                 return EXIT_USAGE;
             }
         };
-        let images = match run::prepare_kernel(&cache, &spec, &options, &agent, &mut |p| ui.images(p)) {
-            Ok(i) => i,
-            Err(e) => {
-                for (entry, case, why) in no_run(e.message) {
-                    rows.push(Row { entry, case, judged: Err(why.clone()), got: Got::NoRun(why) });
+        let images =
+            match run::prepare_kernel(&cache, &spec, &options, &agent, &mut |p| ui.images(p)) {
+                Ok(i) => i,
+                Err(e) => {
+                    for (entry, case, why) in no_run(e.message) {
+                        rows.push(Row {
+                            entry,
+                            case,
+                            judged: Err(why.clone()),
+                            got: Got::NoRun(why),
+                        });
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         // per variant, the entries' scenarios in shared boots
-        let mut variants: Vec<&'static str> = cases.iter().map(|&(e, _)| entries[e].regression.variant).collect();
+        let mut variants: Vec<&'static str> = cases
+            .iter()
+            .map(|&(e, _)| entries[e].regression.variant)
+            .collect();
         variants.dedup();
         variants.sort_unstable();
         variants.dedup();
         for variant_name in variants {
             let variant = crate::variant::lookup(variant_name).expect("checked when loading");
-            let here: Vec<(usize, usize)> =
-                cases.iter().copied().filter(|&(e, _)| entries[e].regression.variant == variant_name).collect();
-            let scenarios: Vec<Scenario> = here.iter().map(|&(e, _)| entries[e].scenario.clone()).collect();
-            for (i, group) in plan::group(&scenarios, options.fresh_boot).iter().enumerate() {
+            let here: Vec<(usize, usize)> = cases
+                .iter()
+                .copied()
+                .filter(|&(e, _)| entries[e].regression.variant == variant_name)
+                .collect();
+            let scenarios: Vec<Scenario> = here
+                .iter()
+                .map(|&(e, _)| entries[e].scenario.clone())
+                .collect();
+            for (i, group) in plan::group(&scenarios, options.fresh_boot)
+                .iter()
+                .enumerate()
+            {
                 let dir = format!("{}/{variant_name}", kernel.replace(':', "-"));
                 let target = run::BootTarget {
                     images: &images,
@@ -212,17 +264,29 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                 };
                 boots += 1;
                 let t = Instant::now();
-                let outcome =
-                    run::boot(&options, &target, variant, &group.scenarios, &group.devices, &mut |e| ui.run(e)).await;
+                let outcome = run::boot(
+                    &options,
+                    &target,
+                    variant,
+                    &group.scenarios,
+                    &group.devices,
+                    &mut |e| ui.run(e),
+                )
+                .await;
                 let secs = t.elapsed().as_secs_f64();
                 for scenario in &group.scenarios {
-                    let &(entry, case) =
-                        here.iter().find(|&&(e, _)| entries[e].scenario.name == scenario.name).expect("in this group");
+                    let &(entry, case) = here
+                        .iter()
+                        .find(|&&(e, _)| entries[e].scenario.name == scenario.name)
+                        .expect("in this group");
                     let got = match &outcome {
                         Err(why) => Got::NoRun(why.clone()),
                         Ok(o) => match run::scenario_report(variant, scenario, o) {
                             Ok(report) => verdict(&report),
-                            Err(why) => Got::NoRun(format!("{why} (console log: {})", o.console_log.display())),
+                            Err(why) => Got::NoRun(format!(
+                                "{why} (console log: {})",
+                                o.console_log.display()
+                            )),
                         },
                     };
                     let judged = judge(&entries[entry].regression.kernels[case], &got);
@@ -231,9 +295,18 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                         scenario.name,
                         kernel,
                         variant_name,
-                        if judged.is_ok() { "as expected" } else { "UNEXPECTED" }
+                        if judged.is_ok() {
+                            "as expected"
+                        } else {
+                            "UNEXPECTED"
+                        }
                     ));
-                    rows.push(Row { entry, case, got, judged });
+                    rows.push(Row {
+                        entry,
+                        case,
+                        got,
+                        judged,
+                    });
                 }
             }
         }
@@ -246,7 +319,10 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
         by_kernel.len(),
         started.elapsed().as_secs_f64()
     );
-    if rows.iter().any(|r| r.judged.is_err() && !matches!(r.got, Got::NoRun(_))) {
+    if rows
+        .iter()
+        .any(|r| r.judged.is_err() && !matches!(r.got, Got::NoRun(_)))
+    {
         EXIT_FAILED
     } else if rows.iter().any(|r| matches!(r.got, Got::NoRun(_))) {
         EXIT_SKIP
@@ -257,7 +333,10 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
 
 fn print_table(entries: &[Entry], rows: &[Row]) {
     println!();
-    println!("{:<48} {:<16} {:<10} {:<6} {:<6} RESULT", "ENTRY", "KERNEL", "VARIANT", "EXPECT", "GOT");
+    println!(
+        "{:<48} {:<16} {:<10} {:<6} {:<6} RESULT",
+        "ENTRY", "KERNEL", "VARIANT", "EXPECT", "GOT"
+    );
     for r in rows {
         let entry = &entries[r.entry];
         let case = &entry.regression.kernels[r.case];
@@ -308,27 +387,45 @@ mod tests {
     }
 
     fn got(passed: bool, failed: &[&str]) -> Got {
-        Got::Verdict { passed, failed: failed.iter().map(|s| s.to_string()).collect() }
+        Got::Verdict {
+            passed,
+            failed: failed.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn a_case_is_judged_on_its_verdict_and_named_checks() {
-        assert_eq!(judge(&case(Expect::Fail, &[]), &got(false, &["broken"])), Ok(()));
+        assert_eq!(
+            judge(&case(Expect::Fail, &[]), &got(false, &["broken"])),
+            Ok(())
+        );
         assert_eq!(judge(&case(Expect::Pass, &[]), &got(true, &[])), Ok(()));
         assert_eq!(
             judge(&case(Expect::Fail, &[]), &got(true, &[])),
             Err("the checks pass: expected them to fail".into())
         );
         assert_eq!(
-            judge(&case(Expect::Pass, &[]), &got(false, &["lossless", "kernel-quiet"])),
+            judge(
+                &case(Expect::Pass, &[]),
+                &got(false, &["lossless", "kernel-quiet"])
+            ),
             Err("the checks fail (lossless, kernel-quiet): expected them to pass".into())
         );
         // failing for another reason than the one recorded is not the bug
         assert_eq!(
-            judge(&case(Expect::Fail, &["lossless"]), &got(false, &["pairing"])),
+            judge(
+                &case(Expect::Fail, &["lossless"]),
+                &got(false, &["pairing"])
+            ),
             Err("expected lossless among the failed checks; failed: pairing".into())
         );
-        assert_eq!(judge(&case(Expect::Fail, &["lossless"]), &got(false, &["pairing", "lossless"])), Ok(()));
+        assert_eq!(
+            judge(
+                &case(Expect::Fail, &["lossless"]),
+                &got(false, &["pairing", "lossless"])
+            ),
+            Ok(())
+        );
         assert!(judge(&case(Expect::Pass, &[]), &Got::NoRun("no boot".into())).is_err());
     }
 
@@ -339,8 +436,12 @@ mod tests {
         assert!(entries.len() >= 3, "{} entries", entries.len());
         let plan = plan(&entries, true);
         for (e, entry) in entries.iter().enumerate() {
-            let cases: Vec<&KernelCase> =
-                plan.values().flatten().filter(|&&(i, _)| i == e).map(|&(_, c)| &entry.regression.kernels[c]).collect();
+            let cases: Vec<&KernelCase> = plan
+                .values()
+                .flatten()
+                .filter(|&&(i, _)| i == e)
+                .map(|&(_, c)| &entry.regression.kernels[c])
+                .collect();
             let sides: Vec<Expect> = cases.iter().map(|c| c.expect).collect();
             assert!(
                 sides.contains(&Expect::Pass) && sides.contains(&Expect::Fail),
