@@ -178,6 +178,8 @@ fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
         .run()
         .is_ok();
     phases.run(BUILD, || {
+        // rustfmt's defaults (no rustfmt.toml): one style, checked in CI
+        cmd!(sh, "cargo fmt --all -- --check").run()?;
         if nextest {
             cmd!(sh, "cargo nextest run --workspace --no-run {rest...}").run()?;
         } else {
