@@ -1,6 +1,7 @@
 //! The testbed: scenario files in, compared reports out. See ARCHITECTURE.md
 //! for the layers; `main.rs` is only the command line.
 pub mod agent;
+pub mod bench;
 pub mod bisect;
 pub mod bisect_cmd;
 pub mod gitbisect;
@@ -9,6 +10,7 @@ pub mod nested;
 pub mod plan;
 pub mod qemu;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod runner;
 pub mod scenario;
