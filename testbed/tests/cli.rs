@@ -470,7 +470,7 @@ fn shared_and_fresh_boots_give_the_same_reports() {
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(
-        out.contains("reports, shared vs one per boot") && out.contains("identical"),
+        out.contains("reports, three ways") && out.contains("identical"),
         "{out}"
     );
     assert_no_qemu_left(tmp.path());
