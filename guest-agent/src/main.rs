@@ -183,11 +183,11 @@ fn main() {
                 }
             }
             HostMessage::Resumed { unix_time_ns } => {
-                ready.resume = Some(resume::resume(
+                ready.resume = Some(Box::new(resume::resume(
                     unix_time_ns,
                     &pci_headers,
                     resume_log.as_mut(),
-                ));
+                )));
                 if let Err(e) = port.send(&AgentMessage::Ready(ready.clone())) {
                     say!("sending ready after resume: {e}");
                 }

@@ -155,7 +155,7 @@ pub async fn run_group(
     let (mut state, mut saved) = match obtain(cache, &key, cfg, timeouts, on_event).await {
         Obtained::State(state, took) => (state, took),
         Obtained::Blocked(session, outcome, reason) => {
-            return in_session(session, outcome, scenarios, on_event, reason).await;
+            return in_session(*session, outcome, scenarios, on_event, reason).await;
         }
         Obtained::Failed(outcome) => {
             return GroupOutcome {
@@ -297,7 +297,7 @@ enum Obtained {
     /// The state, and the boot and save times when this call made it.
     State(images::L1State, Option<(Duration, Duration)>),
     /// QEMU will not migrate this L1: the booted session, to run shared.
-    Blocked(Session, BootOutcome, String),
+    Blocked(Box<Session>, BootOutcome, String),
     /// The saving boot failed.
     Failed(BootOutcome),
 }
@@ -333,7 +333,7 @@ async fn obtain(
     };
     let boot = started.elapsed();
     if let Some(reason) = blocked(&session).await {
-        return Obtained::Blocked(session, outcome, reason);
+        return Obtained::Blocked(Box::new(session), outcome, reason);
     }
     let saving = Instant::now();
     let result = save_to(&session, &writer.state_file()).await;
@@ -636,4 +636,124 @@ pub fn runs(group: &GroupOutcome) -> impl Iterator<Item = (&BootOutcome, &Scenar
         .outcomes
         .iter()
         .flat_map(|o| o.runs.iter().map(move |r| (o, r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> BootConfig {
+        let kernel = dir.join("vmlinux");
+        let initrd = dir.join("initrd.cpio");
+        std::fs::write(&kernel, b"kernel").unwrap();
+        std::fs::write(&initrd, b"initrd").unwrap();
+        BootConfig {
+            qemu: PathBuf::from("/bin/true"),
+            data_dirs: Vec::new(),
+            variant: crate::variant::lookup("intel-ir").unwrap(),
+            accel: qemu::Accel::Tcg,
+            kernel,
+            initrd,
+            extra_cmdline: Vec::new(),
+            devices: vec![qemu::PciDevice {
+                id: "dev0".into(),
+                driver: "edu".into(),
+                props: String::new(),
+                hotplug: false,
+                addr: None,
+                sriov: false,
+                hub: None,
+            }],
+            memory_mib: 1024,
+            smp: 1,
+            extra_args: Vec::new(),
+            runtime_dir: dir.join("run-a"),
+            console_log: dir.join("a/console.log"),
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_logs_and_sockets_and_follows_everything_else() {
+        let t = tempfile::tempdir().unwrap();
+        let base = cfg(t.path());
+        let key = state_key(&base);
+        let elsewhere = BootConfig {
+            runtime_dir: t.path().join("run-b"),
+            console_log: t.path().join("b/console.log"),
+            ..base.clone()
+        };
+        assert_eq!(state_key(&elsewhere), key);
+        let changes = [
+            BootConfig {
+                memory_mib: 2048,
+                ..base.clone()
+            },
+            BootConfig {
+                smp: 2,
+                ..base.clone()
+            },
+            BootConfig {
+                extra_cmdline: vec!["quiet".into()],
+                ..base.clone()
+            },
+            BootConfig {
+                devices: Vec::new(),
+                ..base.clone()
+            },
+            BootConfig {
+                variant: crate::variant::lookup("virtio-iommu").unwrap(),
+                ..base.clone()
+            },
+            BootConfig {
+                qemu: PathBuf::from("/bin/false"),
+                ..base.clone()
+            },
+        ];
+        for changed in &changes {
+            assert_ne!(state_key(changed), key, "{:?}", qemu::qemu_args(changed));
+        }
+        // a rebuilt initramfs at the same path is another state
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(&base.initrd, b"initrd, rebuilt").unwrap();
+        assert_ne!(state_key(&base), key);
+    }
+
+    #[test]
+    fn a_restore_has_the_saving_arguments_and_waits_for_the_stream() {
+        let t = tempfile::tempdir().unwrap();
+        let base = cfg(t.path());
+        let args = incoming_args(&base);
+        let (tail, head) = args.split_at(args.len() - 2);
+        assert_eq!(head, ["-incoming", "defer"]);
+        assert_eq!(tail, qemu::qemu_args(&base).as_slice());
+    }
+
+    #[test]
+    fn a_truncated_state_is_found_before_qemu_starts() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = images::Cache::new(t.path());
+        let images::L1StateSlot::Save(w) = images::l1_state_slot(&cache, "k").unwrap() else {
+            panic!()
+        };
+        std::fs::write(w.state_file(), vec![7u8; 4096]).unwrap();
+        let meta = StateMeta {
+            key: "k".into(),
+            args: Vec::new(),
+            qemu_version: String::new(),
+            size: 4096,
+            saved_at: 0,
+            boot_ms: 0,
+            save_ms: 0,
+        };
+        let state = w.publish(&serde_json::to_string(&meta).unwrap()).unwrap();
+        assert_eq!(check_size(&state), Ok(()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(state.state_file())
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let why = check_size(&state).unwrap_err();
+        assert!(why.ends_with("100 bytes, the save wrote 4096"), "{why}");
+    }
 }

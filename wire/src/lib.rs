@@ -120,7 +120,7 @@ pub struct Ready {
     pub platform: Platform,
     /// Set in the answer to [`HostMessage::Resumed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume: Option<Resume>,
+    pub resume: Option<Box<Resume>>,
 }
 
 /// What the agent found and did when the guest was resumed from a saved
@@ -679,6 +679,52 @@ mod tests {
             r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn resume_noise_is_warnings_and_the_clocksource_watchdog() {
+        assert!(resume_noise(
+            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+        ));
+        assert!(resume_noise(
+            "clocksource: Marking clocksource 'tsc' as unstable because the skew is too large:"
+        ));
+        assert!(resume_noise(
+            "clocksource: timekeeping watchdog on CPU0: Marking clocksource 'tsc' as unstable"
+        ));
+        assert!(!resume_noise("clocksource: Switched to clocksource tsc"));
+        assert!(!resume_noise(
+            "testbed-agent: resumed: wall clock stepped 2456 ms"
+        ));
+    }
+
+    #[test]
+    fn resumed_and_its_ready_round_trip() {
+        let m = HostMessage::Resumed {
+            unix_time_ns: 1_700_000_000_000_000_000,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"resumed","unix_time_ns":1700000000000000000}"#
+        );
+        assert_eq!(serde_json::from_str::<HostMessage>(&line).unwrap(), m);
+        // a boot's Ready carries no resume field at all
+        let ready = Ready {
+            protocol: PROTOCOL_VERSION,
+            platform: Platform::default(),
+            resume: None,
+        };
+        assert!(!serde_json::to_string(&ready).unwrap().contains("resume"));
+        let resumed = Ready {
+            resume: Some(Box::new(Resume {
+                clock_step_ms: 5,
+                ..Resume::default()
+            })),
+            ..ready
+        };
+        let back: Ready = serde_json::from_str(&serde_json::to_string(&resumed).unwrap()).unwrap();
+        assert_eq!(back, resumed);
     }
 
     #[test]
