@@ -331,8 +331,18 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
                 secs[way].push((started.elapsed().saturating_sub(untimed)).as_secs_f64());
             }
             for (name, body) in &bodies[0] {
-                if bodies[1].get(name) != Some(body) || bodies[2].get(name) != Some(body) {
-                    differing.insert(name.clone());
+                for way in 1..3 {
+                    let other = bodies[way]
+                        .get(name)
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    if other != body {
+                        differing.insert(format!(
+                            "{name} ({} vs shared: {})",
+                            WAYS[way],
+                            first_difference(body, other)
+                        ));
+                    }
                 }
             }
         }
@@ -377,12 +387,10 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
             ));
         } else {
             all_same = false;
-            let names: Vec<&str> = differing.iter().map(String::as_str).collect();
-            lines.push(format!(
-                "  {:<32} DIFFER for {}",
-                "reports, three ways",
-                names.join(", ")
-            ));
+            lines.push(format!("  {:<32} DIFFER:", "reports, three ways"));
+            for d in &differing {
+                lines.push(format!("    {d}"));
+            }
         }
     }
     ui.finish();
@@ -393,5 +401,28 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
         EXIT_OK
     } else {
         EXIT_FAILED
+    }
+}
+
+/// The first line where two report bodies differ, both ways.
+fn first_difference(a: &str, b: &str) -> String {
+    let (mut la, mut lb) = (a.lines(), b.lines());
+    loop {
+        match (la.next(), lb.next()) {
+            (Some(x), Some(y)) if x == y => continue,
+            (x, y) => return format!("{:?} / {:?}", x.unwrap_or("(end)"), y.unwrap_or("(end)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_first_difference_names_both_lines() {
+        assert_eq!(
+            super::first_difference("a\nb\nc", "a\nB\nc"),
+            "\"b\" / \"B\""
+        );
+        assert_eq!(super::first_difference("a", "a\nb"), "\"(end)\" / \"b\"");
     }
 }
