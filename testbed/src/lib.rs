@@ -1,6 +1,7 @@
 //! The testbed: scenario files in, compared reports out. See ARCHITECTURE.md
 //! for the layers; `main.rs` is only the command line.
 pub mod agent;
+pub mod bench;
 pub mod bisect;
 pub mod bisect_cmd;
 pub mod gitbisect;
@@ -10,6 +11,7 @@ pub mod plan;
 pub mod qemu;
 pub mod regression;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod runner;
 pub mod scenario;

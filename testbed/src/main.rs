@@ -187,9 +187,14 @@ struct RunArgs {
     /// Write the machine-readable report here
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Give every scenario its own boot
-    #[arg(long)]
+    /// Give every scenario its own boot (by default each starts from an L1
+    /// restored from a saved state)
+    #[arg(long, conflicts_with = "share_boots")]
     fresh_boot: bool,
+    /// Scenarios that agree on devices share one boot, instead of each
+    /// starting from a restored L1
+    #[arg(long)]
+    share_boots: bool,
     /// Seconds the agent may stay silent during a scenario
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -313,6 +318,7 @@ impl RunArgs {
             kernel,
             json: self.json,
             fresh_boot: self.fresh_boot,
+            share_boots: self.share_boots,
             step_timeout: std::time::Duration::from_secs(self.timeout),
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
             accel,
@@ -347,9 +353,9 @@ fn main() -> ExitCode {
                 boot_sharing,
             } => match args.options() {
                 Ok(options) if boot_sharing => {
-                    interruptible(run::bench_boot_sharing(options, iterations)).await
+                    interruptible(testbed::bench::bench_boot_sharing(options, iterations)).await
                 }
-                Ok(options) => interruptible(run::bench(options, iterations)).await,
+                Ok(options) => interruptible(testbed::bench::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,

@@ -174,6 +174,7 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         kernel,
         json: None,
         fresh_boot: false,
+        share_boots: true,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel,
