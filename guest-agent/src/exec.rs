@@ -219,6 +219,7 @@ pub fn run(
         millis: started.elapsed().as_millis() as u64,
         dropped_bytes,
         kernel_warnings: warnings,
+        event_counts: None,
     };
     for bdf in &job.vfio_pci {
         if let Err(e) = crate::vfio::bind_vfio_pci(bdf) {
@@ -233,6 +234,8 @@ pub fn run(
         Err(e) => return result(ExecStatus::SpawnFailed { error: format!("pipe: {e}") }, 0, Vec::new()),
     };
     say!("exec {}: {}", job.name, job.argv.join(" "));
+    // counting starts before the program does and ends after it (and its group) is gone
+    let mut counter = crate::evcount::Counter::start(&job.count_events);
     let child = match spawn(program, args, &job.env, job.cwd.as_deref().unwrap_or("/"), write_end) {
         Ok(c) => c,
         Err(e) => return result(ExecStatus::SpawnFailed { error: format!("{program}: {e}") }, 0, warnings()),
@@ -263,6 +266,9 @@ pub fn run(
             }
         } else if eof {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(c) = counter.as_mut() {
+            c.poll();
         }
         if exited.is_none() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -302,7 +308,8 @@ pub fn run(
         (false, None) => ExecStatus::SpawnFailed { error: "lost track of the program".into() },
     };
     say!("exec {}: {:?} after {} ms", job.name, status, started.elapsed().as_millis());
-    result(status, lines.dropped, warnings())
+    let counts = counter.map(crate::evcount::Counter::finish);
+    ExecResult { event_counts: counts, ..result(status, lines.dropped, warnings()) }
 }
 
 #[cfg(test)]
@@ -317,6 +324,7 @@ mod tests {
             cwd: Some("/tmp".into()),
             timeout_secs,
             vfio_pci: vec![],
+            count_events: vec![],
         }
     }
 

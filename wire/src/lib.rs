@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 mod device;
 mod exec;
 mod nested;
-pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
+pub use exec::{EventCounts, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
 pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
