@@ -385,7 +385,7 @@ mod tests {
     }
 
     fn exited(code: i32) -> ExecResult {
-        ExecResult { status: ExecStatus::Exited { code }, millis: 1500, dropped_bytes: 0, kernel_warnings: vec![] }
+        ExecResult { status: ExecStatus::Exited { code }, millis: 1500, dropped_bytes: 0, kernel_warnings: vec![], event_counts: None }
     }
 
     fn lines(text: &str) -> Vec<String> {
