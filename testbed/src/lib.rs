@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bisect;
 pub mod bisect_cmd;
+pub mod bootbench;
 pub mod gitbisect;
 pub mod matrix;
 pub mod nested;

@@ -49,6 +49,9 @@ enum Command {
         #[arg(long)]
         boot_sharing: bool,
     },
+    /// Boot L1 N times in a row (no scenario) and time each boot to the
+    /// agent; every boot must get there, a failure keeps its logs
+    BenchBoots(Box<testbed::bootbench::BootBenchArgs>),
     /// Find the first kernel (Debian version, or commit of --tree) at which
     /// one scenario's report on one variant differs from --good's
     Bisect {
@@ -304,6 +307,7 @@ fn main() -> ExitCode {
                 Ok(options) => interruptible(run::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
+            Command::BenchBoots(args) => interruptible(testbed::bootbench::main(*args)).await,
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
