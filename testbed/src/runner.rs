@@ -558,7 +558,8 @@ impl Session {
     /// A hung guest's CPUs as QEMU sees them, beside the console log
     /// (`cpu-state.txt`): registers of every CPU twice, 1 s apart (a RIP
     /// that moves spins, one that stays halts), each CPU's local APIC
-    /// (IRR, ISR, timer) and the interrupt controllers. Returns where it
+    /// (IRR, ISR, timer) and the interrupt controllers; then an NMI, whose
+    /// answer goes to the console log. Returns where it
     /// went, for the failure message, or nothing when QMP does not answer.
     async fn dump_cpu_state(&self) -> String {
         let hmp = |command: &str, cpu: Option<i64>| {
@@ -585,6 +586,13 @@ impl Session {
             if let Ok(Ok(out)) = hmp(command, None).await {
                 text.push_str(&format!("== {command}\n{out}\n"));
             }
+        }
+        // An NMI makes a live kernel say something on its console; with
+        // `unknown_nmi_panic=1 panic_print=0x40` on its command line it
+        // panics with every CPU's backtrace, symbolized by the kernel.
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), self.qmp.execute(qapi::qmp::inject_nmi {})).await {
+            text.push_str("== inject-nmi sent; the console log has the guest's answer, if any\n");
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
         let path = self.console_log.with_file_name("cpu-state.txt");
         match std::fs::write(&path, text) {
