@@ -55,7 +55,10 @@ impl Counter {
         let _ = write_attr(dir.join("buffer_size_kb"), BUFFER_KB);
         // anything a previous program left in the buffer is not this one's
         let _ = write_attr(dir.join("events/enable"), "0");
-        let _ = OpenOptions::new().write(true).truncate(true).open(dir.join("trace"));
+        let _ = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(dir.join("trace"));
         for ev in events {
             let Some((system, name)) = ev.split_once(':') else {
                 c.unavailable.push(format!("{ev}: not system:event"));
@@ -75,7 +78,11 @@ impl Counter {
             }
         }
         let _ = write_attr(dir.join("tracing_on"), "1");
-        match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(dir.join("trace_pipe")) {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.join("trace_pipe"))
+        {
             Ok(f) => c.pipe = Some(f),
             Err(e) => {
                 // enabled but unreadable: count nothing rather than a wrong 0
@@ -91,7 +98,9 @@ impl Counter {
 
     /// Reads and counts what the buffer holds now.
     pub fn poll(&mut self) {
-        let Some(pipe) = self.pipe.as_mut() else { return };
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 65536];
         loop {
             match pipe.read(&mut buf) {
@@ -103,7 +112,11 @@ impl Counter {
         }
         while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            count_line(&String::from_utf8_lossy(&line), &mut self.counts, &mut self.lost);
+            count_line(
+                &String::from_utf8_lossy(&line),
+                &mut self.counts,
+                &mut self.lost,
+            );
         }
     }
 
@@ -113,7 +126,11 @@ impl Counter {
         self.poll();
         if !self.partial.is_empty() {
             let rest = std::mem::take(&mut self.partial);
-            count_line(&String::from_utf8_lossy(&rest), &mut self.counts, &mut self.lost);
+            count_line(
+                &String::from_utf8_lossy(&rest),
+                &mut self.counts,
+                &mut self.lost,
+            );
         }
         EventCounts {
             counts: std::mem::take(&mut self.counts),
@@ -143,10 +160,13 @@ fn count_line(line: &str, counts: &mut BTreeMap<String, u64>, lost: &mut u64) {
         *lost += n;
         return;
     }
-    let Some(fields) = crate::trace::split_line(line) else { return };
-    if let Some((_, n)) =
-        counts.iter_mut().find(|(k, _)| k.split_once(':').is_some_and(|(_, name)| name == fields.name))
-    {
+    let Some(fields) = crate::trace::split_line(line) else {
+        return;
+    };
+    if let Some((_, n)) = counts.iter_mut().find(|(k, _)| {
+        k.split_once(':')
+            .is_some_and(|(_, name)| name == fields.name)
+    }) {
         *n += 1;
     }
 }
@@ -172,8 +192,11 @@ mod tests {
 
     #[test]
     fn lines_count_by_event_name_and_lost_ones_add_up() {
-        let mut counts: BTreeMap<String, u64> =
-            [("kvm:kvm_avic_doorbell".to_owned(), 0), ("kvm:kvm_avic_incomplete_ipi".to_owned(), 0)].into();
+        let mut counts: BTreeMap<String, u64> = [
+            ("kvm:kvm_avic_doorbell".to_owned(), 0),
+            ("kvm:kvm_avic_incomplete_ipi".to_owned(), 0),
+        ]
+        .into();
         let mut lost = 0;
         for l in [
             " xapic_ipi_test-140 [001] d..1.  52.123456: kvm_avic_doorbell: apicid 1, vec 0",

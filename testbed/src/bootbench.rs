@@ -91,10 +91,20 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     let mean = v.iter().sum::<f64>() / n as f64;
     let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
-    Some(Spread { median, min: v[0], max: v[n - 1], mean, stddev: var.sqrt() })
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        mean,
+        stddev: var.sqrt(),
+    })
 }
 
 /// The last `n` lines of a text file, or why it could not be read.
@@ -103,7 +113,10 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+            lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
         }
         Err(e) => vec![format!("({}: {e})", path.display())],
     }
@@ -153,7 +166,12 @@ pub async fn main(args: BootBenchArgs) -> u8 {
     code
 }
 
-async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static variant::Variant, ui: &Ui) -> u8 {
+async fn bench(
+    args: &BootBenchArgs,
+    options: &RunOptions,
+    variant: &'static variant::Variant,
+    ui: &Ui,
+) -> u8 {
     let fail = |message: String, code: u8| {
         eprintln!("error: {message}");
         code
@@ -167,13 +185,17 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
         Ok(a) => a,
         Err(e) => return fail(e.message, e.code),
     };
-    let images = match run::prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| ui.images(p)) {
+    let images = match run::prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| {
+        ui.images(p)
+    }) {
         Ok(i) => i,
         Err(e) => return fail(e.message, e.code),
     };
     let patched = if variant.qemu == variant::QemuKind::Patched {
         let project = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+            ui.images(p)
+        }) {
             Ok(b) => {
                 ui.line(&format!("patched qemu: {}", b.description));
                 Some(b)
@@ -183,7 +205,10 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
     } else {
         None
     };
-    let dir = args.results.clone().unwrap_or_else(|| PathBuf::from("results/bench-boots").join(variant.name));
+    let dir = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/bench-boots").join(variant.name));
     // the previous run's boot directories would only mislead
     let _ = std::fs::remove_dir_all(&dir);
     let smp = options.smp.unwrap_or(variant.smp);
@@ -194,7 +219,10 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
         variant.name,
         options.accel.name(),
         smp,
-        patched.as_ref().map_or_else(|| options.qemu.display().to_string(), |b| b.description.clone()),
+        patched.as_ref().map_or_else(
+            || options.qemu.display().to_string(),
+            |b| b.description.clone()
+        ),
         dir.display()
     ));
     let started = Instant::now();
@@ -222,9 +250,14 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
         };
         match (&record.to_ready, &record.failure) {
             (Some(s), None) => ui.line(&format!("boot {i:>3}: agent ready after {s:6.2} s")),
-            (Some(s), Some(why)) => ui.line(&format!("boot {i:>3}: agent ready after {s:6.2} s, then FAILED: {why}")),
+            (Some(s), Some(why)) => ui.line(&format!(
+                "boot {i:>3}: agent ready after {s:6.2} s, then FAILED: {why}"
+            )),
             (None, why) => {
-                ui.line(&format!("boot {i:>3}: FAILED before the agent: {}", why.as_deref().unwrap_or("no reason")));
+                ui.line(&format!(
+                    "boot {i:>3}: FAILED before the agent: {}",
+                    why.as_deref().unwrap_or("no reason")
+                ));
                 let console = target.log_dir.join("console.log");
                 ui.line(&format!("  console log kept: {}", console.display()));
                 for l in tail_of(&console, 25) {
@@ -251,9 +284,20 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
         started.elapsed().as_secs_f64()
     );
     let spreads = [
-        ("QEMU start to QMP", spread(&records.iter().map(|r| r.qemu_start).collect::<Vec<_>>())),
+        (
+            "QEMU start to QMP",
+            spread(&records.iter().map(|r| r.qemu_start).collect::<Vec<_>>()),
+        ),
         ("boot to agent ready", spread(&reached)),
-        ("power-off", spread(&records.iter().filter_map(|r| r.shutdown).collect::<Vec<_>>())),
+        (
+            "power-off",
+            spread(
+                &records
+                    .iter()
+                    .filter_map(|r| r.shutdown)
+                    .collect::<Vec<_>>(),
+            ),
+        ),
     ];
     for (label, s) in &spreads {
         if let Some(s) = s {
@@ -264,7 +308,12 @@ async fn bench(args: &BootBenchArgs, options: &RunOptions, variant: &'static var
         }
     }
     for r in &failed {
-        println!("  boot {}: {} (logs: {})", r.index, r.failure.as_deref().unwrap_or(""), r.log_dir.display());
+        println!(
+            "  boot {}: {} (logs: {})",
+            r.index,
+            r.failure.as_deref().unwrap_or(""),
+            r.log_dir.display()
+        );
     }
     if let Some(path) = &args.json {
         let value = serde_json::json!({

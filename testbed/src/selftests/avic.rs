@@ -88,14 +88,21 @@ pub fn expected(test: &TestId) -> Option<&'static Expect> {
 fn expected_in<'a>(table: &'a [Expect], test: &TestId) -> Option<&'a Expect> {
     let full = test.to_string();
     let base = test.name.rsplit('/').next().unwrap_or(&test.name);
-    table.iter().find(|e| e.test == full || e.test == test.name || e.test == base)
+    table
+        .iter()
+        .find(|e| e.test == full || e.test == test.name || e.test == base)
 }
 
 /// A test's verdict with the AVIC evidence taken into account: on a
 /// variant that promises AVIC (`avic_variant`), a test that passed but
 /// whose expected events did not fire (or could not be counted) fails.
 /// Any other verdict stands as it is: its own reason says more.
-pub fn judge(verdict: Verdict, test: &TestId, avic_variant: bool, counts: Option<&EventCounts>) -> Verdict {
+pub fn judge(
+    verdict: Verdict,
+    test: &TestId,
+    avic_variant: bool,
+    counts: Option<&EventCounts>,
+) -> Verdict {
     judge_in(EXPECT, verdict, test, avic_variant, counts)
 }
 
@@ -109,11 +116,15 @@ fn judge_in(
     if !avic_variant || verdict.outcome != Outcome::Pass {
         return verdict;
     }
-    let Some(expect) = expected_in(table, test) else { return verdict };
+    let Some(expect) = expected_in(table, test) else {
+        return verdict;
+    };
     let Some(counts) = counts else {
         return Verdict {
             outcome: Outcome::Fail,
-            reason: Some("AVIC use not shown: no trace events were counted (L1's KVM is not kvm_amd)".into()),
+            reason: Some(
+                "AVIC use not shown: no trace events were counted (L1's KVM is not kvm_amd)".into(),
+            ),
         };
     };
     let mut missing = Vec::new();
@@ -135,7 +146,11 @@ fn judge_in(
     if missing.is_empty() {
         return verdict;
     }
-    let lost = if counts.lost > 0 { format!("; the trace buffer lost {} events", counts.lost) } else { String::new() };
+    let lost = if counts.lost > 0 {
+        format!("; the trace buffer lost {} events", counts.lost)
+    } else {
+        String::new()
+    };
     Verdict {
         outcome: Outcome::Fail,
         reason: Some(format!(
@@ -158,7 +173,11 @@ pub fn summary(counts: &EventCounts) -> String {
         .map(|(ev, n)| format!("{} {n}", short(ev)))
         .collect();
     // events counted that are not ours (a newer host asking more)
-    for (ev, n) in counts.counts.iter().filter(|(ev, _)| !EVENTS.contains(&ev.as_str())) {
+    for (ev, n) in counts
+        .counts
+        .iter()
+        .filter(|(ev, _)| !EVENTS.contains(&ev.as_str()))
+    {
         parts.push(format!("{} {n}", short(ev)));
     }
     let unavailable: Vec<&str> = counts
@@ -182,15 +201,25 @@ mod tests {
     use images::SelftestSuite;
 
     fn id(name: &str) -> TestId {
-        TestId { suite: SelftestSuite::Kvm, name: name.into() }
+        TestId {
+            suite: SelftestSuite::Kvm,
+            name: name.into(),
+        }
     }
 
     fn counts(pairs: &[(&str, u64)]) -> EventCounts {
-        EventCounts { counts: pairs.iter().map(|(e, n)| (e.to_string(), *n)).collect(), unavailable: vec![], lost: 0 }
+        EventCounts {
+            counts: pairs.iter().map(|(e, n)| (e.to_string(), *n)).collect(),
+            unavailable: vec![],
+            lost: 0,
+        }
     }
 
     fn pass() -> Verdict {
-        Verdict { outcome: Outcome::Pass, reason: None }
+        Verdict {
+            outcome: Outcome::Pass,
+            reason: None,
+        }
     }
 
     const TABLE: &[Expect] = &[Expect {
@@ -215,12 +244,18 @@ mod tests {
             Some("passed, but AVIC was not in use: incomplete_ipi = 0, apicv_accept_irq = 0 (expected > 0: IPIs to a halted vCPU)")
         );
         // one of two missing is enough
-        let half = counts(&[("kvm:kvm_avic_incomplete_ipi", 1545), ("kvm:kvm_apicv_accept_irq", 0)]);
+        let half = counts(&[
+            ("kvm:kvm_avic_incomplete_ipi", 1545),
+            ("kvm:kvm_apicv_accept_irq", 0),
+        ]);
         let v = judge_in(TABLE, pass(), &t, true, Some(&half));
         assert_eq!(v.outcome, Outcome::Fail);
         assert!(v.reason.unwrap().contains("apicv_accept_irq = 0 ("));
         // all there: the pass stands
-        let on = counts(&[("kvm:kvm_avic_incomplete_ipi", 1545), ("kvm:kvm_apicv_accept_irq", 1545)]);
+        let on = counts(&[
+            ("kvm:kvm_avic_incomplete_ipi", 1545),
+            ("kvm:kvm_apicv_accept_irq", 1545),
+        ]);
         assert_eq!(judge_in(TABLE, pass(), &t, true, Some(&on)), pass());
     }
 
@@ -228,12 +263,18 @@ mod tests {
     fn uncountable_or_uncounted_evidence_is_no_evidence() {
         let t = id("xapic_ipi_test");
         let mut c = counts(&[("kvm:kvm_apicv_accept_irq", 3)]);
-        c.unavailable.push("kvm:kvm_avic_incomplete_ipi: not in this kernel".into());
+        c.unavailable
+            .push("kvm:kvm_avic_incomplete_ipi: not in this kernel".into());
         c.lost = 9;
         let v = judge_in(TABLE, pass(), &t, true, Some(&c));
         assert_eq!(v.outcome, Outcome::Fail);
         let why = v.reason.unwrap();
-        assert!(why.contains("incomplete_ipi not counted (kvm:kvm_avic_incomplete_ipi: not in this kernel)"), "{why}");
+        assert!(
+            why.contains(
+                "incomplete_ipi not counted (kvm:kvm_avic_incomplete_ipi: not in this kernel)"
+            ),
+            "{why}"
+        );
         assert!(why.ends_with("; the trace buffer lost 9 events"), "{why}");
         let v = judge_in(TABLE, pass(), &t, true, None);
         assert_eq!(v.outcome, Outcome::Fail);
@@ -243,19 +284,37 @@ mod tests {
     #[test]
     fn only_passes_on_avic_variants_of_listed_tests_are_judged() {
         let t = id("xapic_ipi_test");
-        let off = counts(&[("kvm:kvm_avic_incomplete_ipi", 0), ("kvm:kvm_apicv_accept_irq", 0)]);
+        let off = counts(&[
+            ("kvm:kvm_avic_incomplete_ipi", 0),
+            ("kvm:kvm_apicv_accept_irq", 0),
+        ]);
         // amd-ir: no AVIC promised, zero is right
         assert_eq!(judge_in(TABLE, pass(), &t, false, Some(&off)), pass());
         // a failure keeps its own reason
-        let failed = Verdict { outcome: Outcome::Fail, reason: Some("exit 254: assertion".into()) };
-        assert_eq!(judge_in(TABLE, failed.clone(), &t, true, Some(&off)), failed);
+        let failed = Verdict {
+            outcome: Outcome::Fail,
+            reason: Some("exit 254: assertion".into()),
+        };
+        assert_eq!(
+            judge_in(TABLE, failed.clone(), &t, true, Some(&off)),
+            failed
+        );
         // a test without an entry is not judged
-        assert_eq!(judge_in(TABLE, pass(), &id("recalc_apic_map_test"), true, Some(&off)), pass());
+        assert_eq!(
+            judge_in(TABLE, pass(), &id("recalc_apic_map_test"), true, Some(&off)),
+            pass()
+        );
     }
 
     #[test]
     fn the_issue_list_has_entries_for_the_tests_that_exercise_avic() {
-        for name in ["xapic_ipi_test", "xapic_state_test", "xapic_tpr_test", "apic_bus_clock_test", "hyperv_ipi"] {
+        for name in [
+            "xapic_ipi_test",
+            "xapic_state_test",
+            "xapic_tpr_test",
+            "apic_bus_clock_test",
+            "hyperv_ipi",
+        ] {
             let e = expected(&id(&format!("x86/{name}"))).unwrap_or_else(|| panic!("{name}"));
             assert!(!e.events.is_empty() && !e.why.is_empty());
             assert!(e.events.iter().all(|ev| EVENTS.contains(ev)), "{name}");
@@ -278,10 +337,13 @@ mod tests {
             "unaccelerated_access 2, incomplete_ipi 1545, doorbell 0, apicv_accept_irq 1545, kick_vcpu_slowpath 4"
         );
         c.lost = 3;
-        c.unavailable.push("kvm:kvm_avic_doorbell: not in this kernel".into());
-        c.unavailable.push("kvm:kvm_avic_ga_log: not in this kernel".into());
+        c.unavailable
+            .push("kvm:kvm_avic_doorbell: not in this kernel".into());
+        c.unavailable
+            .push("kvm:kvm_avic_ga_log: not in this kernel".into());
         assert!(
-            summary(&c).ends_with(", not counted: kvm:kvm_avic_doorbell: not in this kernel, 3 lost"),
+            summary(&c)
+                .ends_with(", not counted: kvm:kvm_avic_doorbell: not in this kernel, 3 lost"),
             "{}",
             summary(&c)
         );
