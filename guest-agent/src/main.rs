@@ -2,6 +2,7 @@
 //! tracing, then executes the host's jobs received over `/dev/ttyS1`.
 
 mod attrib;
+mod evcount;
 mod exec;
 mod genl;
 mod interrupts;

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod bisect;
 pub mod bisect_cmd;
+pub mod bootbench;
 pub mod gitbisect;
 pub mod matrix;
 pub mod nested;

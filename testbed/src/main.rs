@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         boot_sharing: bool,
     },
+    /// Boot L1 N times in a row (no scenario) and time each boot to the
+    /// agent; every boot must get there, a failure keeps its logs
+    BenchBoots(Box<testbed::bootbench::BootBenchArgs>),
     /// Find the first kernel (Debian version, or commit of --tree) at which
     /// one scenario's checks on one variant pass (or fail) where --good's
     /// did the opposite, or at which its report differs from --good's
@@ -358,6 +361,7 @@ fn main() -> ExitCode {
                 Ok(options) => interruptible(testbed::bench::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
+            Command::BenchBoots(args) => interruptible(testbed::bootbench::main(*args)).await,
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),

@@ -733,13 +733,68 @@ impl Session {
                     return Interrupt::Failed(qemu_exit_message(status, &stderr_log, what));
                 }
                 _ = &mut deadline => {
+                    let state = self.dump_cpu_state().await;
                     return Interrupt::Failed(format!(
-                        "guest hung: no word from the agent for {}s during {what}{}",
+                        "guest hung: no word from the agent for {}s during {what}{}{state}",
                         timeout.as_secs(),
                         console_evidence(&self.console_log)
                     ));
                 }
             }
+        }
+    }
+
+    /// A hung guest's CPUs as QEMU sees them, beside the console log
+    /// (`cpu-state.txt`): registers of every CPU twice, 1 s apart (a RIP
+    /// that moves spins, one that stays halts), each CPU's local APIC
+    /// (IRR, ISR, timer) and the interrupt controllers; then an NMI, whose
+    /// answer goes to the console log. Returns where it
+    /// went, for the failure message, or nothing when QMP does not answer.
+    async fn dump_cpu_state(&self) -> String {
+        let hmp = |command: &str, cpu: Option<i64>| {
+            let cmd = qapi::qmp::human_monitor_command {
+                cpu_index: cpu,
+                command_line: command.to_owned(),
+            };
+            tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd))
+        };
+        let mut text = String::new();
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match hmp("info registers -a", None).await {
+                Ok(Ok(out)) => text.push_str(&format!("== info registers -a ({round})\n{out}\n")),
+                _ => return String::new(),
+            }
+        }
+        for cpu in 0..64 {
+            match hmp("info lapic", Some(cpu)).await {
+                Ok(Ok(out)) => text.push_str(&format!("== info lapic (cpu {cpu})\n{out}\n")),
+                _ => break,
+            }
+        }
+        for command in ["info pic", "info irq"] {
+            if let Ok(Ok(out)) = hmp(command, None).await {
+                text.push_str(&format!("== {command}\n{out}\n"));
+            }
+        }
+        // An NMI makes a live kernel say something on its console; with
+        // `unknown_nmi_panic=1 panic_print=0x40` on its command line it
+        // panics with every CPU's backtrace, symbolized by the kernel.
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.qmp.execute(qapi::qmp::inject_nmi {}),
+        )
+        .await
+        {
+            text.push_str("== inject-nmi sent; the console log has the guest's answer, if any\n");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let path = self.console_log.with_file_name("cpu-state.txt");
+        match std::fs::write(&path, text) {
+            Ok(()) => format!("\n    CPU state: {}", path.display()),
+            Err(_) => String::new(),
         }
     }
 

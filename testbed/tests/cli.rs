@@ -61,6 +61,26 @@ fn unknown_variant_is_exit_2() {
 }
 
 #[test]
+fn bench_boots_bad_input_is_exit_2() {
+    for (args, says) in [
+        (
+            &["--variant", "amd-avicc"][..],
+            "unknown variant \"amd-avicc\"",
+        ),
+        (
+            &["--variant", "amd-avic", "--kernel", "debian:x"][..],
+            "debian:x",
+        ),
+        (&["--variant", "amd-avic", "--count", "0"][..], "--count"),
+    ] {
+        let output = testbed().arg("bench-boots").args(args).output().unwrap();
+        let out = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+}
+
+#[test]
 fn bad_kernel_spec_is_exit_2() {
     let output = testbed()
         .args(["run", "--kernel", "debian:seven"])

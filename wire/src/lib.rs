@@ -21,7 +21,7 @@ mod nested;
 pub use device::{
     Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire,
 };
-pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
+pub use exec::{EventCounts, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use nested::{
     L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
     L2_MAX_FRAMES,
