@@ -158,6 +158,7 @@ fn inputs(args: &ScalingArgs) -> Result<Inputs, String> {
         kernel: kernels[0].clone(),
         json: None,
         fresh_boot: false,
+        share_boots: true,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel,

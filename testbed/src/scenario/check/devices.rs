@@ -149,12 +149,14 @@ impl Checker<'_, '_> {
                     }
                     DevState::Closed { step }
                     | DevState::Unbound { step }
-                    | DevState::Unplugged { step } => return Err(self.err(
-                        "device",
-                        format!(
+                    | DevState::Unplugged { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!(
                             "{device} used after it was closed (step {step}): bind it again first"
                         ),
-                    )),
+                        ))
+                    }
                 }
                 if *vectors == 0 || *vectors > max {
                     return Err(self.err(
@@ -205,12 +207,14 @@ impl Checker<'_, '_> {
                     }
                     DevState::Closed { step }
                     | DevState::Unbound { step }
-                    | DevState::Unplugged { step } => return Err(self.err(
-                        "device",
-                        format!(
+                    | DevState::Unplugged { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!(
                             "{device} used after it was closed (step {step}): bind it again first"
                         ),
-                    )),
+                        ))
+                    }
                 }
                 let max = model.vectors();
                 let set: BTreeSet<u32> = vectors.numbers().into_iter().collect();
