@@ -339,6 +339,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
     let mut rows = Vec::new();
     let mut headers = Vec::new();
+    let mut avic_modes: Vec<String> = Vec::new();
     let mut no_boot = Vec::new();
     for &variant in &inputs.variants {
         let dir = inputs.results.join(variant.name);
@@ -377,6 +378,9 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             .find_map(|b| b.platform.as_ref().map(|p| p.kernel_release.clone()))
             .unwrap_or_else(|| kernel.release.clone());
         headers.push(variant_header(variant.name, &runs, &build));
+        if let Some(mode) = runs.boots.iter().find_map(|b| b.platform.as_ref().and_then(|p| p.avic_mode())) {
+            avic_modes.push(format!("{}: KVM runs {mode}", variant.name));
+        }
         let mut ran = to_run.iter().zip(&runs.tests);
         for w in &wanted {
             let row = match w {
@@ -428,6 +432,9 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     }
     ui.finish();
     println!();
+    for line in &avic_modes {
+        println!("{line}");
+    }
     print!("{}", output::table(&rows));
     if let Some(b) = inputs.baseline {
         let diff = output::baseline_diff(&rows, b);
@@ -482,6 +489,7 @@ fn variant_header(name: &str, runs: &boot::Runs, build: &SelftestBuild) -> serde
         "kernel_release": first.and_then(|b| b.platform.as_ref().map(|p| p.kernel_release.clone())),
         "kvm_vendor": first.and_then(|b| b.platform.as_ref().and_then(|p| p.kvm_vendor.clone())),
         "apicv": first.and_then(|b| b.platform.as_ref().and_then(|p| p.apicv)),
+        "avic": first.and_then(|b| b.platform.as_ref().and_then(|p| p.avic_mode())),
         "irq_posting": first.and_then(|b| b.platform.as_ref().map(|p| p.irq_posting)),
         "iommufd": first.and_then(|b| b.platform.as_ref().map(|p| p.iommufd)),
         "source": build.source,
