@@ -31,7 +31,9 @@ pub fn version_of(release: &str) -> (u32, u32) {
 
 /// The kernel log so far, message texts only.
 pub fn kernel_log() -> Vec<String> {
-    KernelLog::open().map(|mut k| k.read_new()).unwrap_or_default()
+    KernelLog::open()
+        .map(|mut k| k.read_new())
+        .unwrap_or_default()
 }
 
 /// A reader of `/dev/kmsg` that remembers its place: each
@@ -126,7 +128,9 @@ pub fn x2avic_from_log(log: &[String]) -> Option<bool> {
 
 /// Intel: VT-d posted interrupts are capability bit 59 (no log line says so).
 pub fn intel_posting_cap() -> bool {
-    let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else { return false };
+    let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else {
+        return false;
+    };
     rd.flatten().any(|e| {
         read_trim(e.path().join("intel-iommu/cap"))
             .and_then(|c| u64::from_str_radix(&c, 16).ok())
@@ -151,13 +155,16 @@ pub fn collect(p: &mut wire::Platform) {
     let mut dpi = read_trim("/sys/module/kvm/parameters/enable_device_posted_irqs");
     if dpi.is_none() {
         if let Some(v) = vendor {
-            dpi = read_trim(format!("/sys/module/{v}/parameters/enable_device_posted_irqs"));
+            dpi = read_trim(format!(
+                "/sys/module/{v}/parameters/enable_device_posted_irqs"
+            ));
         }
     }
     p.device_posted_irqs = dpi.and_then(|s| parse_bool_param(&s));
     let log = kernel_log();
     if vendor == Some("kvm_amd") {
-        p.ipiv = read_trim("/sys/module/kvm_amd/parameters/enable_ipiv").and_then(|s| parse_bool_param(&s));
+        p.ipiv = read_trim("/sys/module/kvm_amd/parameters/enable_ipiv")
+            .and_then(|s| parse_bool_param(&s));
         p.x2avic = x2avic_from_log(&log);
     }
     let (mode, amd_posting) = remapping_from_log(&log);
@@ -185,17 +192,25 @@ mod tests {
     #[test]
     fn remapping_modes() {
         assert_eq!(
-            remapping_from_log(&v(&["DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0",
-                "DMAR-IR: Enabled IRQ remapping in x2apic mode"])),
+            remapping_from_log(&v(&[
+                "DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0",
+                "DMAR-IR: Enabled IRQ remapping in x2apic mode"
+            ])),
             (Some("intel x2apic".into()), false)
         );
         assert_eq!(
-            remapping_from_log(&v(&["AMD-Vi: Extended features (0x29d7, 0x0): PreF PPR X2APIC GT IA GA HE",
-                "AMD-Vi: Interrupt remapping enabled", "AMD-Vi: X2APIC enabled"])),
+            remapping_from_log(&v(&[
+                "AMD-Vi: Extended features (0x29d7, 0x0): PreF PPR X2APIC GT IA GA HE",
+                "AMD-Vi: Interrupt remapping enabled",
+                "AMD-Vi: X2APIC enabled"
+            ])),
             (Some("amd x2apic".into()), false)
         );
         assert_eq!(
-            remapping_from_log(&v(&["AMD-Vi: Interrupt remapping enabled", "AMD-Vi: Virtual APIC enabled"])),
+            remapping_from_log(&v(&[
+                "AMD-Vi: Interrupt remapping enabled",
+                "AMD-Vi: Virtual APIC enabled"
+            ])),
             (Some("amd".into()), true)
         );
         assert_eq!(remapping_from_log(&v(&["x2apic enabled"])), (None, false));
@@ -204,14 +219,29 @@ mod tests {
     #[test]
     fn avic_lines() {
         // 7.2 and 7.3 wordings of kvm_amd's hardware setup
-        assert_eq!(x2avic_from_log(&v(&["kvm_amd: AVIC enabled", "kvm_amd: x2AVIC enabled"])), Some(true));
         assert_eq!(
-            x2avic_from_log(&v(&["kvm_amd: AVIC enabled", "kvm_amd: x2AVIC enabled (max 512 vCPUs)"])),
+            x2avic_from_log(&v(&["kvm_amd: AVIC enabled", "kvm_amd: x2AVIC enabled"])),
             Some(true)
         );
-        let hybrid = v(&["kvm_amd: AVIC enabled", "kvm_amd: Nested Virtualization enabled"]);
+        assert_eq!(
+            x2avic_from_log(&v(&[
+                "kvm_amd: AVIC enabled",
+                "kvm_amd: x2AVIC enabled (max 512 vCPUs)"
+            ])),
+            Some(true)
+        );
+        let hybrid = v(&[
+            "kvm_amd: AVIC enabled",
+            "kvm_amd: Nested Virtualization enabled",
+        ]);
         assert_eq!(x2avic_from_log(&hybrid), Some(false));
-        assert_eq!(x2avic_from_log(&v(&["kvm_amd: Nested Virtualization enabled", "x2apic enabled"])), None);
+        assert_eq!(
+            x2avic_from_log(&v(&[
+                "kvm_amd: Nested Virtualization enabled",
+                "x2apic enabled"
+            ])),
+            None
+        );
         // another module's AVIC line is not kvm_amd's
         assert_eq!(x2avic_from_log(&v(&["AMD-Vi: Virtual APIC enabled"])), None);
     }

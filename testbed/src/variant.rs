@@ -103,7 +103,11 @@ pub const VARIANTS: &[Variant] = &[
         // The patches are opt-in (`avic=on`, `guest-vapic=on`), so without
         // them this behaves as the pinned upstream QEMU and its snapshot
         // bodies equal amd-ir's (checked with patches 0001-0008 + 0020-0025).
-        summary: "amd-ir on the patched QEMU built from qemu-patches/",
+        // One difference: an SMBus function at 00:14.0, the IO-APIC's
+        // requester ID ([`SB_IOAPIC_FUNCTION`]), without which Linux 7.3
+        // turns interrupt remapping off.
+        summary:
+            "amd-ir on the patched QEMU built from qemu-patches/, with the FCH SMBus at 00:14.0",
         iommu: Iommu::AmdIr,
         qemu: QemuKind::Patched,
         default: false,
@@ -152,6 +156,16 @@ pub const VARIANTS: &[Variant] = &[
 
 /// QEMU `id=` of the amd-iommu device.
 pub const AMD_IOMMU_ID: &str = "iommu0";
+/// The PCI function at the amd-iommu's IO-APIC requester ID. QEMU's IVRS
+/// names the IO-APIC 00:14.0 (where AMD's FCH has its SMBus controller)
+/// and its interrupt messages carry that ID, but q35 has nothing there.
+/// Linux 7.3 (16f52863b2ec) accepts the southbridge IO-APIC only if that
+/// function is an SMBus controller or an ISA bridge, and disables
+/// interrupt remapping otherwise; older kernels want exactly 00:14.0. An
+/// SMBus controller there is what AMD platforms have. Stock QEMU (before
+/// qemu-patches/0027) refuses `-device ICH9-SMB`
+/// (docs/amd-iommu-ga-emulation.md, "The southbridge IO-APIC").
+pub const SB_IOAPIC_FUNCTION: &str = "ICH9-SMB,addr=14.0";
 /// Where QEMU puts a `-device` with `id=` [`AMD_IOMMU_ID`] in the QOM tree.
 pub const AMD_IOMMU_QOM_PATH: &str = "/machine/peripheral/iommu0";
 
@@ -163,10 +177,17 @@ pub struct UnknownVariant {
 }
 
 pub fn lookup(name: &str) -> Result<&'static Variant, UnknownVariant> {
-    VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| UnknownVariant {
-        name: name.to_owned(),
-        known: VARIANTS.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
-    })
+    VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| UnknownVariant {
+            name: name.to_owned(),
+            known: VARIANTS
+                .iter()
+                .map(|v| v.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 pub fn defaults() -> impl Iterator<Item = &'static Variant> {
@@ -189,13 +210,25 @@ impl Variant {
         }
     }
 
-    /// `-device` arguments for the IOMMU. They must come before any other PCI
-    /// device so the IOMMU sees every device it translates.
+    /// Whether the variant puts [`SB_IOAPIC_FUNCTION`] at the IO-APIC's
+    /// requester ID: amd-iommu on the patched QEMU, which allows it.
+    pub fn sb_ioapic_function(&self) -> bool {
+        matches!(self.iommu, Iommu::AmdIr | Iommu::AmdAvic | Iommu::AmdX2avic)
+            && self.qemu == QemuKind::Patched
+    }
+
+    /// `-device` arguments for the IOMMU (and the southbridge function its
+    /// IO-APIC needs). They must come before any other PCI device so the
+    /// IOMMU sees every device it translates, and 00:14.0 is taken before
+    /// QEMU assigns addresses to the rest.
     pub fn iommu_args(&self) -> Vec<String> {
         let device = match self.iommu {
             Iommu::None => return Vec::new(),
             Iommu::IntelIr { eim } => {
-                format!("intel-iommu,intremap=on,eim={}", if eim { "on" } else { "off" })
+                format!(
+                    "intel-iommu,intremap=on,eim={}",
+                    if eim { "on" } else { "off" }
+                )
             }
             Iommu::IntelDma => "intel-iommu,intremap=off".to_owned(),
             Iommu::AmdIr => format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on"),
@@ -204,7 +237,11 @@ impl Variant {
             }
             Iommu::Virtio => "virtio-iommu-pci".to_owned(),
         };
-        vec!["-device".to_owned(), device]
+        let mut args = vec!["-device".to_owned(), device];
+        if self.sb_ioapic_function() {
+            args.extend(["-device".to_owned(), SB_IOAPIC_FUNCTION.to_owned()]);
+        }
+        args
     }
 
     /// CPU model. Without EIM, Linux cannot remap interrupts to x2APIC IDs,
@@ -217,6 +254,12 @@ impl Variant {
             Iommu::AmdX2avic => "max,avic=on,x2avic=on,family=25,model=17,stepping=1",
             _ => "max",
         }
+    }
+
+    /// The variant gives L1 a CPU with AVIC and asks its KVM to use it
+    /// (`kvm_amd.avic=1`): KVM's AVIC events must show it in use.
+    pub fn avic(&self) -> bool {
+        self.cpu().contains("avic=on")
     }
 
     /// Guest kernel command-line words that enable the variant.
@@ -251,7 +294,10 @@ mod tests {
     #[test]
     fn unknown_variant_lists_known_ones() {
         let err = lookup("intel").unwrap_err().to_string();
-        assert!(err.starts_with("unknown variant \"intel\" (known: intel-ir, "), "{err}");
+        assert!(
+            err.starts_with("unknown variant \"intel\" (known: intel-ir, "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -260,7 +306,17 @@ mod tests {
         let stock = lookup("amd-ir").unwrap();
         assert_eq!(patched.qemu, QemuKind::Patched);
         assert_eq!(stock.qemu, QemuKind::Stock);
-        assert_eq!(patched.iommu_args(), stock.iommu_args());
+        // the same IOMMU, plus the southbridge function only the patched
+        // QEMU can create (Linux 7.3 wants it for interrupt remapping)
+        assert_eq!(
+            patched.iommu_args(),
+            [
+                stock.iommu_args(),
+                vec!["-device".into(), SB_IOAPIC_FUNCTION.into()]
+            ]
+            .concat()
+        );
+        assert!(!stock.sb_ioapic_function());
         assert_eq!(patched.cmdline(), stock.cmdline());
         assert_eq!(patched.cpu(), stock.cpu());
         assert!(defaults().all(|v| v.qemu == QemuKind::Stock));
@@ -271,16 +327,32 @@ mod tests {
         let v = lookup("amd-avic").unwrap();
         assert_eq!(v.qemu, QemuKind::Patched);
         assert!(!v.default);
-        assert_eq!(v.iommu_args(), ["-device", "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on"]);
+        assert_eq!(
+            v.iommu_args(),
+            [
+                "-device",
+                "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on",
+                "-device",
+                "ICH9-SMB,addr=14.0"
+            ]
+        );
         assert_eq!(v.cpu(), "max,avic=on");
         assert_eq!(v.smp, 2);
         assert_eq!(v.iommu_counters(), Some("/machine/peripheral/iommu0"));
         // only the posting IOMMUs are read; everything else keeps one CPU
-        for other in VARIANTS.iter().filter(|o| !["amd-avic", "amd-x2avic"].contains(&o.name)) {
+        for other in VARIANTS
+            .iter()
+            .filter(|o| !["amd-avic", "amd-x2avic"].contains(&o.name))
+        {
             assert_eq!(other.smp, 1, "{}", other.name);
             assert_eq!(other.iommu_counters(), None, "{}", other.name);
         }
         assert_eq!(v.cmdline(), ["amd_iommu=on", "kvm_amd.avic=1"]);
+        assert!(
+            v.avic()
+                && !lookup("amd-ir").unwrap().avic()
+                && !lookup("amd-ir-patched").unwrap().avic()
+        );
     }
 
     #[test]
@@ -295,7 +367,10 @@ mod tests {
         assert_eq!(v.cmdline(), avic.cmdline());
         assert_eq!(v.iommu_counters(), avic.iommu_counters());
         // x2AVIC on top of AVIC, on a family 19h (not 17h/18h) model
-        assert_eq!(v.cpu(), "max,avic=on,x2avic=on,family=25,model=17,stepping=1");
+        assert_eq!(
+            v.cpu(),
+            "max,avic=on,x2avic=on,family=25,model=17,stepping=1"
+        );
         // amd-avic stays without x2AVIC: KVM runs hybrid AVIC there
         assert!(!avic.cpu().contains("x2avic"));
     }
@@ -311,6 +386,19 @@ mod tests {
             ["-device", "intel-iommu,intremap=on,eim=off"]
         );
         assert!(lookup("none").unwrap().iommu_args().is_empty());
-        assert!(lookup("none").unwrap().cmdline().contains(&"vfio.enable_unsafe_noiommu_mode=1"));
+        // only amd-iommu on the patched QEMU gets the southbridge function
+        for v in VARIANTS {
+            let smbus = v.iommu_args().iter().any(|a| a.starts_with("ICH9-SMB"));
+            assert_eq!(
+                smbus,
+                matches!(v.name, "amd-ir-patched" | "amd-avic" | "amd-x2avic"),
+                "{}",
+                v.name
+            );
+        }
+        assert!(lookup("none")
+            .unwrap()
+            .cmdline()
+            .contains(&"vfio.enable_unsafe_noiommu_mode=1"));
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use testbed::scenario::{self, Expectation, ScenarioError};
 
 fn fixtures(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
 }
 
 /// Fixture name -> the error after `<path>:`.
@@ -17,7 +19,7 @@ const BAD: &[(&str, &str)] = &[
         ("deassign-unattached", "14:1: step 2 (irqfd-deassign): vm0 has no irqfd on dev0/msi0 to deassign"),
         ("duplicate-device", r#"8:1: device "dev0": declared twice"#),
         ("expect-never-attached", "22:1: expect 1 (consumer-registered): no irqfd step attaches dev0/msi0 to vm0"),
-        ("expect-unknown-check", "8:1: expect 1 (fast): unknown variant `fast`, expected one of `lossless`, `pairing`, `producer-registered`, `no-producer`, `consumer-registered`, `connected`, `connected-iff-posting`, `ga-log-wakeups`, `l2-lossless`"),
+        ("expect-unknown-check", "8:1: expect 1 (fast): unknown variant `fast`, expected one of `lossless`, `pairing`, `producer-registered`, `no-producer`, `consumer-registered`, `connected`, `connected-iff-posting`, `irqfd-refused`, `ga-log-wakeups`, `l2-lossless`"),
         ("expect-unknown-vector", r#"17:1: expect 1 (producer-registered): unknown vector "dev0/msi1": dev0 (edu) has vectors msi0..msi0"#),
         ("expect-unknown-vm", r#"26:1: expect 1 (connected): unknown vm "vm1": no create-vm vm1"#),
         ("fire-after-disable", r#"21:1: step 4 (fire): vector "dev0/msi0" is not enabled: no enable-msi dev0 in force"#),
@@ -43,7 +45,7 @@ const BAD: &[(&str, &str)] = &[
         ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `igb-vf`, `e1000e`, `vdpa-sim-net`, `vp-vdpa-net`"),
         ("unknown-step-key", "13:1: step 2 (fire): unknown field `vectr`, expected `vector` or `count`"),
         ("unknown-variant-list", r#"2:12: unknown variant "amd-avx" (known: intel-ir, intel-ir-xapic, intel-dma, amd-ir, virtio-iommu, none, amd-ir-patched, amd-avic)"#),
-        ("unknown-top-key", "2:1: unknown field `fresh-boot`, expected one of `description`, `fresh_boot`, `variants`, `device`, `step`, `expect`"),
+        ("unknown-top-key", "2:1: unknown field `fresh-boot`, expected one of `description`, `fresh_boot`, `variants`, `device`, `step`, `expect`, `regression`"),
         ("unknown-vector", r#"17:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0"#),
         ("use-after-close", "17:1: step 3 (enable-msi): dev0 used after it was closed (step 2): bind it again first"),
         ("msi-on-msix-device", "16:1: step 2 (enable-msi): nic0 (igb) has MSI-X, not MSI: use enable-msix"),
@@ -83,14 +85,29 @@ fn every_bad_fixture_fails_with_its_message() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let Some(want) = expected.get(name.as_str()) else {
-            panic!("{}: fixture without an expected error in BAD", path.display());
+            panic!(
+                "{}: fixture without an expected error in BAD",
+                path.display()
+            );
         };
         let err = scenario::load(&path).expect_err(&name);
-        assert!(matches!(err, ScenarioError::Invalid { .. }), "{name}: {err:?}");
-        assert_eq!(err.to_string(), format!("{}:{want}", path.display()), "{name}");
+        assert!(
+            matches!(err, ScenarioError::Invalid { .. }),
+            "{name}: {err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{}:{want}", path.display()),
+            "{name}"
+        );
         seen += 1;
     }
-    assert_eq!(seen, BAD.len(), "a fixture in BAD is missing from {}", dir.display());
+    assert_eq!(
+        seen,
+        BAD.len(),
+        "a fixture in BAD is missing from {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -147,7 +164,10 @@ fn good_fixtures_load() {
             vector: "dev0/msi0".into()
         }
     );
-    assert_eq!(s.expect[3].to_string(), "connected-iff-posting vm0 dev0/msi0");
+    assert_eq!(
+        s.expect[3].to_string(),
+        "connected-iff-posting vm0 dev0/msi0"
+    );
     // defaults
     assert_eq!(
         s.steps[1],
@@ -183,7 +203,10 @@ fn duplicate_names_across_paths_are_an_error() {
     let src = fixtures("scenarios").join("edu-producer-first.toml");
     std::fs::copy(&src, a.join("edu-producer-first.toml")).unwrap();
     let err = scenario::load_paths(&[src.clone(), a.clone()]).unwrap_err();
-    assert!(matches!(err, ScenarioError::DuplicateName { .. }), "{err:?}");
+    assert!(
+        matches!(err, ScenarioError::DuplicateName { .. }),
+        "{err:?}"
+    );
     assert!(err
         .to_string()
         .contains("scenario name \"edu-producer-first\" also used by"));

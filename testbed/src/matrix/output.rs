@@ -23,17 +23,42 @@ fn wall(outcome: &MatrixOutcome) -> String {
     }
 }
 
-/// "40 passed, 2 failed, 4 errors" (zero counts left out, except passed).
+fn known_failure(result: CellResult) -> bool {
+    matches!(result, CellResult::KnownFailure(_))
+}
+
+/// "40 passed, 2 failed, 4 errors, 3 known failures" (zero counts left
+/// out, except passed).
 pub fn counts(outcome: &MatrixOutcome) -> String {
     let passed = outcome.cells.iter().filter(|c| c.result.passed()).count();
-    let errors = outcome.cells.iter().filter(|c| !c.result.passed() && c.result.is_error()).count();
-    let failed = outcome.cells.len() - passed - errors;
+    let errors = outcome
+        .cells
+        .iter()
+        .filter(|c| !c.result.passed() && c.result.is_error())
+        .count();
+    let xfail = outcome
+        .cells
+        .iter()
+        .filter(|c| known_failure(c.result))
+        .count();
+    let failed = outcome.cells.len() - passed - errors - xfail;
     let mut out = format!("{passed} passed");
     if failed > 0 {
         let _ = write!(out, ", {failed} failed");
     }
     if errors > 0 {
-        let _ = write!(out, ", {errors} error{}", if errors == 1 { "" } else { "s" });
+        let _ = write!(
+            out,
+            ", {errors} error{}",
+            if errors == 1 { "" } else { "s" }
+        );
+    }
+    if xfail > 0 {
+        let _ = write!(
+            out,
+            ", {xfail} known failure{}",
+            if xfail == 1 { "" } else { "s" }
+        );
     }
     out
 }
@@ -45,11 +70,32 @@ pub fn print_table(outcome: &MatrixOutcome) {
 
 pub fn table(outcome: &MatrixOutcome) -> String {
     let mut out = String::from("\n");
-    let kw = outcome.cells.iter().map(|c| c.kernel.len()).max().unwrap_or(0).max(6);
-    let vw = outcome.cells.iter().map(|c| c.variant.len()).max().unwrap_or(0).max(7);
-    let sw = outcome.cells.iter().map(|c| c.scenario.len()).max().unwrap_or(0).max(8);
-    let _ =
-        writeln!(out, "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}", "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME");
+    let kw = outcome
+        .cells
+        .iter()
+        .map(|c| c.kernel.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let vw = outcome
+        .cells
+        .iter()
+        .map(|c| c.variant.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let sw = outcome
+        .cells
+        .iter()
+        .map(|c| c.scenario.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let _ = writeln!(
+        out,
+        "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}",
+        "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME"
+    );
     for c in &outcome.cells {
         let _ = writeln!(
             out,
@@ -86,7 +132,10 @@ pub fn table(outcome: &MatrixOutcome) -> String {
         outcome.boots.len(),
         wall(outcome),
         outcome.jobs,
-        outcome.shard.map(|s| format!(", shard {s}")).unwrap_or_default()
+        outcome
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default()
     );
     out
 }
@@ -173,22 +222,35 @@ fn failure_text(cell: &MatrixCell, root: &Path) -> String {
 
 /// JUnit XML: one `<testsuite>` per (kernel, variant), one `<testcase>`
 /// per cell. A cell that could not run (kernel not available, no boot) is
-/// an `<error>`, any other non-pass a `<failure>`; both carry the details,
-/// the snapshot diff and the end of the console log.
+/// an `<error>`, a known failure `<skipped>` with its reason, any other
+/// non-pass (an unexpected pass too) a `<failure>`; errors and failures
+/// carry the details, the snapshot diff and the end of the console log.
 pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let count = |cells: &[&MatrixCell]| {
-        let failures = cells.iter().filter(|c| !c.result.passed() && !c.result.is_error()).count();
+        let failures = cells
+            .iter()
+            .filter(|c| !c.result.expected() && !c.result.is_error())
+            .count();
         let errors = cells.iter().filter(|c| c.result.is_error()).count();
+        let skipped = cells.iter().filter(|c| known_failure(c.result)).count();
         // An empty f64 sum is -0.0.
         let secs: f64 = cells.iter().filter_map(|c| c.seconds).sum::<f64>() + 0.0;
-        (cells.len(), failures, errors, secs)
+        (cells.len(), failures, errors, skipped, secs)
     };
     let all: Vec<&MatrixCell> = outcome.cells.iter().collect();
-    let (tests, failures, errors, _) = count(&all);
+    let (tests, failures, errors, skipped, _) = count(&all);
+    let skipped_attr = |n: usize| {
+        if n > 0 {
+            format!(" skipped=\"{n}\"")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "<testsuites name=\"testbed matrix\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\">",
+        "<testsuites name=\"testbed matrix\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\"{} time=\"{:.3}\">",
+        skipped_attr(skipped),
         outcome.wall.as_secs_f64()
     );
     let mut suites: Vec<(&str, &str)> = Vec::new();
@@ -198,13 +260,17 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
         }
     }
     for (kernel, variant) in suites {
-        let cells: Vec<&MatrixCell> =
-            outcome.cells.iter().filter(|c| c.kernel == kernel && c.variant == variant).collect();
-        let (tests, failures, errors, secs) = count(&cells);
+        let cells: Vec<&MatrixCell> = outcome
+            .cells
+            .iter()
+            .filter(|c| c.kernel == kernel && c.variant == variant)
+            .collect();
+        let (tests, failures, errors, skipped, secs) = count(&cells);
         let name = xml(&format!("{kernel} {variant}"));
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{secs:.3}\">"
+            "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\"{} time=\"{secs:.3}\">",
+            skipped_attr(skipped)
         );
         if let Some(release) = cells.iter().find_map(|c| c.kernel_release.as_ref()) {
             let _ = writeln!(
@@ -230,9 +296,26 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
                         let _ = writeln!(out, "{open}/>");
                     }
                 }
+                CellResult::KnownFailure(v) => {
+                    let reason = c
+                        .detail
+                        .iter()
+                        .find(|d| d.starts_with("known failure"))
+                        .map_or("", String::as_str);
+                    let _ = writeln!(
+                        out,
+                        "{open}>\n      <skipped message=\"{}\">{}</skipped>\n    </testcase>",
+                        xml(reason),
+                        xml(&format!("xfail: {}", v.label()))
+                    );
+                }
                 r => {
                     let tag = if r.is_error() { "error" } else { "failure" };
-                    let message = c.detail.first().map(|d| d.lines().next().unwrap_or("")).unwrap_or("");
+                    let message = c
+                        .detail
+                        .first()
+                        .map(|d| d.lines().next().unwrap_or(""))
+                        .unwrap_or("");
                     let _ = writeln!(
                         out,
                         "{open}>\n      <{tag} type=\"{}\" message=\"{}\">{}</{tag}>\n    </testcase>",
@@ -253,6 +336,7 @@ fn mark(result: CellResult) -> &'static str {
     match result {
         r if r.passed() => "✅",
         r if r.is_error() => "⚠️",
+        CellResult::KnownFailure(_) => "➖",
         _ => "❌",
     }
 }
@@ -269,10 +353,17 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         outcome.boots.len(),
         wall(outcome),
         outcome.jobs,
-        outcome.shard.map(|s| format!(", shard {s}")).unwrap_or_default()
+        outcome
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default()
     );
     for k in &outcome.kernels {
-        let cells: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| c.kernel == k.spec).collect();
+        let cells: Vec<&MatrixCell> = outcome
+            .cells
+            .iter()
+            .filter(|c| c.kernel == k.spec)
+            .collect();
         if cells.is_empty() {
             continue;
         }
@@ -302,24 +393,65 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         for s in scenarios {
             let row: Vec<String> = variants
                 .iter()
-                .map(|v| match cells.iter().find(|c| c.variant == *v && c.scenario == s) {
-                    Some(c) if c.result.passed() => format!("{} {}", mark(c.result), time(c.seconds)),
-                    Some(c) => format!("{} {}", mark(c.result), c.result.label()),
-                    None => "not run here".to_owned(),
-                })
+                .map(
+                    |v| match cells.iter().find(|c| c.variant == *v && c.scenario == s) {
+                        Some(c) if c.result.passed() => {
+                            format!("{} {}", mark(c.result), time(c.seconds))
+                        }
+                        Some(c) => format!("{} {}", mark(c.result), c.result.label()),
+                        None => "not run here".to_owned(),
+                    },
+                )
                 .collect();
             let _ = writeln!(out, "| `{s}` | {} |", row.join(" | "));
         }
         out.push('\n');
     }
     // Cells of a kernel that is not available are said once, above.
-    let unavailable = |c: &MatrixCell| outcome.kernels.iter().any(|k| k.spec == c.kernel && k.error.is_some());
-    let failing: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| !c.result.passed() && !unavailable(c)).collect();
+    let unavailable = |c: &MatrixCell| {
+        outcome
+            .kernels
+            .iter()
+            .any(|k| k.spec == c.kernel && k.error.is_some())
+    };
+    let known: Vec<&MatrixCell> = outcome
+        .cells
+        .iter()
+        .filter(|c| known_failure(c.result))
+        .collect();
+    if !known.is_empty() {
+        out.push_str("## Known failures\n\n");
+        for c in known {
+            let reason = c
+                .detail
+                .iter()
+                .find(|d| d.starts_with("known failure"))
+                .map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "- `{}` on `{}`, `{}`: {reason}",
+                c.scenario, c.variant, c.kernel
+            );
+        }
+        out.push('\n');
+    }
+    let failing: Vec<&MatrixCell> = outcome
+        .cells
+        .iter()
+        .filter(|c| !c.result.expected() && !unavailable(c))
+        .collect();
     if !failing.is_empty() {
         out.push_str("## What failed\n\n");
     }
     for c in failing {
-        let _ = writeln!(out, "### {} `{}` on `{}`, `{}`\n", mark(c.result), c.scenario, c.variant, c.kernel);
+        let _ = writeln!(
+            out,
+            "### {} `{}` on `{}`, `{}`\n",
+            mark(c.result),
+            c.scenario,
+            c.variant,
+            c.kernel
+        );
         let _ = writeln!(out, "Results: `{}`\n", c.dir.display());
         let _ = writeln!(out, "```\n{}\n```\n", c.detail.join("\n"));
         if let Some(diff) = &c.diff {
@@ -331,7 +463,10 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         }
         if let Some(console) = console_excerpt(c, root) {
             let (title, body) = console.split_once('\n').unwrap_or((&console, ""));
-            let _ = writeln!(out, "<details><summary>{title}</summary>\n\n```\n{body}\n```\n</details>\n");
+            let _ = writeln!(
+                out,
+                "<details><summary>{title}</summary>\n\n```\n{body}\n```\n</details>\n"
+            );
         }
     }
     out
@@ -344,7 +479,13 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    fn cell(kernel: &str, variant: &'static str, scenario: &str, result: CellResult, detail: &[&str]) -> MatrixCell {
+    fn cell(
+        kernel: &str,
+        variant: &'static str,
+        scenario: &str,
+        result: CellResult,
+        detail: &[&str],
+    ) -> MatrixCell {
         MatrixCell {
             kernel: kernel.into(),
             kernel_release: (result != CellResult::Error).then(|| "7.2.13+deb14-amd64".into()),
@@ -368,10 +509,17 @@ mod tests {
             CellResult::Judged(Verdict::Mismatch),
             &["report differs from the snapshot (diff above); review with `cargo insta review`"],
         );
-        mismatch.diff = Some("--- snapshot\n+++ report\n-   none formed\n+   vm0 <connected> & more\n".into());
+        mismatch.diff =
+            Some("--- snapshot\n+++ report\n-   none formed\n+   vm0 <connected> & more\n".into());
         MatrixOutcome {
             cells: vec![
-                cell("debian:7", "intel-ir", "edu-a", CellResult::Judged(Verdict::Pass), &[]),
+                cell(
+                    "debian:7",
+                    "intel-ir",
+                    "edu-a",
+                    CellResult::Judged(Verdict::Pass),
+                    &[],
+                ),
                 cell("debian:7", "amd-ir", "edu-a", CellResult::Resumed, &[]),
                 mismatch,
                 cell(
@@ -441,7 +589,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let lines: Vec<String> = (1..=50).map(|i| format!("line {i}\r")).collect();
-        std::fs::write(&console, lines.join("\n") + "\n\x1b[0mKernel panic - not syncing <x>\n").unwrap();
+        std::fs::write(
+            &console,
+            lines.join("\n") + "\n\x1b[0mKernel panic - not syncing <x>\n",
+        )
+        .unwrap();
         let mut o = outcome();
         o.cells[2].console_log = Some(console);
         let xml = junit(&o, Path::new("/r"));
@@ -451,8 +603,14 @@ mod tests {
             ),
             "{xml}"
         );
-        assert!(xml.contains("?[0mKernel panic - not syncing &lt;x&gt;</failure>"), "{xml}");
-        assert!(!xml.contains("line 11\n") && !xml.contains('\r') && !xml.contains('\x1b'), "{xml}");
+        assert!(
+            xml.contains("?[0mKernel panic - not syncing &lt;x&gt;</failure>"),
+            "{xml}"
+        );
+        assert!(
+            !xml.contains("line 11\n") && !xml.contains('\r') && !xml.contains('\x1b'),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -473,8 +631,18 @@ mod tests {
         ");
         let md = markdown(&o, Path::new("results/matrix"));
         assert!(md.contains("| scenario | intel-ir | amd-ir |\n|---|---|---|\n| `edu-a` | ✅ 1.2s | ✅ 1.2s |\n| `edu-b` | not run here | ❌ MISMATCH |\n"), "{md}");
-        assert!(md.contains("## `debian:6.99`: not available\n\n> no debian kernel matches debian:6.99\n"), "{md}");
-        assert!(md.contains("### ❌ `edu-b` on `amd-ir`, `debian:7`\n\nResults: `debian-7/amd-ir/edu-b`\n"), "{md}");
+        assert!(
+            md.contains(
+                "## `debian:6.99`: not available\n\n> no debian kernel matches debian:6.99\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "### ❌ `edu-b` on `amd-ir`, `debian:7`\n\nResults: `debian-7/amd-ir/edu-b`\n"
+            ),
+            "{md}"
+        );
         assert!(md.contains("```diff\n--- snapshot\n"), "{md}");
     }
 }

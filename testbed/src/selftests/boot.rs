@@ -96,12 +96,26 @@ pub async fn run_tests(
                 break;
             }
         };
+        // KVM's AVIC events exist where kvm_amd runs L1's guests
+        let kvm_amd = outcome
+            .ready
+            .as_ref()
+            .and_then(|r| r.platform.kvm_vendor.as_deref())
+            == Some("kvm_amd");
+        let count_events: Vec<String> = if kvm_amd {
+            super::avic::EVENTS.iter().map(|e| e.to_string()).collect()
+        } else {
+            Vec::new()
+        };
         let mut ended_by = None;
         while next < tests.len() {
             let test = &tests[next];
             next += 1;
-            on_event(RunEvent::TestStarted { variant: cfg.variant.name, test: test.name.clone() });
-            let run = run_one(&mut session, test, index, timeouts).await;
+            on_event(RunEvent::TestStarted {
+                variant: cfg.variant.name,
+                test: test.name.clone(),
+            });
+            let run = run_one(&mut session, test, index, timeouts, &count_events).await;
             let broke = run.broken.clone();
             runs.tests.push(run);
             if let Some(why) = broke {
@@ -113,7 +127,9 @@ pub async fn run_tests(
             // dropping the session kills what is left of QEMU
             Some(_) => drop(session),
             None => {
-                on_event(RunEvent::PoweringOff { variant: cfg.variant.name });
+                on_event(RunEvent::PoweringOff {
+                    variant: cfg.variant.name,
+                });
                 let _ = session.poweroff().await;
             }
         }
@@ -123,7 +139,12 @@ pub async fn run_tests(
 
 fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {
     for t in rest {
-        runs.tests.push(TestRun { name: t.name.clone(), broken: Some(format!("not run: {why}")), boot, ..Default::default() });
+        runs.tests.push(TestRun {
+            name: t.name.clone(),
+            broken: Some(format!("not run: {why}")),
+            boot,
+            ..Default::default()
+        });
     }
 }
 
@@ -131,8 +152,18 @@ fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {
 /// agent enforces, before it calls the guest hung.
 const HOST_SLACK: Duration = Duration::from_secs(30);
 
-async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: Timeouts) -> TestRun {
-    let mut run = TestRun { name: test.name.clone(), boot, ..Default::default() };
+async fn run_one(
+    session: &mut Session,
+    test: &TestJob,
+    boot: usize,
+    timeouts: Timeouts,
+    count_events: &[String],
+) -> TestRun {
+    let mut run = TestRun {
+        name: test.name.clone(),
+        boot,
+        ..Default::default()
+    };
     let mut env = Vec::new();
     let mut bdfs = Vec::new();
     for id in &test.vfio_devices {
@@ -140,10 +171,13 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
             Some(bdf) => bdfs.push(bdf.to_owned()),
             None => {
                 run.result = Some(wire::ExecResult {
-                    status: wire::ExecStatus::SetupFailed { error: format!("boot has no device {id}") },
+                    status: wire::ExecStatus::SetupFailed {
+                        error: format!("boot has no device {id}"),
+                    },
                     millis: 0,
                     dropped_bytes: 0,
                     kernel_warnings: vec![],
+                    event_counts: None,
                 });
                 return run;
             }
@@ -160,6 +194,7 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
         cwd: Some(test.cwd.clone()),
         timeout_secs: test.timeout.as_secs(),
         vfio_pci: bdfs,
+        count_events: count_events.to_vec(),
     };
     let started = Instant::now();
     let what = format!("selftest {}", test.name);
@@ -169,7 +204,11 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
     }
     let deadline = started + test.timeout + HOST_SLACK;
     loop {
-        let silence = timeouts.step.min(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
+        let silence = timeouts.step.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        );
         match session.next_message(silence, &what).await {
             Interrupt::Message(wire::AgentMessage::ExecOutput { line }) => run.output.push(line),
             Interrupt::Message(wire::AgentMessage::Progress { .. }) => {
@@ -188,7 +227,10 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
                 break;
             }
             Interrupt::Message(other) => {
-                run.broken = Some(format!("agent sent {} during {what}", runner::message_kind(&other)));
+                run.broken = Some(format!(
+                    "agent sent {} during {what}",
+                    runner::message_kind(&other)
+                ));
                 break;
             }
             Interrupt::Failed(message) => {
