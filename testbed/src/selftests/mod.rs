@@ -521,7 +521,13 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         &run.output,
                     );
                     let events = run.result.as_ref().and_then(|r| r.event_counts.clone());
-                    let verdict = avic::judge(verdict, t, variant.avic(), events.as_ref());
+                    let x2avic = runs
+                        .boots
+                        .get(run.boot)
+                        .and_then(|b| b.platform.as_ref())
+                        .and_then(|p| p.x2avic);
+                    let mode = avic::Mode::of(variant.avic(), x2avic);
+                    let verdict = avic::judge(verdict, t, mode, events.as_ref());
                     let log = write_log(&dir, t, run, &verdict);
                     let console = runs
                         .boots
