@@ -111,6 +111,21 @@ pub fn remapping_from_log(log: &[String]) -> (Option<String>, bool) {
     (mode, posting)
 }
 
+/// What kvm_amd said about AVIC when it loaded: `Some(true)` for
+/// "x2AVIC enabled", `Some(false)` for "AVIC enabled" alone (hybrid AVIC),
+/// `None` for neither (AVIC off).
+pub fn x2avic_from_log(log: &[String]) -> Option<bool> {
+    let mut avic = None;
+    for l in log.iter().filter_map(|l| l.strip_prefix("kvm_amd: ")) {
+        if l.starts_with("x2AVIC enabled") {
+            avic = Some(true);
+        } else if l.starts_with("AVIC enabled") && avic.is_none() {
+            avic = Some(false);
+        }
+    }
+    avic
+}
+
 /// Intel: VT-d posted interrupts are capability bit 59 (no log line says so).
 pub fn intel_posting_cap() -> bool {
     let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else {
@@ -146,7 +161,13 @@ pub fn collect(p: &mut wire::Platform) {
         }
     }
     p.device_posted_irqs = dpi.and_then(|s| parse_bool_param(&s));
-    let (mode, amd_posting) = remapping_from_log(&kernel_log());
+    let log = kernel_log();
+    if vendor == Some("kvm_amd") {
+        p.ipiv = read_trim("/sys/module/kvm_amd/parameters/enable_ipiv")
+            .and_then(|s| parse_bool_param(&s));
+        p.x2avic = x2avic_from_log(&log);
+    }
+    let (mode, amd_posting) = remapping_from_log(&log);
     let intel = mode.as_deref().is_some_and(|m| m.starts_with("intel"));
     p.irq_posting = amd_posting || (intel && intel_posting_cap());
     p.irq_remapping = mode;
@@ -193,5 +214,35 @@ mod tests {
             (Some("amd".into()), true)
         );
         assert_eq!(remapping_from_log(&v(&["x2apic enabled"])), (None, false));
+    }
+
+    #[test]
+    fn avic_lines() {
+        // 7.2 and 7.3 wordings of kvm_amd's hardware setup
+        assert_eq!(
+            x2avic_from_log(&v(&["kvm_amd: AVIC enabled", "kvm_amd: x2AVIC enabled"])),
+            Some(true)
+        );
+        assert_eq!(
+            x2avic_from_log(&v(&[
+                "kvm_amd: AVIC enabled",
+                "kvm_amd: x2AVIC enabled (max 512 vCPUs)"
+            ])),
+            Some(true)
+        );
+        let hybrid = v(&[
+            "kvm_amd: AVIC enabled",
+            "kvm_amd: Nested Virtualization enabled",
+        ]);
+        assert_eq!(x2avic_from_log(&hybrid), Some(false));
+        assert_eq!(
+            x2avic_from_log(&v(&[
+                "kvm_amd: Nested Virtualization enabled",
+                "x2apic enabled"
+            ])),
+            None
+        );
+        // another module's AVIC line is not kvm_amd's
+        assert_eq!(x2avic_from_log(&v(&["AMD-Vi: Virtual APIC enabled"])), None);
     }
 }

@@ -659,6 +659,9 @@ impl Report {
             (s("modules_failed"), list(&p.modules_failed)),
             (s("tracing_failed"), list(&p.tracing_failed)),
         ];
+        if let Some(mode) = p.avic_mode() {
+            map.push((s("avic"), s(mode)));
+        }
         // Not compared: how the posted interrupts split depends on timing.
         match &self.iommu {
             None => {}

@@ -21,6 +21,9 @@ pub struct VariantSummary {
     pub posted: u64,
     /// Device interrupts L1's host IRQ line took (remapped, not posted).
     pub through_l1: u64,
+    /// How KVM runs AVIC in L1 (`wire::Platform::avic_mode`), from the
+    /// first report that says; `None` off AMD or when no scenario reported.
+    pub avic: Option<&'static str>,
 }
 
 pub fn summarize(cells: &[Cell]) -> Vec<VariantSummary> {
@@ -37,6 +40,7 @@ pub fn summarize(cells: &[Cell]) -> Vec<VariantSummary> {
                     connections: 0,
                     posted: 0,
                     through_l1: 0,
+                    avic: None,
                 });
                 out.len() - 1
             }
@@ -49,6 +53,7 @@ pub fn summarize(cells: &[Cell]) -> Vec<VariantSummary> {
         let Some(report) = &cell.report else { continue };
         let p = &report.platform;
         let posts = p.irq_posting && p.apicv == Some(true) && p.device_posted_irqs != Some(false);
+        s.avic = s.avic.or(p.avic_mode());
         s.can_post = Some(s.can_post.unwrap_or(false) || posts);
         for step in &report.steps {
             s.connections += step
@@ -67,8 +72,8 @@ pub fn summarize(cells: &[Cell]) -> Vec<VariantSummary> {
 
 pub fn render(rows: &[VariantSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:>9}  {:<8} {:>11} {:>16} {:>11}\n",
-        "VARIANT", "SCENARIOS", "POSTS", "CONNECTIONS", "POSTED BY IOMMU", "THROUGH L1"
+        "{:<16} {:>9}  {:<8} {:>11} {:>16} {:>11}  {}\n",
+        "VARIANT", "SCENARIOS", "POSTS", "CONNECTIONS", "POSTED BY IOMMU", "THROUGH L1", "KVM AVIC"
     );
     for r in rows {
         let posts = match r.can_post {
@@ -78,13 +83,14 @@ pub fn render(rows: &[VariantSummary]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:>9}  {:<8} {:>11} {:>16} {:>11}",
+            "{:<16} {:>9}  {:<8} {:>11} {:>16} {:>11}  {}",
             r.variant,
             format!("{}/{}", r.passed, r.scenarios),
             posts,
             r.connections,
             r.posted,
-            r.through_l1
+            r.through_l1,
+            r.avic.unwrap_or("-")
         );
     }
     let posted: u64 = rows.iter().map(|r| r.posted).sum();
@@ -148,9 +154,12 @@ count = 5
         let scenario =
             crate::scenario::parse(std::path::Path::new("scenarios/edu.toml"), SCENARIO).unwrap();
         let platform = wire::Platform {
+            kvm_vendor: Some("kvm_amd".into()),
             apicv: Some(posting),
             device_posted_irqs: Some(posting),
             irq_posting: posting,
+            ipiv: Some(true),
+            x2avic: posting.then_some(variant == "amd-x2avic"),
             ..Default::default()
         };
         let step = |index: usize,
@@ -226,7 +235,8 @@ count = 5
                 can_post: Some(false),
                 connections: 0,
                 posted: 0,
-                through_l1: 10
+                through_l1: 10,
+                avic: Some("no AVIC"),
             }
         );
         assert_eq!(
@@ -238,17 +248,19 @@ count = 5
                 can_post: Some(true),
                 connections: 1,
                 posted: 5,
-                through_l1: 0
+                through_l1: 0,
+                avic: Some("hybrid AVIC + IPI virtualization"),
             }
         );
         let text = render(&rows);
+        let row = "amd-avic               1/1  yes                1                5           0  ";
         assert!(
-            text.contains(
-                "amd-avic               1/1  yes                1                5           0"
-            ),
+            text.contains(&format!("{row}hybrid AVIC + IPI virtualization")),
             "{text}"
         );
         assert!(text.contains("5 device interrupts were posted by the emulated IOMMU straight into an L2 vCPU (amd-avic)"), "{text}");
+        let x2 = summarize(&[cell("amd-x2avic", Verdict::Pass, true, true, 5, 0)]);
+        assert_eq!(x2[0].avic, Some("x2AVIC + IPI virtualization"));
         let stock = render(&summarize(&cells[..2]));
         assert!(
             stock.contains("no variant here can post device interrupts"),

@@ -17,6 +17,9 @@ pub enum Iommu {
     /// AmdIr plus posted interrupts: the IOMMU's guest virtual APIC mode
     /// (GA, GAMSup, GA log) and AVIC in the CPU. Needs the patched QEMU.
     AmdAvic,
+    /// AmdAvic with x2AVIC in the CPU as well, on a family 19h Zen 4
+    /// model: KVM runs guests in x2APIC mode with x2AVIC, not hybrid AVIC.
+    AmdX2avic,
     /// virtio-iommu: DMA translation, no interrupt remapping.
     Virtio,
 }
@@ -132,6 +135,23 @@ pub const VARIANTS: &[Variant] = &[
         // (docs/avic-emulation.md).
         smp: 2,
     },
+    // amd-avic on a CPU that also has x2AVIC (qemu-patches 0012-0016):
+    // KVM in L1 logs "x2AVIC enabled" and lets guests whose APIC is in
+    // x2APIC mode (the testbed's L2 and Linux L2s) reach their virtual APIC
+    // through the x2APIC MSRs without exits, instead of intercepting them
+    // all (hybrid AVIC). Family 19h model 11h is a Zen 4 (EPYC Genoa)
+    // model number: KVM keeps IPI virtualization on (it turns it off on
+    // family 17h/18h, erratum #1235) and its `avic=auto` would choose AVIC
+    // there by itself; `kvm_amd.avic=1` still says so, for kernels whose
+    // default is off (6.12).
+    Variant {
+        name: "amd-x2avic",
+        summary: "amd-avic with x2AVIC on a family 19h (Zen 4) CPU: KVM runs x2AVIC",
+        iommu: Iommu::AmdX2avic,
+        qemu: QemuKind::Patched,
+        default: false,
+        smp: 2,
+    },
 ];
 
 /// QEMU `id=` of the amd-iommu device.
@@ -185,7 +205,7 @@ impl Variant {
     /// (`qom-get`) around each scenario: only IOMMUs that post interrupts.
     pub fn iommu_counters(&self) -> Option<&'static str> {
         match self.iommu {
-            Iommu::AmdAvic => Some(AMD_IOMMU_QOM_PATH),
+            Iommu::AmdAvic | Iommu::AmdX2avic => Some(AMD_IOMMU_QOM_PATH),
             _ => None,
         }
     }
@@ -193,7 +213,8 @@ impl Variant {
     /// Whether the variant puts [`SB_IOAPIC_FUNCTION`] at the IO-APIC's
     /// requester ID: amd-iommu on the patched QEMU, which allows it.
     pub fn sb_ioapic_function(&self) -> bool {
-        matches!(self.iommu, Iommu::AmdIr | Iommu::AmdAvic) && self.qemu == QemuKind::Patched
+        matches!(self.iommu, Iommu::AmdIr | Iommu::AmdAvic | Iommu::AmdX2avic)
+            && self.qemu == QemuKind::Patched
     }
 
     /// `-device` arguments for the IOMMU (and the southbridge function its
@@ -211,7 +232,7 @@ impl Variant {
             }
             Iommu::IntelDma => "intel-iommu,intremap=off".to_owned(),
             Iommu::AmdIr => format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on"),
-            Iommu::AmdAvic => {
+            Iommu::AmdAvic | Iommu::AmdX2avic => {
                 format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on,guest-vapic=on")
             }
             Iommu::Virtio => "virtio-iommu-pci".to_owned(),
@@ -229,6 +250,8 @@ impl Variant {
         match self.iommu {
             Iommu::IntelIr { eim: false } => "max,x2apic=off",
             Iommu::AmdAvic => "max,avic=on",
+            // TCG's features under a family 19h model 11h (Zen 4) identity
+            Iommu::AmdX2avic => "max,avic=on,x2avic=on,family=25,model=17,stepping=1",
             _ => "max",
         }
     }
@@ -250,7 +273,7 @@ impl Variant {
             // amd-iommu under TCG delivers no remapped IO-APIC interrupts,
             // so the check would fail there every time)
             Iommu::AmdIr => vec!["amd_iommu=on"],
-            Iommu::AmdAvic => vec!["amd_iommu=on", "kvm_amd.avic=1"],
+            Iommu::AmdAvic | Iommu::AmdX2avic => vec!["amd_iommu=on", "kvm_amd.avic=1"],
             Iommu::Virtio => vec![],
         }
     }
@@ -316,8 +339,11 @@ mod tests {
         assert_eq!(v.cpu(), "max,avic=on");
         assert_eq!(v.smp, 2);
         assert_eq!(v.iommu_counters(), Some("/machine/peripheral/iommu0"));
-        // only the posting IOMMU is read; everything else keeps one CPU
-        for other in VARIANTS.iter().filter(|o| o.name != "amd-avic") {
+        // only the posting IOMMUs are read; everything else keeps one CPU
+        for other in VARIANTS
+            .iter()
+            .filter(|o| !["amd-avic", "amd-x2avic"].contains(&o.name))
+        {
             assert_eq!(other.smp, 1, "{}", other.name);
             assert_eq!(other.iommu_counters(), None, "{}", other.name);
         }
@@ -327,6 +353,26 @@ mod tests {
                 && !lookup("amd-ir").unwrap().avic()
                 && !lookup("amd-ir-patched").unwrap().avic()
         );
+    }
+
+    #[test]
+    fn x2avic_variant_arguments() {
+        let v = lookup("amd-x2avic").unwrap();
+        let avic = lookup("amd-avic").unwrap();
+        assert_eq!(v.qemu, QemuKind::Patched);
+        assert!(!v.default);
+        // the same posting IOMMU, L1 CPUs and KVM parameters as amd-avic
+        assert_eq!(v.iommu_args(), avic.iommu_args());
+        assert_eq!(v.smp, avic.smp);
+        assert_eq!(v.cmdline(), avic.cmdline());
+        assert_eq!(v.iommu_counters(), avic.iommu_counters());
+        // x2AVIC on top of AVIC, on a family 19h (not 17h/18h) model
+        assert_eq!(
+            v.cpu(),
+            "max,avic=on,x2avic=on,family=25,model=17,stepping=1"
+        );
+        // amd-avic stays without x2AVIC: KVM runs hybrid AVIC there
+        assert!(!avic.cpu().contains("x2avic"));
     }
 
     #[test]
@@ -345,7 +391,7 @@ mod tests {
             let smbus = v.iommu_args().iter().any(|a| a.starts_with("ICH9-SMB"));
             assert_eq!(
                 smbus,
-                matches!(v.name, "amd-ir-patched" | "amd-avic"),
+                matches!(v.name, "amd-ir-patched" | "amd-avic" | "amd-x2avic"),
                 "{}",
                 v.name
             );

@@ -200,6 +200,35 @@ pub struct Platform {
     /// warns while booting is worth knowing about.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boot_warnings: Vec<String>,
+    /// `kvm_amd.enable_ipiv`: KVM uses AVIC's IPI virtualization (it turns
+    /// it off on family 17h/18h, erratum #1235). `None` off AMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipiv: Option<bool>,
+    /// kvm_amd logged "x2AVIC enabled" (`true`) or only "AVIC enabled"
+    /// (`false`, hybrid AVIC: x2APIC MSRs intercepted); `None` when it
+    /// logged neither (AVIC off, or not AMD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x2avic: Option<bool>,
+}
+
+impl Platform {
+    /// How KVM runs AVIC in an AMD L1, from what the agent read there
+    /// (`kvm_amd.avic`, `kvm_amd.enable_ipiv`, kvm_amd's load messages);
+    /// `None` when KVM is not kvm_amd.
+    pub fn avic_mode(&self) -> Option<&'static str> {
+        if self.kvm_vendor.as_deref() != Some("kvm_amd") {
+            return None;
+        }
+        if self.apicv != Some(true) || self.x2avic.is_none() {
+            return Some("no AVIC");
+        }
+        Some(match (self.x2avic == Some(true), self.ipiv == Some(true)) {
+            (true, true) => "x2AVIC + IPI virtualization",
+            (true, false) => "x2AVIC, no IPI virtualization",
+            (false, true) => "hybrid AVIC + IPI virtualization",
+            (false, false) => "hybrid AVIC, no IPI virtualization",
+        })
+    }
 }
 
 /// One scenario, resolved: device addresses are known.

@@ -92,6 +92,8 @@ fn stock() -> Platform {
         iommufd: false,
         tracing_failed: vec![],
         boot_warnings: vec![],
+        ipiv: Some(true),
+        x2avic: None,
     }
 }
 

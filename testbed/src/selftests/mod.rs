@@ -449,6 +449,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     };
     let mut rows = Vec::new();
     let mut headers = Vec::new();
+    let mut avic_modes: Vec<String> = Vec::new();
     let mut no_boot = Vec::new();
     for &variant in &inputs.variants {
         let dir = inputs.results.join(variant.name);
@@ -487,6 +488,13 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             .find_map(|b| b.platform.as_ref().map(|p| p.kernel_release.clone()))
             .unwrap_or_else(|| kernel.release.clone());
         headers.push(variant_header(variant.name, &runs, &build));
+        if let Some(mode) = runs
+            .boots
+            .iter()
+            .find_map(|b| b.platform.as_ref().and_then(|p| p.avic_mode()))
+        {
+            avic_modes.push(format!("{}: KVM runs {mode}", variant.name));
+        }
         let mut ran = to_run.iter().zip(&runs.tests);
         for w in &wanted {
             let row = match w {
@@ -513,7 +521,13 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         &run.output,
                     );
                     let events = run.result.as_ref().and_then(|r| r.event_counts.clone());
-                    let verdict = avic::judge(verdict, t, variant.avic(), events.as_ref());
+                    let x2avic = runs
+                        .boots
+                        .get(run.boot)
+                        .and_then(|b| b.platform.as_ref())
+                        .and_then(|p| p.x2avic);
+                    let mode = avic::Mode::of(variant.avic(), x2avic);
+                    let verdict = avic::judge(verdict, t, mode, events.as_ref());
                     let log = write_log(&dir, t, run, &verdict);
                     let console = runs
                         .boots
@@ -557,6 +571,9 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
     }
     ui.finish();
     println!();
+    for line in &avic_modes {
+        println!("{line}");
+    }
     print!("{}", output::table(&rows));
     if let Some(b) = inputs.baseline {
         let diff = output::baseline_diff(&rows, b);
@@ -621,6 +638,7 @@ fn variant_header(name: &str, runs: &boot::Runs, build: &SelftestBuild) -> serde
         "kernel_release": first.and_then(|b| b.platform.as_ref().map(|p| p.kernel_release.clone())),
         "kvm_vendor": first.and_then(|b| b.platform.as_ref().and_then(|p| p.kvm_vendor.clone())),
         "apicv": first.and_then(|b| b.platform.as_ref().and_then(|p| p.apicv)),
+        "avic": first.and_then(|b| b.platform.as_ref().and_then(|p| p.avic_mode())),
         "irq_posting": first.and_then(|b| b.platform.as_ref().map(|p| p.irq_posting)),
         "iommufd": first.and_then(|b| b.platform.as_ref().map(|p| p.iommufd)),
         "source": build.source,
