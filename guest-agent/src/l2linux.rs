@@ -68,6 +68,17 @@ pub fn main(queues: u32) -> ! {
                     .unwrap_or_else(|message| L2Message::Failed { message });
                 send(&mut port, &msg);
             }
+            L2Command::BringUp { bdf, queues } => {
+                let msg = match bring_up_one(&bdf, queues) {
+                    Ok(nic) => L2Message::Ready {
+                        uptime_ms: uptime_ms(),
+                        nics: vec![nic],
+                        interrupts: read_irqs(),
+                    },
+                    Err(message) => L2Message::Failed { message },
+                };
+                send(&mut port, &msg);
+            }
             L2Command::Poweroff => {
                 // The L2 boots with acpi=off (ACPI costs it about 2 s of its
                 // boot under nested TCG), so it cannot power off: it resets,
@@ -170,6 +181,42 @@ fn bring_up(queues: u32) -> Result<Vec<L2Nic>, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(nics)
+}
+
+/// A NIC hot-plugged at `bdf`: wait for its driver's interface, set its
+/// queues, bring it up, wait for carrier.
+fn bring_up_one(bdf: &str, queues: u32) -> Result<L2Nic, String> {
+    let t0 = Instant::now();
+    let ifname = loop {
+        match ifname_of(bdf) {
+            Ok(i) => break i,
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("after 60 s: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let driver = std::fs::read_link(Path::new("/sys/bus/pci/devices").join(bdf).join("driver"))
+        .ok()
+        .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let sock = Socket::new(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let got = set_channels(&sock, &ifname, queues)?;
+    set_up(&sock, &ifname)?;
+    let t0 = Instant::now();
+    while read(Path::new("/sys/class/net").join(&ifname).join("carrier")).as_deref() != Some("1") {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("no carrier on {ifname} after 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(L2Nic {
+        bdf: bdf.to_string(),
+        ifname,
+        driver,
+        queues: got,
+        carrier: true,
+    })
 }
 
 struct Socket(libc::c_int);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use wire::{
-    AgentMessage, BypassEvent, Done, HostAction, HostMessage, IrqKind, Job, JobDevice, RegWrite, Step, StepReport,
-    VectorCount,
+    AgentMessage, BypassEvent, Done, HostAction, HostMessage, IrqKind, Job, JobDevice, RegWrite,
+    Step, StepReport, VectorCount,
 };
 
 use crate::attrib::{Attributor, StepNames};
@@ -112,7 +112,9 @@ impl JobState {
 
 /// `dev0/msi3` -> (`dev0`, `msi`, 3); `vdpa0/vq1` -> (`vdpa0`, `vq`, 1).
 pub fn parse_vector(name: &str) -> Result<(&str, &str, u32), String> {
-    let bad = || format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)");
+    let bad = || {
+        format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)")
+    };
     let (dev, v) = name.split_once('/').ok_or_else(bad)?;
     let (kind, idx) = if let Some(i) = v.strip_prefix("msix") {
         ("msix", i)
@@ -193,7 +195,11 @@ impl Runner {
     /// The kernel warnings logged since the last call, each also said on
     /// the console next to the step it belongs to.
     pub fn new_kernel_warnings(&mut self) -> Vec<String> {
-        let warnings = self.kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
+        let warnings = self
+            .kernel_log
+            .as_mut()
+            .map(|k| k.new_warnings())
+            .unwrap_or_default();
         for w in &warnings {
             say!("kernel warned: {w}");
         }
@@ -240,12 +246,21 @@ impl Runner {
 
     /// Run a job, calling `send` with each step report (and progress during
     /// long steps); returns the Done message.
-    pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage), recv: &mut Recv<'_>) -> Done {
+    pub fn run(
+        &mut self,
+        job: &Job,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Done {
         self.last_sent = Instant::now();
         self.attrib.reset();
         self.connected.clear();
         let mut st = JobState {
-            devices: job.devices.iter().map(|d| (d.name.clone(), d.clone())).collect(),
+            devices: job
+                .devices
+                .iter()
+                .map(|d| (d.name.clone(), d.clone()))
+                .collect(),
             ..Default::default()
         };
         say!("job {}: {} steps", job.scenario, job.steps.len());
@@ -323,10 +338,8 @@ impl Runner {
         let mut vqs_enabled: Vec<String> = Vec::new();
         let mut interrupts = Vec::new();
         let mut l2_report = None;
-        if matches!(
-            step,
-            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. }
-        ) {
+        if let Some(l2) = step.l2() {
+            names.l2 = Some(l2.to_string());
             names.vfio_devices = st
                 .devices
                 .values()
@@ -408,30 +421,36 @@ impl Runner {
                 }
                 r
             }
-            Step::IrqfdDeassign { vm, vector } => match st.vectors.get(vector).map(|v| &v.eventfd) {
-                None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
-                Some(fd) => {
-                    let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
-                    fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
-                }
-            },
-            Step::Fire { vector, count } => match self.fire(st, vector, *count, Source::Device, index, send) {
-                Ok(c) => {
-                    if st.masked.contains(vector) {
-                        st.pending.insert(vector.clone());
+            Step::IrqfdDeassign { vm, vector } => {
+                match st.vectors.get(vector).map(|v| &v.eventfd) {
+                    None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
+                    Some(fd) => {
+                        let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
+                        fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
                     }
-                    interrupts.push(c);
-                    Ok(())
                 }
-                Err(e) => Err(e),
-            },
-            Step::Signal { vector, count } => match self.fire(st, vector, *count, Source::Eventfd, index, send) {
-                Ok(c) => {
-                    interrupts.push(c);
-                    Ok(())
+            }
+            Step::Fire { vector, count } => {
+                match self.fire(st, vector, *count, Source::Device, index, send) {
+                    Ok(c) => {
+                        if st.masked.contains(vector) {
+                            st.pending.insert(vector.clone());
+                        }
+                        interrupts.push(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
+            Step::Signal { vector, count } => {
+                match self.fire(st, vector, *count, Source::Eventfd, index, send) {
+                    Ok(c) => {
+                        interrupts.push(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Step::CloseDevice { device } => {
                 if let Some(i) = st.open.iter().position(|(n, _)| n == device) {
                     drop(st.open.remove(i));
@@ -448,7 +467,8 @@ impl Runner {
             Step::PanicL1 => {
                 say!("panicking the kernel through sysrq-c, as the scenario asks");
                 let _ = std::fs::write("/proc/sys/kernel/sysrq", "1\n");
-                std::fs::write("/proc/sysrq-trigger", "c").map_err(|e| format!("/proc/sysrq-trigger: {e}"))
+                std::fs::write("/proc/sysrq-trigger", "c")
+                    .map_err(|e| format!("/proc/sysrq-trigger: {e}"))
             }
             Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
                 Some(i) => {
@@ -456,7 +476,9 @@ impl Runner {
                     // stop a running L2 first, so that its errors are this step's
                     let r = match v.running_l2().map(|l| l.stats()) {
                         Some(stats) => {
-                            let r = v.stop_l2().map_err(|e| format!("stopping the L2 of {name}: {e}"));
+                            let r = v
+                                .stop_l2()
+                                .map_err(|e| format!("stopping the L2 of {name}: {e}"));
                             say!("{name}: L2 stopped ({stats})");
                             r
                         }
@@ -467,11 +489,16 @@ impl Runner {
                 }
                 None => Err(format!("no VM named {vm}")),
             },
-            Step::StartVm { vm, mode, period_ms } => {
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
                 let period = period_ms.unwrap_or(wire::DEFAULT_ALTERNATE_MS);
                 let last_sent = &mut self.last_sent;
                 let mut tick = || {
-                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
                         send(AgentMessage::Progress { index });
                         *last_sent = Instant::now();
                     }
@@ -479,14 +506,19 @@ impl Runner {
                 let t0 = Instant::now();
                 let r = st.vm(vm).and_then(|v| v.start_l2(*mode, period, &mut tick));
                 if r.is_ok() {
-                    say!("{vm}: L2 {} after {} us", mode.name(), t0.elapsed().as_micros());
+                    say!(
+                        "{vm}: L2 {} after {} us",
+                        mode.name(),
+                        t0.elapsed().as_micros()
+                    );
                 }
                 r.map_err(|e| format!("{vm}: {e}"))
             }
             Step::Ipi { vm, vector, count } => {
                 let last_sent = &mut self.last_sent;
                 let mut tick = || {
-                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
                         send(AgentMessage::Progress { index });
                         *last_sent = Instant::now();
                     }
@@ -517,7 +549,17 @@ impl Runner {
                 devices,
                 queues,
                 append,
-            } => match self.start_l2(st, index, l2, devices, *queues, append.as_deref(), send) {
+                hotplug,
+            } => match self.start_l2(
+                st,
+                index,
+                l2,
+                devices,
+                *queues,
+                append.as_deref(),
+                *hotplug,
+                send,
+            ) {
                 Ok(r) => {
                     l2_report = Some(Box::new(r));
                     Ok(())
@@ -529,13 +571,29 @@ impl Runner {
                 from,
                 to,
                 frames,
-            } => match self.l2_traffic(st, index, l2, from, to, *frames, send) {
+            } => match self.l2_traffic(st, index, l2, from, to, *frames, send, recv) {
                 Ok(r) => {
                     l2_report = Some(Box::new(r));
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
+            Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => {
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
+                        crate::watchdog::alive();
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                crate::l2ctl::control(&mut st.l2s, step, &mut tick)
+                    .map(|r| l2_report = r.map(Box::new))
+            }
             Step::StopL2 { l2 } => match st.l2s.iter().position(|(n, _)| n == l2) {
                 None => Err(format!("no running L2 named {l2}")),
                 Some(i) => {
@@ -569,7 +627,9 @@ impl Runner {
         let obs = self.attrib.process(&self.acc, &names);
         for ev in &obs.events {
             match ev {
-                BypassEvent::Connected { producer, ret: 0, .. } => {
+                BypassEvent::Connected {
+                    producer, ret: 0, ..
+                } => {
                     self.connected.insert(producer.clone());
                 }
                 BypassEvent::Disconnected { producer, .. } => {
@@ -594,7 +654,10 @@ impl Runner {
         }
         let mut error = result.err();
         if error.is_none() && obs.lost > 0 {
-            error = Some(format!("trace lost {} events: observation incomplete", obs.lost));
+            error = Some(format!(
+                "trace lost {} events: observation incomplete",
+                obs.lost
+            ));
         }
         let mut kernel_warnings = std::mem::take(&mut self.warnings_before);
         kernel_warnings.extend(self.new_kernel_warnings());
@@ -617,6 +680,7 @@ impl Runner {
         devices: &[String],
         queues: u32,
         append: Option<&str>,
+        hotplug: bool,
         send: &mut dyn FnMut(AgentMessage),
     ) -> Result<wire::L2StepReport, String> {
         if st.l2s.iter().any(|(n, _)| n == l2) {
@@ -642,7 +706,7 @@ impl Runner {
             }
         };
         let (vm, ready, took) =
-            crate::nested::L2Linux::start(l2, &assigned, queues, append, &mut tick)
+            crate::nested::L2Linux::start(l2, &assigned, queues, append, hotplug, &mut tick)
                 .map_err(|e| format!("{l2}: {e}"))?;
         let wire::L2Message::Ready {
             uptime_ms, nics, ..
@@ -690,7 +754,10 @@ impl Runner {
         to: &str,
         frames: u32,
         send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
     ) -> Result<wire::L2StepReport, String> {
+        let posted_before =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
         let (_, vm) = st
             .l2s
             .iter_mut()
@@ -723,6 +790,8 @@ impl Runner {
             .command(l2, &cmd, &mut tick)
             .map_err(|e| format!("{l2}: {e}"))?;
         let l1_after = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let posted_after =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
         let (sent, received, before, after) = match answer {
             wire::L2Message::Traffic {
                 sent,
@@ -778,7 +847,11 @@ impl Runner {
                 .join(", ")
         );
         say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
+        let posted = posted_before
+            .zip(posted_after)
+            .map(|(b, a)| a.saturating_sub(b));
         Ok(wire::L2StepReport {
+            posted,
             injected: Some(injected),
             frames_sent: Some(sent),
             frames_received: Some(received),
@@ -800,7 +873,11 @@ impl Runner {
             let dev = VdpaDevice::open(device, &d.bdf, spec)?;
             say!(
                 "{device}: vDPA device on {}, open through vhost-vdpa",
-                if d.bdf.is_empty() { d.model.label().to_string() } else { d.bdf.clone() }
+                if d.bdf.is_empty() {
+                    d.model.label().to_string()
+                } else {
+                    d.bdf.clone()
+                }
             );
             st.vdpa.push((device.to_string(), dev));
             return Ok(());
@@ -811,7 +888,10 @@ impl Runner {
             bind_vfio_pci(&d.bdf)?;
             let pf = VfioDevice::open(&d.bdf)?;
             write_ops(&pf, spec.pf_setup, 0).map_err(|e| format!("{device} PF setup: {e}"))?;
-            let pf = Box::new(SriovPf { bdf: d.bdf.clone(), dev: pf });
+            let pf = Box::new(SriovPf {
+                bdf: d.bdf.clone(),
+                dev: pf,
+            });
             let (vf_bdf, token) = enable_one_vf(&pf.dev)?;
             bind_vfio_pci(&vf_bdf)?;
             let mut vf = VfioDevice::open_with_token(&vf_bdf, Some(&token))?;
@@ -865,13 +945,22 @@ impl Runner {
             return Err("enable-vqs with no virtqueues".into());
         }
         for n in want {
-            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                st.vectors.entry(model.vector_name(device, *n))
+            {
                 e.insert(new_vector()?);
             }
         }
         let wired: Vec<(u32, i32)> = want
             .iter()
-            .map(|n| (*n, st.vectors[&model.vector_name(device, *n)].eventfd.as_raw_fd()))
+            .map(|n| {
+                (
+                    *n,
+                    st.vectors[&model.vector_name(device, *n)]
+                        .eventfd
+                        .as_raw_fd(),
+                )
+            })
             .collect();
         let dev = st
             .vdpa
@@ -880,7 +969,8 @@ impl Runner {
             .map(|(_, d)| d)
             .ok_or_else(|| format!("device {device} is not open"))?;
         dev.enable(&wired)?;
-        st.wired.insert(device.to_string(), want.iter().copied().collect());
+        st.wired
+            .insert(device.to_string(), want.iter().copied().collect());
         Ok(())
     }
 
@@ -895,17 +985,26 @@ impl Runner {
             return Err(format!("{device} has no MSI-X: use enable-msi"));
         }
         if let Some(n) = want.iter().find(|n| **n >= spec.vectors) {
-            return Err(format!("{device} has no MSI-X vector {n} (it has {})", spec.vectors));
+            return Err(format!(
+                "{device} has no MSI-X vector {n} (it has {})",
+                spec.vectors
+            ));
         }
         if want.is_empty() {
             return Err("enable-msix with no vectors".into());
         }
         for n in want {
-            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                st.vectors.entry(model.vector_name(device, *n))
+            {
                 e.insert(new_vector()?);
             }
         }
-        let fd = |st: &JobState, n: u32| st.vectors[&model.vector_name(device, n)].eventfd.as_raw_fd();
+        let fd = |st: &JobState, n: u32| {
+            st.vectors[&model.vector_name(device, n)]
+                .eventfd
+                .as_raw_fd()
+        };
         let want_set: BTreeSet<u32> = want.iter().copied().collect();
         match st.wired.get(device).cloned() {
             None => {
@@ -941,15 +1040,18 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
         recv: &mut Recv<'_>,
         meanwhile: &mut dyn FnMut(),
-    ) -> Result<(), String> {
+    ) -> Result<Option<u64>, String> {
         send(AgentMessage::HostAction { index, action });
         self.last_sent = Instant::now();
         loop {
             meanwhile();
             match recv(Duration::from_millis(20))? {
                 None => self.heartbeat(index, send),
-                Some(HostMessage::HostActionDone { error: None }) => return Ok(()),
-                Some(HostMessage::HostActionDone { error: Some(e) }) => return Err(e),
+                Some(HostMessage::HostActionDone {
+                    error: None,
+                    posted,
+                }) => return Ok(posted),
+                Some(HostMessage::HostActionDone { error: Some(e), .. }) => return Err(e),
                 Some(other) => return Err(format!("host sent {other:?} while a host action ran")),
             }
         }
@@ -965,10 +1067,16 @@ impl Runner {
     ) -> Result<(), String> {
         let bdf = st.bdf(device)?;
         let mut released = false;
-        let action = HostAction::DeviceDel { device: device.to_string() };
+        let action = HostAction::DeviceDel {
+            device: device.to_string(),
+        };
         self.host_action(index, action, send, recv, &mut || {
             // vfio-pci's remove waits for us: close the device when asked
-            if let Some(pos) = st.open.iter().position(|(n, d)| n == device && d.release_requested()) {
+            if let Some(pos) = st
+                .open
+                .iter()
+                .position(|(n, d)| n == device && d.release_requested())
+            {
                 drop(st.open.remove(pos));
                 st.forget_device(device);
                 released = true;
@@ -983,7 +1091,10 @@ impl Runner {
         // the host IRQ lines go with the device
         let lines = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
         if let Some(l) = lines.lines().find(|l| l.contains(&format!("({bdf})"))) {
-            return Err(format!("{device} is gone but L1 still has its IRQ line: {}", l.trim()));
+            return Err(format!(
+                "{device} is gone but L1 still has its IRQ line: {}",
+                l.trim()
+            ));
         }
         Ok(())
     }
@@ -997,25 +1108,47 @@ impl Runner {
         recv: &mut Recv<'_>,
     ) -> Result<(), String> {
         let bdf = st.bdf(device)?;
-        self.host_action(index, HostAction::DeviceAdd { device: device.to_string() }, send, recv, &mut || {})?;
+        self.host_action(
+            index,
+            HostAction::DeviceAdd {
+                device: device.to_string(),
+            },
+            send,
+            recv,
+            &mut || {},
+        )?;
         let t0 = Instant::now();
         let dir = dev_dir(&bdf);
         // L1 creates the device before it assigns its BARs; opening it
         // before that fails (pci_enable_device), so wait for BAR0 too
         let bar0_assigned = || {
-            std::fs::read_to_string(dir.join("resource")).ok().and_then(|t| {
-                let start = t.lines().next()?.split_whitespace().next()?.trim_start_matches("0x").to_owned();
-                u64::from_str_radix(&start, 16).ok()
-            }).is_some_and(|start| start != 0)
+            std::fs::read_to_string(dir.join("resource"))
+                .ok()
+                .and_then(|t| {
+                    let start = t
+                        .lines()
+                        .next()?
+                        .split_whitespace()
+                        .next()?
+                        .trim_start_matches("0x")
+                        .to_owned();
+                    u64::from_str_radix(&start, 16).ok()
+                })
+                .is_some_and(|start| start != 0)
         };
         while !bar0_assigned() {
             if t0.elapsed() > REPLUG_TIMEOUT {
-                return Err(format!("{device} ({bdf}) did not appear in L1 within {REPLUG_TIMEOUT:?} of device_add"));
+                return Err(format!(
+                    "{device} ({bdf}) did not appear in L1 within {REPLUG_TIMEOUT:?} of device_add"
+                ));
             }
             self.heartbeat(index, send);
             sleep(Duration::from_millis(20));
         }
-        say!("{device} ({bdf}) back after {} ms", t0.elapsed().as_millis());
+        say!(
+            "{device} ({bdf}) back after {} ms",
+            t0.elapsed().as_millis()
+        );
         Ok(())
     }
 
@@ -1086,7 +1219,12 @@ impl Runner {
         let mut routes = Vec::new();
         for (_, vm) in &st.vms {
             if vm.irqfds.contains_key(vector) {
-                routes.extend(vm.routes().iter().filter(|r| r.source == vector).map(|r| r.vector));
+                routes.extend(
+                    vm.routes()
+                        .iter()
+                        .filter(|r| r.source == vector)
+                        .map(|r| r.vector),
+                );
             }
         }
         let held = !routes.is_empty();
@@ -1103,14 +1241,20 @@ impl Runner {
             }
             let Some(l2) = vm.running_l2() else { continue };
             if let Some(r) = vm.routes().iter().find(|r| r.source == vector) {
-                l2s.push((name.clone(), l2.mem.clone(), r.vector, l2.mem.count(r.vector)));
+                l2s.push((
+                    name.clone(),
+                    l2.mem.clone(),
+                    r.vector,
+                    l2.mem.count(r.vector),
+                ));
             }
         }
-        let delivered = |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
-            l2s.iter()
-                .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
-                .collect()
-        };
+        let delivered =
+            |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
+                l2s.iter()
+                    .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
+                    .collect()
+            };
         let fire_t0 = Instant::now();
         let dev = match source {
             Source::Device | Source::Unmask if matches!(spec.attach, wire::Attach::Vdpa(_)) => {
@@ -1180,7 +1324,10 @@ impl Runner {
                     }
                 } else if held {
                     self.poll_trace();
-                    let host = host_line().map(|l| l.count).unwrap_or(0).saturating_sub(base);
+                    let host = host_line()
+                        .map(|l| l.count)
+                        .unwrap_or(0)
+                        .saturating_sub(base);
                     if host > i || self.injected(&routes) > i {
                         break;
                     }
@@ -1196,10 +1343,11 @@ impl Runner {
                         "fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}",
                         i + 1
                     );
-                    let dead = st
-                        .vms
-                        .iter()
-                        .find_map(|(n, vm)| vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}")));
+                    let dead = st.vms.iter().find_map(|(n, vm)| {
+                        vm.running_l2()
+                            .and_then(|l| l.error())
+                            .map(|e| format!("{n}: {e}"))
+                    });
                     if let Some(e) = dead {
                         let _ = ack(dev);
                         return Err(e);
@@ -1232,7 +1380,9 @@ impl Runner {
                 let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
                 // every VM holding the vector injects each interrupt
                 let want = u64::from(count) * routes.len() as u64;
-                if ((posted || self.injected(&routes) >= want) && all_in) || t0.elapsed() > Duration::from_millis(300) {
+                if ((posted || self.injected(&routes) >= want) && all_in)
+                    || t0.elapsed() > Duration::from_millis(300)
+                {
                     break;
                 }
                 sleep(Duration::from_millis(1));
@@ -1261,7 +1411,10 @@ impl Runner {
             vector: vector.to_string(),
             raised: u64::from(count),
             signalled: (!held).then_some(signalled),
-            host_irq: line.as_ref().map(|l| l.count.saturating_sub(base)).unwrap_or(0),
+            host_irq: line
+                .as_ref()
+                .map(|l| l.count.saturating_sub(base))
+                .unwrap_or(0),
             host_chip: line.map(|l| normalize_chip(&l.chip)),
             injected: self.injected(&routes),
             delivered,

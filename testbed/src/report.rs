@@ -17,7 +17,10 @@ use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
 
 mod checks;
+mod l2;
 mod snapshot;
+
+pub use l2::l2_vector_counts;
 
 pub use snapshot::{compare_snapshot, snapshot_file, workspace_root, SnapshotOutcome};
 
@@ -62,7 +65,12 @@ pub struct Report {
 
 impl Report {
     /// The report of a run as the runner recorded it.
-    pub fn new(scenario: &Scenario, header: Header, platform: &Platform, run: &crate::runner::ScenarioRun) -> Report {
+    pub fn new(
+        scenario: &Scenario,
+        header: Header,
+        platform: &Platform,
+        run: &crate::runner::ScenarioRun,
+    ) -> Report {
         Report::from_parts(
             scenario,
             header,
@@ -135,7 +143,10 @@ impl Report {
             .collect();
         let warnings = self.kernel_warnings();
         if !warnings.is_empty() {
-            let shown: Vec<String> = warnings.iter().map(|(when, w)| format!("{when}: {w}")).collect();
+            let shown: Vec<String> = warnings
+                .iter()
+                .map(|(when, w)| format!("{when}: {w}"))
+                .collect();
             checks.push(CheckResult {
                 expectation: "kernel-quiet".into(),
                 passed: false,
@@ -156,12 +167,24 @@ impl Report {
     /// its scenarios (`boot`), so that a scenario's verdict is the same
     /// whether it shares its boot or has one of its own.
     pub fn kernel_warnings(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> =
-            self.platform.boot_warnings.iter().map(|w| ("boot".to_string(), normalize_warning(w))).collect();
+        let mut out: Vec<(String, String)> = self
+            .platform
+            .boot_warnings
+            .iter()
+            .map(|w| ("boot".to_string(), normalize_warning(w)))
+            .collect();
         for r in &self.steps {
-            let action = self.scenario.steps.get(r.index).map(|s| s.action()).unwrap_or("?");
+            let action = self
+                .scenario
+                .steps
+                .get(r.index)
+                .map(|s| s.action())
+                .unwrap_or("?");
             for w in &r.kernel_warnings {
-                out.push((format!("step {} {action}", r.index + 1), normalize_warning(w)));
+                out.push((
+                    format!("step {} {action}", r.index + 1),
+                    normalize_warning(w),
+                ));
             }
         }
         if let Some(done) = &self.done {
@@ -205,7 +228,12 @@ impl Report {
 
         out.push_str("\nsteps\n");
         let width = s.steps.len().to_string().len().max(2);
-        let first_error = self.steps.iter().find(|r| r.error.is_some()).map(|r| r.index);
+        let first_error = self
+            .steps
+            .iter()
+            .find(|r| r.error.is_some())
+            .map(|r| r.index);
+        let l2_names: Vec<&str> = s.steps.iter().filter_map(Step::l2).collect();
         for (i, step) in s.steps.iter().enumerate() {
             let _ = write!(out, "  {:>width$} {}", i + 1, step_line(step));
             match self.step_report(i) {
@@ -214,8 +242,12 @@ impl Report {
                     if let Some(e) = &r.error {
                         let _ = writeln!(out, "  {:width$}   failed: {}", "", normalize(e));
                     }
-                    for ev in &r.bypass {
+                    let (shown, vmm_irqfds) = l2::shown_events(&r.bypass, &l2_names);
+                    for ev in shown {
                         let _ = writeln!(out, "  {:width$}   {}", "", self.event_line(ev));
+                    }
+                    if let Some(line) = vmm_irqfds {
+                        let _ = writeln!(out, "  {:width$}   {line}", "");
                     }
                     if let Some(l2) = &r.l2 {
                         for n in &l2.nics {
@@ -230,15 +262,8 @@ impl Report {
                                 if n.carrier { "up" } else { "down" }
                             );
                         }
-                        if let (Some(sent), Some(received)) = (l2.frames_sent, l2.frames_received) {
-                            let _ = writeln!(out, "  {:width$}   frames sent {sent}, received {received}", "");
-                            let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
-                            let inj = match l2.injected {
-                                Some(i) if i == l1 => "= L1's device interrupts".to_string(),
-                                Some(i) => format!("{i}, L1 took {l1}"),
-                                None => "not counted".to_string(),
-                            };
-                            let _ = writeln!(out, "  {:width$}   KVM's injections into L2 {inj}", "");
+                        for line in l2::traffic_lines(l2) {
+                            let _ = writeln!(out, "  {:width$}   {line}", "");
                         }
                     }
                 }
@@ -271,7 +296,11 @@ impl Report {
                 if left.is_empty() {
                     out.push_str("   nothing left open\n");
                 } else {
-                    let _ = writeln!(out, "   closed what the scenario left open: {}", left.join(", "));
+                    let _ = writeln!(
+                        out,
+                        "   closed what the scenario left open: {}",
+                        left.join(", ")
+                    );
                 }
                 for ev in &done.cleanup {
                     let _ = writeln!(out, "       {}", self.event_line(ev));
@@ -296,22 +325,29 @@ impl Report {
             .iter()
             .flat_map(|r| r.interrupts.iter().map(move |c| (r.index, c)))
             .collect();
-        let l2_counts: Vec<(usize, &wire::L2VectorCount)> = self
+        let l2_counts: Vec<(usize, &wire::L2VectorCount, Option<u64>)> = self
             .steps
             .iter()
-            .flat_map(|r| r.l2.iter().flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v))))
+            .flat_map(|r| {
+                r.l2.iter()
+                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v, l.posted)))
+            })
             .collect();
         if counts.is_empty() && l2_counts.is_empty() {
             out.push_str("   none fired\n");
         }
-        for (index, v) in &l2_counts {
+        for (index, v, posted) in &l2_counts {
             let _ = writeln!(
                 out,
                 "   step {:<w$} {} ({})  {}",
                 index + 1,
                 v.vector,
-                if v.l2_action.is_empty() { "other" } else { v.l2_action.as_str() },
-                l2_vector_counts(v),
+                if v.l2_action.is_empty() {
+                    "other"
+                } else {
+                    v.l2_action.as_str()
+                },
+                l2_vector_counts(v, *posted),
                 w = width,
             );
         }
@@ -320,7 +356,11 @@ impl Report {
             Some(Step::Ipi { vm, .. }) => format!("{vm} ipi {}", c.vector),
             _ => c.vector.clone(),
         };
-        let vw = counts.iter().map(|(i, c)| label(*i, c).len()).max().unwrap_or(0);
+        let vw = counts
+            .iter()
+            .map(|(i, c)| label(*i, c).len())
+            .max()
+            .unwrap_or(0);
         for (index, c) in counts {
             let signal = matches!(s.steps.get(index), Some(Step::Signal { .. }));
             let ipi = matches!(s.steps.get(index), Some(Step::Ipi { .. }));
@@ -371,6 +411,14 @@ impl Report {
         // split lives in the snapshot's info and in --json.
         match &self.iommu {
             None => {}
+            // a real L2's interrupt count is NAPI timing: only whether any
+            Some(Ok(c)) if s.needs_l2() => {
+                let _ = writeln!(
+                    out,
+                    "   iommu  posted {}",
+                    if c.posted > 0 { "> 0" } else { "none" }
+                );
+            }
             Some(Ok(c)) => {
                 let _ = writeln!(out, "   iommu  posted {}", c.posted);
             }
@@ -382,7 +430,12 @@ impl Report {
         out.push_str("\nconnections\n");
         let conns: Vec<(String, &BypassEvent)> = self
             .all_events()
-            .filter(|(_, ev)| matches!(ev, BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }))
+            .filter(|(_, ev)| {
+                matches!(
+                    ev,
+                    BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }
+                )
+            })
             .collect();
         if conns.is_empty() {
             out.push_str("   none formed\n");
@@ -473,10 +526,11 @@ impl Report {
 
     /// Every bypass event with where it happened (`step 4`, `cleanup`), in order.
     pub(crate) fn all_events(&self) -> impl Iterator<Item = (String, &BypassEvent)> + '_ {
-        let steps = self
-            .steps
-            .iter()
-            .flat_map(|r| r.bypass.iter().map(move |e| (format!("step {}", r.index + 1), e)));
+        let steps = self.steps.iter().flat_map(|r| {
+            r.bypass
+                .iter()
+                .map(move |e| (format!("step {}", r.index + 1), e))
+        });
         let cleanup = self
             .done
             .iter()
@@ -522,7 +576,10 @@ impl Report {
                 format!("producer {producer} registered (ret 0)")
             }
             BypassEvent::ProducerRegistered { producer, ret } => {
-                format!("producer {producer} registration failed (ret {})", errno(*ret))
+                format!(
+                    "producer {producer} registration failed (ret {})",
+                    errno(*ret)
+                )
             }
             BypassEvent::ProducerUnregistered { producer } => {
                 format!("producer {producer} unregistered")
@@ -531,14 +588,19 @@ impl Report {
                 format!("consumer {consumer} registered (ret 0)")
             }
             BypassEvent::ConsumerRegistered { consumer, ret } => {
-                format!("consumer {consumer} registration failed (ret {})", errno(*ret))
+                format!(
+                    "consumer {consumer} registration failed (ret {})",
+                    errno(*ret)
+                )
             }
             BypassEvent::ConsumerNotRegistered { consumer } => {
                 let (can_post, why) = posting(&self.platform);
                 if can_post {
                     format!("consumer {consumer} not registered, although the platform can post")
                 } else {
-                    format!("consumer {consumer} not registered: KVM has no device-posted IRQs ({why})")
+                    format!(
+                        "consumer {consumer} not registered: KVM has no device-posted IRQs ({why})"
+                    )
                 }
             }
             BypassEvent::ConsumerUnregistered { consumer } => {
@@ -562,7 +624,10 @@ impl Report {
                 producer,
                 consumer,
                 ret,
-            } => format!("connect {producer} -> {consumer} failed (ret {})", errno(*ret)),
+            } => format!(
+                "connect {producer} -> {consumer} failed (ret {})",
+                errno(*ret)
+            ),
             BypassEvent::Disconnected { producer, consumer } => {
                 format!("disconnected {producer} -> {consumer}")
             }
@@ -583,10 +648,16 @@ impl Report {
             (s("variant"), s(&self.header.variant)),
             (s("kernel_release"), s(&self.header.kernel_release)),
             (s("qemu_version"), s(&self.header.qemu_version)),
-            (s("kvm_vendor"), s(p.kvm_vendor.as_deref().unwrap_or("none"))),
+            (
+                s("kvm_vendor"),
+                s(p.kvm_vendor.as_deref().unwrap_or("none")),
+            ),
             (s("apicv"), opt_bool(p.apicv)),
             (s("device_posted_irqs"), opt_bool(p.device_posted_irqs)),
-            (s("irq_remapping"), s(p.irq_remapping.as_deref().unwrap_or("off"))),
+            (
+                s("irq_remapping"),
+                s(p.irq_remapping.as_deref().unwrap_or("off")),
+            ),
             (s("irq_posting"), Content::from(p.irq_posting)),
             (s("modules_loaded"), list(&p.modules_loaded)),
             (s("modules_failed"), list(&p.modules_failed)),
@@ -639,7 +710,9 @@ fn event_vector(ev: &wire::BypassEvent) -> &str {
         | E::Disconnected { producer, .. } => producer,
         E::ConsumerRegistered { consumer, .. }
         | E::ConsumerNotRegistered { consumer }
-        | E::ConsumerUnregistered { consumer } => consumer.split_once(':').map_or(consumer.as_str(), |(_, v)| v),
+        | E::ConsumerUnregistered { consumer } => consumer
+            .split_once(':')
+            .map_or(consumer.as_str(), |(_, v)| v),
     }
 }
 
@@ -658,7 +731,11 @@ pub fn step_line(step: &Step) -> String {
                 crate::scenario::plural(*n as usize, "vector")
             ),
             wire::VectorSet::List(_) => {
-                let l: Vec<String> = vectors.numbers().iter().map(|n| format!("msix{n}")).collect();
+                let l: Vec<String> = vectors
+                    .numbers()
+                    .iter()
+                    .map(|n| format!("msix{n}"))
+                    .collect();
                 format!("enable-msix {device} ({})", l.join(", "))
             }
         },
@@ -680,7 +757,11 @@ pub fn step_line(step: &Step) -> String {
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
         Step::PanicL1 => "panic-l1".to_owned(),
-        Step::StartVm { vm, mode, period_ms } => match (mode, period_ms) {
+        Step::StartVm {
+            vm,
+            mode,
+            period_ms,
+        } => match (mode, period_ms) {
             (wire::L2Mode::Alternate, p) => format!(
                 "start-vm {vm} (alternate, {} ms phases)",
                 p.unwrap_or(wire::DEFAULT_ALTERNATE_MS)
@@ -689,15 +770,36 @@ pub fn step_line(step: &Step) -> String {
         },
         Step::StopVm { vm } => format!("stop-vm {vm}"),
         Step::Ipi { vm, vector, count } => format!("ipi {vm} {vector:#04x} x{count}"),
-        Step::StartL2 { l2, devices, queues, append } => {
-            let mut l = format!("start-l2 {l2} with {} ({queues} queues)", devices.join(", "));
+        Step::StartL2 {
+            l2,
+            devices,
+            queues,
+            append,
+            hotplug,
+        } => {
+            let mut l = format!(
+                "start-l2 {l2} with {} ({queues} queues)",
+                devices.join(", ")
+            );
             if let Some(a) = append {
                 l.push_str(&format!(" append {a:?}"));
             }
+            if *hotplug {
+                l.push_str(", hotplug");
+            }
             l
         }
-        Step::L2Traffic { l2, from, to, frames } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        Step::L2Traffic {
+            l2,
+            from,
+            to,
+            frames,
+        } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
         Step::StopL2 { l2 } => format!("stop-l2 {l2}"),
+        Step::L2Unplug { l2, device } => format!("l2-unplug {l2} {device}"),
+        Step::L2Replug { l2, device } => format!("l2-replug {l2} {device}"),
+        Step::L2Pause { l2 } => format!("l2-pause {l2}"),
+        Step::L2Resume { l2 } => format!("l2-resume {l2}"),
     }
 }
 
@@ -705,20 +807,6 @@ pub fn step_line(step: &Step) -> String {
 /// not, why (`apicv off, IOMMU cannot post`). The reason is built from the
 /// facts that hold on every kernel, so it does not change with the kernel
 /// having `kvm.enable_device_posted_irqs` or not.
-/// What a snapshot says about one vector of a real L2's device. How many
-/// interrupts a number of frames makes depends on NAPI and interrupt
-/// moderation timing, so the body holds the relation (and whether any
-/// came); the numbers are in `--json` (`steps[i].l2`).
-pub fn l2_vector_counts(v: &wire::L2VectorCount) -> String {
-    let chip = v.host_chip.as_deref().unwrap_or("no irq line");
-    match (v.host_irq, v.delivered) {
-        (0, 0) => format!("none  ({chip})"),
-        (a, b) if b > a => format!("L1 {a} < delivered in L2 {b}  ({chip})"),
-        (_, 0) => format!("L1 > 0, never delivered in L2  ({chip})"),
-        _ => format!("L1 >= delivered in L2 > 0  ({chip})"),
-    }
-}
-
 pub fn posting(p: &Platform) -> (bool, String) {
     let mut why = Vec::new();
     match p.apicv {
@@ -783,8 +871,15 @@ pub fn normalize(message: &str) -> String {
         // `0xffffffff81000000`, `ffff888003c1e000`
         let at_word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
         if at_word_start {
-            let hex_start = if message[i..].starts_with("0x") { i + 2 } else { i };
-            let n = b[hex_start..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+            let hex_start = if message[i..].starts_with("0x") {
+                i + 2
+            } else {
+                i
+            };
+            let n = b[hex_start..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
             let end = hex_start + n;
             let word_ends = end == b.len() || !b[end].is_ascii_alphanumeric();
             if n >= 8 && word_ends && b[hex_start..end].iter().any(|c| c.is_ascii_digit()) {
@@ -820,7 +915,10 @@ pub fn normalize_warning(line: &str) -> String {
         out.push_str(&rest[..plus]);
         let tail = &rest[plus + 1..];
         // `+0x99/0xb0`: offset and function size
-        let offset_len = 2 + tail[2..].bytes().take_while(|c| c.is_ascii_hexdigit()).count();
+        let offset_len = 2 + tail[2..]
+            .bytes()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
         let size_len = tail[offset_len..]
             .strip_prefix("/0x")
             .map(|t| 3 + t.bytes().take_while(|c| c.is_ascii_hexdigit()).count())
@@ -838,7 +936,11 @@ pub fn normalize_warning(line: &str) -> String {
         match s[i + 2..].find(']') {
             Some(n) if n > 0 && s[i + 2..i + 2 + n].bytes().all(|c| c.is_ascii_digit()) => {
                 let end = i + 2 + n + 1;
-                let end = if s[end..].starts_with(' ') { end + 1 } else { end };
+                let end = if s[end..].starts_with(' ') {
+                    end + 1
+                } else {
+                    end
+                };
                 s.replace_range(i..end, "");
             }
             _ => break,
@@ -851,8 +953,11 @@ fn timestamp_len(s: &str) -> Option<usize> {
     let close = s.find(']')?;
     let inner = s[1..close].trim();
     let (a, b) = inner.split_once('.')?;
-    (!a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.len() == 6 && b.bytes().all(|c| c.is_ascii_digit()))
-        .then_some(close + 1)
+    (!a.is_empty()
+        && a.bytes().all(|c| c.is_ascii_digit())
+        && b.len() == 6
+        && b.bytes().all(|c| c.is_ascii_digit()))
+    .then_some(close + 1)
 }
 
 /// For each step index, the VMs whose L2 runs when the step starts.
@@ -921,7 +1026,9 @@ pub(crate) fn held_by_mask(scenario: &Scenario) -> Vec<Option<bool>> {
 }
 
 /// For each step index, which (vm, vector) irqfds are attached when it runs.
-pub(crate) fn irqfds_before_each_step(scenario: &Scenario) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+pub(crate) fn irqfds_before_each_step(
+    scenario: &Scenario,
+) -> Vec<BTreeMap<String, BTreeSet<String>>> {
     // vector -> vms holding it
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut out = Vec::with_capacity(scenario.steps.len());

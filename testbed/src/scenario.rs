@@ -10,6 +10,7 @@
 //! names the file, line and column, e.g.
 //! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0`.
 
+mod l2ctl;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Range;
@@ -242,7 +243,9 @@ impl Scenario {
     /// falls back to its fixed `bdf`, or an empty string.
     /// Whether the scenario runs on `variant`.
     pub fn runs_on(&self, variant: &str) -> bool {
-        self.variants.as_ref().is_none_or(|v| v.iter().any(|n| n == variant))
+        self.variants
+            .as_ref()
+            .is_none_or(|v| v.iter().any(|n| n == variant))
     }
 
     pub fn job(&self, bdfs: &HashMap<String, String>) -> wire::Job {
@@ -258,7 +261,11 @@ impl Scenario {
                     // where a scenario in the same boot has a PCI device of
                     // the same name
                     bdf: match d.model.qemu_driver() {
-                        Some(_) => bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                        Some(_) => bdfs
+                            .get(&d.name)
+                            .cloned()
+                            .or_else(|| d.bdf.clone())
+                            .unwrap_or_default(),
                         None => String::new(),
                     },
                 })
@@ -286,10 +293,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if !valid_scenario_name(&name) {
         return Err(src.error(
             0..0,
-            format!("bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"),
+            format!(
+                "bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"
+            ),
         ));
     }
-    let raw: RawScenario = toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
+    let raw: RawScenario =
+        toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
 
     let description = raw.description.get_ref().trim().to_string();
     if description.is_empty() {
@@ -344,7 +354,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if let Some((device, k)) = unplugged {
         checker.span = steps[k - 1].span();
         checker.context = format!("step {k} (unplug)");
-        return Err(checker.err("device", format!("{device} is never replugged: a scenario must leave L1's devices in place")));
+        return Err(checker.err(
+            "device",
+            format!("{device} is never replugged: a scenario must leave L1's devices in place"),
+        ));
     }
     for (i, exp) in expect.iter().enumerate() {
         checker.expectation(i, exp)?;
@@ -392,15 +405,21 @@ fn name_problem(name: &str) -> Option<String> {
     match chars.next() {
         None => return Some("empty name".into()),
         Some(c) if !c.is_ascii_lowercase() => {
-            return Some(format!("bad name {name:?}: must start with a lowercase letter"))
+            return Some(format!(
+                "bad name {name:?}: must start with a lowercase letter"
+            ))
         }
         _ => {}
     }
     if name.len() > MAX_NAME_LEN {
-        return Some(format!("bad name {name:?}: longer than {MAX_NAME_LEN} characters"));
+        return Some(format!(
+            "bad name {name:?}: longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-        return Some(format!("bad name {name:?}: use lowercase letters, digits, '-' and '_'"));
+        return Some(format!(
+            "bad name {name:?}: use lowercase letters, digits, '-' and '_'"
+        ));
     }
     None
 }
@@ -463,7 +482,10 @@ impl Source<'_> {
     fn header_at(&self, span: &Range<usize>) -> Option<String> {
         let start = span.start.min(self.text.len());
         let end = span.end.min(self.text.len()).max(start);
-        let h: String = self.text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+        let h: String = self.text[start..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         h.strip_prefix("[[")
             .and_then(|h| h.strip_suffix("]]"))
             .map(str::to_string)
@@ -507,7 +529,11 @@ impl Source<'_> {
     fn string_value(&self, span: &Range<usize>, key: &str) -> Option<String> {
         let at = self.key_span(span, key);
         let text = self.text.get(at)?;
-        let value = text.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+        let value = text
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
         let value = value.strip_prefix('"')?;
         Some(value[..value.find('"')?].to_string())
     }
@@ -557,7 +583,9 @@ impl Source<'_> {
             Some(name) => format!("{what} {n} ({name})"),
             None => format!("{what} {n}"),
         };
-        let at = |key: &str, message: String| self.error(self.key_span(&span, key), format!("{context}: {message}"));
+        let at = |key: &str, message: String| {
+            self.error(self.key_span(&span, key), format!("{context}: {message}"))
+        };
         let value: T = match toml::Value::Table(t.clone()).try_into() {
             Ok(v) => v,
             Err(e) => {
@@ -594,7 +622,11 @@ impl Source<'_> {
             .and_then(|v| v.as_table().cloned())
             .unwrap_or_default();
         if let Some(key) = t.keys().find(|k| !back.contains_key(*k)) {
-            let known: Vec<String> = back.keys().filter(|k| *k != tag).map(|k| format!("`{k}`")).collect();
+            let known: Vec<String> = back
+                .keys()
+                .filter(|k| *k != tag)
+                .map(|k| format!("`{k}`"))
+                .collect();
             let expected = if known.is_empty() {
                 "expected no other field".to_string()
             } else {
@@ -623,7 +655,8 @@ fn find_inline_key(body: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = body[from..].find(key) {
         let at = from + pos;
-        let prev_ok = at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
+        let prev_ok =
+            at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
         let after = body[at + key.len()..].trim_start();
         if prev_ok && after.starts_with('=') {
             return Some(at);
@@ -700,6 +733,8 @@ struct Checker<'s, 'a> {
     l2_traffic: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
     linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
+    /// Unplugged and paused L2s (`l2ctl`).
+    l2ctl: l2ctl::L2Ctl,
     /// Whether any step fires (or signals).
     fired: bool,
     /// Vectors masked at the device: vector -> the mask step.
@@ -725,6 +760,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
             linux_l2s: BTreeMap::new(),
+            l2ctl: Default::default(),
             l2_traffic: false,
             fired: false,
             masked: BTreeMap::new(),
@@ -807,9 +843,12 @@ impl<'s, 'a> Checker<'s, 'a> {
     }
 
     fn device(&self, key: &str, name: &str) -> Result<&DevInfo, ScenarioError> {
-        self.devices
-            .get(name)
-            .ok_or_else(|| self.err(key, format!("unknown device {name:?} ({})", self.declared())))
+        self.devices.get(name).ok_or_else(|| {
+            self.err(
+                key,
+                format!("unknown device {name:?} ({})", self.declared()),
+            )
+        })
     }
 
     /// Resolve `<device>/msi<n>` (or `msix<n>`) to (device, n), checking the model has it.
@@ -823,7 +862,10 @@ impl<'s, 'a> Checker<'s, 'a> {
         let Some(info) = self.devices.get(dev) else {
             return Err(self.err(
                 key,
-                format!("unknown device {dev:?} in vector {vector:?} ({})", self.declared()),
+                format!(
+                    "unknown device {dev:?} in vector {vector:?} ({})",
+                    self.declared()
+                ),
             ));
         };
         let n = rest
@@ -858,7 +900,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                     describe_set(self.devices[&dev].model, vectors)
                 ),
             )),
-            DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => Err(self.err(
+            DevState::Closed { step }
+            | DevState::Unbound { step }
+            | DevState::Unplugged { step } => Err(self.err(
                 key,
                 format!("vector {vector:?} used after {dev} was closed (step {step})"),
             )),
@@ -886,9 +930,10 @@ impl<'s, 'a> Checker<'s, 'a> {
     fn live_vm(&self, key: &str, vm: &str) -> Result<(), ScenarioError> {
         match self.vms.get(vm) {
             Some(VmState::Live) => Ok(()),
-            Some(VmState::Destroyed { step }) => {
-                Err(self.err(key, format!("vm {vm:?} used after destroy-vm at step {step}")))
-            }
+            Some(VmState::Destroyed { step }) => Err(self.err(
+                key,
+                format!("vm {vm:?} used after destroy-vm at step {step}"),
+            )),
             None => Err(self.err(key, format!("unknown vm {vm:?}: no earlier create-vm {vm}"))),
         }
     }
@@ -903,7 +948,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                 devices,
                 queues,
                 append: _,
+                hotplug,
             } => {
+                self.l2_started(l2, *hotplug);
                 if let Some((step, _)) = self.linux_l2s.get(l2) {
                     return Err(self.err(
                         "l2",
@@ -965,6 +1012,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                         format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
                     ));
                 };
+                self.l2_usable(l2, &[("from", from), ("to", to)])?;
                 for (key, d) in [("from", from), ("to", to)] {
                     if !devs.contains(d) {
                         return Err(self.err(
@@ -998,6 +1046,8 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
             }
             Step::StopL2 { l2 } => {
+                self.l2_usable(l2, &[])?;
+                self.l2_stopped(l2);
                 if self.linux_l2s.remove(l2).is_none() {
                     return Err(self.err(
                         "l2",
@@ -1005,6 +1055,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
             }
+            Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => self.l2_control(k, step.get_ref())?,
             Step::Bind { device } => {
                 if let Some((l2, _)) = self
                     .linux_l2s
@@ -1020,10 +1074,15 @@ impl<'s, 'a> Checker<'s, 'a> {
                 match info.state {
                     DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {}
                     DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} was unplugged at step {step}: replug it first")))
+                        return Err(self.err(
+                            "device",
+                            format!("{device} was unplugged at step {step}: replug it first"),
+                        ))
                     }
                     DevState::Bound | DevState::Enabled { .. } => {
-                        return Err(self.err("device", format!("{device} is already bound and open")))
+                        return Err(
+                            self.err("device", format!("{device} is already bound and open"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Bound);
@@ -1039,11 +1098,17 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if info.model.vdpa().is_some() {
                     return Err(self.err(
                         "device",
-                        format!("{device} ({}) is a vDPA device: unplug is for VFIO devices", info.model.label()),
+                        format!(
+                            "{device} ({}) is a vDPA device: unplug is for VFIO devices",
+                            info.model.label()
+                        ),
                     ));
                 }
                 if let DevState::Unplugged { step } = info.state {
-                    return Err(self.err("device", format!("{device} already unplugged at step {step}")));
+                    return Err(self.err(
+                        "device",
+                        format!("{device} already unplugged at step {step}"),
+                    ));
                 }
                 if self.bdfs.values().any(|d| d == device) {
                     return Err(self.err(
@@ -1056,7 +1121,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             Step::Replug { device } => {
                 let info = self.device("device", device)?;
                 if !matches!(info.state, DevState::Unplugged { .. }) {
-                    return Err(self.err("device", format!("{device} is not unplugged: no unplug {device} in force")));
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is not unplugged: no unplug {device} in force"),
+                    ));
                 }
                 self.set_dev(device, DevState::Declared);
             }
@@ -1114,20 +1182,26 @@ impl<'s, 'a> Checker<'s, 'a> {
                 match info.state {
                     DevState::Bound => {}
                     DevState::Declared => {
-                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                        return Err(
+                            self.err("device", format!("{device} is not bound: bind it first"))
+                        )
                     }
                     DevState::Enabled { step, .. } => {
                         return Err(self.err(
                             "device",
-                            format!("msi on {device} already enabled at step {step}: disable-msi first"),
+                            format!(
+                                "msi on {device} already enabled at step {step}: disable-msi first"
+                            ),
                         ))
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err(
-                            "device",
-                            format!("{device} used after it was closed (step {step}): bind it again first"),
-                        ))
-                    }
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => return Err(self.err(
+                        "device",
+                        format!(
+                            "{device} used after it was closed (step {step}): bind it again first"
+                        ),
+                    )),
                 }
                 if *vectors == 0 || *vectors > max {
                     return Err(self.err(
@@ -1152,7 +1226,11 @@ impl<'s, 'a> Checker<'s, 'a> {
                             "{device} ({}) has {}, not {}: use {}",
                             model.label(),
                             irq_kind_name(model.irq()),
-                            if action == "enable-vqs" { "virtqueues" } else { "MSI-X" },
+                            if action == "enable-vqs" {
+                                "virtqueues"
+                            } else {
+                                "MSI-X"
+                            },
                             enable_action(model)
                         ),
                     ));
@@ -1168,14 +1246,18 @@ impl<'s, 'a> Checker<'s, 'a> {
                 match info.state {
                     DevState::Bound | DevState::Enabled { .. } => {}
                     DevState::Declared => {
-                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                        return Err(
+                            self.err("device", format!("{device} is not bound: bind it first"))
+                        )
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err(
-                            "device",
-                            format!("{device} used after it was closed (step {step}): bind it again first"),
-                        ))
-                    }
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => return Err(self.err(
+                        "device",
+                        format!(
+                            "{device} used after it was closed (step {step}): bind it again first"
+                        ),
+                    )),
                 }
                 let max = model.vectors();
                 let set: BTreeSet<u32> = vectors.numbers().into_iter().collect();
@@ -1184,12 +1266,13 @@ impl<'s, 'a> Checker<'s, 'a> {
                         "vectors = {n} out of range: {device} ({}) has 1..={max}",
                         model.label()
                     )),
-                    wire::VectorSet::List(l) if l.is_empty() => {
-                        Some(match model.irq() {
-                            IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
-                            _ => "vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string(),
-                        })
-                    }
+                    wire::VectorSet::List(l) if l.is_empty() => Some(match model.irq() {
+                        IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
+                        _ => {
+                            "vectors = []: wire at least one vector (disable-msix turns MSI-X off)"
+                                .to_string()
+                        }
+                    }),
                     wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
                         format!(
                             "vector {n} out of range: {device} ({}) has {}",
@@ -1241,11 +1324,18 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
                 match info.state {
                     DevState::Enabled { .. } => {}
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} used after it was closed (step {step})")))
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after it was closed (step {step})"),
+                        ))
                     }
                     DevState::Declared | DevState::Bound => {
-                        return Err(self.err("device", format!("interrupts of {device} are not enabled")))
+                        return Err(
+                            self.err("device", format!("interrupts of {device} are not enabled"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Bound);
@@ -1256,19 +1346,27 @@ impl<'s, 'a> Checker<'s, 'a> {
                 if !model.can_mask() {
                     return Err(self.err(
                         "vector",
-                        format!("{dev} ({}) cannot mask a vector at the device", model.label()),
+                        format!(
+                            "{dev} ({}) cannot mask a vector at the device",
+                            model.label()
+                        ),
                     ));
                 }
                 self.enabled_vector("vector", vector)?;
                 if let Some(step) = self.masked.get(vector) {
-                    return Err(self.err("vector", format!("{vector} already masked at step {step}")));
+                    return Err(
+                        self.err("vector", format!("{vector} already masked at step {step}"))
+                    );
                 }
                 self.masked.insert(vector.clone(), k);
             }
             Step::Unmask { vector } => {
                 self.vector("vector", vector)?;
                 if self.masked.remove(vector).is_none() {
-                    return Err(self.err("vector", format!("{vector} is not masked: no mask {vector} in force")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is not masked: no mask {vector} in force"),
+                    ));
                 }
                 self.enabled_vector("vector", vector)?;
                 self.fired = true;
@@ -1278,9 +1376,14 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err("vm", p));
                 }
                 match self.vms.get(vm) {
-                    Some(VmState::Live) => return Err(self.err("vm", format!("vm {vm:?} already exists"))),
+                    Some(VmState::Live) => {
+                        return Err(self.err("vm", format!("vm {vm:?} already exists")))
+                    }
                     Some(VmState::Destroyed { step }) => {
-                        return Err(self.err("vm", format!("vm {vm:?} was destroyed at step {step}: use a new name")))
+                        return Err(self.err(
+                            "vm",
+                            format!("vm {vm:?} was destroyed at step {step}: use a new name"),
+                        ))
                     }
                     None => {}
                 }
@@ -1294,7 +1397,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.bound_vector("vector", vector)?;
                 let key = (vm.clone(), vector.clone());
                 if let Some(step) = self.irqfds.get(&key) {
-                    return Err(self.err("vector", format!("{vm} already has an irqfd on {vector} (step {step})")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} already has an irqfd on {vector} (step {step})"),
+                    ));
                 }
                 self.irqfds.insert(key.clone(), k);
                 self.ever_attached.entry(key).or_insert(k);
@@ -1304,24 +1410,29 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.live_vm("vm", vm)?;
                 self.vector("vector", vector)?;
                 if self.irqfds.remove(&(vm.clone(), vector.clone())).is_none() {
-                    return Err(self.err("vector", format!("{vm} has no irqfd on {vector} to deassign")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} has no irqfd on {vector} to deassign"),
+                    ));
                 }
             }
             Step::Fire { vector, count } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 let model = self.devices[&dev].model;
-                if let Some(wire::VqFire::Cannot(why)) = model.vdpa().and_then(|v| v.vqs.get(n as usize)) {
-                    return Err(self.err(
-                        "vector",
-                        format!("{vector} cannot fire: {why}"),
-                    ));
+                if let Some(wire::VqFire::Cannot(why)) =
+                    model.vdpa().and_then(|v| v.vqs.get(n as usize))
+                {
+                    return Err(self.err("vector", format!("{vector} cannot fire: {why}")));
                 }
                 if let DevState::Declared = self.devices[&dev].state {
                     return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
                 }
                 self.enabled_vector("vector", vector)?;
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -1334,7 +1445,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -1342,16 +1456,25 @@ impl<'s, 'a> Checker<'s, 'a> {
                 let info = self.device("device", device)?;
                 match info.state {
                     DevState::Bound | DevState::Enabled { .. } => {}
-                    DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} already closed at step {step}")))
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound")))
+                    }
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
+                        return Err(
+                            self.err("device", format!("{device} already closed at step {step}"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Closed { step: k });
             }
             Step::PanicL1 => {
                 if index + 1 != self.step_count {
-                    return Err(self.err("action", "panic-l1 must be the last step: nothing runs after it".into()));
+                    return Err(self.err(
+                        "action",
+                        "panic-l1 must be the last step: nothing runs after it".into(),
+                    ));
                 }
             }
             Step::DestroyVm { vm } => {
@@ -1360,7 +1483,11 @@ impl<'s, 'a> Checker<'s, 'a> {
                 self.irqfds.retain(|(v, _), _| v != vm);
                 self.l2_running.remove(vm);
             }
-            Step::StartVm { vm, mode, period_ms } => {
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
                 self.live_vm("vm", vm)?;
                 if let Some(step) = self.l2_running.get(vm) {
                     return Err(self.err(
@@ -1381,7 +1508,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     if !(1..=wire::MAX_ALTERNATE_MS).contains(p) {
                         return Err(self.err(
                             "period_ms",
-                            format!("period_ms = {p} out of range 1..={}", wire::MAX_ALTERNATE_MS),
+                            format!(
+                                "period_ms = {p} out of range 1..={}",
+                                wire::MAX_ALTERNATE_MS
+                            ),
                         ));
                     }
                 }
@@ -1417,7 +1547,10 @@ impl<'s, 'a> Checker<'s, 'a> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -1439,7 +1572,8 @@ impl<'s, 'a> Checker<'s, 'a> {
     /// An enable step wired exactly `set` of the device's vectors.
     fn wire_vectors(&mut self, device: &str, set: BTreeSet<u32>, step: usize) {
         let model = self.devices[device].model;
-        self.eventfds.extend(set.iter().map(|n| model.vector_name(device, *n)));
+        self.eventfds
+            .extend(set.iter().map(|n| model.vector_name(device, *n)));
         let unwired: Vec<String> = self
             .masked
             .keys()
@@ -1458,11 +1592,17 @@ impl<'s, 'a> Checker<'s, 'a> {
         d.state = DevState::Enabled { vectors: set, step };
     }
 
-    fn expectation(&mut self, index: usize, exp: &Spanned<Expectation>) -> Result<(), ScenarioError> {
+    fn expectation(
+        &mut self,
+        index: usize,
+        exp: &Spanned<Expectation>,
+    ) -> Result<(), ScenarioError> {
         self.span = exp.span();
         self.context = format!("expect {} ({})", index + 1, exp.get_ref().check());
         match exp.get_ref() {
-            Expectation::Lossless if !self.fired => Err(self.err("check", "no fire step: nothing to check".into())),
+            Expectation::Lossless if !self.fired => {
+                Err(self.err("check", "no fire step: nothing to check".into()))
+            }
             Expectation::GaLogWakeups if !self.fired => {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
@@ -1493,8 +1633,13 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
                 self.vector("vector", vector)?;
-                if !self.ever_attached.contains_key(&(vm.clone(), vector.clone())) {
-                    return Err(self.err("vector", format!("no irqfd step attaches {vector} to {vm}")));
+                if !self
+                    .ever_attached
+                    .contains_key(&(vm.clone(), vector.clone()))
+                {
+                    return Err(
+                        self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
+                    );
                 }
                 Ok(())
             }
@@ -1527,7 +1672,10 @@ fn irq_kind_name(kind: IrqKind) -> &'static str {
 /// `msix0, msix3` for a set of a model's vectors.
 fn describe_set(model: DeviceModel, set: &BTreeSet<u32>) -> String {
     let p = model.irq().prefix();
-    set.iter().map(|n| format!("{p}{n}")).collect::<Vec<_>>().join(", ")
+    set.iter()
+        .map(|n| format!("{p}{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn plural(n: usize, what: &str) -> String {
@@ -1604,13 +1752,22 @@ vm = "vm0"
             "{e}"
         );
         let e = error("[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n");
-        assert!(e.contains("step 3 (stop-vm): the L2 of vm0 is not running"), "{e}");
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n");
         assert!(
-            e.contains("l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""),
+            e.contains("step 3 (stop-vm): the L2 of vm0 is not running"),
             "{e}"
         );
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n");
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n",
+        );
+        assert!(
+            e.contains(
+                "l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""
+            ),
+            "{e}"
+        );
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n",
+        );
         assert!(e.contains("period_ms = 0 out of range 1..=1000"), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"sleepy\"\n");
         assert!(e.contains("sleepy"), "{e}");
@@ -1642,7 +1799,10 @@ vm = "vm0"
             }
         );
         let e = error("[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n");
-        assert!(e.contains("step 3 (ipi): the L2 of vm0 is not running"), "{e}");
+        assert!(
+            e.contains("step 3 (ipi): the L2 of vm0 is not running"),
+            "{e}"
+        );
         let e = error(
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x41\n",
         );
@@ -1664,6 +1824,9 @@ vm = "vm0"
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n\
              [[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n",
         );
-        assert!(e.contains("step 5 (ipi): the L2 of vm0 is not running"), "{e}");
+        assert!(
+            e.contains("step 5 (ipi): the L2 of vm0 is not running"),
+            "{e}"
+        );
     }
 }

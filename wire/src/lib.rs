@@ -18,12 +18,17 @@ use serde::{Deserialize, Serialize};
 mod device;
 mod exec;
 mod nested;
+pub use device::{
+    Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire,
+};
 pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
-pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
-pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
+pub use nested::{
+    L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
+    L2_MAX_FRAMES,
+};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -42,7 +47,13 @@ pub enum HostMessage {
     Poweroff,
     /// The host finished the [`HostAction`] the agent asked for during a
     /// step; `error` says why it failed.
-    HostActionDone { error: Option<String> },
+    HostActionDone {
+        error: Option<String>,
+        /// The answer to [`HostAction::IommuPosted`]: the IOMMU's count of
+        /// posted interrupts (`ga-posted`); none where it has no counters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        posted: Option<u64>,
+    },
     /// Run one program (a selftest); the agent answers with
     /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
     Exec(ExecJob),
@@ -56,6 +67,10 @@ pub enum HostAction {
     DeviceDel { device: String },
     /// `device_add` the device back where it was.
     DeviceAdd { device: String },
+    /// Read the IOMMU's posted-interrupt counter (`qom-get ... ga-posted`),
+    /// so that a step inside which a real L2 runs can count what was
+    /// posted during it.
+    IommuPosted,
 }
 
 /// Agent to host.
@@ -322,6 +337,10 @@ pub enum Step {
         /// Extra words for the L2 kernel's command line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         append: Option<String>,
+        /// Boot the L2 with ACPI, which its VMM's PCI hotplug needs
+        /// (`l2-unplug`, `l2-replug`); without it the L2 boots faster.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotplug: bool,
     },
     /// In the running L2, send `frames` Ethernet frames (IPv4/UDP, one
     /// source address each, so the receiver's RSS spreads them over its
@@ -341,6 +360,19 @@ pub enum Step {
     /// VFIO releases the devices, producers and consumers unregister); the
     /// devices stay bound to vfio-pci in L1.
     StopL2 { l2: String },
+    /// Hot-unplug `device` from the running L2 through its VMM's own QMP
+    /// (`device_del`; done at QEMU's DEVICE_DELETED, after L2's ACPI
+    /// hotplug ejected it): L2's driver lets go, QEMU's VFIO code tears
+    /// the device's interrupts down in its own order and releases it. The
+    /// device stays bound to vfio-pci in L1. Needs `hotplug` at start-l2.
+    L2Unplug { l2: String, device: String },
+    /// `device_add` the device back into the L2 at its old address; L2's
+    /// driver binds again and its link comes up (queues as at start-l2).
+    L2Replug { l2: String, device: String },
+    /// Pause the L2 through its VMM's QMP (`stop`): its vCPU leaves KVM_RUN.
+    L2Pause { l2: String },
+    /// Resume a paused L2 (`cont`).
+    L2Resume { l2: String },
 }
 
 fn default_queues() -> u32 {
@@ -438,6 +470,24 @@ impl Step {
             Step::StartL2 { .. } => "start-l2",
             Step::L2Traffic { .. } => "l2-traffic",
             Step::StopL2 { .. } => "stop-l2",
+            Step::L2Unplug { .. } => "l2-unplug",
+            Step::L2Replug { .. } => "l2-replug",
+            Step::L2Pause { .. } => "l2-pause",
+            Step::L2Resume { .. } => "l2-resume",
+        }
+    }
+
+    /// The real L2 a step acts on.
+    pub fn l2(&self) -> Option<&str> {
+        match self {
+            Step::StartL2 { l2, .. }
+            | Step::L2Traffic { l2, .. }
+            | Step::StopL2 { l2 }
+            | Step::L2Unplug { l2, .. }
+            | Step::L2Replug { l2, .. }
+            | Step::L2Pause { l2 }
+            | Step::L2Resume { l2 } => Some(l2),
+            _ => None,
         }
     }
 }
@@ -555,8 +605,7 @@ mod tests {
 
     #[test]
     fn delivered_is_optional_and_absent_when_none() {
-        let old =
-            r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
+        let old = r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
         let c: VectorCount = serde_json::from_str(old).unwrap();
         assert_eq!(c.delivered, None);
         assert_eq!(
@@ -584,7 +633,10 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "signal");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#).is_err());
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -599,7 +651,9 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "ipi");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err()
+        );
         assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0"}"#).is_err());
         assert!(IPI_VECTORS.contains(&0x30) && IPI_VECTORS.contains(&0x3f));
         assert!(!IPI_VECTORS.contains(&0x21) && !IPI_VECTORS.contains(&0x40));
@@ -607,7 +661,9 @@ mod tests {
 
     #[test]
     fn enable_msix_takes_a_count_or_a_list() {
-        let s: Step = serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":3}"#).unwrap();
+        let s: Step =
+            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":3}"#)
+                .unwrap();
         assert_eq!(
             s,
             Step::EnableMsix {
@@ -616,14 +672,20 @@ mod tests {
             }
         );
         let Step::EnableMsix { vectors, .. } =
-            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":[5,1,5]}"#).unwrap()
+            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":[5,1,5]}"#)
+                .unwrap()
         else {
             panic!()
         };
         assert_eq!(vectors.numbers(), [1, 5]);
         assert_eq!(VectorSet::Count(3).numbers(), [0, 1, 2]);
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err());
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -655,7 +717,9 @@ mod tests {
 
     #[test]
     fn enable_vqs_step() {
-        let s: Step = serde_json::from_str(r#"{"action":"enable-vqs","device":"vdpa0","vectors":[1]}"#).unwrap();
+        let s: Step =
+            serde_json::from_str(r#"{"action":"enable-vqs","device":"vdpa0","vectors":[1]}"#)
+                .unwrap();
         assert_eq!(
             s,
             Step::EnableVqs {
@@ -664,7 +728,9 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "enable-vqs");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err()
+        );
     }
 
     #[test]
@@ -679,8 +745,10 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "start-vm");
-        let s: Step =
-            serde_json::from_str(r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#).unwrap();
+        let s: Step = serde_json::from_str(
+            r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#,
+        )
+        .unwrap();
         assert_eq!(
             s,
             Step::StartVm {
