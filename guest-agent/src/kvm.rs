@@ -42,17 +42,31 @@ pub struct Vm {
 impl Vm {
     pub fn create() -> Result<Vm, String> {
         let kvm = Kvm::new().map_err(|e| errno_str("open /dev/kvm", e.errno()))?;
-        let vm = kvm.create_vm().map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
         vm.create_irq_chip()
             .map_err(|e| errno_str("KVM_CREATE_IRQCHIP", e.errno()))?;
         let vcpu = vm
             .create_vcpu(0)
             .map_err(|e| errno_str("KVM_CREATE_VCPU", e.errno()))?;
-        Ok(Vm { vcpu: Some(vcpu), vm, kvm, routes: Vec::new(), irqfds: BTreeMap::new(), l2: None })
+        Ok(Vm {
+            vcpu: Some(vcpu),
+            vm,
+            kvm,
+            routes: Vec::new(),
+            irqfds: BTreeMap::new(),
+            l2: None,
+        })
     }
 
     /// Run the L2 program on the vCPU in `mode` (see `wire::Step::StartVm`).
-    pub fn start_l2(&mut self, mode: wire::L2Mode, period_ms: u32, tick: &mut dyn FnMut()) -> Result<(), String> {
+    pub fn start_l2(
+        &mut self,
+        mode: wire::L2Mode,
+        period_ms: u32,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(), String> {
         if self.l2.as_ref().is_some_and(L2::running) {
             return Err("its L2 is already running".into());
         }
@@ -76,14 +90,19 @@ impl Vm {
                 .map(|r| format!("; L2 at rip {:#x} rflags {:#x}", r.rip, r.rflags))
                 .unwrap_or_default();
             self.vcpu = vcpu;
-            return r.map_err(|e| format!("{e}{at}; exceptions {:?}; {}", l2.exceptions(), l2.stats()));
+            return r
+                .map_err(|e| format!("{e}{at}; exceptions {:?}; {}", l2.exceptions(), l2.stats()));
         }
         r
     }
 
     /// Park the L2 and take the vCPU back from its thread.
     pub fn stop_l2(&mut self) -> Result<(), String> {
-        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+        let l2 = self
+            .l2
+            .as_mut()
+            .filter(|l| l.running())
+            .ok_or("its L2 is not running")?;
         let (vcpu, r) = l2.stop(&self.vm);
         self.vcpu = vcpu;
         let exceptions = l2.exceptions();
@@ -95,8 +114,17 @@ impl Vm {
     }
 
     /// Make the running L2 send itself IPIs (see `L2::ipi`).
-    pub fn ipi(&mut self, vector: u8, count: u32, tick: &mut dyn FnMut()) -> Result<(u64, u64), String> {
-        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+    pub fn ipi(
+        &mut self,
+        vector: u8,
+        count: u32,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(u64, u64), String> {
+        let l2 = self
+            .l2
+            .as_mut()
+            .filter(|l| l.running())
+            .ok_or("its L2 is not running")?;
         l2.ipi(&self.vm, vector, count, tick)
     }
 
@@ -112,11 +140,19 @@ impl Vm {
         }
         let gsi = FIRST_GSI + self.routes.len() as u32;
         let mut routes = self.routes.clone();
-        routes.push(Route { gsi, vector, source: source.to_string() });
+        routes.push(Route {
+            gsi,
+            vector,
+            source: source.to_string(),
+        });
         let mut table =
             KvmIrqRouting::new(routes.len()).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
         for (slot, r) in table.as_mut_slice().iter_mut().zip(&routes) {
-            let mut e = kvm_irq_routing_entry { gsi: r.gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+            let mut e = kvm_irq_routing_entry {
+                gsi: r.gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
             e.u.msi.address_lo = MSI_ADDR_APIC0;
             e.u.msi.address_hi = 0;
             e.u.msi.data = u32::from(r.vector);
@@ -146,7 +182,12 @@ impl Vm {
             .irqfds
             .get(source)
             .copied()
-            .or_else(|| self.routes.iter().find(|r| r.source == source).map(|r| r.gsi))
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .find(|r| r.source == source)
+                    .map(|r| r.gsi)
+            })
             .ok_or_else(|| format!("no irqfd for {source} in this VM"))?;
         self.vm
             .unregister_irqfd(fd, gsi)

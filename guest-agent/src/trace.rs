@@ -17,21 +17,49 @@ const INSTANCE: &str = "testbed";
 pub enum KEvent {
     /// `vfio_name`: the producer's VFIO IRQ name (`vfio-msix[3](0000:00:04.0)`)
     /// when it is a VFIO producer.
-    ProdReg { ptr: u64, eventfd: Option<u64>, vfio_name: Option<String> },
-    ProdRegRet { ret: i64 },
-    ProdUnreg { ptr: u64 },
-    ConsReg { ptr: u64, eventfd: Option<u64> },
-    ConsRegRet { ret: i64 },
-    ConsUnreg { ptr: u64 },
+    ProdReg {
+        ptr: u64,
+        eventfd: Option<u64>,
+        vfio_name: Option<String>,
+    },
+    ProdRegRet {
+        ret: i64,
+    },
+    ProdUnreg {
+        ptr: u64,
+    },
+    ConsReg {
+        ptr: u64,
+        eventfd: Option<u64>,
+    },
+    ConsRegRet {
+        ret: i64,
+    },
+    ConsUnreg {
+        ptr: u64,
+    },
     /// `kvm_arch_irq_bypass_add_producer(cons, prod)` entry.
-    Connect { cons: u64, prod: u64 },
-    ConnectRet { ret: i64 },
+    Connect {
+        cons: u64,
+        prod: u64,
+    },
+    ConnectRet {
+        ret: i64,
+    },
     /// `kvm_arch_irq_bypass_del_producer(cons, prod)` entry.
-    Disconnect { cons: u64, prod: u64 },
+    Disconnect {
+        cons: u64,
+        prod: u64,
+    },
     /// `kvm_msi_set_irq`: destination APIC ID and vector (low byte of data).
-    Msi { dst: u64, vec: u32 },
+    Msi {
+        dst: u64,
+        vec: u32,
+    },
     /// The ring buffer dropped events.
-    Lost { count: u64 },
+    Lost {
+        count: u64,
+    },
 }
 
 /// A parsed trace line: the task's pid and the event.
@@ -124,7 +152,11 @@ fn field(args: &str, key: &str) -> Option<i64> {
 pub fn parse_line(line: &str) -> Option<TraceRecord> {
     if let Some(i) = line.find("[LOST ") {
         let n = line[i + 6..].split_whitespace().next()?.parse().ok()?;
-        return Some(TraceRecord { pid: 0, hardirq: false, event: KEvent::Lost { count: n } });
+        return Some(TraceRecord {
+            pid: 0,
+            hardirq: false,
+            event: KEvent::Lost { count: n },
+        });
     }
     if line.trim_start().starts_with('#') {
         return None;
@@ -147,7 +179,9 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
     tok.strip_suffix(':')?.parse::<f64>().ok()?;
     let ts_end = rest.find(tok)? + tok.len();
     let after_ts = rest[ts_end..].trim_start();
-    let (name, args) = after_ts.split_once(": ").unwrap_or((after_ts.trim_end_matches(':'), ""));
+    let (name, args) = after_ts
+        .split_once(": ")
+        .unwrap_or((after_ts.trim_end_matches(':'), ""));
     let args = match args.trim_start().strip_prefix('(') {
         // kprobe lines start with "(sym+off/size [mod])" or "(caller <- sym)"
         Some(a) => a.split_once(')').map(|x| x.1).unwrap_or(""),
@@ -159,19 +193,29 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
             eventfd: field(args, "eventfd").map(|v| v as u64),
             vfio_name: quoted(args, "vfio_name").filter(|n| n.starts_with("vfio-msi")),
         },
-        "prod_reg_ret" => KEvent::ProdRegRet { ret: field(args, "ret")? },
-        "prod_unreg" => KEvent::ProdUnreg { ptr: field(args, "ptr")? as u64 },
+        "prod_reg_ret" => KEvent::ProdRegRet {
+            ret: field(args, "ret")?,
+        },
+        "prod_unreg" => KEvent::ProdUnreg {
+            ptr: field(args, "ptr")? as u64,
+        },
         "cons_reg" => KEvent::ConsReg {
             ptr: field(args, "ptr")? as u64,
             eventfd: field(args, "eventfd").map(|v| v as u64),
         },
-        "cons_reg_ret" => KEvent::ConsRegRet { ret: field(args, "ret")? },
-        "cons_unreg" => KEvent::ConsUnreg { ptr: field(args, "ptr")? as u64 },
+        "cons_reg_ret" => KEvent::ConsRegRet {
+            ret: field(args, "ret")?,
+        },
+        "cons_unreg" => KEvent::ConsUnreg {
+            ptr: field(args, "ptr")? as u64,
+        },
         "kvm_connect" => KEvent::Connect {
             cons: field(args, "cons")? as u64,
             prod: field(args, "prod")? as u64,
         },
-        "kvm_connect_ret" => KEvent::ConnectRet { ret: field(args, "ret")? },
+        "kvm_connect_ret" => KEvent::ConnectRet {
+            ret: field(args, "ret")?,
+        },
         "kvm_disconnect" => KEvent::Disconnect {
             cons: field(args, "cons")? as u64,
             prod: field(args, "prod")? as u64,
@@ -188,11 +232,18 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
                     _ => {}
                 }
             }
-            KEvent::Msi { dst: dst?, vec: vec? }
+            KEvent::Msi {
+                dst: dst?,
+                vec: vec?,
+            }
         }
         _ => return None,
     };
-    Some(TraceRecord { pid, hardirq, event })
+    Some(TraceRecord {
+        pid,
+        hardirq,
+        event,
+    })
 }
 
 /// Byte index of the "[NNN]" cpu field.
@@ -290,7 +341,13 @@ impl Tracer {
                 .custom_flags(libc::O_NONBLOCK)
                 .open(dir.join("trace_pipe"))
                 .map_err(|e| anyhow::anyhow!("open {}/trace_pipe: {e}", dir.display()))?;
-            return Ok(Tracer { dir, pipe, partial: Vec::new(), failed, private_instance });
+            return Ok(Tracer {
+                dir,
+                pipe,
+                partial: Vec::new(),
+                failed,
+                private_instance,
+            });
         }
         anyhow::bail!("no usable trace buffer: {}", last_err.join("; "))
     }
@@ -357,7 +414,11 @@ mod tests {
         assert_eq!(r.pid, 1);
         assert_eq!(
             r.event,
-            KEvent::ProdReg { ptr: 0xffff888003a1c228, eventfd: Some(0xffff888003b7e000), vfio_name: None }
+            KEvent::ProdReg {
+                ptr: 0xffff888003a1c228,
+                eventfd: Some(0xffff888003b7e000),
+                vfio_name: None
+            }
         );
     }
 
@@ -365,7 +426,10 @@ mod tests {
     fn kretprobe_line() {
         let l = " testbed-agent-1 [000] ..... 12.3: cons_reg_ret: \
                  (kvm_irqfd+0x5d2/0x7f0 [kvm] <- irq_bypass_register_consumer) ret=-16";
-        assert_eq!(parse_line(l).unwrap().event, KEvent::ConsRegRet { ret: -16 });
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::ConsRegRet { ret: -16 }
+        );
     }
 
     #[test]
@@ -382,7 +446,13 @@ mod tests {
         let l = "kworker/0:1 x-42 [001] 5.000001: kvm_disconnect: (kvm_arch_irq_bypass_del_producer+0x0/0x90 [kvm]) cons=0x10 prod=0x20";
         let r = parse_line(l).unwrap();
         assert_eq!(r.pid, 42);
-        assert_eq!(r.event, KEvent::Disconnect { cons: 0x10, prod: 0x20 });
+        assert_eq!(
+            r.event,
+            KEvent::Disconnect {
+                cons: 0x10,
+                prod: 0x20
+            }
+        );
     }
 
     /// Lines captured in a Debian 7.2.13 guest (intel-ir variant).
@@ -398,15 +468,29 @@ mod tests {
         let r: Vec<TraceRecord> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
         assert_eq!(
             r[0].event,
-            KEvent::ProdReg { ptr: 0xff2398d28107bcb0, eventfd: Some(0xff2398d284d33340), vfio_name: None }
+            KEvent::ProdReg {
+                ptr: 0xff2398d28107bcb0,
+                eventfd: Some(0xff2398d284d33340),
+                vfio_name: None
+            }
         );
         assert_eq!(r[0].pid, 1);
         assert_eq!(r[1].event, KEvent::ProdRegRet { ret: 0 });
         assert_eq!(r[2].event, KEvent::Msi { dst: 0, vec: 64 });
         assert!(r[2].hardirq && !r[0].hardirq);
         assert_eq!(r[3].pid, 99);
-        assert_eq!(r[3].event, KEvent::ConsUnreg { ptr: 0xff2398d284d42b00 });
-        assert_eq!(r[4].event, KEvent::ProdUnreg { ptr: 0xff2398d28107bcb0 });
+        assert_eq!(
+            r[3].event,
+            KEvent::ConsUnreg {
+                ptr: 0xff2398d284d42b00
+            }
+        );
+        assert_eq!(
+            r[4].event,
+            KEvent::ProdUnreg {
+                ptr: 0xff2398d28107bcb0
+            }
+        );
     }
 
     #[test]

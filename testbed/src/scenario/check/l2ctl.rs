@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wire::Step;
 
-use super::{Checker, ScenarioError};
+use super::Checker;
+use crate::scenario::ScenarioError;
 
 /// What the L2 control steps changed.
 #[derive(Default)]
-pub(super) struct L2Ctl {
+pub(in crate::scenario) struct L2Ctl {
     /// L2s started with `hotplug = true`.
     hotplug: BTreeSet<String>,
     /// (l2, device) -> the l2-unplug step.

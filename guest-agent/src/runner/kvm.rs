@@ -1,0 +1,174 @@
+//! KVM steps: VMs, irqfds (with their GSI routes), and the tiny L2 that
+//! runs on a VM's vCPU thread (start, stop, IPIs).
+
+use std::time::{Duration, Instant};
+
+use wire::{AgentMessage, Step, VectorCount};
+
+use super::fire::new_vector;
+use super::{parse_vector, JobState, Recv, Runner, StepOut};
+use crate::kvm::Vm;
+use crate::say;
+use crate::sys::errstr;
+
+/// First MSI vector number the agent hands out; one per route, job-wide.
+const FIRST_VECTOR: u8 = 0x40;
+
+impl Runner {
+    /// Executes the KVM steps.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn kvm_step(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        step: &Step,
+        out: &mut StepOut,
+        send: &mut dyn FnMut(AgentMessage),
+        _recv: &mut Recv<'_>,
+    ) -> Result<(), String> {
+        match step {
+            Step::CreateVm { vm } => {
+                if st.vms.iter().any(|(n, _)| n == vm) {
+                    Err(format!("VM {vm} already exists"))
+                } else {
+                    Vm::create().map(|v| st.vms.push((vm.clone(), v)))
+                }
+            }
+            Step::Irqfd { vm, vector } => {
+                out.names.consumer = Some(format!("{vm}:{vector}"));
+                let r = self.irqfd(st, vm, vector);
+                if r.is_ok() {
+                    out.irqfd_ok = out.names.consumer.clone();
+                }
+                r
+            }
+            Step::IrqfdDeassign { vm, vector } => {
+                match st.vectors.get(vector).map(|v| &v.eventfd) {
+                    None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
+                    Some(fd) => {
+                        let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
+                        fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
+                    }
+                }
+            }
+            Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
+                Some(i) => {
+                    let (name, mut v) = st.vms.remove(i);
+                    // stop a running L2 first, so that its errors are this step's
+                    let r = match v.running_l2().map(|l| l.stats()) {
+                        Some(stats) => {
+                            let r = v
+                                .stop_l2()
+                                .map_err(|e| format!("stopping the L2 of {name}: {e}"));
+                            say!("{name}: L2 stopped ({stats})");
+                            r
+                        }
+                        None => Ok(()),
+                    };
+                    drop(v);
+                    r
+                }
+                None => Err(format!("no VM named {vm}")),
+            },
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
+                let period = period_ms.unwrap_or(wire::DEFAULT_ALTERNATE_MS);
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                let t0 = Instant::now();
+                let r = st.vm(vm).and_then(|v| v.start_l2(*mode, period, &mut tick));
+                if r.is_ok() {
+                    say!(
+                        "{vm}: L2 {} after {} us",
+                        mode.name(),
+                        t0.elapsed().as_micros()
+                    );
+                }
+                r.map_err(|e| format!("{vm}: {e}"))
+            }
+            Step::Ipi { vm, vector, count } => {
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                let t0 = Instant::now();
+                match st.vm(vm).and_then(|v| v.ipi(*vector, *count, &mut tick)) {
+                    Ok((sent, delivered)) => {
+                        say!(
+                            "{vm}: ipi {vector:#x}: sent {sent} of {count}, delivered in L2 {delivered} in {} us",
+                            t0.elapsed().as_micros()
+                        );
+                        out.interrupts.push(VectorCount {
+                            vector: format!("{vector:#04x}"),
+                            raised: sent,
+                            signalled: None,
+                            host_irq: 0,
+                            host_chip: None,
+                            injected: 0,
+                            delivered: Some(delivered),
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{vm}: {e}")),
+                }
+            }
+            Step::StopVm { vm } => st.vm(vm).and_then(|v| {
+                let stats = v.running_l2().map(|l| l.stats()).unwrap_or_default();
+                let r = v.stop_l2();
+                say!("{vm}: L2 stopped ({stats})");
+                r.map_err(|e| format!("{vm}: {e}"))
+            }),
+            _ => unreachable!("not a KVM step: {}", step.action()),
+        }
+    }
+
+    pub(super) fn irqfd(
+        &mut self,
+        st: &mut JobState,
+        vm: &str,
+        vector: &str,
+    ) -> Result<(), String> {
+        let (device, _, _) = parse_vector(vector)?;
+        if !st.is_open(device) {
+            return Err(format!("device {device} is not open (no bind step?)"));
+        }
+        st.vm(vm)?;
+        if !st.vectors.contains_key(vector) {
+            // consumer before producer: the eventfd exists before VFIO uses it
+            st.vectors.insert(vector.to_string(), new_vector()?);
+        }
+        let fd = st.vectors[vector]
+            .eventfd
+            .try_clone()
+            .map_err(|e| errstr("dup eventfd", &e))?;
+        let next = st.next_vector;
+        let v = st.vm(vm)?;
+        let existing = v.routes().iter().find(|r| r.source == vector).cloned();
+        let route = match existing {
+            Some(r) => r,
+            None => {
+                let vec = u16::from(FIRST_VECTOR) + next;
+                if vec > 0xfe {
+                    return Err("out of MSI vectors for routes".into());
+                }
+                let r = v.route_for(vector, vec as u8)?;
+                st.next_vector += 1;
+                r
+            }
+        };
+        st.vm(vm)?.irqfd(vector, &fd, route.gsi)
+    }
+}

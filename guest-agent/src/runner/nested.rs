@@ -1,0 +1,291 @@
+//! Real L2 steps: an L2 Linux under the VMM the boot carries, given NICs
+//! through L1's VFIO (`crate::nested`), and traffic between them.
+
+use std::time::{Duration, Instant};
+
+use wire::{AgentMessage, HostAction, Step};
+
+use super::{JobState, Recv, Runner, StepOut};
+use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
+use crate::say;
+use crate::trace::KEvent;
+use crate::vfio::bind_vfio_pci;
+
+impl Runner {
+    /// Executes the real-L2 steps.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn nested_step(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        step: &Step,
+        out: &mut StepOut,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Result<(), String> {
+        match step {
+            Step::StartL2 {
+                l2,
+                devices,
+                queues,
+                append,
+                hotplug,
+            } => match self.start_l2(
+                st,
+                index,
+                l2,
+                devices,
+                *queues,
+                append.as_deref(),
+                *hotplug,
+                send,
+            ) {
+                Ok(r) => {
+                    out.l2_report = Some(Box::new(r));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Step::L2Traffic {
+                l2,
+                from,
+                to,
+                frames,
+            } => match self.l2_traffic(st, index, l2, from, to, *frames, send, recv) {
+                Ok(r) => {
+                    out.l2_report = Some(Box::new(r));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Step::StopL2 { l2 } => match st.l2s.iter().position(|(n, _)| n == l2) {
+                None => Err(format!("no running L2 named {l2}")),
+                Some(i) => {
+                    let (_, vm) = st.l2s.remove(i);
+                    let t0 = Instant::now();
+                    let last_sent = &mut self.last_sent;
+                    let mut tick = || {
+                        if last_sent.elapsed()
+                            >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                        {
+                            send(AgentMessage::Progress { index });
+                            *last_sent = Instant::now();
+                        }
+                    };
+                    let r = vm.stop(&mut tick).map_err(|e| format!("{l2}: {e}"));
+                    say!(
+                        "{l2}: L2 powered off, its QEMU gone after {} ms",
+                        t0.elapsed().as_millis()
+                    );
+                    r
+                }
+            },
+            Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => {
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
+                        crate::watchdog::alive();
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                crate::l2ctl::control(&mut st.l2s, step, &mut tick)
+                    .map(|r| out.l2_report = r.map(Box::new))
+            }
+            _ => unreachable!("not a real-L2 step: {}", step.action()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_l2(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        l2: &str,
+        devices: &[String],
+        queues: u32,
+        append: Option<&str>,
+        hotplug: bool,
+        send: &mut dyn FnMut(AgentMessage),
+    ) -> Result<wire::L2StepReport, String> {
+        if st.l2s.iter().any(|(n, _)| n == l2) {
+            return Err(format!("L2 {l2} is already running"));
+        }
+        let mut assigned = Vec::new();
+        for d in devices {
+            if st.is_open(d) {
+                return Err(format!(
+                    "device {d} is open in the agent: close-device before giving it to an L2"
+                ));
+            }
+            let bdf = st.bdf(d)?;
+            bind_vfio_pci(&bdf)?;
+            assigned.push((d.clone(), bdf));
+        }
+        let last_sent = &mut self.last_sent;
+        let mut tick = || {
+            if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                crate::watchdog::alive();
+                send(AgentMessage::Progress { index });
+                *last_sent = Instant::now();
+            }
+        };
+        let (vm, ready, took) =
+            crate::nested::L2Linux::start(l2, &assigned, queues, append, hotplug, &mut tick)
+                .map_err(|e| format!("{l2}: {e}"))?;
+        let wire::L2Message::Ready {
+            uptime_ms, nics, ..
+        } = ready
+        else {
+            unreachable!("start returns ready")
+        };
+        say!(
+            "{l2}: L2 ready {} ms after its QEMU started (L2 uptime {uptime_ms} ms): {}",
+            took.as_millis(),
+            nics.iter()
+                .map(|n| format!(
+                    "{} {} {} queues {} carrier {}",
+                    n.bdf, n.ifname, n.driver, n.queues, n.carrier
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        // L2 addresses become scenario device names
+        let nics = nics
+            .into_iter()
+            .map(|mut n| {
+                if let Some((name, ..)) = vm.devices.iter().find(|(_, _, b)| *b == n.bdf) {
+                    n.bdf = name.clone();
+                }
+                n
+            })
+            .collect();
+        st.l2s.push((l2.to_string(), vm));
+        Ok(wire::L2StepReport {
+            boot_ms: Some(took.as_millis() as u64),
+            l2_uptime_ms: Some(uptime_ms),
+            nics,
+            ..Default::default()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn l2_traffic(
+        &mut self,
+        st: &mut JobState,
+        index: usize,
+        l2: &str,
+        from: &str,
+        to: &str,
+        frames: u32,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Result<wire::L2StepReport, String> {
+        let posted_before =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
+        let (_, vm) = st
+            .l2s
+            .iter_mut()
+            .find(|(n, _)| n == l2)
+            .ok_or_else(|| format!("no running L2 named {l2}"))?;
+        let l2_addr = |d: &str| {
+            vm.devices
+                .iter()
+                .find(|(n, ..)| n == d)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| format!("device {d} is not in L2 {l2}"))
+        };
+        let (from_l2, to_l2) = (l2_addr(from)?, l2_addr(to)?);
+        let devices = vm.devices.clone();
+        let l1_before = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let last_sent = &mut self.last_sent;
+        let mut tick = || {
+            if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                crate::watchdog::alive();
+                send(AgentMessage::Progress { index });
+                *last_sent = Instant::now();
+            }
+        };
+        let cmd = wire::L2Command::Traffic {
+            from: from_l2,
+            to: to_l2,
+            frames,
+        };
+        let answer = vm
+            .command(l2, &cmd, &mut tick)
+            .map_err(|e| format!("{l2}: {e}"))?;
+        let l1_after = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let posted_after =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
+        let (sent, received, before, after) = match answer {
+            wire::L2Message::Traffic {
+                sent,
+                received,
+                before,
+                after,
+            } => (sent, received, before, after),
+            wire::L2Message::Failed { message } => return Err(format!("{l2}: {message}")),
+            other => return Err(format!("{l2} answered {other:?}")),
+        };
+        self.poll_trace();
+        let injected = self
+            .acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::Msi { .. }))
+            .count() as u64;
+        let l2_deltas = crate::l2linux::deltas(&before, &after);
+        let mut vectors = Vec::new();
+        for (name, l1_bdf, l2_bdf) in &devices {
+            let model = st
+                .devices
+                .get(name)
+                .map(|d| d.model)
+                .ok_or_else(|| format!("unknown device {name}"))?;
+            for n in 0..model.vectors() {
+                let line = vfio_irq_name("msix", n, l1_bdf);
+                let b = find_line(&l1_before, &line).map(|l| l.count).unwrap_or(0);
+                let a = find_line(&l1_after, &line);
+                let l2 = l2_deltas.get(&(l2_bdf.clone(), n));
+                if a.is_none() && l2.is_none() {
+                    continue; // a vector neither L1 nor L2 has wired
+                }
+                let action = l2.map(|(act, _)| {
+                    act.split_once('-')
+                        .map(|(_, q)| q.to_string())
+                        .unwrap_or_default()
+                });
+                vectors.push(wire::L2VectorCount {
+                    vector: model.vector_name(name, n),
+                    l2_action: action.unwrap_or_default(),
+                    host_irq: a.as_ref().map(|l| l.count.saturating_sub(b)).unwrap_or(0),
+                    host_chip: a.map(|l| normalize_chip(&l.chip)),
+                    delivered: l2.map(|(_, c)| *c).unwrap_or(0),
+                });
+            }
+        }
+        say!(
+            "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
+            vectors
+                .iter()
+                .map(|v| format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
+        let posted = posted_before
+            .zip(posted_after)
+            .map(|(b, a)| a.saturating_sub(b));
+        Ok(wire::L2StepReport {
+            posted,
+            injected: Some(injected),
+            frames_sent: Some(sent),
+            frames_received: Some(received),
+            vectors,
+            ..Default::default()
+        })
+    }
+}
