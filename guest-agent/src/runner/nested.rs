@@ -279,6 +279,9 @@ impl Runner {
         let posted = posted_before
             .zip(posted_after)
             .map(|(b, a)| a.saturating_sub(b));
+        if let Some(p) = posted {
+            say!("{l2}: the IOMMU posted {p} interrupts during the step");
+        }
         Ok(wire::L2StepReport {
             posted,
             injected: Some(injected),
