@@ -253,24 +253,34 @@ fn ifreq(ifname: &str) -> libc::ifreq {
 }
 
 /// ETHTOOL_GCHANNELS / ETHTOOL_SCHANNELS: `queues` combined channels (at
-/// most what the driver offers); returns the count in effect.
+/// most what the driver offers); returns the count in effect (1 where the
+/// driver has no channel control).
 fn set_channels(sock: &Socket, ifname: &str, queues: u32) -> Result<u32, String> {
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
     const ETHTOOL_SCHANNELS: u32 = 0x3d;
     // struct ethtool_channels: cmd, max_rx, max_tx, max_other, max_combined,
     // rx_count, tx_count, other_count, combined_count
     let mut ch = [0u32; 9];
-    let call = |ch: &mut [u32; 9], what: &str| -> Result<(), String> {
+    let ioctl = |ch: &mut [u32; 9]| -> std::io::Result<()> {
         let mut r = ifreq(ifname);
         r.ifr_ifru.ifru_data = ch.as_mut_ptr().cast();
         // SAFETY: SIOCETHTOOL with a pointer to a struct ethtool_channels we own.
         if unsafe { libc::ioctl(sock.0, libc::SIOCETHTOOL, &mut r) } < 0 {
-            return Err(crate::sys::last_err(&format!("{ifname}: {what}")));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     };
+    let call = |ch: &mut [u32; 9], what: &str| -> Result<(), String> {
+        ioctl(ch).map_err(|e| format!("{ifname}: {what}: {e}"))
+    };
     ch[0] = ETHTOOL_GCHANNELS;
-    call(&mut ch, "ETHTOOL_GCHANNELS")?;
+    match ioctl(&mut ch) {
+        Ok(()) => {}
+        // a driver without channel control (e1000e: one receive and one
+        // transmit queue, a vector each) has what it has
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(1),
+        Err(e) => return Err(format!("{ifname}: ETHTOOL_GCHANNELS: {e}")),
+    }
     let want = queues.min(ch[4]).max(1);
     if ch[8] != want {
         ch[0] = ETHTOOL_SCHANNELS;
