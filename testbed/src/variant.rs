@@ -233,6 +233,12 @@ impl Variant {
         }
     }
 
+    /// The variant gives L1 a CPU with AVIC and asks its KVM to use it
+    /// (`kvm_amd.avic=1`): KVM's AVIC events must show it in use.
+    pub fn avic(&self) -> bool {
+        self.cpu().contains("avic=on")
+    }
+
     /// Guest kernel command-line words that enable the variant.
     pub fn cmdline(&self) -> Vec<&'static str> {
         match self.iommu {
@@ -316,6 +322,11 @@ mod tests {
             assert_eq!(other.iommu_counters(), None, "{}", other.name);
         }
         assert_eq!(v.cmdline(), ["amd_iommu=on", "kvm_amd.avic=1"]);
+        assert!(
+            v.avic()
+                && !lookup("amd-ir").unwrap().avic()
+                && !lookup("amd-ir-patched").unwrap().avic()
+        );
     }
 
     #[test]

@@ -461,6 +461,7 @@ fn run_options(args: &MatrixArgs, matrix: &Matrix) -> RunOptions {
         kernel: matrix.kernels[0].clone(),
         json: None,
         fresh_boot: args.fresh_boot,
+        share_boots: true,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel: match args.accel {

@@ -479,6 +479,7 @@ mod tests {
             millis: 1500,
             dropped_bytes: 0,
             kernel_warnings: vec![],
+            event_counts: None,
         }
     }
 
