@@ -148,6 +148,7 @@ pub async fn main(args: BootBenchArgs) -> u8 {
         kernel,
         json: None,
         fresh_boot: true,
+        share_boots: false,
         step_timeout: Duration::from_secs(60),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel,
