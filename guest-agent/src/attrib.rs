@@ -130,23 +130,42 @@ impl Attributor {
         // an L2 VMM's consumers not yet named by a producer: ptr -> their events' indices
         let mut provisional: HashMap<u64, Vec<usize>> = HashMap::new();
         // an L2's VMM may register a vector's irqfd before VFIO's producer
-        // on the same eventfd: the step's later producers by eventfd
-        let mut later: HashMap<u64, String> = HashMap::new();
+        // on the same eventfd: for each consumer registration (by record
+        // index), the step's next producer on its eventfd. Only on the same
+        // eventfd, not one at the same address after its file was closed
+        // (then freed, its memory reused by the next eventfd): QEMU
+        // closes an INTx irqfd's eventfd and the next eventfd it opens for
+        // an MSI-X vector may get its address, which named the INTx
+        // irqfd after that vector in some runs and not in others.
+        let mut later_of: HashMap<usize, String> = HashMap::new();
         if names.l2.is_some() {
-            for rec in recs.iter().rev() {
-                if let KEvent::ProdReg {
-                    eventfd: Some(e),
-                    vfio_name: Some(v),
-                    ..
-                } = &rec.event
-                {
-                    if let Some(n) = name_from_vfio(v, &names.vfio_devices) {
-                        later.insert(*e, n);
+            let mut later: HashMap<u64, String> = HashMap::new();
+            for (i, rec) in recs.iter().enumerate().rev() {
+                match &rec.event {
+                    KEvent::ProdReg {
+                        eventfd: Some(e),
+                        vfio_name: Some(v),
+                        ..
+                    } => {
+                        if let Some(n) = name_from_vfio(v, &names.vfio_devices) {
+                            later.insert(*e, n);
+                        }
                     }
+                    KEvent::EventfdRelease { ctx } => {
+                        later.remove(ctx);
+                    }
+                    KEvent::ConsReg {
+                        eventfd: Some(e), ..
+                    } => {
+                        if let Some(n) = later.get(e) {
+                            later_of.insert(i, n.clone());
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
-        for rec in recs {
+        for (i, rec) in recs.iter().enumerate() {
             match &rec.event {
                 KEvent::ProdReg {
                     ptr,
@@ -194,14 +213,17 @@ impl Attributor {
                     }
                 }
                 KEvent::ConsReg { ptr, eventfd } => {
+                    // a new consumer: a gone one's memory may have been reused
+                    provisional.remove(ptr);
                     let name = match (&names.consumer, &names.l2) {
                         (Some(c), _) => c.clone(),
                         (None, Some(l2)) => match eventfd
-                            .and_then(|e| self.producer_eventfds.get(&e).or_else(|| later.get(&e)))
+                            .and_then(|e| self.producer_eventfds.get(&e))
+                            .or_else(|| later_of.get(&i))
                         {
                             Some(p) => format!("{l2}:{p}"),
                             None => {
-                                provisional.entry(*ptr).or_default().push(obs.events.len());
+                                provisional.insert(*ptr, vec![obs.events.len()]);
                                 self.no_producer += 1;
                                 format!("{l2}:{NO_PRODUCER}-{}", self.no_producer)
                             }
@@ -224,9 +246,10 @@ impl Attributor {
                 }
                 KEvent::ConsUnreg { ptr } => {
                     if self.consumers.contains_key(ptr) {
-                        if let Some(v) = provisional.get_mut(ptr) {
-                            v.push(obs.events.len());
-                        }
+                        // it never connected and never will: it keeps its
+                        // name, and a consumer later allocated at its
+                        // address (KVM frees its irqfds) is another one
+                        provisional.remove(ptr);
                         obs.events.push(BypassEvent::ConsumerUnregistered {
                             consumer: self.cons(*ptr),
                         })
@@ -265,6 +288,8 @@ impl Attributor {
                     producer: self.prod(*prod),
                     consumer: self.cons(*cons),
                 }),
+                // a registered producer holds its eventfd: nothing to forget
+                KEvent::EventfdRelease { .. } => {}
                 KEvent::Msi { vec, .. } => *obs.msi_by_vec.entry(*vec).or_default() += 1,
                 KEvent::Lost { count } => obs.lost += count,
             }
@@ -458,6 +483,92 @@ mod tests {
                 ret: RET_MISSING
             }
         );
+    }
+
+    #[test]
+    fn an_l2_vmm_consumer_on_a_freed_eventfd_is_not_named_by_the_next_one_there() {
+        let mut a = Attributor::default();
+        let names = StepNames {
+            vfio_devices: vec![("0000:00:04.0".into(), "nic0".into())],
+            l2: Some("l2".into()),
+            ..Default::default()
+        };
+        // QEMU: an INTx irqfd comes and goes and its eventfd is closed; the
+        // eventfd of MSI-X vector 1 gets its address. Then the vector's
+        // irqfd on a live eventfd is re-assigned before VFIO's producer.
+        let r = recs(&[
+            " qemu-9 [000] ..... 1.0: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc1 eventfd=0xe0",
+            " qemu-9 [000] ..... 1.1: cons_unreg: (irq_bypass_unregister_consumer+0x0/0x1 [irqbypass]) ptr=0xc1",
+            " qemu-9 [000] ..... 1.2: eventfd_release: (eventfd_release+0x0/0x20) ctx=0xe0",
+            " qemu-9 [000] ..... 1.3: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc2 eventfd=0xe0",
+            " qemu-9 [000] ..... 1.4: cons_unreg: (irq_bypass_unregister_consumer+0x0/0x1 [irqbypass]) ptr=0xc2",
+            " qemu-9 [000] ..... 1.5: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc3 eventfd=0xe0",
+            " qemu-9 [000] ..... 1.6: prod_reg: (irq_bypass_register_producer+0x0/0x1 [irqbypass]) ptr=0xa0 eventfd=0xe0 vfio_name=\"vfio-msix[1](0000:00:04.0)\"",
+        ]);
+        let o = a.process(&r, &names);
+        let consumers: Vec<&str> = o
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                BypassEvent::ConsumerRegistered { consumer, .. }
+                | BypassEvent::ConsumerUnregistered { consumer } => Some(consumer.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            consumers,
+            [
+                "l2:no-producer-1",
+                "l2:no-producer-1",
+                "l2:nic0/msix1",
+                "l2:nic0/msix1",
+                "l2:nic0/msix1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_l2_vmm_consumer_gone_before_another_at_its_address_connects_keeps_its_name() {
+        for eventfds in [true, false] {
+            let mut a = Attributor::default();
+            let names = StepNames {
+                vfio_devices: vec![("0000:00:04.0".into(), "nic0".into())],
+                l2: Some("l2".into()),
+                ..Default::default()
+            };
+            // an INTx irqfd comes and goes; KVM's next irqfd (MSI-X vector
+            // 1, on another eventfd) gets the freed irqfd's address
+            let ev = |e: &str| {
+                if eventfds {
+                    format!(" eventfd={e}")
+                } else {
+                    String::new()
+                }
+            };
+            let lines = [
+                format!(" qemu-9 [000] ..... 1.0: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc0{}", ev("0xe1")),
+                " qemu-9 [000] ..... 1.1: cons_unreg: (irq_bypass_unregister_consumer+0x0/0x1 [irqbypass]) ptr=0xc0".to_string(),
+                format!(" qemu-9 [000] ..... 1.2: cons_reg: (irq_bypass_register_consumer+0x0/0x1 [irqbypass]) ptr=0xc0{}", ev("0xe0")),
+                format!(" qemu-9 [000] ..... 1.3: prod_reg: (irq_bypass_register_producer+0x0/0x1 [irqbypass]) ptr=0xa0{} vfio_name=\"vfio-msix[1](0000:00:04.0)\"", ev("0xe0")),
+                " qemu-9 [000] ..... 1.4: kvm_connect: (kvm_arch_irq_bypass_add_producer+0x0/0x1 [kvm]) cons=0xc0 prod=0xa0".to_string(),
+            ];
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let o = a.process(&recs(&lines), &names);
+            let consumers: Vec<&str> = o
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    BypassEvent::ConsumerRegistered { consumer, .. }
+                    | BypassEvent::ConsumerUnregistered { consumer } => Some(consumer.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                consumers,
+                ["l2:no-producer-1", "l2:no-producer-1", "l2:nic0/msix1"],
+                "eventfds traced: {eventfds}"
+            );
+        }
     }
 
     #[test]

@@ -36,13 +36,14 @@ pub(super) fn traffic_lines(l2: &L2StepReport) -> Vec<String> {
 const NO_PRODUCER: &str = "no-producer-";
 
 /// The events of a step as the body shows them. An L2's VMM (QEMU in L1)
-/// re-assigns a vector's irqfd while the L2's driver masks and unmasks it:
-/// how often depends on the timing inside L2 (measured on amd-avic: one
-/// vector's consumer registered 4 times in one run, 6 in the next), so
-/// an unregister followed by the same consumer's registration is left out
-/// (the body shows the net change; `--json` has every event). Its irqfds
-/// without a producer (VFIO INTx, whose number varies the same way) are
-/// summed up in one line, the net count.
+/// registers and drops INTx irqfds (no producer) as the L2 changes the
+/// device's INTx routing: they are summed up in one line, the net count.
+/// An unregister followed by the same consumer's registration is left out
+/// (the body shows the net change; `--json` has every event): what looked
+/// like QEMU re-assigning a vector's irqfd 4 to 6 times (measured on
+/// amd-avic) were INTx irqfds named after a vector whose eventfd and
+/// irqfd later took their addresses, which the agent no longer does; a
+/// real re-assignment stays shown as its net change.
 pub(super) fn shown_events<'e>(
     events: &'e [BypassEvent],
     l2s: &[&str],
