@@ -68,6 +68,17 @@ pub fn main(queues: u32) -> ! {
                     .unwrap_or_else(|message| L2Message::Failed { message });
                 send(&mut port, &msg);
             }
+            L2Command::BringUp { bdf, queues } => {
+                let msg = match bring_up_one(&bdf, queues) {
+                    Ok(nic) => L2Message::Ready {
+                        uptime_ms: uptime_ms(),
+                        nics: vec![nic],
+                        interrupts: read_irqs(),
+                    },
+                    Err(message) => L2Message::Failed { message },
+                };
+                send(&mut port, &msg);
+            }
             L2Command::Poweroff => {
                 // The L2 boots with acpi=off (ACPI costs it about 2 s of its
                 // boot under nested TCG), so it cannot power off: it resets,
@@ -172,6 +183,42 @@ fn bring_up(queues: u32) -> Result<Vec<L2Nic>, String> {
     Ok(nics)
 }
 
+/// A NIC hot-plugged at `bdf`: wait for its driver's interface, set its
+/// queues, bring it up, wait for carrier.
+fn bring_up_one(bdf: &str, queues: u32) -> Result<L2Nic, String> {
+    let t0 = Instant::now();
+    let ifname = loop {
+        match ifname_of(bdf) {
+            Ok(i) => break i,
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("after 60 s: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let driver = std::fs::read_link(Path::new("/sys/bus/pci/devices").join(bdf).join("driver"))
+        .ok()
+        .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let sock = Socket::new(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let got = set_channels(&sock, &ifname, queues)?;
+    set_up(&sock, &ifname)?;
+    let t0 = Instant::now();
+    while read(Path::new("/sys/class/net").join(&ifname).join("carrier")).as_deref() != Some("1") {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("no carrier on {ifname} after 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(L2Nic {
+        bdf: bdf.to_string(),
+        ifname,
+        driver,
+        queues: got,
+        carrier: true,
+    })
+}
+
 struct Socket(libc::c_int);
 
 impl Socket {
@@ -206,24 +253,34 @@ fn ifreq(ifname: &str) -> libc::ifreq {
 }
 
 /// ETHTOOL_GCHANNELS / ETHTOOL_SCHANNELS: `queues` combined channels (at
-/// most what the driver offers); returns the count in effect.
+/// most what the driver offers); returns the count in effect (1 where the
+/// driver has no channel control).
 fn set_channels(sock: &Socket, ifname: &str, queues: u32) -> Result<u32, String> {
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
     const ETHTOOL_SCHANNELS: u32 = 0x3d;
     // struct ethtool_channels: cmd, max_rx, max_tx, max_other, max_combined,
     // rx_count, tx_count, other_count, combined_count
     let mut ch = [0u32; 9];
-    let call = |ch: &mut [u32; 9], what: &str| -> Result<(), String> {
+    let ioctl = |ch: &mut [u32; 9]| -> std::io::Result<()> {
         let mut r = ifreq(ifname);
         r.ifr_ifru.ifru_data = ch.as_mut_ptr().cast();
         // SAFETY: SIOCETHTOOL with a pointer to a struct ethtool_channels we own.
         if unsafe { libc::ioctl(sock.0, libc::SIOCETHTOOL, &mut r) } < 0 {
-            return Err(crate::sys::last_err(&format!("{ifname}: {what}")));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     };
+    let call = |ch: &mut [u32; 9], what: &str| -> Result<(), String> {
+        ioctl(ch).map_err(|e| format!("{ifname}: {what}: {e}"))
+    };
     ch[0] = ETHTOOL_GCHANNELS;
-    call(&mut ch, "ETHTOOL_GCHANNELS")?;
+    match ioctl(&mut ch) {
+        Ok(()) => {}
+        // a driver without channel control (e1000e: one receive and one
+        // transmit queue, a vector each) has what it has
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(1),
+        Err(e) => return Err(format!("{ifname}: ETHTOOL_GCHANNELS: {e}")),
+    }
     let want = queues.min(ch[4]).max(1);
     if ch[8] != want {
         ch[0] = ETHTOOL_SCHANNELS;

@@ -8,6 +8,7 @@ mod genl;
 mod interrupts;
 mod kvm;
 mod l2;
+mod l2ctl;
 mod l2linux;
 mod modules;
 mod nested;

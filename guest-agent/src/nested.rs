@@ -39,6 +39,10 @@ pub struct L2Linux {
     child: Child,
     stdin: ChildStdin,
     lines: Receiver<String>,
+    /// The VMM's own monitor (`l2ctl`).
+    pub qmp: crate::l2ctl::Qmp,
+    /// Combined queues per NIC, as asked at start-l2.
+    pub queues: u32,
     pub console: PathBuf,
     /// (scenario device, L1 address, L2 address)
     pub devices: Vec<(String, String, String)>,
@@ -49,11 +53,27 @@ pub fn l2_bdf(i: usize) -> String {
     format!("0000:00:{:02x}.0", FIRST_SLOT + i as u32)
 }
 
-/// The VMM's command line.
-pub fn vmm_args(name: &str, l1_bdfs: &[String], queues: u32, append: Option<&str>) -> Vec<String> {
+/// The `addr` of the i-th assigned device on the L2's PCI bus.
+pub fn l2_addr(i: usize) -> String {
+    format!("{:#x}.0", FIRST_SLOT + i as u32)
+}
+
+/// The VMM's command line. `devices`: (scenario name, L1 address); the
+/// name is the QEMU device id. `hotplug`: the L2 keeps ACPI, which PCI
+/// hotplug on the `pc` machine needs.
+pub fn vmm_args(
+    name: &str,
+    devices: &[(String, String)],
+    queues: u32,
+    append: Option<&str>,
+    hotplug: bool,
+) -> Vec<String> {
     let mut cmdline = format!(
-        "console=ttyS0 testbed_l2=1 testbed_l2.queues={queues} panic=-1 quiet mitigations=off tsc=reliable no_timer_check acpi=off"
+        "console=ttyS0 testbed_l2=1 testbed_l2.queues={queues} panic=-1 quiet mitigations=off tsc=reliable no_timer_check"
     );
+    if !hotplug {
+        cmdline.push_str(" acpi=off");
+    }
     if let Some(a) = append {
         cmdline.push(' ');
         cmdline.push_str(a);
@@ -72,6 +92,12 @@ pub fn vmm_args(name: &str, l1_bdfs: &[String], queues: u32, append: Option<&str
         "-display",
         "none",
         "-no-reboot",
+        // KVM inhibits APICv/AVIC for the whole VM while its in-kernel PIT
+        // reinjects lost ticks (APICV_INHIBIT_REASON_PIT_REINJ): without
+        // this, amd-avic's L2 takes every interrupt through L1 and nothing
+        // is posted (measured: posted 0, 233 MSIs injected by KVM)
+        "-global",
+        "kvm-pit.lost_tick_policy=discard",
         "-kernel",
         L2_KERNEL,
         "-initrd",
@@ -92,15 +118,13 @@ pub fn vmm_args(name: &str, l1_bdfs: &[String], queues: u32, append: Option<&str
         "-serial".into(),
         "stdio".into(),
     ]);
-    for (i, bdf) in l1_bdfs.iter().enumerate() {
+    for (i, (id, bdf)) in devices.iter().enumerate() {
         args.extend([
             "-device".into(),
-            format!(
-                "vfio-pci,host={bdf},addr={:#x}.0,rombar=0",
-                FIRST_SLOT + i as u32
-            ),
+            format!("vfio-pci,host={bdf},id={id},addr={},rombar=0", l2_addr(i)),
         ]);
     }
+    args.extend(crate::l2ctl::qmp_args(name));
     args
 }
 
@@ -134,6 +158,7 @@ impl L2Linux {
         devices: &[(String, String)],
         queues: u32,
         append: Option<&str>,
+        hotplug: bool,
         tick: &mut dyn FnMut(),
     ) -> Result<(L2Linux, L2Message, Duration), String> {
         for f in [VMM, L2_KERNEL, L2_INITRD] {
@@ -146,8 +171,11 @@ impl L2Linux {
         let stderr_path = PathBuf::from(format!("/tmp/l2-{name}-qemu-stderr.log"));
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| format!("{}: {e}", stderr_path.display()))?;
-        let l1: Vec<String> = devices.iter().map(|(_, b)| b.clone()).collect();
-        let args = vmm_args(name, &l1, queues, append);
+        let args = vmm_args(name, devices, queues, append, hotplug);
+        crate::l2ctl::make_fifos(name)?;
+        // opened read-write before QEMU opens them too: no open blocks, and
+        // nothing can fail between spawning the VMM and owning it
+        let qmp = crate::l2ctl::Qmp::open(name)?;
         say!("{name}: {VMM} {}", args.join(" "));
         let t0 = Instant::now();
         let mut cmd = Command::new(VMM);
@@ -184,6 +212,8 @@ impl L2Linux {
             child,
             stdin,
             lines: rx,
+            qmp,
+            queues,
             console,
             devices: devices
                 .iter()

@@ -51,6 +51,12 @@ pub enum KEvent {
         cons: u64,
         prod: u64,
     },
+    /// `eventfd_release(inode, file)`: an eventfd's file is closed, so no
+    /// later registration can name this eventfd: one at its address after
+    /// this is on another eventfd (freed, its memory reused).
+    EventfdRelease {
+        ctx: u64,
+    },
     /// `kvm_msi_set_irq`: destination APIC ID and vector (low byte of data).
     Msi {
         dst: u64,
@@ -72,10 +78,14 @@ pub struct TraceRecord {
 }
 
 /// The kprobe definitions: (event name, probe type, symbol, fetch args).
-/// `eventfd_arg`: the kernel passes the eventfd as the 2nd argument (6.17+).
+/// `eventfd_arg`: the kernel passes the eventfd as the 2nd argument (6.17+);
+/// then eventfds whose file is closed are traced too, because a freed
+/// eventfd's address is soon another eventfd's (see `attrib`). Its context
+/// is `file->private_data`, read through BTF (kernels have had BTF field
+/// access in probe arguments since 6.7).
 pub fn probe_defs(eventfd_arg: bool) -> Vec<(&'static str, String)> {
     let ev = if eventfd_arg { " eventfd=%si:x64" } else { "" };
-    vec![
+    let mut defs = vec![
         (
             "prod_reg",
             // vfio_name: a VFIO producer sits in its vfio_pci_irq_ctx right
@@ -122,7 +132,14 @@ pub fn probe_defs(eventfd_arg: bool) -> Vec<(&'static str, String)> {
                 "p:{GROUP}/kvm_disconnect kvm:kvm_arch_irq_bypass_del_producer cons=%di:x64 prod=%si:x64"
             ),
         ),
-    ]
+    ];
+    if eventfd_arg {
+        defs.push((
+            "eventfd_release",
+            format!("p:{GROUP}/eventfd_release eventfd_release ctx=file->private_data:x64"),
+        ));
+    }
+    defs
 }
 
 fn parse_num(v: &str) -> Option<i64> {
@@ -254,6 +271,9 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
         "kvm_disconnect" => KEvent::Disconnect {
             cons: field(args, "cons")? as u64,
             prod: field(args, "prod")? as u64,
+        },
+        "eventfd_release" => KEvent::EventfdRelease {
+            ctx: field(args, "ctx")? as u64,
         },
         "kvm_msi_set_irq" => {
             // "dst 0 vec 65 (Fixed|physical|edge)"

@@ -17,7 +17,10 @@ use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
 
 mod checks;
+mod l2;
 mod snapshot;
+
+pub use l2::l2_vector_counts;
 
 pub use snapshot::{compare_snapshot, snapshot_file, workspace_root, SnapshotOutcome};
 
@@ -230,6 +233,7 @@ impl Report {
             .iter()
             .find(|r| r.error.is_some())
             .map(|r| r.index);
+        let l2_names: Vec<&str> = s.steps.iter().filter_map(Step::l2).collect();
         for (i, step) in s.steps.iter().enumerate() {
             let _ = write!(out, "  {:>width$} {}", i + 1, step_line(step));
             match self.step_report(i) {
@@ -238,8 +242,12 @@ impl Report {
                     if let Some(e) = &r.error {
                         let _ = writeln!(out, "  {:width$}   failed: {}", "", normalize(e));
                     }
-                    for ev in &r.bypass {
+                    let (shown, vmm_irqfds) = l2::shown_events(&r.bypass, &l2_names);
+                    for ev in shown {
                         let _ = writeln!(out, "  {:width$}   {}", "", self.event_line(ev));
+                    }
+                    if let Some(line) = vmm_irqfds {
+                        let _ = writeln!(out, "  {:width$}   {line}", "");
                     }
                     if let Some(l2) = &r.l2 {
                         for n in &l2.nics {
@@ -254,20 +262,8 @@ impl Report {
                                 if n.carrier { "up" } else { "down" }
                             );
                         }
-                        if let (Some(sent), Some(received)) = (l2.frames_sent, l2.frames_received) {
-                            let _ = writeln!(
-                                out,
-                                "  {:width$}   frames sent {sent}, received {received}",
-                                ""
-                            );
-                            let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
-                            let inj = match l2.injected {
-                                Some(i) if i == l1 => "= L1's device interrupts".to_string(),
-                                Some(i) => format!("{i}, L1 took {l1}"),
-                                None => "not counted".to_string(),
-                            };
-                            let _ =
-                                writeln!(out, "  {:width$}   KVM's injections into L2 {inj}", "");
+                        for line in l2::traffic_lines(l2) {
+                            let _ = writeln!(out, "  {:width$}   {line}", "");
                         }
                     }
                 }
@@ -329,18 +325,18 @@ impl Report {
             .iter()
             .flat_map(|r| r.interrupts.iter().map(move |c| (r.index, c)))
             .collect();
-        let l2_counts: Vec<(usize, &wire::L2VectorCount)> = self
+        let l2_counts: Vec<(usize, &wire::L2VectorCount, Option<u64>)> = self
             .steps
             .iter()
             .flat_map(|r| {
                 r.l2.iter()
-                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v)))
+                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v, l.posted)))
             })
             .collect();
         if counts.is_empty() && l2_counts.is_empty() {
             out.push_str("   none fired\n");
         }
-        for (index, v) in &l2_counts {
+        for (index, v, posted) in &l2_counts {
             let _ = writeln!(
                 out,
                 "   step {:<w$} {} ({})  {}",
@@ -351,7 +347,7 @@ impl Report {
                 } else {
                     v.l2_action.as_str()
                 },
-                l2_vector_counts(v),
+                l2_vector_counts(v, *posted),
                 w = width,
             );
         }
@@ -415,6 +411,14 @@ impl Report {
         // split lives in the snapshot's info and in --json.
         match &self.iommu {
             None => {}
+            // a real L2's interrupt count is NAPI timing: only whether any
+            Some(Ok(c)) if s.needs_l2() => {
+                let _ = writeln!(
+                    out,
+                    "   iommu  posted {}",
+                    if c.posted > 0 { "> 0" } else { "none" }
+                );
+            }
             Some(Ok(c)) => {
                 let _ = writeln!(out, "   iommu  posted {}", c.posted);
             }
@@ -774,6 +778,7 @@ pub fn step_line(step: &Step) -> String {
             devices,
             queues,
             append,
+            hotplug,
         } => {
             let mut l = format!(
                 "start-l2 {l2} with {} ({queues} queues)",
@@ -781,6 +786,9 @@ pub fn step_line(step: &Step) -> String {
             );
             if let Some(a) = append {
                 l.push_str(&format!(" append {a:?}"));
+            }
+            if *hotplug {
+                l.push_str(", hotplug");
             }
             l
         }
@@ -791,6 +799,10 @@ pub fn step_line(step: &Step) -> String {
             frames,
         } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
         Step::StopL2 { l2 } => format!("stop-l2 {l2}"),
+        Step::L2Unplug { l2, device } => format!("l2-unplug {l2} {device}"),
+        Step::L2Replug { l2, device } => format!("l2-replug {l2} {device}"),
+        Step::L2Pause { l2 } => format!("l2-pause {l2}"),
+        Step::L2Resume { l2 } => format!("l2-resume {l2}"),
     }
 }
 
@@ -798,20 +810,6 @@ pub fn step_line(step: &Step) -> String {
 /// not, why (`apicv off, IOMMU cannot post`). The reason is built from the
 /// facts that hold on every kernel, so it does not change with the kernel
 /// having `kvm.enable_device_posted_irqs` or not.
-/// What a snapshot says about one vector of a real L2's device. How many
-/// interrupts a number of frames makes depends on NAPI and interrupt
-/// moderation timing, so the body holds the relation (and whether any
-/// came); the numbers are in `--json` (`steps[i].l2`).
-pub fn l2_vector_counts(v: &wire::L2VectorCount) -> String {
-    let chip = v.host_chip.as_deref().unwrap_or("no irq line");
-    match (v.host_irq, v.delivered) {
-        (0, 0) => format!("none  ({chip})"),
-        (a, b) if b > a => format!("L1 {a} < delivered in L2 {b}  ({chip})"),
-        (_, 0) => format!("L1 > 0, never delivered in L2  ({chip})"),
-        _ => format!("L1 >= delivered in L2 > 0  ({chip})"),
-    }
-}
-
 pub fn posting(p: &Platform) -> (bool, String) {
     let mut why = Vec::new();
     match p.apicv {

@@ -533,21 +533,31 @@ impl Session {
                 }
                 Interrupt::Message(wire::AgentMessage::Progress { .. }) => continue,
                 Interrupt::Message(wire::AgentMessage::HostAction { index, action }) => {
-                    if index != run.steps.len()
-                        || !matches!(
-                            scenario.steps.get(index),
+                    let fits = match (&action, scenario.steps.get(index)) {
+                        (wire::HostAction::IommuPosted, Some(wire::Step::L2Traffic { .. })) => true,
+                        (wire::HostAction::IommuPosted, _) => false,
+                        (_, step) => matches!(
+                            step,
                             Some(wire::Step::Unplug { .. } | wire::Step::Replug { .. })
-                        )
-                    {
+                        ),
+                    };
+                    if index != run.steps.len() || !fits {
                         run.failure = Some(format!(
                             "agent asked for {action:?} during step {}",
                             index + 1
                         ));
                         return run;
                     }
-                    let error = self.host_action(&action).await.err();
+                    let (error, posted) = match action {
+                        wire::HostAction::IommuPosted => match self.read_iommu().await {
+                            None => (None, None),
+                            Some(Ok(c)) => (None, Some(c.posted)),
+                            Some(Err(e)) => (Some(e), None),
+                        },
+                        _ => (self.host_action(&action).await.err(), None),
+                    };
                     if self
-                        .send(&wire::HostMessage::HostActionDone { error })
+                        .send(&wire::HostMessage::HostActionDone { error, posted })
                         .await
                         .is_err()
                     {
@@ -660,6 +670,7 @@ impl Session {
     /// (it must close the device), so only QMP is awaited here.
     async fn host_action(&mut self, action: &wire::HostAction) -> Result<(), String> {
         match action {
+            wire::HostAction::IommuPosted => Ok(()), // answered by the caller
             wire::HostAction::DeviceDel { device } => self
                 .qmp
                 .device_del(device, UNPLUG_TIMEOUT)

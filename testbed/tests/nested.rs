@@ -8,6 +8,9 @@ use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled
 /// `nested/` on intel-ir: the L2 boots, its igb driver binds both NICs
 /// and takes every interrupt the checks ask for; the report matches its
 /// snapshot and the L2's boot time is printed in the L1 console log.
+/// igb-l2-unplug shares the boot: nic1 leaves the L2 through L1 QEMU's
+/// device_del and comes back through device_add. e1000e-l2 (another
+/// boot: other devices) does the same with the L2's e1000e driver.
 #[test]
 fn nested_scenarios_pass_on_intel_ir() {
     if !vm_tests_enabled() {
@@ -23,10 +26,19 @@ fn nested_scenarios_pass_on_intel_ir() {
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(
-        out.contains("igb-l2-msix") && out.contains("1 passed, 0 failed"),
+        out.contains("igb-l2-msix")
+            && out.contains("igb-l2-unplug")
+            && out.contains("e1000e-l2")
+            && out.contains("3 passed, 0 failed"),
         "{out}"
     );
-    let console = std::fs::read_to_string(tmp.path().join("intel-ir/boot-0/console.log")).unwrap();
+    // two boots (the igb and the e1000e scenarios have different devices)
+    let console: String = (0..2)
+        .map(|b| {
+            std::fs::read_to_string(tmp.path().join(format!("intel-ir/boot-{b}/console.log")))
+                .unwrap()
+        })
+        .collect();
     assert!(
         console.contains("L2 ready "),
         "no L2 boot time in the console log"
@@ -34,6 +46,11 @@ fn nested_scenarios_pass_on_intel_ir() {
     assert!(
         console.contains("L2 powered off, its QEMU gone"),
         "the L2 did not stop through QEMU's own teardown"
+    );
+    assert!(
+        console.contains("l2: nic1 unplugged after ")
+            && console.contains("l2: nic1 replugged and up after "),
+        "no unplug and replug through L1 QEMU's QMP in the console log"
     );
     assert_no_qemu_left(tmp.path());
 }

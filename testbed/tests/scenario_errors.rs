@@ -39,7 +39,7 @@ const BAD: &[(&str, &str)] = &[
         ("syntax", "5:6: string values must be quoted, expected literal string"),
         ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
         ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
-        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `panic-l1`, `start-l2`, `l2-traffic`, `stop-l2`"),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `panic-l1`, `start-l2`, `l2-traffic`, `stop-l2`, `l2-unplug`, `l2-replug`, `l2-pause`, `l2-resume`"),
         ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`, `hub`"),
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
         ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `igb-vf`, `e1000e`, `vdpa-sim-net`, `vp-vdpa-net`"),
@@ -72,6 +72,9 @@ const BAD: &[(&str, &str)] = &[
         ("vdpa-unplug", "9:1: step 1 (unplug): vdpa0 (virtio-net-pci) is a vDPA device: unplug is for VFIO devices"),
         ("l2-traffic-no-hub", r#"20:1: step 2 (l2-traffic): nic0 and nic1 must sit on the same hub (hub = "..." in both [[device]] tables)"#),
         ("start-l2-edu", "10:1: step 1 (start-l2): dev0 is edu: an L2 drives only NICs with a Linux driver (igb, e1000e)"),
+        ("l2-unplug-no-hotplug", "14:1: step 2 (l2-unplug): L2 l2 was started without hotplug = true (its VMM's PCI hotplug needs ACPI in L2)"),
+        ("l2-traffic-unplugged", "28:1: step 3 (l2-traffic): nic1 was unplugged from L2 l2 at step 2: l2-replug it first"),
+        ("l2-stop-paused", "18:1: step 3 (stop-l2): L2 l2 was paused at step 2: l2-resume it first"),
         ("bind-in-l2", "14:1: step 2 (bind): nic0 is assigned to the running L2 l2: stop-l2 first"),
         ("no-producer-never-wired", "18:1: expect 1 (no-producer): no enable-vqs step ever wires vdpa0/vq0"),
 ];

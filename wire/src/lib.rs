@@ -51,7 +51,13 @@ pub enum HostMessage {
     Poweroff,
     /// The host finished the [`HostAction`] the agent asked for during a
     /// step; `error` says why it failed.
-    HostActionDone { error: Option<String> },
+    HostActionDone {
+        error: Option<String>,
+        /// The answer to [`HostAction::IommuPosted`]: the IOMMU's count of
+        /// posted interrupts (`ga-posted`); none where it has no counters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        posted: Option<u64>,
+    },
     /// Run one program (a selftest); the agent answers with
     /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
     Exec(ExecJob),
@@ -74,6 +80,10 @@ pub enum HostAction {
     DeviceDel { device: String },
     /// `device_add` the device back where it was.
     DeviceAdd { device: String },
+    /// Read the IOMMU's posted-interrupt counter (`qom-get ... ga-posted`),
+    /// so that a step inside which a real L2 runs can count what was
+    /// posted during it.
+    IommuPosted,
 }
 
 /// Agent to host.
@@ -405,6 +415,10 @@ pub enum Step {
         /// Extra words for the L2 kernel's command line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         append: Option<String>,
+        /// Boot the L2 with ACPI, which its VMM's PCI hotplug needs
+        /// (`l2-unplug`, `l2-replug`); without it the L2 boots faster.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotplug: bool,
     },
     /// In the running L2, send `frames` Ethernet frames (IPv4/UDP, one
     /// source address each, so the receiver's RSS spreads them over its
@@ -424,6 +438,19 @@ pub enum Step {
     /// VFIO releases the devices, producers and consumers unregister); the
     /// devices stay bound to vfio-pci in L1.
     StopL2 { l2: String },
+    /// Hot-unplug `device` from the running L2 through its VMM's own QMP
+    /// (`device_del`; done at QEMU's DEVICE_DELETED, after L2's ACPI
+    /// hotplug ejected it): L2's driver lets go, QEMU's VFIO code tears
+    /// the device's interrupts down in its own order and releases it. The
+    /// device stays bound to vfio-pci in L1. Needs `hotplug` at start-l2.
+    L2Unplug { l2: String, device: String },
+    /// `device_add` the device back into the L2 at its old address; L2's
+    /// driver binds again and its link comes up (queues as at start-l2).
+    L2Replug { l2: String, device: String },
+    /// Pause the L2 through its VMM's QMP (`stop`): its vCPU leaves KVM_RUN.
+    L2Pause { l2: String },
+    /// Resume a paused L2 (`cont`).
+    L2Resume { l2: String },
 }
 
 fn default_queues() -> u32 {
@@ -521,6 +548,24 @@ impl Step {
             Step::StartL2 { .. } => "start-l2",
             Step::L2Traffic { .. } => "l2-traffic",
             Step::StopL2 { .. } => "stop-l2",
+            Step::L2Unplug { .. } => "l2-unplug",
+            Step::L2Replug { .. } => "l2-replug",
+            Step::L2Pause { .. } => "l2-pause",
+            Step::L2Resume { .. } => "l2-resume",
+        }
+    }
+
+    /// The real L2 a step acts on.
+    pub fn l2(&self) -> Option<&str> {
+        match self {
+            Step::StartL2 { l2, .. }
+            | Step::L2Traffic { l2, .. }
+            | Step::StopL2 { l2 }
+            | Step::L2Unplug { l2, .. }
+            | Step::L2Replug { l2, .. }
+            | Step::L2Pause { l2 }
+            | Step::L2Resume { l2 } => Some(l2),
+            _ => None,
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum L2Command {
         to: String,
         frames: u32,
     },
+    /// A NIC came back at L2 address `bdf` (hot-plugged): wait for its
+    /// driver, set `queues`, bring its link up; answered with `Ready`.
+    BringUp { bdf: String, queues: u32 },
     /// Stop the L2: it resets (it has no ACPI to power off with), and its QEMU exits.
     Poweroff,
 }
@@ -93,6 +96,10 @@ pub struct L2StepReport {
     /// (`kvm_msi_set_irq`, all vectors: the L2 has no other MSI source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected: Option<u64>,
+    /// `l2-traffic`: interrupts the IOMMU posted during the step (into the
+    /// L2 vCPU's vAPIC page, L1 not involved); none where it has no counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted: Option<u64>,
     /// `l2-traffic`: per MSI-X vector of the L2's devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vectors: Vec<L2VectorCount>,

@@ -23,15 +23,18 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
         recv: &mut Recv<'_>,
         meanwhile: &mut dyn FnMut(),
-    ) -> Result<(), String> {
+    ) -> Result<Option<u64>, String> {
         send(AgentMessage::HostAction { index, action });
         self.last_sent = Instant::now();
         loop {
             meanwhile();
             match recv(Duration::from_millis(20))? {
                 None => self.heartbeat(index, send),
-                Some(HostMessage::HostActionDone { error: None }) => return Ok(()),
-                Some(HostMessage::HostActionDone { error: Some(e) }) => return Err(e),
+                Some(HostMessage::HostActionDone {
+                    error: None,
+                    posted,
+                }) => return Ok(posted),
+                Some(HostMessage::HostActionDone { error: Some(e), .. }) => return Err(e),
                 Some(other) => return Err(format!("host sent {other:?} while a host action ran")),
             }
         }

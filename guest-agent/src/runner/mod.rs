@@ -320,10 +320,8 @@ impl Runner {
     ) -> StepReport {
         self.mark();
         let mut out = StepOut::default();
-        if matches!(
-            step,
-            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. }
-        ) {
+        if let Some(l2) = step.l2() {
+            out.names.l2 = Some(l2.to_string());
             out.names.vfio_devices = st
                 .devices
                 .values()
@@ -352,9 +350,13 @@ impl Runner {
             | Step::StartVm { .. }
             | Step::Ipi { .. }
             | Step::StopVm { .. } => self.kvm_step(st, index, step, &mut out, send, recv),
-            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
-                self.nested_step(st, index, step, &mut out, send, recv)
-            }
+            Step::StartL2 { .. }
+            | Step::L2Traffic { .. }
+            | Step::StopL2 { .. }
+            | Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => self.nested_step(st, index, step, &mut out, send, recv),
             Step::PanicL1 => {
                 say!("panicking the kernel through sysrq-c, as the scenario asks");
                 let _ = std::fs::write("/proc/sys/kernel/sysrq", "1\n");

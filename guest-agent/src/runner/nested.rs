@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wire::{AgentMessage, Step};
+use wire::{AgentMessage, HostAction, Step};
 
 use super::{JobState, Recv, Runner, StepOut};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
@@ -21,7 +21,7 @@ impl Runner {
         step: &Step,
         out: &mut StepOut,
         send: &mut dyn FnMut(AgentMessage),
-        _recv: &mut Recv<'_>,
+        recv: &mut Recv<'_>,
     ) -> Result<(), String> {
         match step {
             Step::StartL2 {
@@ -29,7 +29,17 @@ impl Runner {
                 devices,
                 queues,
                 append,
-            } => match self.start_l2(st, index, l2, devices, *queues, append.as_deref(), send) {
+                hotplug,
+            } => match self.start_l2(
+                st,
+                index,
+                l2,
+                devices,
+                *queues,
+                append.as_deref(),
+                *hotplug,
+                send,
+            ) {
                 Ok(r) => {
                     out.l2_report = Some(Box::new(r));
                     Ok(())
@@ -41,7 +51,7 @@ impl Runner {
                 from,
                 to,
                 frames,
-            } => match self.l2_traffic(st, index, l2, from, to, *frames, send) {
+            } => match self.l2_traffic(st, index, l2, from, to, *frames, send, recv) {
                 Ok(r) => {
                     out.l2_report = Some(Box::new(r));
                     Ok(())
@@ -70,6 +80,22 @@ impl Runner {
                     r
                 }
             },
+            Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => {
+                let last_sent = &mut self.last_sent;
+                let mut tick = || {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
+                        crate::watchdog::alive();
+                        send(AgentMessage::Progress { index });
+                        *last_sent = Instant::now();
+                    }
+                };
+                crate::l2ctl::control(&mut st.l2s, step, &mut tick)
+                    .map(|r| out.l2_report = r.map(Box::new))
+            }
             _ => unreachable!("not a real-L2 step: {}", step.action()),
         }
     }
@@ -83,6 +109,7 @@ impl Runner {
         devices: &[String],
         queues: u32,
         append: Option<&str>,
+        hotplug: bool,
         send: &mut dyn FnMut(AgentMessage),
     ) -> Result<wire::L2StepReport, String> {
         if st.l2s.iter().any(|(n, _)| n == l2) {
@@ -108,7 +135,7 @@ impl Runner {
             }
         };
         let (vm, ready, took) =
-            crate::nested::L2Linux::start(l2, &assigned, queues, append, &mut tick)
+            crate::nested::L2Linux::start(l2, &assigned, queues, append, hotplug, &mut tick)
                 .map_err(|e| format!("{l2}: {e}"))?;
         let wire::L2Message::Ready {
             uptime_ms, nics, ..
@@ -156,7 +183,10 @@ impl Runner {
         to: &str,
         frames: u32,
         send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
     ) -> Result<wire::L2StepReport, String> {
+        let posted_before =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
         let (_, vm) = st
             .l2s
             .iter_mut()
@@ -189,6 +219,8 @@ impl Runner {
             .command(l2, &cmd, &mut tick)
             .map_err(|e| format!("{l2}: {e}"))?;
         let l1_after = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let posted_after =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
         let (sent, received, before, after) = match answer {
             wire::L2Message::Traffic {
                 sent,
@@ -244,7 +276,14 @@ impl Runner {
                 .join(", ")
         );
         say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
+        let posted = posted_before
+            .zip(posted_after)
+            .map(|(b, a)| a.saturating_sub(b));
+        if let Some(p) = posted {
+            say!("{l2}: the IOMMU posted {p} interrupts during the step");
+        }
         Ok(wire::L2StepReport {
+            posted,
             injected: Some(injected),
             frames_sent: Some(sent),
             frames_received: Some(received),

@@ -31,90 +31,11 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::ConnectedIffPosting { vm, vector } => connected_iff_posting(r, vm, vector),
         Expectation::IrqfdRefused { vm, vector } => irqfd_refused(r, vm, vector),
         Expectation::GaLogWakeups => ga_log_wakeups(r),
-        Expectation::L2Lossless => l2_lossless(r),
+        Expectation::L2Lossless => super::l2::l2_lossless(r),
     }
 }
 
-/// Frames and interrupts of every `l2-traffic` step. Measured on
-/// intel-ir with Debian 7.2 (2 igb, 2 queues, 64 frames): L1's host IRQ
-/// lines saw more interrupts than L2's handlers ran (45 against 27 on one
-/// transmit vector) while KVM injected every one L1 saw: a vector raised
-/// again while the previous one is still pending in the L2 vCPU's local
-/// APIC (IRR) is merged into it, as on hardware, and a slow nested vCPU
-/// leaves it pending longer. So what must hold is: every frame sent
-/// arrived; KVM injected exactly what the devices' L1 lines took (nothing
-/// lost between VFIO and KVM); no L2 vector ran its handler more often
-/// than L1 saw it raised (nothing invented), and one raised at all ran at
-/// least once (nothing lost for good); the receiving NIC's queue vectors
-/// took interrupts.
-fn l2_lossless(r: &Report) -> (bool, String) {
-    let mut problems = Vec::new();
-    let mut steps = 0;
-    for (i, step) in r.scenario.steps.iter().enumerate() {
-        let Step::L2Traffic { to, frames, .. } = step else {
-            continue;
-        };
-        steps += 1;
-        let k = i + 1;
-        let Some(rep) = r.step_report(i) else {
-            problems.push(format!("step {k}: not run"));
-            continue;
-        };
-        let Some(l2) = &rep.l2 else {
-            problems.push(format!("step {k}: no L2 counts"));
-            continue;
-        };
-        let (sent, received) = (l2.frames_sent.unwrap_or(0), l2.frames_received.unwrap_or(0));
-        if sent != u64::from(*frames) || received != sent {
-            problems.push(format!(
-                "step {k}: {frames} frames asked, {sent} sent, {received} received"
-            ));
-        }
-        let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
-        match l2.injected {
-            Some(inj) if inj == l1 => {}
-            Some(inj) => problems.push(format!(
-                "step {k}: L1 took {l1} device interrupts, KVM injected {inj} into L2"
-            )),
-            None => problems.push(format!("step {k}: KVM injections not counted")),
-        }
-        for v in &l2.vectors {
-            if v.delivered > v.host_irq {
-                problems.push(format!(
-                    "step {k}: {} delivered in L2 {} times, raised (L1) only {}",
-                    v.vector, v.delivered, v.host_irq
-                ));
-            }
-            if v.host_irq > 0 && v.delivered == 0 {
-                problems.push(format!(
-                    "step {k}: {} raised {} times (L1), never delivered in L2",
-                    v.vector, v.host_irq
-                ));
-            }
-        }
-        let rx: u64 = l2
-            .vectors
-            .iter()
-            .filter(|v| v.vector.starts_with(&format!("{to}/")) && v.l2_action.starts_with("rx"))
-            .map(|v| v.delivered)
-            .sum();
-        if rx == 0 {
-            problems.push(format!(
-                "step {k}: {to}'s receive vectors took no interrupt in L2"
-            ));
-        }
-    }
-    if steps == 0 {
-        problems.push("the scenario has no l2-traffic step".into());
-    }
-    if problems.is_empty() {
-        (true, String::new())
-    } else {
-        fail(problems)
-    }
-}
-
-fn fail(problems: Vec<String>) -> (bool, String) {
+pub(super) fn fail(problems: Vec<String>) -> (bool, String) {
     const SHOWN: usize = 5;
     let mut detail = problems
         .iter()

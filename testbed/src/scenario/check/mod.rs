@@ -16,6 +16,7 @@ use super::{name_problem, valid_bdf, Expectation, ScenarioDevice, ScenarioError}
 
 mod devices;
 mod kvm;
+mod l2ctl;
 mod nested;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) l2_traffic: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
+    /// Unplugged and paused L2s (`l2ctl`).
+    pub(in crate::scenario) l2ctl: l2ctl::L2Ctl,
     /// Whether any step fires (or signals).
     pub(in crate::scenario) fired: bool,
     /// Vectors masked at the device: vector -> the mask step.
@@ -97,6 +100,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
             linux_l2s: BTreeMap::new(),
+            l2ctl: Default::default(),
             l2_traffic: false,
             fired: false,
             masked: BTreeMap::new(),
@@ -311,6 +315,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
                 self.nested_step(k, step.get_ref())
             }
+            Step::L2Unplug { .. }
+            | Step::L2Replug { .. }
+            | Step::L2Pause { .. }
+            | Step::L2Resume { .. } => self.l2_control(k, step.get_ref()),
             Step::PanicL1 => {
                 if index + 1 != self.step_count {
                     return Err(self.err(

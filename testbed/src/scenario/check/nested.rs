@@ -14,7 +14,9 @@ impl Checker<'_, '_> {
                 devices,
                 queues,
                 append: _,
+                hotplug,
             } => {
+                self.l2_started(l2, *hotplug);
                 if let Some((step, _)) = self.linux_l2s.get(l2) {
                     return Err(self.err(
                         "l2",
@@ -76,6 +78,7 @@ impl Checker<'_, '_> {
                         format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
                     ));
                 };
+                self.l2_usable(l2, &[("from", from), ("to", to)])?;
                 for (key, d) in [("from", from), ("to", to)] {
                     if !devs.contains(d) {
                         return Err(self.err(
@@ -109,6 +112,8 @@ impl Checker<'_, '_> {
                 }
             }
             Step::StopL2 { l2 } => {
+                self.l2_usable(l2, &[])?;
+                self.l2_stopped(l2);
                 if self.linux_l2s.remove(l2).is_none() {
                     return Err(self.err(
                         "l2",
