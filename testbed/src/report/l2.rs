@@ -293,6 +293,8 @@ check = "l2-lossless"
             iommufd: false,
             tracing_failed: vec![],
             boot_warnings: vec![],
+            ipiv: Some(true),
+            x2avic: Some(false),
         };
         Report::from_parts(&s, header, platform, steps, None, None)
     }
