@@ -155,6 +155,8 @@ impl Attributor {
                 }),
                 KEvent::Msi { vec, .. } => *obs.msi_by_vec.entry(*vec).or_default() += 1,
                 KEvent::Lost { count } => obs.lost += count,
+                // level-interrupt accounting: read by the fire step itself
+                KEvent::SetIrq { .. } | KEvent::AckIrq { .. } | KEvent::IntxUnmask => {}
             }
         }
         obs

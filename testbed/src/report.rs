@@ -17,6 +17,7 @@ use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
 
 mod checks;
+mod level;
 mod snapshot;
 
 pub use snapshot::{compare_snapshot, snapshot_file, workspace_root, SnapshotOutcome};
@@ -361,6 +362,12 @@ impl Report {
             if let Some(d) = c.delivered {
                 let _ = write!(out, "  delivered in L2 {d}");
             }
+            if let Some(r) = c.resampled {
+                let _ = write!(out, "  resampled {r}");
+            }
+            if let Some(u) = c.unmasked {
+                let _ = write!(out, "  unmasked {u}");
+            }
             if let Some(sig) = c.signalled {
                 let _ = write!(out, "  eventfd signalled {sig}");
             }
@@ -673,7 +680,18 @@ pub fn step_line(step: &Step) -> String {
         Step::Unplug { device } => format!("unplug {device}"),
         Step::Replug { device } => format!("replug {device}"),
         Step::CreateVm { vm } => format!("create-vm {vm}"),
-        Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
+        Step::Irqfd { vm, vector, resample, pin } => {
+            let mut l = format!("irqfd {vm} {vector}");
+            if let Some(p) = pin {
+                l.push_str(&format!(" (IOAPIC pin {p})"));
+            }
+            if *resample {
+                l.push_str(" with resample");
+            }
+            l
+        }
+        Step::EnableIntx { device } => format!("enable-intx {device}"),
+        Step::IntxUnmask { vm, vector } => format!("intx-unmask {vector} on {vm}'s resample"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
         Step::Signal { vector, count } => format!("signal {vector} x{count}"),
@@ -928,7 +946,7 @@ pub(crate) fn irqfds_before_each_step(scenario: &Scenario) -> Vec<BTreeMap<Strin
     for s in &scenario.steps {
         out.push(held.clone());
         match s {
-            Step::Irqfd { vm, vector } => {
+            Step::Irqfd { vm, vector, .. } => {
                 held.entry(vector.clone()).or_default().insert(vm.clone());
             }
             Step::IrqfdDeassign { vm, vector } => {

@@ -160,6 +160,8 @@ count = 5
             host_chip: None,
             injected: l1,
             delivered: None,
+            resampled: None,
+            unmasked: None,
         };
         let steps = vec![
             step(0, vec![], vec![]),

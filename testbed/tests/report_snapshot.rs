@@ -46,6 +46,8 @@ fn report(l1_seen: u64) -> Report {
         host_chip: Some("IR-PCI-MSI".into()),
         injected: l1_seen,
         delivered: None,
+        resampled: None,
+        unmasked: None,
     }];
     steps[5].bypass = vec![BypassEvent::ProducerUnregistered {
         producer: "dev0/msi0".into(),

@@ -23,7 +23,7 @@ pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, Reg
 pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -231,13 +231,41 @@ pub enum Step {
     /// leaving it without a driver; a later `bind` binds and opens it again.
     /// Eventfds and irqfds stay: a consumer waits for the producer to return.
     Unbind { device: String },
+    /// Give the device's INTx (its legacy level-triggered pin, vector
+    /// `<device>/intx0`) an eventfd with VFIO_DEVICE_SET_IRQS
+    /// (VFIO_PCI_INTX_IRQ_INDEX, ACTION_TRIGGER): VFIO's handler masks the
+    /// line and signals the eventfd on every assertion, and the line stays
+    /// masked until it is unmasked (`intx-unmask`). The device's MSI must be
+    /// off. VFIO registers no irqbypass producer for INTx.
+    EnableIntx { device: String },
+    /// Wire VFIO's unmask-by-eventfd (VFIO_DEVICE_SET_IRQS on the INTx
+    /// index, ACTION_UNMASK | DATA_EVENTFD) to the resample eventfd of
+    /// `vm`'s irqfd on the INTx `vector`: every EOI of the level interrupt
+    /// in the VM then re-arms the device's line in L1.
+    IntxUnmask { vm: String, vector: String },
     /// Create a KVM VM with an in-kernel irqchip and one vCPU.
     CreateVm { vm: String },
     /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
     /// with KVM_IRQFD: KVM registers an irqbypass consumer when it can post.
     /// The device must be bound; its MSI need not be enabled yet (the eventfd
     /// is made here if no `enable-msi` made it before).
-    Irqfd { vm: String, vector: String },
+    ///
+    /// An INTx vector (`<device>/intx0`) is routed instead to an IOAPIC pin
+    /// of the VM (`pin`, default the first free one from 16), whose
+    /// redirection entry the agent programs (level, fixed, to vCPU 0), and
+    /// with `resample = true` attached with KVM_IRQFD_FLAG_RESAMPLE and a
+    /// resample eventfd that KVM signals when the VM EOIs the interrupt.
+    /// The device's BAR0 page is mapped into the VM, so that the L2
+    /// acknowledges the device (its `ack` writes) before its EOI, as a
+    /// guest driver does.
+    Irqfd {
+        vm: String,
+        vector: String,
+        #[serde(default)]
+        resample: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<u32>,
+    },
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: the consumer unregisters.
     IrqfdDeassign { vm: String, vector: String },
     /// Make the device raise the vector `count` times (edu: write BAR0+0x60,
@@ -424,6 +452,8 @@ impl Step {
             Step::Unbind { .. } => "unbind",
             Step::Unplug { .. } => "unplug",
             Step::Replug { .. } => "replug",
+            Step::EnableIntx { .. } => "enable-intx",
+            Step::IntxUnmask { .. } => "intx-unmask",
             Step::CreateVm { .. } => "create-vm",
             Step::Irqfd { .. } => "irqfd",
             Step::IrqfdDeassign { .. } => "irqfd-deassign",
@@ -547,6 +577,29 @@ pub struct VectorCount {
     /// when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
+    /// INTx vectors only: EOIs of the vector's IOAPIC pin that reached
+    /// KVM's ack notifiers (`kvm_ack_irq`), each of which de-asserts the
+    /// GSI and signals the resample eventfds of the pin's irqfds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resampled: Option<u64>,
+    /// INTx vectors only: VFIO unmask handler runs (every device's INTx
+    /// unmask-by-eventfd, `vfio_pci_intx_unmask_handler`) during the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmasked: Option<u64>,
+}
+
+/// IOAPIC pins an INTx irqfd may use (the VM's IOAPIC has 24; 0-15 are
+/// ISA interrupts by convention).
+pub const INTX_PINS: std::ops::RangeInclusive<u32> = 16..=23;
+
+/// The vector name of a device's INTx pin.
+pub fn intx_vector(device: &str) -> String {
+    format!("{device}/intx0")
+}
+
+/// Whether a vector name is an INTx pin (`<device>/intx0`).
+pub fn is_intx(vector: &str) -> bool {
+    vector.ends_with("/intx0")
 }
 
 #[cfg(test)]

@@ -10,9 +10,13 @@
 //! 0x0000  IVT: 256 x (offset u16, segment u16), one stub per vector
 //! 0x0800  control block (u32 fields, see CTL_*)
 //! 0x1000  counters: 256 x u32, interrupts taken per vector
+//! 0x1400  level acks: per vector 0x40..0x7f, two (segment u16, offset
+//!         u16, value u32) writes the handler makes before its EOI
+//!         (segment 0: none)
 //! 0x2000  code: entry, main loop, one stub per vector, common handler
 //! 0x8000  top of the stack (grows down)
-//! 0x10000 end of guest memory
+//! 0x10000 end of guest memory; device pages (BAR0's first page of an
+//!         INTx device) follow, one per 4 KiB, in their own memory slots
 //! ```
 
 #![allow(dead_code)]
@@ -50,6 +54,18 @@ pub const CTL_IPI_REQ: u16 = CTL + 40;
 pub const CTL_IPI_ACK: u16 = CTL + 44;
 /// ICR writes (IPIs sent) so far, written by the L2.
 pub const CTL_IPI_SENT: u16 = CTL + 48;
+/// EOIs the handlers wrote (every vector), written by the L2 after each EOI.
+pub const CTL_EOIS: u16 = CTL + 52;
+/// Level-ack table (see the module doc).
+pub const ACKS: u16 = 0x1400;
+/// First vector with a level-ack entry.
+pub const ACK_FIRST_VECTOR: u8 = 0x40;
+/// Vectors with a level-ack entry.
+pub const ACK_VECTORS: u16 = 0x40;
+/// Bytes per level-ack entry (two writes).
+pub const ACK_ENTRY: u16 = 16;
+/// Guest-physical address of the first device page.
+pub const BAR_PAGES: u64 = 0x10000;
 /// Per-vector interrupt counters (u32 each).
 pub const COUNTERS: u16 = 0x1000;
 /// Code origin and entry point.

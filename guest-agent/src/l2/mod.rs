@@ -74,6 +74,12 @@ pub fn image() -> Vec<u8> {
     m
 }
 
+/// The level-ack entry of `vector`, if it has one.
+pub fn level_ack_entry(vector: u8) -> Option<u16> {
+    let i = u16::from(vector.checked_sub(ACK_FIRST_VECTOR)?);
+    (i < ACK_VECTORS).then(|| ACKS + ACK_ENTRY * i)
+}
+
 /// Counter increase between two readings (the L2's counters are u32 and wrap).
 pub fn delta(before: u32, after: u32) -> u64 {
     u64::from(after.wrapping_sub(before))
@@ -257,6 +263,32 @@ impl L2 {
 
     pub fn running(&self) -> bool {
         self.thread.is_some()
+    }
+
+    /// Have the handler of `ack.vector` make `ack.writes` in the device page
+    /// at `ack.gpa` before its EOI (the first free of the vector's two
+    /// write slots per write; more are dropped with a message).
+    pub fn set_level_ack(&self, ack: &crate::kvm::LevelAck) {
+        let Some(entry) = level_ack_entry(ack.vector) else {
+            crate::say!("no level-ack entry for vector {:#x}", ack.vector);
+            return;
+        };
+        let seg = u32::try_from(ack.gpa >> 4).unwrap_or(0) & 0xffff;
+        for (off, value) in &ack.writes {
+            let free = [entry, entry + 8].into_iter().find(|e| self.mem.read_u32(*e) & 0xffff == 0);
+            let Some(e) = free else {
+                crate::say!("vector {:#x}: more than two level-ack writes", ack.vector);
+                return;
+            };
+            self.mem.write_u32(e + 4, *value);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.mem.write_u32(e, seg | (u32::from(*off) << 16));
+        }
+    }
+
+    /// EOIs the L2 made so far.
+    pub fn eois(&self) -> u32 {
+        self.mem.read_u32(CTL_EOIS)
     }
 
     /// Why the vCPU thread stopped on its own, if it did.
@@ -579,15 +611,48 @@ mod tests {
 
     #[test]
     fn program_ends_with_eoi_and_iret() {
-        // ... mov ecx, 0x80b; xor eax,eax; xor edx,edx; wrmsr; pop edx; pop ecx; pop eax; iret
-        let tail = &PROGRAM[PROGRAM.len() - 7..];
-        assert_eq!(tail, &[0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0xcf]);
+        // ... wrmsr; inc [CTL_EOIS]; pop es; pop ebp; pop edi; pop ebx; pop edx; pop ecx; pop eax; add sp, 2; iret
+        let tail = &PROGRAM[PROGRAM.len() - 17..];
+        assert_eq!(
+            tail,
+            &[0x07, 0x66, 0x5d, 0x66, 0x5f, 0x66, 0x5b, 0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0x83, 0xc4, 0x02, 0xcf]
+        );
         let eoi = [0x66, 0xb9, 0x0b, 0x08, 0x00, 0x00];
         assert!(PROGRAM.windows(6).any(|w| w == eoi), "mov ecx, 0x80b");
         // wrmsr appears; the x2APIC enable bits are or-ed in
         assert!(PROGRAM.windows(2).any(|w| w == [0x0f, 0x30]));
         let or = [0x66, 0x0d, 0x00, 0x0c, 0x00, 0x00]; // or eax, 0xc00
         assert!(PROGRAM.windows(6).any(|w| w == or));
+    }
+
+    #[test]
+    fn level_ack_entries() {
+        assert_eq!(level_ack_entry(0x3f), None);
+        assert_eq!(level_ack_entry(0x40), Some(ACKS));
+        assert_eq!(level_ack_entry(0x7f), Some(ACKS + 63 * ACK_ENTRY));
+        assert_eq!(level_ack_entry(0x80), None);
+        assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE);
+        assert!(CTL_EOIS + 4 <= COUNTERS);
+        let l2 = L2 {
+            mem: Arc::new(GuestMem::new(MEM_SIZE).unwrap()),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            pthread: 0,
+            run_ptr: 0,
+            gen: 0,
+            ipi_gen: 0,
+            booted: false,
+            mode: None,
+            started: None,
+        };
+        let ack = |gpa| crate::kvm::LevelAck { vector: 0x41, gpa, writes: vec![(0x64, 1)] };
+        l2.set_level_ack(&ack(0x10000));
+        l2.set_level_ack(&ack(0x11000));
+        let e = ACKS + ACK_ENTRY;
+        assert_eq!(l2.mem.read_u32(e), 0x1000 | (0x64 << 16));
+        assert_eq!(l2.mem.read_u32(e + 4), 1);
+        assert_eq!(l2.mem.read_u32(e + 8), 0x1100 | (0x64 << 16));
     }
 
     #[test]

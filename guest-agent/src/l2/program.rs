@@ -21,8 +21,12 @@
 //!    acknowledged) makes it write its x2APIC ICR `CTL_IPI_COUNT` times
 //!    (vector `CTL_IPI_VECTOR`, fixed, physical destination = its own
 //!    x2APIC ID), waiting a bounded time for each IPI to be taken.
-//! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, then
-//!    the common tail EOIs through the x2APIC EOI MSR and `iret`s. Flags are
+//! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, push
+//!    the vector, then the common tail makes the vector's level-ack writes
+//!    (vectors 0x40..0x7f with an entry in the `ACKS` table: the device's
+//!    ack, which de-asserts its INTx line, as a driver's handler does before
+//!    the EOI of a level interrupt), EOIs through the x2APIC EOI MSR,
+//!    counts the EOI in `CTL_EOIS`, drops the vector and `iret`s. Flags are
 //!    restored by `iret`, the registers the tail uses are saved.
 
 use iced_x86::code_asm::*;
@@ -200,6 +204,7 @@ pub fn assemble() -> Result<Assembled, IcedError> {
         let mut l = a.create_label();
         a.set_label(&mut l)?;
         a.inc(dword_ptr(counter(v)))?;
+        a.push(i32::from(v))?;
         a.jmp(common)?;
         stubs.push(l);
     }
@@ -207,13 +212,47 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.push(eax)?;
     a.push(ecx)?;
     a.push(edx)?;
+    a.push(ebx)?;
+    a.push(edi)?;
+    a.push(ebp)?;
+    a.mov(bp, sp)?;
+    a.push(es)?;
+    // bx = the ack entry of the vector pushed by the stub, if it has one
+    let mut eoi = a.create_label();
+    let mut second = a.create_label();
+    a.mov(bx, word_ptr(bp + 24))?;
+    a.and(bx, 0xff)?;
+    a.sub(bx, i32::from(ACK_FIRST_VECTOR))?;
+    a.cmp(bx, i32::from(ACK_VECTORS))?;
+    a.jae(eoi)?;
+    a.shl(bx, 4)?;
+    a.add(bx, i32::from(ACKS))?;
+    for (entry, next) in [(0u16, &mut second), (8, &mut eoi)] {
+        a.mov(ax, word_ptr(bx + i32::from(entry)))?;
+        a.test(ax, ax)?;
+        a.jz(*next)?;
+        a.mov(es, ax)?;
+        a.mov(di, word_ptr(bx + i32::from(entry + 2)))?;
+        a.mov(eax, dword_ptr(bx + i32::from(entry + 4)))?;
+        a.mov(dword_ptr(di).es(), eax)?;
+        if entry == 0 {
+            a.set_label(next)?;
+        }
+    }
+    a.set_label(&mut eoi)?;
     a.mov(ecx, MSR_X2APIC_EOI)?;
     a.xor(eax, eax)?;
     a.xor(edx, edx)?;
     a.wrmsr()?;
+    a.inc(dword_ptr(CTL_EOIS))?;
+    a.pop(es)?;
+    a.pop(ebp)?;
+    a.pop(edi)?;
+    a.pop(ebx)?;
     a.pop(edx)?;
     a.pop(ecx)?;
     a.pop(eax)?;
+    a.add(sp, 2)?;
     a.iret()?;
 
     let res = a.assemble_options(u64::from(CODE), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;

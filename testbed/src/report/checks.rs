@@ -153,6 +153,12 @@ fn lossless(r: &Report) -> (bool, String) {
             continue;
         }
         let (vector, count, signal) = match step {
+            Step::Fire { vector, count } if wire::is_intx(vector) => {
+                let holders = held.get(i).and_then(|h| h.get(vector));
+                let running = holders.is_some_and(|vms| vms.iter().any(|vm| l2.get(i).is_some_and(|r| r.contains(vm))));
+                super::level::lossless(r, i, vector, *count, running, &mut problems, &mut ok);
+                continue;
+            }
             Step::Fire { .. } if held_by_mask[i] == Some(true) => {
                 masked_fire_lossless(r, i, step, &mut problems, &mut ok);
                 continue;
@@ -693,7 +699,7 @@ fn no_producer(r: &Report, vector: &str) -> (bool, String) {
 fn irqfd_ran(r: &Report, vm: &str, vector: &str) -> Result<usize, String> {
     step_ran(
         r,
-        |s| matches!(s, Step::Irqfd { vm: v, vector: x } if v == vm && x == vector),
+        |s| matches!(s, Step::Irqfd { vm: v, vector: x, .. } if v == vm && x == vector),
     )
 }
 

@@ -8,7 +8,7 @@
 //! catch use of undeclared devices, vectors that are not enabled, irqfds on VMs
 //! that do not exist, anything used after it was closed, and so on. Every error
 //! names the file, line and column, e.g.
-//! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0`.
+//! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0 and intx0`.
 
 //!
 //! Where things live: this file has the types and the loader; `source.rs`

@@ -51,6 +51,8 @@ pub(in crate::scenario) struct DevInfo {
     pub(in crate::scenario) state: DevState,
     /// Every vector some enable step wired.
     pub(in crate::scenario) ever_wired: BTreeSet<u32>,
+    /// The enable-intx step in force, if any.
+    pub(in crate::scenario) intx: Option<usize>,
 }
 
 /// Simulates the steps' state to find mistakes before anything runs.
@@ -72,6 +74,8 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) l2_traffic: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
+    /// Resample irqfds: (vm, INTx vector) -> the irqfd step.
+    pub(in crate::scenario) resample: BTreeMap<(String, String), usize>,
     /// Whether any step fires (or signals).
     pub(in crate::scenario) fired: bool,
     /// Vectors masked at the device: vector -> the mask step.
@@ -98,6 +102,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             l2_running: BTreeMap::new(),
             linux_l2s: BTreeMap::new(),
             l2_traffic: false,
+            resample: BTreeMap::new(),
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
@@ -164,6 +169,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 model: d.model,
                 state: DevState::Declared,
                 ever_wired: BTreeSet::new(),
+                intx: None,
             },
         );
         Ok(())
@@ -198,6 +204,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                 format!("unknown device {dev:?} in vector {vector:?} ({})", self.declared()),
             ));
         };
+        if rest == "intx0" && info.model.spec().intx {
+            return Ok((dev.to_string(), 0));
+        }
         let n = rest
             .strip_prefix(info.model.irq().prefix())
             .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -209,9 +218,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             None => Err(self.err(
                 key,
                 format!(
-                    "unknown vector {vector:?}: {dev} ({}) has vectors {}",
+                    "unknown vector {vector:?}: {dev} ({}) has vectors {}{}",
                     info.model.label(),
-                    vector_range(info.model)
+                    vector_range(info.model),
+                    if info.model.spec().intx { " and intx0" } else { "" }
                 ),
             )),
         }
@@ -220,6 +230,15 @@ impl<'s, 'a> Checker<'s, 'a> {
     /// The vector exists and an enable step still in force wired it.
     fn enabled_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
         let (dev, n) = self.vector(key, vector)?;
+        if wire::is_intx(vector) {
+            return match (&self.devices[&dev].state, self.devices[&dev].intx) {
+                (DevState::Bound | DevState::Enabled { .. }, Some(_)) => Ok((dev, n)),
+                (DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step }, _) => Err(
+                    self.err(key, format!("vector {vector:?} used after {dev} was closed (step {step})")),
+                ),
+                _ => Err(self.err(key, format!("vector {vector:?} is not enabled: no enable-intx {dev} in force"))),
+            };
+        }
         let enable = enable_action(self.devices[&dev].model);
         match &self.devices[&dev].state {
             DevState::Enabled { vectors, .. } if vectors.contains(&n) => Ok((dev, n)),
@@ -284,6 +303,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::Unmask { .. }
             | Step::Fire { .. }
             | Step::Signal { .. }
+            | Step::EnableIntx { .. }
             | Step::CloseDevice { .. } => self.device_step(k, step.get_ref()),
             Step::CreateVm { .. }
             | Step::Irqfd { .. }
@@ -291,7 +311,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::DestroyVm { .. }
             | Step::StartVm { .. }
             | Step::StopVm { .. }
-            | Step::Ipi { .. } => self.kvm_step(k, step.get_ref()),
+            | Step::Ipi { .. }
+            | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => self.nested_step(k, step.get_ref()),
             Step::PanicL1 => {
                 if index + 1 != self.step_count {
@@ -305,6 +326,9 @@ impl<'s, 'a> Checker<'s, 'a> {
 
     fn set_dev(&mut self, device: &str, state: DevState) {
         if let Some(d) = self.devices.get_mut(device) {
+            if !matches!(state, DevState::Bound | DevState::Enabled { .. }) {
+                d.intx = None;
+            }
             if !matches!(state, DevState::Enabled { .. }) {
                 // masks live in the device's interrupt setup: they go with it
                 let prefix = format!("{device}/");
@@ -353,6 +377,9 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Expectation::L2Lossless => Ok(()),
             Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
+                if wire::is_intx(vector) {
+                    return Err(self.err("vector", format!("{vector} is INTx: VFIO registers no irqbypass producer for it")));
+                }
                 if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
                         "vector",
