@@ -631,8 +631,8 @@ mod tests {
         assert_eq!(level_ack_entry(0x40), Some(ACKS));
         assert_eq!(level_ack_entry(0x7f), Some(ACKS + 63 * ACK_ENTRY));
         assert_eq!(level_ack_entry(0x80), None);
-        assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE);
-        assert!(CTL_EOIS + 4 <= COUNTERS);
+        const { assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE) };
+        const { assert!(CTL_EOIS + 4 <= COUNTERS) };
         let l2 = L2 {
             mem: Arc::new(GuestMem::new(MEM_SIZE).unwrap()),
             shared: Arc::new(Mutex::new(Shared::default())),

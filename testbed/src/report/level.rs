@@ -49,7 +49,9 @@ pub(super) fn lossless(
     let resampled = c.resampled.unwrap_or(0);
     let unmasked = c.unmasked.unwrap_or(0);
     if running {
-        let rearm = format!("{resampled} EOIs reached KVM's resampler, VFIO unmasked the line {unmasked} times");
+        let rearm = format!(
+            "{resampled} EOIs reached KVM's resampler, VFIO unmasked the line {unmasked} times"
+        );
         if c.host_irq < raised {
             problems.push(format!(
                 "step {n} {vector}: raised {raised} but L1's INTx handler ran {}: {} lost, the line was not re-armed ({rearm})",
@@ -73,7 +75,9 @@ pub(super) fn lossless(
             Some(d) if d != raised => problems.push(format!(
                 "step {n} {vector}: raised {raised} but the L2 took and EOIed it {d} times"
             )),
-            None => problems.push(format!("step {n} {vector}: the L2 ran but reported no deliveries")),
+            None => problems.push(format!(
+                "step {n} {vector}: the L2 ran but reported no deliveries"
+            )),
             _ => {}
         }
         if resampled != c.delivered.unwrap_or(0) {
@@ -96,7 +100,9 @@ pub(super) fn lossless(
             ));
         }
         if resampled != 0 {
-            problems.push(format!("step {n} {vector}: no L2 ran, yet {resampled} EOIs reached the resampler"));
+            problems.push(format!(
+                "step {n} {vector}: no L2 ran, yet {resampled} EOIs reached the resampler"
+            ));
         }
     }
     if problems.len() == before {
@@ -115,7 +121,13 @@ mod tests {
 
     const SCENARIO: &str = include_str!("../../../scenarios/edu-intx-resample.toml");
 
-    fn counts(host: u64, injected: u64, delivered: u64, resampled: u64, unmasked: u64) -> VectorCount {
+    fn counts(
+        host: u64,
+        injected: u64,
+        delivered: u64,
+        resampled: u64,
+        unmasked: u64,
+    ) -> VectorCount {
         VectorCount {
             vector: "dev0/intx0".into(),
             raised: 20,
@@ -146,12 +158,20 @@ mod tests {
             kernel_release: "7.2.13+deb14-amd64".into(),
             qemu_version: "10.0.2".into(),
         };
-        let done = Done { cleanup: vec![], cleanup_error: None, kernel_warnings: vec![] };
+        let done = Done {
+            cleanup: vec![],
+            cleanup_error: None,
+            kernel_warnings: vec![],
+        };
         Report::from_parts(&s, header, Platform::default(), steps, Some(done), None)
     }
 
     fn lossless(r: &Report) -> (bool, String) {
-        let c = r.checks().into_iter().find(|c| c.expectation == "lossless").expect("lossless");
+        let c = r
+            .checks()
+            .into_iter()
+            .find(|c| c.expectation == "lossless")
+            .expect("lossless");
         (c.passed, c.detail)
     }
 
@@ -174,7 +194,12 @@ mod tests {
             ),
             "{detail}"
         );
-        assert!(detail.contains("1 EOIs, 0 VFIO unmasks (is the resample eventfd wired to VFIO's unmask?"), "{detail}");
+        assert!(
+            detail.contains(
+                "1 EOIs, 0 VFIO unmasks (is the resample eventfd wired to VFIO's unmask?"
+            ),
+            "{detail}"
+        );
     }
 
     #[test]
@@ -184,9 +209,15 @@ mod tests {
         assert!(detail.contains("1 spurious assertions"), "{detail}");
         let (ok, detail) = lossless(&report(counts(20, 20, 20, 19, 20)));
         assert!(!ok);
-        assert!(detail.contains("the L2 EOIed 20 but 19 EOIs reached KVM's resampler"), "{detail}");
+        assert!(
+            detail.contains("the L2 EOIed 20 but 19 EOIs reached KVM's resampler"),
+            "{detail}"
+        );
         let (ok, detail) = lossless(&report(counts(20, 19, 20, 20, 20)));
         assert!(!ok);
-        assert!(detail.contains("L1 took the line 20 times but KVM asserted the GSI 19"), "{detail}");
+        assert!(
+            detail.contains("L1 took the line 20 times but KVM asserted the GSI 19"),
+            "{detail}"
+        );
     }
 }
