@@ -85,6 +85,10 @@ pub enum Expectation {
     /// either passes through L1 (host_irq, then injected) or is posted, and
     /// over the scenario the IOMMU posted exactly raised - host_irq.
     /// `signal` steps: KVM injected every write (no L1 IRQ, nothing posted).
+    /// INTx vectors (level): every lap of the loop closes once per raise
+    /// (L1 handler, KVM assertion, L2 ack and EOI, resample, at least one
+    /// VFIO unmask per EOI); with no L2 running the line is taken once
+    /// (`report/level.rs`).
     Lossless,
     /// `connected` only between a registered producer and a registered consumer
     /// of the same vector; every connection is disconnected before or when
