@@ -246,7 +246,12 @@ impl L2 {
         };
         vcpu.set_regs(&regs).map_err(|e| errno_str("KVM_SET_REGS", e.errno()))?;
         install_kick_handler();
-        Ok(L2 {
+        Ok(L2::with_mem(mem))
+    }
+
+    /// An L2 over `mem` whose vCPU thread has not started.
+    fn with_mem(mem: GuestMem) -> L2 {
+        L2 {
             mem: Arc::new(mem),
             shared: Arc::new(Mutex::new(Shared::default())),
             stop: Arc::new(AtomicBool::new(false)),
@@ -258,7 +263,7 @@ impl L2 {
             booted: false,
             mode: None,
             started: None,
-        })
+        }
     }
 
     pub fn running(&self) -> bool {
@@ -633,19 +638,7 @@ mod tests {
         assert_eq!(level_ack_entry(0x80), None);
         const { assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE) };
         const { assert!(CTL_EOIS + 4 <= COUNTERS) };
-        let l2 = L2 {
-            mem: Arc::new(GuestMem::new(MEM_SIZE).unwrap()),
-            shared: Arc::new(Mutex::new(Shared::default())),
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-            pthread: 0,
-            run_ptr: 0,
-            gen: 0,
-            ipi_gen: 0,
-            booted: false,
-            mode: None,
-            started: None,
-        };
+        let l2 = L2::with_mem(GuestMem::new(MEM_SIZE).unwrap());
         let ack = |gpa| crate::kvm::LevelAck { vector: 0x41, gpa, writes: vec![(0x64, 1)] };
         l2.set_level_ack(&ack(0x10000));
         l2.set_level_ack(&ack(0x11000));
