@@ -16,11 +16,18 @@ fn main() {
     println!("cargo:rerun-if-changed=src/l2/program.rs");
     let p = program::assemble().expect("assembling the L2 program");
     let end = usize::from(layout::CODE) + p.code.len();
-    assert!(end <= usize::from(layout::STACK_TOP) - 0x1000, "L2 program too large: ends at {end:#x}");
+    assert!(
+        end <= usize::from(layout::STACK_TOP) - 0x1000,
+        "L2 program too large: ends at {end:#x}"
+    );
     let mut out = String::new();
     writeln!(out, "/// The L2 program's bytes, loaded at `layout::CODE`.").unwrap();
     writeln!(out, "pub const PROGRAM: &[u8] = &{:?};", p.code).unwrap();
-    writeln!(out, "/// Offset of each vector's interrupt stub (the IVT entries, segment 0).").unwrap();
+    writeln!(
+        out,
+        "/// Offset of each vector's interrupt stub (the IVT entries, segment 0)."
+    )
+    .unwrap();
     writeln!(out, "pub const STUBS: [u16; 256] = {:?};", p.stubs).unwrap();
     writeln!(out, "/// Offset of the main loop.").unwrap();
     writeln!(out, "pub const MAIN_LOOP: u16 = {};", p.main_loop).unwrap();

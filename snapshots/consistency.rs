@@ -28,10 +28,14 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
         };
         if let Some(l) = &line {
             let ok = l.split_once('.').is_some_and(|(a, b)| {
-                !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
             });
             if !ok {
-                problems.push(format!("snapshots/{dir_name}: expected <variant>@<major.minor>"));
+                problems.push(format!(
+                    "snapshots/{dir_name}: expected <variant>@<major.minor>"
+                ));
             }
         }
         if testbed::variant::lookup(&variant).is_err() {
@@ -39,7 +43,9 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
         }
         for file in std::fs::read_dir(variant_dir.path()).unwrap().flatten() {
             let name = file.file_name().to_string_lossy().into_owned();
-            let Some(scenario) = name.strip_suffix(".snap") else { continue };
+            let Some(scenario) = name.strip_suffix(".snap") else {
+                continue;
+            };
             seen += 1;
             let found: Vec<&str> = scenario_dirs
                 .iter()
@@ -64,10 +70,15 @@ fn every_snapshot_has_a_scenario_and_a_variant() {
             }
             let text = std::fs::read_to_string(file.path()).unwrap();
             // insta's format: a metadata block between `---` lines, then the body.
-            let body = text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")).map(|(_, b)| b);
+            let body = text
+                .strip_prefix("---\n")
+                .and_then(|rest| rest.split_once("\n---\n"))
+                .map(|(_, b)| b);
             match body {
                 Some(body) if body.trim_start().starts_with(&format!("{scenario}:")) => {}
-                _ => problems.push(format!("snapshots/{dir_name}/{name}: no report body for {scenario}")),
+                _ => problems.push(format!(
+                    "snapshots/{dir_name}/{name}: no report body for {scenario}"
+                )),
             }
         }
     }

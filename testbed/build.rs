@@ -17,12 +17,21 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 fn main() {
     println!("cargo:rerun-if-env-changed=TESTBED_AGENT");
     if let Some(prebuilt) = std::env::var_os("TESTBED_AGENT") {
-        println!("cargo:rustc-env=TESTBED_AGENT_PATH={}", PathBuf::from(prebuilt).display());
+        println!(
+            "cargo:rustc-env=TESTBED_AGENT_PATH={}",
+            PathBuf::from(prebuilt).display()
+        );
         return;
     }
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    for dir in ["guest-agent/src", "guest-agent/Cargo.toml", "wire/src", "wire/Cargo.toml", "Cargo.lock"] {
+    for dir in [
+        "guest-agent/src",
+        "guest-agent/Cargo.toml",
+        "wire/src",
+        "wire/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     // Shared by every profile of the outer build, so debug and release builds
@@ -34,7 +43,15 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--release", "-p", "guest-agent", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-agent",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
     // Variables the outer cargo set for this build script would leak into
@@ -49,14 +66,19 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS").env_remove("RUSTC");
+    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC");
     // The agent is unpacked into guest RAM at every boot, and under TCG that
     // costs about 0.1 s per MB: ship it without symbols. (Set after the loop
     // above, which drops every CARGO_* variable.)
-    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false").env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
     let status = cmd.status().expect("running cargo for the guest agent");
     assert!(status.success(), "building the guest agent failed");
-    let agent = target_dir.join(TARGET).join("release").join("testbed-agent");
+    let agent = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("testbed-agent");
     assert!(agent.exists(), "no agent at {}", agent.display());
     println!("cargo:rustc-env=TESTBED_AGENT_PATH={}", agent.display());
 }

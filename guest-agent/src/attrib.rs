@@ -88,11 +88,17 @@ impl Attributor {
     }
 
     fn prod(&self, p: u64) -> String {
-        self.producers.get(&p).cloned().unwrap_or_else(|| UNKNOWN.to_string())
+        self.producers
+            .get(&p)
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN.to_string())
     }
 
     fn cons(&self, p: u64) -> String {
-        self.consumers.get(&p).cloned().unwrap_or_else(|| UNKNOWN.to_string())
+        self.consumers
+            .get(&p)
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN.to_string())
     }
 
     /// Attribute a step's records (kernel order).
@@ -116,39 +122,67 @@ impl Attributor {
                     }
                     .unwrap_or_else(|| UNKNOWN.to_string());
                     self.producers.insert(*ptr, name.clone());
-                    pending.entry((Kind::Prod, rec.pid)).or_default().push(obs.events.len());
-                    obs.events.push(BypassEvent::ProducerRegistered { producer: name, ret: RET_MISSING });
+                    pending
+                        .entry((Kind::Prod, rec.pid))
+                        .or_default()
+                        .push(obs.events.len());
+                    obs.events.push(BypassEvent::ProducerRegistered {
+                        producer: name,
+                        ret: RET_MISSING,
+                    });
                 }
-                KEvent::ProdRegRet { ret } => set_ret(&mut obs, &mut pending, Kind::Prod, rec.pid, *ret),
+                KEvent::ProdRegRet { ret } => {
+                    set_ret(&mut obs, &mut pending, Kind::Prod, rec.pid, *ret)
+                }
                 // Unregistering what was never registered is a no-op in the kernel
                 // (KVM calls it for every irqfd it shuts down): not reported.
                 KEvent::ProdUnreg { ptr } => {
                     if self.producers.contains_key(ptr) {
-                        obs.events.push(BypassEvent::ProducerUnregistered { producer: self.prod(*ptr) })
+                        obs.events.push(BypassEvent::ProducerUnregistered {
+                            producer: self.prod(*ptr),
+                        })
                     }
                 }
                 KEvent::ConsReg { ptr, .. } => {
-                    let name = names.consumer.clone().unwrap_or_else(|| UNKNOWN.to_string());
+                    let name = names
+                        .consumer
+                        .clone()
+                        .unwrap_or_else(|| UNKNOWN.to_string());
                     self.consumers.insert(*ptr, name.clone());
                     obs.consumers_registered += 1;
-                    pending.entry((Kind::Cons, rec.pid)).or_default().push(obs.events.len());
-                    obs.events.push(BypassEvent::ConsumerRegistered { consumer: name, ret: RET_MISSING });
+                    pending
+                        .entry((Kind::Cons, rec.pid))
+                        .or_default()
+                        .push(obs.events.len());
+                    obs.events.push(BypassEvent::ConsumerRegistered {
+                        consumer: name,
+                        ret: RET_MISSING,
+                    });
                 }
-                KEvent::ConsRegRet { ret } => set_ret(&mut obs, &mut pending, Kind::Cons, rec.pid, *ret),
+                KEvent::ConsRegRet { ret } => {
+                    set_ret(&mut obs, &mut pending, Kind::Cons, rec.pid, *ret)
+                }
                 KEvent::ConsUnreg { ptr } => {
                     if self.consumers.contains_key(ptr) {
-                        obs.events.push(BypassEvent::ConsumerUnregistered { consumer: self.cons(*ptr) })
+                        obs.events.push(BypassEvent::ConsumerUnregistered {
+                            consumer: self.cons(*ptr),
+                        })
                     }
                 }
                 KEvent::Connect { cons, prod } => {
-                    pending.entry((Kind::Connect, rec.pid)).or_default().push(obs.events.len());
+                    pending
+                        .entry((Kind::Connect, rec.pid))
+                        .or_default()
+                        .push(obs.events.len());
                     obs.events.push(BypassEvent::Connected {
                         producer: self.prod(*prod),
                         consumer: self.cons(*cons),
                         ret: RET_MISSING,
                     });
                 }
-                KEvent::ConnectRet { ret } => set_ret(&mut obs, &mut pending, Kind::Connect, rec.pid, *ret),
+                KEvent::ConnectRet { ret } => {
+                    set_ret(&mut obs, &mut pending, Kind::Connect, rec.pid, *ret)
+                }
                 KEvent::Disconnect { cons, prod } => obs.events.push(BypassEvent::Disconnected {
                     producer: self.prod(*prod),
                     consumer: self.cons(*cons),
@@ -213,8 +247,15 @@ mod tests {
         assert_eq!(
             o.events,
             vec![
-                BypassEvent::ConsumerRegistered { consumer: "vm0:dev0/msi0".into(), ret: 0 },
-                BypassEvent::Connected { producer: "dev0/msi0".into(), consumer: "vm0:dev0/msi0".into(), ret: 0 },
+                BypassEvent::ConsumerRegistered {
+                    consumer: "vm0:dev0/msi0".into(),
+                    ret: 0
+                },
+                BypassEvent::Connected {
+                    producer: "dev0/msi0".into(),
+                    consumer: "vm0:dev0/msi0".into(),
+                    ret: 0
+                },
             ]
         );
 
@@ -228,9 +269,16 @@ mod tests {
         assert_eq!(
             o.events,
             vec![
-                BypassEvent::ProducerUnregistered { producer: "dev0/msi0".into() },
-                BypassEvent::Disconnected { producer: "dev0/msi0".into(), consumer: "vm0:dev0/msi0".into() },
-                BypassEvent::ConsumerUnregistered { consumer: "vm0:dev0/msi0".into() },
+                BypassEvent::ProducerUnregistered {
+                    producer: "dev0/msi0".into()
+                },
+                BypassEvent::Disconnected {
+                    producer: "dev0/msi0".into(),
+                    consumer: "vm0:dev0/msi0".into()
+                },
+                BypassEvent::ConsumerUnregistered {
+                    consumer: "vm0:dev0/msi0".into()
+                },
             ]
         );
     }
@@ -258,8 +306,14 @@ mod tests {
         assert_eq!(
             o.events,
             vec![
-                BypassEvent::ProducerRegistered { producer: "dev0/msi0".into(), ret: 0 },
-                BypassEvent::ProducerRegistered { producer: "dev0/msi1".into(), ret: -16 },
+                BypassEvent::ProducerRegistered {
+                    producer: "dev0/msi0".into(),
+                    ret: 0
+                },
+                BypassEvent::ProducerRegistered {
+                    producer: "dev0/msi1".into(),
+                    ret: -16
+                },
             ]
         );
         assert_eq!(o.msi_by_vec.get(&64), Some(&2));

@@ -4,9 +4,9 @@
 //! keeps the host's silence timer fed, and kills the whole group when it
 //! overruns its timeout or when it exits leaving children behind.
 
+use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -30,7 +30,11 @@ struct Lines {
 
 impl Lines {
     fn new() -> Lines {
-        Lines { partial: Vec::new(), forwarded: 0, dropped: 0 }
+        Lines {
+            partial: Vec::new(),
+            forwarded: 0,
+            dropped: 0,
+        }
     }
 
     fn push(&mut self, bytes: &[u8], send: &mut dyn FnMut(AgentMessage)) {
@@ -60,7 +64,9 @@ impl Lines {
             return;
         }
         self.forwarded += line.len() + 1;
-        send(AgentMessage::ExecOutput { line: String::from_utf8_lossy(line).into_owned() });
+        send(AgentMessage::ExecOutput {
+            line: String::from_utf8_lossy(line).into_owned(),
+        });
     }
 }
 
@@ -76,7 +82,11 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Waits up to `timeout` for `fd` to become readable (or hang up).
 fn readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     n > 0
@@ -122,7 +132,8 @@ impl Child {
     }
 
     fn wait(&self) -> std::io::Result<ExitStatus> {
-        self.wait_flags(0)?.ok_or_else(|| std::io::Error::other("waitpid returned no status"))
+        self.wait_flags(0)?
+            .ok_or_else(|| std::io::Error::other("waitpid returned no status"))
     }
 }
 
@@ -133,14 +144,27 @@ impl Child {
 /// which static binaries lack), and its fork path needs an AF_UNIX
 /// socketpair, which a kernel without CONFIG_UNIX (the testbed's built
 /// kernels) refuses with EAFNOSUPPORT.
-fn spawn(program: &str, args: &[String], env: &[(String, String)], cwd: &str, out: OwnedFd) -> std::io::Result<Child> {
-    let cstr = |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::other("NUL byte in an argument"));
+fn spawn(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+    out: OwnedFd,
+) -> std::io::Result<Child> {
+    let cstr =
+        |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::other("NUL byte in an argument"));
     let path = cstr(program.as_bytes())?;
-    let argv_c: Vec<CString> =
-        std::iter::once(program).chain(args.iter().map(String::as_str)).map(|a| cstr(a.as_bytes())).collect::<Result<_, _>>()?;
-    let mut vars: Vec<(OsString, OsString)> =
-        std::env::vars_os().filter(|(k, _)| !env.iter().any(|(n, _)| k.as_bytes() == n.as_bytes())).collect();
-    vars.extend(env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    let argv_c: Vec<CString> = std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !env.iter().any(|(n, _)| k.as_bytes() == n.as_bytes()))
+        .collect();
+    vars.extend(
+        env.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
     let envp_c: Vec<CString> = vars
         .iter()
         .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
@@ -222,20 +246,54 @@ pub fn run(
     };
     for bdf in &job.vfio_pci {
         if let Err(e) = crate::vfio::bind_vfio_pci(bdf) {
-            return result(ExecStatus::SetupFailed { error: format!("vfio-pci bind: {e}") }, 0, warnings());
+            return result(
+                ExecStatus::SetupFailed {
+                    error: format!("vfio-pci bind: {e}"),
+                },
+                0,
+                warnings(),
+            );
         }
     }
     let Some((program, args)) = job.argv.split_first() else {
-        return result(ExecStatus::SpawnFailed { error: "empty argv".into() }, 0, Vec::new());
+        return result(
+            ExecStatus::SpawnFailed {
+                error: "empty argv".into(),
+            },
+            0,
+            Vec::new(),
+        );
     };
     let (read_end, write_end) = match pipe() {
         Ok(p) => p,
-        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("pipe: {e}") }, 0, Vec::new()),
+        Err(e) => {
+            return result(
+                ExecStatus::SpawnFailed {
+                    error: format!("pipe: {e}"),
+                },
+                0,
+                Vec::new(),
+            )
+        }
     };
     say!("exec {}: {}", job.name, job.argv.join(" "));
-    let child = match spawn(program, args, &job.env, job.cwd.as_deref().unwrap_or("/"), write_end) {
+    let child = match spawn(
+        program,
+        args,
+        &job.env,
+        job.cwd.as_deref().unwrap_or("/"),
+        write_end,
+    ) {
         Ok(c) => c,
-        Err(e) => return result(ExecStatus::SpawnFailed { error: format!("{program}: {e}") }, 0, warnings()),
+        Err(e) => {
+            return result(
+                ExecStatus::SpawnFailed {
+                    error: format!("{program}: {e}"),
+                },
+                0,
+                warnings(),
+            )
+        }
     };
     let pgid = child.id();
     let deadline = started + Duration::from_secs(job.timeout_secs);
@@ -297,11 +355,20 @@ pub fn run(
         (false, Some((status, _))) => match (status.code(), status.signal()) {
             (Some(code), _) => ExecStatus::Exited { code },
             (None, Some(signal)) => ExecStatus::Signaled { signal },
-            (None, None) => ExecStatus::SpawnFailed { error: format!("unknown exit status {status:?}") },
+            (None, None) => ExecStatus::SpawnFailed {
+                error: format!("unknown exit status {status:?}"),
+            },
         },
-        (false, None) => ExecStatus::SpawnFailed { error: "lost track of the program".into() },
+        (false, None) => ExecStatus::SpawnFailed {
+            error: "lost track of the program".into(),
+        },
     };
-    say!("exec {}: {:?} after {} ms", job.name, status, started.elapsed().as_millis());
+    say!(
+        "exec {}: {:?} after {} ms",
+        job.name,
+        status,
+        started.elapsed().as_millis()
+    );
     result(status, lines.dropped, warnings())
 }
 
@@ -336,7 +403,14 @@ mod tests {
 
     #[test]
     fn output_order_exit_code_env_and_cwd() {
-        let (out, r) = collect(&job(&["/bin/sh", "-c", "echo $GREETING; pwd; echo err >&2; printf tail; exit 4"], 10));
+        let (out, r) = collect(&job(
+            &[
+                "/bin/sh",
+                "-c",
+                "echo $GREETING; pwd; echo err >&2; printf tail; exit 4",
+            ],
+            10,
+        ));
         assert_eq!(out, ["hello", "/tmp", "err", "tail"]);
         assert_eq!(r.status, ExecStatus::Exited { code: 4 });
     }
@@ -352,7 +426,10 @@ mod tests {
     #[test]
     fn a_child_left_behind_does_not_hold_the_run() {
         let t0 = Instant::now();
-        let (out, r) = collect(&job(&["/bin/sh", "-c", "echo start; sleep 30 & exit 0"], 20));
+        let (out, r) = collect(&job(
+            &["/bin/sh", "-c", "echo start; sleep 30 & exit 0"],
+            20,
+        ));
         assert_eq!(out, ["start"]);
         assert_eq!(r.status, ExecStatus::Exited { code: 0 });
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -361,9 +438,17 @@ mod tests {
     #[test]
     fn signals_and_missing_programs() {
         let (_, r) = collect(&job(&["/bin/sh", "-c", "kill -ABRT $$"], 10));
-        assert_eq!(r.status, ExecStatus::Signaled { signal: libc::SIGABRT });
+        assert_eq!(
+            r.status,
+            ExecStatus::Signaled {
+                signal: libc::SIGABRT
+            }
+        );
         let (_, r) = collect(&job(&["/nonexistent/test"], 10));
-        assert!(matches!(r.status, ExecStatus::SpawnFailed { ref error } if error.contains("/nonexistent/test")), "{r:?}");
+        assert!(
+            matches!(r.status, ExecStatus::SpawnFailed { ref error } if error.contains("/nonexistent/test")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub fn vfio_irq_name(kind: &str, index: u32, bdf: &str) -> String {
 /// several comma-separated actions).
 pub fn find_line(text: &str, name: &str) -> Option<IrqLine> {
     let mut lines = text.lines();
-    let ncpu = lines.next()?.split_whitespace().filter(|t| t.starts_with("CPU")).count();
+    let ncpu = lines
+        .next()?
+        .split_whitespace()
+        .filter(|t| t.starts_with("CPU"))
+        .count();
     for line in lines {
         let mut toks = line.split_whitespace();
         let Some(label) = toks.next() else { continue };
@@ -37,7 +41,10 @@ pub fn find_line(text: &str, name: &str) -> Option<IrqLine> {
             continue;
         }
         let count = counts.iter().filter_map(|c| c.parse::<u64>().ok()).sum();
-        return Some(IrqLine { count, chip: tail[0].to_string() });
+        return Some(IrqLine {
+            count,
+            chip: tail[0].to_string(),
+        });
     }
     None
 }
@@ -54,7 +61,9 @@ pub fn normalize_chip(chip: &str) -> String {
 
 /// `0000:00:03.0` or `00:03.0`.
 fn is_pci_addr(s: &str) -> bool {
-    let Some((head, func)) = s.rsplit_once('.') else { return false };
+    let Some((head, func)) = s.rsplit_once('.') else {
+        return false;
+    };
     let parts: Vec<&str> = head.split(':').collect();
     let hex = |p: &str, n: usize| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit());
     let ok_head = match parts.as_slice() {
@@ -88,7 +97,13 @@ MIS:          0
     #[test]
     fn finds_vfio_line() {
         let l = find_line(AMD, &vfio_irq_name("msi", 0, "0000:00:02.0")).unwrap();
-        assert_eq!(l, IrqLine { count: 5, chip: "IR-PCI-MSI-0000:00:02.0".into() });
+        assert_eq!(
+            l,
+            IrqLine {
+                count: 5,
+                chip: "IR-PCI-MSI-0000:00:02.0".into()
+            }
+        );
         assert_eq!(normalize_chip(&l.chip), "IR-PCI-MSI");
         assert!(find_line(AMD, &vfio_irq_name("msi", 1, "0000:00:02.0")).is_none());
     }
@@ -98,7 +113,12 @@ MIS:          0
         let l = find_line(TWO_CPU, "vfio-msi[0](0000:00:03.0)").unwrap();
         assert_eq!(l.count, 7);
         assert_eq!(normalize_chip(&l.chip), "PCI-MSI");
-        assert_eq!(find_line(TWO_CPU, "vfio-msi[1](0000:00:03.0)").unwrap().count, 1);
+        assert_eq!(
+            find_line(TWO_CPU, "vfio-msi[1](0000:00:03.0)")
+                .unwrap()
+                .count,
+            1
+        );
     }
 
     #[test]

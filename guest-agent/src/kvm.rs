@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irqchip, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, kvm_irqchip, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -70,7 +70,9 @@ pub struct Vm {
 impl Vm {
     pub fn create() -> Result<Vm, String> {
         let kvm = Kvm::new().map_err(|e| errno_str("open /dev/kvm", e.errno()))?;
-        let vm = kvm.create_vm().map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| errno_str("KVM_CREATE_VM", e.errno()))?;
         vm.create_irq_chip()
             .map_err(|e| errno_str("KVM_CREATE_IRQCHIP", e.errno()))?;
         let vcpu = vm
@@ -90,7 +92,12 @@ impl Vm {
     }
 
     /// Run the L2 program on the vCPU in `mode` (see `wire::Step::StartVm`).
-    pub fn start_l2(&mut self, mode: wire::L2Mode, period_ms: u32, tick: &mut dyn FnMut()) -> Result<(), String> {
+    pub fn start_l2(
+        &mut self,
+        mode: wire::L2Mode,
+        period_ms: u32,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(), String> {
         if self.l2.as_ref().is_some_and(L2::running) {
             return Err("its L2 is already running".into());
         }
@@ -119,14 +126,19 @@ impl Vm {
                 .map(|r| format!("; L2 at rip {:#x} rflags {:#x}", r.rip, r.rflags))
                 .unwrap_or_default();
             self.vcpu = vcpu;
-            return r.map_err(|e| format!("{e}{at}; exceptions {:?}; {}", l2.exceptions(), l2.stats()));
+            return r
+                .map_err(|e| format!("{e}{at}; exceptions {:?}; {}", l2.exceptions(), l2.stats()));
         }
         r
     }
 
     /// Park the L2 and take the vCPU back from its thread.
     pub fn stop_l2(&mut self) -> Result<(), String> {
-        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+        let l2 = self
+            .l2
+            .as_mut()
+            .filter(|l| l.running())
+            .ok_or("its L2 is not running")?;
         let (vcpu, r) = l2.stop(&self.vm);
         self.vcpu = vcpu;
         let exceptions = l2.exceptions();
@@ -138,8 +150,17 @@ impl Vm {
     }
 
     /// Make the running L2 send itself IPIs (see `L2::ipi`).
-    pub fn ipi(&mut self, vector: u8, count: u32, tick: &mut dyn FnMut()) -> Result<(u64, u64), String> {
-        let l2 = self.l2.as_mut().filter(|l| l.running()).ok_or("its L2 is not running")?;
+    pub fn ipi(
+        &mut self,
+        vector: u8,
+        count: u32,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(u64, u64), String> {
+        let l2 = self
+            .l2
+            .as_mut()
+            .filter(|l| l.running())
+            .ok_or("its L2 is not running")?;
         l2.ipi(&self.vm, vector, count, tick)
     }
 
@@ -152,7 +173,12 @@ impl Vm {
     /// yet: an MSI route, or with `pin` an IOAPIC pin whose redirection
     /// entry is programmed (fixed, level, physical destination APIC ID 0).
     /// A pin another source already routes is shared (its vector stays).
-    pub fn route_for(&mut self, source: &str, vector: u8, pin: Option<u32>) -> Result<Route, String> {
+    pub fn route_for(
+        &mut self,
+        source: &str,
+        vector: u8,
+        pin: Option<u32>,
+    ) -> Result<Route, String> {
         if let Some(r) = self.routes.iter().find(|r| r.source == source) {
             return Ok(r.clone());
         }
@@ -160,12 +186,26 @@ impl Vm {
         let route = match pin {
             None => {
                 let gsi = FIRST_GSI + self.routes.iter().filter(|r| r.pin.is_none()).count() as u32;
-                Route { gsi, vector, source: source.to_string(), pin: None }
+                Route {
+                    gsi,
+                    vector,
+                    source: source.to_string(),
+                    pin: None,
+                }
             }
             Some(pin) => {
-                let vector = self.routes.iter().find(|r| r.pin == Some(pin)).map_or(vector, |r| r.vector);
+                let vector = self
+                    .routes
+                    .iter()
+                    .find(|r| r.pin == Some(pin))
+                    .map_or(vector, |r| r.vector);
                 self.program_ioapic_pin(pin, vector)?;
-                Route { gsi: pin, vector, source: source.to_string(), pin: Some(pin) }
+                Route {
+                    gsi: pin,
+                    vector,
+                    source: source.to_string(),
+                    pin: Some(pin),
+                }
             }
         };
         routes.push(route);
@@ -182,15 +222,22 @@ impl Vm {
         for (slot, r) in table.as_mut_slice().iter_mut().zip(entries) {
             *slot = match r.pin {
                 None => {
-                    let mut e = kvm_irq_routing_entry { gsi: r.gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+                    let mut e = kvm_irq_routing_entry {
+                        gsi: r.gsi,
+                        type_: KVM_IRQ_ROUTING_MSI,
+                        ..Default::default()
+                    };
                     e.u.msi.address_lo = MSI_ADDR_APIC0;
                     e.u.msi.address_hi = 0;
                     e.u.msi.data = u32::from(r.vector);
                     e
                 }
                 Some(pin) => {
-                    let mut e =
-                        kvm_irq_routing_entry { gsi: r.gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+                    let mut e = kvm_irq_routing_entry {
+                        gsi: r.gsi,
+                        type_: KVM_IRQ_ROUTING_IRQCHIP,
+                        ..Default::default()
+                    };
                     e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
                     e.u.irqchip.pin = pin;
                     e
@@ -208,14 +255,22 @@ impl Vm {
     /// physical destination APIC ID 0, level-triggered, unmasked (what the
     /// L2's OS would program; done by the agent through KVM_SET_IRQCHIP).
     fn program_ioapic_pin(&mut self, pin: u32, vector: u8) -> Result<(), String> {
-        let mut chip = kvm_irqchip { chip_id: KVM_IRQCHIP_IOAPIC, ..Default::default() };
+        let mut chip = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
         self.vm
             .get_irqchip(&mut chip)
             .map_err(|e| errno_str("KVM_GET_IRQCHIP(IOAPIC)", e.errno()))?;
         const LEVEL: u64 = 1 << 15;
         // SAFETY: chip_id IOAPIC: the kernel filled the ioapic member.
         unsafe {
-            let e = chip.chip.ioapic.redirtbl.get_mut(pin as usize).ok_or_else(|| format!("no IOAPIC pin {pin}"))?;
+            let e = chip
+                .chip
+                .ioapic
+                .redirtbl
+                .get_mut(pin as usize)
+                .ok_or_else(|| format!("no IOAPIC pin {pin}"))?;
             e.bits = u64::from(vector) | LEVEL;
         }
         self.vm
@@ -226,7 +281,12 @@ impl Vm {
     /// Map a device page (from the agent's mapping at `host`, `len` bytes)
     /// into the VM and have the L2's handler of `vector` make `writes` there
     /// before its EOI. The VM owns the mapping from now on.
-    pub fn add_level_ack(&mut self, vector: u8, host: (usize, usize), writes: Vec<(u16, u32)>) -> Result<(), String> {
+    pub fn add_level_ack(
+        &mut self,
+        vector: u8,
+        host: (usize, usize),
+        writes: Vec<(u16, u32)>,
+    ) -> Result<(), String> {
         let slot = FIRST_BAR_SLOT + self.bar_maps.len() as u32;
         let gpa = crate::l2::layout::BAR_PAGES + 0x1000 * u64::from(slot - FIRST_BAR_SLOT);
         self.bar_maps.push(host);
@@ -240,7 +300,11 @@ impl Vm {
         // SAFETY: the mapping outlives the VM fd (unmapped in Drop after it).
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(|e| errno_str("KVM_SET_USER_MEMORY_REGION(BAR0 page)", e.errno()))?;
-        let ack = LevelAck { vector, gpa, writes };
+        let ack = LevelAck {
+            vector,
+            gpa,
+            writes,
+        };
         if let Some(l2) = &self.l2 {
             l2.set_level_ack(&ack);
         }
@@ -251,7 +315,8 @@ impl Vm {
     /// KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE: KVM signals the new resample
     /// eventfd when the VM EOIs the GSI's level interrupt.
     pub fn irqfd_resample(&mut self, source: &str, fd: &EventFd, gsi: u32) -> Result<(), String> {
-        let resample = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| crate::sys::errstr("eventfd", &e))?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| crate::sys::errstr("eventfd", &e))?;
         self.vm
             .register_irqfd_with_resample(fd, &resample, gsi)
             .map_err(|e| errno_str("KVM_IRQFD(RESAMPLE)", e.errno()))?;
@@ -277,7 +342,12 @@ impl Vm {
             .irqfds
             .get(source)
             .copied()
-            .or_else(|| self.routes.iter().find(|r| r.source == source).map(|r| r.gsi))
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .find(|r| r.source == source)
+                    .map(|r| r.gsi)
+            })
             .ok_or_else(|| format!("no irqfd for {source} in this VM"))?;
         self.vm
             .unregister_irqfd(fd, gsi)

@@ -54,10 +54,14 @@ fn main() {
     let _ = sys::write_attr("/proc/sys/kernel/printk_devkmsg", "on\n");
     say!("starting");
     // opened before anything loads, so the first read holds the boot's warnings
-    let mut kernel_log = platform::KernelLog::open().map_err(|e| say!("/dev/kmsg: {e}")).ok();
+    let mut kernel_log = platform::KernelLog::open()
+        .map_err(|e| say!("/dev/kmsg: {e}"))
+        .ok();
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let debug = cmdline.split_whitespace().any(|a| a == "testbed_agent.debug=1");
+    let debug = cmdline
+        .split_whitespace()
+        .any(|a| a == "testbed_agent.debug=1");
     let mut platform = Platform::default();
     let release = platform::kernel_release();
     let moddir = Path::new("/lib/modules").join(&release);
@@ -65,7 +69,10 @@ fn main() {
     platform.modules_loaded = loaded.loaded;
     platform.modules_failed = loaded.failed;
     if let Some(queues) = l2_role(&cmdline) {
-        say!("L2 role, modules loaded after {} ms", t0.elapsed().as_millis());
+        say!(
+            "L2 role, modules loaded after {} ms",
+            t0.elapsed().as_millis()
+        );
         l2linux::main(queues);
     }
     platform::collect(&mut platform);
@@ -76,7 +83,11 @@ fn main() {
             say!(
                 "tracing in {}{}",
                 t.dir.display(),
-                if t.private_instance { "" } else { " (top-level buffer)" }
+                if t.private_instance {
+                    ""
+                } else {
+                    " (top-level buffer)"
+                }
             );
             platform.tracing_failed = t.failed.clone();
             Some(t)
@@ -99,8 +110,14 @@ fn main() {
             }
         }
     };
-    platform.boot_warnings = kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
-    let ready = AgentMessage::Ready(Ready { protocol: PROTOCOL_VERSION, platform });
+    platform.boot_warnings = kernel_log
+        .as_mut()
+        .map(|k| k.new_warnings())
+        .unwrap_or_default();
+    let ready = AgentMessage::Ready(Ready {
+        protocol: PROTOCOL_VERSION,
+        platform,
+    });
     if let Err(e) = port.send(&ready) {
         say!("sending ready: {e}");
     }
@@ -124,7 +141,9 @@ fn main() {
         let msg: HostMessage = match serde_json::from_str(&line) {
             Ok(m) => m,
             Err(e) => {
-                let _ = port.send(&AgentMessage::Failed { message: format!("bad message: {e}") });
+                let _ = port.send(&AgentMessage::Failed {
+                    message: format!("bad message: {e}"),
+                });
                 continue;
             }
         };
@@ -156,7 +175,9 @@ fn main() {
                 }
             }
             HostMessage::HostActionDone { .. } => {
-                let _ = port.send(&AgentMessage::Failed { message: "host-action-done outside a step".into() });
+                let _ = port.send(&AgentMessage::Failed {
+                    message: "host-action-done outside a step".into(),
+                });
             }
             HostMessage::Run(job) => {
                 watchdog::busy(true);

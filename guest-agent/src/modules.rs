@@ -100,8 +100,7 @@ pub fn load_all(order_file: &Path, moddir: &Path, cmdline: &str) -> LoadResult {
     let order = match std::fs::read_to_string(order_file) {
         Ok(s) => s,
         Err(e) => {
-            res.failed
-                .push(format!("{}: {e}", order_file.display()));
+            res.failed.push(format!("{}: {e}", order_file.display()));
             return res;
         }
     };
@@ -130,7 +129,11 @@ pub fn load_all(order_file: &Path, moddir: &Path, cmdline: &str) -> LoadResult {
 fn finit_module(path: &Path, params: &str, compressed: bool) -> Result<(), i32> {
     let f = File::open(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     let cparams = CString::new(params).map_err(|_| libc::EINVAL)?;
-    let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
     // SAFETY: finit_module reads the fd and the NUL-terminated parameter string.
     let r = unsafe {
         libc::syscall(
@@ -183,6 +186,9 @@ mod tests {
             module_name_from_path("kernel/arch/x86/kvm/kvm-amd.ko.xz"),
             ("kvm_amd".to_string(), true)
         );
-        assert_eq!(module_name_from_path("irqbypass.ko"), ("irqbypass".to_string(), false));
+        assert_eq!(
+            module_name_from_path("irqbypass.ko"),
+            ("irqbypass".to_string(), false)
+        );
     }
 }

@@ -114,7 +114,10 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut out = Vec::new();
-    if let Some(i) = lines.iter().position(|l| l.contains("Kernel panic - not syncing")) {
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.contains("Kernel panic - not syncing"))
+    {
         out.extend(lines[i.saturating_sub(1)..=i].iter().copied());
         out.push("...");
     }

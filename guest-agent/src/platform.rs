@@ -31,7 +31,9 @@ pub fn version_of(release: &str) -> (u32, u32) {
 
 /// The kernel log so far, message texts only.
 pub fn kernel_log() -> Vec<String> {
-    KernelLog::open().map(|mut k| k.read_new()).unwrap_or_default()
+    KernelLog::open()
+        .map(|mut k| k.read_new())
+        .unwrap_or_default()
 }
 
 /// A reader of `/dev/kmsg` that remembers its place: each
@@ -111,7 +113,9 @@ pub fn remapping_from_log(log: &[String]) -> (Option<String>, bool) {
 
 /// Intel: VT-d posted interrupts are capability bit 59 (no log line says so).
 pub fn intel_posting_cap() -> bool {
-    let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else { return false };
+    let Ok(rd) = std::fs::read_dir("/sys/class/iommu") else {
+        return false;
+    };
     rd.flatten().any(|e| {
         read_trim(e.path().join("intel-iommu/cap"))
             .and_then(|c| u64::from_str_radix(&c, 16).ok())
@@ -136,7 +140,9 @@ pub fn collect(p: &mut wire::Platform) {
     let mut dpi = read_trim("/sys/module/kvm/parameters/enable_device_posted_irqs");
     if dpi.is_none() {
         if let Some(v) = vendor {
-            dpi = read_trim(format!("/sys/module/{v}/parameters/enable_device_posted_irqs"));
+            dpi = read_trim(format!(
+                "/sys/module/{v}/parameters/enable_device_posted_irqs"
+            ));
         }
     }
     p.device_posted_irqs = dpi.and_then(|s| parse_bool_param(&s));
@@ -165,17 +171,25 @@ mod tests {
     #[test]
     fn remapping_modes() {
         assert_eq!(
-            remapping_from_log(&v(&["DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0",
-                "DMAR-IR: Enabled IRQ remapping in x2apic mode"])),
+            remapping_from_log(&v(&[
+                "DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0",
+                "DMAR-IR: Enabled IRQ remapping in x2apic mode"
+            ])),
             (Some("intel x2apic".into()), false)
         );
         assert_eq!(
-            remapping_from_log(&v(&["AMD-Vi: Extended features (0x29d7, 0x0): PreF PPR X2APIC GT IA GA HE",
-                "AMD-Vi: Interrupt remapping enabled", "AMD-Vi: X2APIC enabled"])),
+            remapping_from_log(&v(&[
+                "AMD-Vi: Extended features (0x29d7, 0x0): PreF PPR X2APIC GT IA GA HE",
+                "AMD-Vi: Interrupt remapping enabled",
+                "AMD-Vi: X2APIC enabled"
+            ])),
             (Some("amd x2apic".into()), false)
         );
         assert_eq!(
-            remapping_from_log(&v(&["AMD-Vi: Interrupt remapping enabled", "AMD-Vi: Virtual APIC enabled"])),
+            remapping_from_log(&v(&[
+                "AMD-Vi: Interrupt remapping enabled",
+                "AMD-Vi: Virtual APIC enabled"
+            ])),
             (Some("amd".into()), true)
         );
         assert_eq!(remapping_from_log(&v(&["x2apic enabled"])), (None, false));

@@ -68,13 +68,19 @@ fn open_raw(path: &str) -> io::Result<File> {
 
 impl Port {
     pub fn open(path: &str) -> io::Result<Port> {
-        let mut p = Port { file: open_raw(path)?, buf: Vec::new() };
+        let mut p = Port {
+            file: open_raw(path)?,
+            buf: Vec::new(),
+        };
         if !p.drains() {
             say!("{path} output does not drain: no UART interrupt, switching to polling");
             p.set_polling()?;
             // the port was shut down and restarted under us: open it afresh
             drop(p);
-            p = Port { file: open_raw(path)?, buf: Vec::new() };
+            p = Port {
+                file: open_raw(path)?,
+                buf: Vec::new(),
+            };
             if !p.drains() {
                 say!("{path} still does not drain in polling mode");
             }
@@ -160,7 +166,11 @@ impl Port {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut p = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
             if r < 0 {

@@ -61,7 +61,9 @@ pub fn append_attr(path: impl AsRef<Path>, value: &str) -> io::Result<()> {
 
 /// Read a small text file, trimmed.
 pub fn read_trim(path: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// A kernel boolean parameter: `Y`/`N`/`1`/`0`.

@@ -17,27 +17,60 @@ const INSTANCE: &str = "testbed";
 pub enum KEvent {
     /// `vfio_name`: the producer's VFIO IRQ name (`vfio-msix[3](0000:00:04.0)`)
     /// when it is a VFIO producer.
-    ProdReg { ptr: u64, eventfd: Option<u64>, vfio_name: Option<String> },
-    ProdRegRet { ret: i64 },
-    ProdUnreg { ptr: u64 },
-    ConsReg { ptr: u64, eventfd: Option<u64> },
-    ConsRegRet { ret: i64 },
-    ConsUnreg { ptr: u64 },
+    ProdReg {
+        ptr: u64,
+        eventfd: Option<u64>,
+        vfio_name: Option<String>,
+    },
+    ProdRegRet {
+        ret: i64,
+    },
+    ProdUnreg {
+        ptr: u64,
+    },
+    ConsReg {
+        ptr: u64,
+        eventfd: Option<u64>,
+    },
+    ConsRegRet {
+        ret: i64,
+    },
+    ConsUnreg {
+        ptr: u64,
+    },
     /// `kvm_arch_irq_bypass_add_producer(cons, prod)` entry.
-    Connect { cons: u64, prod: u64 },
-    ConnectRet { ret: i64 },
+    Connect {
+        cons: u64,
+        prod: u64,
+    },
+    ConnectRet {
+        ret: i64,
+    },
     /// `kvm_arch_irq_bypass_del_producer(cons, prod)` entry.
-    Disconnect { cons: u64, prod: u64 },
+    Disconnect {
+        cons: u64,
+        prod: u64,
+    },
     /// `kvm_msi_set_irq`: destination APIC ID and vector (low byte of data).
-    Msi { dst: u64, vec: u32 },
+    Msi {
+        dst: u64,
+        vec: u32,
+    },
     /// `kvm_set_irq`: a GSI's level set (irqfd injection of an IOAPIC route).
-    SetIrq { gsi: u32, level: u32 },
+    SetIrq {
+        gsi: u32,
+        level: u32,
+    },
     /// `kvm_ack_irq`: an EOI reached KVM's ack notifiers for an IOAPIC pin.
-    AckIrq { pin: u32 },
+    AckIrq {
+        pin: u32,
+    },
     /// `vfio_pci_intx_unmask_handler` ran (VFIO unmasks a device's INTx).
     IntxUnmask,
     /// The ring buffer dropped events.
-    Lost { count: u64 },
+    Lost {
+        count: u64,
+    },
 }
 
 /// A parsed trace line: the task's pid and the event.
@@ -134,7 +167,11 @@ fn field(args: &str, key: &str) -> Option<i64> {
 pub fn parse_line(line: &str) -> Option<TraceRecord> {
     if let Some(i) = line.find("[LOST ") {
         let n = line[i + 6..].split_whitespace().next()?.parse().ok()?;
-        return Some(TraceRecord { pid: 0, hardirq: false, event: KEvent::Lost { count: n } });
+        return Some(TraceRecord {
+            pid: 0,
+            hardirq: false,
+            event: KEvent::Lost { count: n },
+        });
     }
     if line.trim_start().starts_with('#') {
         return None;
@@ -157,7 +194,9 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
     tok.strip_suffix(':')?.parse::<f64>().ok()?;
     let ts_end = rest.find(tok)? + tok.len();
     let after_ts = rest[ts_end..].trim_start();
-    let (name, args) = after_ts.split_once(": ").unwrap_or((after_ts.trim_end_matches(':'), ""));
+    let (name, args) = after_ts
+        .split_once(": ")
+        .unwrap_or((after_ts.trim_end_matches(':'), ""));
     let args = match args.trim_start().strip_prefix('(') {
         // kprobe lines start with "(sym+off/size [mod])" or "(caller <- sym)"
         Some(a) => a.split_once(')').map(|x| x.1).unwrap_or(""),
@@ -169,19 +208,29 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
             eventfd: field(args, "eventfd").map(|v| v as u64),
             vfio_name: quoted(args, "vfio_name").filter(|n| n.starts_with("vfio-msi")),
         },
-        "prod_reg_ret" => KEvent::ProdRegRet { ret: field(args, "ret")? },
-        "prod_unreg" => KEvent::ProdUnreg { ptr: field(args, "ptr")? as u64 },
+        "prod_reg_ret" => KEvent::ProdRegRet {
+            ret: field(args, "ret")?,
+        },
+        "prod_unreg" => KEvent::ProdUnreg {
+            ptr: field(args, "ptr")? as u64,
+        },
         "cons_reg" => KEvent::ConsReg {
             ptr: field(args, "ptr")? as u64,
             eventfd: field(args, "eventfd").map(|v| v as u64),
         },
-        "cons_reg_ret" => KEvent::ConsRegRet { ret: field(args, "ret")? },
-        "cons_unreg" => KEvent::ConsUnreg { ptr: field(args, "ptr")? as u64 },
+        "cons_reg_ret" => KEvent::ConsRegRet {
+            ret: field(args, "ret")?,
+        },
+        "cons_unreg" => KEvent::ConsUnreg {
+            ptr: field(args, "ptr")? as u64,
+        },
         "kvm_connect" => KEvent::Connect {
             cons: field(args, "cons")? as u64,
             prod: field(args, "prod")? as u64,
         },
-        "kvm_connect_ret" => KEvent::ConnectRet { ret: field(args, "ret")? },
+        "kvm_connect_ret" => KEvent::ConnectRet {
+            ret: field(args, "ret")?,
+        },
         "kvm_disconnect" => KEvent::Disconnect {
             cons: field(args, "cons")? as u64,
             prod: field(args, "prod")? as u64,
@@ -198,11 +247,19 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
                     _ => {}
                 }
             }
-            KEvent::SetIrq { gsi: gsi?, level: level? }
+            KEvent::SetIrq {
+                gsi: gsi?,
+                level: level?,
+            }
         }
         "kvm_ack_irq" => {
             // "irqchip IOAPIC pin 16"
-            let pin = args.split_whitespace().skip_while(|t| *t != "pin").nth(1)?.parse().ok()?;
+            let pin = args
+                .split_whitespace()
+                .skip_while(|t| *t != "pin")
+                .nth(1)?
+                .parse()
+                .ok()?;
             if !args.contains("IOAPIC") {
                 return None;
             }
@@ -220,11 +277,18 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
                     _ => {}
                 }
             }
-            KEvent::Msi { dst: dst?, vec: vec? }
+            KEvent::Msi {
+                dst: dst?,
+                vec: vec?,
+            }
         }
         _ => return None,
     };
-    Some(TraceRecord { pid, hardirq, event })
+    Some(TraceRecord {
+        pid,
+        hardirq,
+        event,
+    })
 }
 
 /// Byte index of the "[NNN]" cpu field.
@@ -324,7 +388,13 @@ impl Tracer {
                 .custom_flags(libc::O_NONBLOCK)
                 .open(dir.join("trace_pipe"))
                 .map_err(|e| anyhow::anyhow!("open {}/trace_pipe: {e}", dir.display()))?;
-            return Ok(Tracer { dir, pipe, partial: Vec::new(), failed, private_instance });
+            return Ok(Tracer {
+                dir,
+                pipe,
+                partial: Vec::new(),
+                failed,
+                private_instance,
+            });
         }
         anyhow::bail!("no usable trace buffer: {}", last_err.join("; "))
     }
@@ -391,7 +461,11 @@ mod tests {
         assert_eq!(r.pid, 1);
         assert_eq!(
             r.event,
-            KEvent::ProdReg { ptr: 0xffff888003a1c228, eventfd: Some(0xffff888003b7e000), vfio_name: None }
+            KEvent::ProdReg {
+                ptr: 0xffff888003a1c228,
+                eventfd: Some(0xffff888003b7e000),
+                vfio_name: None
+            }
         );
     }
 
@@ -399,13 +473,19 @@ mod tests {
     fn kretprobe_line() {
         let l = " testbed-agent-1 [000] ..... 12.3: cons_reg_ret: \
                  (kvm_irqfd+0x5d2/0x7f0 [kvm] <- irq_bypass_register_consumer) ret=-16";
-        assert_eq!(parse_line(l).unwrap().event, KEvent::ConsRegRet { ret: -16 });
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::ConsRegRet { ret: -16 }
+        );
     }
 
     #[test]
     fn msi_line_and_flags() {
         let l = "   kworker/0:1-12      [000] .....    40.1: kvm_set_irq: gsi 16 level 1 source 2";
-        assert_eq!(parse_line(l).unwrap().event, KEvent::SetIrq { gsi: 16, level: 1 });
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::SetIrq { gsi: 16, level: 1 }
+        );
         let l = "  testbed-agent-90    [000] .....    40.2: kvm_ack_irq: irqchip IOAPIC pin 16";
         assert_eq!(parse_line(l).unwrap().event, KEvent::AckIrq { pin: 16 });
         let l = "  testbed-agent-90    [000] .....    40.2: kvm_ack_irq: irqchip PIC slave pin 3";
@@ -424,7 +504,13 @@ mod tests {
         let l = "kworker/0:1 x-42 [001] 5.000001: kvm_disconnect: (kvm_arch_irq_bypass_del_producer+0x0/0x90 [kvm]) cons=0x10 prod=0x20";
         let r = parse_line(l).unwrap();
         assert_eq!(r.pid, 42);
-        assert_eq!(r.event, KEvent::Disconnect { cons: 0x10, prod: 0x20 });
+        assert_eq!(
+            r.event,
+            KEvent::Disconnect {
+                cons: 0x10,
+                prod: 0x20
+            }
+        );
     }
 
     /// Lines captured in a Debian 7.2.13 guest (intel-ir variant).
@@ -440,15 +526,29 @@ mod tests {
         let r: Vec<TraceRecord> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
         assert_eq!(
             r[0].event,
-            KEvent::ProdReg { ptr: 0xff2398d28107bcb0, eventfd: Some(0xff2398d284d33340), vfio_name: None }
+            KEvent::ProdReg {
+                ptr: 0xff2398d28107bcb0,
+                eventfd: Some(0xff2398d284d33340),
+                vfio_name: None
+            }
         );
         assert_eq!(r[0].pid, 1);
         assert_eq!(r[1].event, KEvent::ProdRegRet { ret: 0 });
         assert_eq!(r[2].event, KEvent::Msi { dst: 0, vec: 64 });
         assert!(r[2].hardirq && !r[0].hardirq);
         assert_eq!(r[3].pid, 99);
-        assert_eq!(r[3].event, KEvent::ConsUnreg { ptr: 0xff2398d284d42b00 });
-        assert_eq!(r[4].event, KEvent::ProdUnreg { ptr: 0xff2398d28107bcb0 });
+        assert_eq!(
+            r[3].event,
+            KEvent::ConsUnreg {
+                ptr: 0xff2398d284d42b00
+            }
+        );
+        assert_eq!(
+            r[4].event,
+            KEvent::ProdUnreg {
+                ptr: 0xff2398d28107bcb0
+            }
+        );
     }
 
     #[test]

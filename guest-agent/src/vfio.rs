@@ -48,18 +48,23 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
     if current_driver(bdf).as_deref() == Some("vfio-pci") {
         return Ok(());
     }
-    write_attr(dir.join("driver_override"), "vfio-pci").map_err(|e| errstr(&format!("{bdf}: driver_override"), &e))?;
+    write_attr(dir.join("driver_override"), "vfio-pci")
+        .map_err(|e| errstr(&format!("{bdf}: driver_override"), &e))?;
     if let Some(drv) = current_driver(bdf) {
-        write_attr(dir.join("driver/unbind"), bdf).map_err(|e| errstr(&format!("{bdf}: unbind from {drv}"), &e))?;
+        write_attr(dir.join("driver/unbind"), bdf)
+            .map_err(|e| errstr(&format!("{bdf}: unbind from {drv}"), &e))?;
     }
-    write_attr("/sys/bus/pci/drivers_probe", bdf).map_err(|e| errstr(&format!("{bdf}: drivers_probe"), &e))?;
+    write_attr("/sys/bus/pci/drivers_probe", bdf)
+        .map_err(|e| errstr(&format!("{bdf}: drivers_probe"), &e))?;
     // probing is synchronous; allow a little slack anyway
     let t0 = Instant::now();
     while current_driver(bdf).as_deref() != Some("vfio-pci") {
         if t0.elapsed() > Duration::from_millis(200) {
             let mut why = String::new();
             if !dir.join("iommu_group").exists() {
-                why = if Path::new("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode").exists() {
+                why = if Path::new("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode")
+                    .exists()
+                {
                     "; the device has no IOMMU group (no-IOMMU mode off? boot with vfio.enable_unsafe_noiommu_mode=1)"
                         .into()
                 } else {
@@ -90,7 +95,8 @@ pub fn unbind_vfio_pci(bdf: &str) -> Result<(), String> {
         Some(other) => return Err(format!("{bdf}: bound to {other}, not vfio-pci")),
         None => return Err(format!("{bdf}: not bound to any driver")),
     }
-    write_attr(dir.join("driver_override"), "\n").map_err(|e| errstr(&format!("{bdf}: clear driver_override"), &e))
+    write_attr(dir.join("driver_override"), "\n")
+        .map_err(|e| errstr(&format!("{bdf}: clear driver_override"), &e))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -166,7 +172,9 @@ pub fn enable_one_vf(pf: &VfioDevice) -> Result<(String, String), String> {
     let mut buf = [0u8; 8 + 16];
     let argsz = buf.len() as u32;
     buf[0..4].copy_from_slice(&argsz.to_ne_bytes());
-    buf[4..8].copy_from_slice(&(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN).to_ne_bytes());
+    buf[4..8].copy_from_slice(
+        &(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN).to_ne_bytes(),
+    );
     buf[8..].copy_from_slice(&uuid);
     // SAFETY: the kernel reads argsz bytes from our buffer.
     if unsafe { ioctl_with_ptr(&pf.device, VFIO_DEVICE_FEATURE(), buf.as_ptr()) } < 0 {
@@ -218,7 +226,9 @@ impl VfioDevice {
         // SAFETY: no-argument ioctl on our container fd.
         let api = unsafe { ioctl(&container, VFIO_GET_API_VERSION()) };
         if api != VFIO_API_VERSION as i32 {
-            return Err(format!("VFIO_GET_API_VERSION: {api}, expected {VFIO_API_VERSION}"));
+            return Err(format!(
+                "VFIO_GET_API_VERSION: {api}, expected {VFIO_API_VERSION}"
+            ));
         }
         let plain = PathBuf::from(format!("/dev/vfio/{group_no}"));
         let noiommu_path = PathBuf::from(format!("/dev/vfio/noiommu-{group_no}"));
@@ -252,7 +262,11 @@ impl VfioDevice {
         if unsafe { ioctl_with_ptr(&group, VFIO_GROUP_SET_CONTAINER(), &cfd) } < 0 {
             return Err(last_err("VFIO_GROUP_SET_CONTAINER"));
         }
-        let iommu_type = if noiommu { VFIO_NOIOMMU_IOMMU } else { VFIO_TYPE1_IOMMU };
+        let iommu_type = if noiommu {
+            VFIO_NOIOMMU_IOMMU
+        } else {
+            VFIO_TYPE1_IOMMU
+        };
         let name = if noiommu {
             "VFIO_SET_IOMMU(NOIOMMU)"
         } else {
@@ -306,7 +320,8 @@ impl VfioDevice {
             ..Default::default()
         };
         // SAFETY: the kernel fills a vfio_region_info we own (argsz bounds it).
-        if unsafe { ioctl_with_mut_ref(&self.device, VFIO_DEVICE_GET_REGION_INFO(), &mut info) } < 0 {
+        if unsafe { ioctl_with_mut_ref(&self.device, VFIO_DEVICE_GET_REGION_INFO(), &mut info) } < 0
+        {
             return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO({index})")));
         }
         Ok(Region {
@@ -360,7 +375,12 @@ impl VfioDevice {
     /// VFIO_DEVICE_SET_IRQS on the INTx index with ACTION_UNMASK |
     /// DATA_EVENTFD: VFIO unmasks the line whenever `fd` is signalled.
     pub fn set_intx_unmask_eventfd(&self, fd: RawFd) -> Result<(), String> {
-        self.set_irqs_action(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_ACTION_UNMASK, 0, &[fd])
+        self.set_irqs_action(
+            VFIO_PCI_INTX_IRQ_INDEX,
+            VFIO_IRQ_SET_ACTION_UNMASK,
+            0,
+            &[fd],
+        )
     }
 
     /// The first page of BAR0 mapped into the agent, for a VM's memory
@@ -393,7 +413,13 @@ impl VfioDevice {
         self.set_irqs_action(index, VFIO_IRQ_SET_ACTION_TRIGGER, start, fds)
     }
 
-    fn set_irqs_action(&self, index: u32, action: u32, start: u32, fds: &[RawFd]) -> Result<(), String> {
+    fn set_irqs_action(
+        &self,
+        index: u32,
+        action: u32,
+        start: u32,
+        fds: &[RawFd],
+    ) -> Result<(), String> {
         // header of 5 u32 followed by the fds, as one u32 buffer
         let mut buf: Vec<u32> = vec![0; 5 + fds.len()];
         buf[0] = (buf.len() * 4) as u32;

@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-
 const STALL: Duration = Duration::from_secs(20);
 
 static BUSY: AtomicBool = AtomicBool::new(false);
@@ -34,26 +33,28 @@ pub fn busy(on: bool) {
 /// Starts the watching thread.
 pub fn start() {
     alive();
-    let _ = std::thread::Builder::new().name("watchdog".into()).spawn(|| {
-        let mut reported_at = None;
-        loop {
-            std::thread::sleep(Duration::from_secs(2));
-            let last = LAST.load(Ordering::Relaxed);
-            let quiet = now_ms().saturating_sub(last);
-            if !BUSY.load(Ordering::Relaxed) || quiet < STALL.as_millis() as u64 {
-                continue;
+    let _ = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(|| {
+            let mut reported_at = None;
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                let last = LAST.load(Ordering::Relaxed);
+                let quiet = now_ms().saturating_sub(last);
+                if !BUSY.load(Ordering::Relaxed) || quiet < STALL.as_millis() as u64 {
+                    continue;
+                }
+                // one report per stall
+                if reported_at == Some(last) {
+                    continue;
+                }
+                reported_at = Some(last);
+                say!("stall: no progress for {} s; agent threads:", quiet / 1000);
+                for line in thread_report() {
+                    say!("stall:   {line}");
+                }
             }
-            // one report per stall
-            if reported_at == Some(last) {
-                continue;
-            }
-            reported_at = Some(last);
-            say!("stall: no progress for {} s; agent threads:", quiet / 1000);
-            for line in thread_report() {
-                say!("stall:   {line}");
-            }
-        }
-    });
+        });
 }
 
 /// Per thread of this process: name, state, wait channel and kernel stack.
@@ -67,7 +68,10 @@ fn thread_report() -> Vec<String> {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         let stat = read("stat");
         // "tid (comm) S ...": the state follows the last ')'
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
         out.push(format!(
             "{} {} state {state} wchan {}",
             task.file_name().to_string_lossy(),

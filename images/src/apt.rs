@@ -93,7 +93,11 @@ pub fn archive_uri_from_deb822(text: &str, suite: &str) -> Option<String> {
         if get("Enabled").is_some_and(|e| e.trim().eq_ignore_ascii_case("no")) {
             continue;
         }
-        if !get("Suites").unwrap_or("").split_whitespace().any(|s| s == suite) {
+        if !get("Suites")
+            .unwrap_or("")
+            .split_whitespace()
+            .any(|s| s == suite)
+        {
             continue;
         }
         if let Some(uri) = get("URIs").and_then(|u| u.split_whitespace().next()) {
@@ -107,7 +111,10 @@ pub fn archive_uri_from_deb822(text: &str, suite: &str) -> Option<String> {
 pub fn archive_uri_from_one_line(text: &str, suite: &str) -> Option<String> {
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let mut rest = rest.trim_start();
@@ -179,7 +186,10 @@ pub(crate) fn system_archive_uri(etc_apt: &Path) -> Result<String, ImagesError> 
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "sources")) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "sources"))
+    {
         if let Some(u) = fs::read_to_string(f)
             .ok()
             .and_then(|t| archive_uri_from_deb822(&t, &suite))
@@ -188,7 +198,12 @@ pub(crate) fn system_archive_uri(etc_apt: &Path) -> Result<String, ImagesError> 
         }
     }
     let mut lists: Vec<PathBuf> = vec![etc_apt.join("sources.list")];
-    lists.extend(files.iter().filter(|f| f.extension().is_some_and(|e| e == "list")).cloned());
+    lists.extend(
+        files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "list"))
+            .cloned(),
+    );
     for f in lists {
         if let Some(u) = fs::read_to_string(&f)
             .ok()
@@ -312,7 +327,12 @@ impl Apt {
     /// `apt-get source --download-only NAME=VERSION` into `dir` (the .dsc,
     /// the orig tarball and the Debian tarball; apt checks them against the
     /// signed Sources index). Nothing is unpacked.
-    pub(crate) fn download_source(&self, name: &str, version: &str, dir: &Path) -> Result<(), ImagesError> {
+    pub(crate) fn download_source(
+        &self,
+        name: &str,
+        version: &str,
+        dir: &Path,
+    ) -> Result<(), ImagesError> {
         let sh = shell()?;
         sh.change_dir(dir);
         let conf = &self.conf;
@@ -389,7 +409,11 @@ impl Apt {
     }
 
     /// The package names the lists have with `prefix` that `keep` accepts, sorted.
-    fn package_names(&self, prefix: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, ImagesError> {
+    fn package_names(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ImagesError> {
         let sh = shell()?;
         let conf = &self.conf;
         let out = cmd!(sh, "apt-cache -c {conf} pkgnames {prefix}")
@@ -397,8 +421,12 @@ impl Apt {
             .ignore_status()
             .output()
             .map_err(cmd_err("apt-cache pkgnames"))?;
-        let mut names: Vec<String> =
-            String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|n| keep(n)).map(String::from).collect();
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|n| keep(n))
+            .map(String::from)
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -425,7 +453,9 @@ impl Apt {
         Ok(self
             .show(&names)?
             .iter()
-            .filter(|r| linux_source_line(r.get("Package").map(String::as_str).unwrap_or("")).is_some())
+            .filter(|r| {
+                linux_source_line(r.get("Package").map(String::as_str).unwrap_or("")).is_some()
+            })
             .filter_map(deb_from_record)
             .filter(|d| seen.insert((d.name.clone(), d.version.clone())))
             .collect())
@@ -566,7 +596,11 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), ImagesError> {
 /// `None` for anything else (the `linux-source` metapackage included).
 pub(crate) fn linux_source_line(name: &str) -> Option<(u32, u32)> {
     let (major, minor) = name.strip_prefix("linux-source-")?.split_once('.')?;
-    let num = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten();
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
     Some((num(major)?, num(minor)?))
 }
 
@@ -634,7 +668,9 @@ pub(crate) fn kernels_from_records(
         if r.get("Architecture").is_some_and(|a| a != "amd64") {
             continue;
         }
-        let Some(image) = deb_from_record(r) else { continue };
+        let Some(image) = deb_from_record(r) else {
+            continue;
+        };
         if !is_kernel_image_name(&image.name) {
             continue;
         }
@@ -731,7 +767,10 @@ mod tests {
         );
         assert_eq!(archive_uri_from_one_line(text, "sid"), None);
         assert_eq!(
-            archive_uri_from_one_line("deb https://cloud.example/apt cloud-sdk-bookworm main", "bookworm"),
+            archive_uri_from_one_line(
+                "deb https://cloud.example/apt cloud-sdk-bookworm main",
+                "bookworm"
+            ),
             None
         );
     }
@@ -746,7 +785,10 @@ mod tests {
             format!("deb http://one-line.example/debian {suite} main\n"),
         )
         .unwrap();
-        assert_eq!(system_archive_uri(t.path()).unwrap(), "http://one-line.example/debian");
+        assert_eq!(
+            system_archive_uri(t.path()).unwrap(),
+            "http://one-line.example/debian"
+        );
         fs::write(
             t.path().join("sources.list.d/debian.sources"),
             format!("Types: deb\nURIs: http://deb822.example/debian\nSuites: {suite}\nComponents: main\n"),
@@ -757,10 +799,18 @@ mod tests {
             format!("Types: deb\nURIs: http://nope.example/debian\nSuites: {suite}\n"),
         )
         .unwrap();
-        assert_eq!(system_archive_uri(t.path()).unwrap(), "http://deb822.example/debian");
+        assert_eq!(
+            system_archive_uri(t.path()).unwrap(),
+            "http://deb822.example/debian"
+        );
         let empty = tempfile::tempdir().unwrap();
         let e = system_archive_uri(empty.path()).unwrap_err().to_string();
-        assert!(e.starts_with("cannot find a debian archive in the apt sources: no deb entry for suite"), "{e}");
+        assert!(
+            e.starts_with(
+                "cannot find a debian archive in the apt sources: no deb entry for suite"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -785,7 +835,10 @@ mod tests {
     }
 
     fn rec(fields: &[(&str, &str)]) -> BTreeMap<String, String> {
-        fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn image(name: &str, ver: &str, depends: &str) -> BTreeMap<String, String> {
@@ -812,12 +865,28 @@ mod tests {
             split("7.2.9+deb13", "7.2.9-1~bpo13+1"),
             split("7.2.12+deb13", "7.2.12-1~bpo13+1"),
             split("7.1.13+deb13", "7.1.13-1~bpo13+1"),
-            image("linux-image-6.12.94+deb12-amd64", "6.12.94-1~bpo12+1", "kmod, initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool"),
+            image(
+                "linux-image-6.12.94+deb12-amd64",
+                "6.12.94-1~bpo12+1",
+                "kmod, initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool",
+            ),
             image("linux-image-6.12.94+deb13-amd64", "6.12.94-1", "kmod"),
             image("linux-image-6.12.107+deb13-amd64", "6.12.107-1", "kmod"),
-            image("linux-image-6.1.0-47-amd64", "6.1.170-3", "kmod, linux-base (>= 4.3~)"),
-            image("linux-image-6.1.0-47-amd64", "6.1.170-3", "kmod, linux-base (>= 4.3~)"),
-            image("linux-image-6.16.12+deb13-amd64", "6.16.12-1~bpo13+1", "kmod"),
+            image(
+                "linux-image-6.1.0-47-amd64",
+                "6.1.170-3",
+                "kmod, linux-base (>= 4.3~)",
+            ),
+            image(
+                "linux-image-6.1.0-47-amd64",
+                "6.1.170-3",
+                "kmod, linux-base (>= 4.3~)",
+            ),
+            image(
+                "linux-image-6.16.12+deb13-amd64",
+                "6.16.12-1~bpo13+1",
+                "kmod",
+            ),
         ];
         let mut deps = Vec::new();
         for (rel, ver) in [
@@ -843,7 +912,10 @@ mod tests {
     #[test]
     fn builds_sorted_kernel_list() {
         let ks = sample();
-        let v: Vec<String> = ks.iter().map(|k| format!("{} {}", k.version, k.debian_version)).collect();
+        let v: Vec<String> = ks
+            .iter()
+            .map(|k| format!("{} {}", k.version, k.debian_version))
+            .collect();
         assert_eq!(
             v,
             [
@@ -860,7 +932,13 @@ mod tests {
         );
         let k = ks.last().unwrap();
         let names: Vec<&str> = k.packages.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["linux-binary-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"]);
+        assert_eq!(
+            names,
+            [
+                "linux-binary-7.2.13+deb14-amd64",
+                "linux-modules-7.2.13+deb14-amd64"
+            ]
+        );
         let old = &ks[0];
         assert_eq!(old.packages, vec![old.image_package.clone()]);
         assert_ne!(ks[1].key(), ks[2].key());
@@ -873,9 +951,15 @@ mod tests {
         assert_eq!(sel("debian:7.2").unwrap(), "linux-image-7.2.13+deb14-amd64");
         assert_eq!(sel("debian:7").unwrap(), "linux-image-7.2.13+deb14-amd64");
         assert_eq!(sel("debian:7.1").unwrap(), "linux-image-7.1.13+deb13-amd64");
-        assert_eq!(sel("debian:6.12.107").unwrap(), "linux-image-6.12.107+deb13-amd64");
+        assert_eq!(
+            sel("debian:6.12.107").unwrap(),
+            "linux-image-6.12.107+deb13-amd64"
+        );
         // newest Debian revision of the same upstream version
-        assert_eq!(sel("debian:6.12.94").unwrap(), "linux-image-6.12.94+deb13-amd64");
+        assert_eq!(
+            sel("debian:6.12.94").unwrap(),
+            "linux-image-6.12.94+deb13-amd64"
+        );
         assert_eq!(sel("debian:6.1").unwrap(), "linux-image-6.1.0-47-amd64");
     }
 
@@ -883,12 +967,18 @@ mod tests {
     fn unknown_version_lists_nearest() {
         let ks = sample();
         let near = select_kernel(&ks, &req("debian:6.12.100")).unwrap_err();
-        assert_eq!(near, ["6.1.170", "6.12.94", "6.12.107", "6.16.12", "7.1.13"]);
+        assert_eq!(
+            near,
+            ["6.1.170", "6.12.94", "6.12.107", "6.16.12", "7.1.13"]
+        );
         let near = select_kernel(&ks, &req("debian:7.9")).unwrap_err();
         assert_eq!(near, ["7.2.9", "7.2.12", "7.2.13"]);
         let near = select_kernel(&ks, &req("debian:5.10")).unwrap_err();
         assert_eq!(near, ["6.1.170", "6.12.94", "6.12.107"]);
-        let e = crate::ImagesError::UnknownKernelVersion { spec: "debian:7.9".into(), nearest: near };
+        let e = crate::ImagesError::UnknownKernelVersion {
+            spec: "debian:7.9".into(),
+            nearest: near,
+        };
         assert_eq!(
             e.to_string(),
             "no debian kernel matches debian:7.9; nearest available: 6.1.170, 6.12.94, 6.12.107"
@@ -901,8 +991,14 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                ("linux-binary-7.2.13+deb14-amd64".to_string(), Some("7.2.13-1".to_string())),
-                ("linux-modules-7.2.13+deb14-amd64".to_string(), Some("7.2.13-1".to_string())),
+                (
+                    "linux-binary-7.2.13+deb14-amd64".to_string(),
+                    Some("7.2.13-1".to_string())
+                ),
+                (
+                    "linux-modules-7.2.13+deb14-amd64".to_string(),
+                    Some("7.2.13-1".to_string())
+                ),
             ]
         );
     }

@@ -128,7 +128,13 @@ impl Cache {
     pub(crate) fn resolution_file(&self, spec: &str) -> PathBuf {
         let name: String = spec
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.root.join("resolved").join(format!("{name}.json"))
     }

@@ -40,10 +40,20 @@ impl<W: Write> CpioWriter<W> {
         self.put(&[0u8; 3][..n])
     }
 
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         if name.is_empty() || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad cpio entry name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad cpio entry name",
+            ));
         }
         let size = u32::try_from(data.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio entry too large"))?;
@@ -127,7 +137,13 @@ pub fn parse_newc(mut b: &[u8]) -> Result<Vec<CpioEntry>, String> {
             let s = std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).map_err(|_| "bad field")?;
             u32::from_str_radix(s, 16).map_err(|_| format!("bad field {s:?} at {pos}"))
         };
-        let (mode, uid, gid, mtime, size) = (field(1)?, field(2)?, field(3)?, field(5)?, field(6)? as usize);
+        let (mode, uid, gid, mtime, size) = (
+            field(1)?,
+            field(2)?,
+            field(3)?,
+            field(5)?,
+            field(6)? as usize,
+        );
         let rdev = (field(9)?, field(10)?);
         let namesize = field(11)? as usize;
         let name_end = HEADER_LEN + namesize;
@@ -188,7 +204,18 @@ mod tests {
         assert_eq!(&b[110..114], b"bin\0");
         let e = parse_newc(&b).unwrap();
         let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/a", "bin/sh", "dev", "dev/console", "init", "empty"]);
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/a",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "init",
+                "empty"
+            ]
+        );
         assert_eq!(e[1].data, b"hello");
         assert_eq!(e[1].mode, S_IFREG | 0o755);
         assert_eq!(e[2].data, b"busybox");
@@ -222,7 +249,15 @@ mod tests {
         let listing = String::from_utf8(out.stdout).unwrap();
         assert_eq!(
             listing.lines().collect::<Vec<_>>(),
-            ["bin", "bin/a", "bin/sh", "dev", "dev/console", "init", "empty"]
+            [
+                "bin",
+                "bin/a",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "init",
+                "empty"
+            ]
         );
     }
 }

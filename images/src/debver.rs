@@ -57,8 +57,12 @@ fn cmp_part(a: &str, b: &str) -> Ordering {
         while j < b.len() && b[j].is_ascii_digit() {
             j += 1;
         }
-        let na = std::str::from_utf8(&a[sa..i]).unwrap_or("0").trim_start_matches('0');
-        let nb = std::str::from_utf8(&b[sb..j]).unwrap_or("0").trim_start_matches('0');
+        let na = std::str::from_utf8(&a[sa..i])
+            .unwrap_or("0")
+            .trim_start_matches('0');
+        let nb = std::str::from_utf8(&b[sb..j])
+            .unwrap_or("0")
+            .trim_start_matches('0');
         let o = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
         if o != Ordering::Equal {
             return o;

@@ -129,20 +129,49 @@ pub fn build_initramfs(
         }
     }
     let closure = module_closure(&index, &roots)?;
-    progress(Progress::BuildingInitramfs { modules: closure.len() });
+    progress(Progress::BuildingInitramfs {
+        modules: closure.len(),
+    });
 
     let mut t = Tree::default();
-    for d in ["proc", "sys", "dev", "tmp", "run", "etc/testbed", "bin", "root"] {
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "etc/testbed",
+        "bin",
+        "root",
+    ] {
         t.add(d, Node::Dir);
     }
     t.add(&format!("lib/modules/{}", k.release), Node::Dir);
     t.add("dev/console", Node::CharDev { major: 5, minor: 1 });
     let busybox = fs::read(spec.busybox).ctx("read", spec.busybox)?;
-    t.add("bin/busybox", Node::File { perm: 0o755, data: busybox });
+    t.add(
+        "bin/busybox",
+        Node::File {
+            perm: 0o755,
+            data: busybox,
+        },
+    );
     t.add("bin/sh", Node::Symlink("busybox".into()));
     let agent = fs::read(spec.agent).ctx("read", spec.agent)?;
-    t.add("bin/testbed-agent", Node::File { perm: 0o755, data: agent });
-    t.add("init", Node::File { perm: 0o755, data: INIT.as_bytes().to_vec() });
+    t.add(
+        "bin/testbed-agent",
+        Node::File {
+            perm: 0o755,
+            data: agent,
+        },
+    );
+    t.add(
+        "init",
+        Node::File {
+            perm: 0o755,
+            data: INIT.as_bytes().to_vec(),
+        },
+    );
     for (dest, src) in spec.files {
         use std::os::unix::fs::PermissionsExt;
         let data = fs::read(src).ctx("read", src)?;
@@ -155,10 +184,19 @@ pub fn build_initramfs(
         order.push('\n');
         t.add(
             &format!("lib/modules/{}/{}", k.release, m.target),
-            Node::File { perm: 0o644, data: m.data },
+            Node::File {
+                perm: 0o644,
+                data: m.data,
+            },
         );
     }
-    t.add(MODULES_ORDER_PATH, Node::File { perm: 0o644, data: order.into_bytes() });
+    t.add(
+        MODULES_ORDER_PATH,
+        Node::File {
+            perm: 0o644,
+            data: order.into_bytes(),
+        },
+    );
     let bytes = t.write().map_err(|e| ImagesError::io("write cpio", e))?;
 
     // the archive holds every input byte; key it together with the format
@@ -168,7 +206,9 @@ pub fn build_initramfs(
     let key = hex(&h.finalize());
     let path = cache.initramfs_entry(&key);
     if path.is_file() {
-        progress(Progress::CacheHit { what: "initramfs".into() });
+        progress(Progress::CacheHit {
+            what: "initramfs".into(),
+        });
         return Ok(path);
     }
     let _lock = cache.lock(&format!("initramfs-{key}"))?;
@@ -188,7 +228,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mods = t.path().join("lib/modules/7.2.0-x");
         fs::create_dir_all(&mods).unwrap();
-        fs::write(mods.join("modules.builtin"), "kernel/virt/lib/irqbypass.ko\n").unwrap();
+        fs::write(
+            mods.join("modules.builtin"),
+            "kernel/virt/lib/irqbypass.ko\n",
+        )
+        .unwrap();
         let bb = t.path().join("busybox");
         let agent = t.path().join("agent");
         fs::write(&bb, b"BUSYBOX").unwrap();
@@ -201,12 +245,24 @@ mod tests {
         };
         let cache = Cache::new(t.path().join("cache"));
         let roots = ["irqbypass"]; // built in: skipped
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb, files: &[] };
+        let spec = InitramfsSpec {
+            kernel: &kernel,
+            modules: &roots,
+            optional: &[],
+            agent: &agent,
+            busybox: &bb,
+            files: &[],
+        };
         let mut events = Vec::new();
         let p = build_initramfs(&cache, &spec, &mut |e| events.push(e)).unwrap();
         let bytes = fs::read(&p).unwrap();
         let entries = parse_newc(&bytes).unwrap();
-        let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("{n}"));
+        let get = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
         assert_eq!(get("bin/busybox").data, b"BUSYBOX");
         assert_eq!(get("bin/testbed-agent").data, b"AGENT");
         assert_eq!(get("bin/testbed-agent").mode, S_IFREG | 0o755);
@@ -215,7 +271,15 @@ mod tests {
         assert_eq!(get("bin/sh").mode & 0o170000, S_IFLNK);
         assert_eq!(get("dev/console").mode, S_IFCHR | 0o600);
         assert_eq!(get("dev/console").rdev, (5, 1));
-        for d in ["proc", "sys", "dev", "tmp", "etc", "etc/testbed", "lib/modules/7.2.0-x"] {
+        for d in [
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "etc",
+            "etc/testbed",
+            "lib/modules/7.2.0-x",
+        ] {
             assert_eq!(get(d).mode & 0o170000, S_IFDIR, "{d}");
         }
         assert_eq!(get("etc/testbed/modules.order").data, b"");
@@ -228,30 +292,57 @@ mod tests {
         events.clear();
         let p2 = build_initramfs(&cache, &spec, &mut |e| events.push(e)).unwrap();
         assert_eq!(p, p2);
-        assert!(events.contains(&Progress::CacheHit { what: "initramfs".into() }));
+        assert!(events.contains(&Progress::CacheHit {
+            what: "initramfs".into()
+        }));
         // further files keep their mode and make another archive
         use std::os::unix::fs::PermissionsExt;
         let test = t.path().join("xapic_ipi_test");
         fs::write(&test, b"ELF").unwrap();
         fs::set_permissions(&test, fs::Permissions::from_mode(0o755)).unwrap();
         let files = [("/selftests/kvm/x86/xapic_ipi_test".to_string(), test)];
-        let with_files = InitramfsSpec { files: &files, ..spec };
+        let with_files = InitramfsSpec {
+            files: &files,
+            ..spec
+        };
         let p3 = build_initramfs(&cache, &with_files, &mut |_| {}).unwrap();
         assert_ne!(p3, p);
         let bytes = fs::read(&p3).unwrap();
         let entries = parse_newc(&bytes).unwrap();
-        let e = entries.iter().find(|e| e.name == "selftests/kvm/x86/xapic_ipi_test").unwrap();
+        let e = entries
+            .iter()
+            .find(|e| e.name == "selftests/kvm/x86/xapic_ipi_test")
+            .unwrap();
         assert_eq!((e.mode, e.data.as_slice()), (S_IFREG | 0o755, &b"ELF"[..]));
-        assert!(entries.iter().any(|e| e.name == "selftests/kvm/x86" && e.mode & 0o170000 == S_IFDIR));
+        assert!(entries
+            .iter()
+            .any(|e| e.name == "selftests/kvm/x86" && e.mode & 0o170000 == S_IFDIR));
         // a missing root module is named
         let roots = ["irqbypass", "no-such"];
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[], agent: &agent, busybox: &bb, files: &[] };
+        let spec = InitramfsSpec {
+            kernel: &kernel,
+            modules: &roots,
+            optional: &[],
+            agent: &agent,
+            busybox: &bb,
+            files: &[],
+        };
         let e = build_initramfs(&cache, &spec, &mut |_| {}).unwrap_err();
-        assert_eq!(e.to_string(), format!("module no_such not found in {}", mods.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("module no_such not found in {}", mods.display())
+        );
         // an optional group the kernel lacks part of is left out, no error
         let roots = ["irqbypass"];
         let missing: &[&str] = &["irqbypass", "no-such"];
-        let spec = InitramfsSpec { kernel: &kernel, modules: &roots, optional: &[missing], agent: &agent, busybox: &bb, files: &[] };
+        let spec = InitramfsSpec {
+            kernel: &kernel,
+            modules: &roots,
+            optional: &[missing],
+            agent: &agent,
+            busybox: &bb,
+            files: &[],
+        };
         let p3 = build_initramfs(&cache, &spec, &mut |_| {}).unwrap();
         assert_eq!(p3, p, "the same archive: nothing of the group went in");
         let index = ModuleIndex::scan(&mods).unwrap();

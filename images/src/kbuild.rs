@@ -41,20 +41,41 @@ pub const KBUILD_FORMAT_VERSION: u32 = 1;
 
 /// The checked-in config fragments, merged in this order onto tinyconfig.
 pub const CONFIG_FRAGMENTS: &[(&str, &str)] = &[
-    ("base.config", include_str!("../../kernel-config/base.config")),
+    (
+        "base.config",
+        include_str!("../../kernel-config/base.config"),
+    ),
     ("kvm.config", include_str!("../../kernel-config/kvm.config")),
-    ("vfio.config", include_str!("../../kernel-config/vfio.config")),
-    ("iommu.config", include_str!("../../kernel-config/iommu.config")),
-    ("trace.config", include_str!("../../kernel-config/trace.config")),
-    ("vdpa.config", include_str!("../../kernel-config/vdpa.config")),
-    ("pcie-hotplug.config", include_str!("../../kernel-config/pcie-hotplug.config")),
+    (
+        "vfio.config",
+        include_str!("../../kernel-config/vfio.config"),
+    ),
+    (
+        "iommu.config",
+        include_str!("../../kernel-config/iommu.config"),
+    ),
+    (
+        "trace.config",
+        include_str!("../../kernel-config/trace.config"),
+    ),
+    (
+        "vdpa.config",
+        include_str!("../../kernel-config/vdpa.config"),
+    ),
+    (
+        "pcie-hotplug.config",
+        include_str!("../../kernel-config/pcie-hotplug.config"),
+    ),
 ];
 
 /// tinyconfig, as `make tinyconfig` builds it: allnoconfig plus these.
 const BASE_FRAGMENTS: &[&str] = &["kernel/configs/tiny.config", "arch/x86/configs/tiny.config"];
 
 fn bad_tree(path: &Path, why: impl Into<String>) -> ImagesError {
-    ImagesError::BadKernelTree { path: path.to_path_buf(), why: why.into() }
+    ImagesError::BadKernelTree {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
 }
 
 fn git(dir: &Path) -> Command {
@@ -64,7 +85,10 @@ fn git(dir: &Path) -> Command {
 }
 
 fn git_out(dir: &Path, args: &[&str]) -> Result<std::process::Output, ImagesError> {
-    git(dir).args(args).output().map_err(|e| ImagesError::io("run git (install git)", e))
+    git(dir)
+        .args(args)
+        .output()
+        .map_err(|e| ImagesError::io("run git (install git)", e))
 }
 
 fn git_ok(dir: &Path, args: &[&str]) -> Result<String, ImagesError> {
@@ -123,8 +147,13 @@ impl Source {
 /// Check that `tree` is the top of a kernel git tree; returns its canonical path.
 fn kernel_tree(tree: &Path) -> Result<PathBuf, ImagesError> {
     let canonical = fs::canonicalize(tree).map_err(|e| bad_tree(tree, e.to_string()))?;
-    if !canonical.join("Kconfig").is_file() || !canonical.join("scripts/kconfig/merge_config.sh").is_file() {
-        return Err(bad_tree(tree, "not a Linux source tree (no Kconfig or scripts/kconfig/merge_config.sh)"));
+    if !canonical.join("Kconfig").is_file()
+        || !canonical.join("scripts/kconfig/merge_config.sh").is_file()
+    {
+        return Err(bad_tree(
+            tree,
+            "not a Linux source tree (no Kconfig or scripts/kconfig/merge_config.sh)",
+        ));
     }
     let out = git_out(&canonical, &["rev-parse", "--verify", "-q", "HEAD"])?;
     if !out.status.success() {
@@ -136,7 +165,10 @@ fn kernel_tree(tree: &Path) -> Result<PathBuf, ImagesError> {
 /// The commit `rev` names in `tree`; unknown revisions are bad input.
 pub fn resolve_rev(tree: &Path, rev: &str) -> Result<String, ImagesError> {
     let spec = format!("{rev}^{{commit}}");
-    let out = git_out(tree, &["rev-parse", "--verify", "-q", "--end-of-options", &spec])?;
+    let out = git_out(
+        tree,
+        &["rev-parse", "--verify", "-q", "--end-of-options", &spec],
+    )?;
     if !out.status.success() {
         return Err(bad_tree(tree, format!("unknown revision {rev}")));
     }
@@ -162,8 +194,10 @@ pub(crate) fn resolve_git(
                 cache,
                 &key,
                 |work, progress| {
-                    let _tree_lock =
-                        cache.lock(&format!("linux-tree-{}", short_hash(&[tree.as_os_str().as_encoded_bytes()])))?;
+                    let _tree_lock = cache.lock(&format!(
+                        "linux-tree-{}",
+                        short_hash(&[tree.as_os_str().as_encoded_bytes()])
+                    ))?;
                     let worktree = checkout_worktree(cache, &tree, &sha, progress)?;
                     build(cache, &worktree, work, &description, progress)
                 },
@@ -172,16 +206,30 @@ pub(crate) fn resolve_git(
         }
         None => {
             if tree.join(".config").exists() || tree.join("include/config").exists() {
-                return Err(bad_tree(&tree, "it has an in-tree build (make O= needs a clean tree: make mrproper)"));
+                return Err(bad_tree(
+                    &tree,
+                    "it has an in-tree build (make O= needs a clean tree: make mrproper)",
+                ));
             }
             let head = git_ok(&tree, &["rev-parse", "HEAD"])?;
-            let out = git_out(&tree, &["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])?;
+            let out = git_out(
+                &tree,
+                &["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"],
+            )?;
             if !out.status.success() {
                 return Err(bad_tree(&tree, "git diff HEAD failed"));
             }
             let dirty = !out.stdout.is_empty();
-            let source = Source::Checkout { head: head.clone(), diff: out.stdout };
-            let description = format!("git {} ({}{})", tree.display(), &head[..12], if dirty { "+dirty" } else { "" });
+            let source = Source::Checkout {
+                head: head.clone(),
+                diff: out.stdout,
+            };
+            let description = format!(
+                "git {} ({}{})",
+                tree.display(),
+                &head[..12],
+                if dirty { "+dirty" } else { "" }
+            );
             build_kernel_entry(
                 cache,
                 &source.key(),
@@ -200,14 +248,19 @@ fn checkout_worktree(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PathBuf, ImagesError> {
     let worktree = linux_worktree(cache, tree)?;
-    progress(Progress::CheckingOut { rev: sha[..12].to_string() });
+    progress(Progress::CheckingOut {
+        rev: sha[..12].to_string(),
+    });
     if worktree.join(".git").exists() {
         git_ok(&worktree, &["checkout", "-q", "--detach", "--force", sha])?;
     } else {
         // a worktree directory removed by hand is still registered: forget it
         let _ = git_ok(tree, &["worktree", "prune"]);
         let wt = worktree.display().to_string();
-        git_ok(tree, &["worktree", "add", "-q", "--detach", "--force", &wt, sha])?;
+        git_ok(
+            tree,
+            &["worktree", "add", "-q", "--detach", "--force", &wt, sha],
+        )?;
     }
     Ok(worktree)
 }
@@ -237,7 +290,11 @@ pub(crate) fn jobs() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
 }
 
 fn have_ccache() -> bool {
@@ -259,9 +316,16 @@ fn build(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(PathBuf, String), ImagesError> {
     let (out_dir, log) = build_dir(cache, source)?;
-    let _lock = cache.lock(&format!("kbuild-{}", out_dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")))?;
+    let _lock = cache.lock(&format!(
+        "kbuild-{}",
+        out_dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ))?;
     fs::write(&log, format!("building {description}\n")).ctx("write", &log)?;
-    let fail = |step: &str| ImagesError::KernelBuild { step: step.into(), log: log.clone(), tail: log_tail(&log, 30) };
+    let fail = |step: &str| ImagesError::KernelBuild {
+        step: step.into(),
+        log: log.clone(),
+        tail: log_tail(&log, 30),
+    };
 
     // the fragments, written where merge_config.sh can read them
     let frag_dir = work.join("fragments");
@@ -283,21 +347,34 @@ fn build(
     let mut args = vec!["-n".to_string(), "-O".to_string(), out.clone()];
     args.extend(merge);
     if !run_logged(
-        Command::new("scripts/kconfig/merge_config.sh").args(&args).current_dir(source).env("ARCH", "x86_64"),
+        Command::new("scripts/kconfig/merge_config.sh")
+            .args(&args)
+            .current_dir(source)
+            .env("ARCH", "x86_64"),
         &log,
         &mut |_| {},
     )? {
         return Err(fail("configure"));
     }
-    let config = fs::read_to_string(out_dir.join(".config")).ctx("read", &out_dir.join(".config"))?;
+    let config =
+        fs::read_to_string(out_dir.join(".config")).ctx("read", &out_dir.join(".config"))?;
     let missing = missing_values(&config);
     if !missing.is_empty() {
-        return Err(ImagesError::KernelConfig { missing: missing.join(", "), log: log.clone() });
+        return Err(ImagesError::KernelConfig {
+            missing: missing.join(", "),
+            log: log.clone(),
+        });
     }
 
-    let make = |targets: &[&str], extra: &[String], progress: &mut dyn FnMut(Progress)| -> Result<bool, ImagesError> {
+    let make = |targets: &[&str],
+                extra: &[String],
+                progress: &mut dyn FnMut(Progress)|
+     -> Result<bool, ImagesError> {
         let mut c = Command::new("make");
-        c.current_dir(source).arg(format!("O={out}")).arg("ARCH=x86_64").arg(format!("-j{}", jobs()));
+        c.current_dir(source)
+            .arg(format!("O={out}"))
+            .arg("ARCH=x86_64")
+            .arg(format!("-j{}", jobs()));
         if have_ccache() {
             c.arg("CC=ccache gcc");
         }
@@ -317,17 +394,29 @@ fn build(
     }
     let release_out = Command::new("make")
         .current_dir(source)
-        .args([format!("O={out}"), "ARCH=x86_64".into(), "-s".into(), "kernelrelease".into()])
+        .args([
+            format!("O={out}"),
+            "ARCH=x86_64".into(),
+            "-s".into(),
+            "kernelrelease".into(),
+        ])
         .output()
         .map_err(|e| ImagesError::io("run make kernelrelease", e))?;
-    let release = String::from_utf8_lossy(&release_out.stdout).trim().to_string();
+    let release = String::from_utf8_lossy(&release_out.stdout)
+        .trim()
+        .to_string();
     if !release_out.status.success() || release.is_empty() {
         return Err(fail("make kernelrelease"));
     }
-    progress(Progress::InstallingModules { release: release.clone() });
+    progress(Progress::InstallingModules {
+        release: release.clone(),
+    });
     let root = work.join("root");
     fs::create_dir_all(root.join("boot")).ctx("create directory", &root)?;
-    let install = [format!("INSTALL_MOD_PATH={}", root.display()), "INSTALL_MOD_STRIP=1".to_string()];
+    let install = [
+        format!("INSTALL_MOD_PATH={}", root.display()),
+        "INSTALL_MOD_STRIP=1".to_string(),
+    ];
     if !make(&["modules_install"], &install, progress)? {
         return Err(fail("modules_install"));
     }
@@ -345,7 +434,8 @@ fn build(
 /// Kbuild's quiet lines for compiled objects (`  CC      kernel/fork.o`).
 fn is_compile_line(line: &str) -> bool {
     let t = line.trim_start();
-    line.starts_with("  ") && (t.starts_with("CC ") || t.starts_with("AS ") || t.starts_with("CC [M] "))
+    line.starts_with("  ")
+        && (t.starts_with("CC ") || t.starts_with("AS ") || t.starts_with("CC [M] "))
 }
 
 /// Values the fragments ask for that are not in the final `.config`.
@@ -353,22 +443,26 @@ pub fn missing_values(config: &str) -> Vec<String> {
     let mut missing = Vec::new();
     for (_, text) in CONFIG_FRAGMENTS {
         for line in text.lines().map(str::trim) {
-            let (symbol, wanted) =
-                if let Some(sym) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
-                    (sym, None)
-                } else if line.starts_with("CONFIG_") {
-                    match line.split_once('=') {
-                        Some((s, v)) => (s, Some(v)),
-                        None => continue,
-                    }
-                } else {
-                    continue;
-                };
+            let (symbol, wanted) = if let Some(sym) = line
+                .strip_prefix("# ")
+                .and_then(|l| l.strip_suffix(" is not set"))
+            {
+                (sym, None)
+            } else if line.starts_with("CONFIG_") {
+                match line.split_once('=') {
+                    Some((s, v)) => (s, Some(v)),
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
             let actual = config.lines().find_map(|l| {
                 if l == format!("# {symbol} is not set") {
                     Some(None)
                 } else {
-                    l.strip_prefix(symbol).and_then(|r| r.strip_prefix('=')).map(Some)
+                    l.strip_prefix(symbol)
+                        .and_then(|r| r.strip_prefix('='))
+                        .map(Some)
                 }
             });
             let ok = match (wanted, actual) {
@@ -389,10 +483,20 @@ pub fn missing_values(config: &str) -> Vec<String> {
 
 /// Runs `cmd` with stdout and stderr appended to `log`, handing each stdout
 /// line to `line`; true when it succeeded.
-pub(crate) fn run_logged(cmd: &mut Command, log: &Path, line: &mut dyn FnMut(&str)) -> Result<bool, ImagesError> {
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(log).ctx("open", log)?;
+pub(crate) fn run_logged(
+    cmd: &mut Command,
+    log: &Path,
+    line: &mut dyn FnMut(&str),
+) -> Result<bool, ImagesError> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx("open", log)?;
     let _ = writeln!(f, "$ {cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(f.try_clone().ctx("open", log)?);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(f.try_clone().ctx("open", log)?);
     // the build stops (and stops its compilers) when the testbed dies
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
@@ -402,19 +506,25 @@ pub(crate) fn run_logged(cmd: &mut Command, log: &Path, line: &mut dyn FnMut(&st
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| ImagesError::io(format!("run {cmd:?}"), e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ImagesError::io(format!("run {cmd:?}"), e))?;
     let stdout = child.stdout.take().expect("piped");
     for l in BufReader::new(stdout).lines() {
         let Ok(l) = l else { break };
         let _ = writeln!(f, "{l}");
         line(&l);
     }
-    let status = child.wait().map_err(|e| ImagesError::io("wait for the kernel build", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| ImagesError::io("wait for the kernel build", e))?;
     Ok(status.success())
 }
 
 fn log_tail(log: &Path, n: usize) -> String {
-    let text = fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     // from the first compiler error, if any, else the end
     let start = lines
@@ -462,12 +572,22 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(missing_values(&config), Vec::<String>::new());
-        config = config.replace("CONFIG_VFIO_NOIOMMU=y\n", "# CONFIG_VFIO_NOIOMMU is not set\n");
+        config = config.replace(
+            "CONFIG_VFIO_NOIOMMU=y\n",
+            "# CONFIG_VFIO_NOIOMMU is not set\n",
+        );
         config = config.replace("CONFIG_KVM_AMD=m\n", "CONFIG_KVM_AMD=y\n");
         config = config.replace("CONFIG_VP_VDPA=m\n", "");
         let mut got = missing_values(&config);
         got.sort();
-        assert_eq!(got, ["CONFIG_KVM_AMD=m", "CONFIG_VFIO_NOIOMMU=y", "CONFIG_VP_VDPA=m"]);
+        assert_eq!(
+            got,
+            [
+                "CONFIG_KVM_AMD=m",
+                "CONFIG_VFIO_NOIOMMU=y",
+                "CONFIG_VP_VDPA=m"
+            ]
+        );
         // a symbol that is a prefix of another is not confused with it
         let config = config.replace("CONFIG_VFIO=m\n", "CONFIG_VFIO_X=m\n");
         assert!(missing_values(&config).contains(&"CONFIG_VFIO=m".to_string()));
@@ -487,7 +607,11 @@ mod tests {
     fn fake_kernel_tree(dir: &Path) -> Vec<String> {
         let g = |args: &[&str]| {
             let out = git(dir).args(args).output().unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         g(&["init", "-q", "-b", "main"]);
@@ -502,7 +626,11 @@ mod tests {
         let mut shas = Vec::new();
         for i in 0..3 {
             fs::write(dir.join("Kconfig"), format!("# version {i}\n")).unwrap();
-            fs::write(&script, "#!/bin/sh\necho \"configuring $(cat Kconfig)\"\nexit 1\n").unwrap();
+            fs::write(
+                &script,
+                "#!/bin/sh\necho \"configuring $(cat Kconfig)\"\nexit 1\n",
+            )
+            .unwrap();
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
             g(&["add", "-A"]);
@@ -522,7 +650,9 @@ mod tests {
         let e = resolve_git(&cache, &tree, Some("HEAD~1"), &mut |_| {}).unwrap_err();
         // a failed build is not bad input (exit 125), names its step and keeps the log
         assert!(!e.is_bad_input(), "{e}");
-        let ImagesError::KernelBuild { step, log, tail } = &e else { panic!("{e}") };
+        let ImagesError::KernelBuild { step, log, tail } = &e else {
+            panic!("{e}")
+        };
         assert_eq!(step, "configure");
         assert!(tail.contains("configuring # version 1"), "{tail}");
         assert!(log.is_file());
@@ -530,9 +660,14 @@ mod tests {
         let worktree = linux_worktree(&cache, &tree).unwrap();
         assert_eq!(git_ok(&worktree, &["rev-parse", "HEAD"]).unwrap(), shas[1]);
         assert_eq!(git_ok(&tree, &["rev-parse", "HEAD"]).unwrap(), shas[2]);
-        assert_eq!(git_ok(&tree, &["symbolic-ref", "HEAD"]).unwrap(), "refs/heads/main");
+        assert_eq!(
+            git_ok(&tree, &["symbolic-ref", "HEAD"]).unwrap(),
+            "refs/heads/main"
+        );
         // nothing half-built became an entry
-        let entries = fs::read_dir(t.path().join("cache/kernels")).map(|d| d.count()).unwrap_or(0);
+        let entries = fs::read_dir(t.path().join("cache/kernels"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         assert_eq!(entries, 0);
         // the same worktree moves to the next revision asked for
         let e = resolve_git(&cache, &tree, Some(&shas[0]), &mut |_| {}).unwrap_err();
@@ -540,7 +675,10 @@ mod tests {
         assert_eq!(git_ok(&worktree, &["rev-parse", "HEAD"]).unwrap(), shas[0]);
         // an unknown revision is bad input
         let e = resolve_git(&cache, &tree, Some("nope"), &mut |_| {}).unwrap_err();
-        assert!(e.is_bad_input() && e.to_string().ends_with("unknown revision nope"), "{e}");
+        assert!(
+            e.is_bad_input() && e.to_string().ends_with("unknown revision nope"),
+            "{e}"
+        );
         // the checkout itself is built in place, as it is
         let e = resolve_git(&cache, &tree, None, &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("configuring # version 2"), "{e}");

@@ -43,7 +43,10 @@ pub fn bzimage_release(path: &Path) -> Result<String, ImagesError> {
     let mut buf = [0u8; 256];
     let n = f.read(&mut buf).ctx("read", path)?;
     let s = &buf[..n];
-    let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .unwrap_or(s.len());
     let rel = std::str::from_utf8(&s[..end]).map_err(|_| bad("version string is not utf-8"))?;
     if rel.is_empty() || !rel.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(bad("no kernel version string"));
@@ -65,14 +68,19 @@ pub fn list_debian_kernels(
 
 /// Update the lists when missing or older than a day; a failed refresh with
 /// lists present is reported and tolerated (offline runs).
-pub(crate) fn refresh_if_stale(apt: &Apt, progress: &mut dyn FnMut(Progress)) -> Result<bool, ImagesError> {
+pub(crate) fn refresh_if_stale(
+    apt: &Apt,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<bool, ImagesError> {
     if !apt.lists_stale() {
         return Ok(false);
     }
     match apt.update(progress) {
         Ok(()) => Ok(true),
         Err(e) if apt.has_lists() => {
-            progress(Progress::UpdateFailed { error: e.to_string() });
+            progress(Progress::UpdateFailed {
+                error: e.to_string(),
+            });
             Ok(true)
         }
         Err(e) => Err(e),
@@ -89,7 +97,9 @@ pub fn resolve_kernel(
     match spec {
         KernelSpec::Path { bzimage, modules } => resolve_path(bzimage, modules.as_deref()),
         KernelSpec::Debian(req) => resolve_debian(cache, &spec.to_string(), req, progress),
-        KernelSpec::Git { tree, rev } => crate::kbuild::resolve_git(cache, tree, rev.as_deref(), progress),
+        KernelSpec::Git { tree, rev } => {
+            crate::kbuild::resolve_git(cache, tree, rev.as_deref(), progress)
+        }
     }
 }
 
@@ -142,7 +152,9 @@ fn resolve_debian(
         let fresh = now_secs().saturating_sub(r.time) < RESOLUTION_MAX_AGE.as_secs();
         if fresh {
             if let Ok(Some(k)) = load_entry(cache, &r.kernel) {
-                progress(Progress::CacheHit { what: format!("kernel {}", r.kernel.version) });
+                progress(Progress::CacheHit {
+                    what: format!("kernel {}", r.kernel.version),
+                });
                 return Ok(k);
             }
         }
@@ -159,7 +171,10 @@ fn resolve_debian(
                     apt.update(progress)?;
                     let kernels = apt.kernels()?;
                     select_kernel(&kernels, req).cloned().map_err(|nearest| {
-                        ImagesError::UnknownKernelVersion { spec: spec.to_string(), nearest }
+                        ImagesError::UnknownKernelVersion {
+                            spec: spec.to_string(),
+                            nearest,
+                        }
                     })
                 }
                 Err(nearest) => Err(ImagesError::UnknownKernelVersion {
@@ -175,7 +190,9 @@ fn resolve_debian(
                 if let Some(r) = &remembered {
                     if !matches!(e, ImagesError::UnknownKernelVersion { .. }) {
                         if let Ok(Some(k)) = load_entry(cache, &r.kernel) {
-                            progress(Progress::UpdateFailed { error: e.to_string() });
+                            progress(Progress::UpdateFailed {
+                                error: e.to_string(),
+                            });
                             progress(Progress::CacheHit {
                                 what: format!("kernel {}", r.kernel.version),
                             });
@@ -194,12 +211,17 @@ fn resolve_debian(
     });
     let kernel = match load_entry(cache, &chosen).ok().flatten() {
         Some(k) => {
-            progress(Progress::CacheHit { what: format!("kernel {}", chosen.version) });
+            progress(Progress::CacheHit {
+                what: format!("kernel {}", chosen.version),
+            });
             k
         }
         None => build_debian_entry(cache, &chosen, progress)?,
     };
-    let res = Resolution { time: now_secs(), kernel: chosen };
+    let res = Resolution {
+        time: now_secs(),
+        kernel: chosen,
+    };
     let json = serde_json::to_vec_pretty(&res).expect("resolution serializes");
     write_atomic(&cache.resolution_file(spec), &json)?;
     Ok(kernel)
@@ -248,44 +270,51 @@ fn build_debian_entry(
     k: &DebianKernel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Kernel, ImagesError> {
-    build_kernel_entry(cache, &k.key(), |work, progress| {
-        let dl = work.join("dl");
-        fs::create_dir_all(&dl).ctx("create directory", &dl)?;
-        let mut debs = Vec::new();
-        {
-            let _apt = cache.lock("apt")?;
-            let apt = Apt::prepare(cache)?;
-            for p in &k.packages {
-                debs.push((p.clone(), apt.download(p, &dl, progress)?));
+    build_kernel_entry(
+        cache,
+        &k.key(),
+        |work, progress| {
+            let dl = work.join("dl");
+            fs::create_dir_all(&dl).ctx("create directory", &dl)?;
+            let mut debs = Vec::new();
+            {
+                let _apt = cache.lock("apt")?;
+                let apt = Apt::prepare(cache)?;
+                for p in &k.packages {
+                    debs.push((p.clone(), apt.download(p, &dl, progress)?));
+                }
             }
-        }
-        let root = work.join("root");
-        fs::create_dir_all(&root).ctx("create directory", &root)?;
-        for (p, deb) in &debs {
-            progress(Progress::Unpacking { package: p.name.clone() });
-            let sh = shell()?;
-            let out = cmd!(sh, "dpkg-deb -x {deb} {root}")
-                .quiet()
-                .ignore_status()
-                .output()
-                .map_err(cmd_err("dpkg-deb"))?;
-            if !out.status.success() {
-                return Err(ImagesError::Command {
-                    cmd: format!("dpkg-deb -x {}", deb.display()),
-                    detail: last_lines(&out.stderr, &out.stdout),
+            let root = work.join("root");
+            fs::create_dir_all(&root).ctx("create directory", &root)?;
+            for (p, deb) in &debs {
+                progress(Progress::Unpacking {
+                    package: p.name.clone(),
                 });
+                let sh = shell()?;
+                let out = cmd!(sh, "dpkg-deb -x {deb} {root}")
+                    .quiet()
+                    .ignore_status()
+                    .output()
+                    .map_err(cmd_err("dpkg-deb"))?;
+                if !out.status.success() {
+                    return Err(ImagesError::Command {
+                        cmd: format!("dpkg-deb -x {}", deb.display()),
+                        detail: last_lines(&out.stderr, &out.stdout),
+                    });
+                }
+                fs::remove_file(deb).ctx("remove", deb)?;
             }
-            fs::remove_file(deb).ctx("remove", deb)?;
-        }
-        let with_vmlinuz = |name: &str| format!("debian {} {}", name, k.debian_version);
-        // the package holding the bzImage names the kernel
-        let binary = k
-            .packages
-            .iter()
-            .find(|p| !p.name.starts_with("linux-modules-"))
-            .unwrap_or(&k.image_package);
-        Ok((root, with_vmlinuz(&binary.name)))
-    }, progress)
+            let with_vmlinuz = |name: &str| format!("debian {} {}", name, k.debian_version);
+            // the package holding the bzImage names the kernel
+            let binary = k
+                .packages
+                .iter()
+                .find(|p| !p.name.starts_with("linux-modules-"))
+                .unwrap_or(&k.image_package);
+            Ok((root, with_vmlinuz(&binary.name)))
+        },
+        progress,
+    )
 }
 
 /// Build `kernels/<key>`: `fetch` fills a work directory with an unpacked
@@ -316,7 +345,10 @@ pub(crate) fn build_kernel_entry(
     fs::rename(&mods, &entry_mods).ctx("move", &mods)?;
     // a vmlinuz inside the modules dir was moved out already; drop leftovers
     let _ = fs::remove_file(entry_mods.join("vmlinuz"));
-    let meta = EntryMeta { release: release.clone(), description };
+    let meta = EntryMeta {
+        release: release.clone(),
+        description,
+    };
     fs::write(
         entry.join(ENTRY_META),
         serde_json::to_vec_pretty(&meta).expect("meta serializes"),
@@ -333,7 +365,10 @@ pub(crate) fn build_kernel_entry(
 /// Find `<root>/{usr/,}lib/modules/<release>` and the bzImage
 /// (`boot/vmlinuz-<release>` or `<modules>/vmlinuz`).
 fn locate_kernel_files(root: &Path, what: &str) -> Result<(PathBuf, PathBuf, String), ImagesError> {
-    let layout = |why: String| ImagesError::PackageLayout { package: what.to_string(), why };
+    let layout = |why: String| ImagesError::PackageLayout {
+        package: what.to_string(),
+        why,
+    };
     let mut mod_dirs = Vec::new();
     for base in ["usr/lib/modules", "lib/modules"] {
         if let Ok(rd) = fs::read_dir(root.join(base)) {
@@ -346,7 +381,10 @@ fn locate_kernel_files(root: &Path, what: &str) -> Result<(PathBuf, PathBuf, Str
     }
     mod_dirs.sort();
     let [mods] = mod_dirs.as_slice() else {
-        return Err(layout(format!("expected one modules directory, found {}", mod_dirs.len())));
+        return Err(layout(format!(
+            "expected one modules directory, found {}",
+            mod_dirs.len()
+        )));
     };
     let release = mods
         .file_name()
@@ -393,7 +431,10 @@ mod tests {
         fake_bzimage(&p, "7.2.0-test");
         assert_eq!(bzimage_release(&p).unwrap(), "7.2.0-test");
         fs::write(&p, b"nope").unwrap();
-        assert!(bzimage_release(&p).unwrap_err().to_string().starts_with("bad bzImage"));
+        assert!(bzimage_release(&p)
+            .unwrap_err()
+            .to_string()
+            .starts_with("bad bzImage"));
         let real = Path::new(DEB_TREE).join("usr/lib/modules/7.2.13+deb14-amd64/vmlinuz");
         if real.exists() {
             assert_eq!(bzimage_release(&real).unwrap(), "7.2.13+deb14-amd64");
@@ -417,7 +458,10 @@ mod tests {
         assert_eq!(k.bzimage, bz);
         let spec: KernelSpec = format!("path:{}", bz.display()).parse().unwrap();
         let e = resolve_kernel(&cache, &spec, &mut |_| {}).unwrap_err();
-        assert_eq!(e.to_string(), "modules directory /lib/modules/7.2.0-x does not exist");
+        assert_eq!(
+            e.to_string(),
+            "modules directory /lib/modules/7.2.0-x does not exist"
+        );
     }
 
     #[test]
@@ -432,7 +476,10 @@ mod tests {
                 let m = work.join("root/usr/lib/modules/7.2.0-x");
                 fs::create_dir_all(&m).unwrap();
                 fake_bzimage(&m.join("vmlinuz"), "7.2.0-x");
-                Err(ImagesError::Command { cmd: "dpkg-deb -x".into(), detail: "killed".into() })
+                Err(ImagesError::Command {
+                    cmd: "dpkg-deb -x".into(),
+                    detail: "killed".into(),
+                })
             },
             &mut |_| {},
         )

@@ -40,23 +40,26 @@ pub use apt::{archive_uri_from_deb822, archive_uri_from_one_line, DebPackage, De
 pub use cache::Cache;
 pub use debver::compare_debian_versions;
 pub use initramfs::{build_initramfs, InitramfsSpec, INITRAMFS_FORMAT_VERSION};
-pub use kbuild::{linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION};
+pub use kbuild::{
+    linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION,
+};
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
 pub use linux_source::{debian_linux_tree, DebianTree, TreeFrom, TreeOrigin};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;
 pub use qemu::{
-    build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree, system_data_dirs,
-    CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY,
-    QEMU_FORMAT_VERSION, QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
+    build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree,
+    system_data_dirs, CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION,
+    PINNED_ORIG_SHA256, QEMU_BINARY, QEMU_FORMAT_VERSION, QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
 };
 pub use selftests::{
-    build_selftests, kernel_upstream_version, SelftestBuild, SelftestSource, SelftestSuite, SuiteBuild,
-    SELFTESTS_FORMAT_VERSION,
+    build_selftests, kernel_upstream_version, SelftestBuild, SelftestSource, SelftestSuite,
+    SuiteBuild, SELFTESTS_FORMAT_VERSION,
 };
 pub use spec::{KernelSpec, KernelVersion, VersionReq};
 pub use vmm::{
-    dyn_info, library_closure, vmm_files, DynInfo, GUEST_FIRMWARE_DIR, GUEST_LIB_DIR, GUEST_VMM_BINARY, VMM_FIRMWARE,
+    dyn_info, library_closure, vmm_files, DynInfo, GUEST_FIRMWARE_DIR, GUEST_LIB_DIR,
+    GUEST_VMM_BINARY, VMM_FIRMWARE,
 };
 
 /// Errors of this crate.
@@ -105,13 +108,21 @@ pub enum ImagesError {
     #[error("patch {} does not apply:\n{output}", .patch.display())]
     PatchFailed { patch: PathBuf, output: String },
     #[error("qemu {step} failed (whole log: {}):\n{tail}", .log.display())]
-    QemuBuild { step: String, log: PathBuf, tail: String },
+    QemuBuild {
+        step: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("bad QEMU tree {}: {why}", .path.display())]
     BadQemuTree { path: PathBuf, why: String },
     #[error("bad kernel tree {}: {why}", .path.display())]
     BadKernelTree { path: PathBuf, why: String },
     #[error("kernel {step} failed (whole log: {}):\n{tail}", .log.display())]
-    KernelBuild { step: String, log: PathBuf, tail: String },
+    KernelBuild {
+        step: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("kernel config lacks what the fragments ask for: {missing} (log: {})", .log.display())]
     KernelConfig { missing: String, log: PathBuf },
     #[error("bad ELF file {}: {why}", .path.display())]
@@ -123,9 +134,16 @@ pub enum ImagesError {
     #[error("unknown selftest suite {0:?}: expected kvm or vfio")]
     UnknownSelftestSuite(String),
     #[error("no linux-source package for {version} or a newer kernel line; the archive has {}", nearest_list(.available))]
-    NoSelftestSource { version: String, available: Vec<String> },
+    NoSelftestSource {
+        version: String,
+        available: Vec<String>,
+    },
     #[error("selftests {step} failed (whole log: {}):\n{tail}", .log.display())]
-    SelftestBuildFailed { step: String, log: PathBuf, tail: String },
+    SelftestBuildFailed {
+        step: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("built selftest {} is unusable: {why}", .path.display())]
     BadSelftest { path: PathBuf, why: String },
     #[error("building selftests needs {what}: install {package} (cargo xtask setup)")]
@@ -169,9 +187,17 @@ pub enum Progress {
     /// resolution are used instead.
     UpdateFailed { error: String },
     /// A spec was resolved to a Debian kernel.
-    Resolved { spec: String, version: String, package: String },
+    Resolved {
+        spec: String,
+        version: String,
+        package: String,
+    },
     /// A package download is under way: `done` of `total` bytes.
-    Downloading { package: String, done: u64, total: u64 },
+    Downloading {
+        package: String,
+        done: u64,
+        total: u64,
+    },
     /// Unpacking a package with `dpkg-deb -x`.
     Unpacking { package: String },
     /// Computing the module closure and writing the cpio.
@@ -193,7 +219,11 @@ pub enum Progress {
     /// `apt-get source --download-only linux=<version>`.
     FetchingKernelSource { version: String },
     /// Committing patch `index` of `total` of Debian's series.
-    ApplyingKernelPatch { index: usize, total: usize, name: String },
+    ApplyingKernelPatch {
+        index: usize,
+        total: usize,
+        name: String,
+    },
     /// Checking a commit out in the testbed's worktree of a kernel tree.
     CheckingOut { rev: String },
     /// Merging the config fragments onto tinyconfig.
@@ -206,7 +236,10 @@ pub enum Progress {
     ExtractingVmlinux { release: String },
     /// Selftests come from `source`; `note` says why when it is not the
     /// kernel's own line.
-    SelftestsFrom { source: String, note: Option<String> },
+    SelftestsFrom {
+        source: String,
+        note: Option<String>,
+    },
     /// `make headers` in the selftests' kernel source.
     InstallingKernelHeaders,
     /// Building one selftest suite: `compiled` source files so far.
@@ -219,34 +252,78 @@ impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Progress::UpdatingPackageLists => write!(f, "updating package lists"),
-            Progress::UpdateFailed { error } => write!(f, "package list update failed, using stale lists: {error}"),
-            Progress::Resolved { spec, version, package } => write!(f, "{spec} is {version} ({package})"),
-            Progress::Downloading { package, done, total } => {
-                write!(f, "downloading {package}: {} of {} MB", done / 1_000_000, total / 1_000_000)
+            Progress::UpdateFailed { error } => {
+                write!(f, "package list update failed, using stale lists: {error}")
+            }
+            Progress::Resolved {
+                spec,
+                version,
+                package,
+            } => write!(f, "{spec} is {version} ({package})"),
+            Progress::Downloading {
+                package,
+                done,
+                total,
+            } => {
+                write!(
+                    f,
+                    "downloading {package}: {} of {} MB",
+                    done / 1_000_000,
+                    total / 1_000_000
+                )
             }
             Progress::Unpacking { package } => write!(f, "unpacking {package}"),
-            Progress::BuildingInitramfs { modules } => write!(f, "building initramfs ({modules} modules)"),
-            Progress::PreparingPythonVenv => write!(f, "creating the python venv for the qemu build (meson, pycotap)"),
-            Progress::FetchingQemuSource { version } => write!(f, "downloading qemu source {version}"),
+            Progress::BuildingInitramfs { modules } => {
+                write!(f, "building initramfs ({modules} modules)")
+            }
+            Progress::PreparingPythonVenv => write!(
+                f,
+                "creating the python venv for the qemu build (meson, pycotap)"
+            ),
+            Progress::FetchingQemuSource { version } => {
+                write!(f, "downloading qemu source {version}")
+            }
             Progress::ApplyingPatches { count } => write!(f, "applying {count} qemu patches"),
             Progress::ConfiguringQemu => {
                 write!(f, "configuring qemu (a first full build takes about 8 minutes on 2 cores, then it is cached)")
             }
-            Progress::UpdatingQemuTree { dir } => write!(f, "updating the qemu build tree {}", dir.display()),
-            Progress::BuildingQemu { step, total } => write!(f, "building qemu: step {step}/{total}"),
+            Progress::UpdatingQemuTree { dir } => {
+                write!(f, "updating the qemu build tree {}", dir.display())
+            }
+            Progress::BuildingQemu { step, total } => {
+                write!(f, "building qemu: step {step}/{total}")
+            }
             Progress::CacheHit { what } => write!(f, "cached: {what}"),
-            Progress::FetchingKernelSource { version } => write!(f, "fetching the linux {version} source"),
-            Progress::ApplyingKernelPatch { index, total, name } => write!(f, "patch {index}/{total}: {name}"),
+            Progress::FetchingKernelSource { version } => {
+                write!(f, "fetching the linux {version} source")
+            }
+            Progress::ApplyingKernelPatch { index, total, name } => {
+                write!(f, "patch {index}/{total}: {name}")
+            }
             Progress::CheckingOut { rev } => write!(f, "checking out {rev}"),
-            Progress::ConfiguringKernel => write!(f, "configuring the kernel (tinyconfig + kernel-config/)"),
-            Progress::BuildingKernel { objects } => write!(f, "building the kernel: {objects} files compiled"),
-            Progress::InstallingModules { release } => write!(f, "installing the modules of {release}"),
-            Progress::ExtractingVmlinux { release } => write!(f, "extracting the uncompressed kernel of {release}"),
+            Progress::ConfiguringKernel => {
+                write!(f, "configuring the kernel (tinyconfig + kernel-config/)")
+            }
+            Progress::BuildingKernel { objects } => {
+                write!(f, "building the kernel: {objects} files compiled")
+            }
+            Progress::InstallingModules { release } => {
+                write!(f, "installing the modules of {release}")
+            }
+            Progress::ExtractingVmlinux { release } => {
+                write!(f, "extracting the uncompressed kernel of {release}")
+            }
             Progress::SelftestsFrom { source, note: None } => write!(f, "selftests from {source}"),
-            Progress::SelftestsFrom { source, note: Some(note) } => write!(f, "selftests from {source} ({note})"),
+            Progress::SelftestsFrom {
+                source,
+                note: Some(note),
+            } => write!(f, "selftests from {source} ({note})"),
             Progress::InstallingKernelHeaders => write!(f, "make headers (for the selftests)"),
             Progress::BuildingSelftests { suite, compiled } => {
-                write!(f, "building the {suite} selftests: {compiled} files compiled")
+                write!(
+                    f,
+                    "building the {suite} selftests: {compiled} files compiled"
+                )
             }
             Progress::InstallingSelftests => write!(f, "installing the selftests"),
         }

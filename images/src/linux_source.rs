@@ -69,7 +69,10 @@ pub struct DebianTree {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, ImagesError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| ImagesError::io(format!("run {what}"), e))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ImagesError::io(format!("run {what}"), e))?;
     if !out.status.success() {
         return Err(ImagesError::Command {
             cmd: what.to_string(),
@@ -86,14 +89,21 @@ fn pick_version(available: &[String], version: &str) -> Option<String> {
     if available.iter().any(|v| v == version) {
         return Some(version.to_string());
     }
-    available.iter().rev().find(|v| v.rsplit_once('-').is_some_and(|(up, _)| up == version)).cloned()
+    available
+        .iter()
+        .rev()
+        .find(|v| v.rsplit_once('-').is_some_and(|(up, _)| up == version))
+        .cloned()
 }
 
 /// The `linux-source-X.Y` package `version` names: an exact Debian
 /// version (`7.3.4-1~bpo13+1`), an upstream one (`7.3.4`, its newest Debian
 /// revision) or a line (`7.3`, its newest upload).
 fn pick_linux_source(available: &[DebPackage], version: &str) -> Option<DebPackage> {
-    let mut ours: Vec<&DebPackage> = available.iter().filter(|p| linux_source_line(&p.name).is_some()).collect();
+    let mut ours: Vec<&DebPackage> = available
+        .iter()
+        .filter(|p| linux_source_line(&p.name).is_some())
+        .collect();
     ours.sort_by(|a, b| compare_debian_versions(&a.version, &b.version));
     if let Some(p) = ours.iter().rev().find(|p| p.version == version) {
         return Some((*p).clone());
@@ -138,7 +148,10 @@ pub(crate) fn choose(
         available.extend(series.iter().map(|v| format!("linux {v} (source package)")));
     }
     if from != TreeFrom::SourcePackage {
-        let mut t: Vec<&DebPackage> = tarballs.iter().filter(|p| linux_source_line(&p.name).is_some()).collect();
+        let mut t: Vec<&DebPackage> = tarballs
+            .iter()
+            .filter(|p| linux_source_line(&p.name).is_some())
+            .collect();
         t.sort_by(|a, b| compare_debian_versions(&a.version, &b.version));
         available.extend(t.iter().map(|p| format!("{} {}", p.name, p.version)));
     }
@@ -155,7 +168,10 @@ pub fn debian_linux_tree(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<DebianTree, ImagesError> {
     if dest.exists() {
-        return Err(ImagesError::BadKernelTree { path: dest.to_path_buf(), why: "already exists".into() });
+        return Err(ImagesError::BadKernelTree {
+            path: dest.to_path_buf(),
+            why: "already exists".into(),
+        });
     }
     let work = cache.work_dir("linux-src")?;
     let choice = {
@@ -166,11 +182,21 @@ pub fn debian_linux_tree(
         } else {
             apt.update(progress)?;
         }
-        let series = if from == TreeFrom::LinuxSource { Vec::new() } else { apt.source_versions("linux")? };
-        let tarballs = if from == TreeFrom::SourcePackage { Vec::new() } else { apt.linux_source_packages()? };
-        let choice = choose(from, version, &series, &tarballs).map_err(|nearest| ImagesError::UnknownKernelVersion {
-            spec: format!("kernel source {version} (linux source package or linux-source-X.Y)"),
-            nearest,
+        let series = if from == TreeFrom::LinuxSource {
+            Vec::new()
+        } else {
+            apt.source_versions("linux")?
+        };
+        let tarballs = if from == TreeFrom::SourcePackage {
+            Vec::new()
+        } else {
+            apt.linux_source_packages()?
+        };
+        let choice = choose(from, version, &series, &tarballs).map_err(|nearest| {
+            ImagesError::UnknownKernelVersion {
+                spec: format!("kernel source {version} (linux source package or linux-source-X.Y)"),
+                nearest,
+            }
         })?;
         match &choice {
             TreeChoice::SourcePackage(v) => {
@@ -178,7 +204,9 @@ pub fn debian_linux_tree(
                 apt.download_source("linux", v, work.path())?;
             }
             TreeChoice::LinuxSource(p) => {
-                progress(Progress::FetchingKernelSource { version: format!("{} {}", p.name, p.version) });
+                progress(Progress::FetchingKernelSource {
+                    version: format!("{} {}", p.name, p.version),
+                });
                 let dl = work.path().join("dl");
                 fs::create_dir_all(&dl).ctx("create directory", &dl)?;
                 apt.download(p, &dl, progress)?;
@@ -195,7 +223,10 @@ pub fn debian_linux_tree(
 /// The directory a tree is built in beside `dest`, renamed into place when
 /// done: a failure leaves nothing.
 fn partial_beside(dest: &Path) -> Result<tempfile::TempDir, ImagesError> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).ctx("create directory", parent)?;
     tempfile::Builder::new()
         .prefix(".testbed-kernel-tree-")
@@ -238,19 +269,32 @@ fn tarball_tree(
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| ImagesError::PackageLayout { package: pkg.name.clone(), why: "not downloaded".into() })?;
+        .ok_or_else(|| ImagesError::PackageLayout {
+            package: pkg.name.clone(),
+            why: "not downloaded".into(),
+        })?;
     let package = format!("{} {}", pkg.name, pkg.version);
-    progress(Progress::Unpacking { package: package.clone() });
+    progress(Progress::Unpacking {
+        package: package.clone(),
+    });
     let root = work.join("deb-root");
     let tarball = crate::selftests::linux_source_tarball(&deb, &root, &package)?;
     let partial = partial_beside(dest)?;
     let tree = partial.path();
     run(
-        Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(tree).arg("--strip-components=1"),
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(tree)
+            .arg("--strip-components=1"),
         "tar -x linux-source tarball",
     )?;
     fs::remove_dir_all(&root).ctx("remove", &root)?;
-    run(git_in(tree, &["init", "-q", "-b", "debian"]).arg("--template="), "git init")?;
+    run(
+        git_in(tree, &["init", "-q", "-b", "debian"]).arg("--template="),
+        "git init",
+    )?;
     run(&mut git_in(tree, &["add", "-A", "-f"]), "git add")?;
     let message = format!(
         "linux {} ({} {}: Debian's patched tree)",
@@ -258,7 +302,10 @@ fn tarball_tree(
         pkg.name,
         pkg.version
     );
-    run(&mut git_in(tree, &["commit", "-q", "-m", &message]), "git commit")?;
+    run(
+        &mut git_in(tree, &["commit", "-q", "-m", &message]),
+        "git commit",
+    )?;
     run(&mut git_in(tree, &["tag", "patched"]), "git tag")?;
     publish(partial, dest)?;
     Ok(DebianTree {
@@ -282,7 +329,11 @@ fn series_tree(
             .ctx("read", work)?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(needle)))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains(needle))
+            })
             .ok_or_else(|| ImagesError::PackageLayout {
                 package: format!("linux {debian_version}"),
                 why: format!("no {needle} file"),
@@ -292,23 +343,56 @@ fn series_tree(
     let debian_tar = find(".debian.tar.")?;
     let debian_dir = work.join("debian-tar");
     fs::create_dir_all(&debian_dir).ctx("create directory", &debian_dir)?;
-    run(Command::new("tar").arg("-xf").arg(&debian_tar).arg("-C").arg(&debian_dir), "tar -x debian tarball")?;
+    run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&debian_tar)
+            .arg("-C")
+            .arg(&debian_dir),
+        "tar -x debian tarball",
+    )?;
     let patches = debian_dir.join("debian/patches");
     let series = fs::read_to_string(patches.join("series")).ctx("read", &patches.join("series"))?;
 
     let partial = partial_beside(dest)?;
     let tree = partial.path();
-    progress(Progress::Unpacking { package: orig.file_name().unwrap_or_default().to_string_lossy().into_owned() });
+    progress(Progress::Unpacking {
+        package: orig
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    });
     run(
-        Command::new("tar").arg("-xf").arg(&orig).arg("-C").arg(tree).arg("--strip-components=1"),
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&orig)
+            .arg("-C")
+            .arg(tree)
+            .arg("--strip-components=1"),
         "tar -x orig tarball",
     )?;
     let git = |args: &[&str]| git_in(tree, args);
-    run(git(&["init", "-q", "-b", "debian"]).arg("--template="), "git init")?;
+    run(
+        git(&["init", "-q", "-b", "debian"]).arg("--template="),
+        "git init",
+    )?;
     // -f: the kernel's .gitignore matches some files that belong to the source
     run(&mut git(&["add", "-A", "-f"]), "git add")?;
-    let upstream = debian_version.rsplit_once('-').map(|(u, _)| u).unwrap_or(&debian_version).to_string();
-    run(&mut git(&["commit", "-q", "-m", &format!("linux {upstream} (Debian orig tarball)")]), "git commit")?;
+    let upstream = debian_version
+        .rsplit_once('-')
+        .map(|(u, _)| u)
+        .unwrap_or(&debian_version)
+        .to_string();
+    run(
+        &mut git(&[
+            "commit",
+            "-q",
+            "-m",
+            &format!("linux {upstream} (Debian orig tarball)"),
+        ]),
+        "git commit",
+    )?;
     run(&mut git(&["tag", "upstream"]), "git tag")?;
     let names: Vec<&str> = series
         .lines()
@@ -317,7 +401,11 @@ fn series_tree(
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for (i, name) in names.iter().enumerate() {
-        progress(Progress::ApplyingKernelPatch { index: i + 1, total: names.len(), name: name.to_string() });
+        progress(Progress::ApplyingKernelPatch {
+            index: i + 1,
+            total: names.len(),
+            name: name.to_string(),
+        });
         let file = patches.join(name);
         let patch = fs::File::open(&file).ctx("open", &file)?;
         let out = Command::new("patch")
@@ -336,7 +424,15 @@ fn series_tree(
         let subject = patch_subject(&text).unwrap_or_else(|| name.to_string());
         run(&mut git(&["add", "-A", "-f"]), "git add")?;
         run(
-            &mut git(&["commit", "-q", "--allow-empty", "-m", &subject, "-m", &format!("debian/patches/{name}")]),
+            &mut git(&[
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                &subject,
+                "-m",
+                &format!("debian/patches/{name}"),
+            ]),
             "git commit",
         )?;
     }
@@ -357,7 +453,9 @@ fn patch_subject(text: &str) -> Option<String> {
         if let Some(s) = line.strip_prefix("Subject:") {
             let s = s.trim();
             let s = match s.strip_prefix('[') {
-                Some(rest) if s.starts_with("[PATCH") => rest.split_once(']').map(|(_, r)| r.trim()).unwrap_or(s),
+                Some(rest) if s.starts_with("[PATCH") => {
+                    rest.split_once(']').map(|(_, r)| r.trim()).unwrap_or(s)
+                }
                 _ => s,
             };
             return Some(s.to_string()).filter(|s| !s.is_empty());
@@ -379,27 +477,47 @@ mod tests {
             patch_subject("From: x\nSubject: [PATCH 2/3] kbuild: fix it\n\nbody").as_deref(),
             Some("kbuild: fix it")
         );
-        assert_eq!(patch_subject("Subject: wireless: Add certs\n").as_deref(), Some("wireless: Add certs"));
-        assert_eq!(patch_subject("Description: Disable autoload\n more\n").as_deref(), Some("Disable autoload"));
+        assert_eq!(
+            patch_subject("Subject: wireless: Add certs\n").as_deref(),
+            Some("wireless: Add certs")
+        );
+        assert_eq!(
+            patch_subject("Description: Disable autoload\n more\n").as_deref(),
+            Some("Disable autoload")
+        );
         assert_eq!(patch_subject("--- a/x\n+++ b/x\n"), None);
     }
 
     #[test]
     fn versions() {
-        let v: Vec<String> = ["6.12.38-1", "6.12.107-1", "6.12.107-2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(pick_version(&v, "6.12.107-1").as_deref(), Some("6.12.107-1"));
+        let v: Vec<String> = ["6.12.38-1", "6.12.107-1", "6.12.107-2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            pick_version(&v, "6.12.107-1").as_deref(),
+            Some("6.12.107-1")
+        );
         assert_eq!(pick_version(&v, "6.12.107").as_deref(), Some("6.12.107-2"));
         assert_eq!(pick_version(&v, "6.12.10"), None);
     }
 
     fn deb(name: &str, version: &str) -> DebPackage {
-        DebPackage { name: name.into(), version: version.into(), sha256: String::new(), size: 1 }
+        DebPackage {
+            name: name.into(),
+            version: version.into(),
+            sha256: String::new(),
+            size: 1,
+        }
     }
 
     /// What the archive offered in 2026-12: the `linux` source of trixie,
     /// and the linux-source-X.Y packages (7.2 twice, 7.3 from backports).
     fn archive() -> (Vec<String>, Vec<DebPackage>) {
-        let series = ["6.12.107-1", "6.12.117-1"].iter().map(|s| s.to_string()).collect();
+        let series = ["6.12.107-1", "6.12.117-1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let tarballs = vec![
             deb("linux-source-7.3", "7.3.4-1~bpo13+1"),
             deb("linux-source-6.12", "6.12.117-1"),
@@ -422,26 +540,62 @@ mod tests {
     #[test]
     fn auto_prefers_the_patch_series_then_a_linux_source_package() {
         // the source package has it: one commit per patch wins
-        assert_eq!(pick(TreeFrom::Auto, "6.12.117").unwrap(), "linux 6.12.117-1");
-        assert_eq!(pick(TreeFrom::Auto, "6.12.107-1").unwrap(), "linux 6.12.107-1");
+        assert_eq!(
+            pick(TreeFrom::Auto, "6.12.117").unwrap(),
+            "linux 6.12.117-1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "6.12.107-1").unwrap(),
+            "linux 6.12.107-1"
+        );
         // no linux source of that version: the linux-source-X.Y tarball
-        assert_eq!(pick(TreeFrom::Auto, "7.3").unwrap(), "linux-source-7.3 7.3.4-1~bpo13+1");
-        assert_eq!(pick(TreeFrom::Auto, "7.3.4").unwrap(), "linux-source-7.3 7.3.4-1~bpo13+1");
-        assert_eq!(pick(TreeFrom::Auto, "7.2").unwrap(), "linux-source-7.2 7.2.13-1");
-        assert_eq!(pick(TreeFrom::Auto, "7.2.12").unwrap(), "linux-source-7.2 7.2.12-1~bpo13+1");
-        assert_eq!(pick(TreeFrom::Auto, "7.2.12-1~bpo13+1").unwrap(), "linux-source-7.2 7.2.12-1~bpo13+1");
+        assert_eq!(
+            pick(TreeFrom::Auto, "7.3").unwrap(),
+            "linux-source-7.3 7.3.4-1~bpo13+1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "7.3.4").unwrap(),
+            "linux-source-7.3 7.3.4-1~bpo13+1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "7.2").unwrap(),
+            "linux-source-7.2 7.2.13-1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "7.2.12").unwrap(),
+            "linux-source-7.2 7.2.12-1~bpo13+1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "7.2.12-1~bpo13+1").unwrap(),
+            "linux-source-7.2 7.2.12-1~bpo13+1"
+        );
         // a line is never an exact source version: the line's tarball
-        assert_eq!(pick(TreeFrom::Auto, "6.12").unwrap(), "linux-source-6.12 6.12.117-1");
-        assert_eq!(pick(TreeFrom::Auto, "6.1.176").unwrap(), "linux-source-6.1 6.1.176-1");
+        assert_eq!(
+            pick(TreeFrom::Auto, "6.12").unwrap(),
+            "linux-source-6.12 6.12.117-1"
+        );
+        assert_eq!(
+            pick(TreeFrom::Auto, "6.1.176").unwrap(),
+            "linux-source-6.1 6.1.176-1"
+        );
     }
 
     #[test]
     fn an_explicit_kind_uses_only_that_kind() {
-        assert_eq!(pick(TreeFrom::LinuxSource, "6.12.117").unwrap(), "linux-source-6.12 6.12.117-1");
-        assert_eq!(pick(TreeFrom::SourcePackage, "6.12.117").unwrap(), "linux 6.12.117-1");
+        assert_eq!(
+            pick(TreeFrom::LinuxSource, "6.12.117").unwrap(),
+            "linux-source-6.12 6.12.117-1"
+        );
+        assert_eq!(
+            pick(TreeFrom::SourcePackage, "6.12.117").unwrap(),
+            "linux 6.12.117-1"
+        );
         assert_eq!(
             pick(TreeFrom::SourcePackage, "7.3").unwrap_err(),
-            ["linux 6.12.107-1 (source package)", "linux 6.12.117-1 (source package)"]
+            [
+                "linux 6.12.107-1 (source package)",
+                "linux 6.12.117-1 (source package)"
+            ]
         );
         assert_eq!(
             pick(TreeFrom::LinuxSource, "6.12.107").unwrap_err(),

@@ -46,7 +46,9 @@ impl ModuleIndex {
     /// Walk the file names under `dir` (no file is opened).
     pub fn scan(dir: &Path) -> Result<ModuleIndex, ImagesError> {
         if !dir.is_dir() {
-            return Err(ImagesError::NoModulesDir { path: dir.to_path_buf() });
+            return Err(ImagesError::NoModulesDir {
+                path: dir.to_path_buf(),
+            });
         }
         let mut all: Vec<String> = Vec::new();
         let mut stack = vec![PathBuf::new()];
@@ -105,7 +107,11 @@ pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>, ImagesError> {
             })?;
         Ok(out)
     } else if name.ends_with(".ko.zst") || name.ends_with(".ko.gz") {
-        let tool = if name.ends_with(".zst") { "zstd" } else { "gzip" };
+        let tool = if name.ends_with(".zst") {
+            "zstd"
+        } else {
+            "gzip"
+        };
         let sh = crate::apt::shell()?;
         let out = xshell::cmd!(sh, "{tool} -dc {path}")
             .quiet()
@@ -151,7 +157,9 @@ pub fn read_modinfo(elf: &[u8], path: &Path) -> Result<ModuleInfo, ImagesError> 
     let data = sec.data().map_err(|e| bad(format!(".modinfo: {e}")))?;
     let mut info = ModuleInfo::default();
     for item in data.split(|&b| b == 0) {
-        let Ok(s) = std::str::from_utf8(item) else { continue };
+        let Ok(s) = std::str::from_utf8(item) else {
+            continue;
+        };
         if let Some(v) = s.strip_prefix("depends=") {
             info.depends = v
                 .split(',')
@@ -310,20 +318,42 @@ mod tests {
             ("vfio", &["iommufd"]), // iommufd built in: not in the map
         ]);
         let order = topo_order(&deps).unwrap();
-        assert_eq!(order, ["irqbypass", "kvm", "kvm_amd", "vfio", "vfio_pci_core", "vfio_pci"]);
+        assert_eq!(
+            order,
+            [
+                "irqbypass",
+                "kvm",
+                "kvm_amd",
+                "vfio",
+                "vfio_pci_core",
+                "vfio_pci"
+            ]
+        );
         let cyc = m(&[("a", &["b"]), ("b", &["a"])]);
-        assert!(matches!(topo_order(&cyc), Err(ImagesError::DependencyCycle(_))));
+        assert!(matches!(
+            topo_order(&cyc),
+            Err(ImagesError::DependencyCycle(_))
+        ));
     }
 
     #[test]
     fn index_prefers_updates_and_canonicalizes() {
         let t = tempfile::tempdir().unwrap();
-        for p in ["kernel/a/foo-bar.ko.xz", "updates/foo_bar.ko", "kernel/b/baz.ko.zst", "kernel/b/notes.txt"] {
+        for p in [
+            "kernel/a/foo-bar.ko.xz",
+            "updates/foo_bar.ko",
+            "kernel/b/baz.ko.zst",
+            "kernel/b/notes.txt",
+        ] {
             let p = t.path().join(p);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b"").unwrap();
         }
-        fs::write(t.path().join("modules.builtin"), "kernel/drivers/x/built-in.ko\n").unwrap();
+        fs::write(
+            t.path().join("modules.builtin"),
+            "kernel/drivers/x/built-in.ko\n",
+        )
+        .unwrap();
         let idx = ModuleIndex::scan(t.path()).unwrap();
         assert_eq!(idx.files["foo_bar"], "updates/foo_bar.ko");
         assert_eq!(idx.files["baz"], "kernel/b/baz.ko.zst");
@@ -332,7 +362,10 @@ mod tests {
         // built-in roots are skipped, missing ones named
         assert!(module_closure(&idx, &["built-in"]).unwrap().is_empty());
         let e = module_closure(&idx, &["nope-mod"]).unwrap_err();
-        assert_eq!(e.to_string(), format!("module nope_mod not found in {}", t.path().display()));
+        assert_eq!(
+            e.to_string(),
+            format!("module nope_mod not found in {}", t.path().display())
+        );
     }
 
     #[test]
@@ -349,15 +382,36 @@ mod tests {
     #[test]
     fn closure_of_real_modules() {
         let Some(idx) = real() else { return };
-        let c = module_closure(&idx, &["kvm-amd", "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic-mmio"]).unwrap();
+        let c = module_closure(
+            &idx,
+            &[
+                "kvm-amd",
+                "vfio_pci",
+                "vfio_iommu_type1",
+                "irqbypass",
+                "pvpanic-mmio",
+            ],
+        )
+        .unwrap();
         let names: Vec<&str> = c.iter().map(|m| m.name.as_str()).collect();
-        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} in {names:?}"));
-        assert!(pos("irqbypass") < pos("kvm") || !c[pos("kvm")].depends.contains(&"irqbypass".into()));
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or_else(|| panic!("{n} in {names:?}"))
+        };
+        assert!(
+            pos("irqbypass") < pos("kvm") || !c[pos("kvm")].depends.contains(&"irqbypass".into())
+        );
         assert!(pos("kvm") < pos("kvm_amd"));
         assert!(pos("vfio") < pos("vfio_pci"));
         assert!(pos("pvpanic") < pos("pvpanic_mmio"));
-        assert!(c.iter().all(|m| m.target.ends_with(".ko") && !m.target.ends_with(".xz.ko")));
+        assert!(c
+            .iter()
+            .all(|m| m.target.ends_with(".ko") && !m.target.ends_with(".xz.ko")));
         let e = module_closure(&idx, &["no_such_module"]).unwrap_err();
-        assert!(e.to_string().starts_with("module no_such_module not found in "));
+        assert!(e
+            .to_string()
+            .starts_with("module no_such_module not found in "));
     }
 }

@@ -32,7 +32,9 @@ pub fn pvh_kernel(
     let entry = cache.root().join("vmlinux").join(format!("{key}.elf"));
     let none_marker = entry.with_extension("none");
     if entry.exists() {
-        progress(Progress::CacheHit { what: format!("pvh vmlinux {}", kernel.release) });
+        progress(Progress::CacheHit {
+            what: format!("pvh vmlinux {}", kernel.release),
+        });
         return Ok(Some(entry));
     }
     if none_marker.exists() {
@@ -42,7 +44,9 @@ pub fn pvh_kernel(
     if entry.exists() {
         return Ok(Some(entry));
     }
-    progress(Progress::ExtractingVmlinux { release: kernel.release.clone() });
+    progress(Progress::ExtractingVmlinux {
+        release: kernel.release.clone(),
+    });
     match extract(&kernel.bzimage, &bzimage)? {
         Some(elf) => {
             write_atomic(&entry, &elf)?;
@@ -57,11 +61,17 @@ pub fn pvh_kernel(
 
 /// The ELF inside a bzImage if it can boot through PVH.
 fn extract(path: &Path, bzimage: &[u8]) -> Result<Option<Vec<u8>>, ImagesError> {
-    let bad = |why: String| ImagesError::BadBzImage { path: path.to_owned(), why };
+    let bad = |why: String| ImagesError::BadBzImage {
+        path: path.to_owned(),
+        why,
+    };
     let payload = payload(bzimage).map_err(bad)?;
     // The build appends the uncompressed size, little-endian, to the payload.
     let (stream, size) = payload.split_at(payload.len().saturating_sub(4));
-    let size = u32::from_le_bytes(size.try_into().map_err(|_| bad("payload too short".into()))?) as usize;
+    let size = u32::from_le_bytes(
+        size.try_into()
+            .map_err(|_| bad("payload too short".into()))?,
+    ) as usize;
     let elf = match stream {
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
             let mut out = Vec::with_capacity(size);
@@ -75,15 +85,26 @@ fn extract(path: &Path, bzimage: &[u8]) -> Result<Option<Vec<u8>>, ImagesError> 
         _ => return Ok(None),
     };
     if elf.len() != size {
-        return Err(bad(format!("payload decompressed to {} bytes, header says {size}", elf.len())));
+        return Err(bad(format!(
+            "payload decompressed to {} bytes, header says {size}",
+            elf.len()
+        )));
     }
     Ok(has_pvh_entry(&elf).then_some(elf))
 }
 
 /// The compressed payload, located by the boot protocol header (2.08+).
 fn payload(bzimage: &[u8]) -> Result<&[u8], String> {
-    let u16_at = |o: usize| bzimage.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| bzimage.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u16_at = |o: usize| {
+        bzimage
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bzimage
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     if bzimage.get(0x202..0x206) != Some(b"HdrS") {
         return Err("no boot protocol header (HdrS)".into());
     }
@@ -97,7 +118,9 @@ fn payload(bzimage: &[u8]) -> Result<&[u8], String> {
     };
     let offset = (setup_sects + 1) * 512 + u32_at(0x248).unwrap_or(0) as usize;
     let length = u32_at(0x24c).unwrap_or(0) as usize;
-    bzimage.get(offset..offset + length).ok_or_else(|| format!("payload {offset:#x}+{length:#x} past the end"))
+    bzimage
+        .get(offset..offset + length)
+        .ok_or_else(|| format!("payload {offset:#x}+{length:#x} past the end"))
 }
 
 fn decompress_with(tool: &str, stream: &[u8], path: &Path) -> Result<Vec<u8>, ImagesError> {
@@ -109,18 +132,25 @@ fn decompress_with(tool: &str, stream: &[u8], path: &Path) -> Result<Vec<u8>, Im
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| ImagesError::Command { cmd: format!("{tool} -dc"), detail: e.to_string() })?;
+        .map_err(|e| ImagesError::Command {
+            cmd: format!("{tool} -dc"),
+            detail: e.to_string(),
+        })?;
     let mut stdin = child.stdin.take().expect("piped");
     let input = stream.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child
-        .wait_with_output()
-        .map_err(|e| ImagesError::Command { cmd: format!("{tool} -dc"), detail: e.to_string() })?;
+    let output = child.wait_with_output().map_err(|e| ImagesError::Command {
+        cmd: format!("{tool} -dc"),
+        detail: e.to_string(),
+    })?;
     let _ = writer.join();
     // Trailing bytes after the stream make some tools complain; the length
     // check against the size the build recorded is what counts.
     if output.stdout.is_empty() {
-        return Err(ImagesError::BadBzImage { path: path.to_owned(), why: format!("{tool} could not read the payload") });
+        return Err(ImagesError::BadBzImage {
+            path: path.to_owned(),
+            why: format!("{tool} could not read the payload"),
+        });
     }
     Ok(output.stdout)
 }
@@ -128,10 +158,14 @@ fn decompress_with(tool: &str, stream: &[u8], path: &Path) -> Result<Vec<u8>, Im
 /// Whether the ELF has the Xen PVH entry note QEMU needs to boot it.
 fn has_pvh_entry(elf: &[u8]) -> bool {
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let Ok(file) = ElfFile64::<object::Endianness>::parse(elf) else { return false };
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(elf) else {
+        return false;
+    };
     let endian = file.endian();
     for header in file.elf_program_headers() {
-        let Ok(Some(mut notes)) = header.notes(endian, elf) else { continue };
+        let Ok(Some(mut notes)) = header.notes(endian, elf) else {
+            continue;
+        };
         while let Ok(Some(note)) = notes.next() {
             if note.name() == b"Xen" && note.n_type(endian) == XEN_ELFNOTE_PHYS32_ENTRY {
                 return true;
@@ -182,7 +216,9 @@ mod tests {
             return;
         };
         let bytes = std::fs::read(&bzimage).unwrap();
-        let elf = extract(&bzimage, &bytes).unwrap().expect("Debian kernels have CONFIG_PVH");
+        let elf = extract(&bzimage, &bytes)
+            .unwrap()
+            .expect("Debian kernels have CONFIG_PVH");
         assert_eq!(&elf[..4], b"\x7fELF");
     }
 }

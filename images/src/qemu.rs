@@ -53,7 +53,8 @@ pub const PINNED_DEBIAN_VERSION: &str = "1:10.0.13+ds-0+deb13u1";
 
 /// SHA256 of `qemu_10.0.13+ds.orig.tar.xz`, the upstream tree of the pinned
 /// version.
-pub const PINNED_ORIG_SHA256: &str = "6a0888e806c2ffc0c5f0733e974f9aea55491950d3c47c98669c8b236dde59ae";
+pub const PINNED_ORIG_SHA256: &str =
+    "6a0888e806c2ffc0c5f0733e974f9aea55491950d3c47c98669c8b236dde59ae";
 
 /// Python packages the QEMU build needs from PyPI (bookworm's meson is too
 /// old; pycotap is in QEMU's pythondeps.toml). The versions QEMU 10.0 pins
@@ -78,7 +79,9 @@ pub enum QemuSource {
 
 impl QemuSource {
     pub fn pinned() -> QemuSource {
-        QemuSource::Debian { version: PINNED_DEBIAN_VERSION.to_string() }
+        QemuSource::Debian {
+            version: PINNED_DEBIAN_VERSION.to_string(),
+        }
     }
 }
 
@@ -95,7 +98,11 @@ pub struct QemuBuildSpec {
 impl QemuBuildSpec {
     /// `source` with the patches in `patches_dir` and [`default_configure_args`].
     pub fn new(source: QemuSource, patches_dir: impl Into<PathBuf>) -> QemuBuildSpec {
-        QemuBuildSpec { source, patches_dir: patches_dir.into(), configure_args: default_configure_args() }
+        QemuBuildSpec {
+            source,
+            patches_dir: patches_dir.into(),
+            configure_args: default_configure_args(),
+        }
     }
 }
 
@@ -136,7 +143,11 @@ pub struct QemuBuild {
 
 /// Where Debian's packages put QEMU's firmware: qemu-system-data,
 /// seabios, ipxe-qemu (Debian's own `--firmwarepath`).
-pub const FIRMWARE_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"];
+pub const FIRMWARE_DIRS: &[&str] = &[
+    "/usr/share/qemu",
+    "/usr/share/seabios",
+    "/usr/lib/ipxe/qemu",
+];
 
 /// Firmware a q35 `-kernel` boot loads: SeaBIOS, the option ROM that loads
 /// the kernel through fw_cfg DMA, and the TCG/KVM vapic ROM.
@@ -163,7 +174,11 @@ fn check_runtime_files(dirs: &[PathBuf]) -> Result<(), ImagesError> {
     } else {
         Err(ImagesError::MissingFirmware {
             files: missing.join(", "),
-            dirs: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+            dirs: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 }
@@ -199,14 +214,23 @@ fn is_patch_name(name: &str) -> bool {
 /// Source identity: what the key covers for the source.
 #[derive(Debug, Clone)]
 enum SourceId {
-    Debian { version: String, orig_sha256: String },
-    Tree { path: PathBuf, head: String, diff: Vec<u8> },
+    Debian {
+        version: String,
+        orig_sha256: String,
+    },
+    Tree {
+        path: PathBuf,
+        head: String,
+        diff: Vec<u8>,
+    },
 }
 
 impl SourceId {
     fn key_bytes(&self) -> Vec<u8> {
         match self {
-            SourceId::Debian { orig_sha256, .. } => format!("orig-sha256 {orig_sha256}").into_bytes(),
+            SourceId::Debian { orig_sha256, .. } => {
+                format!("orig-sha256 {orig_sha256}").into_bytes()
+            }
             SourceId::Tree { head, diff, .. } => {
                 let mut v = format!("git {head} diff-sha256 ").into_bytes();
                 v.extend_from_slice(hex(&Sha256::digest(diff)).as_bytes());
@@ -250,15 +274,25 @@ fn load_entry(dir: &Path) -> Result<Option<QemuBuild>, ImagesError> {
     let Ok(text) = fs::read(dir.join(ENTRY_META)) else {
         return Ok(None);
     };
-    let meta: EntryMeta = serde_json::from_slice(&text)
-        .map_err(|e| ImagesError::BadCacheEntry { path: dir.to_path_buf(), why: e.to_string() })?;
+    let meta: EntryMeta =
+        serde_json::from_slice(&text).map_err(|e| ImagesError::BadCacheEntry {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
     let binary = dir.join("bin").join(QEMU_BINARY);
     if !binary.is_file() {
-        return Err(ImagesError::BadCacheEntry { path: dir.to_path_buf(), why: "binary missing".into() });
+        return Err(ImagesError::BadCacheEntry {
+            path: dir.to_path_buf(),
+            why: "binary missing".into(),
+        });
     }
     let data_dirs = system_data_dirs();
     check_runtime_files(&data_dirs)?;
-    Ok(Some(QemuBuild { binary, data_dirs, description: meta.description }))
+    Ok(Some(QemuBuild {
+        binary,
+        data_dirs,
+        description: meta.description,
+    }))
 }
 
 /// Build (or find in the cache) the QEMU `spec` describes.
@@ -278,13 +312,17 @@ pub fn build_qemu(
     let final_dir = cache.root().join("qemu").join(&key);
     let hit_what = |d: &str| d.to_string();
     if let Ok(Some(b)) = load_entry(&final_dir) {
-        progress(Progress::CacheHit { what: hit_what(&b.description) });
+        progress(Progress::CacheHit {
+            what: hit_what(&b.description),
+        });
         return Ok(b);
     }
     let _lock = cache.lock(&format!("qemu-{key}"))?;
     match load_entry(&final_dir) {
         Ok(Some(b)) => {
-            progress(Progress::CacheHit { what: hit_what(&b.description) });
+            progress(Progress::CacheHit {
+                what: hit_what(&b.description),
+            });
             return Ok(b);
         }
         Err(e @ ImagesError::MissingFirmware { .. }) => return Err(e),
@@ -299,7 +337,16 @@ pub fn build_qemu(
     let entry = work.path().join("entry");
     let bin_dir = entry.join("bin");
     let result = (|| -> Result<String, ImagesError> {
-        let tree = open_tree(cache, &source, &patch_files, &fresh, &spec.configure_args, &python, &log_path, progress)?;
+        let tree = open_tree(
+            cache,
+            &source,
+            &patch_files,
+            &fresh,
+            &spec.configure_args,
+            &python,
+            &log_path,
+            progress,
+        )?;
         ninja(&tree.build, &[QEMU_BINARY], &log_path, progress)?;
         // copied while the tree is locked: the tree keeps its binary, so the
         // next build links only when something changed
@@ -324,13 +371,22 @@ pub fn build_qemu(
         ),
     };
     let _ = fs::copy(&log_path, entry.join("build.log"));
-    let meta = EntryMeta { version, description: format!("qemu {description}"), version_line };
-    fs::write(entry.join(ENTRY_META), serde_json::to_vec_pretty(&meta).expect("meta serializes"))
-        .ctx("write", &entry)?;
+    let meta = EntryMeta {
+        version,
+        description: format!("qemu {description}"),
+        version_line,
+    };
+    fs::write(
+        entry.join(ENTRY_META),
+        serde_json::to_vec_pretty(&meta).expect("meta serializes"),
+    )
+    .ctx("write", &entry)?;
     publish(&entry, &final_dir)?;
     drop(work);
-    load_entry(&final_dir)?
-        .ok_or_else(|| ImagesError::BadCacheEntry { path: final_dir, why: "entry vanished".into() })
+    load_entry(&final_dir)?.ok_or_else(|| ImagesError::BadCacheEntry {
+        path: final_dir,
+        why: "entry vanished".into(),
+    })
 }
 
 /// Move the log of a failed build out of the work directory (which is
@@ -341,7 +397,11 @@ fn keep_log(cache: &Cache, key: &str, log: &Path, e: ImagesError) -> ImagesError
         && fs::create_dir_all(kept.parent().expect("has parent")).is_ok()
         && fs::copy(log, &kept).is_ok();
     match e {
-        ImagesError::QemuBuild { step, tail, .. } if moved => ImagesError::QemuBuild { step, log: kept, tail },
+        ImagesError::QemuBuild { step, tail, .. } if moved => ImagesError::QemuBuild {
+            step,
+            log: kept,
+            tail,
+        },
         other => other,
     }
 }
@@ -383,24 +443,41 @@ fn source_identity(
                     }
                 }
             };
-            Ok(SourceId::Debian { version: version.clone(), orig_sha256 })
+            Ok(SourceId::Debian {
+                version: version.clone(),
+                orig_sha256,
+            })
         }
         QemuSource::Tree(path) => tree_identity(path),
     }
 }
 
 fn version_file(cache: &Cache, version: &str) -> PathBuf {
-    let name: String =
-        version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    let name: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     cache.root().join("qemu-src").join(format!("{name}.sha256"))
 }
 
 fn orig_tarball(cache: &Cache, sha256: &str) -> PathBuf {
-    cache.root().join("qemu-src").join(format!("{sha256}.orig.tar.xz"))
+    cache
+        .root()
+        .join("qemu-src")
+        .join(format!("{sha256}.orig.tar.xz"))
 }
 
 fn bad_tree(path: &Path, why: impl Into<String>) -> ImagesError {
-    ImagesError::BadQemuTree { path: path.to_path_buf(), why: why.into() }
+    ImagesError::BadQemuTree {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
 }
 
 fn git(dir: &Path) -> Command {
@@ -411,14 +488,23 @@ fn git(dir: &Path) -> Command {
 
 fn tree_identity(path: &Path) -> Result<SourceId, ImagesError> {
     if !path.join("configure").is_file() || !path.join("VERSION").is_file() {
-        return Err(bad_tree(path, "not a QEMU source tree (no configure or VERSION)"));
+        return Err(bad_tree(
+            path,
+            "not a QEMU source tree (no configure or VERSION)",
+        ));
     }
     let out = git(path)
         .args(["rev-parse", "--verify", "HEAD"])
         .output()
         .map_err(|e| ImagesError::io("run git", e))?;
     if !out.status.success() {
-        return Err(bad_tree(path, format!("not a git checkout: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(bad_tree(
+            path,
+            format!(
+                "not a git checkout: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
     }
     let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = git(path)
@@ -426,10 +512,20 @@ fn tree_identity(path: &Path) -> Result<SourceId, ImagesError> {
         .output()
         .map_err(|e| ImagesError::io("run git diff", e))?;
     if !out.status.success() {
-        return Err(bad_tree(path, format!("git diff failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(bad_tree(
+            path,
+            format!(
+                "git diff failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
     }
     let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    Ok(SourceId::Tree { path, head, diff: out.stdout })
+    Ok(SourceId::Tree {
+        path,
+        head,
+        diff: out.stdout,
+    })
 }
 
 /// The verified upstream tarball of Debian source `version` in the cache,
@@ -461,7 +557,9 @@ fn fetch_orig_tarball(
             apt.update(progress)?;
             true
         };
-        progress(Progress::FetchingQemuSource { version: version.to_string() });
+        progress(Progress::FetchingQemuSource {
+            version: version.to_string(),
+        });
         loop {
             match apt.download_source("qemu", version, work.path()) {
                 Ok(()) => break,
@@ -477,7 +575,11 @@ fn fetch_orig_tarball(
         .ctx("read", work.path())?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".orig.tar.")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".orig.tar."))
+        })
         .ok_or_else(|| ImagesError::Command {
             cmd: format!("apt-get source qemu={version}"),
             detail: "no orig tarball downloaded".into(),
@@ -485,7 +587,11 @@ fn fetch_orig_tarball(
     let actual = sha256_file(&orig)?;
     if let Some(sha) = expected {
         if !actual.eq_ignore_ascii_case(sha) {
-            return Err(ImagesError::Checksum { file: orig.display().to_string(), expected: sha.to_string(), actual });
+            return Err(ImagesError::Checksum {
+                file: orig.display().to_string(),
+                expected: sha.to_string(),
+                actual,
+            });
         }
     }
     publish(&orig, &orig_tarball(cache, &actual))?;
@@ -503,20 +609,35 @@ fn prepare_source(
 ) -> Result<String, ImagesError> {
     fs::create_dir_all(dest).ctx("create directory", dest)?;
     match source {
-        SourceId::Debian { version, orig_sha256 } => {
+        SourceId::Debian {
+            version,
+            orig_sha256,
+        } => {
             let sha = fetch_orig_tarball(cache, version, Some(orig_sha256), progress)?;
-            progress(Progress::Unpacking { package: format!("qemu {version}") });
+            progress(Progress::Unpacking {
+                package: format!("qemu {version}"),
+            });
             let tarball = orig_tarball(cache, &sha);
             run_checked(
-                Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(dest).arg("--strip-components=1"),
+                Command::new("tar")
+                    .arg("-xf")
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(dest)
+                    .arg("--strip-components=1"),
                 &format!("tar -xf {}", tarball.display()),
             )?;
         }
         SourceId::Tree { path, diff, .. } => {
-            progress(Progress::Unpacking { package: format!("qemu tree {}", path.display()) });
+            progress(Progress::Unpacking {
+                package: format!("qemu tree {}", path.display()),
+            });
             let tar = dest.with_extension("tar");
             run_checked(
-                git(path).args(["archive", "--format=tar", "-o"]).arg(&tar).arg("HEAD"),
+                git(path)
+                    .args(["archive", "--format=tar", "-o"])
+                    .arg(&tar)
+                    .arg("HEAD"),
                 &format!("git -C {} archive HEAD", path.display()),
             )?;
             run_checked(
@@ -527,34 +648,51 @@ fn prepare_source(
             if !diff.is_empty() {
                 let diff_file = dest.with_extension("dirty.diff");
                 fs::write(&diff_file, diff).ctx("write", &diff_file)?;
-                git_apply(dest, &diff_file)
-                    .map_err(|output| bad_tree(path, format!("its uncommitted changes do not apply to HEAD: {output}")))?;
+                git_apply(dest, &diff_file).map_err(|output| {
+                    bad_tree(
+                        path,
+                        format!("its uncommitted changes do not apply to HEAD: {output}"),
+                    )
+                })?;
                 let _ = fs::remove_file(&diff_file);
             }
             copy_downloaded_subprojects(path, dest)?;
         }
     }
     if !patches.is_empty() {
-        progress(Progress::ApplyingPatches { count: patches.len() });
+        progress(Progress::ApplyingPatches {
+            count: patches.len(),
+        });
     }
     for p in patches {
-        git_apply(dest, p).map_err(|output| ImagesError::PatchFailed { patch: p.clone(), output })?;
+        git_apply(dest, p).map_err(|output| ImagesError::PatchFailed {
+            patch: p.clone(),
+            output,
+        })?;
     }
     skip_edk2_unpack(dest)?;
     let version_path = dest.join("VERSION");
-    let version = fs::read_to_string(&version_path).ctx("read", &version_path)?.trim().to_string();
+    let version = fs::read_to_string(&version_path)
+        .ctx("read", &version_path)?
+        .trim()
+        .to_string();
     Ok(version)
 }
 
 /// meson subprojects a checkout downloaded (untracked, so not in `git
 /// archive`): copy them so the build needs no network.
 fn copy_downloaded_subprojects(tree: &Path, dest: &Path) -> Result<(), ImagesError> {
-    let Ok(rd) = fs::read_dir(tree.join("subprojects")) else { return Ok(()) };
+    let Ok(rd) = fs::read_dir(tree.join("subprojects")) else {
+        return Ok(());
+    };
     for e in rd.flatten() {
         let p = e.path();
         let to = dest.join("subprojects").join(e.file_name());
         if p.is_dir() && !to.exists() && e.file_name() != "packagecache" {
-            run_checked(Command::new("cp").arg("-a").arg(&p).arg(&to), &format!("cp -a {}", p.display()))?;
+            run_checked(
+                Command::new("cp").arg("-a").arg(&p).arg(&to),
+                &format!("cp -a {}", p.display()),
+            )?;
         }
     }
     Ok(())
@@ -577,7 +715,11 @@ pub(crate) fn git_apply(dir: &Path, patch: &Path) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(30)..];
     Err(tail.join("\n"))
@@ -595,7 +737,11 @@ fn skip_edk2_unpack(src: &Path) -> Result<(), ImagesError> {
         return Ok(());
     }
     let text = fs::read_to_string(&p).ctx("read", &p)?;
-    let new = text.replacen("\nif unpack_edk2_blobs\n", "\nif unpack_edk2_blobs and false\n", 1);
+    let new = text.replacen(
+        "\nif unpack_edk2_blobs\n",
+        "\nif unpack_edk2_blobs and false\n",
+        1,
+    );
     if new != text {
         fs::write(&p, new).ctx("write", &p)?;
     }
@@ -603,16 +749,24 @@ fn skip_edk2_unpack(src: &Path) -> Result<(), ImagesError> {
 }
 
 pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<(), ImagesError> {
-    let out = cmd.output().map_err(|e| ImagesError::io(format!("run {what}"), e))?;
+    let out = cmd
+        .output()
+        .map_err(|e| ImagesError::io(format!("run {what}"), e))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(ImagesError::Command { cmd: what.to_string(), detail: crate::apt::last_lines(&out.stderr, &out.stdout) })
+        Err(ImagesError::Command {
+            cmd: what.to_string(),
+            detail: crate::apt::last_lines(&out.stderr, &out.stdout),
+        })
     }
 }
 
 /// The venv's python, with [`PYTHON_REQUIREMENTS`] installed (once).
-pub fn ensure_venv(cache: &Cache, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf, ImagesError> {
+pub fn ensure_venv(
+    cache: &Cache,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf, ImagesError> {
     let dir = cache.root().join("qemu-venv");
     let stamp = dir.join(".testbed-ready");
     let want = PYTHON_REQUIREMENTS.join("\n");
@@ -629,7 +783,11 @@ pub fn ensure_venv(cache: &Cache, progress: &mut dyn FnMut(Progress)) -> Result<
         fs::remove_dir_all(&dir).ctx("remove", &dir)?;
     }
     // the system's python (python3-venv), not whatever python3 PATH finds first
-    let system = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let system = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     run_checked(
         Command::new(system).args(["-m", "venv"]).arg(&dir),
         &format!("{system} -m venv (install python3-venv)"),
@@ -646,11 +804,17 @@ pub fn ensure_venv(cache: &Cache, progress: &mut dyn FnMut(Progress)) -> Result<
 }
 
 fn open_log(log: &Path) -> Result<fs::File, ImagesError> {
-    fs::OpenOptions::new().create(true).append(true).open(log).ctx("open", log)
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx("open", log)
 }
 
 fn log_tail(log: &Path, n: usize) -> String {
-    let text = fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     // from the first failure ninja reports, if any, else the end
     let start = lines
@@ -671,7 +835,13 @@ fn configure(
 ) -> Result<(), ImagesError> {
     progress(Progress::ConfiguringQemu);
     let mut f = open_log(log)?;
-    let _ = writeln!(f, "$ {}/configure --python={} {}", src.display(), python.display(), args.join(" "));
+    let _ = writeln!(
+        f,
+        "$ {}/configure --python={} {}",
+        src.display(),
+        python.display(),
+        args.join(" ")
+    );
     let status = Command::new(src.join("configure"))
         .current_dir(build)
         .arg(format!("--python={}", python.display()))
@@ -682,7 +852,11 @@ fn configure(
         .status()
         .map_err(|e| ImagesError::io("run configure", e))?;
     if !status.success() {
-        return Err(ImagesError::QemuBuild { step: "configure".into(), log: log.to_path_buf(), tail: log_tail(log, 25) });
+        return Err(ImagesError::QemuBuild {
+            step: "configure".into(),
+            log: log.to_path_buf(),
+            tail: log_tail(log, 25),
+        });
     }
     Ok(())
 }
@@ -693,7 +867,11 @@ fn jobs() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
 }
 
 /// `[N/M] ...` → (N, M)
@@ -706,13 +884,28 @@ fn ninja_step(line: &str) -> Option<(u64, u64)> {
 
 /// `ninja -C build targets...`, output into the log, progress from its
 /// `[N/M]` lines (at most about every 5%).
-pub fn ninja(build: &Path, targets: &[&str], log: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), ImagesError> {
+pub fn ninja(
+    build: &Path,
+    targets: &[&str],
+    log: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), ImagesError> {
     let mut f = open_log(log)?;
     let jobs = jobs();
-    let _ = writeln!(f, "$ ninja -C {} -j{jobs} {}", build.display(), targets.join(" "));
+    let _ = writeln!(
+        f,
+        "$ ninja -C {} -j{jobs} {}",
+        build.display(),
+        targets.join(" ")
+    );
     let mut cmd = Command::new("ninja");
-    cmd.arg("-C").arg(build).arg(format!("-j{jobs}")).args(targets);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(f.try_clone().ctx("open", log)?);
+    cmd.arg("-C")
+        .arg(build)
+        .arg(format!("-j{jobs}"))
+        .args(targets);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(f.try_clone().ctx("open", log)?);
     // ninja stops (and stops its compilers) when the testbed dies
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
@@ -722,7 +915,9 @@ pub fn ninja(build: &Path, targets: &[&str], log: &Path, progress: &mut dyn FnMu
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| ImagesError::io("run ninja (install ninja-build)", e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ImagesError::io("run ninja (install ninja-build)", e))?;
     let stdout = child.stdout.take().expect("piped");
     let mut last_bucket = None;
     for line in BufReader::new(stdout).lines() {
@@ -736,9 +931,15 @@ pub fn ninja(build: &Path, targets: &[&str], log: &Path, progress: &mut dyn FnMu
             }
         }
     }
-    let status = child.wait().map_err(|e| ImagesError::io("wait for ninja", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| ImagesError::io("wait for ninja", e))?;
     if !status.success() {
-        return Err(ImagesError::QemuBuild { step: "build".into(), log: log.to_path_buf(), tail: log_tail(log, 30) });
+        return Err(ImagesError::QemuBuild {
+            step: "build".into(),
+            log: log.to_path_buf(),
+            tail: log_tail(log, 30),
+        });
     }
     Ok(())
 }
@@ -759,7 +960,9 @@ fn tree_key(source: &SourceId) -> String {
     let mut h = Sha256::new();
     h.update(format!("irqbypass-testbed qemu-tree v{QEMU_TREE_FORMAT_VERSION}\0").as_bytes());
     match source {
-        SourceId::Debian { orig_sha256, .. } => h.update(format!("orig-sha256 {orig_sha256}").as_bytes()),
+        SourceId::Debian { orig_sha256, .. } => {
+            h.update(format!("orig-sha256 {orig_sha256}").as_bytes())
+        }
         SourceId::Tree { path, .. } => {
             h.update(b"checkout ");
             h.update(path.as_os_str().as_encoded_bytes());
@@ -806,7 +1009,9 @@ fn open_tree(
     let mut args = configure_args.to_vec();
     args.push(PKGVERSION.into());
     let want = format!("{}\n{}", python.display(), args.join("\n"));
-    if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) || !build.join("build.ninja").exists() {
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str())
+        || !build.join("build.ninja").exists()
+    {
         if build.exists() {
             fs::remove_dir_all(&build).ctx("remove", &build)?;
         }
@@ -814,7 +1019,13 @@ fn open_tree(
         configure(&src, &build, python, &args, log, progress)?;
         fs::write(&stamp, want).ctx("write", &stamp)?;
     }
-    Ok(OpenTree { dir, src, build, version, _lock: lock })
+    Ok(OpenTree {
+        dir,
+        src,
+        build,
+        version,
+        _lock: lock,
+    })
 }
 
 /// The build tree `cargo xtask qemu-check` builds and runs QEMU-level tests
@@ -870,7 +1081,10 @@ pub fn prepare_check_tree(
     // firmware path included, under build/qemu-bundle/: link the system's
     // firmware directories there so qtests find SeaBIOS.
     for d in FIRMWARE_DIRS.iter().map(Path::new).filter(|d| d.is_dir()) {
-        let link = tree.build.join("qemu-bundle").join(d.strip_prefix("/").unwrap_or(d));
+        let link = tree
+            .build
+            .join("qemu-bundle")
+            .join(d.strip_prefix("/").unwrap_or(d));
         if fs::symlink_metadata(&link).is_err() {
             let parent = link.parent().expect("has parent");
             fs::create_dir_all(parent).ctx("create directory", parent)?;
@@ -950,7 +1164,14 @@ mod tests {
     #[test]
     fn patch_names_and_order() {
         let t = tempfile::tempdir().unwrap();
-        for n in ["0020-amd-iommu-ga.patch", "0001-avic.patch", "0002-x.patch.orig", "README", "qtests.txt", "01-short.patch"] {
+        for n in [
+            "0020-amd-iommu-ga.patch",
+            "0001-avic.patch",
+            "0002-x.patch.orig",
+            "README",
+            "qtests.txt",
+            "01-short.patch",
+        ] {
             fs::write(t.path().join(n), n).unwrap();
         }
         let names: Vec<String> = list_patches(t.path())
@@ -959,14 +1180,18 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["0001-avic.patch", "0020-amd-iommu-ga.patch"]);
-        assert!(default_configure_args()
-            .contains(&"--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu".to_string()));
+        assert!(default_configure_args().contains(
+            &"--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu".to_string()
+        ));
         assert!(list_patches(&t.path().join("absent")).unwrap().is_empty());
     }
 
     #[test]
     fn key_covers_source_patches_and_args() {
-        let src = SourceId::Debian { version: PINNED_DEBIAN_VERSION.into(), orig_sha256: PINNED_ORIG_SHA256.into() };
+        let src = SourceId::Debian {
+            version: PINNED_DEBIAN_VERSION.into(),
+            orig_sha256: PINNED_ORIG_SHA256.into(),
+        };
         let args = default_configure_args();
         let k0 = build_key(&src, &[], &args);
         assert_eq!(k0, build_key(&src, &[], &args), "deterministic");
@@ -974,19 +1199,46 @@ mod tests {
         let p2 = b"diff b".to_vec();
         let k12 = build_key(&src, &[p1.clone(), p2.clone()], &args);
         assert_ne!(k0, k12);
-        assert_ne!(k12, build_key(&src, &[p2.clone(), p1.clone()], &args), "order matters");
+        assert_ne!(
+            k12,
+            build_key(&src, &[p2.clone(), p1.clone()], &args),
+            "order matters"
+        );
         // concatenation cannot collide with a split
         assert_ne!(build_key(&src, &[b"diff adiff b".to_vec()], &args), k12);
         let mut more = args.clone();
         more.push("--enable-debug-tcg".into());
         assert_ne!(k0, build_key(&src, &[], &more));
-        let other = SourceId::Debian { version: "x".into(), orig_sha256: "00".into() };
+        let other = SourceId::Debian {
+            version: "x".into(),
+            orig_sha256: "00".into(),
+        };
         assert_ne!(k0, build_key(&other, &[], &args));
-        let t1 = SourceId::Tree { path: "/a".into(), head: "abc".into(), diff: vec![] };
-        let t2 = SourceId::Tree { path: "/b".into(), head: "abc".into(), diff: vec![] };
-        let t3 = SourceId::Tree { path: "/a".into(), head: "abc".into(), diff: b"x".to_vec() };
-        assert_eq!(build_key(&t1, &[], &args), build_key(&t2, &[], &args), "same commit, other checkout");
-        assert_ne!(build_key(&t1, &[], &args), build_key(&t3, &[], &args), "dirty diff counts");
+        let t1 = SourceId::Tree {
+            path: "/a".into(),
+            head: "abc".into(),
+            diff: vec![],
+        };
+        let t2 = SourceId::Tree {
+            path: "/b".into(),
+            head: "abc".into(),
+            diff: vec![],
+        };
+        let t3 = SourceId::Tree {
+            path: "/a".into(),
+            head: "abc".into(),
+            diff: b"x".to_vec(),
+        };
+        assert_eq!(
+            build_key(&t1, &[], &args),
+            build_key(&t2, &[], &args),
+            "same commit, other checkout"
+        );
+        assert_ne!(
+            build_key(&t1, &[], &args),
+            build_key(&t3, &[], &args),
+            "dirty diff counts"
+        );
         // entries already in caches stay valid: the key of a given input
         // never changes (bump QEMU_FORMAT_VERSION when it must)
         assert_eq!(&build_key(&src, &[p1], &args)[..16], "5948049793cec235");
@@ -994,7 +1246,10 @@ mod tests {
 
     #[test]
     fn ninja_progress_lines() {
-        assert_eq!(ninja_step("[33/1577] Generating trace/trace-accel_kvm.h"), Some((33, 1577)));
+        assert_eq!(
+            ninja_step("[33/1577] Generating trace/trace-accel_kvm.h"),
+            Some((33, 1577))
+        );
         assert_eq!(ninja_step("ninja: Entering directory `build'"), None);
         assert_eq!(ninja_step("[x/2] y"), None);
     }
@@ -1012,11 +1267,21 @@ mod tests {
         )
         .unwrap();
         git_apply(&src, &good).unwrap();
-        assert_eq!(fs::read_to_string(src.join("f.c")).unwrap(), "one\nTWO\nthree\n");
+        assert_eq!(
+            fs::read_to_string(src.join("f.c")).unwrap(),
+            "one\nTWO\nthree\n"
+        );
         let out = git_apply(&src, &good).unwrap_err();
         assert!(out.contains("f.c"), "{out}");
-        let e = ImagesError::PatchFailed { patch: good.clone(), output: out };
-        assert!(e.to_string().starts_with(&format!("patch {} does not apply", good.display())), "{e}");
+        let e = ImagesError::PatchFailed {
+            patch: good.clone(),
+            output: out,
+        };
+        assert!(
+            e.to_string()
+                .starts_with(&format!("patch {} does not apply", good.display())),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1034,7 +1299,10 @@ mod tests {
         fs::remove_file(a.join("gone")).unwrap();
         std::os::unix::fs::symlink("same", a.join("link")).unwrap();
         sync_tree(&a, &b).unwrap();
-        assert_eq!(fs::metadata(b.join("same")).unwrap().modified().unwrap(), old_time);
+        assert_eq!(
+            fs::metadata(b.join("same")).unwrap().modified().unwrap(),
+            old_time
+        );
         assert_eq!(fs::read_to_string(b.join("d/changed")).unwrap(), "new");
         assert!(!b.join("gone").exists());
         assert_eq!(fs::read_link(b.join("link")).unwrap(), Path::new("same"));
@@ -1045,7 +1313,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let tree = t.path().join("qemu");
         fs::create_dir_all(&tree).unwrap();
-        assert!(matches!(tree_identity(&tree), Err(ImagesError::BadQemuTree { .. })));
+        assert!(matches!(
+            tree_identity(&tree),
+            Err(ImagesError::BadQemuTree { .. })
+        ));
         fs::write(tree.join("configure"), "#!/bin/sh\n").unwrap();
         fs::write(tree.join("VERSION"), "10.1.50\n").unwrap();
         let e = tree_identity(&tree).unwrap_err().to_string();
@@ -1055,13 +1326,17 @@ mod tests {
         git(&["add", "."]);
         git(&["commit", "-q", "-m", "base"]);
         let clean = tree_identity(&tree).unwrap();
-        let SourceId::Tree { head, diff, .. } = &clean else { panic!() };
+        let SourceId::Tree { head, diff, .. } = &clean else {
+            panic!()
+        };
         assert_eq!(head.len(), 40);
         assert!(diff.is_empty());
         fs::write(tree.join("VERSION"), "10.1.51\n").unwrap();
         fs::write(tree.join("untracked.c"), "x").unwrap();
         let dirty = tree_identity(&tree).unwrap();
-        let SourceId::Tree { diff, .. } = &dirty else { panic!() };
+        let SourceId::Tree { diff, .. } = &dirty else {
+            panic!()
+        };
         assert!(String::from_utf8_lossy(diff).contains("+10.1.51"));
         assert!(!String::from_utf8_lossy(diff).contains("untracked"));
         assert_ne!(clean.key_bytes(), dirty.key_bytes());
@@ -1081,7 +1356,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(dir).unwrap();
         let configure = dir.join("configure");
-        fs::write(&configure, "#!/bin/sh\necho \"$*\" >> ../configure-runs\n: > build.ninja\n").unwrap();
+        fs::write(
+            &configure,
+            "#!/bin/sh\necho \"$*\" >> ../configure-runs\n: > build.ninja\n",
+        )
+        .unwrap();
         fs::set_permissions(&configure, fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(dir.join("VERSION"), "10.0.50\n").unwrap();
         fs::write(dir.join("a.c"), "int a;\n").unwrap();
@@ -1107,7 +1386,9 @@ mod tests {
         fs::create_dir_all(dir).unwrap();
         fs::write(
             dir.join("0001-a.patch"),
-            format!("diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a;\n+{new_line}\n"),
+            format!(
+                "diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a;\n+{new_line}\n"
+            ),
         )
         .unwrap();
     }
@@ -1128,26 +1409,51 @@ mod tests {
             let patch_files = list_patches(patches_dir).unwrap();
             let fresh = t.path().join(format!("fresh{n}"));
             let log = t.path().join(format!("log{n}"));
-            open_tree(&cache, &source, &patch_files, &fresh, args, python, &log, &mut |_| {}).unwrap()
+            open_tree(
+                &cache,
+                &source,
+                &patch_files,
+                &fresh,
+                args,
+                python,
+                &log,
+                &mut |_| {},
+            )
+            .unwrap()
         };
         let runs = |tree: &OpenTree| -> Vec<String> {
-            fs::read_to_string(tree.dir.join("configure-runs")).unwrap().lines().map(String::from).collect()
+            fs::read_to_string(tree.dir.join("configure-runs"))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
         };
         let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
 
         patch_a(&patches, "int a1;");
         let tree = open(&patches, &args);
         assert_eq!(tree.version, "10.0.50");
-        assert_eq!(fs::read_to_string(tree.src.join("a.c")).unwrap(), "int a1;\n");
+        assert_eq!(
+            fs::read_to_string(tree.src.join("a.c")).unwrap(),
+            "int a1;\n"
+        );
         assert_eq!(runs(&tree).len(), 1);
-        assert!(runs(&tree)[0].ends_with(" --with-pkgversion=testbed"), "{:?}", runs(&tree));
+        assert!(
+            runs(&tree)[0].ends_with(" --with-pkgversion=testbed"),
+            "{:?}",
+            runs(&tree)
+        );
         // the lock is held while the tree is open
         let key = tree_key(&tree_identity(&checkout).unwrap());
         let lock_file = cache.root().join(format!("locks/qemu-tree-{key}.lock"));
         let f = fs::File::open(&lock_file).unwrap();
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a valid, owned file descriptor.
-        assert_ne!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "tree not locked");
+        assert_ne!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0,
+            "tree not locked"
+        );
         let dir = tree.dir.clone();
         let (a_time, b_time) = (mtime(&tree.src.join("a.c")), mtime(&tree.src.join("b.c")));
         let ninja_time = mtime(&tree.build.join("build.ninja"));
@@ -1160,10 +1466,21 @@ mod tests {
         patch_a(&patches2, "int a2;");
         let tree = open(&patches2, &args);
         assert_eq!(tree.dir, dir);
-        assert_eq!(fs::read_to_string(tree.src.join("a.c")).unwrap(), "int a2;\n");
+        assert_eq!(
+            fs::read_to_string(tree.src.join("a.c")).unwrap(),
+            "int a2;\n"
+        );
         assert_ne!(mtime(&tree.src.join("a.c")), a_time);
-        assert_eq!(mtime(&tree.src.join("b.c")), b_time, "unchanged file rewritten");
-        assert_eq!(mtime(&tree.build.join("build.ninja")), ninja_time, "reconfigured");
+        assert_eq!(
+            mtime(&tree.src.join("b.c")),
+            b_time,
+            "unchanged file rewritten"
+        );
+        assert_eq!(
+            mtime(&tree.build.join("build.ninja")),
+            ninja_time,
+            "reconfigured"
+        );
         assert_eq!(runs(&tree).len(), 1);
         drop(tree);
 
@@ -1172,7 +1489,10 @@ mod tests {
         git_in(&checkout, &["commit", "-q", "-am", "b2"]);
         let tree = open(&patches2, &args);
         assert_eq!(tree.dir, dir);
-        assert_eq!(fs::read_to_string(tree.src.join("b.c")).unwrap(), "int b2;\n");
+        assert_eq!(
+            fs::read_to_string(tree.src.join("b.c")).unwrap(),
+            "int b2;\n"
+        );
         assert_eq!(runs(&tree).len(), 1);
         drop(tree);
 
@@ -1186,7 +1506,10 @@ mod tests {
 
     #[test]
     fn tree_key_is_the_source_not_the_commit() {
-        let d = |sha: &str| SourceId::Debian { version: "v".into(), orig_sha256: sha.into() };
+        let d = |sha: &str| SourceId::Debian {
+            version: "v".into(),
+            orig_sha256: sha.into(),
+        };
         let t = |path: &str, head: &str, diff: &[u8]| SourceId::Tree {
             path: path.into(),
             head: head.into(),
@@ -1206,6 +1529,9 @@ mod tests {
         let mb = t.path().join("pc-bios/meson.build");
         fs::write(&mb, "roms = []\nif unpack_edk2_blobs\n  fds = []\nendif\n").unwrap();
         skip_edk2_unpack(t.path()).unwrap();
-        assert_eq!(fs::read_to_string(&mb).unwrap(), "roms = []\nif unpack_edk2_blobs and false\n  fds = []\nendif\n");
+        assert_eq!(
+            fs::read_to_string(&mb).unwrap(),
+            "roms = []\nif unpack_edk2_blobs and false\n  fds = []\nendif\n"
+        );
     }
 }

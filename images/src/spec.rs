@@ -164,7 +164,10 @@ impl FromStr for KernelSpec {
             if tree.is_empty() || rev.is_some_and(|r| r.is_empty() || r.starts_with('-')) {
                 return Err(bad(s, WHY));
             }
-            Ok(KernelSpec::Git { tree: PathBuf::from(tree), rev: rev.map(str::to_string) })
+            Ok(KernelSpec::Git {
+                tree: PathBuf::from(tree),
+                rev: rev.map(str::to_string),
+            })
         } else {
             Err(bad(
                 s,
@@ -208,19 +211,34 @@ mod tests {
     fn parses_good_specs() {
         assert_eq!(
             p("debian:7.2"),
-            KernelSpec::Debian(VersionReq { major: 7, minor: Some(2), patch: None })
+            KernelSpec::Debian(VersionReq {
+                major: 7,
+                minor: Some(2),
+                patch: None
+            })
         );
         assert_eq!(
             p("debian:6.12.107"),
-            KernelSpec::Debian(VersionReq { major: 6, minor: Some(12), patch: Some(107) })
+            KernelSpec::Debian(VersionReq {
+                major: 6,
+                minor: Some(12),
+                patch: Some(107)
+            })
         );
         assert_eq!(
             p("debian:7"),
-            KernelSpec::Debian(VersionReq { major: 7, minor: None, patch: None })
+            KernelSpec::Debian(VersionReq {
+                major: 7,
+                minor: None,
+                patch: None
+            })
         );
         assert_eq!(
             p("path:/boot/vmlinuz-x"),
-            KernelSpec::Path { bzimage: "/boot/vmlinuz-x".into(), modules: None }
+            KernelSpec::Path {
+                bzimage: "/boot/vmlinuz-x".into(),
+                modules: None
+            }
         );
         assert_eq!(
             p("path:/x/bzImage,modules=/x/lib/modules/7.2.0"),
@@ -253,39 +271,99 @@ mod tests {
             e("debian:7.2.1.4"),
             "bad kernel spec \"debian:7.2.1.4\": expected debian:MAJOR.MINOR[.PATCH]"
         );
-        assert_eq!(e("debian:"), "bad kernel spec \"debian:\": expected debian:MAJOR.MINOR[.PATCH]");
-        assert_eq!(e("debian:7."), "bad kernel spec \"debian:7.\": expected debian:MAJOR.MINOR[.PATCH]");
+        assert_eq!(
+            e("debian:"),
+            "bad kernel spec \"debian:\": expected debian:MAJOR.MINOR[.PATCH]"
+        );
+        assert_eq!(
+            e("debian:7."),
+            "bad kernel spec \"debian:7.\": expected debian:MAJOR.MINOR[.PATCH]"
+        );
         assert_eq!(
             e("ubuntu:7.2"),
             "bad kernel spec \"ubuntu:7.2\": expected debian:MAJOR.MINOR[.PATCH], path:BZIMAGE[,modules=DIR] or git:TREE[@REV]"
         );
-        assert_eq!(e("path:"), "bad kernel spec \"path:\": expected path:BZIMAGE[,modules=DIR]");
-        assert_eq!(e("path:/x,modules="), "bad kernel spec \"path:/x,modules=\": empty modules= directory");
-        assert_eq!(e("path:/x,foo=1"), "bad kernel spec \"path:/x,foo=1\": expected path:BZIMAGE[,modules=DIR]");
-        assert_eq!(e("git:"), "bad kernel spec \"git:\": expected git:TREE[@REV]");
-        assert_eq!(e("git:/src/linux@"), "bad kernel spec \"git:/src/linux@\": expected git:TREE[@REV]");
-        assert_eq!(e("git:@HEAD"), "bad kernel spec \"git:@HEAD\": expected git:TREE[@REV]");
-        assert_eq!(e("git:/l@--force"), "bad kernel spec \"git:/l@--force\": expected git:TREE[@REV]");
+        assert_eq!(
+            e("path:"),
+            "bad kernel spec \"path:\": expected path:BZIMAGE[,modules=DIR]"
+        );
+        assert_eq!(
+            e("path:/x,modules="),
+            "bad kernel spec \"path:/x,modules=\": empty modules= directory"
+        );
+        assert_eq!(
+            e("path:/x,foo=1"),
+            "bad kernel spec \"path:/x,foo=1\": expected path:BZIMAGE[,modules=DIR]"
+        );
+        assert_eq!(
+            e("git:"),
+            "bad kernel spec \"git:\": expected git:TREE[@REV]"
+        );
+        assert_eq!(
+            e("git:/src/linux@"),
+            "bad kernel spec \"git:/src/linux@\": expected git:TREE[@REV]"
+        );
+        assert_eq!(
+            e("git:@HEAD"),
+            "bad kernel spec \"git:@HEAD\": expected git:TREE[@REV]"
+        );
+        assert_eq!(
+            e("git:/l@--force"),
+            "bad kernel spec \"git:/l@--force\": expected git:TREE[@REV]"
+        );
     }
 
     #[test]
     fn git_specs() {
         assert_eq!(
             p("git:/src/linux@v6.17~3"),
-            KernelSpec::Git { tree: "/src/linux".into(), rev: Some("v6.17~3".into()) }
+            KernelSpec::Git {
+                tree: "/src/linux".into(),
+                rev: Some("v6.17~3".into())
+            }
         );
-        assert_eq!(p("git:../linux"), KernelSpec::Git { tree: "../linux".into(), rev: None });
+        assert_eq!(
+            p("git:../linux"),
+            KernelSpec::Git {
+                tree: "../linux".into(),
+                rev: None
+            }
+        );
         // an '@' inside the path is not a revision
-        assert_eq!(p("git:/src/a@b/linux"), KernelSpec::Git { tree: "/src/a@b/linux".into(), rev: None });
+        assert_eq!(
+            p("git:/src/a@b/linux"),
+            KernelSpec::Git {
+                tree: "/src/a@b/linux".into(),
+                rev: None
+            }
+        );
     }
 
     #[test]
     fn kernel_versions() {
-        assert_eq!(KernelVersion::parse("7.2.13"), Some(KernelVersion { major: 7, minor: 2, patch: 13 }));
-        assert_eq!(KernelVersion::parse("6.18"), Some(KernelVersion { major: 6, minor: 18, patch: 0 }));
+        assert_eq!(
+            KernelVersion::parse("7.2.13"),
+            Some(KernelVersion {
+                major: 7,
+                minor: 2,
+                patch: 13
+            })
+        );
+        assert_eq!(
+            KernelVersion::parse("6.18"),
+            Some(KernelVersion {
+                major: 6,
+                minor: 18,
+                patch: 0
+            })
+        );
         assert_eq!(KernelVersion::parse("7.3~rc4"), None);
         assert_eq!(KernelVersion::parse("7.2.13.1"), None);
-        let r = VersionReq { major: 7, minor: Some(2), patch: None };
+        let r = VersionReq {
+            major: 7,
+            minor: Some(2),
+            patch: None,
+        };
         assert!(r.matches(&KernelVersion::parse("7.2.9").unwrap()));
         assert!(!r.matches(&KernelVersion::parse("7.20.9").unwrap()));
     }

@@ -27,12 +27,19 @@ fn cache() -> Cache {
 }
 
 fn project_patches() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("qemu-patches")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("qemu-patches")
 }
 
 fn entries(cache: &Cache) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(cache.root().join("qemu"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -51,7 +58,11 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
     }
     let spec = QemuBuildSpec::new(QemuSource::pinned(), patches_copy.path());
     let patches = images::list_patches(&spec.patches_dir).unwrap();
-    eprintln!("{} patches from {}", patches.len(), project_patches().display());
+    eprintln!(
+        "{} patches from {}",
+        patches.len(),
+        project_patches().display()
+    );
 
     let t = Instant::now();
     let mut steps = 0;
@@ -62,13 +73,24 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
         eprintln!("{e}");
     })
     .unwrap();
-    eprintln!("first build: {:?} ({steps} build progress events) -> {build:?}", t.elapsed());
-    let out = Command::new(&build.binary).arg("--version").output().unwrap();
+    eprintln!(
+        "first build: {:?} ({steps} build progress events) -> {build:?}",
+        t.elapsed()
+    );
+    let out = Command::new(&build.binary)
+        .arg("--version")
+        .output()
+        .unwrap();
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(version.starts_with("QEMU emulator version 10.0.13"), "{version}");
     assert!(
-        build.description.starts_with(&format!("qemu 10.0.13 +{} patches (key ", patches.len())),
+        version.starts_with("QEMU emulator version 10.0.13"),
+        "{version}"
+    );
+    assert!(
+        build
+            .description
+            .starts_with(&format!("qemu 10.0.13 +{} patches (key ", patches.len())),
         "{}",
         build.description
     );
@@ -81,10 +103,17 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
     let warm = t.elapsed();
     eprintln!("second build: {warm:?} {events:?}");
     assert_eq!(again, build);
-    assert!(events.iter().any(|e| matches!(e, Progress::CacheHit { .. })), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Progress::CacheHit { .. })),
+        "{events:?}"
+    );
     assert!(!events.iter().any(|e| matches!(
         e,
-        Progress::BuildingQemu { .. } | Progress::ConfiguringQemu | Progress::FetchingQemuSource { .. }
+        Progress::BuildingQemu { .. }
+            | Progress::ConfiguringQemu
+            | Progress::FetchingQemuSource { .. }
     )));
     assert!(warm < Duration::from_secs(2), "{warm:?}");
 
@@ -104,13 +133,22 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
     )
     .unwrap();
     let before = entries(&cache);
-    let bad_spec = QemuBuildSpec { patches_dir: bad_dir.path().to_path_buf(), ..spec.clone() };
+    let bad_spec = QemuBuildSpec {
+        patches_dir: bad_dir.path().to_path_buf(),
+        ..spec.clone()
+    };
     let t = Instant::now();
     let e = build_qemu(&cache, &bad_spec, &mut |_| {}).unwrap_err();
     eprintln!("bad patch after {:?}: {e}", t.elapsed());
-    assert!(matches!(&e, ImagesError::PatchFailed { patch, .. } if *patch == bad), "{e:?}");
+    assert!(
+        matches!(&e, ImagesError::PatchFailed { patch, .. } if *patch == bad),
+        "{e:?}"
+    );
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("patch {} does not apply:", bad.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("patch {} does not apply:", bad.display())),
+        "{msg}"
+    );
     assert!(msg.contains("hw/i386/amd_iommu.c"), "{msg}");
     assert_eq!(entries(&cache), before, "no entry for a failed build");
 }
@@ -129,11 +167,25 @@ fn boot(build: &images::QemuBuild) {
         cmd.arg("-L").arg(d);
     }
     cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&kernel.bzimage)
-        .args(["-append", "console=ttyS0 panic=-1 amd_iommu=on no_timer_check"])
-        .args(["-device", "amd-iommu,intremap=on,xtsup=on", "-device", "edu"])
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 amd_iommu=on no_timer_check",
+        ])
+        .args([
+            "-device",
+            "amd-iommu,intremap=on,xtsup=on",
+            "-device",
+            "edu",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .stdin(Stdio::null())
@@ -145,16 +197,34 @@ fn boot(build: &images::QemuBuild) {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "the kernel did not panic and exit within 120 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the kernel did not panic and exit within 120 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut stderr = String::new();
-    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     eprintln!("boot: {:?}, {status}, stderr: {stderr}", t.elapsed());
-    assert!(log.contains(&format!("Linux version {}", kernel.release)), "no kernel banner:\n{log}");
-    assert!(log.contains("AMD-Vi"), "the amd-iommu was not found:\n{log}");
-    assert!(!stderr.contains("could not load") && !stderr.contains("Failed to open file"), "{stderr}");
+    assert!(
+        log.contains(&format!("Linux version {}", kernel.release)),
+        "no kernel banner:\n{log}"
+    );
+    assert!(
+        log.contains("AMD-Vi"),
+        "the amd-iommu was not found:\n{log}"
+    );
+    assert!(
+        !stderr.contains("could not load") && !stderr.contains("Failed to open file"),
+        "{stderr}"
+    );
 }
 
 struct KillOnDrop(std::process::Child);

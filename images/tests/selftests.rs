@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use images::{build_selftests, Cache, KernelVersion, Progress, SelftestSource, SelftestSuite, SuiteBuild};
+use images::{
+    build_selftests, Cache, KernelVersion, Progress, SelftestSource, SelftestSuite, SuiteBuild,
+};
 
 fn enabled() -> bool {
     if std::env::var("TESTBED_VM_TESTS").as_deref() == Ok("1") {
@@ -27,7 +29,9 @@ fn cache() -> Cache {
 }
 
 fn debian(version: &str) -> SelftestSource {
-    SelftestSource::Debian { version: KernelVersion::parse(version).unwrap() }
+    SelftestSource::Debian {
+        version: KernelVersion::parse(version).unwrap(),
+    }
 }
 
 /// Progress events with the time they came, to report phase durations.
@@ -38,7 +42,10 @@ struct Timeline {
 
 impl Timeline {
     fn new() -> Timeline {
-        Timeline { start: Instant::now(), events: Vec::new() }
+        Timeline {
+            start: Instant::now(),
+            events: Vec::new(),
+        }
     }
 
     fn record(&mut self, p: Progress) {
@@ -58,18 +65,38 @@ impl Timeline {
         let building = |s: SelftestSuite| move |p: &Progress| matches!(p, Progress::BuildingSelftests { suite, .. } if *suite == s);
         let marks: Vec<(&'static str, Option<Duration>)> = vec![
             ("resolve", Some(Duration::ZERO)),
-            ("download", self.first(|p| matches!(p, Progress::Downloading { .. }))),
-            ("unpack", self.first(|p| matches!(p, Progress::Unpacking { .. }))),
-            ("make headers", self.first(|p| *p == Progress::InstallingKernelHeaders)),
+            (
+                "download",
+                self.first(|p| matches!(p, Progress::Downloading { .. })),
+            ),
+            (
+                "unpack",
+                self.first(|p| matches!(p, Progress::Unpacking { .. })),
+            ),
+            (
+                "make headers",
+                self.first(|p| *p == Progress::InstallingKernelHeaders),
+            ),
             ("kvm build", self.first(building(SelftestSuite::Kvm))),
             ("vfio build", self.first(building(SelftestSuite::Vfio))),
-            ("install, strip, check", self.first(|p| *p == Progress::InstallingSelftests)),
+            (
+                "install, strip, check",
+                self.first(|p| *p == Progress::InstallingSelftests),
+            ),
         ];
-        let present: Vec<(&'static str, Duration)> = marks.into_iter().filter_map(|(n, t)| Some((n, t?))).collect();
+        let present: Vec<(&'static str, Duration)> = marks
+            .into_iter()
+            .filter_map(|(n, t)| Some((n, t?)))
+            .collect();
         present
             .iter()
             .enumerate()
-            .map(|(i, (name, t))| (*name, present.get(i + 1).map(|(_, n)| *n).unwrap_or(end) - *t))
+            .map(|(i, (name, t))| {
+                (
+                    *name,
+                    present.get(i + 1).map(|(_, n)| *n).unwrap_or(end) - *t,
+                )
+            })
             .collect()
     }
 }
@@ -78,7 +105,11 @@ fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(p).unwrap().flatten() {
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
@@ -87,10 +118,16 @@ fn dir_size(p: &Path) -> u64 {
 fn assert_static(path: &Path) {
     use object::read::elf::{ElfFile64, ProgramHeader};
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let elf = ElfFile64::<object::Endianness>::parse(&*data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let elf = ElfFile64::<object::Endianness>::parse(&*data)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let endian = elf.endian();
     for ph in elf.elf_program_headers() {
-        assert_ne!(ph.p_type(endian), object::elf::PT_INTERP, "{} is dynamically linked", path.display());
+        assert_ne!(
+            ph.p_type(endian),
+            object::elf::PT_INTERP,
+            "{} is dynamically linked",
+            path.display()
+        );
     }
 }
 
@@ -111,13 +148,21 @@ fn kvm_and_vfio_from_debian_7_2_build_statically_and_cache() {
     let b = build_selftests(&cache, &source, &suites, &mut |p| timeline.record(p)).unwrap();
     let total = t.elapsed();
     eprintln!("source: {}", b.source);
-    assert!(b.source.starts_with("linux-source-7.2 7.2."), "{}", b.source);
+    assert!(
+        b.source.starts_with("linux-source-7.2 7.2."),
+        "{}",
+        b.source
+    );
     assert_eq!(b.note, None);
     let kvm = suite(&b, SelftestSuite::Kvm);
     assert_eq!(kvm.missing, None);
     eprintln!("kvm: {} tests", kvm.tests.len());
     for want in ["xapic_ipi_test", "irqfd_test"] {
-        assert!(kvm.tests.iter().any(|t| t == want), "{want} not in {:?}", kvm.tests);
+        assert!(
+            kvm.tests.iter().any(|t| t == want),
+            "{want} not in {:?}",
+            kvm.tests
+        );
         assert_static(&b.root.join("kvm").join(want));
     }
     for t in kvm.tests.iter().filter(|t| !t.ends_with(".sh")) {
@@ -129,7 +174,11 @@ fn kvm_and_vfio_from_debian_7_2_build_statically_and_cache() {
         Some(why) => eprintln!("vfio: {why}"),
         None => {
             eprintln!("vfio: {:?}", vfio.tests);
-            assert!(vfio.tests.iter().any(|t| t == "vfio_pci_device_test"), "{:?}", vfio.tests);
+            assert!(
+                vfio.tests.iter().any(|t| t == "vfio_pci_device_test"),
+                "{:?}",
+                vfio.tests
+            );
             for t in &vfio.tests {
                 assert_static(&b.root.join("vfio").join(t));
             }
@@ -138,7 +187,12 @@ fn kvm_and_vfio_from_debian_7_2_build_statically_and_cache() {
     assert!(b.root.join("run_kselftest.sh").is_file());
     assert!(b.root.join("kvm/settings").is_file());
     let entry = b.root.parent().unwrap();
-    eprintln!("total {:.1}s; entry {} MB at {}", total.as_secs_f64(), dir_size(entry) / 1_000_000, entry.display());
+    eprintln!(
+        "total {:.1}s; entry {} MB at {}",
+        total.as_secs_f64(),
+        dir_size(entry) / 1_000_000,
+        entry.display()
+    );
     for (name, d) in timeline.phases(total) {
         eprintln!("  {name:<24}{:6.1}s", d.as_secs_f64());
     }
@@ -146,7 +200,10 @@ fn kvm_and_vfio_from_debian_7_2_build_statically_and_cache() {
     // the second call is a cache hit
     let t = Instant::now();
     let mut hit = false;
-    let again = build_selftests(&cache, &source, &suites, &mut |p| hit |= matches!(p, Progress::CacheHit { .. })).unwrap();
+    let again = build_selftests(&cache, &source, &suites, &mut |p| {
+        hit |= matches!(p, Progress::CacheHit { .. })
+    })
+    .unwrap();
     let elapsed = t.elapsed();
     eprintln!("cached: {:.3}s", elapsed.as_secs_f64());
     assert!(hit);
@@ -157,7 +214,10 @@ fn kvm_and_vfio_from_debian_7_2_build_statically_and_cache() {
     let near = build_selftests(&cache, &debian("6.17.13"), &suites, &mut |_| {}).unwrap();
     assert_eq!(near.root, b.root);
     let note = near.note.unwrap();
-    assert!(note.starts_with("no linux-source-6.17 in the archive: using linux-source-7.2 (7.2."), "{note}");
+    assert!(
+        note.starts_with("no linux-source-6.17 in the archive: using linux-source-7.2 (7.2."),
+        "{note}"
+    );
 }
 
 #[test]
@@ -170,20 +230,35 @@ fn vfio_from_debian_7_3_builds_with_the_igb_driver() {
     let t = timeline.start;
     // every suite, as `testbed selftests` builds them: in CI the entry the
     // xtask's selftests phase made, not a second build
-    let b = build_selftests(&cache, &debian("7.3"), &SelftestSuite::ALL, &mut |p| timeline.record(p)).unwrap();
+    let b = build_selftests(&cache, &debian("7.3"), &SelftestSuite::ALL, &mut |p| {
+        timeline.record(p)
+    })
+    .unwrap();
     let total = t.elapsed();
     eprintln!("source: {}", b.source);
     let vfio = suite(&b, SelftestSuite::Vfio);
     assert_eq!(vfio.missing, None);
     eprintln!("vfio: {:?}", vfio.tests);
-    for want in ["vfio_pci_device_test", "vfio_pci_driver_test", "vfio_dma_mapping_test"] {
-        assert!(vfio.tests.iter().any(|t| t == want), "{want} not in {:?}", vfio.tests);
+    for want in [
+        "vfio_pci_device_test",
+        "vfio_pci_driver_test",
+        "vfio_dma_mapping_test",
+    ] {
+        assert!(
+            vfio.tests.iter().any(|t| t == want),
+            "{want} not in {:?}",
+            vfio.tests
+        );
     }
     for t in &vfio.tests {
         assert_static(&b.root.join("vfio").join(t));
     }
     let entry = b.root.parent().unwrap();
-    eprintln!("total {:.1}s; entry {} MB", total.as_secs_f64(), dir_size(entry) / 1_000_000);
+    eprintln!(
+        "total {:.1}s; entry {} MB",
+        total.as_secs_f64(),
+        dir_size(entry) / 1_000_000
+    );
     for (name, d) in timeline.phases(total) {
         eprintln!("  {name:<24}{:6.1}s", d.as_secs_f64());
     }

@@ -9,7 +9,12 @@ pub static AGENT: &[u8] = include_bytes!(env!("TESTBED_AGENT_PATH"));
 pub fn write_to(dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("testbed-agent");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o755).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o755)
+        .open(&path)?;
     file.write_all(AGENT)?;
     Ok(path)
 }

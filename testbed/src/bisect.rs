@@ -28,7 +28,11 @@ pub enum Found<R> {
     FirstChange { index: usize, before: R, after: R },
     /// The change lies after `last_good` and at or before `first_bad`, but
     /// the items in between were all skipped.
-    Between { last_good: usize, first_bad: usize, skipped: Vec<usize> },
+    Between {
+        last_good: usize,
+        first_bad: usize,
+        skipped: Vec<usize>,
+    },
     /// The last item's report equals the first's: nothing to bisect.
     NoChange,
 }
@@ -87,11 +91,22 @@ pub fn first_change<R: Clone + PartialEq + Debug>(
         }
     }
     if bad - good == 1 {
-        return Ok(Found::FirstChange { index: bad, before: reference, after: bad_report });
+        return Ok(Found::FirstChange {
+            index: bad,
+            before: reference,
+            after: bad_report,
+        });
     }
-    let mut between: Vec<usize> = skipped.into_iter().filter(|&i| good < i && i < bad).collect();
+    let mut between: Vec<usize> = skipped
+        .into_iter()
+        .filter(|&i| good < i && i < bad)
+        .collect();
     between.sort_unstable();
-    Ok(Found::Between { last_good: good, first_bad: bad, skipped: between })
+    Ok(Found::Between {
+        last_good: good,
+        first_bad: bad,
+        skipped: between,
+    })
 }
 
 #[cfg(test)]
@@ -99,7 +114,11 @@ mod tests {
     use super::*;
 
     /// Reports: "old" before `change`, "new" from it on; `skip` items skip.
-    fn history(len: usize, change: usize, skip: &[usize]) -> (Vec<usize>, Result<Found<&'static str>, BisectError>) {
+    fn history(
+        len: usize,
+        change: usize,
+        skip: &[usize],
+    ) -> (Vec<usize>, Result<Found<&'static str>, BisectError>) {
         let mut probed = Vec::new();
         let found = first_change(len, |i| {
             probed.push(i);
@@ -121,15 +140,27 @@ mod tests {
                 let (probed, found) = history(len, change, &[]);
                 assert_eq!(
                     found,
-                    Ok(Found::FirstChange { index: change, before: "old", after: "new" }),
+                    Ok(Found::FirstChange {
+                        index: change,
+                        before: "old",
+                        after: "new"
+                    }),
                     "len {len} change {change}"
                 );
                 let mut unique = probed.clone();
                 unique.sort_unstable();
                 unique.dedup();
-                assert_eq!(unique.len(), probed.len(), "an item was probed twice: {probed:?}");
+                assert_eq!(
+                    unique.len(),
+                    probed.len(),
+                    "an item was probed twice: {probed:?}"
+                );
                 let bound = (len as f64).log2().ceil() as usize + 2;
-                assert!(probed.len() <= bound, "len {len}: {} probes > {bound}", probed.len());
+                assert!(
+                    probed.len() <= bound,
+                    "len {len}: {} probes > {bound}",
+                    probed.len()
+                );
             }
         }
     }
@@ -138,25 +169,57 @@ mod tests {
     fn steps_around_skipped_items() {
         // A skip away from the boundary does not matter.
         let (_, found) = history(10, 6, &[3]);
-        assert_eq!(found, Ok(Found::FirstChange { index: 6, before: "old", after: "new" }));
+        assert_eq!(
+            found,
+            Ok(Found::FirstChange {
+                index: 6,
+                before: "old",
+                after: "new"
+            })
+        );
         // Right before it, it does: 4 is old, 5 unknown, 6 new.
         let (_, found) = history(10, 6, &[5]);
-        assert_eq!(found, Ok(Found::Between { last_good: 4, first_bad: 6, skipped: vec![5] }));
+        assert_eq!(
+            found,
+            Ok(Found::Between {
+                last_good: 4,
+                first_bad: 6,
+                skipped: vec![5]
+            })
+        );
         let (_, found) = history(10, 6, &[4, 6]);
         // 5 is old, 6 is skipped, 7 is new: the change is at 6 or 7.
-        assert_eq!(found, Ok(Found::Between { last_good: 5, first_bad: 7, skipped: vec![6] }));
+        assert_eq!(
+            found,
+            Ok(Found::Between {
+                last_good: 5,
+                first_bad: 7,
+                skipped: vec![6]
+            })
+        );
     }
 
     #[test]
     fn no_change_and_bad_ends() {
         assert_eq!(first_change(5, |_| Probe::Report(1)), Ok(Found::NoChange));
-        assert_eq!(first_change::<u8>(1, |_| Probe::Report(1)), Err(BisectError::TooFew(1)));
         assert_eq!(
-            first_change::<u8>(5, |i| if i == 0 { Probe::Skip("down".into()) } else { Probe::Report(1) }),
+            first_change::<u8>(1, |_| Probe::Report(1)),
+            Err(BisectError::TooFew(1))
+        );
+        assert_eq!(
+            first_change::<u8>(5, |i| if i == 0 {
+                Probe::Skip("down".into())
+            } else {
+                Probe::Report(1)
+            }),
             Err(BisectError::GoodSkipped("down".into()))
         );
         assert_eq!(
-            first_change::<u8>(5, |i| if i == 4 { Probe::Skip("down".into()) } else { Probe::Report(1) }),
+            first_change::<u8>(5, |i| if i == 4 {
+                Probe::Skip("down".into())
+            } else {
+                Probe::Report(1)
+            }),
             Err(BisectError::BadSkipped("down".into()))
         );
     }

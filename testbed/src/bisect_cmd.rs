@@ -34,14 +34,24 @@ use crate::ui::Ui;
 /// What is compared between two points: the report body, then the
 /// console lines that contain one of `console_match` (without printk's
 /// `[time]` prefix), when any are asked for.
-fn comparable(report: &crate::report::Report, console_log: &Path, console_match: &[String]) -> String {
+fn comparable(
+    report: &crate::report::Report,
+    console_log: &Path,
+    console_match: &[String],
+) -> String {
     let mut out = report.body();
     if !console_match.is_empty() {
-        let console = std::fs::read(console_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let console = std::fs::read(console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let quoted: Vec<String> = console_match.iter().map(|m| format!("{m:?}")).collect();
         let _ = writeln!(out, "\nconsole lines with {}", quoted.join(" or "));
         let mut any = false;
-        for line in console.lines().map(console_text).filter(|l| console_match.iter().any(|m| l.contains(m.as_str()))) {
+        for line in console
+            .lines()
+            .map(console_text)
+            .filter(|l| console_match.iter().any(|m| l.contains(m.as_str())))
+        {
             let _ = writeln!(out, "   {line}");
             any = true;
         }
@@ -70,16 +80,24 @@ async fn probe_kernel(
 ) -> Result<String, u8> {
     let mut options = options.clone();
     options.kernel = kernel;
-    run::probe(&options, ui).await.map(|(r, console)| comparable(&r, &console, console_match))
+    run::probe(&options, ui)
+        .await
+        .map(|(r, console)| comparable(&r, &console, console_match))
 }
 
 /// The version bisect over the Debian kernels between `good` and `bad`.
 pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match: &[String]) -> u8 {
     let parse = |s: &str| -> Result<images::VersionReq, String> {
-        let spec = if s.contains(':') { s.to_string() } else { format!("debian:{s}") };
+        let spec = if s.contains(':') {
+            s.to_string()
+        } else {
+            format!("debian:{s}")
+        };
         match spec.parse::<images::KernelSpec>() {
             Ok(images::KernelSpec::Debian(req)) => Ok(req),
-            Ok(_) => Err(format!("{s}: a version bisect takes debian: kernels (git trees need --tree)")),
+            Ok(_) => Err(format!(
+                "{s}: a version bisect takes debian: kernels (git trees need --tree)"
+            )),
             Err(e) => Err(e.to_string()),
         }
     };
@@ -92,7 +110,8 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
     };
     let ui = Ui::new();
     let cache = images::Cache::default_location();
-    let listed = tokio::task::block_in_place(|| images::list_debian_kernels(&cache, &mut |p| ui.images(p)));
+    let listed =
+        tokio::task::block_in_place(|| images::list_debian_kernels(&cache, &mut |p| ui.images(p)));
     let mut versions: Vec<images::KernelVersion> = match listed {
         Ok(k) => k.into_iter().map(|k| k.version).collect(),
         Err(e) => {
@@ -106,7 +125,11 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
     let newest = |req: &images::VersionReq| versions.iter().rev().find(|v| req.matches(v)).copied();
     let (Some(first), Some(last)) = (newest(&good_req), newest(&bad_req)) else {
         ui.finish();
-        let missing = if newest(&good_req).is_none() { good } else { bad };
+        let missing = if newest(&good_req).is_none() {
+            good
+        } else {
+            bad
+        };
         eprintln!("error: no Debian kernel matches {missing} (testbed list kernels shows them)");
         return EXIT_USAGE;
     };
@@ -115,7 +138,10 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
         eprintln!("error: --good debian:{first} must be older than --bad debian:{last}");
         return EXIT_USAGE;
     }
-    let items: Vec<images::KernelVersion> = versions.into_iter().filter(|v| first <= *v && *v <= last).collect();
+    let items: Vec<images::KernelVersion> = versions
+        .into_iter()
+        .filter(|v| first <= *v && *v <= last)
+        .collect();
     let name = |i: usize| format!("debian:{}", items[i]);
     ui.line(&format!(
         "bisecting {} kernels from {} to {}: scenario {} on {}",
@@ -139,7 +165,12 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
         });
         let t = Instant::now();
         let got = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(probe_kernel(&options, spec, console_match, &ui))
+            tokio::runtime::Handle::current().block_on(probe_kernel(
+                &options,
+                spec,
+                console_match,
+                &ui,
+            ))
         });
         let secs = t.elapsed().as_secs_f64();
         match got {
@@ -154,7 +185,10 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
                 Probe::Report(body)
             }
             Err(EXIT_SKIP) => {
-                ui.line(&format!("  {:<18} skipped: no kernel or no boot ({secs:.0} s)", name(i)));
+                ui.line(&format!(
+                    "  {:<18} skipped: no kernel or no boot ({secs:.0} s)",
+                    name(i)
+                ));
                 Probe::Skip("no kernel or no boot".into())
             }
             Err(code) => {
@@ -181,7 +215,11 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
             );
             EXIT_FAILED
         }
-        Ok(Found::Between { last_good, first_bad, skipped }) => {
+        Ok(Found::Between {
+            last_good,
+            first_bad,
+            skipped,
+        }) => {
             let skipped: Vec<String> = skipped.into_iter().map(name).collect();
             println!(
                 "the report changes after {} and by {}; {} could not be tested ({total:.0} s)",
@@ -191,7 +229,11 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
             );
             EXIT_SKIP
         }
-        Ok(Found::FirstChange { index, before, after }) => {
+        Ok(Found::FirstChange {
+            index,
+            before,
+            after,
+        }) => {
             println!(
                 "first kernel whose report differs: {} (the one before it, {}, gives the reference report of {}) ({total:.0} s)",
                 name(index),
@@ -199,14 +241,22 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
                 name(0)
             );
             println!();
-            print!("{}", side_by_side(&name(index - 1), &before, &name(index), &after));
+            print!(
+                "{}",
+                side_by_side(&name(index - 1), &before, &name(index), &after)
+            );
             EXIT_OK
         }
     }
 }
 
 fn scenario_names(options: &RunOptions) -> String {
-    options.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+    options
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn variant_name(options: &RunOptions) -> &'static str {
@@ -219,7 +269,13 @@ fn variant_name(options: &RunOptions) -> &'static str {
 pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str) -> String {
     let l: Vec<&str> = left.lines().collect();
     let r: Vec<&str> = right.lines().collect();
-    let width = l.iter().chain([&left_title]).map(|s| s.chars().count()).max().unwrap_or(0).min(100);
+    let width = l
+        .iter()
+        .chain([&left_title])
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(100);
     let cut = |s: &str| -> String {
         if s.chars().count() > width {
             let mut t: String = s.chars().take(width - 1).collect();
@@ -234,7 +290,11 @@ pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str
         let _ = writeln!(out, "{:<width$} {mark} {b}", cut(a));
     };
     row(left_title, ' ', right_title);
-    row(&"-".repeat(width), ' ', &"-".repeat(right_title.chars().count().max(8)));
+    row(
+        &"-".repeat(width),
+        ' ',
+        &"-".repeat(right_title.chars().count().max(8)),
+    );
     let diff = similar::TextDiff::from_slices(&l, &r);
     for op in diff.ops() {
         let (_, old, new) = op.as_tag_tuple();
@@ -269,17 +329,33 @@ fn report_file(state: &Path, commit: &str) -> PathBuf {
 }
 
 fn git_line(tree: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git").arg("-C").arg(tree).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(tree)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn git_run(tree: &Path, args: &[&str]) -> Result<(), String> {
-    let out =
-        std::process::Command::new("git").arg("-C").arg(tree).args(args).output().map_err(|e| format!("git: {e}"))?;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(tree)
+        .args(args)
+        .output()
+        .map_err(|e| format!("git: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("git {} in {}: {}", args.join(" "), tree.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "git {} in {}: {}",
+            args.join(" "),
+            tree.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -303,12 +379,21 @@ pub async fn git_tree(
         Err(e) => return fail(&ui, format!("{}: {e}", tree.display()), EXIT_USAGE),
     };
     let (Some(good_sha), Some(bad_sha)) = (
-        git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")]),
-        git_line(&tree, &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")]),
+        git_line(
+            &tree,
+            &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")],
+        ),
+        git_line(
+            &tree,
+            &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")],
+        ),
     ) else {
         return fail(
             &ui,
-            format!("{}: --good {good} or --bad {bad} is not a commit there", tree.display()),
+            format!(
+                "{}: --good {good} or --bad {bad} is not a commit there",
+                tree.display()
+            ),
             EXIT_USAGE,
         );
     };
@@ -319,7 +404,10 @@ pub async fn git_tree(
         Ok(d) => d,
         Err(e) => return fail(&ui, format!("temporary directory: {e}"), EXIT_SKIP),
     };
-    let kernel = images::KernelSpec::Git { tree: tree.clone(), rev: None };
+    let kernel = images::KernelSpec::Git {
+        tree: tree.clone(),
+        rev: None,
+    };
     let started = Instant::now();
     // the two ends first: the reference, and proof that the bad end differs
     let restore = match gitbisect::RestoreHead::new(&tree) {
@@ -334,17 +422,30 @@ pub async fn git_tree(
         let t = Instant::now();
         match probe_kernel(&options, kernel.clone(), console_match, &ui).await {
             Ok(body) => {
-                ui.line(&format!("  {label} {} : tested ({:.0} s)", &sha[..12], t.elapsed().as_secs_f64()));
+                ui.line(&format!(
+                    "  {label} {} : tested ({:.0} s)",
+                    &sha[..12],
+                    t.elapsed().as_secs_f64()
+                ));
                 ends.push(body);
             }
             Err(EXIT_SKIP) => {
                 return fail(
                     &ui,
-                    format!("the {label} end {} cannot be built or booted: it must be testable", &sha[..12]),
+                    format!(
+                        "the {label} end {} cannot be built or booted: it must be testable",
+                        &sha[..12]
+                    ),
                     EXIT_SKIP,
                 )
             }
-            Err(code) => return fail(&ui, format!("the {label} end {} could not be tested", &sha[..12]), code),
+            Err(code) => {
+                return fail(
+                    &ui,
+                    format!("the {label} end {} could not be tested", &sha[..12]),
+                    code,
+                )
+            }
         }
     }
     drop(restore);
@@ -353,9 +454,11 @@ pub async fn git_tree(
         println!("the report is the same at {good} and {bad}: nothing to bisect");
         return EXIT_FAILED;
     }
-    let write = |p: PathBuf, body: &str| std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()));
-    if let Err(e) =
-        write(reference_file(state.path()), &ends[0]).and(write(report_file(state.path(), &bad_sha), &ends[1]))
+    let write = |p: PathBuf, body: &str| {
+        std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if let Err(e) = write(reference_file(state.path()), &ends[0])
+        .and(write(report_file(state.path(), &bad_sha), &ends[1]))
     {
         eprintln!("error: {e}");
         return EXIT_SKIP;
@@ -367,7 +470,12 @@ pub async fn git_tree(
             return EXIT_SKIP;
         }
     };
-    let mut step: Vec<OsString> = vec![exe.into(), "bisect-step".into(), "--state".into(), state.path().into()];
+    let mut step: Vec<OsString> = vec![
+        exe.into(),
+        "bisect-step".into(),
+        "--state".into(),
+        state.path().into(),
+    ];
     for m in console_match {
         step.push("--console-match".into());
         step.push(m.into());
@@ -376,7 +484,9 @@ pub async fn git_tree(
     step.push("--kernel".into());
     step.push(format!("git:{}", tree.display()).into());
     let result = tokio::task::block_in_place(|| {
-        gitbisect::drive(&tree, &good_sha, &bad_sha, &step, &mut |line| eprintln!("git: {line}"))
+        gitbisect::drive(&tree, &good_sha, &bad_sha, &step, &mut |line| {
+            eprintln!("git: {line}")
+        })
     });
     let total = started.elapsed().as_secs_f64();
     match result {
@@ -395,7 +505,8 @@ pub async fn git_tree(
             }
             println!("steps: {}", r.steps.len());
             for (sha, verdict) in &r.steps {
-                let subject = git_line(&tree, &["log", "-1", "--format=%s", sha]).unwrap_or_default();
+                let subject =
+                    git_line(&tree, &["log", "-1", "--format=%s", sha]).unwrap_or_default();
                 let v = match verdict {
                     StepVerdict::Good => "same",
                     StepVerdict::Bad => "differs",
@@ -408,9 +519,18 @@ pub async fn git_tree(
                     println!(
                         "first commit whose report differs from {good}'s: {commit} {subject} ({total:.0} s in all)"
                     );
-                    let after = std::fs::read_to_string(report_file(state.path(), &commit)).unwrap_or_default();
+                    let after = std::fs::read_to_string(report_file(state.path(), &commit))
+                        .unwrap_or_default();
                     println!();
-                    print!("{}", side_by_side(&format!("{good} (reference)"), &ends[0], &commit[..12], &after));
+                    print!(
+                        "{}",
+                        side_by_side(
+                            &format!("{good} (reference)"),
+                            &ends[0],
+                            &commit[..12],
+                            &after
+                        )
+                    );
                     EXIT_OK
                 }
                 GitBisectOutcome::OnlySkippedLeft { candidates } => {
@@ -461,7 +581,10 @@ pub async fn step(options: RunOptions, state: &Path, console_match: &[String]) -
         Err(EXIT_SKIP) => (125, "skipped: no build or no boot"),
         Err(_) => (128, "aborting: bad input"),
     };
-    eprintln!("bisect-step {} {subject}: {verdict} ({secs:.0} s)", &head[..12]);
+    eprintln!(
+        "bisect-step {} {subject}: {verdict} ({secs:.0} s)",
+        &head[..12]
+    );
     code
 }
 
@@ -471,19 +594,40 @@ mod tests {
 
     #[test]
     fn console_lines_lose_their_time_stamps() {
-        assert_eq!(console_text("[    0.123456] DMAR: Unknown option - 'x'  "), "DMAR: Unknown option - 'x'");
+        assert_eq!(
+            console_text("[    0.123456] DMAR: Unknown option - 'x'  "),
+            "DMAR: Unknown option - 'x'"
+        );
         assert_eq!(console_text("DMAR: IOMMU enabled"), "DMAR: IOMMU enabled");
         assert_eq!(console_text("[x] not a time"), "[x] not a time");
     }
 
     #[test]
     fn side_by_side_marks_changes() {
-        let s = side_by_side("a", "same\nold line\ngone\ntail\n", "b", "same\nnew line\ntail\nadded\n");
+        let s = side_by_side(
+            "a",
+            "same\nold line\ngone\ntail\n",
+            "b",
+            "same\nnew line\ntail\nadded\n",
+        );
         let lines: Vec<&str> = s.lines().collect();
-        assert!(lines[0].starts_with("a ") && lines[0].ends_with(" b"), "{s}");
+        assert!(
+            lines[0].starts_with("a ") && lines[0].ends_with(" b"),
+            "{s}"
+        );
         assert_eq!(lines[2], "same       same", "{s}");
-        assert!(lines.iter().any(|l| l.starts_with("old line") && l.contains(" | new line")), "{s}");
-        assert!(lines.iter().any(|l| l.starts_with("gone") && l.ends_with('<')), "{s}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("old line") && l.contains(" | new line")),
+            "{s}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("gone") && l.ends_with('<')),
+            "{s}"
+        );
         assert!(lines.iter().any(|l| l.contains(" > added")), "{s}");
     }
 }

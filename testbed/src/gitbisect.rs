@@ -44,9 +44,17 @@ pub enum GitBisectError {
     #[error("{tree}: {why}")]
     BadTree { tree: PathBuf, why: String },
     #[error("git {args} failed in {tree}: {detail}")]
-    Git { tree: PathBuf, args: String, detail: String },
+    Git {
+        tree: PathBuf,
+        args: String,
+        detail: String,
+    },
     #[error("the bisect step aborted the bisect (exit {code:?}) at {commit}:\n{output}")]
-    StepAborted { commit: String, code: Option<i32>, output: String },
+    StepAborted {
+        commit: String,
+        code: Option<i32>,
+        output: String,
+    },
 }
 
 fn git(tree: &Path) -> Command {
@@ -56,11 +64,14 @@ fn git(tree: &Path) -> Command {
 }
 
 fn run_git(tree: &Path, args: &[&str]) -> Result<Output, GitBisectError> {
-    git(tree).args(args).output().map_err(|e| GitBisectError::Git {
-        tree: tree.to_path_buf(),
-        args: args.join(" "),
-        detail: e.to_string(),
-    })
+    git(tree)
+        .args(args)
+        .output()
+        .map_err(|e| GitBisectError::Git {
+            tree: tree.to_path_buf(),
+            args: args.join(" "),
+            detail: e.to_string(),
+        })
 }
 
 fn git_ok(tree: &Path, args: &[&str]) -> Result<String, GitBisectError> {
@@ -86,12 +97,20 @@ pub fn head_state(tree: &Path) -> Result<String, GitBisectError> {
 /// Refuses a tree with uncommitted changes to tracked files or a bisect
 /// already under way: neither is ours to overwrite or end.
 pub fn check_tree(tree: &Path) -> Result<(), GitBisectError> {
-    let bad_tree = |why: String| GitBisectError::BadTree { tree: tree.to_path_buf(), why };
+    let bad_tree = |why: String| GitBisectError::BadTree {
+        tree: tree.to_path_buf(),
+        why,
+    };
     let in_progress = git_ok(tree, &["rev-parse", "--git-path", "BISECT_START"])?;
-    let in_progress =
-        if Path::new(&in_progress).is_absolute() { PathBuf::from(in_progress) } else { tree.join(in_progress) };
+    let in_progress = if Path::new(&in_progress).is_absolute() {
+        PathBuf::from(in_progress)
+    } else {
+        tree.join(in_progress)
+    };
     if in_progress.exists() {
-        return Err(bad_tree("a bisect is already under way there (git bisect reset ends it)".into()));
+        return Err(bad_tree(
+            "a bisect is already under way there (git bisect reset ends it)".into(),
+        ));
     }
     let dirty = git_ok(tree, &["status", "--porcelain", "--untracked-files=no"])?;
     if !dirty.is_empty() {
@@ -109,7 +128,10 @@ pub struct RestoreHead {
 
 impl RestoreHead {
     pub fn new(tree: &Path) -> Result<RestoreHead, GitBisectError> {
-        Ok(RestoreHead { tree: tree.to_path_buf(), head: head_state(tree)? })
+        Ok(RestoreHead {
+            tree: tree.to_path_buf(),
+            head: head_state(tree)?,
+        })
     }
 }
 
@@ -141,13 +163,26 @@ pub fn drive(
     step: &[OsString],
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GitBisectResult, GitBisectError> {
-    let bad_tree = |why: String| GitBisectError::BadTree { tree: tree.to_path_buf(), why };
+    let bad_tree = |why: String| GitBisectError::BadTree {
+        tree: tree.to_path_buf(),
+        why,
+    };
     check_tree(tree)?;
-    let good_sha = git_ok(tree, &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")])
-        .map_err(|_| bad_tree(format!("unknown revision {good}")))?;
-    let bad_sha = git_ok(tree, &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")])
-        .map_err(|_| bad_tree(format!("unknown revision {bad}")))?;
-    if run_git(tree, &["merge-base", "--is-ancestor", &good_sha, &bad_sha])?.status.code() != Some(0) {
+    let good_sha = git_ok(
+        tree,
+        &["rev-parse", "--verify", "-q", &format!("{good}^{{commit}}")],
+    )
+    .map_err(|_| bad_tree(format!("unknown revision {good}")))?;
+    let bad_sha = git_ok(
+        tree,
+        &["rev-parse", "--verify", "-q", &format!("{bad}^{{commit}}")],
+    )
+    .map_err(|_| bad_tree(format!("unknown revision {bad}")))?;
+    if run_git(tree, &["merge-base", "--is-ancestor", &good_sha, &bad_sha])?
+        .status
+        .code()
+        != Some(0)
+    {
         return Err(bad_tree(format!("{good} is not an ancestor of {bad}")));
     }
 
@@ -156,7 +191,9 @@ pub fn drive(
     // git's own lines (and the step's stdout) as they come; the step's
     // stderr goes straight to ours
     let mut run = git(tree);
-    run.args(["bisect", "run"]).args(step).stdout(std::process::Stdio::piped());
+    run.args(["bisect", "run"])
+        .args(step)
+        .stdout(std::process::Stdio::piped());
     let mut child = run.spawn().map_err(|e| GitBisectError::Git {
         tree: tree.to_path_buf(),
         args: "bisect run".into(),
@@ -198,15 +235,30 @@ pub fn drive(
         return Err(GitBisectError::StepAborted {
             commit,
             code: status.code(),
-            output: stdout.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+            output: stdout
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     };
-    Ok(GitBisectResult { outcome, log, steps })
+    Ok(GitBisectResult {
+        outcome,
+        log,
+        steps,
+    })
 }
 
 /// `<sha> is the first bad commit` in `git bisect run`'s output.
 fn first_bad(stdout: &str) -> Option<String> {
-    stdout.lines().find_map(|l| l.strip_suffix(" is the first bad commit").map(|s| s.trim().to_string()))
+    stdout.lines().find_map(|l| {
+        l.strip_suffix(" is the first bad commit")
+            .map(|s| s.trim().to_string())
+    })
 }
 
 /// The `git bisect good|bad|skip <sha>` lines of a bisect log, in order
@@ -241,7 +293,11 @@ mod tests {
     fn repo(dir: &Path, n: usize, change: usize) -> Vec<String> {
         let g = |args: &[&str]| {
             let out = git(dir).args(args).output().unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         g(&["init", "-q", "-b", "main"]);
@@ -249,7 +305,11 @@ mod tests {
         g(&["config", "user.email", "t@localhost"]);
         let mut shas = Vec::new();
         for i in 0..n {
-            fs::write(dir.join("value"), if i < change { "old\n" } else { "new\n" }).unwrap();
+            fs::write(
+                dir.join("value"),
+                if i < change { "old\n" } else { "new\n" },
+            )
+            .unwrap();
             fs::write(dir.join("counter"), format!("{i}\n")).unwrap();
             g(&["add", "-A"]);
             g(&["commit", "-q", "-m", &format!("c{i}")]);
@@ -264,7 +324,10 @@ mod tests {
 
     /// Good while `value` says old; skip where `counter` is in `skip`.
     fn step(skip: &[usize]) -> Vec<OsString> {
-        let skips: String = skip.iter().map(|s| format!("[ \"$(cat counter)\" = {s} ] && exit 125; ")).collect();
+        let skips: String = skip
+            .iter()
+            .map(|s| format!("[ \"$(cat counter)\" = {s} ] && exit 125; "))
+            .collect();
         sh(&format!("{skips}grep -q old value && exit 0; exit 1"))
     }
 
@@ -275,11 +338,24 @@ mod tests {
         let before = head_state(t.path()).unwrap();
         assert_eq!(before, "refs/heads/main");
         let r = drive(t.path(), &shas[0], &shas[11], &step(&[]), &mut |_| {}).unwrap();
-        assert_eq!(r.outcome, GitBisectOutcome::FirstBad { commit: shas[7].clone(), subject: "c7".into() });
+        assert_eq!(
+            r.outcome,
+            GitBisectOutcome::FirstBad {
+                commit: shas[7].clone(),
+                subject: "c7".into()
+            }
+        );
         assert!(r.steps.len() >= 3, "{:?}", r.steps);
         for (sha, verdict) in &r.steps {
             let i = shas.iter().position(|s| s == sha).unwrap();
-            assert_eq!(*verdict, if i < 7 { StepVerdict::Good } else { StepVerdict::Bad });
+            assert_eq!(
+                *verdict,
+                if i < 7 {
+                    StepVerdict::Good
+                } else {
+                    StepVerdict::Bad
+                }
+            );
         }
         assert!(r.log.contains("# first bad commit"), "{}", r.log);
         // the tree is back where it was: on main, at its tip, clean, no bisect
@@ -304,17 +380,35 @@ mod tests {
         let shas = repo(t.path(), 12, 7);
         // skipping a commit away from the boundary changes nothing
         let r = drive(t.path(), &shas[0], &shas[11], &step(&[5]), &mut |_| {}).unwrap();
-        assert_eq!(r.outcome, GitBisectOutcome::FirstBad { commit: shas[7].clone(), subject: "c7".into() });
+        assert_eq!(
+            r.outcome,
+            GitBisectOutcome::FirstBad {
+                commit: shas[7].clone(),
+                subject: "c7".into()
+            }
+        );
         // skipping the first bad commit leaves git unable to decide between it and the next
         let r = drive(t.path(), &shas[0], &shas[11], &step(&[7]), &mut |_| {}).unwrap();
         match r.outcome {
             GitBisectOutcome::OnlySkippedLeft { candidates } => {
-                assert!(candidates.iter().any(|c| shas[7].starts_with(c.as_str())), "{candidates:?}");
-                assert!(candidates.iter().any(|c| shas[8].starts_with(c.as_str())), "{candidates:?}");
+                assert!(
+                    candidates.iter().any(|c| shas[7].starts_with(c.as_str())),
+                    "{candidates:?}"
+                );
+                assert!(
+                    candidates.iter().any(|c| shas[8].starts_with(c.as_str())),
+                    "{candidates:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
-        assert!(r.steps.iter().any(|(s, v)| *s == shas[7] && *v == StepVerdict::Skip), "{:?}", r.steps);
+        assert!(
+            r.steps
+                .iter()
+                .any(|(s, v)| *s == shas[7] && *v == StepVerdict::Skip),
+            "{:?}",
+            r.steps
+        );
         assert_eq!(head_state(t.path()).unwrap(), "refs/heads/main");
     }
 
@@ -322,9 +416,18 @@ mod tests {
     fn an_aborting_step_ends_the_bisect_and_restores_the_tree() {
         let t = tempfile::tempdir().unwrap();
         let shas = repo(t.path(), 8, 4);
-        let e = drive(t.path(), &shas[0], &shas[7], &sh("echo bad input; exit 128"), &mut |_| {}).unwrap_err();
+        let e = drive(
+            t.path(),
+            &shas[0],
+            &shas[7],
+            &sh("echo bad input; exit 128"),
+            &mut |_| {},
+        )
+        .unwrap_err();
         match &e {
-            GitBisectError::StepAborted { output, .. } => assert!(output.contains("bad input"), "{output}"),
+            GitBisectError::StepAborted { output, .. } => {
+                assert!(output.contains("bad input"), "{output}")
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(head_state(t.path()).unwrap(), "refs/heads/main");
@@ -336,17 +439,28 @@ mod tests {
     fn refuses_dirty_trees_running_bisects_and_bad_revisions() {
         let t = tempfile::tempdir().unwrap();
         let shas = repo(t.path(), 4, 2);
-        let err = |good: &str, bad: &str| drive(t.path(), good, bad, &step(&[]), &mut |_| {}).unwrap_err().to_string();
+        let err = |good: &str, bad: &str| {
+            drive(t.path(), good, bad, &step(&[]), &mut |_| {})
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("nope", &shas[3]).ends_with("unknown revision nope"));
         assert!(err(&shas[3], &shas[0]).contains("is not an ancestor of"));
         fs::write(t.path().join("value"), "edited\n").unwrap();
         assert!(err(&shas[0], &shas[3]).contains("uncommitted changes"));
-        assert_eq!(fs::read_to_string(t.path().join("value")).unwrap(), "edited\n", "the edit is left alone");
+        assert_eq!(
+            fs::read_to_string(t.path().join("value")).unwrap(),
+            "edited\n",
+            "the edit is left alone"
+        );
         git_ok(t.path(), &["checkout", "-q", "value"]).unwrap();
         git_ok(t.path(), &["bisect", "start", &shas[3], &shas[0]]).unwrap();
         assert!(err(&shas[0], &shas[3]).contains("already under way"));
         // and the bisect that was under way is not ours to reset
-        assert!(run_git(t.path(), &["bisect", "log"]).unwrap().status.success());
+        assert!(run_git(t.path(), &["bisect", "log"])
+            .unwrap()
+            .status
+            .success());
     }
 
     #[test]

@@ -15,7 +15,11 @@ use testbed::run::{self, RunOptions};
 use testbed::{bisect_cmd, scenario, variant};
 
 #[derive(Parser)]
-#[command(name = "testbed", version, about = "Run irqbypass scenarios in QEMU guests with emulated IOMMUs")]
+#[command(
+    name = "testbed",
+    version,
+    about = "Run irqbypass scenarios in QEMU guests with emulated IOMMUs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -234,7 +238,11 @@ impl RunArgs {
             a.push("--bzimage".into());
         }
         for p in &self.paths {
-            a.push(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).into());
+            a.push(
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .into(),
+            );
         }
         a
     }
@@ -299,15 +307,27 @@ fn main() -> ExitCode {
                 Ok(options) => interruptible(run::run(options)).await,
                 Err(e) => run::usage_error(&e),
             },
-            Command::Bench { run: args, iterations, boot_sharing } => match args.options() {
-                Ok(options) if boot_sharing => interruptible(run::bench_boot_sharing(options, iterations)).await,
+            Command::Bench {
+                run: args,
+                iterations,
+                boot_sharing,
+            } => match args.options() {
+                Ok(options) if boot_sharing => {
+                    interruptible(run::bench_boot_sharing(options, iterations)).await
+                }
                 Ok(options) => interruptible(run::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
-            Command::Bisect { run: args, good, bad, tree, console_match } => {
+            Command::Bisect {
+                run: args,
+                good,
+                bad,
+                tree,
+                console_match,
+            } => {
                 if let Err(e) = args.check_bisect() {
                     eprintln!("error: {e}");
                     return run::EXIT_USAGE;
@@ -316,19 +336,44 @@ fn main() -> ExitCode {
                 match args.options() {
                     Ok(options) => match tree {
                         Some(tree) => {
-                            let bisect = bisect_cmd::git_tree(options, &tree, &good, &bad, &console_match, step_args);
+                            let bisect = bisect_cmd::git_tree(
+                                options,
+                                &tree,
+                                &good,
+                                &bad,
+                                &console_match,
+                                step_args,
+                            );
                             interruptible(bisect).await
                         }
-                        None => interruptible(bisect_cmd::versions(options, &good, &bad, &console_match)).await,
+                        None => {
+                            interruptible(bisect_cmd::versions(
+                                options,
+                                &good,
+                                &bad,
+                                &console_match,
+                            ))
+                            .await
+                        }
                     },
                     Err(e) => run::usage_error(&e),
                 }
             }
-            Command::KernelTree { version, dest, from } => kernel_tree(&version, from.into(), &dest),
+            Command::KernelTree {
+                version,
+                dest,
+                from,
+            } => kernel_tree(&version, from.into(), &dest),
             Command::Kernel { spec } => kernel(&spec),
             Command::Qemu { qemu_tree } => patched_qemu(qemu_tree.as_deref()),
-            Command::BisectStep { run: args, state, console_match } => match args.options() {
-                Ok(options) => interruptible(bisect_cmd::step(options, &state, &console_match)).await,
+            Command::BisectStep {
+                run: args,
+                state,
+                console_match,
+            } => match args.options() {
+                Ok(options) => {
+                    interruptible(bisect_cmd::step(options, &state, &console_match)).await
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     128
@@ -368,8 +413,17 @@ fn kernel(spec: &str) -> u8 {
     ui.finish();
     match kernel {
         Ok(k) => {
-            println!("{} ({}), {:.1} s", k.description, k.release, started.elapsed().as_secs_f64());
-            println!("path:{},modules={}", k.bzimage.display(), k.modules_dir.display());
+            println!(
+                "{} ({}), {:.1} s",
+                k.description,
+                k.release,
+                started.elapsed().as_secs_f64()
+            );
+            println!(
+                "path:{},modules={}",
+                k.bzimage.display(),
+                k.modules_dir.display()
+            );
             run::EXIT_OK
         }
         Err(e) => {
@@ -393,7 +447,11 @@ fn patched_qemu(tree: Option<&std::path::Path>) -> u8 {
     ui.finish();
     match built {
         Ok(b) => {
-            println!("{}, {:.1} s", b.description, started.elapsed().as_secs_f64());
+            println!(
+                "{}, {:.1} s",
+                b.description,
+                started.elapsed().as_secs_f64()
+            );
             println!("{}", b.binary.display());
             run::EXIT_OK
         }

@@ -22,7 +22,8 @@ pub fn group<'a>(scenarios: &'a [Scenario], fresh_boot_all: bool) -> Vec<BootGro
             None
         } else {
             groups.iter_mut().find(|g| {
-                !g.scenarios.iter().any(|s| s.fresh_boot || fresh_boot_all) && compatible(&g.devices, &devices)
+                !g.scenarios.iter().any(|s| s.fresh_boot || fresh_boot_all)
+                    && compatible(&g.devices, &devices)
             })
         };
         match shared {
@@ -34,7 +35,10 @@ pub fn group<'a>(scenarios: &'a [Scenario], fresh_boot_all: bool) -> Vec<BootGro
                 }
                 group.scenarios.push(scenario);
             }
-            None => groups.push(BootGroup { scenarios: vec![scenario], devices }),
+            None => groups.push(BootGroup {
+                scenarios: vec![scenario],
+                devices,
+            }),
         }
     }
     groups
@@ -107,7 +111,10 @@ mod tests {
     }
 
     fn names<'a>(groups: &[BootGroup<'a>]) -> Vec<Vec<&'a str>> {
-        groups.iter().map(|g| g.scenarios.iter().map(|s| s.name.as_str()).collect()).collect()
+        groups
+            .iter()
+            .map(|g| g.scenarios.iter().map(|s| s.name.as_str()).collect())
+            .collect()
     }
 
     #[test]

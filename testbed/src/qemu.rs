@@ -19,8 +19,13 @@ impl Accel {
     /// KVM only where the host has real hardware virtualization: some hosts
     /// expose a /dev/kvm (e.g. PVM) that cannot run a stock kernel.
     pub fn detect() -> Accel {
-        let hw = Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
-        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let hw = Path::new("/sys/module/kvm_intel").exists()
+            || Path::new("/sys/module/kvm_amd").exists();
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
         if hw && usable {
             Accel::Kvm
         } else {
@@ -108,7 +113,11 @@ pub fn patched_qemu_spec(project: &Path, tree: Option<&Path>) -> images::QemuBui
 }
 
 /// The binary and `-L` directories `variant` boots with.
-pub fn qemu_for(variant: &Variant, stock: &Path, patched: Option<&images::QemuBuild>) -> (PathBuf, Vec<PathBuf>) {
+pub fn qemu_for(
+    variant: &Variant,
+    stock: &Path,
+    patched: Option<&images::QemuBuild>,
+) -> (PathBuf, Vec<PathBuf>) {
     match (variant.qemu, patched) {
         (QemuKind::Patched, Some(b)) => (b.binary.clone(), b.data_dirs.clone()),
         // run.rs builds the patched QEMU whenever a patched variant is asked
@@ -119,7 +128,10 @@ pub fn qemu_for(variant: &Variant, stock: &Path, patched: Option<&images::QemuBu
 
 /// `-L DIR` for each firmware directory, in order of preference.
 pub fn firmware_args(data_dirs: &[PathBuf]) -> Vec<String> {
-    data_dirs.iter().flat_map(|d| ["-L".to_owned(), d.display().to_string()]).collect()
+    data_dirs
+        .iter()
+        .flat_map(|d| ["-L".to_owned(), d.display().to_string()])
+        .collect()
 }
 
 pub fn machine_args(accel: Accel) -> Vec<String> {
@@ -127,7 +139,14 @@ pub fn machine_args(accel: Accel) -> Vec<String> {
 }
 
 pub fn cpu_args(variant: &Variant, smp: u32, memory_mib: u32) -> Vec<String> {
-    strings(&["-cpu", variant.cpu(), "-smp", &smp.to_string(), "-m", &format!("{memory_mib}M")])
+    strings(&[
+        "-cpu",
+        variant.cpu(),
+        "-smp",
+        &smp.to_string(),
+        "-m",
+        &format!("{memory_mib}M"),
+    ])
 }
 
 /// Settings every boot shares: no default devices, no display, exit instead
@@ -139,7 +158,16 @@ pub fn cpu_args(variant: &Variant, smp: u32, memory_mib: u32) -> Vec<String> {
 /// shutting QEMU down: GUEST_PANICKED is then the only thing that happens,
 /// so the runner cannot mistake a panic for QEMU dying.
 pub fn base_args() -> Vec<String> {
-    strings(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S", "-action", "panic=pause"])
+    strings(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-S",
+        "-action",
+        "panic=pause",
+    ])
 }
 
 /// Kernel command line: console on ttyS0 with every message (the log is
@@ -150,7 +178,12 @@ pub fn base_args() -> Vec<String> {
 /// delay misfires and intel-ir boots died with "timer doesn't work through
 /// Interrupt-remapped IO-APIC" at 0.04 s (load average 13); the timer works.
 pub fn cmdline(variant: &Variant, devices: &[PciDevice], extra: &[String]) -> String {
-    let mut words: Vec<String> = strings(&["console=ttyS0", "panic=-1", "8250.nr_uarts=2", "no_timer_check"]);
+    let mut words: Vec<String> = strings(&[
+        "console=ttyS0",
+        "panic=-1",
+        "8250.nr_uarts=2",
+        "no_timer_check",
+    ]);
     if devices.iter().any(|d| d.sriov) {
         // vfio-pci refuses sriov_numvfs on a PF it owns without it
         words.push("vfio_pci.enable_sriov=1".to_owned());
@@ -185,7 +218,10 @@ pub fn serial_args(console_log: &Path, agent_socket: &Path) -> Vec<String> {
 }
 
 pub fn qmp_args(qmp_socket: &Path) -> Vec<String> {
-    vec!["-qmp".into(), format!("unix:{},server=on,wait=off", qmp_socket.display())]
+    vec![
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ]
 }
 
 /// pvpanic lets the guest report a panic to QEMU (GUEST_PANICKED on QMP).
@@ -214,7 +250,12 @@ pub fn device_args(devices: &[PciDevice]) -> Vec<String> {
         if d.hotplug {
             // chassis/slot pairs must be unique among root ports
             args.push("-device".to_owned());
-            args.push(format!("pcie-root-port,id={},chassis={},slot={}", root_port_id(&d.id), i + 1, i + 1));
+            args.push(format!(
+                "pcie-root-port,id={},chassis={},slot={}",
+                root_port_id(&d.id),
+                i + 1,
+                i + 1
+            ));
         }
         let mut spec = format!("{},id={}", d.driver, d.id);
         if !d.props.is_empty() {
@@ -274,7 +315,11 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         cpu_args(cfg.variant, cfg.smp, cfg.memory_mib),
         base_args(),
         firmware_args(&cfg.data_dirs),
-        boot_args(&cfg.kernel, &cfg.initrd, &cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline)),
+        boot_args(
+            &cfg.kernel,
+            &cfg.initrd,
+            &cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline),
+        ),
         cfg.variant.iommu_args(),
         panic_device_args(),
         device_args(&cfg.devices),
@@ -296,10 +341,17 @@ pub struct QemuProcess {
 }
 
 impl QemuProcess {
-    pub fn spawn(binary: &Path, args: &[String], stderr_log: &Path) -> std::io::Result<QemuProcess> {
+    pub fn spawn(
+        binary: &Path,
+        args: &[String],
+        stderr_log: &Path,
+    ) -> std::io::Result<QemuProcess> {
         let stderr = std::fs::File::create(stderr_log)?;
         let mut cmd = tokio::process::Command::new(binary);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
             cmd.pre_exec(|| {
@@ -419,18 +471,30 @@ mod tests {
     #[test]
     fn iommu_comes_before_devices() {
         let args = qemu_args(&config("amd-ir"));
-        let iommu = args.iter().position(|a| a.starts_with("amd-iommu")).unwrap();
+        let iommu = args
+            .iter()
+            .position(|a| a.starts_with("amd-iommu"))
+            .unwrap();
         let dev = args.iter().position(|a| a.starts_with("edu,")).unwrap();
         assert!(iommu < dev);
         assert!(args.contains(&"edu,id=dev1,addr=05.0".to_owned()));
-        assert!(args.contains(&"igb,id=nic0,romfile=,bus=rp-nic0".to_owned()), "a NIC boots no option ROM");
-        let port = args.iter().position(|a| a == "pcie-root-port,id=rp-nic0,chassis=3,slot=3").unwrap();
+        assert!(
+            args.contains(&"igb,id=nic0,romfile=,bus=rp-nic0".to_owned()),
+            "a NIC boots no option ROM"
+        );
+        let port = args
+            .iter()
+            .position(|a| a == "pcie-root-port,id=rp-nic0,chassis=3,slot=3")
+            .unwrap();
         let nic = args.iter().position(|a| a.starts_with("igb,")).unwrap();
         assert!(port < nic, "the root port comes before the device on it");
         let nic0 = &config("amd-ir").devices[2];
         assert_eq!(
             replug_props(nic0),
-            [("romfile".to_owned(), String::new()), ("bus".to_owned(), "rp-nic0".to_owned())]
+            [
+                ("romfile".to_owned(), String::new()),
+                ("bus".to_owned(), "rp-nic0".to_owned())
+            ]
         );
     }
 

@@ -63,7 +63,12 @@ pub struct Report {
 
 impl Report {
     /// The report of a run as the runner recorded it.
-    pub fn new(scenario: &Scenario, header: Header, platform: &Platform, run: &crate::runner::ScenarioRun) -> Report {
+    pub fn new(
+        scenario: &Scenario,
+        header: Header,
+        platform: &Platform,
+        run: &crate::runner::ScenarioRun,
+    ) -> Report {
         Report::from_parts(
             scenario,
             header,
@@ -136,7 +141,10 @@ impl Report {
             .collect();
         let warnings = self.kernel_warnings();
         if !warnings.is_empty() {
-            let shown: Vec<String> = warnings.iter().map(|(when, w)| format!("{when}: {w}")).collect();
+            let shown: Vec<String> = warnings
+                .iter()
+                .map(|(when, w)| format!("{when}: {w}"))
+                .collect();
             checks.push(CheckResult {
                 expectation: "kernel-quiet".into(),
                 passed: false,
@@ -157,12 +165,24 @@ impl Report {
     /// its scenarios (`boot`), so that a scenario's verdict is the same
     /// whether it shares its boot or has one of its own.
     pub fn kernel_warnings(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> =
-            self.platform.boot_warnings.iter().map(|w| ("boot".to_string(), normalize_warning(w))).collect();
+        let mut out: Vec<(String, String)> = self
+            .platform
+            .boot_warnings
+            .iter()
+            .map(|w| ("boot".to_string(), normalize_warning(w)))
+            .collect();
         for r in &self.steps {
-            let action = self.scenario.steps.get(r.index).map(|s| s.action()).unwrap_or("?");
+            let action = self
+                .scenario
+                .steps
+                .get(r.index)
+                .map(|s| s.action())
+                .unwrap_or("?");
             for w in &r.kernel_warnings {
-                out.push((format!("step {} {action}", r.index + 1), normalize_warning(w)));
+                out.push((
+                    format!("step {} {action}", r.index + 1),
+                    normalize_warning(w),
+                ));
             }
         }
         if let Some(done) = &self.done {
@@ -206,7 +226,11 @@ impl Report {
 
         out.push_str("\nsteps\n");
         let width = s.steps.len().to_string().len().max(2);
-        let first_error = self.steps.iter().find(|r| r.error.is_some()).map(|r| r.index);
+        let first_error = self
+            .steps
+            .iter()
+            .find(|r| r.error.is_some())
+            .map(|r| r.index);
         for (i, step) in s.steps.iter().enumerate() {
             let _ = write!(out, "  {:>width$} {}", i + 1, step_line(step));
             match self.step_report(i) {
@@ -232,14 +256,19 @@ impl Report {
                             );
                         }
                         if let (Some(sent), Some(received)) = (l2.frames_sent, l2.frames_received) {
-                            let _ = writeln!(out, "  {:width$}   frames sent {sent}, received {received}", "");
+                            let _ = writeln!(
+                                out,
+                                "  {:width$}   frames sent {sent}, received {received}",
+                                ""
+                            );
                             let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
                             let inj = match l2.injected {
                                 Some(i) if i == l1 => "= L1's device interrupts".to_string(),
                                 Some(i) => format!("{i}, L1 took {l1}"),
                                 None => "not counted".to_string(),
                             };
-                            let _ = writeln!(out, "  {:width$}   KVM's injections into L2 {inj}", "");
+                            let _ =
+                                writeln!(out, "  {:width$}   KVM's injections into L2 {inj}", "");
                         }
                     }
                 }
@@ -272,7 +301,11 @@ impl Report {
                 if left.is_empty() {
                     out.push_str("   nothing left open\n");
                 } else {
-                    let _ = writeln!(out, "   closed what the scenario left open: {}", left.join(", "));
+                    let _ = writeln!(
+                        out,
+                        "   closed what the scenario left open: {}",
+                        left.join(", ")
+                    );
                 }
                 for ev in &done.cleanup {
                     let _ = writeln!(out, "       {}", self.event_line(ev));
@@ -300,7 +333,10 @@ impl Report {
         let l2_counts: Vec<(usize, &wire::L2VectorCount)> = self
             .steps
             .iter()
-            .flat_map(|r| r.l2.iter().flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v))))
+            .flat_map(|r| {
+                r.l2.iter()
+                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v)))
+            })
             .collect();
         if counts.is_empty() && l2_counts.is_empty() {
             out.push_str("   none fired\n");
@@ -311,7 +347,11 @@ impl Report {
                 "   step {:<w$} {} ({})  {}",
                 index + 1,
                 v.vector,
-                if v.l2_action.is_empty() { "other" } else { v.l2_action.as_str() },
+                if v.l2_action.is_empty() {
+                    "other"
+                } else {
+                    v.l2_action.as_str()
+                },
                 l2_vector_counts(v),
                 w = width,
             );
@@ -321,7 +361,11 @@ impl Report {
             Some(Step::Ipi { vm, .. }) => format!("{vm} ipi {}", c.vector),
             _ => c.vector.clone(),
         };
-        let vw = counts.iter().map(|(i, c)| label(*i, c).len()).max().unwrap_or(0);
+        let vw = counts
+            .iter()
+            .map(|(i, c)| label(*i, c).len())
+            .max()
+            .unwrap_or(0);
         for (index, c) in counts {
             let signal = matches!(s.steps.get(index), Some(Step::Signal { .. }));
             let ipi = matches!(s.steps.get(index), Some(Step::Ipi { .. }));
@@ -389,7 +433,12 @@ impl Report {
         out.push_str("\nconnections\n");
         let conns: Vec<(String, &BypassEvent)> = self
             .all_events()
-            .filter(|(_, ev)| matches!(ev, BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }))
+            .filter(|(_, ev)| {
+                matches!(
+                    ev,
+                    BypassEvent::Connected { .. } | BypassEvent::Disconnected { .. }
+                )
+            })
             .collect();
         if conns.is_empty() {
             out.push_str("   none formed\n");
@@ -480,10 +529,11 @@ impl Report {
 
     /// Every bypass event with where it happened (`step 4`, `cleanup`), in order.
     pub(crate) fn all_events(&self) -> impl Iterator<Item = (String, &BypassEvent)> + '_ {
-        let steps = self
-            .steps
-            .iter()
-            .flat_map(|r| r.bypass.iter().map(move |e| (format!("step {}", r.index + 1), e)));
+        let steps = self.steps.iter().flat_map(|r| {
+            r.bypass
+                .iter()
+                .map(move |e| (format!("step {}", r.index + 1), e))
+        });
         let cleanup = self
             .done
             .iter()
@@ -529,7 +579,10 @@ impl Report {
                 format!("producer {producer} registered (ret 0)")
             }
             BypassEvent::ProducerRegistered { producer, ret } => {
-                format!("producer {producer} registration failed (ret {})", errno(*ret))
+                format!(
+                    "producer {producer} registration failed (ret {})",
+                    errno(*ret)
+                )
             }
             BypassEvent::ProducerUnregistered { producer } => {
                 format!("producer {producer} unregistered")
@@ -538,14 +591,19 @@ impl Report {
                 format!("consumer {consumer} registered (ret 0)")
             }
             BypassEvent::ConsumerRegistered { consumer, ret } => {
-                format!("consumer {consumer} registration failed (ret {})", errno(*ret))
+                format!(
+                    "consumer {consumer} registration failed (ret {})",
+                    errno(*ret)
+                )
             }
             BypassEvent::ConsumerNotRegistered { consumer } => {
                 let (can_post, why) = posting(&self.platform);
                 if can_post {
                     format!("consumer {consumer} not registered, although the platform can post")
                 } else {
-                    format!("consumer {consumer} not registered: KVM has no device-posted IRQs ({why})")
+                    format!(
+                        "consumer {consumer} not registered: KVM has no device-posted IRQs ({why})"
+                    )
                 }
             }
             BypassEvent::ConsumerUnregistered { consumer } => {
@@ -569,7 +627,10 @@ impl Report {
                 producer,
                 consumer,
                 ret,
-            } => format!("connect {producer} -> {consumer} failed (ret {})", errno(*ret)),
+            } => format!(
+                "connect {producer} -> {consumer} failed (ret {})",
+                errno(*ret)
+            ),
             BypassEvent::Disconnected { producer, consumer } => {
                 format!("disconnected {producer} -> {consumer}")
             }
@@ -590,10 +651,16 @@ impl Report {
             (s("variant"), s(&self.header.variant)),
             (s("kernel_release"), s(&self.header.kernel_release)),
             (s("qemu_version"), s(&self.header.qemu_version)),
-            (s("kvm_vendor"), s(p.kvm_vendor.as_deref().unwrap_or("none"))),
+            (
+                s("kvm_vendor"),
+                s(p.kvm_vendor.as_deref().unwrap_or("none")),
+            ),
             (s("apicv"), opt_bool(p.apicv)),
             (s("device_posted_irqs"), opt_bool(p.device_posted_irqs)),
-            (s("irq_remapping"), s(p.irq_remapping.as_deref().unwrap_or("off"))),
+            (
+                s("irq_remapping"),
+                s(p.irq_remapping.as_deref().unwrap_or("off")),
+            ),
             (s("irq_posting"), Content::from(p.irq_posting)),
             (s("modules_loaded"), list(&p.modules_loaded)),
             (s("modules_failed"), list(&p.modules_failed)),
@@ -646,7 +713,9 @@ fn event_vector(ev: &wire::BypassEvent) -> &str {
         | E::Disconnected { producer, .. } => producer,
         E::ConsumerRegistered { consumer, .. }
         | E::ConsumerNotRegistered { consumer }
-        | E::ConsumerUnregistered { consumer } => consumer.split_once(':').map_or(consumer.as_str(), |(_, v)| v),
+        | E::ConsumerUnregistered { consumer } => consumer
+            .split_once(':')
+            .map_or(consumer.as_str(), |(_, v)| v),
     }
 }
 
@@ -665,7 +734,11 @@ pub fn step_line(step: &Step) -> String {
                 crate::scenario::plural(*n as usize, "vector")
             ),
             wire::VectorSet::List(_) => {
-                let l: Vec<String> = vectors.numbers().iter().map(|n| format!("msix{n}")).collect();
+                let l: Vec<String> = vectors
+                    .numbers()
+                    .iter()
+                    .map(|n| format!("msix{n}"))
+                    .collect();
                 format!("enable-msix {device} ({})", l.join(", "))
             }
         },
@@ -680,7 +753,12 @@ pub fn step_line(step: &Step) -> String {
         Step::Unplug { device } => format!("unplug {device}"),
         Step::Replug { device } => format!("replug {device}"),
         Step::CreateVm { vm } => format!("create-vm {vm}"),
-        Step::Irqfd { vm, vector, resample, pin } => {
+        Step::Irqfd {
+            vm,
+            vector,
+            resample,
+            pin,
+        } => {
             let mut l = format!("irqfd {vm} {vector}");
             if let Some(p) = pin {
                 l.push_str(&format!(" (IOAPIC pin {p})"));
@@ -698,7 +776,11 @@ pub fn step_line(step: &Step) -> String {
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
         Step::PanicL1 => "panic-l1".to_owned(),
-        Step::StartVm { vm, mode, period_ms } => match (mode, period_ms) {
+        Step::StartVm {
+            vm,
+            mode,
+            period_ms,
+        } => match (mode, period_ms) {
             (wire::L2Mode::Alternate, p) => format!(
                 "start-vm {vm} (alternate, {} ms phases)",
                 p.unwrap_or(wire::DEFAULT_ALTERNATE_MS)
@@ -707,14 +789,27 @@ pub fn step_line(step: &Step) -> String {
         },
         Step::StopVm { vm } => format!("stop-vm {vm}"),
         Step::Ipi { vm, vector, count } => format!("ipi {vm} {vector:#04x} x{count}"),
-        Step::StartL2 { l2, devices, queues, append } => {
-            let mut l = format!("start-l2 {l2} with {} ({queues} queues)", devices.join(", "));
+        Step::StartL2 {
+            l2,
+            devices,
+            queues,
+            append,
+        } => {
+            let mut l = format!(
+                "start-l2 {l2} with {} ({queues} queues)",
+                devices.join(", ")
+            );
             if let Some(a) = append {
                 l.push_str(&format!(" append {a:?}"));
             }
             l
         }
-        Step::L2Traffic { l2, from, to, frames } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        Step::L2Traffic {
+            l2,
+            from,
+            to,
+            frames,
+        } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
         Step::StopL2 { l2 } => format!("stop-l2 {l2}"),
     }
 }
@@ -801,8 +896,15 @@ pub fn normalize(message: &str) -> String {
         // `0xffffffff81000000`, `ffff888003c1e000`
         let at_word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
         if at_word_start {
-            let hex_start = if message[i..].starts_with("0x") { i + 2 } else { i };
-            let n = b[hex_start..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+            let hex_start = if message[i..].starts_with("0x") {
+                i + 2
+            } else {
+                i
+            };
+            let n = b[hex_start..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
             let end = hex_start + n;
             let word_ends = end == b.len() || !b[end].is_ascii_alphanumeric();
             if n >= 8 && word_ends && b[hex_start..end].iter().any(|c| c.is_ascii_digit()) {
@@ -838,7 +940,10 @@ pub fn normalize_warning(line: &str) -> String {
         out.push_str(&rest[..plus]);
         let tail = &rest[plus + 1..];
         // `+0x99/0xb0`: offset and function size
-        let offset_len = 2 + tail[2..].bytes().take_while(|c| c.is_ascii_hexdigit()).count();
+        let offset_len = 2 + tail[2..]
+            .bytes()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
         let size_len = tail[offset_len..]
             .strip_prefix("/0x")
             .map(|t| 3 + t.bytes().take_while(|c| c.is_ascii_hexdigit()).count())
@@ -856,7 +961,11 @@ pub fn normalize_warning(line: &str) -> String {
         match s[i + 2..].find(']') {
             Some(n) if n > 0 && s[i + 2..i + 2 + n].bytes().all(|c| c.is_ascii_digit()) => {
                 let end = i + 2 + n + 1;
-                let end = if s[end..].starts_with(' ') { end + 1 } else { end };
+                let end = if s[end..].starts_with(' ') {
+                    end + 1
+                } else {
+                    end
+                };
                 s.replace_range(i..end, "");
             }
             _ => break,
@@ -869,8 +978,11 @@ fn timestamp_len(s: &str) -> Option<usize> {
     let close = s.find(']')?;
     let inner = s[1..close].trim();
     let (a, b) = inner.split_once('.')?;
-    (!a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.len() == 6 && b.bytes().all(|c| c.is_ascii_digit()))
-        .then_some(close + 1)
+    (!a.is_empty()
+        && a.bytes().all(|c| c.is_ascii_digit())
+        && b.len() == 6
+        && b.bytes().all(|c| c.is_ascii_digit()))
+    .then_some(close + 1)
 }
 
 /// For each step index, the VMs whose L2 runs when the step starts.
@@ -939,7 +1051,9 @@ pub(crate) fn held_by_mask(scenario: &Scenario) -> Vec<Option<bool>> {
 }
 
 /// For each step index, which (vm, vector) irqfds are attached when it runs.
-pub(crate) fn irqfds_before_each_step(scenario: &Scenario) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+pub(crate) fn irqfds_before_each_step(
+    scenario: &Scenario,
+) -> Vec<BTreeMap<String, BTreeSet<String>>> {
     // vector -> vms holding it
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut out = Vec::with_capacity(scenario.steps.len());

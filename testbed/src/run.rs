@@ -136,7 +136,10 @@ pub struct PrepareError {
 
 impl PrepareError {
     fn skip(message: String) -> PrepareError {
-        PrepareError { message, code: EXIT_SKIP }
+        PrepareError {
+            message,
+            code: EXIT_SKIP,
+        }
     }
 }
 
@@ -148,22 +151,45 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     };
     let scenarios = load_scenarios(&options.paths).map_err(report)?;
     let project = project_dir(&scenarios[0].path);
-    let snapshots = options.snapshots.clone().unwrap_or_else(|| project.join("snapshots"));
-    let results = options.results.clone().unwrap_or_else(|| project.join("results"));
+    let snapshots = options
+        .snapshots
+        .clone()
+        .unwrap_or_else(|| project.join("snapshots"));
+    let results = options
+        .results
+        .clone()
+        .unwrap_or_else(|| project.join("results"));
     let cache = images::Cache::default_location();
     let runtime = runtime_dir().map_err(report)?;
     let agent = write_agent(runtime.path()).map_err(report)?;
-    let images = prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| ui.images(p)).map_err(report)?;
+    let images = prepare_kernel(&cache, &options.kernel, options, &agent, &mut |p| {
+        ui.images(p)
+    })
+    .map_err(report)?;
     let mut patched_qemu_error = None;
-    let patched_qemu = if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Patched) {
-        match prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+    let patched_qemu = if options
+        .variants
+        .iter()
+        .any(|v| v.qemu == crate::variant::QemuKind::Patched)
+    {
+        match prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+            ui.images(p)
+        }) {
             Ok(build) => {
                 ui.line(&format!("patched qemu: {}", build.description));
                 Some(build)
             }
             // the stock variants' results are still worth having
-            Err(e) if options.variants.iter().any(|v| v.qemu == crate::variant::QemuKind::Stock) => {
-                eprintln!("error: {}; its variants are not run, the stock ones are", e.message);
+            Err(e)
+                if options
+                    .variants
+                    .iter()
+                    .any(|v| v.qemu == crate::variant::QemuKind::Stock) =>
+            {
+                eprintln!(
+                    "error: {}; its variants are not run, the stock ones are",
+                    e.message
+                );
                 patched_qemu_error = Some(e.message);
                 None
             }
@@ -172,15 +198,28 @@ fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     } else {
         None
     };
-    Ok(Prepared { scenarios, images, snapshots, results, runtime, patched_qemu, patched_qemu_error })
+    Ok(Prepared {
+        scenarios,
+        images,
+        snapshots,
+        results,
+        runtime,
+        patched_qemu,
+        patched_qemu_error,
+    })
 }
 
 /// Scenario files, fully checked; none is an error (exit 2).
 pub fn load_scenarios(paths: &[PathBuf]) -> Result<Vec<Scenario>, PrepareError> {
-    let scenarios =
-        scenario::load_paths(paths).map_err(|e| PrepareError { message: e.to_string(), code: EXIT_USAGE })?;
+    let scenarios = scenario::load_paths(paths).map_err(|e| PrepareError {
+        message: e.to_string(),
+        code: EXIT_USAGE,
+    })?;
     if scenarios.is_empty() {
-        return Err(PrepareError { message: format!("no scenario files in {}", display_paths(paths)), code: EXIT_USAGE });
+        return Err(PrepareError {
+            message: format!("no scenario files in {}", display_paths(paths)),
+            code: EXIT_USAGE,
+        });
     }
     Ok(scenarios)
 }
@@ -195,7 +234,8 @@ pub fn runtime_dir() -> Result<tempfile::TempDir, PrepareError> {
 
 /// The embedded guest agent, written into `dir`.
 pub fn write_agent(dir: &Path) -> Result<PathBuf, PrepareError> {
-    crate::agent::write_to(dir).map_err(|e| PrepareError::skip(format!("cannot write the agent: {e}")))
+    crate::agent::write_to(dir)
+        .map_err(|e| PrepareError::skip(format!("cannot write the agent: {e}")))
 }
 
 /// Fetches (or finds in the cache) the kernel of `spec`, extracts its PVH
@@ -208,7 +248,14 @@ pub fn prepare_kernel(
     agent: &Path,
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<KernelImages, PrepareError> {
-    prepare_kernel_with(cache, spec, options, agent, &InitramfsExtras::default(), progress)
+    prepare_kernel_with(
+        cache,
+        spec,
+        options,
+        agent,
+        &InitramfsExtras::default(),
+        progress,
+    )
 }
 
 /// What an initramfs holds beyond the agent and the scenarios' modules.
@@ -230,12 +277,15 @@ pub fn prepare_kernel_with(
     extras: &InitramfsExtras,
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<KernelImages, PrepareError> {
-    let kernel = tokio::task::block_in_place(|| images::resolve_kernel(cache, spec, progress)).map_err(|e| {
-        PrepareError {
+    let kernel = tokio::task::block_in_place(|| images::resolve_kernel(cache, spec, progress))
+        .map_err(|e| PrepareError {
             message: format!("kernel {spec}: {e}"),
-            code: if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP },
-        }
-    })?;
+            code: if e.is_bad_input() {
+                EXIT_USAGE
+            } else {
+                EXIT_SKIP
+            },
+        })?;
     let pvh = if options.bzimage {
         None
     } else {
@@ -256,8 +306,9 @@ pub fn prepare_kernel_with(
         busybox: &busybox,
         files: &extras.files,
     };
-    let initrd = tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
-        .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
+    let initrd =
+        tokio::task::block_in_place(|| images::build_initramfs(cache, &initramfs, progress))
+            .map_err(|e| PrepareError::skip(format!("initramfs for {}: {e}", kernel.release)))?;
     Ok(KernelImages {
         kernel,
         boot_image,
@@ -274,9 +325,15 @@ pub fn prepare_patched_qemu(
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<images::QemuBuild, PrepareError> {
     let spec = crate::qemu::patched_qemu_spec(project, qemu_tree);
-    tokio::task::block_in_place(|| images::build_qemu(cache, &spec, progress)).map_err(|e| PrepareError {
-        message: format!("patched qemu: {e}"),
-        code: if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP },
+    tokio::task::block_in_place(|| images::build_qemu(cache, &spec, progress)).map_err(|e| {
+        PrepareError {
+            message: format!("patched qemu: {e}"),
+            code: if e.is_bad_input() {
+                EXIT_USAGE
+            } else {
+                EXIT_SKIP
+            },
+        }
     })
 }
 
@@ -295,7 +352,13 @@ pub fn guest_modules(accel: Accel) -> Vec<&'static str> {
             }
         }
     };
-    vec![vendor, "vfio_pci", "vfio_iommu_type1", "irqbypass", "pvpanic_mmio"]
+    vec![
+        vendor,
+        "vfio_pci",
+        "vfio_iommu_type1",
+        "irqbypass",
+        "pvpanic_mmio",
+    ]
 }
 
 /// Module groups the agent loads where the kernel has all of a group: each
@@ -322,8 +385,10 @@ pub async fn run(options: RunOptions) -> u8 {
     let mut cells = Vec::new();
     let mut boots = Vec::new();
     for variant in &options.variants {
-        let (here, elsewhere): (Vec<&Scenario>, Vec<&Scenario>) =
-            prepared.scenarios.iter().partition(|s| s.runs_on(variant.name));
+        let (here, elsewhere): (Vec<&Scenario>, Vec<&Scenario>) = prepared
+            .scenarios
+            .iter()
+            .partition(|s| s.runs_on(variant.name));
         for scenario in elsewhere {
             ui.line(&format!(
                 "{:<14} {:<32} not run: the scenario names its variants ({})",
@@ -333,9 +398,16 @@ pub async fn run(options: RunOptions) -> u8 {
             ));
         }
         let here: Vec<Scenario> = here.into_iter().cloned().collect();
-        if let (crate::variant::QemuKind::Patched, Some(why)) = (variant.qemu, &prepared.patched_qemu_error) {
+        if let (crate::variant::QemuKind::Patched, Some(why)) =
+            (variant.qemu, &prepared.patched_qemu_error)
+        {
             for scenario in &here {
-                ui.line(&format!("{:<14} {:<32} {}", variant.name, scenario.name, Verdict::NotRun.label()));
+                ui.line(&format!(
+                    "{:<14} {:<32} {}",
+                    variant.name,
+                    scenario.name,
+                    Verdict::NotRun.label()
+                ));
                 cells.push(Cell {
                     scenario: scenario.name.clone(),
                     variant: variant.name,
@@ -348,7 +420,10 @@ pub async fn run(options: RunOptions) -> u8 {
             continue;
         }
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
-            let outcome = match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
+            let outcome = match prepared
+                .boot(&options, variant, i, &group.scenarios, &group.devices, &ui)
+                .await
+            {
                 Ok(outcome) => outcome,
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -358,7 +433,12 @@ pub async fn run(options: RunOptions) -> u8 {
             };
             for scenario in &group.scenarios {
                 let cell = judge(&prepared.snapshots, variant, scenario, &outcome);
-                ui.line(&format!("{:<14} {:<32} {}", variant.name, scenario.name, cell.verdict.label()));
+                ui.line(&format!(
+                    "{:<14} {:<32} {}",
+                    variant.name,
+                    scenario.name,
+                    cell.verdict.label()
+                ));
                 cells.push(cell);
             }
             boots.push((variant.name, outcome));
@@ -371,7 +451,10 @@ pub async fn run(options: RunOptions) -> u8 {
     }
     print_table(&cells);
     println!();
-    print!("{}", crate::summary::render(&crate::summary::summarize(&cells)));
+    print!(
+        "{}",
+        crate::summary::render(&crate::summary::summarize(&cells))
+    );
     if let Some(path) = &options.json {
         if let Err(e) = write_json(path, &prepared, &cells, &boots) {
             eprintln!("error: writing {}: {e}", path.display());
@@ -394,10 +477,19 @@ impl Prepared {
         let target = BootTarget {
             images: &self.images,
             patched_qemu: self.patched_qemu.as_ref(),
-            log_dir: self.results.join(variant.name).join(format!("boot-{index}")),
-            runtime_dir: self.runtime.path().join(format!("{}-{index}", variant.name)),
+            log_dir: self
+                .results
+                .join(variant.name)
+                .join(format!("boot-{index}")),
+            runtime_dir: self
+                .runtime
+                .path()
+                .join(format!("{}-{index}", variant.name)),
         };
-        boot(options, &target, variant, scenarios, devices, &mut |e| ui.run(e)).await
+        boot(options, &target, variant, scenarios, devices, &mut |e| {
+            ui.run(e)
+        })
+        .await
     }
 }
 
@@ -471,7 +563,11 @@ pub async fn boot(
         runtime_dir: target.runtime_dir.clone(),
         console_log: target.log_dir.join("console.log"),
     };
-    let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
+    let timeouts = Timeouts {
+        boot: options.boot_timeout,
+        step: options.step_timeout,
+        shutdown: Duration::from_secs(30),
+    };
     Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
 }
 
@@ -489,10 +585,18 @@ pub fn which(name: &Path) -> Option<PathBuf> {
 
 /// The report of `scenario` in a boot's outcome, or why there is none (the
 /// guest never got ready, or the run ended before the scenario).
-pub fn scenario_report(variant: &Variant, scenario: &Scenario, outcome: &BootOutcome) -> Result<Report, String> {
+pub fn scenario_report(
+    variant: &Variant,
+    scenario: &Scenario,
+    outcome: &BootOutcome,
+) -> Result<Report, String> {
     let run = outcome.runs.iter().find(|r| r.scenario == scenario.name);
     let (Some(ready), Some(run)) = (&outcome.ready, run) else {
-        return Err(outcome.failure.as_ref().map_or("the guest did not boot", |f| f.message.as_str()).to_owned());
+        return Err(outcome
+            .failure
+            .as_ref()
+            .map_or("the guest did not boot", |f| f.message.as_str())
+            .to_owned());
     };
     let header = report::Header {
         variant: variant.name.to_owned(),
@@ -504,7 +608,12 @@ pub fn scenario_report(variant: &Variant, scenario: &Scenario, outcome: &BootOut
 
 /// Builds the report of one scenario run, checks it and compares it with
 /// its snapshot under `snapshots`.
-pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, outcome: &BootOutcome) -> Cell {
+pub fn judge(
+    snapshots: &Path,
+    variant: &'static Variant,
+    scenario: &Scenario,
+    outcome: &BootOutcome,
+) -> Cell {
     let mut cell = Cell {
         scenario: scenario.name.clone(),
         variant: variant.name,
@@ -517,19 +626,28 @@ pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, o
         Ok(report) => report,
         Err(why) => {
             cell.verdict = Verdict::NoBoot;
-            cell.detail.push(format!("{why}\n    console log: {}", outcome.console_log.display()));
+            cell.detail.push(format!(
+                "{why}\n    console log: {}",
+                outcome.console_log.display()
+            ));
             return cell;
         }
     };
     for check in report.checks() {
         if !check.passed {
             cell.verdict = Verdict::ChecksFailed;
-            cell.detail.push(format!("check {} failed: {}", check.expectation, check.detail));
+            cell.detail.push(format!(
+                "check {} failed: {}",
+                check.expectation, check.detail
+            ));
         }
     }
     if let Some(failure) = &report.failure {
         cell.verdict = Verdict::Broken;
-        cell.detail.push(format!("{failure}\n    console log: {}", outcome.console_log.display()));
+        cell.detail.push(format!(
+            "{failure}\n    console log: {}",
+            outcome.console_log.display()
+        ));
     }
     match report::compare_snapshot(snapshots, variant.name, &scenario.name, &report) {
         SnapshotOutcome::Matched => {}
@@ -539,10 +657,18 @@ pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, o
             }
             cell.detail.push(format!(
                 "no snapshot at {}: review with `cargo insta review`",
-                snapshots.join(variant.name).join(format!("{}.snap", scenario.name)).display()
+                snapshots
+                    .join(variant.name)
+                    .join(format!("{}.snap", scenario.name))
+                    .display()
             ));
         }
-        SnapshotOutcome::Accepted | SnapshotOutcome::Mismatched { accepted: true, error: None, .. } => {
+        SnapshotOutcome::Accepted
+        | SnapshotOutcome::Mismatched {
+            accepted: true,
+            error: None,
+            ..
+        } => {
             if cell.verdict == Verdict::Pass {
                 cell.verdict = Verdict::Accepted;
             }
@@ -552,7 +678,10 @@ pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, o
                 cell.verdict = Verdict::Mismatch;
             }
             cell.diff = Some(diff);
-            cell.detail.push("report differs from the snapshot (diff above); review with `cargo insta review`".into());
+            cell.detail.push(
+                "report differs from the snapshot (diff above); review with `cargo insta review`"
+                    .into(),
+            );
         }
     }
     cell.report = Some(report);
@@ -562,7 +691,10 @@ pub fn judge(snapshots: &Path, variant: &'static Variant, scenario: &Scenario, o
 fn exit_code(cells: &[Cell]) -> u8 {
     if cells.iter().any(|c| c.verdict == Verdict::NoBoot) {
         EXIT_SKIP
-    } else if cells.iter().all(|c| matches!(c.verdict, Verdict::Pass | Verdict::Accepted)) {
+    } else if cells
+        .iter()
+        .all(|c| matches!(c.verdict, Verdict::Pass | Verdict::Accepted))
+    {
         EXIT_OK
     } else {
         EXIT_FAILED
@@ -573,12 +705,20 @@ fn print_table(cells: &[Cell]) {
     println!();
     println!("{:<32} {:<14} RESULT", "SCENARIO", "VARIANT");
     for cell in cells {
-        println!("{:<32} {:<14} {}", cell.scenario, cell.variant, cell.verdict.label());
+        println!(
+            "{:<32} {:<14} {}",
+            cell.scenario,
+            cell.variant,
+            cell.verdict.label()
+        );
         for line in &cell.detail {
             println!("    {line}");
         }
     }
-    let passed = cells.iter().filter(|c| matches!(c.verdict, Verdict::Pass | Verdict::Accepted)).count();
+    let passed = cells
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Pass | Verdict::Accepted))
+        .count();
     println!();
     println!("{passed} passed, {} failed", cells.len() - passed);
 }
@@ -631,12 +771,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The directory holding `scenarios/`, `snapshots/` and `results/`: the
 /// parent of the scenario file's directory.
 pub fn project_dir(scenario_path: &Path) -> PathBuf {
-    let absolute = std::fs::canonicalize(scenario_path).unwrap_or_else(|_| scenario_path.to_path_buf());
-    absolute.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    let absolute =
+        std::fs::canonicalize(scenario_path).unwrap_or_else(|_| scenario_path.to_path_buf());
+    absolute
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn list_kernels() -> u8 {
@@ -674,7 +823,10 @@ pub fn kernel_list_lines(kernels: &[images::DebianKernel]) -> Vec<String> {
         let spec = format!("debian:{}", newest.version);
         let mut line = format!("{spec:<18} {}", newest.debian_version);
         if !older.is_empty() {
-            line.push_str(&format!(" (older revisions not used: {})", older.join(", ")));
+            line.push_str(&format!(
+                " (older revisions not used: {})",
+                older.join(", ")
+            ));
         }
         lines.push(line);
     }
@@ -705,14 +857,23 @@ pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
         let mut raised = 0u64;
         for i in 0..iterations.max(1) {
             let started = Instant::now();
-            let outcome =
-                match prepared.boot(&options, variant, i, &group[0].scenarios, &group[0].devices, &ui).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return EXIT_SKIP;
-                    }
-                };
+            let outcome = match prepared
+                .boot(
+                    &options,
+                    variant,
+                    i,
+                    &group[0].scenarios,
+                    &group[0].devices,
+                    &ui,
+                )
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_SKIP;
+                }
+            };
             if let Some(f) = &outcome.failure {
                 eprintln!("error: {} boot {i} failed: {}", variant.name, f.message);
                 return EXIT_FAILED;
@@ -749,7 +910,13 @@ pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
             options.accel.name(),
             phases.len()
         );
-        let names = ["qemu start", "kernel boot to agent ready", "scenario", "shutdown", "total"];
+        let names = [
+            "qemu start",
+            "kernel boot to agent ready",
+            "scenario",
+            "shutdown",
+            "total",
+        ];
         for (i, label) in names.iter().enumerate() {
             let (median, min, max) = median_min_max(phases.iter().map(|p| p[i]).collect());
             println!("  {label:<28} {median:>7.3} s   (min {min:.3}, max {max:.3})");
@@ -766,7 +933,10 @@ pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
             }
             Some((first, rate)) => format!("   = {:.2} x {first}", median / rate),
         };
-        println!("  {:<28} {median:>7.0}     (min {min:.0}, max {max:.0}){ratio}", "interrupts/s (fire steps)");
+        println!(
+            "  {:<28} {median:>7.0}     (min {min:.0}, max {max:.0}){ratio}",
+            "interrupts/s (fire steps)"
+        );
         if *raised > 0 {
             println!(
                 "  {:<28} {posted} of {raised} raised ({:.0}%)",
@@ -795,7 +965,11 @@ pub fn fire_rate(scenario: &Scenario, run: &runner::ScenarioRun) -> (u64, f64) {
 
 fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
 }
 
 /// `testbed bench --boot-sharing`: runs the whole scenario set per variant
@@ -840,21 +1014,26 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
                 for group in &groups {
                     let i = boot_no;
                     boot_no += 1;
-                    let outcome =
-                        match prepared.boot(&options, variant, i, &group.scenarios, &group.devices, &ui).await {
-                            Ok(o) => o,
-                            Err(e) => {
-                                ui.finish();
-                                eprintln!("error: {e}");
-                                return EXIT_SKIP;
-                            }
-                        };
+                    let outcome = match prepared
+                        .boot(&options, variant, i, &group.scenarios, &group.devices, &ui)
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(e) => {
+                            ui.finish();
+                            eprintln!("error: {e}");
+                            return EXIT_SKIP;
+                        }
+                    };
                     for scenario in &group.scenarios {
                         match scenario_report(variant, scenario, &outcome) {
                             Ok(report) => bodies[way].insert(scenario.name.clone(), report.body()),
                             Err(why) => {
                                 ui.finish();
-                                eprintln!("error: {} boot {i}, {}: {why}", variant.name, scenario.name);
+                                eprintln!(
+                                    "error: {} boot {i}, {}: {why}",
+                                    variant.name, scenario.name
+                                );
                                 return EXIT_FAILED;
                             }
                         };
@@ -922,7 +1101,8 @@ pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
 /// kernel or no boot).
 pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u8> {
     let prepared = prepare(options, ui)?;
-    let (Some(variant), [scenario]) = (options.variants.first(), prepared.scenarios.as_slice()) else {
+    let (Some(variant), [scenario]) = (options.variants.first(), prepared.scenarios.as_slice())
+    else {
         eprintln!("error: a probe runs one scenario on one variant");
         return Err(EXIT_USAGE);
     };
@@ -931,14 +1111,28 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
         return Err(EXIT_USAGE);
     }
     let group = plan::group(std::slice::from_ref(scenario), true);
-    let outcome = prepared.boot(options, variant, 0, &group[0].scenarios, &group[0].devices, ui).await.map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_SKIP
-    })?;
+    let outcome = prepared
+        .boot(
+            options,
+            variant,
+            0,
+            &group[0].scenarios,
+            &group[0].devices,
+            ui,
+        )
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_SKIP
+        })?;
     match scenario_report(variant, scenario, &outcome) {
         Ok(report) => Ok((report, outcome.console_log.clone())),
         Err(why) => {
-            eprintln!("error: {}: {why} (console log: {})", prepared.images.kernel.release, outcome.console_log.display());
+            eprintln!(
+                "error: {}: {why} (console log: {})",
+                prepared.images.kernel.release,
+                outcome.console_log.display()
+            );
             Err(EXIT_SKIP)
         }
     }
@@ -968,9 +1162,21 @@ mod tests {
         // bookworm-backports carries 6.12.90 twice: -1~bpo12+1 as
         // linux-image-6.12.90+deb12-amd64 and -2~bpo12+1 as +deb12.1
         let kernels = [
-            kernel("6.12.88", "6.12.88-1~bpo12+1", "linux-image-6.12.88+deb12-amd64"),
-            kernel("6.12.90", "6.12.90-1~bpo12+1", "linux-image-6.12.90+deb12-amd64"),
-            kernel("6.12.90", "6.12.90-2~bpo12+1", "linux-image-6.12.90+deb12.1-amd64"),
+            kernel(
+                "6.12.88",
+                "6.12.88-1~bpo12+1",
+                "linux-image-6.12.88+deb12-amd64",
+            ),
+            kernel(
+                "6.12.90",
+                "6.12.90-1~bpo12+1",
+                "linux-image-6.12.90+deb12-amd64",
+            ),
+            kernel(
+                "6.12.90",
+                "6.12.90-2~bpo12+1",
+                "linux-image-6.12.90+deb12.1-amd64",
+            ),
             kernel("7.2.13", "7.2.13-1", "linux-image-7.2.13+deb14-amd64"),
             // the same version from two suites: one revision, named once
             kernel("7.2.13", "7.2.13-1", "linux-image-amd64"),

@@ -21,14 +21,37 @@ const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the runner tells the UI.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    QemuStarted { variant: &'static str, pid: u32 },
-    AgentReady { variant: &'static str, after: Duration },
-    ScenarioStarted { variant: &'static str, scenario: String, steps: usize },
-    StepFinished { variant: &'static str, scenario: String, index: usize, action: &'static str },
-    ScenarioFinished { variant: &'static str, scenario: String },
+    QemuStarted {
+        variant: &'static str,
+        pid: u32,
+    },
+    AgentReady {
+        variant: &'static str,
+        after: Duration,
+    },
+    ScenarioStarted {
+        variant: &'static str,
+        scenario: String,
+        steps: usize,
+    },
+    StepFinished {
+        variant: &'static str,
+        scenario: String,
+        index: usize,
+        action: &'static str,
+    },
+    ScenarioFinished {
+        variant: &'static str,
+        scenario: String,
+    },
     /// A selftest started in L1 (`testbed selftests`).
-    TestStarted { variant: &'static str, test: String },
-    PoweringOff { variant: &'static str },
+    TestStarted {
+        variant: &'static str,
+        test: String,
+    },
+    PoweringOff {
+        variant: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +218,10 @@ pub async fn run_boot(
         let started = Instant::now();
         let run = session.run_scenario(scenario, variant, on_event).await;
         outcome.timings.scenarios.push(started.elapsed());
-        on_event(RunEvent::ScenarioFinished { variant, scenario: scenario.name.clone() });
+        on_event(RunEvent::ScenarioFinished {
+            variant,
+            scenario: scenario.name.clone(),
+        });
         let broken = run.failure.clone();
         outcome.runs.push(run);
         if let Some(message) = broken {
@@ -203,18 +229,26 @@ pub async fn run_boot(
             for rest in &scenarios[i + 1..] {
                 outcome.runs.push(ScenarioRun {
                     scenario: rest.name.clone(),
-                    failure: Some(format!("not run: an earlier scenario broke the boot ({message})")),
+                    failure: Some(format!(
+                        "not run: an earlier scenario broke the boot ({message})"
+                    )),
                     ..Default::default()
                 });
             }
-            outcome.failure = Some(Failure { message, before_ready: false });
+            outcome.failure = Some(Failure {
+                message,
+                before_ready: false,
+            });
             return outcome;
         }
     }
     on_event(RunEvent::PoweringOff { variant });
     let started = Instant::now();
     if let Err(message) = session.poweroff().await {
-        outcome.failure = Some(Failure { message, before_ready: false });
+        outcome.failure = Some(Failure {
+            message,
+            before_ready: false,
+        });
     }
     outcome.timings.shutdown = started.elapsed();
     outcome
@@ -249,15 +283,25 @@ impl Session {
         outcome: &mut BootOutcome,
         on_event: &mut (dyn FnMut(RunEvent) + Send),
     ) -> Result<Session, Failure> {
-        let early = |message: String| Failure { message, before_ready: true };
-        let listener = UnixListener::bind(cfg.agent_socket())
-            .map_err(|e| early(format!("cannot listen on {}: {e}", cfg.agent_socket().display())))?;
+        let early = |message: String| Failure {
+            message,
+            before_ready: true,
+        };
+        let listener = UnixListener::bind(cfg.agent_socket()).map_err(|e| {
+            early(format!(
+                "cannot listen on {}: {e}",
+                cfg.agent_socket().display()
+            ))
+        })?;
         let args = qemu::qemu_args(cfg);
         let stderr_log = cfg.console_log.with_file_name("qemu-stderr.log");
         let started = Instant::now();
         let mut qemu = QemuProcess::spawn(&cfg.qemu, &args, &stderr_log)
             .map_err(|e| early(format!("cannot start {}: {e}", cfg.qemu.display())))?;
-        on_event(RunEvent::QemuStarted { variant: cfg.variant.name, pid: qemu.pid });
+        on_event(RunEvent::QemuStarted {
+            variant: cfg.variant.name,
+            pid: qemu.pid,
+        });
 
         let qmp_socket = cfg.qmp_socket();
         // The QMP transcript sits beside the console log: what QEMU was
@@ -270,22 +314,34 @@ impl Session {
             status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "start-up")),
         };
         let mut qmp = qmp.map_err(early)?;
-        let events = qmp.take_events().ok_or_else(|| early("qmp: event stream already taken".into()))?;
+        let events = qmp
+            .take_events()
+            .ok_or_else(|| early("qmp: event stream already taken".into()))?;
         outcome.timings.qemu_start = started.elapsed();
         let version = qmp.qemu_version();
-        outcome.qemu_version = format!("{}.{}.{}", version.qemu.major, version.qemu.minor, version.qemu.micro);
+        outcome.qemu_version = format!(
+            "{}.{}.{}",
+            version.qemu.major, version.qemu.minor, version.qemu.micro
+        );
         if !version.package.trim().is_empty() {
-            outcome.qemu_version.push_str(&format!(" ({})", version.package.trim()));
+            outcome
+                .qemu_version
+                .push_str(&format!(" ({})", version.package.trim()));
         }
 
         let mut bdfs = HashMap::new();
         // devices behind root ports have no bus number before the firmware runs
         for device in cfg.devices.iter().filter(|d| !d.hotplug) {
-            let address = qmp.pci_address(&device.id).await.map_err(|e| early(format!("qmp: {e}")))?;
+            let address = qmp
+                .pci_address(&device.id)
+                .await
+                .map_err(|e| early(format!("qmp: {e}")))?;
             bdfs.insert(device.id.clone(), address.to_string());
         }
 
-        qmp.execute(qapi::qmp::cont {}).await.map_err(|e| early(format!("qmp: cont: {e}")))?;
+        qmp.execute(qapi::qmp::cont {})
+            .await
+            .map_err(|e| early(format!("qmp: cont: {e}")))?;
         let ready_at = Instant::now();
         let deadline = tokio::time::Instant::now() + timeouts.boot;
         let stream = tokio::select! {
@@ -308,7 +364,10 @@ impl Session {
             iommu_counters: cfg.variant.iommu_counters(),
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match session.next_message(remaining, "waiting for the agent to start").await {
+        match session
+            .next_message(remaining, "waiting for the agent to start")
+            .await
+        {
             Interrupt::Message(wire::AgentMessage::Ready(ready)) => {
                 if ready.protocol != wire::PROTOCOL_VERSION {
                     return Err(early(format!(
@@ -321,14 +380,24 @@ impl Session {
                 // Behind a root port a device's bus number is what the
                 // guest's firmware programmed into the port: ask again now.
                 for device in session.devices.iter().filter(|d| d.hotplug) {
-                    let address = session.qmp.pci_address(&device.id).await.map_err(|e| early(format!("qmp: {e}")))?;
+                    let address = session
+                        .qmp
+                        .pci_address(&device.id)
+                        .await
+                        .map_err(|e| early(format!("qmp: {e}")))?;
                     session.bdfs.insert(device.id.clone(), address.to_string());
                 }
-                on_event(RunEvent::AgentReady { variant: cfg.variant.name, after: started.elapsed() });
+                on_event(RunEvent::AgentReady {
+                    variant: cfg.variant.name,
+                    after: started.elapsed(),
+                });
                 outcome.ready = Some(ready);
                 Ok(session)
             }
-            Interrupt::Message(other) => Err(early(format!("agent: expected ready, got {}", message_kind(&other)))),
+            Interrupt::Message(other) => Err(early(format!(
+                "agent: expected ready, got {}",
+                message_kind(&other)
+            ))),
             Interrupt::Failed(message) => Err(early(message)),
         }
     }
@@ -339,7 +408,10 @@ impl Session {
         variant: &'static str,
         on_event: &mut (dyn FnMut(RunEvent) + Send),
     ) -> ScenarioRun {
-        let mut run = ScenarioRun { scenario: scenario.name.clone(), ..Default::default() };
+        let mut run = ScenarioRun {
+            scenario: scenario.name.clone(),
+            ..Default::default()
+        };
         let job = scenario.job(&self.bdfs);
         // The agent does not pause between steps, so the IOMMU is read
         // around the whole scenario; nothing else posts interrupts meanwhile.
@@ -379,12 +451,24 @@ impl Session {
                 }
                 Interrupt::Message(wire::AgentMessage::Progress { .. }) => continue,
                 Interrupt::Message(wire::AgentMessage::HostAction { index, action }) => {
-                    if index != run.steps.len() || !matches!(scenario.steps.get(index), Some(wire::Step::Unplug { .. } | wire::Step::Replug { .. })) {
-                        run.failure = Some(format!("agent asked for {action:?} during step {}", index + 1));
+                    if index != run.steps.len()
+                        || !matches!(
+                            scenario.steps.get(index),
+                            Some(wire::Step::Unplug { .. } | wire::Step::Replug { .. })
+                        )
+                    {
+                        run.failure = Some(format!(
+                            "agent asked for {action:?} during step {}",
+                            index + 1
+                        ));
                         return run;
                     }
                     let error = self.host_action(&action).await.err();
-                    if self.send(&wire::HostMessage::HostActionDone { error }).await.is_err() {
+                    if self
+                        .send(&wire::HostMessage::HostActionDone { error })
+                        .await
+                        .is_err()
+                    {
                         run.failure = Some(self.gone(&what).await);
                         return run;
                     }
@@ -409,8 +493,13 @@ impl Session {
                     run.failure = Some("agent restarted in the middle of a scenario".to_owned());
                     return run;
                 }
-                Interrupt::Message(other @ (wire::AgentMessage::ExecOutput { .. } | wire::AgentMessage::Exited(_))) => {
-                    run.failure = Some(format!("agent sent {} during a scenario", message_kind(&other)));
+                Interrupt::Message(
+                    other @ (wire::AgentMessage::ExecOutput { .. } | wire::AgentMessage::Exited(_)),
+                ) => {
+                    run.failure = Some(format!(
+                        "agent sent {} during a scenario",
+                        message_kind(&other)
+                    ));
                     return run;
                 }
                 Interrupt::Failed(message) => {
@@ -431,15 +520,25 @@ impl Session {
         let path = self.iommu_counters?;
         let mut values = [0u64; 7];
         for (value, property) in values.iter_mut().zip(IommuCounts::PROPERTIES) {
-            let cmd = qapi::qmp::qom_get { path: path.to_owned(), property: property.to_owned() };
-            let got = match tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Some(Err(format!("qom-get {path} {property}: {e}"))),
-                Err(_) => return Some(Err(format!("qom-get {path} {property}: no answer in 10 s"))),
+            let cmd = qapi::qmp::qom_get {
+                path: path.to_owned(),
+                property: property.to_owned(),
             };
+            let got =
+                match tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return Some(Err(format!("qom-get {path} {property}: {e}"))),
+                    Err(_) => {
+                        return Some(Err(format!("qom-get {path} {property}: no answer in 10 s")))
+                    }
+                };
             match got.as_u64() {
                 Some(v) => *value = v,
-                None => return Some(Err(format!("qom-get {path} {property}: not a number: {got}"))),
+                None => {
+                    return Some(Err(format!(
+                        "qom-get {path} {property}: not a number: {got}"
+                    )))
+                }
             }
         }
         Some(Ok(IommuCounts::from_values(values)))
@@ -454,7 +553,10 @@ impl Session {
                 // Ask politely through QMP, then kill (Drop) if that fails too.
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.quit()).await;
                 let _ = self.qemu.finish(Duration::from_secs(2)).await;
-                Err(format!("guest did not power off within {:?}", self.timeouts.shutdown))
+                Err(format!(
+                    "guest did not power off within {:?}",
+                    self.timeouts.shutdown
+                ))
             }
         }
     }
@@ -462,7 +564,10 @@ impl Session {
     pub(crate) async fn send(&mut self, message: &wire::HostMessage) -> Result<(), String> {
         let mut line = serde_json::to_vec(message).expect("host messages always serialize");
         line.push(b'\n');
-        self.writer.write_all(&line).await.map_err(|e| format!("writing to the agent: {e}"))
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|e| format!("writing to the agent: {e}"))
     }
 
     /// Run what the agent asked for in the middle of a step. While QEMU waits
@@ -482,7 +587,9 @@ impl Session {
                     .find(|d| d.id == *device)
                     .ok_or_else(|| format!("device_add {device}: not a device of this boot"))?;
                 if !d.hotplug {
-                    return Err(format!("device_add {device}: it is not on a hot-pluggable root port"));
+                    return Err(format!(
+                        "device_add {device}: it is not on a hot-pluggable root port"
+                    ));
                 }
                 self.qmp
                     .device_add(&d.driver, &d.id, qemu::replug_props(d))
@@ -573,7 +680,10 @@ impl Session {
     pub(crate) async fn gone(&mut self, what: &str) -> String {
         match self.qemu_gone(what).await {
             Some(why) => why,
-            None => format!("the agent closed its port during {what}{}", console_evidence(&self.console_log)),
+            None => format!(
+                "the agent closed its port during {what}{}",
+                console_evidence(&self.console_log)
+            ),
         }
     }
 
@@ -583,7 +693,9 @@ impl Session {
             return Some(panic);
         }
         let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
-        let status = tokio::time::timeout(Duration::from_secs(2), self.qemu.wait()).await.ok()?;
+        let status = tokio::time::timeout(Duration::from_secs(2), self.qemu.wait())
+            .await
+            .ok()?;
         Some(qemu_exit_message(status, &stderr_log, what))
     }
 }
@@ -619,7 +731,10 @@ fn qemu_exit_message(
     if stderr.is_empty() {
         format!("qemu exited unexpectedly ({how}) during {what}{panic}")
     } else {
-        format!("qemu exited unexpectedly ({how}) during {what}: {}{panic}", truncate(stderr, 500))
+        format!(
+            "qemu exited unexpectedly ({how}) during {what}: {}{panic}",
+            truncate(stderr, 500)
+        )
     }
 }
 
@@ -648,11 +763,19 @@ fn console_evidence(console_log: &std::path::Path) -> String {
 /// up to three, since one failure prints several (`list_add corruption`,
 /// `kernel BUG at`, `Oops`).
 fn last_kernel_warning(text: &str) -> String {
-    let message = |line: &str| match line.trim_start().strip_prefix('[').and_then(|l| l.split_once("] ")) {
+    let message = |line: &str| match line
+        .trim_start()
+        .strip_prefix('[')
+        .and_then(|l| l.split_once("] "))
+    {
         Some((_, message)) => message.to_string(),
         None => line.to_string(),
     };
-    let warnings: Vec<String> = text.lines().map(message).filter(|m| wire::kernel_warning(m)).collect();
+    let warnings: Vec<String> = text
+        .lines()
+        .map(message)
+        .filter(|m| wire::kernel_warning(m))
+        .collect();
     let mut out = String::new();
     for w in &warnings[warnings.len().saturating_sub(3)..] {
         out.push_str("\n    kernel warning on the console: ");
@@ -703,10 +826,22 @@ mod tests {
         .unwrap();
         let evidence = console_evidence(&log);
         let lines: Vec<&str> = evidence.lines().map(str::trim).collect();
-        assert!(lines[1].starts_with("kernel warning on the console: list_add corruption."), "{evidence}");
-        assert_eq!(lines[2], "kernel warning on the console: kernel BUG at lib/list_debug.c:29!");
-        assert_eq!(lines[3], "kernel warning on the console: Oops: invalid opcode: 0000 [#1] SMP NOPTI");
+        assert!(
+            lines[1].starts_with("kernel warning on the console: list_add corruption."),
+            "{evidence}"
+        );
+        assert_eq!(
+            lines[2],
+            "kernel warning on the console: kernel BUG at lib/list_debug.c:29!"
+        );
+        assert_eq!(
+            lines[3],
+            "kernel warning on the console: Oops: invalid opcode: 0000 [#1] SMP NOPTI"
+        );
         assert_eq!(lines[4], "console tail:");
-        assert!(!evidence.contains("svm_vcpu_free"), "only the last three: {evidence}");
+        assert!(
+            !evidence.contains("svm_vcpu_free"),
+            "only the last three: {evidence}"
+        );
     }
 }

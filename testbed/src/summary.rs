@@ -88,7 +88,11 @@ pub fn render(rows: &[VariantSummary]) -> String {
         );
     }
     let posted: u64 = rows.iter().map(|r| r.posted).sum();
-    let posters: Vec<&str> = rows.iter().filter(|r| r.posted > 0).map(|r| r.variant).collect();
+    let posters: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.posted > 0)
+        .map(|r| r.variant)
+        .collect();
     if posted > 0 {
         let _ = writeln!(
             out,
@@ -96,7 +100,9 @@ pub fn render(rows: &[VariantSummary]) -> String {
             posters.join(", ")
         );
     } else if rows.iter().all(|r| r.can_post == Some(false)) {
-        out.push_str("no variant here can post device interrupts: add --variant amd-avic to see posting\n");
+        out.push_str(
+            "no variant here can post device interrupts: add --variant amd-avic to see posting\n",
+        );
     }
     out
 }
@@ -131,15 +137,25 @@ vector = "dev0/msi0"
 count = 5
 "#;
 
-    fn cell(variant: &'static str, verdict: Verdict, posting: bool, connected: bool, posted: u64, l1: u64) -> Cell {
-        let scenario = crate::scenario::parse(std::path::Path::new("scenarios/edu.toml"), SCENARIO).unwrap();
+    fn cell(
+        variant: &'static str,
+        verdict: Verdict,
+        posting: bool,
+        connected: bool,
+        posted: u64,
+        l1: u64,
+    ) -> Cell {
+        let scenario =
+            crate::scenario::parse(std::path::Path::new("scenarios/edu.toml"), SCENARIO).unwrap();
         let platform = wire::Platform {
             apicv: Some(posting),
             device_posted_irqs: Some(posting),
             irq_posting: posting,
             ..Default::default()
         };
-        let step = |index: usize, bypass: Vec<wire::BypassEvent>, interrupts: Vec<wire::VectorCount>| wire::StepReport {
+        let step = |index: usize,
+                    bypass: Vec<wire::BypassEvent>,
+                    interrupts: Vec<wire::VectorCount>| wire::StepReport {
             index,
             error: None,
             bypass,
@@ -148,7 +164,11 @@ count = 5
             l2: None,
         };
         let connect = if connected {
-            vec![wire::BypassEvent::Connected { producer: "dev0/msi0".into(), consumer: "vm0:dev0/msi0".into(), ret: 0 }]
+            vec![wire::BypassEvent::Connected {
+                producer: "dev0/msi0".into(),
+                consumer: "vm0:dev0/msi0".into(),
+                ret: 0,
+            }]
         } else {
             vec![]
         };
@@ -170,10 +190,25 @@ count = 5
             step(3, connect, vec![]),
             step(4, vec![], vec![fire]),
         ];
-        let header = Header { variant: variant.into(), kernel_release: "7.2".into(), qemu_version: "10".into() };
-        let report = Report::from_parts(&scenario, header, platform, steps, None, None)
-            .with_iommu(posting.then_some(Ok(IommuCounts { posted, ..Default::default() })));
-        Cell { scenario: "edu".into(), variant, verdict, detail: vec![], report: Some(report), diff: None }
+        let header = Header {
+            variant: variant.into(),
+            kernel_release: "7.2".into(),
+            qemu_version: "10".into(),
+        };
+        let report = Report::from_parts(&scenario, header, platform, steps, None, None).with_iommu(
+            posting.then_some(Ok(IommuCounts {
+                posted,
+                ..Default::default()
+            })),
+        );
+        Cell {
+            scenario: "edu".into(),
+            variant,
+            verdict,
+            detail: vec![],
+            report: Some(report),
+            diff: None,
+        }
     }
 
     #[test]
@@ -186,16 +221,40 @@ count = 5
         let rows = summarize(&cells);
         assert_eq!(
             rows[0],
-            VariantSummary { variant: "amd-ir", scenarios: 2, passed: 1, can_post: Some(false), connections: 0, posted: 0, through_l1: 10 }
+            VariantSummary {
+                variant: "amd-ir",
+                scenarios: 2,
+                passed: 1,
+                can_post: Some(false),
+                connections: 0,
+                posted: 0,
+                through_l1: 10
+            }
         );
         assert_eq!(
             rows[1],
-            VariantSummary { variant: "amd-avic", scenarios: 1, passed: 1, can_post: Some(true), connections: 1, posted: 5, through_l1: 0 }
+            VariantSummary {
+                variant: "amd-avic",
+                scenarios: 1,
+                passed: 1,
+                can_post: Some(true),
+                connections: 1,
+                posted: 5,
+                through_l1: 0
+            }
         );
         let text = render(&rows);
-        assert!(text.contains("amd-avic               1/1  yes                1                5           0"), "{text}");
+        assert!(
+            text.contains(
+                "amd-avic               1/1  yes                1                5           0"
+            ),
+            "{text}"
+        );
         assert!(text.contains("5 device interrupts were posted by the emulated IOMMU straight into an L2 vCPU (amd-avic)"), "{text}");
         let stock = render(&summarize(&cells[..2]));
-        assert!(stock.contains("no variant here can post device interrupts"), "{stock}");
+        assert!(
+            stock.contains("no variant here can post device interrupts"),
+            "{stock}"
+        );
     }
 }

@@ -47,15 +47,26 @@ impl Ui {
     pub fn run(&self, event: RunEvent) {
         match event {
             RunEvent::QemuStarted { variant, .. } => self.status(format!("{variant}: booting")),
-            RunEvent::AgentReady { variant, after } => {
-                self.status(format!("{variant}: agent ready after {:.1}s", after.as_secs_f64()))
-            }
-            RunEvent::ScenarioStarted { variant, scenario, steps } => {
-                self.status(format!("{variant}: {scenario} ({steps} steps)"))
-            }
-            RunEvent::StepFinished { variant, scenario, index, action } => {
+            RunEvent::AgentReady { variant, after } => self.status(format!(
+                "{variant}: agent ready after {:.1}s",
+                after.as_secs_f64()
+            )),
+            RunEvent::ScenarioStarted {
+                variant,
+                scenario,
+                steps,
+            } => self.status(format!("{variant}: {scenario} ({steps} steps)")),
+            RunEvent::StepFinished {
+                variant,
+                scenario,
+                index,
+                action,
+            } => {
                 if self.bar.is_some() {
-                    self.status(format!("{variant}: {scenario}: step {} {action}", index + 1));
+                    self.status(format!(
+                        "{variant}: {scenario}: step {} {action}",
+                        index + 1
+                    ));
                 }
             }
             RunEvent::ScenarioFinished { .. } => {}

@@ -143,10 +143,17 @@ pub struct UnknownVariant {
 }
 
 pub fn lookup(name: &str) -> Result<&'static Variant, UnknownVariant> {
-    VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| UnknownVariant {
-        name: name.to_owned(),
-        known: VARIANTS.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
-    })
+    VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| UnknownVariant {
+            name: name.to_owned(),
+            known: VARIANTS
+                .iter()
+                .map(|v| v.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 pub fn defaults() -> impl Iterator<Item = &'static Variant> {
@@ -175,11 +182,16 @@ impl Variant {
         let device = match self.iommu {
             Iommu::None => return Vec::new(),
             Iommu::IntelIr { eim } => {
-                format!("intel-iommu,intremap=on,eim={}", if eim { "on" } else { "off" })
+                format!(
+                    "intel-iommu,intremap=on,eim={}",
+                    if eim { "on" } else { "off" }
+                )
             }
             Iommu::IntelDma => "intel-iommu,intremap=off".to_owned(),
             Iommu::AmdIr => format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on"),
-            Iommu::AmdAvic => format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on,guest-vapic=on"),
+            Iommu::AmdAvic => {
+                format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on,guest-vapic=on")
+            }
             Iommu::Virtio => "virtio-iommu-pci".to_owned(),
         };
         vec!["-device".to_owned(), device]
@@ -227,7 +239,10 @@ mod tests {
     #[test]
     fn unknown_variant_lists_known_ones() {
         let err = lookup("intel").unwrap_err().to_string();
-        assert!(err.starts_with("unknown variant \"intel\" (known: intel-ir, "), "{err}");
+        assert!(
+            err.starts_with("unknown variant \"intel\" (known: intel-ir, "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -247,7 +262,13 @@ mod tests {
         let v = lookup("amd-avic").unwrap();
         assert_eq!(v.qemu, QemuKind::Patched);
         assert!(!v.default);
-        assert_eq!(v.iommu_args(), ["-device", "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on"]);
+        assert_eq!(
+            v.iommu_args(),
+            [
+                "-device",
+                "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on"
+            ]
+        );
         assert_eq!(v.cpu(), "max,avic=on");
         assert_eq!(v.smp, 2);
         assert_eq!(v.iommu_counters(), Some("/machine/peripheral/iommu0"));
@@ -270,6 +291,9 @@ mod tests {
             ["-device", "intel-iommu,intremap=on,eim=off"]
         );
         assert!(lookup("none").unwrap().iommu_args().is_empty());
-        assert!(lookup("none").unwrap().cmdline().contains(&"vfio.enable_unsafe_noiommu_mode=1"));
+        assert!(lookup("none")
+            .unwrap()
+            .cmdline()
+            .contains(&"vfio.enable_unsafe_noiommu_mode=1"));
     }
 }

@@ -11,7 +11,12 @@ use common::*;
 
 /// Runs `testbed run ARGS... SCENARIO` with its results (and, with
 /// `own_snapshots`, its snapshots) under `tmp`; the exit code and all it printed.
-fn run_in(tmp: &Path, args: &[&str], own_snapshots: bool, scenario: &Path) -> (Option<i32>, String) {
+fn run_in(
+    tmp: &Path,
+    args: &[&str],
+    own_snapshots: bool,
+    scenario: &Path,
+) -> (Option<i32>, String) {
     let mut cmd = testbed();
     cmd.arg("run").args(args).arg("--results").arg(tmp);
     if own_snapshots {
@@ -34,7 +39,10 @@ fn bad_scenario_file_is_exit_2_with_its_position() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let out = text(&output);
     assert!(out.contains("typo.toml:6:"), "no file:line in: {out}");
-    assert!(out.contains("colour"), "does not name the unknown key: {out}");
+    assert!(
+        out.contains("colour"),
+        "does not name the unknown key: {out}"
+    );
 }
 
 #[test]
@@ -111,7 +119,12 @@ fn scenarios_match_snapshots_on_amd_ir() {
         assert_eq!(cell["verdict"], "pass", "{cell}");
         assert!(cell["report"]["checks"].is_array(), "{cell}");
     }
-    assert!(report["boots"][0]["seconds"]["boot_to_ready"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["boots"][0]["seconds"]["boot_to_ready"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 /// The posted-interrupt variant on the patched QEMU (built by the
@@ -154,7 +167,10 @@ fn failing_expectation_is_exit_1() {
     );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("CHECK FAILED"), "{out}");
-    assert!(out.contains("check connected vm0 dev0/msi0 failed"), "{out}");
+    assert!(
+        out.contains("check connected vm0 dev0/msi0 failed"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -178,7 +194,10 @@ fn intx_without_unmask_fails_lossless() {
         out.contains("raised 20 but L1's INTx handler ran 1: 19 lost, the line was not re-armed"),
         "{out}"
     );
-    assert!(out.contains("is the resample eventfd wired to VFIO's unmask?"), "{out}");
+    assert!(
+        out.contains("is the resample eventfd wired to VFIO's unmask?"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -209,10 +228,18 @@ fn guest_panic_mid_scenario_is_exit_1() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (code, out) = run_in(tmp.path(), &["--variant", "intel-ir"], true, &fixture("panic-l1.toml"));
+    let (code, out) = run_in(
+        tmp.path(),
+        &["--variant", "intel-ir"],
+        true,
+        &fixture("panic-l1.toml"),
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("BROKEN"), "{out}");
-    assert!(out.contains("guest kernel panicked during step 3 (panic-l1)"), "{out}");
+    assert!(
+        out.contains("guest kernel panicked during step 3 (panic-l1)"),
+        "{out}"
+    );
     assert!(
         out.contains("Kernel panic - not syncing: sysrq triggered crash"),
         "{out}"
@@ -238,9 +265,15 @@ fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child,
     loop {
         if let Ok(Some(_)) = child.try_wait() {
             let output = child.wait_with_output().unwrap();
-            panic!("testbed ended before the agent was ready: {}", text(&output));
+            panic!(
+                "testbed ended before the agent was ready: {}",
+                text(&output)
+            );
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "agent never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "agent never became ready"
+        );
         let log = std::fs::read_to_string(&console).unwrap_or_default();
         if log.contains("testbed-agent: ready") {
             if let Some(&pid) = qemu_processes_with(tmp).first() {
@@ -262,7 +295,10 @@ fn qemu_dying_mid_run_is_exit_1() {
     let output = child.wait_with_output().unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("qemu exited unexpectedly (killed by signal 9)"), "{out}");
+    assert!(
+        out.contains("qemu exited unexpectedly (killed by signal 9)"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -278,7 +314,10 @@ fn hung_guest_is_exit_1() {
     let output = child.wait_with_output().unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("guest hung: no word from the agent for 5s"), "{out}");
+    assert!(
+        out.contains("guest hung: no word from the agent for 5s"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -304,10 +343,15 @@ fn broken_invariant_is_reported_in_a_full_run() {
     assert_eq!(output.status.code(), Some(1), "{out}");
     // the table's row, then its detail line
     let mut table = out.lines().skip_while(|l| !l.starts_with("SCENARIO "));
-    let row = table.find(|l| l.starts_with("e1000e-msix-resend ")).unwrap_or_else(|| panic!("no row: {out}"));
+    let row = table
+        .find(|l| l.starts_with("e1000e-msix-resend "))
+        .unwrap_or_else(|| panic!("no row: {out}"));
     assert!(row.ends_with("CHECK FAILED"), "{row}");
     let message = table.next().unwrap_or_default();
-    assert!(message.contains("check lossless failed: step 6 nic0/msix1: raised 5 but L1 saw "), "{out}");
+    assert!(
+        message.contains("check lossless failed: step 6 nic0/msix1: raised 5 but L1 saw "),
+        "{out}"
+    );
     // "... L1 saw 10": more than raised
     let saw: u64 = message
         .split("raised 5 but L1 saw ")
@@ -340,7 +384,14 @@ fn kernel_warning_fails_the_scenario_that_caused_it() {
         std::fs::copy(repo().join("snapshots").join(&snap), snapshots.join(&snap)).unwrap();
     }
     let output = testbed()
-        .args(["run", "--variant", "amd-avic", "--kernel", "debian:6.17", "--snapshots"])
+        .args([
+            "run",
+            "--variant",
+            "amd-avic",
+            "--kernel",
+            "debian:6.17",
+            "--snapshots",
+        ])
         .arg(&snapshots)
         .arg("--results")
         .arg(tmp.path().join("results"))
@@ -351,7 +402,9 @@ fn kernel_warning_fails_the_scenario_that_caused_it() {
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     let mut table = out.lines().skip_while(|l| !l.starts_with("SCENARIO "));
-    let row = table.find(|l| l.starts_with("edu-consumer-first ")).unwrap_or_else(|| panic!("no row: {out}"));
+    let row = table
+        .find(|l| l.starts_with("edu-consumer-first "))
+        .unwrap_or_else(|| panic!("no row: {out}"));
     assert!(row.ends_with("CHECK FAILED"), "{row}");
     let message = table.next().unwrap_or_default();
     assert!(
@@ -361,7 +414,9 @@ fn kernel_warning_fails_the_scenario_that_caused_it() {
         ) && message.contains(" svm_vcpu_free [kvm_amd]"),
         "{out}"
     );
-    let next = table.find(|l| l.starts_with("edu-producer-first ")).unwrap_or_else(|| panic!("no row: {out}"));
+    let next = table
+        .find(|l| l.starts_with("edu-producer-first "))
+        .unwrap_or_else(|| panic!("no row: {out}"));
     assert!(next.ends_with("pass"), "{out}");
     assert_no_qemu_left(&tmp.path().join("results"));
 }
@@ -387,21 +442,31 @@ fn igb_vf_bar_above_4g_is_reported() {
             .output()
             .unwrap()
     };
-    let output = run(&["--qemu-arg=-global", "--qemu-arg=q35-pcihost.pci-hole64-size=32G"]);
+    let output = run(&[
+        "--qemu-arg=-global",
+        "--qemu-arg=q35-pcihost.pci-hole64-size=32G",
+    ]);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     let mut table = out.lines().skip_while(|l| !l.starts_with("SCENARIO "));
-    let row = table.find(|l| l.starts_with("igb-vf-bar-above-4g ")).unwrap_or_else(|| panic!("no row: {out}"));
+    let row = table
+        .find(|l| l.starts_with("igb-vf-bar-above-4g "))
+        .unwrap_or_else(|| panic!("no row: {out}"));
     assert!(row.ends_with("CHECK FAILED"), "{row}");
     let message = table.next().unwrap_or_default();
-    assert!(message.contains("check lossless failed: step 3 vf0/msix0: raised 3 but L1 saw 0"), "{out}");
+    assert!(
+        message.contains("check lossless failed: step 3 vf0/msix0: raised 3 but L1 saw 0"),
+        "{out}"
+    );
 
     // as the testbed boots it: nothing lost, only the snapshot a bug
     // reproducer has none of is missing
     let output = run(&[]);
     let out = text(&output);
     let mut table = out.lines().skip_while(|l| !l.starts_with("SCENARIO "));
-    let row = table.find(|l| l.starts_with("igb-vf-bar-above-4g ")).unwrap_or_else(|| panic!("no row: {out}"));
+    let row = table
+        .find(|l| l.starts_with("igb-vf-bar-above-4g "))
+        .unwrap_or_else(|| panic!("no row: {out}"));
     assert!(row.ends_with("NEW SNAPSHOT"), "{out}");
     assert!(!out.contains("check lossless failed"), "{out}");
     assert_no_qemu_left(tmp.path());
@@ -451,18 +516,38 @@ fn stress_on_amd_ir_with_two_cpus_loses_nothing() {
     let json = tmp.path().join("report.json");
     let (code, out) = run_in(
         tmp.path(),
-        &["--variant", "amd-ir", "--smp", "2", "--json", json.to_str().unwrap()],
+        &[
+            "--variant",
+            "amd-ir",
+            "--smp",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ],
         true,
         &fixture("stress-any-variant.toml"),
     );
     // no snapshot of its own (exit 1 for that alone): the checks decide
-    assert!(!out.contains("CHECK FAILED") && !out.contains("BROKEN"), "{out}");
+    assert!(
+        !out.contains("CHECK FAILED") && !out.contains("BROKEN"),
+        "{out}"
+    );
     assert!(code == Some(1) && out.contains("NEW SNAPSHOT"), "{out}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let cell = &report["results"][0]["report"];
-    let lossless = cell["checks"].as_array().unwrap().iter().find(|c| c["expectation"] == "lossless").unwrap();
+    let lossless = cell["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["expectation"] == "lossless")
+        .unwrap();
     assert_eq!(lossless["passed"], true, "{lossless}");
-    let fire = cell["interrupts"].as_array().unwrap().iter().find(|c| c["raised"] == 100_000).expect("the fire step");
+    let fire = cell["interrupts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["raised"] == 100_000)
+        .expect("the fire step");
     for field in ["host_irq", "injected", "delivered"] {
         assert_eq!(fire[field], 100_000, "{field}: {fire}");
     }

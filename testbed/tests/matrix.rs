@@ -13,7 +13,9 @@ use common::*;
 /// Every path under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let p = e.path();
             out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
@@ -35,7 +37,10 @@ fn assert_nothing_partial(results: &Path) {
         .filter(|p| p.contains(".running-") || p.contains(".writing-") || p.contains(".old-"))
         .collect();
     assert!(partial.is_empty(), "partial entries left: {partial:?}");
-    let tmp: Vec<String> = tree(results).into_iter().filter(|p| p.contains(".tmp")).collect();
+    let tmp: Vec<String> = tree(results)
+        .into_iter()
+        .filter(|p| p.contains(".tmp"))
+        .collect();
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
 }
 
@@ -43,18 +48,38 @@ fn assert_nothing_partial(results: &Path) {
 fn bad_matrix_file_is_exit_2_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
-    std::fs::write(&path, "kernels = [\"debian:7\"]\nvariants = [\n  \"intel-ir\",\n  \"intel-posted\",\n]\n").unwrap();
-    let output = testbed().arg("matrix").arg("--file").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "kernels = [\"debian:7\"]\nvariants = [\n  \"intel-ir\",\n  \"intel-posted\",\n]\n",
+    )
+    .unwrap();
+    let output = testbed()
+        .arg("matrix")
+        .arg("--file")
+        .arg(&path)
+        .output()
+        .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(2), "{out}");
-    assert!(out.contains("m.toml:4:3: unknown variant \"intel-posted\""), "{out}");
+    assert!(
+        out.contains("m.toml:4:3: unknown variant \"intel-posted\""),
+        "{out}"
+    );
 }
 
 #[test]
 fn bad_shard_is_exit_2() {
-    let output = testbed().args(["matrix", "--shard", "3/2"]).arg(repo().join("scenarios")).output().unwrap();
+    let output = testbed()
+        .args(["matrix", "--shard", "3/2"])
+        .arg(repo().join("scenarios"))
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("bad shard \"3/2\""), "{}", text(&output));
+    assert!(
+        text(&output).contains("bad shard \"3/2\""),
+        "{}",
+        text(&output)
+    );
 }
 
 /// The checked-in matrix file parses, and `--emit github` spreads its
@@ -63,22 +88,40 @@ fn bad_shard_is_exit_2() {
 fn emit_github_for_the_checked_in_matrix() {
     let output = testbed()
         .current_dir(repo())
-        .args(["matrix", "--file", "matrix.toml", "--emit", "github", "--shards", "4"])
+        .args([
+            "matrix",
+            "--file",
+            "matrix.toml",
+            "--emit",
+            "github",
+            "--shards",
+            "4",
+        ])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let json = out.trim().strip_prefix("matrix=").unwrap_or_else(|| panic!("no matrix= line: {out}"));
+    let json = out
+        .trim()
+        .strip_prefix("matrix=")
+        .unwrap_or_else(|| panic!("no matrix= line: {out}"));
     let matrix: serde_json::Value = serde_json::from_str(json).unwrap();
-    let shards: Vec<&str> =
-        matrix["include"].as_array().unwrap().iter().map(|e| e["shard"].as_str().unwrap()).collect();
+    let shards: Vec<&str> = matrix["include"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["shard"].as_str().unwrap())
+        .collect();
     assert_eq!(shards, ["1/4", "2/4", "3/4", "4/4"]);
 }
 
 fn copy_snapshots(to: &Path, variants: &[&str]) {
     for v in variants {
         std::fs::create_dir_all(to.join(v)).unwrap();
-        for e in std::fs::read_dir(repo().join("snapshots").join(v)).unwrap().flatten() {
+        for e in std::fs::read_dir(repo().join("snapshots").join(v))
+            .unwrap()
+            .flatten()
+        {
             std::fs::copy(e.path(), to.join(v).join(e.file_name())).unwrap();
         }
     }
@@ -110,7 +153,19 @@ fn small_matrix_table_junit_json_and_resume() {
 
     let matrix = |extra: &[&str]| {
         let output = testbed()
-            .args(["matrix", "-k", "debian:7.2", "-k", "debian:6.99", "-V", "intel-ir", "-V", "amd-ir", "-j", "2"])
+            .args([
+                "matrix",
+                "-k",
+                "debian:7.2",
+                "-k",
+                "debian:6.99",
+                "-V",
+                "intel-ir",
+                "-V",
+                "amd-ir",
+                "-j",
+                "2",
+            ])
             .arg("--results")
             .arg(&results)
             .arg("--snapshots")
@@ -127,51 +182,126 @@ fn small_matrix_table_junit_json_and_resume() {
     assert_no_qemu_left(tmp.path());
     assert_nothing_partial(&results);
     for variant in ["intel-ir", "amd-ir"] {
-        assert!(row(&out, "debian:7.2", variant, "edu-producer-first", "pass"), "{out}");
+        assert!(
+            row(&out, "debian:7.2", variant, "edu-producer-first", "pass"),
+            "{out}"
+        );
         for scenario in ["edu-producer-first", "edu-no-consumer"] {
-            assert!(row(&out, "debian:6.99", variant, scenario, "ERROR"), "{out}");
+            assert!(
+                row(&out, "debian:6.99", variant, scenario, "ERROR"),
+                "{out}"
+            );
         }
     }
-    assert!(row(&out, "debian:7.2", "amd-ir", "edu-no-consumer", "pass"), "{out}");
-    assert!(row(&out, "debian:7.2", "intel-ir", "edu-no-consumer", "MISMATCH"), "{out}");
-    assert!(out.contains("no debian kernel matches debian:6.99"), "{out}");
-    assert!(out.contains("3 passed, 1 failed, 4 errors; 8 cells, 2 boots"), "{out}");
+    assert!(
+        row(&out, "debian:7.2", "amd-ir", "edu-no-consumer", "pass"),
+        "{out}"
+    );
+    assert!(
+        row(
+            &out,
+            "debian:7.2",
+            "intel-ir",
+            "edu-no-consumer",
+            "MISMATCH"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("no debian kernel matches debian:6.99"),
+        "{out}"
+    );
+    assert!(
+        out.contains("3 passed, 1 failed, 4 errors; 8 cells, 2 boots"),
+        "{out}"
+    );
 
     // JUnit: one case per cell, the mismatch a failure with its diff and
     // console, the missing kernel's cells errors.
     let junit = std::fs::read_to_string(results.join("junit.xml")).unwrap();
     assert_eq!(junit.matches("<testcase ").count(), 8, "{junit}");
-    assert!(junit.contains("<testsuites name=\"testbed matrix\" tests=\"8\" failures=\"1\" errors=\"4\""), "{junit}");
-    let failure = junit.split("<failure").nth(1).unwrap().split("</failure>").next().unwrap();
-    assert!(failure.contains("-   step 3  dev0/msi0  raised 4  L1 5 "), "{failure}");
-    assert!(failure.contains("+   step 3  dev0/msi0  raised 4  L1 4 "), "{failure}");
+    assert!(
+        junit.contains(
+            "<testsuites name=\"testbed matrix\" tests=\"8\" failures=\"1\" errors=\"4\""
+        ),
+        "{junit}"
+    );
+    let failure = junit
+        .split("<failure")
+        .nth(1)
+        .unwrap()
+        .split("</failure>")
+        .next()
+        .unwrap();
+    assert!(
+        failure.contains("-   step 3  dev0/msi0  raised 4  L1 5 "),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("+   step 3  dev0/msi0  raised 4  L1 4 "),
+        "{failure}"
+    );
     assert!(failure.contains("console log (last 40 of "), "{failure}");
     assert!(failure.contains("edu-no-consumer/diff.txt)"), "{failure}");
     assert!(failure.contains("testbed-agent"), "{failure}");
     assert_eq!(junit.matches("<error type=\"ERROR\"").count(), 4, "{junit}");
 
     // JSON: every cell with its verdict and report.
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(results.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("report.json")).unwrap()).unwrap();
     let cells = json["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 8);
     let verdict = |k: &str, v: &str, s: &str| {
-        let c = cells.iter().find(|c| c["kernel"] == k && c["variant"] == v && c["scenario"] == s).unwrap();
+        let c = cells
+            .iter()
+            .find(|c| c["kernel"] == k && c["variant"] == v && c["scenario"] == s)
+            .unwrap();
         c["result"].as_str().unwrap().to_owned()
     };
-    assert_eq!(verdict("debian:7.2", "intel-ir", "edu-no-consumer"), "MISMATCH");
-    assert_eq!(verdict("debian:7.2", "amd-ir", "edu-producer-first"), "pass");
-    assert_eq!(verdict("debian:6.99", "amd-ir", "edu-producer-first"), "ERROR");
-    assert!(cells.iter().filter(|c| c["kernel"] == "debian:7.2").all(|c| c["report"]["checks"].is_array()));
+    assert_eq!(
+        verdict("debian:7.2", "intel-ir", "edu-no-consumer"),
+        "MISMATCH"
+    );
+    assert_eq!(
+        verdict("debian:7.2", "amd-ir", "edu-producer-first"),
+        "pass"
+    );
+    assert_eq!(
+        verdict("debian:6.99", "amd-ir", "edu-producer-first"),
+        "ERROR"
+    );
+    assert!(cells
+        .iter()
+        .filter(|c| c["kernel"] == "debian:7.2")
+        .all(|c| c["report"]["checks"].is_array()));
     assert_eq!(json["boots"].as_array().unwrap().len(), 2);
 
     // The failing cell keeps everything; a passing one only its report.
     let failed = results.join("debian-7.2/intel-ir/edu-no-consumer");
-    for f in ["result.json", "report.txt", "report.json", "diff.txt", "console.log", "qmp.log", "qemu-stderr.log"] {
-        assert!(failed.join(f).is_file(), "{f} missing: {:?}", tree(&results));
+    for f in [
+        "result.json",
+        "report.txt",
+        "report.json",
+        "diff.txt",
+        "console.log",
+        "qmp.log",
+        "qemu-stderr.log",
+    ] {
+        assert!(
+            failed.join(f).is_file(),
+            "{f} missing: {:?}",
+            tree(&results)
+        );
     }
-    assert!(std::fs::read_to_string(failed.join("qmp.log")).unwrap().contains("\"query-pci\""));
+    assert!(std::fs::read_to_string(failed.join("qmp.log"))
+        .unwrap()
+        .contains("\"query-pci\""));
     let passed = results.join("debian-7.2/amd-ir/edu-no-consumer");
-    assert!(passed.join("report.txt").is_file() && !passed.join("console.log").exists(), "{:?}", tree(&results));
+    assert!(
+        passed.join("report.txt").is_file() && !passed.join("console.log").exists(),
+        "{:?}",
+        tree(&results)
+    );
     assert!(std::fs::read_to_string(results.join("summary.md"))
         .unwrap()
         .contains("| `edu-no-consumer` | ❌ MISMATCH | ✅ "));
@@ -179,9 +309,36 @@ fn small_matrix_table_junit_json_and_resume() {
     // --resume: amd-ir passed everything, so only intel-ir boots again.
     let (code, out) = matrix(&["--resume"]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(row(&out, "debian:7.2", "amd-ir", "edu-no-consumer", "pass (resumed)"), "{out}");
-    assert!(row(&out, "debian:7.2", "intel-ir", "edu-producer-first", "pass (resumed)"), "{out}");
-    assert!(row(&out, "debian:7.2", "intel-ir", "edu-no-consumer", "MISMATCH"), "{out}");
+    assert!(
+        row(
+            &out,
+            "debian:7.2",
+            "amd-ir",
+            "edu-no-consumer",
+            "pass (resumed)"
+        ),
+        "{out}"
+    );
+    assert!(
+        row(
+            &out,
+            "debian:7.2",
+            "intel-ir",
+            "edu-producer-first",
+            "pass (resumed)"
+        ),
+        "{out}"
+    );
+    assert!(
+        row(
+            &out,
+            "debian:7.2",
+            "intel-ir",
+            "edu-no-consumer",
+            "MISMATCH"
+        ),
+        "{out}"
+    );
     assert!(out.contains("8 cells, 1 boots"), "{out}");
     assert_no_qemu_left(tmp.path());
     assert_nothing_partial(&results);
@@ -197,7 +354,17 @@ fn ctrl_c_mid_matrix_leaves_nothing_running() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
     let mut child = testbed()
-        .args(["matrix", "-k", "debian:7.2", "-V", "intel-ir", "-V", "amd-ir", "-j", "2"])
+        .args([
+            "matrix",
+            "-k",
+            "debian:7.2",
+            "-V",
+            "intel-ir",
+            "-V",
+            "amd-ir",
+            "-j",
+            "2",
+        ])
         .arg("--results")
         .arg(&results)
         .arg("--snapshots")
@@ -212,13 +379,23 @@ fn ctrl_c_mid_matrix_leaves_nothing_running() {
     loop {
         if let Ok(Some(_)) = child.try_wait() {
             let output = child.wait_with_output().unwrap();
-            panic!("testbed ended before the agent was ready: {}", text(&output));
+            panic!(
+                "testbed ended before the agent was ready: {}",
+                text(&output)
+            );
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "agent never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "agent never became ready"
+        );
         let ready = tree(&results)
             .iter()
             .filter(|p| p.ends_with("console.log"))
-            .any(|p| std::fs::read_to_string(results.join(p)).unwrap_or_default().contains("testbed-agent: ready"));
+            .any(|p| {
+                std::fs::read_to_string(results.join(p))
+                    .unwrap_or_default()
+                    .contains("testbed-agent: ready")
+            });
         if ready && qemu_processes_with(tmp.path()).len() == 2 {
             break;
         }
@@ -232,5 +409,10 @@ fn ctrl_c_mid_matrix_leaves_nothing_running() {
     assert_no_qemu_left(tmp.path());
     assert_nothing_partial(&results);
     let entries = tree(&results);
-    assert!(!entries.iter().any(|p| p.contains("boot-0") || p.ends_with("report.json")), "{entries:?}");
+    assert!(
+        !entries
+            .iter()
+            .any(|p| p.contains("boot-0") || p.ends_with("report.json")),
+        "{entries:?}"
+    );
 }

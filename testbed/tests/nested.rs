@@ -22,10 +22,19 @@ fn nested_scenarios_pass_on_intel_ir() {
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
-    assert!(out.contains("igb-l2-msix") && out.contains("1 passed, 0 failed"), "{out}");
+    assert!(
+        out.contains("igb-l2-msix") && out.contains("1 passed, 0 failed"),
+        "{out}"
+    );
     let console = std::fs::read_to_string(tmp.path().join("intel-ir/boot-0/console.log")).unwrap();
-    assert!(console.contains("L2 ready "), "no L2 boot time in the console log");
-    assert!(console.contains("L2 powered off, its QEMU gone"), "the L2 did not stop through QEMU's own teardown");
+    assert!(
+        console.contains("L2 ready "),
+        "no L2 boot time in the console log"
+    );
+    assert!(
+        console.contains("L2 powered off, its QEMU gone"),
+        "the L2 did not stop through QEMU's own teardown"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -52,15 +61,25 @@ fn an_l2_that_never_comes_up_fails_clearly() {
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let steps = &report["results"][0]["report"]["steps"];
-    let error = steps[0]["error"].as_str().unwrap_or_else(|| panic!("start-l2 did not fail: {report}"));
-    assert!(error.starts_with("l2: the L2's QEMU exited (exit status: 0) after "), "{error}");
+    let error = steps[0]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("start-l2 did not fail: {report}"));
+    assert!(
+        error.starts_with("l2: the L2's QEMU exited (exit status: 0) after "),
+        "{error}"
+    );
     assert!(error.contains("without an answer"), "{error}");
-    assert!(error.contains("Kernel panic - not syncing"), "the L2's panic is not named: {error}");
+    assert!(
+        error.contains("Kernel panic - not syncing"),
+        "the L2's panic is not named: {error}"
+    );
     assert_eq!(steps[1]["ran"], false, "{report}");
     // the agent went on to its cleanup and the next message: L1 was fine
-    let console = std::fs::read_to_string(tmp.path().join("results/intel-ir/boot-0/console.log")).unwrap();
+    let console =
+        std::fs::read_to_string(tmp.path().join("results/intel-ir/boot-0/console.log")).unwrap();
     assert!(console.contains("job l2-never-up done"), "{console}");
     assert_no_qemu_left(tmp.path());
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use testbed::scenario::{self, Expectation, ScenarioError};
 
 fn fixtures(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
 }
 
 /// Fixture name -> the error after `<path>:`.
@@ -89,14 +91,29 @@ fn every_bad_fixture_fails_with_its_message() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let Some(want) = expected.get(name.as_str()) else {
-            panic!("{}: fixture without an expected error in BAD", path.display());
+            panic!(
+                "{}: fixture without an expected error in BAD",
+                path.display()
+            );
         };
         let err = scenario::load(&path).expect_err(&name);
-        assert!(matches!(err, ScenarioError::Invalid { .. }), "{name}: {err:?}");
-        assert_eq!(err.to_string(), format!("{}:{want}", path.display()), "{name}");
+        assert!(
+            matches!(err, ScenarioError::Invalid { .. }),
+            "{name}: {err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{}:{want}", path.display()),
+            "{name}"
+        );
         seen += 1;
     }
-    assert_eq!(seen, BAD.len(), "a fixture in BAD is missing from {}", dir.display());
+    assert_eq!(
+        seen,
+        BAD.len(),
+        "a fixture in BAD is missing from {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -153,7 +170,10 @@ fn good_fixtures_load() {
             vector: "dev0/msi0".into()
         }
     );
-    assert_eq!(s.expect[3].to_string(), "connected-iff-posting vm0 dev0/msi0");
+    assert_eq!(
+        s.expect[3].to_string(),
+        "connected-iff-posting vm0 dev0/msi0"
+    );
     // defaults
     assert_eq!(
         s.steps[1],
@@ -189,7 +209,10 @@ fn duplicate_names_across_paths_are_an_error() {
     let src = fixtures("scenarios").join("edu-producer-first.toml");
     std::fs::copy(&src, a.join("edu-producer-first.toml")).unwrap();
     let err = scenario::load_paths(&[src.clone(), a.clone()]).unwrap_err();
-    assert!(matches!(err, ScenarioError::DuplicateName { .. }), "{err:?}");
+    assert!(
+        matches!(err, ScenarioError::DuplicateName { .. }),
+        "{err:?}"
+    );
     assert!(err
         .to_string()
         .contains("scenario name \"edu-producer-first\" also used by"));

@@ -13,7 +13,8 @@ use common::*;
 
 fn selftests(results: &Path) -> std::process::Command {
     let mut cmd = testbed();
-    cmd.args(["selftests", "--kernel", "debian:7.2", "--results"]).arg(results);
+    cmd.args(["selftests", "--kernel", "debian:7.2", "--results"])
+        .arg(results);
     cmd
 }
 
@@ -25,7 +26,11 @@ fn a_small_set_passes_end_to_end() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (junit, ktap, json) = (tmp.path().join("j.xml"), tmp.path().join("k.ktap"), tmp.path().join("r.json"));
+    let (junit, ktap, json) = (
+        tmp.path().join("j.xml"),
+        tmp.path().join("k.ktap"),
+        tmp.path().join("r.json"),
+    );
     let output = selftests(tmp.path())
         .args(["--variant", "intel-ir", "--junit"])
         .arg(&junit)
@@ -42,11 +47,19 @@ fn a_small_set_passes_end_to_end() {
     assert!(out.contains("2 passed, 0 failed, 0 skipped"), "{out}");
     let junit = std::fs::read_to_string(junit).unwrap();
     assert_eq!(junit.matches("<testcase ").count(), 2, "{junit}");
-    assert!(junit.contains("classname=\"selftests.kvm.intel-ir\" name=\"irqfd_test\""), "{junit}");
+    assert!(
+        junit.contains("classname=\"selftests.kvm.intel-ir\" name=\"irqfd_test\""),
+        "{junit}"
+    );
     let ktap = std::fs::read_to_string(ktap).unwrap();
     assert!(ktap.starts_with("KTAP version 1\n1..2\n"), "{ktap}");
-    assert_eq!(ktap.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{ktap}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(
+        ktap.lines().filter(|l| l.starts_with("ok ")).count(),
+        2,
+        "{ktap}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(json["results"].as_array().unwrap().len(), 2);
     // each test's own output is kept
     let log = std::fs::read_to_string(tmp.path().join("intel-ir/kvm/irqfd_test.log")).unwrap();
@@ -66,19 +79,36 @@ fn vfio_selftests_run_on_a_device_bound_in_l1() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let output = testbed()
-        .args(["selftests", "--kernel", "debian:7.3", "--variant", "intel-ir", "--results"])
+        .args([
+            "selftests",
+            "--kernel",
+            "debian:7.3",
+            "--variant",
+            "intel-ir",
+            "--results",
+        ])
         .arg(tmp.path())
         .arg("vfio_dma_mapping_test")
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
-    assert!(out.contains("vfio:vfio_dma_mapping_test  intel-ir"), "{out}");
+    assert!(
+        out.contains("vfio:vfio_dma_mapping_test  intel-ir"),
+        "{out}"
+    );
     assert!(out.contains("xfail"), "{out}");
     assert!(out.contains("this kernel has no /dev/iommu"), "{out}");
-    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log")).unwrap();
-    assert!(log.contains("\nok 1 vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap\n"), "{log}");
-    assert!(log.contains("\nok 2 vfio_dma_mapping_test.vfio_type1v2_iommu_anonymous.dma_map_unmap\n"), "{log}");
+    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log"))
+        .unwrap();
+    assert!(
+        log.contains("\nok 1 vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\nok 2 vfio_dma_mapping_test.vfio_type1v2_iommu_anonymous.dma_map_unmap\n"),
+        "{log}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -87,7 +117,9 @@ fn vfio_selftests_run_on_a_device_bound_in_l1() {
 /// DIR`. Unset, the test only says so: a kernel build (10 to 30 minutes
 /// on two busy cores) is no part of `cargo xtask test`.
 fn iommufd_kernel() -> Option<String> {
-    let spec = std::env::var("TESTBED_IOMMUFD_KERNEL").ok().filter(|s| !s.is_empty());
+    let spec = std::env::var("TESTBED_IOMMUFD_KERNEL")
+        .ok()
+        .filter(|s| !s.is_empty());
     if spec.is_none() {
         eprintln!("skipped: set TESTBED_IOMMUFD_KERNEL to a kernel spec with iommufd (git:DIR of testbed kernel-tree 7.3 DIR)");
     }
@@ -103,22 +135,44 @@ fn vfio_selftests_pass_on_a_kernel_with_iommufd() {
     if !vm_tests_enabled() {
         return;
     }
-    let Some(kernel) = iommufd_kernel() else { return };
+    let Some(kernel) = iommufd_kernel() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let output = testbed()
-        .args(["selftests", "--suite", "vfio", "--kernel", &kernel, "--variant", "intel-ir", "--results"])
+        .args([
+            "selftests",
+            "--suite",
+            "vfio",
+            "--kernel",
+            &kernel,
+            "--variant",
+            "intel-ir",
+            "--results",
+        ])
         .arg(tmp.path())
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(out.contains("4 passed, 0 failed, 0 skipped"), "{out}");
-    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log")).unwrap();
-    assert!(log.contains(" vfio_dma_mapping_test.iommufd_anonymous.dma_map_unmap\n"), "{log}");
+    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_dma_mapping_test.log"))
+        .unwrap();
+    assert!(
+        log.contains(" vfio_dma_mapping_test.iommufd_anonymous.dma_map_unmap\n"),
+        "{log}"
+    );
     assert!(!log.contains("not ok "), "{log}");
-    let log = std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_pci_driver_test.log")).unwrap();
-    assert!(log.contains(" vfio_pci_driver_test.iommufd.memcpy_success\n"), "{log}");
-    assert!(log.contains(" vfio_pci_driver_test.iommufd.send_msi\n"), "{log}");
+    let log =
+        std::fs::read_to_string(tmp.path().join("intel-ir/vfio/vfio_pci_driver_test.log")).unwrap();
+    assert!(
+        log.contains(" vfio_pci_driver_test.iommufd.memcpy_success\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" vfio_pci_driver_test.iommufd.send_msi\n"),
+        "{log}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -132,16 +186,32 @@ fn an_overrunning_test_times_out_and_the_boot_goes_on() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let output = selftests(tmp.path())
-        .args(["--variant", "intel-ir", "--test-timeout", "5", "set_memory_region_test", "svm_vmcall_test"])
+        .args([
+            "--variant",
+            "intel-ir",
+            "--test-timeout",
+            "5",
+            "set_memory_region_test",
+            "svm_vmcall_test",
+        ])
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("kvm:set_memory_region_test  intel-ir"), "{out}");
+    assert!(
+        out.contains("kvm:set_memory_region_test  intel-ir"),
+        "{out}"
+    );
     assert!(out.contains("TIMEOUT"), "{out}");
     assert!(out.contains("killed after 5 s"), "{out}");
-    assert!(out.contains("1 passed, 1 failed, 0 skipped (1 timed out)"), "{out}");
-    assert!(!tmp.path().join("intel-ir/boot-1").exists(), "a timeout needs no new boot: {out}");
+    assert!(
+        out.contains("1 passed, 1 failed, 0 skipped (1 timed out)"),
+        "{out}"
+    );
+    assert!(
+        !tmp.path().join("intel-ir/boot-1").exists(),
+        "a timeout needs no new boot: {out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -164,7 +234,10 @@ fn start_and_wait_for_test(tmp: &Path, extra: &[&str]) -> (std::process::Child, 
             panic!("testbed ended before the test started: {}", text(&output));
         }
         // the selftests build may take minutes on a fresh cache
-        assert!(started.elapsed() < Duration::from_secs(1800), "the test never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the test never started"
+        );
         let log = std::fs::read_to_string(&console).unwrap_or_default();
         if log.contains("exec kvm:set_memory_region_test") {
             if let Some(&pid) = qemu_processes_with(tmp).first() {
@@ -190,8 +263,14 @@ fn qemu_dying_during_a_test_is_broken_and_a_fresh_boot_goes_on() {
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("BROKEN"), "{out}");
     assert!(out.contains("qemu exited unexpectedly (killed by signal 9) during selftest kvm:set_memory_region_test"), "{out}");
-    assert!(out.contains("1 passed, 1 failed, 0 skipped (1 broken)"), "{out}");
-    assert!(tmp.path().join("intel-ir/boot-1/console.log").exists(), "{out}");
+    assert!(
+        out.contains("1 passed, 1 failed, 0 skipped (1 broken)"),
+        "{out}"
+    );
+    assert!(
+        tmp.path().join("intel-ir/boot-1/console.log").exists(),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
@@ -209,23 +288,44 @@ fn a_hung_l1_during_a_test_is_broken_and_leaves_nothing_behind() {
     let output = child.wait_with_output().unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("guest hung: no word from the agent for 5s during selftest kvm:set_memory_region_test"), "{out}");
-    assert!(out.contains("1 passed, 1 failed, 0 skipped (1 broken)"), "{out}");
+    assert!(
+        out.contains(
+            "guest hung: no word from the agent for 5s during selftest kvm:set_memory_region_test"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 passed, 1 failed, 0 skipped (1 broken)"),
+        "{out}"
+    );
     assert_no_qemu_left(tmp.path());
 }
 
 #[test]
 fn bad_input_is_exit_2_before_anything_runs() {
     for (args, wanted) in [
-        (&["--suite", "net"][..], "--suite net: unknown selftest suite \"net\""),
+        (
+            &["--suite", "net"][..],
+            "--suite net: unknown selftest suite \"net\"",
+        ),
         (&["--variant", "nope"][..], "unknown variant"),
-        (&["--vfio-device", "vdpa-sim-net"][..], "--vfio-device vdpa-sim-net: not a PCI device model VFIO can take"),
+        (
+            &["--vfio-device", "vdpa-sim-net"][..],
+            "--vfio-device vdpa-sim-net: not a PCI device model VFIO can take",
+        ),
         (&["--baseline", "nope"][..], "--baseline"),
-        (&["--test-timeout", "0"][..], "--test-timeout must be at least 1 second"),
+        (
+            &["--test-timeout", "0"][..],
+            "--test-timeout must be at least 1 second",
+        ),
         (&["--kernel", "debian:x"][..], "debian:x"),
     ] {
         // `selftests()` names the default kernel; a test of --kernel replaces it
-        let mut cmd = if args[0] == "--kernel" { testbed() } else { selftests(Path::new("/nonexistent")) };
+        let mut cmd = if args[0] == "--kernel" {
+            testbed()
+        } else {
+            selftests(Path::new("/nonexistent"))
+        };
         if args[0] == "--kernel" {
             cmd.arg("selftests");
         }

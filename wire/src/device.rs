@@ -233,7 +233,11 @@ const IGB: ModelSpec = ModelSpec {
     qemu_props: "romfile=",
     irq: IrqKind::Msix,
     vectors: IGB_VECTORS,
-    setup: &[w(IGB_GPIE, IGB_GPIE_MULTIPLE_MSIX), w(IGB_EIAC, IGB_ALL), w(IGB_EIMS, IGB_ALL)],
+    setup: &[
+        w(IGB_GPIE, IGB_GPIE_MULTIPLE_MSIX),
+        w(IGB_EIAC, IGB_ALL),
+        w(IGB_EIMS, IGB_ALL),
+    ],
     sriov_vf: false,
     pf_setup: &[],
     fire: &[bit(IGB_EICS, 0)],
@@ -353,7 +357,9 @@ const VP_VDPA_NET: VdpaSpec = VdpaSpec {
     mgmtdev: Mgmtdev::Pci { driver: "vp-vdpa" },
     modules: &["vhost_vdpa", "vp_vdpa"],
     vqs: &[
-        VqFire::Cannot("virtio-net-pci has no network backend: nothing arrives on its receive queue"),
+        VqFire::Cannot(
+            "virtio-net-pci has no network backend: nothing arrives on its receive queue",
+        ),
         VqFire::Tx,
     ],
     queue_irqs: true,
@@ -451,27 +457,49 @@ mod tests {
             let s = m.spec();
             if let Some(v) = m.vdpa() {
                 assert_eq!(s.irq, IrqKind::Vq, "{m:?}");
-                assert_eq!(v.vqs.len() as u32, s.vectors, "{m:?}: one fire rule per virtqueue");
+                assert_eq!(
+                    v.vqs.len() as u32,
+                    s.vectors,
+                    "{m:?}: one fire rule per virtqueue"
+                );
                 assert!(v.vqs.contains(&VqFire::Tx), "{m:?}: no queue can fire");
                 for q in v.vqs {
                     if let VqFire::RxLoopback { tx } = q {
-                        assert_eq!(v.vqs.get(*tx as usize), Some(&VqFire::Tx), "{m:?}: loopback needs a TX queue");
+                        assert_eq!(
+                            v.vqs.get(*tx as usize),
+                            Some(&VqFire::Tx),
+                            "{m:?}: loopback needs a TX queue"
+                        );
                     }
                 }
-                assert!(s.fire.is_empty() && s.setup.is_empty() && !m.can_mask(), "{m:?}: no BAR0 writes");
+                assert!(
+                    s.fire.is_empty() && s.setup.is_empty() && !m.can_mask(),
+                    "{m:?}: no BAR0 writes"
+                );
                 continue;
             }
             assert!(s.qemu_driver.is_some(), "{m:?}: VFIO needs a PCI device");
             assert!(!s.fire.is_empty(), "{m:?}");
-            assert_eq!(s.mask.is_empty(), s.unmask.is_empty(), "{m:?}: mask without unmask");
+            assert_eq!(
+                s.mask.is_empty(),
+                s.unmask.is_empty(),
+                "{m:?}: mask without unmask"
+            );
             for op in s.fire.iter().chain(s.mask).chain(s.unmask) {
                 if let RegValue::VectorBit { shift } = op.value {
-                    assert!(shift + s.vectors <= 32, "{m:?}: vector bits overflow a register");
+                    assert!(
+                        shift + s.vectors <= 32,
+                        "{m:?}: vector bits overflow a register"
+                    );
                 }
             }
             if s.vectors > 1 {
                 let a: Vec<u32> = s.fire.iter().map(|o| o.value.for_vector(0)).collect();
-                let b: Vec<u32> = s.fire.iter().map(|o| o.value.for_vector(s.vectors - 1)).collect();
+                let b: Vec<u32> = s
+                    .fire
+                    .iter()
+                    .map(|o| o.value.for_vector(s.vectors - 1))
+                    .collect();
                 assert_ne!(a, b, "{m:?}: firing vector 0 and the last write the same");
             }
         }
@@ -499,13 +527,24 @@ mod tests {
             .collect();
         assert_eq!(
             ser,
-            [r#""edu""#, r#""igb""#, r#""igb-vf""#, r#""e1000e""#, r#""vdpa-sim-net""#, r#""vp-vdpa-net""#]
+            [
+                r#""edu""#,
+                r#""igb""#,
+                r#""igb-vf""#,
+                r#""e1000e""#,
+                r#""vdpa-sim-net""#,
+                r#""vp-vdpa-net""#
+            ]
         );
         for m in DeviceModel::ALL {
             assert_eq!(m.spec().sriov_vf, !m.spec().pf_setup.is_empty(), "{m:?}");
         }
         assert_eq!(DeviceModel::VpVdpaNet.vector_name("vdpa0", 1), "vdpa0/vq1");
         assert_eq!(DeviceModel::VdpaSimNet.qemu_driver(), None);
-        assert!(!DeviceModel::VdpaSimNet.host_irq() && DeviceModel::VpVdpaNet.host_irq() && DeviceModel::Edu.host_irq());
+        assert!(
+            !DeviceModel::VdpaSimNet.host_irq()
+                && DeviceModel::VpVdpaNet.host_irq()
+                && DeviceModel::Edu.host_irq()
+        );
     }
 }

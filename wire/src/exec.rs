@@ -78,7 +78,11 @@ mod tests {
     fn exec_messages_round_trip() {
         let job = HostMessage::Exec(ExecJob {
             name: "kvm:x86/xapic_ipi_test".into(),
-            argv: vec!["/selftests/kvm/x86/xapic_ipi_test".into(), "-s".into(), "5".into()],
+            argv: vec![
+                "/selftests/kvm/x86/xapic_ipi_test".into(),
+                "-s".into(),
+                "5".into(),
+            ],
             env: vec![("VFIO_SELFTESTS_BDF".into(), "0000:00:04.0".into())],
             cwd: Some("/selftests/kvm".into()),
             timeout_secs: 300,
@@ -91,14 +95,25 @@ mod tests {
             ExecStatus::Exited { code: 4 },
             ExecStatus::Signaled { signal: 6 },
             ExecStatus::TimedOut,
-            ExecStatus::SpawnFailed { error: "ENOENT".into() },
-            ExecStatus::SetupFailed { error: "bind: EBUSY".into() },
+            ExecStatus::SpawnFailed {
+                error: "ENOENT".into(),
+            },
+            ExecStatus::SetupFailed {
+                error: "bind: EBUSY".into(),
+            },
         ] {
-            let m = AgentMessage::Exited(ExecResult { status, millis: 12, dropped_bytes: 0, kernel_warnings: vec![] });
+            let m = AgentMessage::Exited(ExecResult {
+                status,
+                millis: 12,
+                dropped_bytes: 0,
+                kernel_warnings: vec![],
+            });
             let line = serde_json::to_string(&m).unwrap();
             assert_eq!(serde_json::from_str::<AgentMessage>(&line).unwrap(), m);
         }
-        let out = AgentMessage::ExecOutput { line: "ok 1 selftests".into() };
+        let out = AgentMessage::ExecOutput {
+            line: "ok 1 selftests".into(),
+        };
         let line = serde_json::to_string(&out).unwrap();
         assert_eq!(line, r#"{"type":"exec-output","line":"ok 1 selftests"}"#);
     }

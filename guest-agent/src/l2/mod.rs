@@ -31,9 +31,9 @@ use layout::*;
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/l2_program.rs"));
 }
-pub use generated::{PROGRAM, STUBS};
 #[cfg(test)]
 use generated::MAIN_LOOP;
+pub use generated::{PROGRAM, STUBS};
 
 /// How long an L2 may go without progress (reporting ready, acknowledging
 /// a request, sending the next IPI). Generous: on a loaded 2-core host a
@@ -113,7 +113,10 @@ impl GuestMem {
         if ptr == libc::MAP_FAILED {
             return Err(crate::sys::last_err("mmap L2 memory"));
         }
-        Ok(GuestMem { ptr: ptr.cast(), len })
+        Ok(GuestMem {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn load(&self, bytes: &[u8]) {
@@ -230,21 +233,32 @@ impl L2 {
         }
         vcpu.set_cpuid2(&cpuid)
             .map_err(|e| errno_str("KVM_SET_CPUID2", e.errno()))?;
-        let mut sregs = vcpu.get_sregs().map_err(|e| errno_str("KVM_GET_SREGS", e.errno()))?;
-        for s in [&mut sregs.cs, &mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| errno_str("KVM_GET_SREGS", e.errno()))?;
+        for s in [
+            &mut sregs.cs,
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.ss,
+            &mut sregs.fs,
+            &mut sregs.gs,
+        ] {
             s.base = 0;
             s.selector = 0;
         }
         sregs.idt.base = u64::from(IVT);
         sregs.idt.limit = 0x3ff;
-        vcpu.set_sregs(&sregs).map_err(|e| errno_str("KVM_SET_SREGS", e.errno()))?;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| errno_str("KVM_SET_SREGS", e.errno()))?;
         let regs = kvm_bindings::kvm_regs {
             rip: u64::from(CODE),
             rsp: u64::from(STACK_TOP),
             rflags: 0x2,
             ..Default::default()
         };
-        vcpu.set_regs(&regs).map_err(|e| errno_str("KVM_SET_REGS", e.errno()))?;
+        vcpu.set_regs(&regs)
+            .map_err(|e| errno_str("KVM_SET_REGS", e.errno()))?;
         install_kick_handler();
         Ok(L2::with_mem(mem))
     }
@@ -280,7 +294,9 @@ impl L2 {
         };
         let seg = u32::try_from(ack.gpa >> 4).unwrap_or(0) & 0xffff;
         for (off, value) in &ack.writes {
-            let free = [entry, entry + 8].into_iter().find(|e| self.mem.read_u32(*e) & 0xffff == 0);
+            let free = [entry, entry + 8]
+                .into_iter()
+                .find(|e| self.mem.read_u32(*e) & 0xffff == 0);
             let Some(e) = free else {
                 crate::say!("vector {:#x}: more than two level-ack writes", ack.vector);
                 return;
@@ -374,7 +390,9 @@ impl L2 {
         if !self.booted {
             let base = lock(&self.shared).apic_base.unwrap_or(0);
             if base & (APIC_BASE_EN | APIC_BASE_EXTD) != (APIC_BASE_EN | APIC_BASE_EXTD) {
-                return Err(format!("L2 is not in x2APIC mode: IA32_APIC_BASE {base:#x}"));
+                return Err(format!(
+                    "L2 is not in x2APIC mode: IA32_APIC_BASE {base:#x}"
+                ));
             }
             self.booted = true;
         }
@@ -387,11 +405,22 @@ impl L2 {
     /// the L2 to acknowledge, then for the vector's counter to catch up.
     /// Returns (ICR writes the L2 made, interrupts it took on `vector`).
     /// Fails when the L2 stops making progress for `ACK_TIMEOUT`.
-    pub fn ipi(&mut self, vm: &VmFd, vector: u8, count: u32, tick: &mut dyn FnMut()) -> Result<(u64, u64), String> {
+    pub fn ipi(
+        &mut self,
+        vm: &VmFd,
+        vector: u8,
+        count: u32,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(u64, u64), String> {
         let mode = self.mode.ok_or("L2 is not running")?;
         let (sent0, taken0) = (self.mem.read_u32(CTL_IPI_SENT), self.mem.count(vector));
         let mem = self.mem.clone();
-        let progress = || (delta(sent0, mem.read_u32(CTL_IPI_SENT)), delta(taken0, mem.count(vector)));
+        let progress = || {
+            (
+                delta(sent0, mem.read_u32(CTL_IPI_SENT)),
+                delta(taken0, mem.count(vector)),
+            )
+        };
         self.ipi_gen = self.ipi_gen.wrapping_add(1);
         self.mem.write_u32(CTL_IPI_VECTOR, u32::from(vector));
         self.mem.write_u32(CTL_IPI_COUNT, count);
@@ -464,7 +493,10 @@ impl L2 {
 
     /// Exceptions the L2 took (vectors 0..31): a broken program, not an interrupt.
     pub fn exceptions(&self) -> Vec<(u8, u32)> {
-        (0..32u8).map(|v| (v, self.mem.count(v))).filter(|(_, c)| *c > 0).collect()
+        (0..32u8)
+            .map(|v| (v, self.mem.count(v)))
+            .filter(|(_, c)| *c > 0)
+            .collect()
     }
 
     /// One line for the console: how the L2 spent its time and what it took.
@@ -503,7 +535,9 @@ fn kick(vm: &VmFd) -> Result<(), String> {
         data: u32::from(KICK_VECTOR),
         ..Default::default()
     };
-    vm.signal_msi(msi).map(|_| ()).map_err(|e| errno_str("KVM_SIGNAL_MSI", e.errno()))
+    vm.signal_msi(msi)
+        .map(|_| ())
+        .map_err(|e| errno_str("KVM_SIGNAL_MSI", e.errno()))
 }
 
 /// KVM_RUN until the L2 parks, the agent stops us, or something unexpected.
@@ -525,7 +559,9 @@ fn vcpu_loop(vcpu: &mut VcpuFd, shared: &Mutex<Shared>, stop: &AtomicBool) {
             Ok(VcpuExit::IoIn(port, _)) => Some(format!("read unexpected port {port:#x}")),
             Ok(VcpuExit::Shutdown) => Some("shut down (triple fault)".into()),
             Ok(VcpuExit::Hlt) => Some("halted to userspace (no in-kernel LAPIC?)".into()),
-            Ok(VcpuExit::FailEntry(reason, _)) => Some(format!("failed entry (reason {reason:#x})")),
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                Some(format!("failed entry (reason {reason:#x})"))
+            }
             Ok(VcpuExit::InternalError) => Some("KVM internal error".into()),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => Some(format!("unexpected exit {other:?}")),
@@ -533,7 +569,10 @@ fn vcpu_loop(vcpu: &mut VcpuFd, shared: &Mutex<Shared>, stop: &AtomicBool) {
             Err(e) => Some(errno_str("KVM_RUN", e.errno())),
         };
         if let Some(what) = problem {
-            let rip = vcpu.get_regs().map(|r| format!(" at rip {:#x}", r.rip)).unwrap_or_default();
+            let rip = vcpu
+                .get_regs()
+                .map(|r| format!(" at rip {:#x}", r.rip))
+                .unwrap_or_default();
             lock(shared).error = Some(format!("L2 {what}{rip}"));
             return;
         }
@@ -557,8 +596,20 @@ mod tests {
         // every ctl field and counter is aligned (volatile u32 access)
         assert!(CTL_IPI_SENT + 4 <= COUNTERS);
         for a in [
-            CTL_MODE, CTL_REQ, CTL_ACK, CTL_PERIOD, CTL_ITER, CTL_HALTS, CTL_APIC_BASE, CTL_X2APIC_ID,
-            CTL_IPI_VECTOR, CTL_IPI_COUNT, CTL_IPI_REQ, CTL_IPI_ACK, CTL_IPI_SENT, counter(0x40),
+            CTL_MODE,
+            CTL_REQ,
+            CTL_ACK,
+            CTL_PERIOD,
+            CTL_ITER,
+            CTL_HALTS,
+            CTL_APIC_BASE,
+            CTL_X2APIC_ID,
+            CTL_IPI_VECTOR,
+            CTL_IPI_COUNT,
+            CTL_IPI_REQ,
+            CTL_IPI_ACK,
+            CTL_IPI_SENT,
+            counter(0x40),
         ] {
             assert_eq!(a % 4, 0);
         }
@@ -571,7 +622,10 @@ mod tests {
     fn vectors_the_agent_uses_are_distinct_from_route_vectors() {
         // routes use 0x40 + n (runner::FIRST_VECTOR); the L2's own vectors stay below
         assert!(TIMER_VECTOR < 0x40 && KICK_VECTOR < 0x40);
-        assert!(TIMER_VECTOR >= 0x20 && KICK_VECTOR >= 0x20, "not exception vectors");
+        assert!(
+            TIMER_VECTOR >= 0x20 && KICK_VECTOR >= 0x20,
+            "not exception vectors"
+        );
         // a route vector outranks the kick (priority class = vector >> 4), so
         // an acknowledged kick means pending route interrupts were taken first
         assert!(0x40 >> 4 > KICK_VECTOR >> 4);
@@ -610,7 +664,11 @@ mod tests {
             // the stub is `inc dword [disp16]` (66 ff 06 lo hi) of its own counter
             let s = usize::from(off);
             let c = counter(v as u8).to_le_bytes();
-            assert_eq!(&m[s..s + 5], &[0x66, 0xff, 0x06, c[0], c[1]], "stub of vector {v:#x}");
+            assert_eq!(
+                &m[s..s + 5],
+                &[0x66, 0xff, 0x06, c[0], c[1]],
+                "stub of vector {v:#x}"
+            );
         }
     }
 
@@ -620,7 +678,10 @@ mod tests {
         let tail = &PROGRAM[PROGRAM.len() - 17..];
         assert_eq!(
             tail,
-            &[0x07, 0x66, 0x5d, 0x66, 0x5f, 0x66, 0x5b, 0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0x83, 0xc4, 0x02, 0xcf]
+            &[
+                0x07, 0x66, 0x5d, 0x66, 0x5f, 0x66, 0x5b, 0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0x83,
+                0xc4, 0x02, 0xcf
+            ]
         );
         let eoi = [0x66, 0xb9, 0x0b, 0x08, 0x00, 0x00];
         assert!(PROGRAM.windows(6).any(|w| w == eoi), "mov ecx, 0x80b");
@@ -639,7 +700,11 @@ mod tests {
         const { assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE) };
         const { assert!(CTL_EOIS + 4 <= COUNTERS) };
         let l2 = L2::with_mem(GuestMem::new(MEM_SIZE).unwrap());
-        let ack = |gpa| crate::kvm::LevelAck { vector: 0x41, gpa, writes: vec![(0x64, 1)] };
+        let ack = |gpa| crate::kvm::LevelAck {
+            vector: 0x41,
+            gpa,
+            writes: vec![(0x64, 1)],
+        };
         l2.set_level_ack(&ack(0x10000));
         l2.set_level_ack(&ack(0x11000));
         let e = ACKS + ACK_ENTRY;
@@ -660,7 +725,11 @@ mod tests {
             wire::DEFAULT_ALTERNATE_MS * 1_000_000
         );
         let mode = usize::from(CTL_MODE);
-        assert_eq!(&m[mode..mode + 4], &[0, 0, 0, 0], "running until told otherwise");
+        assert_eq!(
+            &m[mode..mode + 4],
+            &[0, 0, 0, 0],
+            "running until told otherwise"
+        );
     }
 
     #[test]
@@ -691,6 +760,9 @@ mod tests {
         // SAFETY: in bounds of the mapping.
         let raw = unsafe { std::slice::from_raw_parts(m.ptr.add(usize::from(counter(0x42))), 4) };
         assert_eq!(raw, &[9, 0, 0, 0]);
-        assert_eq!(m.read_u32(CTL_PERIOD), period_count(wire::DEFAULT_ALTERNATE_MS));
+        assert_eq!(
+            m.read_u32(CTL_PERIOD),
+            period_count(wire::DEFAULT_ALTERNATE_MS)
+        );
     }
 }

@@ -184,9 +184,9 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.mov(edi, dword_ptr(timer))?;
     a.mov(eax, dword_ptr(CTL_PERIOD))?;
     a.wrmsr()?; // ecx, edx unchanged
-    // the nap's checks, like `halted`'s, run with interrupts off: the
-    // one-shot timer may fire (and be taken) before the `hlt` is reached
-    // when L1 preempts the L2 for longer than a period
+                // the nap's checks, like `halted`'s, run with interrupts off: the
+                // one-shot timer may fire (and be taken) before the `hlt` is reached
+                // when L1 preempts the L2 for longer than a period
     a.set_label(&mut nap)?;
     a.cli()?;
     a.cmp(esi, dword_ptr(CTL_REQ))?;
@@ -255,12 +255,19 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.add(sp, 2)?;
     a.iret()?;
 
-    let res = a.assemble_options(u64::from(CODE), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let res = a.assemble_options(
+        u64::from(CODE),
+        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )?;
     let ip = |l: &CodeLabel| -> Result<u16, IcedError> {
         let v = res.label_ip(l)?;
         Ok(u16::try_from(v).expect("label beyond 64 KiB"))
     };
     let stubs = stubs.iter().map(ip).collect::<Result<Vec<_>, _>>()?;
     let main_loop = ip(&main)?;
-    Ok(Assembled { code: res.inner.code_buffer, stubs, main_loop })
+    Ok(Assembled {
+        code: res.inner.code_buffer,
+        stubs,
+        main_loop,
+    })
 }

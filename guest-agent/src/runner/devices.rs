@@ -92,23 +92,27 @@ impl Runner {
                     st.bdf(device).and_then(|bdf| unbind_vfio_pci(&bdf))
                 }
             }
-            Step::Fire { vector, count } => match self.fire(st, vector, *count, Source::Device, index, send) {
-                Ok(c) => {
-                    if st.masked.contains(vector) {
-                        st.pending.insert(vector.clone());
+            Step::Fire { vector, count } => {
+                match self.fire(st, vector, *count, Source::Device, index, send) {
+                    Ok(c) => {
+                        if st.masked.contains(vector) {
+                            st.pending.insert(vector.clone());
+                        }
+                        out.interrupts.push(c);
+                        Ok(())
                     }
-                    out.interrupts.push(c);
-                    Ok(())
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            Step::Signal { vector, count } => match self.fire(st, vector, *count, Source::Eventfd, index, send) {
-                Ok(c) => {
-                    out.interrupts.push(c);
-                    Ok(())
+            }
+            Step::Signal { vector, count } => {
+                match self.fire(st, vector, *count, Source::Eventfd, index, send) {
+                    Ok(c) => {
+                        out.interrupts.push(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Step::CloseDevice { device } => {
                 if let Some(i) = st.open.iter().position(|(n, _)| n == device) {
                     drop(st.open.remove(i));
@@ -140,7 +144,11 @@ impl Runner {
             let dev = VdpaDevice::open(device, &d.bdf, spec)?;
             say!(
                 "{device}: vDPA device on {}, open through vhost-vdpa",
-                if d.bdf.is_empty() { d.model.label().to_string() } else { d.bdf.clone() }
+                if d.bdf.is_empty() {
+                    d.model.label().to_string()
+                } else {
+                    d.bdf.clone()
+                }
             );
             st.vdpa.push((device.to_string(), dev));
             return Ok(());
@@ -151,7 +159,10 @@ impl Runner {
             bind_vfio_pci(&d.bdf)?;
             let pf = VfioDevice::open(&d.bdf)?;
             write_ops(&pf, spec.pf_setup, 0).map_err(|e| format!("{device} PF setup: {e}"))?;
-            let pf = Box::new(SriovPf { bdf: d.bdf.clone(), dev: pf });
+            let pf = Box::new(SriovPf {
+                bdf: d.bdf.clone(),
+                dev: pf,
+            });
             let (vf_bdf, token) = enable_one_vf(&pf.dev)?;
             bind_vfio_pci(&vf_bdf)?;
             let mut vf = VfioDevice::open_with_token(&vf_bdf, Some(&token))?;
@@ -188,12 +199,19 @@ impl Runner {
         if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(name.clone()) {
             e.insert(new_vector()?);
         }
-        st.device(device)?.set_intx(Some(st.vectors[&name].eventfd.as_raw_fd()))?;
-        st.wired.insert(device.to_string(), [0].into_iter().collect());
+        st.device(device)?
+            .set_intx(Some(st.vectors[&name].eventfd.as_raw_fd()))?;
+        st.wired
+            .insert(device.to_string(), [0].into_iter().collect());
         Ok(())
     }
 
-    pub(super) fn enable_msi(&mut self, st: &mut JobState, device: &str, n: u32) -> Result<(), String> {
+    pub(super) fn enable_msi(
+        &mut self,
+        st: &mut JobState,
+        device: &str,
+        n: u32,
+    ) -> Result<(), String> {
         st.device(device)?;
         if st.model(device)?.irq != IrqKind::Msi {
             return Err(format!("{device} has no MSI: use enable-msix"));
@@ -218,20 +236,34 @@ impl Runner {
     }
 
     /// Give the vDPA device's virtqueues in `want` their call eventfds, then DRIVER_OK.
-    pub(super) fn enable_vqs(&mut self, st: &mut JobState, device: &str, want: &[u32]) -> Result<(), String> {
+    pub(super) fn enable_vqs(
+        &mut self,
+        st: &mut JobState,
+        device: &str,
+        want: &[u32],
+    ) -> Result<(), String> {
         st.vdpa(device)?;
         let model = st.devices[device].model;
         if want.is_empty() {
             return Err("enable-vqs with no virtqueues".into());
         }
         for n in want {
-            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                st.vectors.entry(model.vector_name(device, *n))
+            {
                 e.insert(new_vector()?);
             }
         }
         let wired: Vec<(u32, i32)> = want
             .iter()
-            .map(|n| (*n, st.vectors[&model.vector_name(device, *n)].eventfd.as_raw_fd()))
+            .map(|n| {
+                (
+                    *n,
+                    st.vectors[&model.vector_name(device, *n)]
+                        .eventfd
+                        .as_raw_fd(),
+                )
+            })
             .collect();
         let dev = st
             .vdpa
@@ -240,14 +272,20 @@ impl Runner {
             .map(|(_, d)| d)
             .ok_or_else(|| format!("device {device} is not open"))?;
         dev.enable(&wired)?;
-        st.wired.insert(device.to_string(), want.iter().copied().collect());
+        st.wired
+            .insert(device.to_string(), want.iter().copied().collect());
         Ok(())
     }
 
     /// Wire exactly `want` of an MSI-X device's vectors: enable MSI-X with
     /// them, or, while enabled, give added vectors an eventfd and take it
     /// from dropped ones, one vector at a time, leaving kept ones alone.
-    pub(super) fn enable_msix(&mut self, st: &mut JobState, device: &str, want: &[u32]) -> Result<(), String> {
+    pub(super) fn enable_msix(
+        &mut self,
+        st: &mut JobState,
+        device: &str,
+        want: &[u32],
+    ) -> Result<(), String> {
         st.device(device)?;
         let spec = st.model(device)?;
         let model = st.devices[device].model;
@@ -255,17 +293,26 @@ impl Runner {
             return Err(format!("{device} has no MSI-X: use enable-msi"));
         }
         if let Some(n) = want.iter().find(|n| **n >= spec.vectors) {
-            return Err(format!("{device} has no MSI-X vector {n} (it has {})", spec.vectors));
+            return Err(format!(
+                "{device} has no MSI-X vector {n} (it has {})",
+                spec.vectors
+            ));
         }
         if want.is_empty() {
             return Err("enable-msix with no vectors".into());
         }
         for n in want {
-            if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(model.vector_name(device, *n)) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                st.vectors.entry(model.vector_name(device, *n))
+            {
                 e.insert(new_vector()?);
             }
         }
-        let fd = |st: &JobState, n: u32| st.vectors[&model.vector_name(device, n)].eventfd.as_raw_fd();
+        let fd = |st: &JobState, n: u32| {
+            st.vectors[&model.vector_name(device, n)]
+                .eventfd
+                .as_raw_fd()
+        };
         let want_set: BTreeSet<u32> = want.iter().copied().collect();
         match st.wired.get(device).cloned() {
             None => {

@@ -65,8 +65,18 @@ impl Runner {
         let mut pins = Vec::new();
         for (_, vm) in &st.vms {
             if vm.irqfds.contains_key(vector) {
-                routes.extend(vm.routes().iter().filter(|r| r.source == vector).map(|r| r.vector));
-                pins.extend(vm.routes().iter().filter(|r| r.source == vector).filter_map(|r| r.pin));
+                routes.extend(
+                    vm.routes()
+                        .iter()
+                        .filter(|r| r.source == vector)
+                        .map(|r| r.vector),
+                );
+                pins.extend(
+                    vm.routes()
+                        .iter()
+                        .filter(|r| r.source == vector)
+                        .filter_map(|r| r.pin),
+                );
             }
         }
         let intx = kind == "intx";
@@ -84,23 +94,33 @@ impl Runner {
             }
             let Some(l2) = vm.running_l2() else { continue };
             if let Some(r) = vm.routes().iter().find(|r| r.source == vector) {
-                l2s.push((name.clone(), l2.mem.clone(), r.vector, l2.mem.count(r.vector), l2.eois()));
+                l2s.push((
+                    name.clone(),
+                    l2.mem.clone(),
+                    r.vector,
+                    l2.mem.count(r.vector),
+                    l2.eois(),
+                ));
             }
         }
         // delivered in each L2; for a level interrupt only once the handler
         // is done (device acked, EOI written: the line is re-armed by then)
-        let delivered = |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32, u32)]| -> Vec<u64> {
-            l2s.iter()
-                .map(|(_, m, v, base, eois)| {
-                    let d = crate::l2::delta(*base, m.count(*v));
-                    if intx {
-                        d.min(crate::l2::delta(*eois, m.read_u32(crate::l2::layout::CTL_EOIS)))
-                    } else {
-                        d
-                    }
-                })
-                .collect()
-        };
+        let delivered =
+            |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32, u32)]| -> Vec<u64> {
+                l2s.iter()
+                    .map(|(_, m, v, base, eois)| {
+                        let d = crate::l2::delta(*base, m.count(*v));
+                        if intx {
+                            d.min(crate::l2::delta(
+                                *eois,
+                                m.read_u32(crate::l2::layout::CTL_EOIS),
+                            ))
+                        } else {
+                            d
+                        }
+                    })
+                    .collect()
+            };
         let fire_t0 = Instant::now();
         let dev = match source {
             Source::Device | Source::Unmask if matches!(spec.attach, wire::Attach::Vdpa(_)) => {
@@ -174,7 +194,10 @@ impl Runner {
                     }
                 } else if held {
                     self.poll_trace();
-                    let host = host_line().map(|l| l.count).unwrap_or(0).saturating_sub(base);
+                    let host = host_line()
+                        .map(|l| l.count)
+                        .unwrap_or(0)
+                        .saturating_sub(base);
                     if host > i || self.injected_for(intx, &routes, &pins) > i {
                         break;
                     }
@@ -190,10 +213,11 @@ impl Runner {
                         "fire {vector}: interrupt {} not accounted after {FIRE_TIMEOUT:?}",
                         i + 1
                     );
-                    let dead = st
-                        .vms
-                        .iter()
-                        .find_map(|(n, vm)| vm.running_l2().and_then(|l| l.error()).map(|e| format!("{n}: {e}")));
+                    let dead = st.vms.iter().find_map(|(n, vm)| {
+                        vm.running_l2()
+                            .and_then(|l| l.error())
+                            .map(|e| format!("{n}: {e}"))
+                    });
                     if let Some(e) = dead {
                         let _ = ack(dev);
                         return Err(e);
@@ -257,7 +281,10 @@ impl Runner {
             vector: vector.to_string(),
             raised: u64::from(count),
             signalled: (!held).then_some(signalled),
-            host_irq: line.as_ref().map(|l| l.count.saturating_sub(base)).unwrap_or(0),
+            host_irq: line
+                .as_ref()
+                .map(|l| l.count.saturating_sub(base))
+                .unwrap_or(0),
             host_chip: line.map(|l| normalize_chip(&l.chip)),
             injected: self.injected_for(intx, &routes, &pins),
             resampled: intx.then(|| self.level_counts(&pins).0),

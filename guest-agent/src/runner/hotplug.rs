@@ -47,10 +47,16 @@ impl Runner {
     ) -> Result<(), String> {
         let bdf = st.bdf(device)?;
         let mut released = false;
-        let action = HostAction::DeviceDel { device: device.to_string() };
+        let action = HostAction::DeviceDel {
+            device: device.to_string(),
+        };
         self.host_action(index, action, send, recv, &mut || {
             // vfio-pci's remove waits for us: close the device when asked
-            if let Some(pos) = st.open.iter().position(|(n, d)| n == device && d.release_requested()) {
+            if let Some(pos) = st
+                .open
+                .iter()
+                .position(|(n, d)| n == device && d.release_requested())
+            {
                 drop(st.open.remove(pos));
                 st.forget_device(device);
                 released = true;
@@ -65,7 +71,10 @@ impl Runner {
         // the host IRQ lines go with the device
         let lines = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
         if let Some(l) = lines.lines().find(|l| l.contains(&format!("({bdf})"))) {
-            return Err(format!("{device} is gone but L1 still has its IRQ line: {}", l.trim()));
+            return Err(format!(
+                "{device} is gone but L1 still has its IRQ line: {}",
+                l.trim()
+            ));
         }
         Ok(())
     }
@@ -79,25 +88,47 @@ impl Runner {
         recv: &mut Recv<'_>,
     ) -> Result<(), String> {
         let bdf = st.bdf(device)?;
-        self.host_action(index, HostAction::DeviceAdd { device: device.to_string() }, send, recv, &mut || {})?;
+        self.host_action(
+            index,
+            HostAction::DeviceAdd {
+                device: device.to_string(),
+            },
+            send,
+            recv,
+            &mut || {},
+        )?;
         let t0 = Instant::now();
         let dir = dev_dir(&bdf);
         // L1 creates the device before it assigns its BARs; opening it
         // before that fails (pci_enable_device), so wait for BAR0 too
         let bar0_assigned = || {
-            std::fs::read_to_string(dir.join("resource")).ok().and_then(|t| {
-                let start = t.lines().next()?.split_whitespace().next()?.trim_start_matches("0x").to_owned();
-                u64::from_str_radix(&start, 16).ok()
-            }).is_some_and(|start| start != 0)
+            std::fs::read_to_string(dir.join("resource"))
+                .ok()
+                .and_then(|t| {
+                    let start = t
+                        .lines()
+                        .next()?
+                        .split_whitespace()
+                        .next()?
+                        .trim_start_matches("0x")
+                        .to_owned();
+                    u64::from_str_radix(&start, 16).ok()
+                })
+                .is_some_and(|start| start != 0)
         };
         while !bar0_assigned() {
             if t0.elapsed() > REPLUG_TIMEOUT {
-                return Err(format!("{device} ({bdf}) did not appear in L1 within {REPLUG_TIMEOUT:?} of device_add"));
+                return Err(format!(
+                    "{device} ({bdf}) did not appear in L1 within {REPLUG_TIMEOUT:?} of device_add"
+                ));
             }
             self.heartbeat(index, send);
             sleep(Duration::from_millis(20));
         }
-        say!("{device} ({bdf}) back after {} ms", t0.elapsed().as_millis());
+        say!(
+            "{device} ({bdf}) back after {} ms",
+            t0.elapsed().as_millis()
+        );
         Ok(())
     }
 }

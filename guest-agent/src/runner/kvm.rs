@@ -35,7 +35,12 @@ impl Runner {
                     Vm::create().map(|v| st.vms.push((vm.clone(), v)))
                 }
             }
-            Step::Irqfd { vm, vector, resample, pin } => {
+            Step::Irqfd {
+                vm,
+                vector,
+                resample,
+                pin,
+            } => {
                 out.names.consumer = Some(format!("{vm}:{vector}"));
                 let r = self.irqfd(st, vm, vector, *resample, *pin);
                 if r.is_ok() {
@@ -43,20 +48,24 @@ impl Runner {
                 }
                 r
             }
-            Step::IrqfdDeassign { vm, vector } => match st.vectors.get(vector).map(|v| &v.eventfd) {
-                None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
-                Some(fd) => {
-                    let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
-                    fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
+            Step::IrqfdDeassign { vm, vector } => {
+                match st.vectors.get(vector).map(|v| &v.eventfd) {
+                    None => Err(format!("vector {vector} has no eventfd (no enable-msi?)")),
+                    Some(fd) => {
+                        let fd = fd.try_clone().map_err(|e| errstr("dup eventfd", &e));
+                        fd.and_then(|fd| st.vm(vm)?.irqfd_deassign(vector, &fd))
+                    }
                 }
-            },
+            }
             Step::DestroyVm { vm } => match st.vms.iter().position(|(n, _)| n == vm) {
                 Some(i) => {
                     let (name, mut v) = st.vms.remove(i);
                     // stop a running L2 first, so that its errors are this step's
                     let r = match v.running_l2().map(|l| l.stats()) {
                         Some(stats) => {
-                            let r = v.stop_l2().map_err(|e| format!("stopping the L2 of {name}: {e}"));
+                            let r = v
+                                .stop_l2()
+                                .map_err(|e| format!("stopping the L2 of {name}: {e}"));
                             say!("{name}: L2 stopped ({stats})");
                             r
                         }
@@ -67,11 +76,16 @@ impl Runner {
                 }
                 None => Err(format!("no VM named {vm}")),
             },
-            Step::StartVm { vm, mode, period_ms } => {
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
                 let period = period_ms.unwrap_or(wire::DEFAULT_ALTERNATE_MS);
                 let last_sent = &mut self.last_sent;
                 let mut tick = || {
-                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
                         send(AgentMessage::Progress { index });
                         *last_sent = Instant::now();
                     }
@@ -79,14 +93,19 @@ impl Runner {
                 let t0 = Instant::now();
                 let r = st.vm(vm).and_then(|v| v.start_l2(*mode, period, &mut tick));
                 if r.is_ok() {
-                    say!("{vm}: L2 {} after {} us", mode.name(), t0.elapsed().as_micros());
+                    say!(
+                        "{vm}: L2 {} after {} us",
+                        mode.name(),
+                        t0.elapsed().as_micros()
+                    );
                 }
                 r.map_err(|e| format!("{vm}: {e}"))
             }
             Step::Ipi { vm, vector, count } => {
                 let last_sent = &mut self.last_sent;
                 let mut tick = || {
-                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
+                    if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2)
+                    {
                         send(AgentMessage::Progress { index });
                         *last_sent = Instant::now();
                     }
@@ -195,7 +214,12 @@ impl Runner {
     }
 
     /// VFIO's INTx unmask-by-eventfd, wired to `vm`'s resample eventfd of `vector`.
-    pub(super) fn intx_unmask(&mut self, st: &mut JobState, vm: &str, vector: &str) -> Result<(), String> {
+    pub(super) fn intx_unmask(
+        &mut self,
+        st: &mut JobState,
+        vm: &str,
+        vector: &str,
+    ) -> Result<(), String> {
         let (device, _, _) = parse_vector(vector)?;
         let fd = st
             .vm(vm)?

@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
-use wire::{AgentMessage, BypassEvent, Done, HostMessage, Job, JobDevice, Step, StepReport, VectorCount};
+use wire::{
+    AgentMessage, BypassEvent, Done, HostMessage, Job, JobDevice, Step, StepReport, VectorCount,
+};
 
 use crate::attrib::{Attributor, StepNames};
 use crate::kvm::Vm;
@@ -110,7 +112,9 @@ impl JobState {
 
 /// `dev0/msi3` -> (`dev0`, `msi`, 3); `vdpa0/vq1` -> (`vdpa0`, `vq`, 1).
 pub fn parse_vector(name: &str) -> Result<(&str, &str, u32), String> {
-    let bad = || format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)");
+    let bad = || {
+        format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)")
+    };
     let (dev, v) = name.split_once('/').ok_or_else(bad)?;
     let (kind, idx) = if let Some(i) = v.strip_prefix("intx") {
         ("intx", i)
@@ -180,7 +184,11 @@ impl Runner {
     /// The kernel warnings logged since the last call, each also said on
     /// the console next to the step it belongs to.
     pub fn new_kernel_warnings(&mut self) -> Vec<String> {
-        let warnings = self.kernel_log.as_mut().map(|k| k.new_warnings()).unwrap_or_default();
+        let warnings = self
+            .kernel_log
+            .as_mut()
+            .map(|k| k.new_warnings())
+            .unwrap_or_default();
         for w in &warnings {
             say!("kernel warned: {w}");
         }
@@ -228,7 +236,11 @@ impl Runner {
             .iter()
             .filter(|r| matches!(r.event, KEvent::AckIrq { pin } if pins.contains(&pin)))
             .count() as u64;
-        let unmasked = self.acc.iter().filter(|r| r.event == KEvent::IntxUnmask).count() as u64;
+        let unmasked = self
+            .acc
+            .iter()
+            .filter(|r| r.event == KEvent::IntxUnmask)
+            .count() as u64;
         (acked, unmasked)
     }
 
@@ -251,12 +263,21 @@ impl Runner {
 
     /// Run a job, calling `send` with each step report (and progress during
     /// long steps); returns the Done message.
-    pub fn run(&mut self, job: &Job, send: &mut dyn FnMut(AgentMessage), recv: &mut Recv<'_>) -> Done {
+    pub fn run(
+        &mut self,
+        job: &Job,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Done {
         self.last_sent = Instant::now();
         self.attrib.reset();
         self.connected.clear();
         let mut st = JobState {
-            devices: job.devices.iter().map(|d| (d.name.clone(), d.clone())).collect(),
+            devices: job
+                .devices
+                .iter()
+                .map(|d| (d.name.clone(), d.clone()))
+                .collect(),
             ..Default::default()
         };
         say!("job {}: {} steps", job.scenario, job.steps.len());
@@ -369,7 +390,8 @@ impl Runner {
             Step::PanicL1 => {
                 say!("panicking the kernel through sysrq-c, as the scenario asks");
                 let _ = std::fs::write("/proc/sys/kernel/sysrq", "1\n");
-                std::fs::write("/proc/sysrq-trigger", "c").map_err(|e| format!("/proc/sysrq-trigger: {e}"))
+                std::fs::write("/proc/sysrq-trigger", "c")
+                    .map_err(|e| format!("/proc/sysrq-trigger: {e}"))
             }
         };
         let StepOut {
@@ -383,7 +405,9 @@ impl Runner {
         let obs = self.attrib.process(&self.acc, &names);
         for ev in &obs.events {
             match ev {
-                BypassEvent::Connected { producer, ret: 0, .. } => {
+                BypassEvent::Connected {
+                    producer, ret: 0, ..
+                } => {
                     self.connected.insert(producer.clone());
                 }
                 BypassEvent::Disconnected { producer, .. } => {
@@ -408,7 +432,10 @@ impl Runner {
         }
         let mut error = result.err();
         if error.is_none() && obs.lost > 0 {
-            error = Some(format!("trace lost {} events: observation incomplete", obs.lost));
+            error = Some(format!(
+                "trace lost {} events: observation incomplete",
+                obs.lost
+            ));
         }
         let mut kernel_warnings = std::mem::take(&mut self.warnings_before);
         kernel_warnings.extend(self.new_kernel_warnings());
@@ -421,7 +448,6 @@ impl Runner {
             l2: l2_report,
         }
     }
-
 }
 
 #[cfg(test)]

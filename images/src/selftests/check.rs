@@ -42,7 +42,9 @@ pub(crate) fn exec_kind(path: &Path) -> std::io::Result<ExecKind> {
         return Ok(ExecKind::Script);
     }
     if !head.starts_with(b"\x7fELF") {
-        return Ok(ExecKind::Other("neither an ELF file nor a #! script".into()));
+        return Ok(ExecKind::Other(
+            "neither an ELF file nor a #! script".into(),
+        ));
     }
     let bad = |why: &str| Ok(ExecKind::Other(format!("bad ELF file: {why}")));
     if n < 52 {
@@ -60,24 +62,44 @@ pub(crate) fn exec_kind(path: &Path) -> std::io::Result<ExecKind> {
     };
     let u16_at = |b: &[u8], o: usize| {
         let v = [b[o], b[o + 1]];
-        if le { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) }
+        if le {
+            u16::from_le_bytes(v)
+        } else {
+            u16::from_be_bytes(v)
+        }
     };
     let u32_at = |b: &[u8], o: usize| {
         let v = [b[o], b[o + 1], b[o + 2], b[o + 3]];
-        if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }
+        if le {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        }
     };
     let u64_at = |b: &[u8], o: usize| {
         let mut v = [0u8; 8];
         v.copy_from_slice(&b[o..o + 8]);
-        if le { u64::from_le_bytes(v) } else { u64::from_be_bytes(v) }
+        if le {
+            u64::from_le_bytes(v)
+        } else {
+            u64::from_be_bytes(v)
+        }
     };
     let (phoff, phentsize, phnum) = if is64 {
         if n < 64 {
             return bad("truncated header");
         }
-        (u64_at(head, 0x20), u16_at(head, 0x36) as usize, u16_at(head, 0x38) as usize)
+        (
+            u64_at(head, 0x20),
+            u16_at(head, 0x36) as usize,
+            u16_at(head, 0x38) as usize,
+        )
     } else {
-        (u32_at(head, 0x1c) as u64, u16_at(head, 0x2a) as usize, u16_at(head, 0x2c) as usize)
+        (
+            u32_at(head, 0x1c) as u64,
+            u16_at(head, 0x2a) as usize,
+            u16_at(head, 0x2c) as usize,
+        )
     };
     let min_entsize = if is64 { 56 } else { 32 };
     if phnum == 0 {
@@ -95,13 +117,19 @@ pub(crate) fn exec_kind(path: &Path) -> std::io::Result<ExecKind> {
         if u32_at(ph, 0) != PT_INTERP {
             continue;
         }
-        let (offset, size) = if is64 { (u64_at(ph, 8), u64_at(ph, 32)) } else { (u32_at(ph, 4) as u64, u32_at(ph, 16) as u64) };
+        let (offset, size) = if is64 {
+            (u64_at(ph, 8), u64_at(ph, 32))
+        } else {
+            (u32_at(ph, 4) as u64, u32_at(ph, 16) as u64)
+        };
         let mut interp = vec![0u8; size.min(4096) as usize];
         f.seek(SeekFrom::Start(offset))?;
         let got = read_up_to(&mut f, &mut interp)?;
         interp.truncate(got);
         let end = interp.iter().position(|&b| b == 0).unwrap_or(interp.len());
-        return Ok(ExecKind::DynamicElf(String::from_utf8_lossy(&interp[..end]).into_owned()));
+        return Ok(ExecKind::DynamicElf(
+            String::from_utf8_lossy(&interp[..end]).into_owned(),
+        ));
     }
     Ok(ExecKind::StaticElf)
 }
@@ -130,7 +158,11 @@ pub(crate) fn first_error(text: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     lines
         .iter()
-        .find(|l| l.contains(": error:") || l.contains("undefined reference to") || l.contains(": fatal error:"))
+        .find(|l| {
+            l.contains(": error:")
+                || l.contains("undefined reference to")
+                || l.contains(": fatal error:")
+        })
         .or_else(|| lines.iter().find(|l| l.contains("*** ")))
         .map(|l| l.trim().to_string())
 }
@@ -193,10 +225,16 @@ pub(crate) mod tests {
         fs::write(p("text"), "timeout=120\n").unwrap();
         fs::write(p("short"), b"\x7fELF\x02\x01").unwrap();
         assert_eq!(exec_kind(&p("static")).unwrap(), ExecKind::StaticElf);
-        assert_eq!(exec_kind(&p("dynamic")).unwrap(), ExecKind::DynamicElf("/lib64/ld-linux-x86-64.so.2".into()));
+        assert_eq!(
+            exec_kind(&p("dynamic")).unwrap(),
+            ExecKind::DynamicElf("/lib64/ld-linux-x86-64.so.2".into())
+        );
         assert_eq!(exec_kind(&p("script.sh")).unwrap(), ExecKind::Script);
         assert!(matches!(exec_kind(&p("text")).unwrap(), ExecKind::Other(_)));
-        assert_eq!(exec_kind(&p("short")).unwrap(), ExecKind::Other("bad ELF file: truncated header".into()));
+        assert_eq!(
+            exec_kind(&p("short")).unwrap(),
+            ExecKind::Other("bad ELF file: truncated header".into())
+        );
         assert!(exec_kind(&p("absent")).is_err());
         // the system's own (dynamically linked) shell, when it is one
         if let Ok(ExecKind::DynamicElf(interp)) = exec_kind(Path::new("/bin/sh")) {
@@ -222,7 +260,9 @@ pub(crate) mod tests {
 
     #[test]
     fn log_lines() {
-        assert!(is_compile_line("gcc -D_GNU_SOURCE= -Wall -c lib/kvm_util.c -o /x/lib/kvm_util.o"));
+        assert!(is_compile_line(
+            "gcc -D_GNU_SOURCE= -Wall -c lib/kvm_util.c -o /x/lib/kvm_util.o"
+        ));
         assert!(is_compile_line("x86_64-linux-gnu-gcc -O2 -c a.c -o a.o"));
         assert!(!is_compile_line("gcc -static a.o b.o -o prog"));
         assert!(!is_compile_line("make[1]: Entering directory '/x -c y'"));
@@ -231,7 +271,10 @@ pub(crate) mod tests {
             first_error(log).as_deref(),
             Some("lib/vfio_pci_device.c:36:15: error: implicit declaration of function 'calloc_assert'")
         );
-        assert_eq!(first_error("make: *** No rule to make target 'x'.  Stop.\n").as_deref(), Some("make: *** No rule to make target 'x'.  Stop."));
+        assert_eq!(
+            first_error("make: *** No rule to make target 'x'.  Stop.\n").as_deref(),
+            Some("make: *** No rule to make target 'x'.  Stop.")
+        );
         assert_eq!(first_error("all good\n"), None);
     }
 }

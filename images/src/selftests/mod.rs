@@ -71,8 +71,25 @@ const MAKE_VARS: &[&str] = &["LDFLAGS=-static", "EXTRA_CFLAGS=-g0"];
 /// Environment a caller may carry that would change what the selftest
 /// makefiles do (they append to CFLAGS and LDFLAGS, honour O= and ARCH).
 const CLEARED_ENV: &[&str] = &[
-    "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CFLAGS", "CPPFLAGS", "LDFLAGS", "LDLIBS", "EXTRA_CFLAGS", "ARCH", "SUBARCH",
-    "CROSS_COMPILE", "CC", "LLVM", "O", "KBUILD_OUTPUT", "INSTALL_PATH", "TARGETS", "SKIP_TARGETS", "FORCE_TARGETS",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "CFLAGS",
+    "CPPFLAGS",
+    "LDFLAGS",
+    "LDLIBS",
+    "EXTRA_CFLAGS",
+    "ARCH",
+    "SUBARCH",
+    "CROSS_COMPILE",
+    "CC",
+    "LLVM",
+    "O",
+    "KBUILD_OUTPUT",
+    "INSTALL_PATH",
+    "TARGETS",
+    "SKIP_TARGETS",
+    "FORCE_TARGETS",
 ];
 
 /// A kselftest collection the testbed builds.
@@ -132,13 +149,19 @@ impl SelftestSource {
     /// upstream version (from its Debian version, else from its release).
     pub fn for_kernel(spec: &KernelSpec, kernel: &Kernel) -> Result<SelftestSource, ImagesError> {
         if let KernelSpec::Git { tree, rev } = spec {
-            return Ok(SelftestSource::Tree { path: tree.clone(), rev: rev.clone() });
+            return Ok(SelftestSource::Tree {
+                path: tree.clone(),
+                rev: rev.clone(),
+            });
         }
         kernel_upstream_version(kernel)
             .map(|version| SelftestSource::Debian { version })
             .ok_or_else(|| ImagesError::BadKernelSpec {
                 spec: spec.to_string(),
-                why: format!("cannot tell the upstream version of kernel {} for its selftests", kernel.release),
+                why: format!(
+                    "cannot tell the upstream version of kernel {} for its selftests",
+                    kernel.release
+                ),
             })
     }
 }
@@ -147,7 +170,10 @@ impl fmt::Display for SelftestSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SelftestSource::Debian { version } => write!(f, "linux-source for {version}"),
-            SelftestSource::Tree { path, rev: Some(rev) } => write!(f, "git:{}@{rev}", path.display()),
+            SelftestSource::Tree {
+                path,
+                rev: Some(rev),
+            } => write!(f, "git:{}@{rev}", path.display()),
             SelftestSource::Tree { path, rev: None } => write!(f, "git:{}", path.display()),
         }
     }
@@ -168,8 +194,15 @@ pub fn kernel_upstream_version(kernel: &Kernel) -> Option<KernelVersion> {
             return Some(v);
         }
     }
-    let end = kernel.release.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(kernel.release.len());
-    let numbers: Vec<&str> = kernel.release[..end].trim_end_matches('.').splitn(4, '.').take(3).collect();
+    let end = kernel
+        .release
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(kernel.release.len());
+    let numbers: Vec<&str> = kernel.release[..end]
+        .trim_end_matches('.')
+        .splitn(4, '.')
+        .take(3)
+        .collect();
     KernelVersion::parse(&numbers.join("."))
 }
 
@@ -226,7 +259,11 @@ fn entry_key(source: &SourceId, suites: &[SelftestSuite]) -> String {
 
 /// Sorted, without repeats; none asked for means all.
 fn normalize(suites: &[SelftestSuite]) -> Vec<SelftestSuite> {
-    let mut v = if suites.is_empty() { SelftestSuite::ALL.to_vec() } else { suites.to_vec() };
+    let mut v = if suites.is_empty() {
+        SelftestSuite::ALL.to_vec()
+    } else {
+        suites.to_vec()
+    };
     v.sort();
     v.dedup();
     v
@@ -236,7 +273,10 @@ fn load_entry(dir: &Path) -> Result<Option<EntryMeta>, ImagesError> {
     let Ok(text) = fs::read(dir.join(ENTRY_META)) else {
         return Ok(None);
     };
-    let bad = |why: String| ImagesError::BadCacheEntry { path: dir.to_path_buf(), why };
+    let bad = |why: String| ImagesError::BadCacheEntry {
+        path: dir.to_path_buf(),
+        why,
+    };
     let meta: EntryMeta = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
     let root = dir.join(ENTRY_TREE);
     for s in meta.suites.iter().filter(|s| !s.tests.is_empty()) {
@@ -248,7 +288,12 @@ fn load_entry(dir: &Path) -> Result<Option<EntryMeta>, ImagesError> {
 }
 
 fn to_build(dir: &Path, meta: EntryMeta, source: String, note: Option<String>) -> SelftestBuild {
-    SelftestBuild { root: dir.join(ENTRY_TREE), source, note, suites: meta.suites }
+    SelftestBuild {
+        root: dir.join(ENTRY_TREE),
+        source,
+        note,
+        suites: meta.suites,
+    }
 }
 
 /// Build (or find in the cache) the selftest `suites` (empty: all) of `source`.
@@ -271,7 +316,10 @@ fn build_inner(
     let suites = normalize(suites);
     let resolved = source::resolve(cache, source, progress)?;
     let description = resolved.id.describe();
-    progress(Progress::SelftestsFrom { source: description.clone(), note: resolved.note.clone() });
+    progress(Progress::SelftestsFrom {
+        source: description.clone(),
+        note: resolved.note.clone(),
+    });
     let key = entry_key(&resolved.id, &suites);
     let final_dir = cache.root().join("selftests").join(&key);
     let names: Vec<&str> = suites.iter().map(|s| s.name()).collect();
@@ -298,25 +346,44 @@ fn build_inner(
     let entry = work_path.join("entry");
     fs::create_dir_all(&entry).ctx("create directory", &entry)?;
     let log = entry.join(ENTRY_LOG);
-    fs::write(&log, format!("selftests {} from {description}\n", names.join(" ")))
-        .ctx("write", &log)?;
+    fs::write(
+        &log,
+        format!("selftests {} from {description}\n", names.join(" ")),
+    )
+    .ctx("write", &log)?;
     let final_log = final_dir.join(ENTRY_LOG);
     let built = (|| {
         let src = work_path.join("src");
         source::unpack(cache, &resolved.id, &work_path, &src, progress)?;
-        build_tree(&src, &entry.join(ENTRY_TREE), &suites, &log, &final_log, progress)
+        build_tree(
+            &src,
+            &entry.join(ENTRY_TREE),
+            &suites,
+            &log,
+            &final_log,
+            progress,
+        )
     })();
     let suite_builds = match built {
         Ok(s) => s,
         Err(e) => return Err(keep_log(cache, &key, &log, e)),
     };
-    let meta = EntryMeta { format: SELFTESTS_FORMAT_VERSION, source: description.clone(), suites: suite_builds };
-    fs::write(entry.join(ENTRY_META), serde_json::to_vec_pretty(&meta).expect("meta serializes"))
-        .ctx("write", &entry)?;
+    let meta = EntryMeta {
+        format: SELFTESTS_FORMAT_VERSION,
+        source: description.clone(),
+        suites: suite_builds,
+    };
+    fs::write(
+        entry.join(ENTRY_META),
+        serde_json::to_vec_pretty(&meta).expect("meta serializes"),
+    )
+    .ctx("write", &entry)?;
     publish(&entry, &final_dir)?;
     drop(work);
-    let meta = load_entry(&final_dir)?
-        .ok_or_else(|| ImagesError::BadCacheEntry { path: final_dir.clone(), why: "entry vanished".into() })?;
+    let meta = load_entry(&final_dir)?.ok_or_else(|| ImagesError::BadCacheEntry {
+        path: final_dir.clone(),
+        why: "entry vanished".into(),
+    })?;
     Ok(to_build(&final_dir, meta, description, resolved.note))
 }
 
@@ -324,7 +391,10 @@ fn build_inner(
 /// downloaded, so that a missing package is an error to fix rather than a
 /// suite recorded as missing.
 fn check_tools(source: &SourceId, suites: &[SelftestSuite]) -> Result<(), ImagesError> {
-    let missing = |what: &str, package: &str| ImagesError::MissingBuildTool { what: what.into(), package: package.into() };
+    let missing = |what: &str, package: &str| ImagesError::MissingBuildTool {
+        what: what.into(),
+        package: package.into(),
+    };
     let runs = |prog: &str, arg: &str| {
         Command::new(prog)
             .arg(arg)
@@ -333,9 +403,16 @@ fn check_tools(source: &SourceId, suites: &[SelftestSuite]) -> Result<(), Images
             .status()
             .is_ok_and(|s| s.success())
     };
-    let mut tools = vec![("make", "make"), ("gcc", "gcc"), ("rsync", "rsync"), ("strip", "binutils")];
+    let mut tools = vec![
+        ("make", "make"),
+        ("gcc", "gcc"),
+        ("rsync", "rsync"),
+        ("strip", "binutils"),
+    ];
     match source {
-        SourceId::Debian(_) => tools.extend([("dpkg-deb", "dpkg"), ("tar", "tar"), ("xz", "xz-utils")]),
+        SourceId::Debian(_) => {
+            tools.extend([("dpkg-deb", "dpkg"), ("tar", "tar"), ("xz", "xz-utils")])
+        }
         _ => tools.extend([("git", "git"), ("tar", "tar")]),
     }
     for (prog, package) in tools {
@@ -349,8 +426,11 @@ fn check_tools(source: &SourceId, suites: &[SelftestSuite]) -> Result<(), Images
         libs.push(("libuuid.a", "uuid-dev"));
     }
     for (lib, package) in libs {
-        let out = Command::new("gcc").arg(format!("-print-file-name={lib}")).output();
-        let found = out.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute());
+        let out = Command::new("gcc")
+            .arg(format!("-print-file-name={lib}"))
+            .output();
+        let found =
+            out.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute());
         if !found {
             return Err(missing(&format!("{lib} for static linking"), package));
         }
@@ -359,7 +439,12 @@ fn check_tools(source: &SourceId, suites: &[SelftestSuite]) -> Result<(), Images
 }
 
 /// `make` with `args` in `dir`, logged; true when it succeeded.
-fn make(dir: &Path, args: &[String], log: &Path, line: &mut dyn FnMut(&str)) -> Result<bool, ImagesError> {
+fn make(
+    dir: &Path,
+    args: &[String],
+    log: &Path,
+    line: &mut dyn FnMut(&str),
+) -> Result<bool, ImagesError> {
     let mut c = Command::new("make");
     c.arg("-C").arg(dir).arg(format!("-j{}", jobs())).args(args);
     for var in CLEARED_ENV {
@@ -370,7 +455,9 @@ fn make(dir: &Path, args: &[String], log: &Path, line: &mut dyn FnMut(&str)) -> 
 }
 
 fn fail(step: &str, log: &Path) -> ImagesError {
-    let text = fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines
         .iter()
@@ -378,7 +465,11 @@ fn fail(step: &str, log: &Path) -> ImagesError {
         .map(|i| i.saturating_sub(2))
         .unwrap_or(lines.len().saturating_sub(30));
     let tail = lines[start..(start + 30).min(lines.len())].join("\n");
-    ImagesError::SelftestBuildFailed { step: step.into(), log: log.to_path_buf(), tail }
+    ImagesError::SelftestBuildFailed {
+        step: step.into(),
+        log: log.to_path_buf(),
+        tail,
+    }
 }
 
 /// Headers, each suite, install, strip, verify; returns one [`SuiteBuild`]
@@ -399,7 +490,8 @@ fn build_tree(
             SuiteBuild {
                 suite,
                 tests: Vec::new(),
-                missing: (!present).then(|| format!("this source has no tools/testing/selftests/{suite}")),
+                missing: (!present)
+                    .then(|| format!("this source has no tools/testing/selftests/{suite}")),
             }
         })
         .collect();
@@ -428,7 +520,9 @@ fn build_tree(
             }
         })?;
         if !ok {
-            let text = fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let text = fs::read(log)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let section = text.get(before as usize..).unwrap_or(&text);
             // paths relative to the source tree: the work directory is gone
             let error = first_error(section)
@@ -440,12 +534,19 @@ fn build_tree(
             ));
         }
     }
-    let built: Vec<&str> = results.iter().filter(|r| r.missing.is_none()).map(|r| r.suite.name()).collect();
+    let built: Vec<&str> = results
+        .iter()
+        .filter(|r| r.missing.is_none())
+        .map(|r| r.suite.name())
+        .collect();
     if built.is_empty() {
         return Ok(results);
     }
     progress(Progress::InstallingSelftests);
-    let mut args = vec![format!("TARGETS={}", built.join(" ")), "FORCE_TARGETS=1".into()];
+    let mut args = vec![
+        format!("TARGETS={}", built.join(" ")),
+        "FORCE_TARGETS=1".into(),
+    ];
     args.extend(vars);
     args.push(format!("INSTALL_PATH={}", install.display()));
     args.push("install".into());
@@ -457,9 +558,16 @@ fn build_tree(
     let list = fs::read_to_string(&list_path).ctx("read", &list_path)?;
     let listed = parse_kselftest_list(&list);
     for r in results.iter_mut().filter(|r| r.missing.is_none()) {
-        r.tests = listed.iter().filter(|(c, _)| c == r.suite.name()).map(|(_, t)| t.clone()).collect();
+        r.tests = listed
+            .iter()
+            .filter(|(c, _)| c == r.suite.name())
+            .map(|(_, t)| t.clone())
+            .collect();
         if r.tests.is_empty() {
-            r.missing = Some(format!("the {} build lists no tests for this architecture", r.suite));
+            r.missing = Some(format!(
+                "the {} build lists no tests for this architecture",
+                r.suite
+            ));
         }
         for t in &r.tests {
             check_test(&install.join(r.suite.name()).join(t))?;
@@ -471,8 +579,12 @@ fn build_tree(
 /// A listed test must be installed, executable, and a static ELF or a script.
 fn check_test(path: &Path) -> Result<(), ImagesError> {
     use std::os::unix::fs::PermissionsExt;
-    let bad = |why: String| ImagesError::BadSelftest { path: path.to_path_buf(), why };
-    let meta = fs::metadata(path).map_err(|_| bad("listed in kselftest-list.txt but not installed".into()))?;
+    let bad = |why: String| ImagesError::BadSelftest {
+        path: path.to_path_buf(),
+        why,
+    };
+    let meta = fs::metadata(path)
+        .map_err(|_| bad("listed in kselftest-list.txt but not installed".into()))?;
     if meta.permissions().mode() & 0o111 == 0 {
         return Err(bad("not executable".into()));
     }
@@ -495,7 +607,12 @@ fn strip_debug(dir: &Path, log: &Path) -> Result<(), ImagesError> {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(p);
-            } else if ft.is_file() && matches!(exec_kind(&p), Ok(ExecKind::StaticElf | ExecKind::DynamicElf(_))) {
+            } else if ft.is_file()
+                && matches!(
+                    exec_kind(&p),
+                    Ok(ExecKind::StaticElf | ExecKind::DynamicElf(_))
+                )
+            {
                 elves.push(p);
             }
         }
@@ -511,12 +628,21 @@ fn strip_debug(dir: &Path, log: &Path) -> Result<(), ImagesError> {
 
 /// Keep the log of a failed build (the work directory goes) and name it.
 fn keep_log(cache: &Cache, key: &str, log: &Path, e: ImagesError) -> ImagesError {
-    let kept = cache.root().join("logs").join(format!("selftests-{key}.log"));
+    let kept = cache
+        .root()
+        .join("logs")
+        .join(format!("selftests-{key}.log"));
     let moved = log.is_file()
         && fs::create_dir_all(kept.parent().expect("has parent")).is_ok()
         && fs::copy(log, &kept).is_ok();
     match e {
-        ImagesError::SelftestBuildFailed { step, tail, .. } if moved => ImagesError::SelftestBuildFailed { step, log: kept, tail },
+        ImagesError::SelftestBuildFailed { step, tail, .. } if moved => {
+            ImagesError::SelftestBuildFailed {
+                step,
+                log: kept,
+                tail,
+            }
+        }
         other => other,
     }
 }

@@ -28,10 +28,19 @@ pub(crate) enum SourceId {
     /// A `linux-source-X.Y` package (name, version and the archive's SHA256).
     Debian(DebPackage),
     /// A commit of a git tree (`rev` as the user named it, for messages).
-    Commit { tree: PathBuf, rev: String, sha: String },
+    Commit {
+        tree: PathBuf,
+        rev: String,
+        sha: String,
+    },
     /// A checkout's HEAD plus its uncommitted changes to tracked files
     /// (`touched`: the paths the diff reads or writes, old names of renames too).
-    Checkout { tree: PathBuf, head: String, diff: Vec<u8>, touched: Vec<String> },
+    Checkout {
+        tree: PathBuf,
+        head: String,
+        diff: Vec<u8>,
+        touched: Vec<String>,
+    },
 }
 
 impl SourceId {
@@ -39,10 +48,14 @@ impl SourceId {
     /// commit in another checkout is the same entry.
     pub(crate) fn key_bytes(&self) -> Vec<u8> {
         match self {
-            SourceId::Debian(p) => format!("deb {} {} {}", p.name, p.version, p.sha256).into_bytes(),
+            SourceId::Debian(p) => {
+                format!("deb {} {} {}", p.name, p.version, p.sha256).into_bytes()
+            }
             SourceId::Commit { sha, .. } => format!("commit {sha}").into_bytes(),
             // a clean checkout is its commit
-            SourceId::Checkout { head, diff, .. } if diff.is_empty() => format!("commit {head}").into_bytes(),
+            SourceId::Checkout { head, diff, .. } if diff.is_empty() => {
+                format!("commit {head}").into_bytes()
+            }
             SourceId::Checkout { head, diff, .. } => {
                 format!("checkout {head} diff-sha256 {}", hex(&Sha256::digest(diff))).into_bytes()
             }
@@ -54,8 +67,14 @@ impl SourceId {
     pub(crate) fn describe(&self) -> String {
         match self {
             SourceId::Debian(p) => format!("{} {}", p.name, p.version),
-            SourceId::Commit { tree, rev, sha } => format!("git {}@{rev} ({})", tree.display(), &sha[..sha.len().min(12)]),
-            SourceId::Checkout { tree, head, diff, .. } => format!(
+            SourceId::Commit { tree, rev, sha } => format!(
+                "git {}@{rev} ({})",
+                tree.display(),
+                &sha[..sha.len().min(12)]
+            ),
+            SourceId::Checkout {
+                tree, head, diff, ..
+            } => format!(
                 "git {} ({}{})",
                 tree.display(),
                 &head[..head.len().min(12)],
@@ -83,12 +102,23 @@ pub(crate) fn select_source(
 ) -> Result<(DebPackage, Option<String>), Vec<String>> {
     let mut lines: Vec<((u32, u32), &DebPackage)> = Vec::new();
     for p in available {
-        let Some(line) = linux_source_line(&p.name) else { continue };
+        let Some(line) = linux_source_line(&p.name) else {
+            continue;
+        };
         lines.push((line, p));
     }
     // ascending by line, then by Debian version: the last of a line is its newest
-    lines.sort_by(|(la, a), (lb, b)| la.cmp(lb).then_with(|| compare_debian_versions(&a.version, &b.version)));
-    let newest_of = |line: (u32, u32)| lines.iter().rev().find(|(l, _)| *l == line).map(|(_, p)| (*p).clone());
+    lines.sort_by(|(la, a), (lb, b)| {
+        la.cmp(lb)
+            .then_with(|| compare_debian_versions(&a.version, &b.version))
+    });
+    let newest_of = |line: (u32, u32)| {
+        lines
+            .iter()
+            .rev()
+            .find(|(l, _)| *l == line)
+            .map(|(_, p)| (*p).clone())
+    };
     let want_line = (want.major, want.minor);
     let exact = lines
         .iter()
@@ -129,7 +159,10 @@ struct Remembered {
 const REMEMBER_SECS: u64 = 24 * 3600;
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn remembered_file(cache: &Cache, want: KernelVersion) -> PathBuf {
@@ -144,7 +177,10 @@ pub(crate) fn resolve(
 ) -> Result<Resolved, ImagesError> {
     match source {
         SelftestSource::Debian { version } => resolve_debian(cache, *version, progress),
-        SelftestSource::Tree { path, rev } => Ok(Resolved { id: tree_identity(path, rev.as_deref())?, note: None }),
+        SelftestSource::Tree { path, rev } => Ok(Resolved {
+            id: tree_identity(path, rev.as_deref())?,
+            note: None,
+        }),
     }
 }
 
@@ -154,10 +190,15 @@ fn resolve_debian(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Resolved, ImagesError> {
     let file = remembered_file(cache, want);
-    let remembered: Option<Remembered> = fs::read(&file).ok().and_then(|t| serde_json::from_slice(&t).ok());
+    let remembered: Option<Remembered> = fs::read(&file)
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok());
     if let Some(r) = &remembered {
         if now_secs().saturating_sub(r.time) < REMEMBER_SECS {
-            return Ok(Resolved { id: SourceId::Debian(r.package.clone()), note: r.note.clone() });
+            return Ok(Resolved {
+                id: SourceId::Debian(r.package.clone()),
+                note: r.note.clone(),
+            });
         }
     }
     let lookup = (|| -> Result<(DebPackage, Option<String>), ImagesError> {
@@ -168,29 +209,51 @@ fn resolve_debian(
             Ok(chosen) => Ok(chosen),
             Err(_) if !refreshed => {
                 apt.update(progress)?;
-                select_source(&apt.linux_source_packages()?, want)
-                    .map_err(|available| ImagesError::NoSelftestSource { version: want.to_string(), available })
+                select_source(&apt.linux_source_packages()?, want).map_err(|available| {
+                    ImagesError::NoSelftestSource {
+                        version: want.to_string(),
+                        available,
+                    }
+                })
             }
-            Err(available) => Err(ImagesError::NoSelftestSource { version: want.to_string(), available }),
+            Err(available) => Err(ImagesError::NoSelftestSource {
+                version: want.to_string(),
+                available,
+            }),
         }
     })();
     let (package, note) = match lookup {
         Ok(chosen) => chosen,
         // offline: a stale choice still names a package that existed
         Err(e) if !matches!(e, ImagesError::NoSelftestSource { .. }) && remembered.is_some() => {
-            progress(Progress::UpdateFailed { error: e.to_string() });
+            progress(Progress::UpdateFailed {
+                error: e.to_string(),
+            });
             let r = remembered.expect("checked");
-            return Ok(Resolved { id: SourceId::Debian(r.package), note: r.note });
+            return Ok(Resolved {
+                id: SourceId::Debian(r.package),
+                note: r.note,
+            });
         }
         Err(e) => return Err(e),
     };
-    let r = Remembered { time: now_secs(), package: package.clone(), note: note.clone() };
+    let r = Remembered {
+        time: now_secs(),
+        package: package.clone(),
+        note: note.clone(),
+    };
     write_atomic(&file, &serde_json::to_vec_pretty(&r).expect("serializes"))?;
-    Ok(Resolved { id: SourceId::Debian(package), note })
+    Ok(Resolved {
+        id: SourceId::Debian(package),
+        note,
+    })
 }
 
 fn bad_tree(path: &Path, why: impl Into<String>) -> ImagesError {
-    ImagesError::BadKernelTree { path: path.to_path_buf(), why: why.into() }
+    ImagesError::BadKernelTree {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
 }
 
 fn git(dir: &Path) -> Command {
@@ -200,15 +263,22 @@ fn git(dir: &Path) -> Command {
 }
 
 fn git_stdout(dir: &Path, args: &[&str]) -> Result<Option<Vec<u8>>, ImagesError> {
-    let out = git(dir).args(args).output().map_err(|e| ImagesError::io("run git (install git)", e))?;
+    let out = git(dir)
+        .args(args)
+        .output()
+        .map_err(|e| ImagesError::io("run git (install git)", e))?;
     Ok(out.status.success().then_some(out.stdout))
 }
 
 /// A kernel git tree's identity at `rev`, or at HEAD plus its uncommitted changes.
 pub(crate) fn tree_identity(path: &Path, rev: Option<&str>) -> Result<SourceId, ImagesError> {
     let tree = fs::canonicalize(path).map_err(|e| bad_tree(path, e.to_string()))?;
-    if !tree.join("Makefile").is_file() || !tree.join("tools/testing/selftests/Makefile").is_file() {
-        return Err(bad_tree(path, "not a Linux source tree (no Makefile or tools/testing/selftests/Makefile)"));
+    if !tree.join("Makefile").is_file() || !tree.join("tools/testing/selftests/Makefile").is_file()
+    {
+        return Err(bad_tree(
+            path,
+            "not a Linux source tree (no Makefile or tools/testing/selftests/Makefile)",
+        ));
     }
     let Some(head) = git_stdout(&tree, &["rev-parse", "--verify", "-q", "HEAD"])? else {
         return Err(bad_tree(path, "not a git checkout with a commit"));
@@ -216,24 +286,42 @@ pub(crate) fn tree_identity(path: &Path, rev: Option<&str>) -> Result<SourceId, 
     let head = String::from_utf8_lossy(&head).trim().to_string();
     let prefix = git_stdout(&tree, &["rev-parse", "--show-prefix"])?.unwrap_or_default();
     if !String::from_utf8_lossy(&prefix).trim().is_empty() {
-        return Err(bad_tree(path, "not the top directory of its git repository"));
+        return Err(bad_tree(
+            path,
+            "not the top directory of its git repository",
+        ));
     }
     match rev {
         Some(rev) => {
             let sha = crate::kbuild::resolve_rev(&tree, rev)?;
-            Ok(SourceId::Commit { tree, rev: rev.to_string(), sha })
+            Ok(SourceId::Commit {
+                tree,
+                rev: rev.to_string(),
+                sha,
+            })
         }
         None => {
-            let diff = git_stdout(&tree, &["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])?
-                .ok_or_else(|| bad_tree(path, "git diff HEAD failed"))?;
-            let names = git_stdout(&tree, &["diff", "HEAD", "--name-only", "--no-renames", "-z"])?
-                .ok_or_else(|| bad_tree(path, "git diff HEAD failed"))?;
+            let diff = git_stdout(
+                &tree,
+                &["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"],
+            )?
+            .ok_or_else(|| bad_tree(path, "git diff HEAD failed"))?;
+            let names = git_stdout(
+                &tree,
+                &["diff", "HEAD", "--name-only", "--no-renames", "-z"],
+            )?
+            .ok_or_else(|| bad_tree(path, "git diff HEAD failed"))?;
             let touched = names
                 .split(|&b| b == 0)
                 .filter(|n| !n.is_empty())
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .collect();
-            Ok(SourceId::Checkout { tree, head, diff, touched })
+            Ok(SourceId::Checkout {
+                tree,
+                head,
+                diff,
+                touched,
+            })
         }
     }
 }
@@ -244,16 +332,42 @@ pub(crate) fn tree_identity(path: &Path, rev: Option<&str>) -> Result<SourceId, 
 /// cheaper. A symlink under `tools/` into them (the VFIO selftests' driver
 /// headers in `drivers/dma`) gets its target unpacked in a second pass.
 pub(crate) const LEFT_PACKED: &[&str] = &[
-    "Documentation", "drivers", "sound", "arch/alpha", "arch/arc", "arch/arm", "arch/arm64", "arch/csky",
-    "arch/h8300", "arch/hexagon", "arch/ia64", "arch/loongarch", "arch/m68k", "arch/microblaze", "arch/mips",
-    "arch/nds32", "arch/nios2", "arch/openrisc", "arch/parisc", "arch/powerpc", "arch/riscv", "arch/s390",
-    "arch/sh", "arch/sparc", "arch/um", "arch/xtensa",
+    "Documentation",
+    "drivers",
+    "sound",
+    "arch/alpha",
+    "arch/arc",
+    "arch/arm",
+    "arch/arm64",
+    "arch/csky",
+    "arch/h8300",
+    "arch/hexagon",
+    "arch/ia64",
+    "arch/loongarch",
+    "arch/m68k",
+    "arch/microblaze",
+    "arch/mips",
+    "arch/nds32",
+    "arch/nios2",
+    "arch/openrisc",
+    "arch/parisc",
+    "arch/powerpc",
+    "arch/riscv",
+    "arch/s390",
+    "arch/sh",
+    "arch/sparc",
+    "arch/um",
+    "arch/xtensa",
 ];
 
 /// Unpack a downloaded `linux-source-X.Y` package (`deb`, removed after)
 /// into `root` and return the source tarball it carries
 /// (`root/usr/src/linux-source-X.Y.tar.*`).
-pub(crate) fn linux_source_tarball(deb: &Path, root: &Path, package: &str) -> Result<PathBuf, ImagesError> {
+pub(crate) fn linux_source_tarball(
+    deb: &Path,
+    root: &Path,
+    package: &str,
+) -> Result<PathBuf, ImagesError> {
     run_checked(
         Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
         &format!("dpkg-deb -x {}", deb.display()),
@@ -265,7 +379,9 @@ pub(crate) fn linux_source_tarball(deb: &Path, root: &Path, package: &str) -> Re
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
         })
         .ok_or_else(|| ImagesError::PackageLayout {
             package: package.to_string(),
@@ -292,25 +408,39 @@ pub(crate) fn unpack(
                 let apt = Apt::prepare(cache)?;
                 apt.download(pkg, &dl, progress)?
             };
-            progress(Progress::Unpacking { package: id.describe() });
+            progress(Progress::Unpacking {
+                package: id.describe(),
+            });
             let root = work.join("deb-root");
             let tarball = linux_source_tarball(&deb, &root, &id.describe())?;
             untar(&tarball, dest)?;
             fs::remove_dir_all(&root).ctx("remove", &root)?;
         }
         SourceId::Commit { tree, sha, .. } => {
-            progress(Progress::Unpacking { package: id.describe() });
+            progress(Progress::Unpacking {
+                package: id.describe(),
+            });
             git_export(tree, sha, dest, &[])?;
         }
-        SourceId::Checkout { tree, head, diff, touched } => {
-            progress(Progress::Unpacking { package: id.describe() });
+        SourceId::Checkout {
+            tree,
+            head,
+            diff,
+            touched,
+        } => {
+            progress(Progress::Unpacking {
+                package: id.describe(),
+            });
             // the files the diff touches too, so that it applies
             git_export(tree, head, dest, touched)?;
             if !diff.is_empty() {
                 let file = work.join("uncommitted.diff");
                 fs::write(&file, diff).ctx("write", &file)?;
                 git_apply(dest, &file).map_err(|output| {
-                    bad_tree(tree, format!("its uncommitted changes do not apply to HEAD: {output}"))
+                    bad_tree(
+                        tree,
+                        format!("its uncommitted changes do not apply to HEAD: {output}"),
+                    )
                 })?;
             }
         }
@@ -324,7 +454,11 @@ pub(crate) fn untar(tarball: &Path, dest: &Path) -> Result<(), ImagesError> {
     // `*` stands for the top directory only
     let tar = |members: &mut dyn FnMut(&mut Command)| {
         let mut c = Command::new("tar");
-        c.arg("-xf").arg(tarball).arg("-C").arg(dest).arg("--strip-components=1");
+        c.arg("-xf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest)
+            .arg("--strip-components=1");
         c.args(["--wildcards", "--no-wildcards-match-slash", "--anchored"]);
         members(&mut c);
         c
@@ -358,7 +492,9 @@ pub(crate) fn dangling_targets(dest: &Path) -> Result<Vec<String>, ImagesError> 
                 stack.push(p);
             } else if ft.is_symlink() && fs::metadata(&p).is_err() {
                 let target = fs::read_link(&p).ctx("readlink", &p)?;
-                if let Some(rel) = lexical_join(&dir, &target).and_then(|t| t.strip_prefix(dest).ok().map(Path::to_path_buf)) {
+                if let Some(rel) = lexical_join(&dir, &target)
+                    .and_then(|t| t.strip_prefix(dest).ok().map(Path::to_path_buf))
+                {
                     if let Some(s) = rel.to_str().filter(|s| !s.is_empty()) {
                         out.push(s.to_string());
                     }
@@ -374,7 +510,11 @@ pub(crate) fn dangling_targets(dest: &Path) -> Result<Vec<String>, ImagesError> 
 /// `base/target` with `.` and `..` resolved without the file system.
 fn lexical_join(base: &Path, target: &Path) -> Option<PathBuf> {
     use std::path::Component;
-    let mut out = if target.is_absolute() { PathBuf::new() } else { base.to_path_buf() };
+    let mut out = if target.is_absolute() {
+        PathBuf::new()
+    } else {
+        base.to_path_buf()
+    };
     for c in target.components() {
         match c {
             Component::RootDir => out.push("/"),
@@ -419,7 +559,12 @@ fn git_export(tree: &Path, commit: &str, dest: &Path, also: &[String]) -> Result
     Ok(())
 }
 
-fn git_archive(tree: &Path, commit: &str, paths: &[String], dest: &Path) -> Result<(), ImagesError> {
+fn git_archive(
+    tree: &Path,
+    commit: &str,
+    paths: &[String],
+    dest: &Path,
+) -> Result<(), ImagesError> {
     let what = format!("git -C {} archive {commit} | tar -x", tree.display());
     let mut archive = git(tree)
         .args(["archive", "--format=tar", commit, "--"])
@@ -437,10 +582,19 @@ fn git_archive(tree: &Path, commit: &str, paths: &[String], dest: &Path) -> Resu
         .stdin(stdout)
         .output()
         .map_err(|e| ImagesError::io("run tar", e))?;
-    let git_out = archive.wait_with_output().map_err(|e| ImagesError::io("wait for git archive", e))?;
+    let git_out = archive
+        .wait_with_output()
+        .map_err(|e| ImagesError::io("wait for git archive", e))?;
     if !git_out.status.success() || !tar.status.success() {
-        let (err, out) = if git_out.status.success() { (&tar.stderr, &tar.stdout) } else { (&git_out.stderr, &git_out.stdout) };
-        return Err(ImagesError::Command { cmd: what, detail: crate::apt::last_lines(err, out) });
+        let (err, out) = if git_out.status.success() {
+            (&tar.stderr, &tar.stdout)
+        } else {
+            (&git_out.stderr, &git_out.stdout)
+        };
+        return Err(ImagesError::Command {
+            cmd: what,
+            detail: crate::apt::last_lines(err, out),
+        });
     }
     Ok(())
 }
@@ -450,7 +604,12 @@ mod tests {
     use super::*;
 
     fn pkg(name: &str, version: &str) -> DebPackage {
-        DebPackage { name: name.into(), version: version.into(), sha256: format!("sha-{name}-{version}"), size: 1 }
+        DebPackage {
+            name: name.into(),
+            version: version.into(),
+            sha256: format!("sha-{name}-{version}"),
+            size: 1,
+        }
     }
 
     fn archive() -> Vec<DebPackage> {
@@ -472,19 +631,41 @@ mod tests {
     }
 
     fn pick(want: &str) -> Result<(String, Option<String>), Vec<String>> {
-        select_source(&archive(), v(want)).map(|(p, note)| (format!("{} {}", p.name, p.version), note))
+        select_source(&archive(), v(want))
+            .map(|(p, note)| (format!("{} {}", p.name, p.version), note))
     }
 
     #[test]
     fn same_line_prefers_the_exact_version_else_the_newest_upload() {
-        assert_eq!(pick("7.2.13").unwrap(), ("linux-source-7.2 7.2.13-1".into(), None));
-        assert_eq!(pick("7.2.12").unwrap(), ("linux-source-7.2 7.2.12-1~bpo13+1".into(), None));
+        assert_eq!(
+            pick("7.2.13").unwrap(),
+            ("linux-source-7.2 7.2.13-1".into(), None)
+        );
+        assert_eq!(
+            pick("7.2.12").unwrap(),
+            ("linux-source-7.2 7.2.12-1~bpo13+1".into(), None)
+        );
         // no 7.2.10 source: the newest of the line, still the kernel's own line
-        assert_eq!(pick("7.2.10").unwrap(), ("linux-source-7.2 7.2.13-1".into(), None));
-        assert_eq!(pick("7.2").unwrap(), ("linux-source-7.2 7.2.13-1".into(), None));
-        assert_eq!(pick("6.12.107").unwrap(), ("linux-source-6.12 6.12.117-1".into(), None));
-        assert_eq!(pick("6.1.170").unwrap(), ("linux-source-6.1 6.1.170-3".into(), None));
-        assert_eq!(pick("6.1.0").unwrap(), ("linux-source-6.1 6.1.176-1".into(), None));
+        assert_eq!(
+            pick("7.2.10").unwrap(),
+            ("linux-source-7.2 7.2.13-1".into(), None)
+        );
+        assert_eq!(
+            pick("7.2").unwrap(),
+            ("linux-source-7.2 7.2.13-1".into(), None)
+        );
+        assert_eq!(
+            pick("6.12.107").unwrap(),
+            ("linux-source-6.12 6.12.117-1".into(), None)
+        );
+        assert_eq!(
+            pick("6.1.170").unwrap(),
+            ("linux-source-6.1 6.1.170-3".into(), None)
+        );
+        assert_eq!(
+            pick("6.1.0").unwrap(),
+            ("linux-source-6.1 6.1.176-1".into(), None)
+        );
     }
 
     #[test]
@@ -497,7 +678,9 @@ mod tests {
         );
         let (p, note) = pick("6.16.3").unwrap();
         assert_eq!(p, "linux-source-7.2 7.2.13-1");
-        assert!(note.unwrap().starts_with("no linux-source-6.16 in the archive"));
+        assert!(note
+            .unwrap()
+            .starts_with("no linux-source-6.16 in the archive"));
         // numeric, not textual: 6.2 comes before 6.12
         let (p, note) = pick("6.2.1").unwrap();
         assert_eq!(p, "linux-source-6.12 6.12.117-1");
@@ -518,13 +701,19 @@ mod tests {
                 "linux-source-7.3 (7.3.4-1~bpo13+1)"
             ]
         );
-        let e = ImagesError::NoSelftestSource { version: "7.4.1".into(), available };
+        let e = ImagesError::NoSelftestSource {
+            version: "7.4.1".into(),
+            available,
+        };
         assert_eq!(
             e.to_string(),
             "no linux-source package for 7.4.1 or a newer kernel line; the archive has linux-source-6.1 (6.1.176-1), \
              linux-source-6.12 (6.12.117-1), linux-source-7.2 (7.2.13-1), linux-source-7.3 (7.3.4-1~bpo13+1)"
         );
-        assert_eq!(select_source(&[], v("7.2.13")).unwrap_err(), Vec::<String>::new());
+        assert_eq!(
+            select_source(&[], v("7.2.13")).unwrap_err(),
+            Vec::<String>::new()
+        );
     }
 
     fn write(root: &Path, rel: &str, text: &str) {
@@ -543,10 +732,18 @@ mod tests {
         write(&top, "Documentation/index.rst", "x");
         write(&top, "arch/arm64/Makefile", "x");
         write(&top, "arch/x86/Makefile", "x");
-        write(&top, "tools/perf/Documentation/perf.txt", "kept: not at the top");
+        write(
+            &top,
+            "tools/perf/Documentation/perf.txt",
+            "kept: not at the top",
+        );
         let lib = top.join("tools/testing/selftests/vfio/lib/drivers/dsa");
         fs::create_dir_all(&lib).unwrap();
-        std::os::unix::fs::symlink("../../../../../../../drivers/dma/idxd/registers.h", lib.join("registers.h")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../../drivers/dma/idxd/registers.h",
+            lib.join("registers.h"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/nowhere/else.h", lib.join("outside.h")).unwrap();
         let tarball = t.path().join("linux-source-9.9.tar.xz");
         let ok = Command::new("tar")
@@ -562,7 +759,12 @@ mod tests {
         let dest = t.path().join("src");
         fs::create_dir_all(&dest).unwrap();
         untar(&tarball, &dest).unwrap();
-        for kept in ["Makefile", "arch/x86/Makefile", "tools/perf/Documentation/perf.txt", "drivers/dma/idxd/registers.h"] {
+        for kept in [
+            "Makefile",
+            "arch/x86/Makefile",
+            "tools/perf/Documentation/perf.txt",
+            "drivers/dma/idxd/registers.h",
+        ] {
             assert!(dest.join(kept).is_file(), "{kept}");
         }
         for left in ["drivers/gpu", "Documentation", "arch/arm64"] {
@@ -570,14 +772,27 @@ mod tests {
         }
         let link = dest.join("tools/testing/selftests/vfio/lib/drivers/dsa/registers.h");
         assert_eq!(fs::read_to_string(link).unwrap(), "#define X 1\n");
-        assert_eq!(dangling_targets(&dest).unwrap(), Vec::<String>::new(), "outside links are not ours to fix");
+        assert_eq!(
+            dangling_targets(&dest).unwrap(),
+            Vec::<String>::new(),
+            "outside links are not ours to fix"
+        );
     }
 
     #[test]
     fn lexical_paths() {
-        assert_eq!(lexical_join(Path::new("/s/tools/a"), Path::new("../../drivers/x.h")), Some("/s/drivers/x.h".into()));
-        assert_eq!(lexical_join(Path::new("/s/tools"), Path::new("./y/../z")), Some("/s/tools/z".into()));
-        assert_eq!(lexical_join(Path::new("/s"), Path::new("/abs")), Some("/abs".into()));
+        assert_eq!(
+            lexical_join(Path::new("/s/tools/a"), Path::new("../../drivers/x.h")),
+            Some("/s/drivers/x.h".into())
+        );
+        assert_eq!(
+            lexical_join(Path::new("/s/tools"), Path::new("./y/../z")),
+            Some("/s/tools/z".into())
+        );
+        assert_eq!(
+            lexical_join(Path::new("/s"), Path::new("/abs")),
+            Some("/abs".into())
+        );
         assert_eq!(lexical_join(Path::new("/"), Path::new("../../x")), None);
     }
 
@@ -587,15 +802,42 @@ mod tests {
         let mut b = pkg("linux-source-7.2", "7.2.13-1");
         b.sha256 = "other".into();
         assert_ne!(a.key_bytes(), SourceId::Debian(b).key_bytes());
-        let c1 = SourceId::Commit { tree: "/a".into(), rev: "v7.2".into(), sha: "abc".into() };
-        let c2 = SourceId::Commit { tree: "/b".into(), rev: "HEAD".into(), sha: "abc".into() };
+        let c1 = SourceId::Commit {
+            tree: "/a".into(),
+            rev: "v7.2".into(),
+            sha: "abc".into(),
+        };
+        let c2 = SourceId::Commit {
+            tree: "/b".into(),
+            rev: "HEAD".into(),
+            sha: "abc".into(),
+        };
         assert_eq!(c1.key_bytes(), c2.key_bytes());
-        let clean = SourceId::Checkout { tree: "/a".into(), head: "abc".into(), diff: vec![], touched: vec![] };
-        let dirty = SourceId::Checkout { tree: "/a".into(), head: "abc".into(), diff: b"x".to_vec(), touched: vec!["f".into()] };
-        let dirtier = SourceId::Checkout { tree: "/a".into(), head: "abc".into(), diff: b"y".to_vec(), touched: vec!["f".into()] };
+        let clean = SourceId::Checkout {
+            tree: "/a".into(),
+            head: "abc".into(),
+            diff: vec![],
+            touched: vec![],
+        };
+        let dirty = SourceId::Checkout {
+            tree: "/a".into(),
+            head: "abc".into(),
+            diff: b"x".to_vec(),
+            touched: vec!["f".into()],
+        };
+        let dirtier = SourceId::Checkout {
+            tree: "/a".into(),
+            head: "abc".into(),
+            diff: b"y".to_vec(),
+            touched: vec!["f".into()],
+        };
         assert_ne!(clean.key_bytes(), dirty.key_bytes());
         assert_ne!(dirtier.key_bytes(), dirty.key_bytes());
-        assert_eq!(clean.key_bytes(), c1.key_bytes(), "a clean checkout is its commit");
+        assert_eq!(
+            clean.key_bytes(),
+            c1.key_bytes(),
+            "a clean checkout is its commit"
+        );
         assert_eq!(a.describe(), "linux-source-7.2 7.2.13-1");
         assert_eq!(c1.describe(), "git /a@v7.2 (abc)");
         assert_eq!(dirty.describe(), "git /a (abc+dirty)");

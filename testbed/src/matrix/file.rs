@@ -38,7 +38,12 @@ pub enum MatrixFileError {
         source: std::io::Error,
     },
     #[error("{}:{line}:{column}: {message}", path.display())]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -50,8 +55,10 @@ struct RawMatrix {
 }
 
 pub fn load(path: &Path) -> Result<MatrixFile, MatrixFileError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| MatrixFileError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| MatrixFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -60,26 +67,45 @@ pub fn load(path: &Path) -> Result<MatrixFile, MatrixFileError> {
 pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
     let error = |span: Range<usize>, message: String| {
         let (line, column) = line_col(text, span.start);
-        MatrixFileError::Invalid { path: path.to_path_buf(), line, column, message }
-    };
-    let raw: RawMatrix = toml::from_str(text)
-        .map_err(|e| error(e.span().unwrap_or(0..0), e.message().trim().trim_end_matches('.').to_owned()))?;
-    let list = |key: &str, value: &Option<Spanned<Vec<Spanned<String>>>>| -> Result<(), MatrixFileError> {
-        let Some(value) = value else { return Ok(()) };
-        if value.get_ref().is_empty() {
-            return Err(error(value.span(), format!("{key} is empty: leave it out for the defaults")));
+        MatrixFileError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
         }
-        for (i, item) in value.get_ref().iter().enumerate() {
-            if let Some(first) = value.get_ref()[..i].iter().find(|f| f.get_ref() == item.get_ref()) {
-                let (line, _) = line_col(text, first.span().start);
+    };
+    let raw: RawMatrix = toml::from_str(text).map_err(|e| {
+        error(
+            e.span().unwrap_or(0..0),
+            e.message().trim().trim_end_matches('.').to_owned(),
+        )
+    })?;
+    let list =
+        |key: &str, value: &Option<Spanned<Vec<Spanned<String>>>>| -> Result<(), MatrixFileError> {
+            let Some(value) = value else { return Ok(()) };
+            if value.get_ref().is_empty() {
                 return Err(error(
-                    item.span(),
-                    format!("{key}: {:?} is listed twice (also on line {line})", item.get_ref()),
+                    value.span(),
+                    format!("{key} is empty: leave it out for the defaults"),
                 ));
             }
-        }
-        Ok(())
-    };
+            for (i, item) in value.get_ref().iter().enumerate() {
+                if let Some(first) = value.get_ref()[..i]
+                    .iter()
+                    .find(|f| f.get_ref() == item.get_ref())
+                {
+                    let (line, _) = line_col(text, first.span().start);
+                    return Err(error(
+                        item.span(),
+                        format!(
+                            "{key}: {:?} is listed twice (also on line {line})",
+                            item.get_ref()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        };
     list("kernels", &raw.kernels)?;
     list("variants", &raw.variants)?;
     list("scenarios", &raw.scenarios)?;
@@ -89,7 +115,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         .map(|k| {
             k.into_inner()
                 .into_iter()
-                .map(|s| s.get_ref().parse::<images::KernelSpec>().map_err(|e| error(s.span(), e.to_string())))
+                .map(|s| {
+                    s.get_ref()
+                        .parse::<images::KernelSpec>()
+                        .map_err(|e| error(s.span(), e.to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
@@ -103,8 +133,18 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         })
         .transpose()?;
     let base = path.parent().unwrap_or(Path::new(""));
-    let scenarios = raw.scenarios.map(|s| s.into_inner().iter().map(|p| base.join(p.get_ref())).collect());
-    Ok(MatrixFile { path: path.to_path_buf(), kernels, variants, scenarios })
+    let scenarios = raw.scenarios.map(|s| {
+        s.into_inner()
+            .iter()
+            .map(|p| base.join(p.get_ref()))
+            .collect()
+    });
+    Ok(MatrixFile {
+        path: path.to_path_buf(),
+        kernels,
+        variants,
+        scenarios,
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -123,7 +163,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(Path::new("m/matrix.toml"), text).unwrap_err().to_string()
+        parse(Path::new("m/matrix.toml"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -148,17 +190,24 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_column() {
-        let unknown = err("kernels = [\"debian:7\"]\nvariants = [\"intel-ir\",\n  \"intel-posted\"]\n");
+        let unknown =
+            err("kernels = [\"debian:7\"]\nvariants = [\"intel-ir\",\n  \"intel-posted\"]\n");
         assert!(
-            unknown.starts_with("m/matrix.toml:3:3: unknown variant \"intel-posted\" (known: intel-ir, "),
+            unknown.starts_with(
+                "m/matrix.toml:3:3: unknown variant \"intel-posted\" (known: intel-ir, "
+            ),
             "{unknown}"
         );
         assert_eq!(
             err("kernels = [\"debian:7\", \"debian:seven\"]\n"),
             "m/matrix.toml:1:24: bad kernel spec \"debian:seven\": expected debian:MAJOR.MINOR[.PATCH]"
         );
-        assert!(err("kernel = [\"debian:7\"]\n").starts_with("m/matrix.toml:1:1: unknown field `kernel`"));
-        assert_eq!(err("variants = []\n"), "m/matrix.toml:1:12: variants is empty: leave it out for the defaults");
+        assert!(err("kernel = [\"debian:7\"]\n")
+            .starts_with("m/matrix.toml:1:1: unknown field `kernel`"));
+        assert_eq!(
+            err("variants = []\n"),
+            "m/matrix.toml:1:12: variants is empty: leave it out for the defaults"
+        );
         assert_eq!(
             err("variants = [\"amd-ir\",\n\"amd-ir\"]\n"),
             "m/matrix.toml:2:1: variants: \"amd-ir\" is listed twice (also on line 1)"

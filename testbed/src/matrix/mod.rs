@@ -149,10 +149,16 @@ impl Matrix {
         } else if let Some(k) = from_file.as_ref().and_then(|f| f.kernels.clone()) {
             k
         } else {
-            DEFAULT_KERNELS.iter().map(|k| k.parse().expect("default kernel specs parse")).collect()
+            DEFAULT_KERNELS
+                .iter()
+                .map(|k| k.parse().expect("default kernel specs parse"))
+                .collect()
         };
         let variants = if !args.variants.is_empty() {
-            args.variants.iter().map(|v| variant::lookup(v).map_err(|e| e.to_string())).collect::<Result<_, _>>()?
+            args.variants
+                .iter()
+                .map(|v| variant::lookup(v).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?
         } else if let Some(v) = from_file.as_ref().and_then(|f| f.variants.clone()) {
             v
         } else {
@@ -165,13 +171,21 @@ impl Matrix {
         } else {
             vec![PathBuf::from("scenarios")]
         };
-        for (what, dup) in [("kernel", first_duplicate(&kernels)), ("variant", first_duplicate(&variants))] {
+        for (what, dup) in [
+            ("kernel", first_duplicate(&kernels)),
+            ("variant", first_duplicate(&variants)),
+        ] {
             if let Some(d) = dup {
                 return Err(format!("{what} {d} given twice"));
             }
         }
         let scenarios = run::load_scenarios(&scenario_paths).map_err(|e| e.message)?;
-        Ok(Matrix { kernels, variants, scenarios, scenario_paths })
+        Ok(Matrix {
+            kernels,
+            variants,
+            scenarios,
+            scenario_paths,
+        })
     }
 
     /// Pairs in kernel-major order, those with at least one scenario that
@@ -194,7 +208,11 @@ impl Matrix {
 }
 
 fn first_duplicate<T: PartialEq + std::fmt::Display>(items: &[T]) -> Option<String> {
-    items.iter().enumerate().find(|(i, x)| items[..*i].contains(x)).map(|(_, x)| x.to_string())
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, x)| items[..*i].contains(x))
+        .map(|(_, x)| x.to_string())
 }
 
 /// How one cell ended.
@@ -217,12 +235,18 @@ impl CellResult {
     }
 
     pub fn passed(self) -> bool {
-        matches!(self, CellResult::Judged(Verdict::Pass | Verdict::Accepted) | CellResult::Resumed)
+        matches!(
+            self,
+            CellResult::Judged(Verdict::Pass | Verdict::Accepted) | CellResult::Resumed
+        )
     }
 
     /// JUnit's split: a failure is the code's fault, an error the setup's.
     pub fn is_error(self) -> bool {
-        matches!(self, CellResult::Error | CellResult::Judged(Verdict::NoBoot))
+        matches!(
+            self,
+            CellResult::Error | CellResult::Judged(Verdict::NoBoot)
+        )
     }
 }
 
@@ -320,19 +344,37 @@ pub async fn main(args: MatrixArgs) -> u8 {
         None => pairs,
     };
     if pairs.is_empty() {
-        eprintln!("shard {}: no cells", args.shard.map(|s| s.to_string()).unwrap_or_default());
+        eprintln!(
+            "shard {}: no cells",
+            args.shard.map(|s| s.to_string()).unwrap_or_default()
+        );
         return run::EXIT_OK;
     }
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let options = run_options(&args, &matrix);
     let project = run::project_dir(&matrix.scenarios[0].path);
-    let snapshots = args.snapshots.clone().unwrap_or_else(|| project.join("snapshots"));
+    let snapshots = args
+        .snapshots
+        .clone()
+        .unwrap_or_else(|| project.join("snapshots"));
 
     if args.bench {
         return bench(&matrix, &pairs, &options, &snapshots, jobs).await;
     }
-    let root = args.results.clone().unwrap_or_else(|| project.join("results").join("matrix"));
-    let settings = Settings { options: &options, snapshots: &snapshots, root: &root, jobs, resume: args.resume };
+    let root = args
+        .results
+        .clone()
+        .unwrap_or_else(|| project.join("results").join("matrix"));
+    let settings = Settings {
+        options: &options,
+        snapshots: &snapshots,
+        root: &root,
+        jobs,
+        resume: args.resume,
+    };
     let outcome = match run_matrix(&matrix, &pairs, &settings, args.shard).await {
         Ok(o) => o,
         Err(e) => {
@@ -411,9 +453,19 @@ pub async fn run_matrix(
 ) -> Result<MatrixOutcome, String> {
     let started = Instant::now();
     let options = settings.options;
-    let used_kernels: Vec<usize> = (0..matrix.kernels.len()).filter(|k| pairs.iter().any(|p| p.kernel == *k)).collect();
-    let cells_total: usize =
-        pairs.iter().map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).count()).sum();
+    let used_kernels: Vec<usize> = (0..matrix.kernels.len())
+        .filter(|k| pairs.iter().any(|p| p.kernel == *k))
+        .collect();
+    let cells_total: usize = pairs
+        .iter()
+        .map(|p| {
+            matrix
+                .scenarios
+                .iter()
+                .filter(|s| s.runs_on(p.variant.name))
+                .count()
+        })
+        .sum();
     let ui = MatrixUi::new(cells_total);
     let runtime = run::runtime_dir().map_err(|e| e.message)?;
     let agent = run::write_agent(runtime.path()).map_err(|e| e.message)?;
@@ -423,13 +475,20 @@ pub async fn run_matrix(
     let mut kernels: Vec<KernelRecord> = matrix
         .kernels
         .iter()
-        .map(|k| KernelRecord { spec: k.to_string(), release: None, description: None, error: None })
+        .map(|k| KernelRecord {
+            spec: k.to_string(),
+            release: None,
+            description: None,
+            error: None,
+        })
         .collect();
     let mut prepared: Vec<Option<KernelImages>> = matrix.kernels.iter().map(|_| None).collect();
     for &k in &used_kernels {
         let spec = &matrix.kernels[k];
         ui.status(&format!("{spec}: fetching"));
-        match run::prepare_kernel(&cache, spec, options, &agent, &mut |p| ui.status(&format!("{spec}: {p}"))) {
+        match run::prepare_kernel(&cache, spec, options, &agent, &mut |p| {
+            ui.status(&format!("{spec}: {p}"))
+        }) {
             Ok(images) => {
                 ui.line(&format!("kernel {spec}: {}", images.kernel.description));
                 kernels[k].release = Some(images.kernel.release.clone());
@@ -438,19 +497,28 @@ pub async fn run_matrix(
             }
             Err(e) => {
                 let prefix = format!("kernel {spec}: ");
-                let why = e.message.strip_prefix(&prefix).unwrap_or(&e.message).to_owned();
+                let why = e
+                    .message
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&e.message)
+                    .to_owned();
                 ui.line(&format!("kernel {spec}: cannot be used: {why}"));
                 kernels[k].error = Some(why);
             }
         }
     }
     let project = run::project_dir(&matrix.scenarios[0].path);
-    let patched_qemu: Option<Result<images::QemuBuild, String>> =
-        pairs.iter().any(|p| p.variant.qemu == QemuKind::Patched).then(|| {
+    let patched_qemu: Option<Result<images::QemuBuild, String>> = pairs
+        .iter()
+        .any(|p| p.variant.qemu == QemuKind::Patched)
+        .then(|| {
             ui.status("patched qemu");
-            let build = run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
-                ui.status(&format!("patched qemu: {p}"))
-            })
+            let build = run::prepare_patched_qemu(
+                &cache,
+                &project,
+                options.qemu_tree.as_deref(),
+                &mut |p| ui.status(&format!("patched qemu: {p}")),
+            )
             .map_err(|e| e.message);
             match &build {
                 Ok(b) => ui.line(&format!("patched qemu: {}", b.description)),
@@ -463,7 +531,14 @@ pub async fn run_matrix(
     let mut cells: Vec<MatrixCell> = Vec::new();
     let pair_scenarios: Vec<Vec<Scenario>> = pairs
         .iter()
-        .map(|p| matrix.scenarios.iter().filter(|s| s.runs_on(p.variant.name)).cloned().collect())
+        .map(|p| {
+            matrix
+                .scenarios
+                .iter()
+                .filter(|s| s.runs_on(p.variant.name))
+                .cloned()
+                .collect()
+        })
         .collect();
     let mut to_run: Vec<(usize, Vec<Scenario>)> = Vec::new();
     for (i, pair) in pairs.iter().enumerate() {
@@ -505,10 +580,15 @@ pub async fn run_matrix(
                 scenario,
                 settings.snapshots,
                 options,
-                patched_qemu.as_ref().and_then(|q| q.as_ref().ok()).filter(|_| pair.variant.qemu == QemuKind::Patched),
+                patched_qemu
+                    .as_ref()
+                    .and_then(|q| q.as_ref().ok())
+                    .filter(|_| pair.variant.qemu == QemuKind::Patched),
             );
             if settings.resume {
-                if let Some(seconds) = results::passed_before(settings.root, &cell.dir, &fingerprint) {
+                if let Some(seconds) =
+                    results::passed_before(settings.root, &cell.dir, &fingerprint)
+                {
                     cell.result = CellResult::Resumed;
                     cell.seconds = seconds;
                     ui.cell_done(&cell);
@@ -525,8 +605,13 @@ pub async fn run_matrix(
     let mut units: Vec<Unit> = Vec::new();
     for (i, scenarios) in &to_run {
         let pair = pairs[*i];
-        let images = prepared[pair.kernel].as_ref().expect("kernels of runnable pairs are prepared");
-        for (index, group) in plan::group(scenarios, options.fresh_boot).into_iter().enumerate() {
+        let images = prepared[pair.kernel]
+            .as_ref()
+            .expect("kernels of runnable pairs are prepared");
+        for (index, group) in plan::group(scenarios, options.fresh_boot)
+            .into_iter()
+            .enumerate()
+        {
             units.push(Unit {
                 pair,
                 images,
@@ -542,11 +627,26 @@ pub async fn run_matrix(
     // its own) does not start last and run alone while the other CPUs idle.
     // The sort is stable: boots of equal estimate keep matrix order. The
     // semaphore is fair, so boots start in this order.
-    units.sort_by(|a, b| estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios)));
-    ui.status(&format!("{} boots, {} at a time", units.len(), settings.jobs));
+    units.sort_by(|a, b| {
+        estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios))
+    });
+    ui.status(&format!(
+        "{} boots, {} at a time",
+        units.len(),
+        settings.jobs
+    ));
     let cpus = tokio::sync::Semaphore::new(settings.jobs);
-    let ctx = UnitContext { matrix, settings, kernels: &kernels, runtime: runtime.path(), cpus: &cpus, ui: &ui };
-    let finished = futures::future::join_all(units.iter().enumerate().map(|(n, u)| run_unit(&ctx, n, u))).await;
+    let ctx = UnitContext {
+        matrix,
+        settings,
+        kernels: &kernels,
+        runtime: runtime.path(),
+        cpus: &cpus,
+        ui: &ui,
+    };
+    let finished =
+        futures::future::join_all(units.iter().enumerate().map(|(n, u)| run_unit(&ctx, n, u)))
+            .await;
     ui.finish();
     let mut boots = Vec::new();
     for (unit_cells, boot) in finished {
@@ -555,13 +655,23 @@ pub async fn run_matrix(
     }
     // Matrix order: kernel, variant, scenario, whatever finished first.
     let order = |c: &MatrixCell| {
-        let k = matrix.kernels.iter().position(|k| k.to_string() == c.kernel);
+        let k = matrix
+            .kernels
+            .iter()
+            .position(|k| k.to_string() == c.kernel);
         let v = matrix.variants.iter().position(|v| v.name == c.variant);
         let s = matrix.scenarios.iter().position(|s| s.name == c.scenario);
         (k, v, s)
     };
     cells.sort_by_key(order);
-    Ok(MatrixOutcome { cells, boots, kernels, wall: started.elapsed(), jobs: settings.jobs, shard })
+    Ok(MatrixOutcome {
+        cells,
+        boots,
+        kernels,
+        wall: started.elapsed(),
+        jobs: settings.jobs,
+        shard,
+    })
 }
 
 /// A rough cost of a boot, only to order boots: the boot itself, a little
@@ -589,11 +699,19 @@ struct UnitContext<'a> {
     ui: &'a MatrixUi,
 }
 
-async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<MatrixCell>, Option<BootRecord>) {
+async fn run_unit(
+    ctx: &UnitContext<'_>,
+    n: usize,
+    unit: &Unit<'_>,
+) -> (Vec<MatrixCell>, Option<BootRecord>) {
     let kernel = &ctx.kernels[unit.pair.kernel];
     let variant = unit.pair.variant;
     let label = ctx.matrix.pair_label(&unit.pair);
-    let _cpu = ctx.cpus.acquire().await.expect("the semaphore is never closed");
+    let _cpu = ctx
+        .cpus
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let progress = ctx.ui.unit(&label);
     let error_cells = |why: String| -> Vec<MatrixCell> {
         unit.scenarios
@@ -622,7 +740,13 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
     let live = match results::LiveBootDir::create(ctx.settings.root, &boot_dir) {
         Ok(d) => d,
         Err(e) => {
-            return (error_cells(format!("creating a boot directory under {}: {e}", ctx.settings.root.display())), None)
+            return (
+                error_cells(format!(
+                    "creating a boot directory under {}: {e}",
+                    ctx.settings.root.display()
+                )),
+                None,
+            )
         }
     };
     let target = run::BootTarget {
@@ -632,9 +756,14 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
         runtime_dir: ctx.runtime.join(format!("u{n}")),
     };
     let started = Instant::now();
-    let outcome = match run::boot(ctx.settings.options, &target, variant, &unit.scenarios, &unit.devices, &mut |e| {
-        progress.event(e)
-    })
+    let outcome = match run::boot(
+        ctx.settings.options,
+        &target,
+        variant,
+        &unit.scenarios,
+        &unit.devices,
+        &mut |e| progress.event(e),
+    )
     .await
     {
         Ok(o) => o,
@@ -649,7 +778,10 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
     let boot_files = match live.finish(&final_dir) {
         Ok(()) => Some(final_dir.clone()),
         Err(e) => {
-            ctx.ui.line(&format!("{label}: cannot keep the boot's logs in {}: {e}", final_dir.display()));
+            ctx.ui.line(&format!(
+                "{label}: cannot keep the boot's logs in {}: {e}",
+                final_dir.display()
+            ));
             None
         }
     };
@@ -675,10 +807,15 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
                 .detail
                 .iter()
                 .map(|d| {
-                    let diff_file =
-                        ctx.settings.root.join(results::cell_dir(&kernel.spec, variant.name, &scenario.name));
-                    d.replace(&live_path, &final_path)
-                        .replace("(diff above)", &format!("(diff in {})", diff_file.join("diff.txt").display()))
+                    let diff_file = ctx.settings.root.join(results::cell_dir(
+                        &kernel.spec,
+                        variant.name,
+                        &scenario.name,
+                    ));
+                    d.replace(&live_path, &final_path).replace(
+                        "(diff above)",
+                        &format!("(diff in {})", diff_file.join("diff.txt").display()),
+                    )
                 })
                 .collect(),
             diff: judged.diff,
@@ -692,9 +829,15 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
             scenario,
             ctx.settings.snapshots,
             ctx.settings.options,
-            unit.patched_qemu.filter(|_| variant.qemu == QemuKind::Patched),
+            unit.patched_qemu
+                .filter(|_| variant.qemu == QemuKind::Patched),
         );
-        results::write_cell(ctx.settings.root, &cell, boot_files.as_deref(), Some(&fingerprint));
+        results::write_cell(
+            ctx.settings.root,
+            &cell,
+            boot_files.as_deref(),
+            Some(&fingerprint),
+        );
         ctx.ui.cell_done(&cell);
         cells.push(cell);
     }
@@ -703,7 +846,10 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
         variant: variant.name,
         scenarios: unit.scenarios.iter().map(|s| s.name.clone()).collect(),
         dir: boot_dir,
-        failure: outcome.failure.as_ref().map(|f| f.message.replace(&live_path, &final_path)),
+        failure: outcome
+            .failure
+            .as_ref()
+            .map(|f| f.message.replace(&live_path, &final_path)),
         qemu_version: outcome.qemu_version.clone(),
         boot_to_ready: outcome.timings.boot_to_ready.as_secs_f64(),
         seconds,
@@ -713,7 +859,13 @@ async fn run_unit(ctx: &UnitContext<'_>, n: usize, unit: &Unit<'_>) -> (Vec<Matr
 
 /// `--bench`: the same matrix with -j 1 and then -j `jobs`, each into a
 /// fresh temporary results directory, then both wall times and the ratio.
-async fn bench(matrix: &Matrix, pairs: &[Pair], options: &RunOptions, snapshots: &Path, jobs: usize) -> u8 {
+async fn bench(
+    matrix: &Matrix,
+    pairs: &[Pair],
+    options: &RunOptions,
+    snapshots: &Path,
+    jobs: usize,
+) -> u8 {
     let levels: Vec<usize> = if jobs > 1 { vec![1, jobs] } else { vec![1] };
     let mut walls = Vec::new();
     for &j in &levels {
@@ -724,7 +876,13 @@ async fn bench(matrix: &Matrix, pairs: &[Pair], options: &RunOptions, snapshots:
                 return run::EXIT_FAILED;
             }
         };
-        let settings = Settings { options, snapshots, root: tmp.path(), jobs: j, resume: false };
+        let settings = Settings {
+            options,
+            snapshots,
+            root: tmp.path(),
+            jobs: j,
+            resume: false,
+        };
         let outcome = match run_matrix(matrix, pairs, &settings, None).await {
             Ok(o) => o,
             Err(e) => {
@@ -741,13 +899,27 @@ async fn bench(matrix: &Matrix, pairs: &[Pair], options: &RunOptions, snapshots:
         );
         walls.push((j, outcome));
     }
-    let kernels: Vec<String> = walls[0].1.kernels.iter().filter_map(|k| k.release.clone()).collect();
+    let kernels: Vec<String> = walls[0]
+        .1
+        .kernels
+        .iter()
+        .filter_map(|k| k.release.clone())
+        .collect();
     println!(
         "bench: matrix of {} kernels ({}) x {} variants ({}), {} cells in {} boots, accel {}",
-        pairs.iter().map(|p| p.kernel).collect::<std::collections::BTreeSet<_>>().len(),
+        pairs
+            .iter()
+            .map(|p| p.kernel)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         kernels.join(", "),
         matrix.variants.len(),
-        matrix.variants.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+        matrix
+            .variants
+            .iter()
+            .map(|v| v.name)
+            .collect::<Vec<_>>()
+            .join(", "),
         walls[0].1.cells.len(),
         walls[0].1.boots.len(),
         options.accel.name()

@@ -26,14 +26,22 @@ fn wall(outcome: &MatrixOutcome) -> String {
 /// "40 passed, 2 failed, 4 errors" (zero counts left out, except passed).
 pub fn counts(outcome: &MatrixOutcome) -> String {
     let passed = outcome.cells.iter().filter(|c| c.result.passed()).count();
-    let errors = outcome.cells.iter().filter(|c| !c.result.passed() && c.result.is_error()).count();
+    let errors = outcome
+        .cells
+        .iter()
+        .filter(|c| !c.result.passed() && c.result.is_error())
+        .count();
     let failed = outcome.cells.len() - passed - errors;
     let mut out = format!("{passed} passed");
     if failed > 0 {
         let _ = write!(out, ", {failed} failed");
     }
     if errors > 0 {
-        let _ = write!(out, ", {errors} error{}", if errors == 1 { "" } else { "s" });
+        let _ = write!(
+            out,
+            ", {errors} error{}",
+            if errors == 1 { "" } else { "s" }
+        );
     }
     out
 }
@@ -45,11 +53,32 @@ pub fn print_table(outcome: &MatrixOutcome) {
 
 pub fn table(outcome: &MatrixOutcome) -> String {
     let mut out = String::from("\n");
-    let kw = outcome.cells.iter().map(|c| c.kernel.len()).max().unwrap_or(0).max(6);
-    let vw = outcome.cells.iter().map(|c| c.variant.len()).max().unwrap_or(0).max(7);
-    let sw = outcome.cells.iter().map(|c| c.scenario.len()).max().unwrap_or(0).max(8);
-    let _ =
-        writeln!(out, "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}", "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME");
+    let kw = outcome
+        .cells
+        .iter()
+        .map(|c| c.kernel.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let vw = outcome
+        .cells
+        .iter()
+        .map(|c| c.variant.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let sw = outcome
+        .cells
+        .iter()
+        .map(|c| c.scenario.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let _ = writeln!(
+        out,
+        "{:<kw$}  {:<vw$}  {:<sw$}  {:<14}  {:>7}",
+        "KERNEL", "VARIANT", "SCENARIO", "RESULT", "TIME"
+    );
     for c in &outcome.cells {
         let _ = writeln!(
             out,
@@ -86,7 +115,10 @@ pub fn table(outcome: &MatrixOutcome) -> String {
         outcome.boots.len(),
         wall(outcome),
         outcome.jobs,
-        outcome.shard.map(|s| format!(", shard {s}")).unwrap_or_default()
+        outcome
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default()
     );
     out
 }
@@ -178,7 +210,10 @@ fn failure_text(cell: &MatrixCell, root: &Path) -> String {
 pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let count = |cells: &[&MatrixCell]| {
-        let failures = cells.iter().filter(|c| !c.result.passed() && !c.result.is_error()).count();
+        let failures = cells
+            .iter()
+            .filter(|c| !c.result.passed() && !c.result.is_error())
+            .count();
         let errors = cells.iter().filter(|c| c.result.is_error()).count();
         // An empty f64 sum is -0.0.
         let secs: f64 = cells.iter().filter_map(|c| c.seconds).sum::<f64>() + 0.0;
@@ -198,8 +233,11 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
         }
     }
     for (kernel, variant) in suites {
-        let cells: Vec<&MatrixCell> =
-            outcome.cells.iter().filter(|c| c.kernel == kernel && c.variant == variant).collect();
+        let cells: Vec<&MatrixCell> = outcome
+            .cells
+            .iter()
+            .filter(|c| c.kernel == kernel && c.variant == variant)
+            .collect();
         let (tests, failures, errors, secs) = count(&cells);
         let name = xml(&format!("{kernel} {variant}"));
         let _ = writeln!(
@@ -232,7 +270,11 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
                 }
                 r => {
                     let tag = if r.is_error() { "error" } else { "failure" };
-                    let message = c.detail.first().map(|d| d.lines().next().unwrap_or("")).unwrap_or("");
+                    let message = c
+                        .detail
+                        .first()
+                        .map(|d| d.lines().next().unwrap_or(""))
+                        .unwrap_or("");
                     let _ = writeln!(
                         out,
                         "{open}>\n      <{tag} type=\"{}\" message=\"{}\">{}</{tag}>\n    </testcase>",
@@ -269,10 +311,17 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         outcome.boots.len(),
         wall(outcome),
         outcome.jobs,
-        outcome.shard.map(|s| format!(", shard {s}")).unwrap_or_default()
+        outcome
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default()
     );
     for k in &outcome.kernels {
-        let cells: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| c.kernel == k.spec).collect();
+        let cells: Vec<&MatrixCell> = outcome
+            .cells
+            .iter()
+            .filter(|c| c.kernel == k.spec)
+            .collect();
         if cells.is_empty() {
             continue;
         }
@@ -302,24 +351,44 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         for s in scenarios {
             let row: Vec<String> = variants
                 .iter()
-                .map(|v| match cells.iter().find(|c| c.variant == *v && c.scenario == s) {
-                    Some(c) if c.result.passed() => format!("{} {}", mark(c.result), time(c.seconds)),
-                    Some(c) => format!("{} {}", mark(c.result), c.result.label()),
-                    None => "not run here".to_owned(),
-                })
+                .map(
+                    |v| match cells.iter().find(|c| c.variant == *v && c.scenario == s) {
+                        Some(c) if c.result.passed() => {
+                            format!("{} {}", mark(c.result), time(c.seconds))
+                        }
+                        Some(c) => format!("{} {}", mark(c.result), c.result.label()),
+                        None => "not run here".to_owned(),
+                    },
+                )
                 .collect();
             let _ = writeln!(out, "| `{s}` | {} |", row.join(" | "));
         }
         out.push('\n');
     }
     // Cells of a kernel that is not available are said once, above.
-    let unavailable = |c: &MatrixCell| outcome.kernels.iter().any(|k| k.spec == c.kernel && k.error.is_some());
-    let failing: Vec<&MatrixCell> = outcome.cells.iter().filter(|c| !c.result.passed() && !unavailable(c)).collect();
+    let unavailable = |c: &MatrixCell| {
+        outcome
+            .kernels
+            .iter()
+            .any(|k| k.spec == c.kernel && k.error.is_some())
+    };
+    let failing: Vec<&MatrixCell> = outcome
+        .cells
+        .iter()
+        .filter(|c| !c.result.passed() && !unavailable(c))
+        .collect();
     if !failing.is_empty() {
         out.push_str("## What failed\n\n");
     }
     for c in failing {
-        let _ = writeln!(out, "### {} `{}` on `{}`, `{}`\n", mark(c.result), c.scenario, c.variant, c.kernel);
+        let _ = writeln!(
+            out,
+            "### {} `{}` on `{}`, `{}`\n",
+            mark(c.result),
+            c.scenario,
+            c.variant,
+            c.kernel
+        );
         let _ = writeln!(out, "Results: `{}`\n", c.dir.display());
         let _ = writeln!(out, "```\n{}\n```\n", c.detail.join("\n"));
         if let Some(diff) = &c.diff {
@@ -331,7 +400,10 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
         }
         if let Some(console) = console_excerpt(c, root) {
             let (title, body) = console.split_once('\n').unwrap_or((&console, ""));
-            let _ = writeln!(out, "<details><summary>{title}</summary>\n\n```\n{body}\n```\n</details>\n");
+            let _ = writeln!(
+                out,
+                "<details><summary>{title}</summary>\n\n```\n{body}\n```\n</details>\n"
+            );
         }
     }
     out
@@ -344,7 +416,13 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    fn cell(kernel: &str, variant: &'static str, scenario: &str, result: CellResult, detail: &[&str]) -> MatrixCell {
+    fn cell(
+        kernel: &str,
+        variant: &'static str,
+        scenario: &str,
+        result: CellResult,
+        detail: &[&str],
+    ) -> MatrixCell {
         MatrixCell {
             kernel: kernel.into(),
             kernel_release: (result != CellResult::Error).then(|| "7.2.13+deb14-amd64".into()),
@@ -368,10 +446,17 @@ mod tests {
             CellResult::Judged(Verdict::Mismatch),
             &["report differs from the snapshot (diff above); review with `cargo insta review`"],
         );
-        mismatch.diff = Some("--- snapshot\n+++ report\n-   none formed\n+   vm0 <connected> & more\n".into());
+        mismatch.diff =
+            Some("--- snapshot\n+++ report\n-   none formed\n+   vm0 <connected> & more\n".into());
         MatrixOutcome {
             cells: vec![
-                cell("debian:7", "intel-ir", "edu-a", CellResult::Judged(Verdict::Pass), &[]),
+                cell(
+                    "debian:7",
+                    "intel-ir",
+                    "edu-a",
+                    CellResult::Judged(Verdict::Pass),
+                    &[],
+                ),
                 cell("debian:7", "amd-ir", "edu-a", CellResult::Resumed, &[]),
                 mismatch,
                 cell(
@@ -441,7 +526,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let lines: Vec<String> = (1..=50).map(|i| format!("line {i}\r")).collect();
-        std::fs::write(&console, lines.join("\n") + "\n\x1b[0mKernel panic - not syncing <x>\n").unwrap();
+        std::fs::write(
+            &console,
+            lines.join("\n") + "\n\x1b[0mKernel panic - not syncing <x>\n",
+        )
+        .unwrap();
         let mut o = outcome();
         o.cells[2].console_log = Some(console);
         let xml = junit(&o, Path::new("/r"));
@@ -451,8 +540,14 @@ mod tests {
             ),
             "{xml}"
         );
-        assert!(xml.contains("?[0mKernel panic - not syncing &lt;x&gt;</failure>"), "{xml}");
-        assert!(!xml.contains("line 11\n") && !xml.contains('\r') && !xml.contains('\x1b'), "{xml}");
+        assert!(
+            xml.contains("?[0mKernel panic - not syncing &lt;x&gt;</failure>"),
+            "{xml}"
+        );
+        assert!(
+            !xml.contains("line 11\n") && !xml.contains('\r') && !xml.contains('\x1b'),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -473,8 +568,18 @@ mod tests {
         ");
         let md = markdown(&o, Path::new("results/matrix"));
         assert!(md.contains("| scenario | intel-ir | amd-ir |\n|---|---|---|\n| `edu-a` | ✅ 1.2s | ✅ 1.2s |\n| `edu-b` | not run here | ❌ MISMATCH |\n"), "{md}");
-        assert!(md.contains("## `debian:6.99`: not available\n\n> no debian kernel matches debian:6.99\n"), "{md}");
-        assert!(md.contains("### ❌ `edu-b` on `amd-ir`, `debian:7`\n\nResults: `debian-7/amd-ir/edu-b`\n"), "{md}");
+        assert!(
+            md.contains(
+                "## `debian:6.99`: not available\n\n> no debian kernel matches debian:6.99\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "### ❌ `edu-b` on `amd-ir`, `debian:7`\n\nResults: `debian-7/amd-ir/edu-b`\n"
+            ),
+            "{md}"
+        );
         assert!(md.contains("```diff\n--- snapshot\n"), "{md}");
     }
 }

@@ -23,13 +23,19 @@ impl MatrixUi {
             let multi = MultiProgress::new();
             let bar = multi.add(ProgressBar::new(total as u64));
             bar.set_style(
-                ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} cells  {msg}")
-                    .expect("template parses"),
+                ProgressStyle::with_template(
+                    "[{elapsed_precise}] {bar:30} {pos}/{len} cells  {msg}",
+                )
+                .expect("template parses"),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
             (multi, bar)
         });
-        MatrixUi { bars, total, done: AtomicUsize::new(0) }
+        MatrixUi {
+            bars,
+            total,
+            done: AtomicUsize::new(0),
+        }
     }
 
     /// A line that stays.
@@ -54,12 +60,18 @@ impl MatrixUi {
     pub fn unit(&self, label: &str) -> UnitProgress {
         let bar = self.bars.as_ref().map(|(multi, _)| {
             let bar = multi.add(ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("  {spinner} {prefix}: {msg}").expect("template parses"));
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
+                    .expect("template parses"),
+            );
             bar.set_prefix(label.to_owned());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        UnitProgress { bar, label: label.to_owned() }
+        UnitProgress {
+            bar,
+            label: label.to_owned(),
+        }
     }
 
     pub fn cell_done(&self, cell: &MatrixCell) {
@@ -95,10 +107,19 @@ impl UnitProgress {
     pub fn event(&self, event: RunEvent) {
         let text = match event {
             RunEvent::QemuStarted { .. } => "booting".to_owned(),
-            RunEvent::AgentReady { after, .. } => format!("agent ready after {:.1}s", after.as_secs_f64()),
-            RunEvent::ScenarioStarted { scenario, steps, .. } => format!("{scenario} ({steps} steps)"),
+            RunEvent::AgentReady { after, .. } => {
+                format!("agent ready after {:.1}s", after.as_secs_f64())
+            }
+            RunEvent::ScenarioStarted {
+                scenario, steps, ..
+            } => format!("{scenario} ({steps} steps)"),
             RunEvent::TestStarted { test, .. } => test.clone(),
-            RunEvent::StepFinished { scenario, index, action, .. } => {
+            RunEvent::StepFinished {
+                scenario,
+                index,
+                action,
+                ..
+            } => {
                 if self.bar.is_none() {
                     return;
                 }

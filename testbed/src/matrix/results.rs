@@ -35,7 +35,11 @@ use crate::variant::Variant;
 pub fn kernel_dir(spec: &str) -> String {
     let mut out = String::new();
     for c in spec.chars() {
-        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' };
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            c
+        } else {
+            '-'
+        };
         if !(c == '-' && out.ends_with('-')) {
             out.push(c);
         }
@@ -44,11 +48,16 @@ pub fn kernel_dir(spec: &str) -> String {
 }
 
 pub fn cell_dir(kernel: &str, variant: &str, scenario: &str) -> PathBuf {
-    PathBuf::from(kernel_dir(kernel)).join(variant).join(scenario)
+    PathBuf::from(kernel_dir(kernel))
+        .join(variant)
+        .join(scenario)
 }
 
 pub fn boot_dir(kernel: &str, variant: &str, index: usize) -> PathBuf {
-    PathBuf::from("boots").join(kernel_dir(kernel)).join(variant).join(format!("boot-{index}"))
+    PathBuf::from("boots")
+        .join(kernel_dir(kernel))
+        .join(variant)
+        .join(format!("boot-{index}"))
 }
 
 /// The directory a boot writes its logs into while it runs: a temporary
@@ -61,8 +70,13 @@ impl LiveBootDir {
     pub fn create(root: &Path, boot_dir: &Path) -> std::io::Result<LiveBootDir> {
         let parent = root.join(boot_dir.parent().unwrap_or(Path::new("")));
         std::fs::create_dir_all(&parent)?;
-        let name = boot_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let dir = tempfile::Builder::new().prefix(&format!(".{name}.running-")).tempdir_in(&parent)?;
+        let name = boot_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}.running-"))
+            .tempdir_in(&parent)?;
         Ok(LiveBootDir { dir })
     }
 
@@ -84,7 +98,9 @@ fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     if to.exists() {
         // Move the old one aside first, so `to` is never half deleted.
         let parent = to.parent().unwrap_or(Path::new("."));
-        let old = tempfile::Builder::new().prefix(".old-").tempdir_in(parent)?;
+        let old = tempfile::Builder::new()
+            .prefix(".old-")
+            .tempdir_in(parent)?;
         std::fs::rename(to, old.path().join("x"))?;
     }
     std::fs::rename(from, to)
@@ -114,7 +130,10 @@ pub fn fingerprint(
         options.accel.name().as_bytes(),
         append.as_bytes(),
         if options.bzimage { b"bzimage" } else { b"pvh" },
-        patched_qemu.map(|q| q.description.as_str()).unwrap_or("").as_bytes(),
+        patched_qemu
+            .map(|q| q.description.as_str())
+            .unwrap_or("")
+            .as_bytes(),
     ];
     for part in parts {
         h.update((part.len() as u64).to_le_bytes());
@@ -149,7 +168,12 @@ pub fn cell_json(cell: &MatrixCell) -> serde_json::Value {
 /// Writes the cell's directory (see the module docs) in one rename. Errors
 /// are reported on stderr and leave no directory: the cell's verdict is
 /// already in the run's reports.
-pub fn write_cell(root: &Path, cell: &MatrixCell, boot_logs: Option<&Path>, fingerprint: Option<&str>) {
+pub fn write_cell(
+    root: &Path,
+    cell: &MatrixCell,
+    boot_logs: Option<&Path>,
+    fingerprint: Option<&str>,
+) {
     if let Err(e) = try_write_cell(root, cell, boot_logs, fingerprint) {
         eprintln!("error: writing {}: {e}", root.join(&cell.dir).display());
     }
@@ -164,20 +188,32 @@ fn try_write_cell(
     let dest = root.join(&cell.dir);
     let parent = dest.parent().unwrap_or(root);
     std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(&format!(".{}.writing-", cell.scenario)).tempdir_in(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.writing-", cell.scenario))
+        .tempdir_in(parent)?;
     let mut result = cell_json(cell);
     // Only a judged cell can be resumed: its fingerprint says what it ran.
     if let Some(f) = fingerprint {
         result["fingerprint"] = f.into();
     }
-    std::fs::write(tmp.path().join("result.json"), serde_json::to_vec_pretty(&result)?)?;
+    std::fs::write(
+        tmp.path().join("result.json"),
+        serde_json::to_vec_pretty(&result)?,
+    )?;
     if let Some(report) = &cell.report {
         let header = format!(
             "# {} on {}, kernel {} ({}), qemu {}\n\n",
-            cell.scenario, cell.variant, cell.kernel, report.header.kernel_release, report.header.qemu_version
+            cell.scenario,
+            cell.variant,
+            cell.kernel,
+            report.header.kernel_release,
+            report.header.qemu_version
         );
         std::fs::write(tmp.path().join("report.txt"), header + &report.body())?;
-        std::fs::write(tmp.path().join("report.json"), serde_json::to_vec_pretty(&report.to_json())?)?;
+        std::fs::write(
+            tmp.path().join("report.json"),
+            serde_json::to_vec_pretty(&report.to_json())?,
+        )?;
     }
     if let Some(diff) = &cell.diff {
         std::fs::write(tmp.path().join("diff.txt"), diff)?;
@@ -204,7 +240,10 @@ fn try_write_cell(
 pub fn write_reports(root: &Path, outcome: &MatrixOutcome) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(root)?;
     let files = [
-        ("report.json", serde_json::to_string_pretty(&super::output::json(outcome))?),
+        (
+            "report.json",
+            serde_json::to_string_pretty(&super::output::json(outcome))?,
+        ),
         ("junit.xml", super::output::junit(outcome, root)),
         ("summary.md", super::output::markdown(outcome, root)),
     ];
@@ -225,9 +264,18 @@ mod tests {
     fn kernel_dirs_are_safe_and_stable() {
         assert_eq!(kernel_dir("debian:6.12"), "debian-6.12");
         assert_eq!(kernel_dir("debian:7"), "debian-7");
-        assert_eq!(kernel_dir("path:/boot/vmlinuz-6.1,modules=/lib/m"), "path-boot-vmlinuz-6.1-modules-lib-m");
-        assert_eq!(cell_dir("debian:7", "amd-ir", "edu-l2-ipi"), PathBuf::from("debian-7/amd-ir/edu-l2-ipi"));
-        assert_eq!(boot_dir("debian:7", "amd-ir", 0), PathBuf::from("boots/debian-7/amd-ir/boot-0"));
+        assert_eq!(
+            kernel_dir("path:/boot/vmlinuz-6.1,modules=/lib/m"),
+            "path-boot-vmlinuz-6.1-modules-lib-m"
+        );
+        assert_eq!(
+            cell_dir("debian:7", "amd-ir", "edu-l2-ipi"),
+            PathBuf::from("debian-7/amd-ir/edu-l2-ipi")
+        );
+        assert_eq!(
+            boot_dir("debian:7", "amd-ir", 0),
+            PathBuf::from("boots/debian-7/amd-ir/boot-0")
+        );
     }
 
     #[test]
@@ -240,7 +288,10 @@ mod tests {
         let live = LiveBootDir::create(root.path(), &rel).unwrap();
         std::fs::write(live.path().join("console.log"), "new").unwrap();
         live.finish(&root.path().join(&rel)).unwrap();
-        assert_eq!(std::fs::read_to_string(root.path().join(&rel).join("console.log")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join(&rel).join("console.log")).unwrap(),
+            "new"
+        );
         // Interrupted: dropped before finishing leaves nothing behind.
         let live = LiveBootDir::create(root.path(), &boot_dir("debian:7", "amd-ir", 1)).unwrap();
         std::fs::write(live.path().join("console.log"), "partial").unwrap();

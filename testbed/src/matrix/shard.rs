@@ -69,7 +69,10 @@ mod tests {
         assert_eq!("2/5".parse::<Shard>(), Ok(Shard { index: 2, count: 5 }));
         for bad in ["0/3", "4/3", "1/0", "1", "a/b", "-1/3", "1/3/4", ""] {
             let e = bad.parse::<Shard>().unwrap_err();
-            assert_eq!(e, format!("bad shard {bad:?}: expected I/N with 1 <= I <= N, e.g. 1/4"));
+            assert_eq!(
+                e,
+                format!("bad shard {bad:?}: expected I/N with 1 <= I <= N, e.g. 1/4")
+            );
         }
     }
 
@@ -77,12 +80,18 @@ mod tests {
     fn shards_cover_every_unit_once_and_are_balanced() {
         for len in 0..30 {
             for count in 1..9 {
-                let ranges: Vec<_> = (1..=count).map(|index| Shard { index, count }.range(len)).collect();
+                let ranges: Vec<_> = (1..=count)
+                    .map(|index| Shard { index, count }.range(len))
+                    .collect();
                 let mut covered = Vec::new();
                 for r in &ranges {
                     covered.extend(r.clone());
                 }
-                assert_eq!(covered, (0..len).collect::<Vec<_>>(), "len {len} count {count}");
+                assert_eq!(
+                    covered,
+                    (0..len).collect::<Vec<_>>(),
+                    "len {len} count {count}"
+                );
                 let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
                 let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
                 assert!(max - min <= 1, "len {len} count {count}: {sizes:?}");
@@ -99,11 +108,20 @@ mod tests {
 
     #[test]
     fn github_matrix_line() {
-        let units: Vec<String> =
-            ["debian:6.12 intel-ir", "debian:6.12 amd-ir", "debian:7 intel-ir"].iter().map(|s| s.to_string()).collect();
+        let units: Vec<String> = [
+            "debian:6.12 intel-ir",
+            "debian:6.12 amd-ir",
+            "debian:7 intel-ir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         insta::assert_snapshot!(github_matrix(&units, 2), @r#"matrix={"include":[{"cells":"debian:6.12 intel-ir","shard":"1/2"},{"cells":"debian:6.12 amd-ir, debian:7 intel-ir","shard":"2/2"}]}"#);
         // More shards than units: no empty jobs.
         let line = github_matrix(&units[..1], 3);
-        assert_eq!(line, r#"matrix={"include":[{"cells":"debian:6.12 intel-ir","shard":"3/3"}]}"#);
+        assert_eq!(
+            line,
+            r#"matrix={"include":[{"cells":"debian:6.12 intel-ir","shard":"3/3"}]}"#
+        );
     }
 }

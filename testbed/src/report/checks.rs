@@ -115,7 +115,12 @@ fn l2_lossless(r: &Report) -> (bool, String) {
 
 fn fail(problems: Vec<String>) -> (bool, String) {
     const SHOWN: usize = 5;
-    let mut detail = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    let mut detail = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
     if problems.len() > SHOWN {
         detail.push_str(&format!("; and {} more", problems.len() - SHOWN));
     }
@@ -155,7 +160,10 @@ fn lossless(r: &Report) -> (bool, String) {
         let (vector, count, signal) = match step {
             Step::Fire { vector, count } if wire::is_intx(vector) => {
                 let holders = held.get(i).and_then(|h| h.get(vector));
-                let running = holders.is_some_and(|vms| vms.iter().any(|vm| l2.get(i).is_some_and(|r| r.contains(vm))));
+                let running = holders.is_some_and(|vms| {
+                    vms.iter()
+                        .any(|vm| l2.get(i).is_some_and(|r| r.contains(vm)))
+                });
                 super::level::lossless(r, i, vector, *count, running, &mut problems, &mut ok);
                 continue;
             }
@@ -190,11 +198,18 @@ fn lossless(r: &Report) -> (bool, String) {
         let holders = held.get(i).and_then(|h| h.get(vector));
         // a device without an IRQ of its own for the vector (vdpa_sim)
         // signals the eventfd from kernel code: no L1 line, nothing posted
-        let no_host_irq = r.scenario.device_of_vector(vector).is_some_and(|d| !d.model.host_irq());
+        let no_host_irq = r
+            .scenario
+            .device_of_vector(vector)
+            .is_some_and(|d| !d.model.host_irq());
         // what KVM must have injected where an irqfd holds the vector
         let via_kvm = if signal || no_host_irq {
             if c.host_irq != 0 {
-                let by = if signal { "from software" } else { "by a device without an IRQ of its own" };
+                let by = if signal {
+                    "from software"
+                } else {
+                    "by a device without an IRQ of its own"
+                };
                 problems.push(format!(
                     "step {n} {vector}: signalled {by} but L1 saw {} device interrupts",
                     c.host_irq
@@ -327,7 +342,13 @@ fn lossless(r: &Report) -> (bool, String) {
 
 /// A `fire` on a vector masked at the device: the device holds the raise
 /// pending, so nothing may reach L1, KVM, an L2 or the eventfd.
-fn masked_fire_lossless(r: &Report, i: usize, step: &Step, problems: &mut Vec<String>, ok: &mut Vec<String>) {
+fn masked_fire_lossless(
+    r: &Report,
+    i: usize,
+    step: &Step,
+    problems: &mut Vec<String>,
+    ok: &mut Vec<String>,
+) {
     let Step::Fire { vector, count } = step else {
         return;
     };
@@ -355,7 +376,9 @@ fn masked_fire_lossless(r: &Report, i: usize, step: &Step, problems: &mut Vec<St
     ];
     for (what, got) in leaked {
         if got != 0 {
-            problems.push(format!("step {n} {vector}: masked at the device, yet {what} {got}"));
+            problems.push(format!(
+                "step {n} {vector}: masked at the device, yet {what} {got}"
+            ));
         }
     }
     if problems.len() == before {
@@ -384,17 +407,27 @@ fn ipi_lossless(
     if let Some(e) = &rep.error {
         problems.push(format!("step {n} ({what}) failed: {e}"));
     }
-    let Some(c) = rep.interrupts.iter().find(|c| c.vector == format!("{vector:#04x}")) else {
+    let Some(c) = rep
+        .interrupts
+        .iter()
+        .find(|c| c.vector == format!("{vector:#04x}"))
+    else {
         problems.push(format!("step {n}: no interrupt counts for {what}"));
         return;
     };
     let before = problems.len();
     if c.raised != u64::from(count) {
-        problems.push(format!("step {n} {what}: the L2 sent {} of {count}", c.raised));
+        problems.push(format!(
+            "step {n} {what}: the L2 sent {} of {count}",
+            c.raised
+        ));
     }
     match c.delivered {
         Some(d) if d == c.raised => {}
-        Some(d) => problems.push(format!("step {n} {what}: sent {} but L2 received {d}", c.raised)),
+        Some(d) => problems.push(format!(
+            "step {n} {what}: sent {} but L2 received {d}",
+            c.raised
+        )),
         None => problems.push(format!("step {n} {what}: the L2 reported no deliveries")),
     }
     if problems.len() == before {
@@ -494,8 +527,9 @@ impl Pairing {
             &mut self.consumers
         };
         if !set.insert(end.to_string()) {
-            self.problems
-                .push(format!("{when}: {kind} {end} registered twice (ret 0 both times)"));
+            self.problems.push(format!(
+                "{when}: {kind} {end} registered twice (ret 0 both times)"
+            ));
         }
     }
 
@@ -507,10 +541,17 @@ impl Pairing {
         }
         let kind = if producer { "producer" } else { "consumer" };
         for conn in &self.connections {
-            let involved = if producer { conn.0 == end } else { conn.1 == end };
+            let involved = if producer {
+                conn.0 == end
+            } else {
+                conn.1 == end
+            };
             if involved {
-                self.pending_disconnect
-                    .push((format!("{kind} {end}"), conn.clone(), when.to_string()));
+                self.pending_disconnect.push((
+                    format!("{kind} {end}"),
+                    conn.clone(),
+                    when.to_string(),
+                ));
             }
         }
     }
@@ -526,11 +567,20 @@ impl Pairing {
             self.flush_register();
         }
         match ev {
-            BypassEvent::ProducerRegistered { producer, ret } => self.registered(producer, true, *ret, when),
-            BypassEvent::ConsumerRegistered { consumer, ret } => self.registered(consumer, false, *ret, when),
-            BypassEvent::ConsumerNotRegistered { .. } | BypassEvent::ProducerNotRegistered { .. } => {}
-            BypassEvent::ProducerUnregistered { producer } => self.unregistered(producer, true, when),
-            BypassEvent::ConsumerUnregistered { consumer } => self.unregistered(consumer, false, when),
+            BypassEvent::ProducerRegistered { producer, ret } => {
+                self.registered(producer, true, *ret, when)
+            }
+            BypassEvent::ConsumerRegistered { consumer, ret } => {
+                self.registered(consumer, false, *ret, when)
+            }
+            BypassEvent::ConsumerNotRegistered { .. }
+            | BypassEvent::ProducerNotRegistered { .. } => {}
+            BypassEvent::ProducerUnregistered { producer } => {
+                self.unregistered(producer, true, when)
+            }
+            BypassEvent::ConsumerUnregistered { consumer } => {
+                self.unregistered(consumer, false, when)
+            }
             BypassEvent::Connected {
                 producer,
                 consumer,
@@ -543,12 +593,20 @@ impl Pairing {
                     ));
                 }
                 if !self.producers.contains(producer) {
-                    self.pending_register
-                        .push((producer.clone(), true, when.to_string(), conn.clone()));
+                    self.pending_register.push((
+                        producer.clone(),
+                        true,
+                        when.to_string(),
+                        conn.clone(),
+                    ));
                 }
                 if !self.consumers.contains(consumer) {
-                    self.pending_register
-                        .push((consumer.clone(), false, when.to_string(), conn.clone()));
+                    self.pending_register.push((
+                        consumer.clone(),
+                        false,
+                        when.to_string(),
+                        conn.clone(),
+                    ));
                 }
                 if *ret == 0 {
                     self.formed += 1;
@@ -597,7 +655,8 @@ fn pairing(r: &Report) -> (bool, String) {
                 .push(format!("after cleanup consumer {x} is still registered"));
         }
         for (a, b) in &p.connections {
-            p.problems.push(format!("after cleanup {a} -> {b} is still connected"));
+            p.problems
+                .push(format!("after cleanup {a} -> {b} is still connected"));
         }
     }
     if !p.problems.is_empty() {
@@ -666,9 +725,9 @@ fn producer_registered(r: &Report, vector: &str) -> (bool, String) {
 /// A step that gives `dev`'s vectors their eventfds.
 fn wires(s: &Step, dev: &str) -> bool {
     match s {
-        Step::EnableMsi { device, .. } | Step::EnableMsix { device, .. } | Step::EnableVqs { device, .. } => {
-            device == dev
-        }
+        Step::EnableMsi { device, .. }
+        | Step::EnableMsix { device, .. }
+        | Step::EnableVqs { device, .. } => device == dev,
         _ => false,
     }
 }
@@ -683,9 +742,13 @@ fn no_producer(r: &Report, vector: &str) -> (bool, String) {
     for (when, ev) in r.all_events() {
         if let BypassEvent::ProducerRegistered { producer, ret } = ev {
             if producer == vector {
-                problems.push(format!("producer {vector} registered at {when} (ret {ret})"));
+                problems.push(format!(
+                    "producer {vector} registered at {when} (ret {ret})"
+                ));
             } else if producer == wire::UNKNOWN_NAME {
-                problems.push(format!("a producer nobody expected registered at {when} (ret {ret})"));
+                problems.push(format!(
+                    "a producer nobody expected registered at {when} (ret {ret})"
+                ));
             }
         }
     }
@@ -752,7 +815,9 @@ fn consumer_registered(r: &Report, vm: &str, vector: &str) -> (bool, String) {
     let consumer = format!("{vm}:{vector}");
     match consumer_registration(r, &consumer) {
         Some(0) => (true, String::new()),
-        Some(ret) => fail(vec![format!("consumer {consumer} registration failed (ret {ret})")]),
+        Some(ret) => fail(vec![format!(
+            "consumer {consumer} registration failed (ret {ret})"
+        )]),
         None => match irqfd_ran(r, vm, vector) {
             Err(e) => fail(vec![format!("consumer {consumer} not registered: {e}")]),
             Ok(_) => fail(vec![format!(
@@ -767,17 +832,27 @@ fn connected(r: &Report, vm: &str, vector: &str) -> (bool, String) {
     let consumer = format!("{vm}:{vector}");
     match connection(r, vector, &consumer) {
         Some(0) => (true, String::new()),
-        Some(ret) => fail(vec![format!("connect {vector} -> {consumer} failed (ret {ret})")]),
+        Some(ret) => fail(vec![format!(
+            "connect {vector} -> {consumer} failed (ret {ret})"
+        )]),
         None => {
-            let why = match (irqfd_ran(r, vm, vector), consumer_registration(r, &consumer)) {
+            let why = match (
+                irqfd_ran(r, vm, vector),
+                consumer_registration(r, &consumer),
+            ) {
                 (Err(e), _) => e,
                 (Ok(_), Some(0)) => format!("consumer {consumer} registered but never connected"),
                 (Ok(_), Some(ret)) => {
                     format!("consumer {consumer} registration failed (ret {ret})")
                 }
-                (Ok(_), None) => format!("consumer {consumer} not registered: {}", not_registered_why(r)),
+                (Ok(_), None) => format!(
+                    "consumer {consumer} not registered: {}",
+                    not_registered_why(r)
+                ),
             };
-            fail(vec![format!("{vector} -> {consumer} never connected: {why}")])
+            fail(vec![format!(
+                "{vector} -> {consumer} never connected: {why}"
+            )])
         }
     }
 }
@@ -797,17 +872,24 @@ fn connected_iff_posting(r: &Report, vm: &str, vector: &str) -> (bool, String) {
             Some(ret) => problems.push(format!(
                 "platform can post but consumer {consumer} failed to register (ret {ret})"
             )),
-            None => problems.push(format!("platform can post but consumer {consumer} did not register")),
+            None => problems.push(format!(
+                "platform can post but consumer {consumer} did not register"
+            )),
         }
         match conn {
             Some(0) => {}
             Some(ret) => problems.push(format!(
                 "platform can post but connect {vector} -> {consumer} failed (ret {ret})"
             )),
-            None => problems.push(format!("platform can post but {vector} -> {consumer} never connected")),
+            None => problems.push(format!(
+                "platform can post but {vector} -> {consumer} never connected"
+            )),
         }
         if problems.is_empty() {
-            (true, "platform can post; consumer registered; connected".into())
+            (
+                true,
+                "platform can post; consumer registered; connected".into(),
+            )
         } else {
             fail(problems)
         }

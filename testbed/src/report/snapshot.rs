@@ -123,7 +123,12 @@ pub fn compare_snapshot(
     report: &Report,
 ) -> SnapshotOutcome {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = snapshot_dir(&absolute(snapshot_root), variant, scenario, &report.header.kernel_release);
+    let dir = snapshot_dir(
+        &absolute(snapshot_root),
+        variant,
+        scenario,
+        &report.header.kernel_release,
+    );
     let snap = dir.join(format!("{scenario}.snap"));
     let existed = snap.exists();
     let old_body = if existed {
@@ -267,8 +272,17 @@ mod tests {
         let own = root.path().join("intel-ir@6.16");
         std::fs::create_dir_all(&own).unwrap();
         std::fs::write(own.join("a.snap"), "").unwrap();
-        assert_eq!(snapshot_dir(root.path(), "intel-ir", "a", "6.16.12+deb13-amd64"), own);
-        assert_eq!(snapshot_dir(root.path(), "intel-ir", "b", "6.16.12+deb13-amd64"), root.path().join("intel-ir"));
-        assert_eq!(snapshot_dir(root.path(), "intel-ir", "a", "6.17.13+deb13-amd64"), root.path().join("intel-ir"));
+        assert_eq!(
+            snapshot_dir(root.path(), "intel-ir", "a", "6.16.12+deb13-amd64"),
+            own
+        );
+        assert_eq!(
+            snapshot_dir(root.path(), "intel-ir", "b", "6.16.12+deb13-amd64"),
+            root.path().join("intel-ir")
+        );
+        assert_eq!(
+            snapshot_dir(root.path(), "intel-ir", "a", "6.17.13+deb13-amd64"),
+            root.path().join("intel-ir")
+        );
     }
 }

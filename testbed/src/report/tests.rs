@@ -71,7 +71,11 @@ vector = "dev0/msi0"
 "#;
 
 fn scenario() -> Scenario {
-    scenario::parse(Path::new("scenarios/edu-producer-first.toml"), PRODUCER_FIRST).unwrap()
+    scenario::parse(
+        Path::new("scenarios/edu-producer-first.toml"),
+        PRODUCER_FIRST,
+    )
+    .unwrap()
 }
 
 /// Stock QEMU on TCG: no AVIC, no IOMMU posting.
@@ -194,12 +198,18 @@ fn posted_steps() -> Vec<StepReport> {
         step(0, vec![]),
         step(1, vec![preg("dev0/msi0")]),
         step(2, vec![]),
-        step(3, vec![conn("dev0/msi0", "vm0:dev0/msi0"), creg("vm0:dev0/msi0")]),
+        step(
+            3,
+            vec![conn("dev0/msi0", "vm0:dev0/msi0"), creg("vm0:dev0/msi0")],
+        ),
         StepReport {
             interrupts: vec![fired(5, 5, 5, None)],
             ..step(4, vec![])
         },
-        step(5, vec![punreg("dev0/msi0"), disc("dev0/msi0", "vm0:dev0/msi0")]),
+        step(
+            5,
+            vec![punreg("dev0/msi0"), disc("dev0/msi0", "vm0:dev0/msi0")],
+        ),
         step(6, vec![cunreg("vm0:dev0/msi0")]),
     ]
 }
@@ -337,9 +347,11 @@ fn lossless_fails_when_kvm_injects_fewer() {
 #[test]
 fn lossless_uses_the_eventfd_where_no_irqfd_holds_the_vector() {
     // consumer-first fires once before the irqfd and once while it holds
-    let s =
-        scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scenarios/edu-consumer-first.toml"))
-            .unwrap();
+    let s = scenario::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/scenarios/edu-consumer-first.toml"),
+    )
+    .unwrap();
     let mk = |before: VectorCount, after: VectorCount| {
         let steps = vec![
             step(0, vec![]),
@@ -415,7 +427,10 @@ fn lossless_fails_when_the_fire_step_did_not_run() {
     );
     fails(&r, "lossless", "step 5 (fire dev0/msi0) did not run");
     let body = r.body();
-    assert!(body.contains("   5 fire dev0/msi0 x5  (not run)\n"), "{body}");
+    assert!(
+        body.contains("   5 fire dev0/msi0 x5  (not run)\n"),
+        "{body}"
+    );
     assert!(
         body.contains("   run ended early: timeout: the agent said nothing for 60 s\n"),
         "{body}"
@@ -437,7 +452,11 @@ fn failed_step_and_skipped_steps() {
         "connected-iff-posting",
         "cannot tell: step 4 (irqfd vm0 dev0/msi0) failed: KVM_IRQFD: EINVAL",
     );
-    fails(&r, "consumer-registered", "step 4 (irqfd vm0 dev0/msi0) failed");
+    fails(
+        &r,
+        "consumer-registered",
+        "step 4 (irqfd vm0 dev0/msi0) failed",
+    );
 }
 
 // ---- pairing
@@ -590,7 +609,11 @@ fn connected_fails_on_a_failed_connect() {
     ];
     steps[5].bypass = vec![punreg("dev0/msi0")];
     let r = report(posting_platform(), steps, done());
-    fails(&r, "connected", "connect dev0/msi0 -> vm0:dev0/msi0 failed (ret -22)");
+    fails(
+        &r,
+        "connected",
+        "connect dev0/msi0 -> vm0:dev0/msi0 failed (ret -22)",
+    );
     fails(
         &r,
         "connected-iff-posting",
@@ -650,7 +673,10 @@ fn posting_follows_device_posted_irqs_first() {
         device_posted_irqs: Some(false),
         ..posting_platform()
     };
-    assert_eq!(posting(&p), (false, "kvm.enable_device_posted_irqs off".into()));
+    assert_eq!(
+        posting(&p),
+        (false, "kvm.enable_device_posted_irqs off".into())
+    );
     let p = Platform {
         device_posted_irqs: Some(true),
         ..stock()
@@ -673,7 +699,10 @@ fn posting_follows_device_posted_irqs_first() {
         apicv: None,
         ..stock()
     };
-    assert_eq!(posting(&p), (false, "no KVM vendor module, IOMMU cannot post".into()));
+    assert_eq!(
+        posting(&p),
+        (false, "no KVM vendor module, IOMMU cannot post".into())
+    );
 }
 
 #[test]
@@ -699,7 +728,10 @@ fn normalize_warning_strips_what_differs_between_runs() {
         normalize_warning("Oops: invalid opcode: 0000 [#1] SMP NOPTI"),
         "Oops: invalid opcode: 0000 SMP NOPTI"
     );
-    assert_eq!(normalize_warning("kernel BUG at lib/list_debug.c:29!"), "kernel BUG at lib/list_debug.c:29!");
+    assert_eq!(
+        normalize_warning("kernel BUG at lib/list_debug.c:29!"),
+        "kernel BUG at lib/list_debug.c:29!"
+    );
     assert_eq!(
         normalize_warning("list_add corruption. prev->next should be next (ffff888006eab890), but was ffff888006ea9cb0."),
         "list_add corruption. prev->next should be next (<addr>), but was <addr>."
@@ -711,14 +743,20 @@ fn normalize_warning_strips_what_differs_between_runs() {
 #[test]
 fn a_kernel_warning_fails_the_scenario_where_it_was_printed() {
     let quiet = report(posting_platform(), posted_steps(), done());
-    assert!(quiet.checks().iter().all(|c| c.expectation != "kernel-quiet"));
+    assert!(quiet
+        .checks()
+        .iter()
+        .all(|c| c.expectation != "kernel-quiet"));
     assert!(!quiet.body().contains("kernel warnings"));
 
     let mut steps = posted_steps();
-    steps[6].kernel_warnings =
-        vec!["WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]".into()];
+    steps[6].kernel_warnings = vec![
+        "WARNING: CPU: 0 PID: 138 at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free+0x99/0xb0 [kvm_amd]"
+            .into(),
+    ];
     let mut d = done().unwrap();
-    d.kernel_warnings = vec!["BUG: kernel NULL pointer dereference, address: 0000000000000008".into()];
+    d.kernel_warnings =
+        vec!["BUG: kernel NULL pointer dereference, address: 0000000000000008".into()];
     let r = report(posting_platform(), steps, Some(d));
     assert!(!r.all_passed());
     fails(
@@ -734,7 +772,10 @@ fn a_kernel_warning_fails_the_scenario_where_it_was_printed() {
         ),
         "{body}"
     );
-    assert!(body.contains("FAIL  kernel-quiet: the kernel warned 2 times"), "{body}");
+    assert!(
+        body.contains("FAIL  kernel-quiet: the kernel warned 2 times"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -766,7 +807,11 @@ fn event_checks_fail_when_tracing_is_incomplete() {
         "pairing",
         "cannot tell: tracing incomplete (kprobe irq_bypass_register_consumer: no such symbol)",
     );
-    fails(&r, "connected-iff-posting", "cannot tell: tracing incomplete");
+    fails(
+        &r,
+        "connected-iff-posting",
+        "cannot tell: tracing incomplete",
+    );
     passes(&r, "lossless");
     assert!(r
         .body()
@@ -885,9 +930,15 @@ fn lossless_fails_when_a_running_l2_reports_nothing() {
 #[test]
 fn start_vm_lines_name_the_mode() {
     let s = l2_scenario("mode = \"alternate\"\nperiod_ms = 20");
-    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (alternate, 20 ms phases)");
+    assert_eq!(
+        step_line(&s.steps[4]),
+        "start-vm vm0 (alternate, 20 ms phases)"
+    );
     let s = l2_scenario("mode = \"alternate\"");
-    assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (alternate, 5 ms phases)");
+    assert_eq!(
+        step_line(&s.steps[4]),
+        "start-vm vm0 (alternate, 5 ms phases)"
+    );
     let s = l2_scenario("mode = \"halted\"");
     assert_eq!(step_line(&s.steps[4]), "start-vm vm0 (halted)");
     let s = l2_scenario("");
@@ -915,7 +966,11 @@ fn iommu(posted: u64, running: u64, logged: u64) -> Option<Result<IommuCounts, S
 
 /// edu-l2-running's shape on a posting platform: 50 fired into a running
 /// L2, then 2 while it is stopped; none of them seen by L1 or KVM.
-fn posted_l2_report(step6: VectorCount, step8: VectorCount, counts: Option<Result<IommuCounts, String>>) -> Report {
+fn posted_l2_report(
+    step6: VectorCount,
+    step8: VectorCount,
+    counts: Option<Result<IommuCounts, String>>,
+) -> Report {
     let s = l2_scenario("mode = \"running\"");
     let mut steps: Vec<StepReport> = (0..8).map(|i| step(i, vec![])).collect();
     steps[5].interrupts = vec![step6];
@@ -966,14 +1021,22 @@ fn lossless_fails_on_a_lost_posted_interrupt() {
 #[test]
 fn lossless_fails_on_an_interrupt_counted_twice() {
     // L1 saw (and KVM injected) the 2 of step 8, and the IOMMU posted them too
-    let r = posted_l2_report(posted(50, Some(50)), fired(2, 2, 2, None), iommu(52, 40, 10));
+    let r = posted_l2_report(
+        posted(50, Some(50)),
+        fired(2, 2, 2, None),
+        iommu(52, 40, 10),
+    );
     fails(
         &r,
         "lossless",
         "the IOMMU posted 52 but 50 raised interrupts did not pass through L1 (some were counted twice",
     );
     // the same split with the IOMMU agreeing passes: 50 posted, 2 through L1
-    let r = posted_l2_report(posted(50, Some(50)), fired(2, 2, 2, None), iommu(50, 40, 10));
+    let r = posted_l2_report(
+        posted(50, Some(50)),
+        fired(2, 2, 2, None),
+        iommu(50, 40, 10),
+    );
     let c = check_of(&r, "lossless");
     assert!(c.passed, "{}", c.detail);
     assert_eq!(c.detail, "50 posted by the IOMMU, 2 through L1");
@@ -1007,10 +1070,14 @@ fn lossless_on_a_posting_platform_still_checks_l1_kvm_and_l2() {
         posted(50, Some(50)),
         posted(2, None),
         Some(Err(
-            "qom-get /machine/peripheral/iommu0 ga-posted: no such property".into()
+            "qom-get /machine/peripheral/iommu0 ga-posted: no such property".into(),
         )),
     );
-    fails(&r, "lossless", "cannot account for posted interrupts: qom-get");
+    fails(
+        &r,
+        "lossless",
+        "cannot account for posted interrupts: qom-get",
+    );
     assert!(
         r.body().contains("   iommu  counters not read: qom-get"),
         "{}",
@@ -1027,20 +1094,31 @@ fn stock_reports_have_no_iommu_line() {
 }
 
 fn with_expect(s: &str, extra: &str) -> Scenario {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(s)).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios")
+            .join(s),
+    )
+    .unwrap();
     scenario::parse(Path::new("scenarios/x.toml"), &format!("{text}\n{extra}")).unwrap()
 }
 
 #[test]
 fn ga_log_wakeups_needs_a_logged_post_where_the_platform_posts() {
-    let s = l2_scenario_with("mode = \"alternate\"", "\n[[expect]]\ncheck = \"ga-log-wakeups\"\n");
+    let s = l2_scenario_with(
+        "mode = \"alternate\"",
+        "\n[[expect]]\ncheck = \"ga-log-wakeups\"\n",
+    );
     let mut steps: Vec<StepReport> = (0..8).map(|i| step(i, vec![])).collect();
     steps[5].interrupts = vec![posted(50, Some(50))];
     steps[7].interrupts = vec![posted(2, None)];
     let make = |platform: Platform, counts| {
         Report::from_parts(&s, header(), platform, steps.clone(), done(), None).with_iommu(counts)
     };
-    passes(&make(posting_platform(), iommu(52, 30, 5)), "ga-log-wakeups");
+    passes(
+        &make(posting_platform(), iommu(52, 30, 5)),
+        "ga-log-wakeups",
+    );
     fails(
         &make(posting_platform(), iommu(52, 52, 0)),
         "ga-log-wakeups",
@@ -1068,7 +1146,11 @@ fn ga_log_wakeups_needs_a_logged_post_where_the_platform_posts() {
 #[test]
 fn signal_steps_are_kvm_injections_without_a_device() {
     let s = with_expect("edu-kvm-injects.toml", "");
-    let fire_at = s.steps.iter().position(|st| matches!(st, Step::Fire { .. })).unwrap();
+    let fire_at = s
+        .steps
+        .iter()
+        .position(|st| matches!(st, Step::Fire { .. }))
+        .unwrap();
     let mut steps: Vec<StepReport> = (0..s.steps.len()).map(|i| step(i, vec![])).collect();
     let mut total_posted = 0;
     for (i, st) in s.steps.iter().enumerate() {
@@ -1090,32 +1172,34 @@ fn signal_steps_are_kvm_injections_without_a_device() {
             _ => {}
         }
     }
-    let r = Report::from_parts(&s, header(), posting_platform(), steps.clone(), done(), None).with_iommu(iommu(
-        total_posted,
-        total_posted,
-        0,
-    ));
+    let r = Report::from_parts(
+        &s,
+        header(),
+        posting_platform(),
+        steps.clone(),
+        done(),
+        None,
+    )
+    .with_iommu(iommu(total_posted, total_posted, 0));
     passes(&r, "lossless");
     let body = r.body();
     assert!(body.contains("  written to the eventfd "), "{body}");
     assert!(body.contains("signal dev0/msi0 x"), "{body}");
     // a signal KVM did not inject is a loss
-    let first_signal = s.steps.iter().position(|st| matches!(st, Step::Signal { .. })).unwrap();
+    let first_signal = s
+        .steps
+        .iter()
+        .position(|st| matches!(st, Step::Signal { .. }))
+        .unwrap();
     let mut lossy = steps.clone();
     lossy[first_signal].interrupts[0].injected -= 1;
-    let r = Report::from_parts(&s, header(), posting_platform(), lossy, done(), None).with_iommu(iommu(
-        total_posted,
-        total_posted,
-        0,
-    ));
+    let r = Report::from_parts(&s, header(), posting_platform(), lossy, done(), None)
+        .with_iommu(iommu(total_posted, total_posted, 0));
     fails(&r, "lossless", &format!("step {}", first_signal + 1));
     fails(&r, "lossless", "but KVM injected");
     // signals are not posted: counting them as posted fails the scenario sum
-    let r = Report::from_parts(&s, header(), posting_platform(), steps, done(), None).with_iommu(iommu(
-        total_posted + 1,
-        total_posted,
-        0,
-    ));
+    let r = Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
+        .with_iommu(iommu(total_posted + 1, total_posted, 0));
     fails(&r, "lossless", "the IOMMU posted");
     assert!(fire_at > first_signal);
 }
@@ -1182,11 +1266,19 @@ fn ipi_is_rendered_and_checked() {
 #[test]
 fn lossless_fails_on_a_lost_ipi() {
     let r = ipi_report(50, Some(48));
-    fails(&r, "lossless", "step 3 vm0 ipi 0x31: sent 50 but L2 received 48");
+    fails(
+        &r,
+        "lossless",
+        "step 3 vm0 ipi 0x31: sent 50 but L2 received 48",
+    );
     let r = ipi_report(49, Some(49));
     fails(&r, "lossless", "step 3 vm0 ipi 0x31: the L2 sent 49 of 50");
     let r = ipi_report(50, None);
-    fails(&r, "lossless", "step 3 vm0 ipi 0x31: the L2 reported no deliveries");
+    fails(
+        &r,
+        "lossless",
+        "step 3 vm0 ipi 0x31: the L2 reported no deliveries",
+    );
     let mut r = ipi_report(50, Some(50));
     r.steps[2].interrupts.clear();
     r.steps[2].error = Some("vm0: L2 did not finish sending IPIs".into());
@@ -1283,7 +1375,10 @@ fn masks_hold_raises_and_unmask_releases_one() {
     assert_eq!(held[6], Some(true), "unmask with a raise pending");
     assert_eq!(held[8], Some(false), "unmask with nothing pending");
     assert_eq!(held[4], None);
-    passes(&masked_report(msix1(3, 0), msix1(1, 1), msix1(0, 0)), "lossless");
+    passes(
+        &masked_report(msix1(3, 0), msix1(1, 1), msix1(0, 0)),
+        "lossless",
+    );
 }
 
 #[test]
@@ -1321,11 +1416,25 @@ fn events_of_different_vectors_are_ordered_by_vector_keeping_each_vectors_order(
     ];
     by_vector(&mut a);
     by_vector(&mut b);
-    assert_eq!(a, b, "the interleaving of two vectors' teardown is not behaviour");
+    assert_eq!(
+        a, b,
+        "the interleaving of two vectors' teardown is not behaviour"
+    );
     // within a vector the kernel's order stays, whatever it is
-    let mut c = vec![disc("nic0/msix1", "vm0:nic0/msix1"), punreg("nic0/msix1"), preg("nic0/msix0")];
+    let mut c = vec![
+        disc("nic0/msix1", "vm0:nic0/msix1"),
+        punreg("nic0/msix1"),
+        preg("nic0/msix0"),
+    ];
     by_vector(&mut c);
-    assert_eq!(c, vec![preg("nic0/msix0"), disc("nic0/msix1", "vm0:nic0/msix1"), punreg("nic0/msix1")]);
+    assert_eq!(
+        c,
+        vec![
+            preg("nic0/msix0"),
+            disc("nic0/msix1", "vm0:nic0/msix1"),
+            punreg("nic0/msix1")
+        ]
+    );
 }
 
 // ---- vDPA: no-producer, and lossless where the device has no IRQ of its own
@@ -1377,9 +1486,17 @@ fn vdpa_sim_report(enable: Vec<E>, fire: VectorCount) -> Report {
     let steps = vec![
         step(0, vec![]),
         step(1, vec![]),
-        step(2, vec![E::ConsumerNotRegistered { consumer: "vm0:vdpa0/vq1".into() }]),
+        step(
+            2,
+            vec![E::ConsumerNotRegistered {
+                consumer: "vm0:vdpa0/vq1".into(),
+            }],
+        ),
         step(3, enable),
-        StepReport { interrupts: vec![fire], ..step(4, vec![]) },
+        StepReport {
+            interrupts: vec![fire],
+            ..step(4, vec![])
+        },
         step(5, vec![]),
     ];
     Report::from_parts(&s, header(), stock(), steps, done(), None)
@@ -1407,17 +1524,34 @@ fn no_producer_passes_without_one_and_fails_on_any() {
     passes(&r, "lossless");
 
     let r = vdpa_sim_report(vec![preg("vdpa0/vq1")], sim_fired(0, 5));
-    fails(&r, "no-producer", "producer vdpa0/vq1 registered at step 4 (ret 0)");
+    fails(
+        &r,
+        "no-producer",
+        "producer vdpa0/vq1 registered at step 4 (ret 0)",
+    );
 
     let r = vdpa_sim_report(vec![preg(wire::UNKNOWN_NAME)], sim_fired(0, 5));
-    fails(&r, "no-producer", "a producer nobody expected registered at step 4");
+    fails(
+        &r,
+        "no-producer",
+        "a producer nobody expected registered at step 4",
+    );
 
     // "no producer" because the wiring step failed proves nothing
     let s = scenario::parse(Path::new("built-kernel/vdpa-sim.toml"), VDPA_SIM).unwrap();
-    let mut steps = vec![step(0, vec![]), step(1, vec![]), step(2, vec![]), step(3, vec![])];
+    let mut steps = vec![
+        step(0, vec![]),
+        step(1, vec![]),
+        step(2, vec![]),
+        step(3, vec![]),
+    ];
     steps[3].error = Some("VHOST_VDPA_SET_STATUS(0xf): Invalid argument (os error 22)".into());
     let r = Report::from_parts(&s, header(), stock(), steps, done(), None);
-    fails(&r, "no-producer", "cannot tell: step 4 (enable-vqs vdpa0 (vq0, vq1)) failed");
+    fails(
+        &r,
+        "no-producer",
+        "cannot tell: step 4 (enable-vqs vdpa0 (vq0, vq1)) failed",
+    );
 }
 
 #[test]
@@ -1430,5 +1564,9 @@ fn lossless_of_a_device_without_its_own_irq() {
         "step 5 vdpa0/vq1: signalled by a device without an IRQ of its own but L1 saw 5 device interrupts",
     );
     let r = vdpa_sim_report(vec![], sim_fired(0, 4));
-    fails(&r, "lossless", "step 5 vdpa0/vq1: raised 5 but KVM injected 4 (irqfd of vm0)");
+    fails(
+        &r,
+        "lossless",
+        "step 5 vdpa0/vq1: raised 5 but KVM injected 4 (irqfd of vm0)",
+    );
 }

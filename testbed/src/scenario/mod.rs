@@ -259,7 +259,9 @@ impl Scenario {
     /// falls back to its fixed `bdf`, or an empty string.
     /// Whether the scenario runs on `variant`.
     pub fn runs_on(&self, variant: &str) -> bool {
-        self.variants.as_ref().is_none_or(|v| v.iter().any(|n| n == variant))
+        self.variants
+            .as_ref()
+            .is_none_or(|v| v.iter().any(|n| n == variant))
     }
 
     pub fn job(&self, bdfs: &HashMap<String, String>) -> wire::Job {
@@ -275,7 +277,11 @@ impl Scenario {
                     // where a scenario in the same boot has a PCI device of
                     // the same name
                     bdf: match d.model.qemu_driver() {
-                        Some(_) => bdfs.get(&d.name).cloned().or_else(|| d.bdf.clone()).unwrap_or_default(),
+                        Some(_) => bdfs
+                            .get(&d.name)
+                            .cloned()
+                            .or_else(|| d.bdf.clone())
+                            .unwrap_or_default(),
                         None => String::new(),
                     },
                 })
@@ -303,10 +309,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if !valid_scenario_name(&name) {
         return Err(src.error(
             0..0,
-            format!("bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"),
+            format!(
+                "bad scenario name {name:?} (file stem): use letters, digits, '-', '_' and '.'"
+            ),
         ));
     }
-    let raw: RawScenario = toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
+    let raw: RawScenario =
+        toml::from_str(text).map_err(|e| src.toml_error(e.span(), e.message()))?;
 
     let description = raw.description.get_ref().trim().to_string();
     if description.is_empty() {
@@ -361,7 +370,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if let Some((device, k)) = unplugged {
         checker.span = steps[k - 1].span();
         checker.context = format!("step {k} (unplug)");
-        return Err(checker.err("device", format!("{device} is never replugged: a scenario must leave L1's devices in place")));
+        return Err(checker.err(
+            "device",
+            format!("{device} is never replugged: a scenario must leave L1's devices in place"),
+        ));
     }
     for (i, exp) in expect.iter().enumerate() {
         checker.expectation(i, exp)?;
@@ -395,7 +407,6 @@ struct RawScenario {
     expect: Vec<Spanned<toml::Table>>,
 }
 
-
 fn valid_scenario_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -410,15 +421,21 @@ fn name_problem(name: &str) -> Option<String> {
     match chars.next() {
         None => return Some("empty name".into()),
         Some(c) if !c.is_ascii_lowercase() => {
-            return Some(format!("bad name {name:?}: must start with a lowercase letter"))
+            return Some(format!(
+                "bad name {name:?}: must start with a lowercase letter"
+            ))
         }
         _ => {}
     }
     if name.len() > MAX_NAME_LEN {
-        return Some(format!("bad name {name:?}: longer than {MAX_NAME_LEN} characters"));
+        return Some(format!(
+            "bad name {name:?}: longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-        return Some(format!("bad name {name:?}: use lowercase letters, digits, '-' and '_'"));
+        return Some(format!(
+            "bad name {name:?}: use lowercase letters, digits, '-' and '_'"
+        ));
     }
     None
 }
@@ -437,7 +454,6 @@ fn valid_bdf(bdf: &str) -> bool {
         && (b'0'..=b'7').contains(&b[11])
         && u8::from_str_radix(&bdf[8..10], 16).is_ok_and(|d| d < 32)
 }
-
 
 pub(crate) fn plural(n: usize, what: &str) -> String {
     if n == 1 {

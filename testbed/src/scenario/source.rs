@@ -53,7 +53,10 @@ impl Source<'_> {
     pub(super) fn header_at(&self, span: &Range<usize>) -> Option<String> {
         let start = span.start.min(self.text.len());
         let end = span.end.min(self.text.len()).max(start);
-        let h: String = self.text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+        let h: String = self.text[start..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         h.strip_prefix("[[")
             .and_then(|h| h.strip_suffix("]]"))
             .map(str::to_string)
@@ -97,7 +100,11 @@ impl Source<'_> {
     pub(super) fn string_value(&self, span: &Range<usize>, key: &str) -> Option<String> {
         let at = self.key_span(span, key);
         let text = self.text.get(at)?;
-        let value = text.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+        let value = text
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
         let value = value.strip_prefix('"')?;
         Some(value[..value.find('"')?].to_string())
     }
@@ -147,7 +154,9 @@ impl Source<'_> {
             Some(name) => format!("{what} {n} ({name})"),
             None => format!("{what} {n}"),
         };
-        let at = |key: &str, message: String| self.error(self.key_span(&span, key), format!("{context}: {message}"));
+        let at = |key: &str, message: String| {
+            self.error(self.key_span(&span, key), format!("{context}: {message}"))
+        };
         let value: T = match toml::Value::Table(t.clone()).try_into() {
             Ok(v) => v,
             Err(e) => {
@@ -184,7 +193,11 @@ impl Source<'_> {
             .and_then(|v| v.as_table().cloned())
             .unwrap_or_default();
         if let Some(key) = t.keys().find(|k| !back.contains_key(*k)) {
-            let known: Vec<String> = back.keys().filter(|k| *k != tag).map(|k| format!("`{k}`")).collect();
+            let known: Vec<String> = back
+                .keys()
+                .filter(|k| *k != tag)
+                .map(|k| format!("`{k}`"))
+                .collect();
             let expected = if known.is_empty() {
                 "expected no other field".to_string()
             } else {
@@ -213,7 +226,8 @@ fn find_inline_key(body: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = body[from..].find(key) {
         let at = from + pos;
-        let prev_ok = at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
+        let prev_ok =
+            at == 0 || matches!(body.as_bytes()[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n');
         let after = body[at + key.len()..].trim_start();
         if prev_ok && after.starts_with('=') {
             return Some(at);

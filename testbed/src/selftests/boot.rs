@@ -100,7 +100,10 @@ pub async fn run_tests(
         while next < tests.len() {
             let test = &tests[next];
             next += 1;
-            on_event(RunEvent::TestStarted { variant: cfg.variant.name, test: test.name.clone() });
+            on_event(RunEvent::TestStarted {
+                variant: cfg.variant.name,
+                test: test.name.clone(),
+            });
             let run = run_one(&mut session, test, index, timeouts).await;
             let broke = run.broken.clone();
             runs.tests.push(run);
@@ -113,7 +116,9 @@ pub async fn run_tests(
             // dropping the session kills what is left of QEMU
             Some(_) => drop(session),
             None => {
-                on_event(RunEvent::PoweringOff { variant: cfg.variant.name });
+                on_event(RunEvent::PoweringOff {
+                    variant: cfg.variant.name,
+                });
                 let _ = session.poweroff().await;
             }
         }
@@ -123,7 +128,12 @@ pub async fn run_tests(
 
 fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {
     for t in rest {
-        runs.tests.push(TestRun { name: t.name.clone(), broken: Some(format!("not run: {why}")), boot, ..Default::default() });
+        runs.tests.push(TestRun {
+            name: t.name.clone(),
+            broken: Some(format!("not run: {why}")),
+            boot,
+            ..Default::default()
+        });
     }
 }
 
@@ -131,8 +141,17 @@ fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {
 /// agent enforces, before it calls the guest hung.
 const HOST_SLACK: Duration = Duration::from_secs(30);
 
-async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: Timeouts) -> TestRun {
-    let mut run = TestRun { name: test.name.clone(), boot, ..Default::default() };
+async fn run_one(
+    session: &mut Session,
+    test: &TestJob,
+    boot: usize,
+    timeouts: Timeouts,
+) -> TestRun {
+    let mut run = TestRun {
+        name: test.name.clone(),
+        boot,
+        ..Default::default()
+    };
     let mut env = Vec::new();
     let mut bdfs = Vec::new();
     for id in &test.vfio_devices {
@@ -140,7 +159,9 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
             Some(bdf) => bdfs.push(bdf.to_owned()),
             None => {
                 run.result = Some(wire::ExecResult {
-                    status: wire::ExecStatus::SetupFailed { error: format!("boot has no device {id}") },
+                    status: wire::ExecStatus::SetupFailed {
+                        error: format!("boot has no device {id}"),
+                    },
                     millis: 0,
                     dropped_bytes: 0,
                     kernel_warnings: vec![],
@@ -169,7 +190,11 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
     }
     let deadline = started + test.timeout + HOST_SLACK;
     loop {
-        let silence = timeouts.step.min(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
+        let silence = timeouts.step.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        );
         match session.next_message(silence, &what).await {
             Interrupt::Message(wire::AgentMessage::ExecOutput { line }) => run.output.push(line),
             Interrupt::Message(wire::AgentMessage::Progress { .. }) => {
@@ -188,7 +213,10 @@ async fn run_one(session: &mut Session, test: &TestJob, boot: usize, timeouts: T
                 break;
             }
             Interrupt::Message(other) => {
-                run.broken = Some(format!("agent sent {} during {what}", runner::message_kind(&other)));
+                run.broken = Some(format!(
+                    "agent sent {} during {what}",
+                    runner::message_kind(&other)
+                ));
                 break;
             }
             Interrupt::Failed(message) => {

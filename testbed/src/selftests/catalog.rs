@@ -55,8 +55,12 @@ pub const DEFAULT_KVM: &[&str] = &[
 /// set-up path. `vfio_pci_driver_test` needs a device with a driver in the
 /// selftests library (Intel DSA or CBDMA): none is emulated, so it only
 /// says so (skip).
-pub const DEFAULT_VFIO: &[&str] =
-    &["vfio_pci_device_test", "vfio_dma_mapping_test", "vfio_iommufd_setup_test", "vfio_pci_driver_test"];
+pub const DEFAULT_VFIO: &[&str] = &[
+    "vfio_pci_device_test",
+    "vfio_dma_mapping_test",
+    "vfio_iommufd_setup_test",
+    "vfio_pci_driver_test",
+];
 
 pub fn defaults(suite: SelftestSuite) -> &'static [&'static str] {
     match suite {
@@ -155,11 +159,18 @@ const SLOW: &[(&str, u64)] = &[("vfio:vfio_pci_driver_test", 1200)];
 /// The timeout of `test`: `default` (--test-timeout), raised for [`SLOW`] tests.
 pub fn timeout_secs(test: &TestId, default: u64) -> u64 {
     let full = test.to_string();
-    SLOW.iter().find(|(t, _)| *t == full).map_or(default, |&(_, min)| default.max(min))
+    SLOW.iter()
+        .find(|(t, _)| *t == full)
+        .map_or(default, |&(_, min)| default.max(min))
 }
 
 /// The known failure of `test` on `variant` in `table`, if any.
-fn known_in<'a>(table: &'a [Known], test: &TestId, variant: &str, facts: &Facts) -> Option<&'a Known> {
+fn known_in<'a>(
+    table: &'a [Known],
+    test: &TestId,
+    variant: &str,
+    facts: &Facts,
+) -> Option<&'a Known> {
     let full = test.to_string();
     table.iter().find(|k| {
         (k.test == full || k.test == test.name)
@@ -173,7 +184,13 @@ fn known_in<'a>(table: &'a [Known], test: &TestId, variant: &str, facts: &Facts)
 /// (`x86/xapic_ipi_test`), which the installed tree no longer has.
 pub fn resolve<'a>(arg: &str, available: &'a [TestId]) -> Result<&'a TestId, String> {
     let (suite, name) = match arg.split_once(':') {
-        Some((s, n)) => (Some(s.parse::<SelftestSuite>().map_err(|e| format!("test {arg}: {e}"))?), n),
+        Some((s, n)) => (
+            Some(
+                s.parse::<SelftestSuite>()
+                    .map_err(|e| format!("test {arg}: {e}"))?,
+            ),
+            n,
+        ),
         None => (None, arg),
     };
     let matches: Vec<&TestId> = available
@@ -186,16 +203,27 @@ pub fn resolve<'a>(arg: &str, available: &'a [TestId]) -> Result<&'a TestId, Str
         [] => {
             let near: Vec<String> = available
                 .iter()
-                .filter(|t| base(&t.name).contains(base(name)) || base(name).contains(base(&t.name)))
+                .filter(|t| {
+                    base(&t.name).contains(base(name)) || base(name).contains(base(&t.name))
+                })
                 .take(5)
                 .map(ToString::to_string)
                 .collect();
-            let hint = if near.is_empty() { String::new() } else { format!(" (similar: {})", near.join(", ")) };
-            Err(format!("no selftest named {arg} in the selected suites{hint}"))
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (similar: {})", near.join(", "))
+            };
+            Err(format!(
+                "no selftest named {arg} in the selected suites{hint}"
+            ))
         }
         many => Err(format!(
             "test {arg} is ambiguous: {}",
-            many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -279,30 +307,50 @@ fn classify_in(
     output: &[String],
 ) -> Verdict {
     let raw = match (result, broken) {
-        (_, Some(why)) => Verdict { outcome: Outcome::Broken, reason: Some(why.to_owned()) },
+        (_, Some(why)) => Verdict {
+            outcome: Outcome::Broken,
+            reason: Some(why.to_owned()),
+        },
         (Some(r), None) => own_verdict(r, output),
-        (None, None) => Verdict { outcome: Outcome::Broken, reason: Some("no result from the agent".into()) },
+        (None, None) => Verdict {
+            outcome: Outcome::Broken,
+            reason: Some("no result from the agent".into()),
+        },
     };
     match (known_in(table, test, variant, facts), raw.outcome) {
         (Some(k), Outcome::Fail | Outcome::Timeout | Outcome::Broken) => Verdict {
             outcome: Outcome::Xfail,
-            reason: Some(format!("{} (known: {})", raw.reason.unwrap_or_default(), k.reason)),
+            reason: Some(format!(
+                "{} (known: {})",
+                raw.reason.unwrap_or_default(),
+                k.reason
+            )),
         },
         (Some(k), Outcome::Pass) => Verdict {
             outcome: Outcome::Xpass,
-            reason: Some(format!("passed, but listed as a known failure: {}", k.reason)),
+            reason: Some(format!(
+                "passed, but listed as a known failure: {}",
+                k.reason
+            )),
         },
         _ => raw,
     }
 }
 
 fn own_verdict(r: &ExecResult, output: &[String]) -> Verdict {
-    let verdict = |outcome, reason: String| Verdict { outcome, reason: Some(reason) };
+    let verdict = |outcome, reason: String| Verdict {
+        outcome,
+        reason: Some(reason),
+    };
     let v = match &r.status {
-        ExecStatus::Exited { code: 0 } => Verdict { outcome: Outcome::Pass, reason: None },
-        ExecStatus::Exited { code: KSFT_SKIP } => {
-            verdict(Outcome::Skip, skip_reason(output).unwrap_or_else(|| "exit 4 (skip), no reason printed".into()))
-        }
+        ExecStatus::Exited { code: 0 } => Verdict {
+            outcome: Outcome::Pass,
+            reason: None,
+        },
+        ExecStatus::Exited { code: KSFT_SKIP } => verdict(
+            Outcome::Skip,
+            skip_reason(output).unwrap_or_else(|| "exit 4 (skip), no reason printed".into()),
+        ),
         ExecStatus::Exited { code } => verdict(
             Outcome::Fail,
             match failure_line(output) {
@@ -319,10 +367,20 @@ fn own_verdict(r: &ExecResult, output: &[String]) -> Verdict {
         ),
         ExecStatus::TimedOut => verdict(
             Outcome::Timeout,
-            format!("killed after {} s{}", r.millis / 1000, last_line(output).map(|l| format!(", last output: {l}")).unwrap_or_default()),
+            format!(
+                "killed after {} s{}",
+                r.millis / 1000,
+                last_line(output)
+                    .map(|l| format!(", last output: {l}"))
+                    .unwrap_or_default()
+            ),
         ),
-        ExecStatus::SpawnFailed { error } => verdict(Outcome::Fail, format!("could not start: {error}")),
-        ExecStatus::SetupFailed { error } => verdict(Outcome::Fail, format!("set-up failed: {error}")),
+        ExecStatus::SpawnFailed { error } => {
+            verdict(Outcome::Fail, format!("could not start: {error}"))
+        }
+        ExecStatus::SetupFailed { error } => {
+            verdict(Outcome::Fail, format!("set-up failed: {error}"))
+        }
     };
     // a kernel that warned has gone wrong, whatever the test concluded
     match r.kernel_warnings.as_slice() {
@@ -332,8 +390,14 @@ fn own_verdict(r: &ExecResult, output: &[String]) -> Verdict {
             reason: Some(format!(
                 "the kernel warned {} time{}: {first}{}",
                 r.kernel_warnings.len(),
-                if r.kernel_warnings.len() == 1 { "" } else { "s" },
-                v.reason.map(|why| format!(" (the test itself: {} {why})", v.outcome.label())).unwrap_or_else(|| format!(" (the test itself: {})", v.outcome.label()))
+                if r.kernel_warnings.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                v.reason
+                    .map(|why| format!(" (the test itself: {} {why})", v.outcome.label()))
+                    .unwrap_or_else(|| format!(" (the test itself: {})", v.outcome.label()))
             )),
         },
     }
@@ -345,7 +409,11 @@ pub fn skip_reason(output: &[String]) -> Option<String> {
     output.iter().rev().find_map(|l| {
         let at = l.find("SKIP")?;
         let rest = l[at + 4..].trim_start_matches([':', ' ', '-', ']']).trim();
-        Some(if rest.is_empty() { l.trim().to_owned() } else { rest.to_owned() })
+        Some(if rest.is_empty() {
+            l.trim().to_owned()
+        } else {
+            rest.to_owned()
+        })
     })
 }
 
@@ -353,8 +421,16 @@ pub fn skip_reason(output: &[String]) -> Option<String> {
 /// `==== Test Assertion Failure ====`), the first `not ok` of a TAP
 /// test, a `FAIL` line, else the last line.
 pub fn failure_line(output: &[String]) -> Option<String> {
-    if let Some(i) = output.iter().position(|l| l.contains("Test Assertion Failure")) {
-        let mut parts: Vec<&str> = output[i + 1..].iter().map(|l| l.trim()).filter(|l| !l.is_empty()).take(2).collect();
+    if let Some(i) = output
+        .iter()
+        .position(|l| l.contains("Test Assertion Failure"))
+    {
+        let mut parts: Vec<&str> = output[i + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .take(2)
+            .collect();
         // the second line is pid/tid/errno; keep it only if it names an errno
         if parts.len() == 2 && !parts[1].contains("errno=") {
             parts.truncate(1);
@@ -363,7 +439,10 @@ pub fn failure_line(output: &[String]) -> Option<String> {
             return Some(parts.join(" "));
         }
     }
-    if let Some(l) = output.iter().find(|l| l.trim_start().starts_with("not ok ")) {
+    if let Some(l) = output
+        .iter()
+        .find(|l| l.trim_start().starts_with("not ok "))
+    {
         return Some(l.trim().to_owned());
     }
     if let Some(l) = output.iter().find(|l| l.contains("FAIL")) {
@@ -373,7 +452,12 @@ pub fn failure_line(output: &[String]) -> Option<String> {
 }
 
 fn last_line(output: &[String]) -> Option<String> {
-    output.iter().rev().map(|l| l.trim()).find(|l| !l.is_empty()).map(str::to_owned)
+    output
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -381,11 +465,19 @@ mod tests {
     use super::*;
 
     fn id(suite: SelftestSuite, name: &str) -> TestId {
-        TestId { suite, name: name.into() }
+        TestId {
+            suite,
+            name: name.into(),
+        }
     }
 
     fn exited(code: i32) -> ExecResult {
-        ExecResult { status: ExecStatus::Exited { code }, millis: 1500, dropped_bytes: 0, kernel_warnings: vec![] }
+        ExecResult {
+            status: ExecStatus::Exited { code },
+            millis: 1500,
+            dropped_bytes: 0,
+            kernel_warnings: vec![],
+        }
     }
 
     fn lines(text: &str) -> Vec<String> {
@@ -409,7 +501,10 @@ mod tests {
         let e = resolve("net:foo", &all).unwrap_err();
         assert!(e.contains("test net:foo"), "{e}");
         assert_eq!(resolve("kvm:x86/xapic_ipi_test", &all).unwrap(), &all[0]);
-        let dup = [id(SelftestSuite::Kvm, "x86/a"), id(SelftestSuite::Kvm, "arm64/a")];
+        let dup = [
+            id(SelftestSuite::Kvm, "x86/a"),
+            id(SelftestSuite::Kvm, "arm64/a"),
+        ];
         assert!(resolve("a", &dup).unwrap_err().contains("ambiguous"));
     }
 
@@ -417,36 +512,103 @@ mod tests {
     fn exit_codes_map_to_kselftest_outcomes() {
         let t = id(SelftestSuite::Kvm, "x86/xapic_ipi_test");
         let v = classify(&t, "amd-ir", &Facts::default(), Some(&exited(0)), None, &[]);
-        assert_eq!(v, Verdict { outcome: Outcome::Pass, reason: None });
+        assert_eq!(
+            v,
+            Verdict {
+                outcome: Outcome::Pass,
+                reason: None
+            }
+        );
         let out = lines("1..0 # SKIP - Requirement not met: kvm_has_cap(KVM_CAP_X2APIC_API)");
-        let v = classify(&t, "amd-ir", &Facts::default(), Some(&exited(4)), None, &out);
+        let v = classify(
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&exited(4)),
+            None,
+            &out,
+        );
         assert_eq!(v.outcome, Outcome::Skip);
-        assert_eq!(v.reason.as_deref(), Some("Requirement not met: kvm_has_cap(KVM_CAP_X2APIC_API)"));
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("Requirement not met: kvm_has_cap(KVM_CAP_X2APIC_API)")
+        );
         let out = lines(
             "Random seed: 0x6b8b4567\n==== Test Assertion Failure ====\n  x86/xapic_ipi_test.c:312: ipis_rcvd == ipis_sent\n  pid=140 tid=140 errno=4 - Interrupted system call\n     1\t0x0000000000402a3b: main at xapic_ipi_test.c:312",
         );
-        let v = classify(&t, "amd-ir", &Facts::default(), Some(&exited(254)), None, &out);
+        let v = classify(
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&exited(254)),
+            None,
+            &out,
+        );
         assert_eq!(v.outcome, Outcome::Fail);
         assert_eq!(
             v.reason.as_deref(),
             Some("exit 254: x86/xapic_ipi_test.c:312: ipis_rcvd == ipis_sent pid=140 tid=140 errno=4 - Interrupted system call")
         );
-        let v = classify(&t, "amd-ir", &Facts::default(), Some(&exited(1)), None, &lines("ok 1 a\nnot ok 2 b # bad\nok 3 c"));
+        let v = classify(
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&exited(1)),
+            None,
+            &lines("ok 1 a\nnot ok 2 b # bad\nok 3 c"),
+        );
         assert_eq!(v.reason.as_deref(), Some("exit 1: not ok 2 b # bad"));
-        let killed = ExecResult { status: ExecStatus::Signaled { signal: 6 }, ..exited(0) };
-        assert_eq!(classify(&t, "amd-ir", &Facts::default(), Some(&killed), None, &[]).reason.as_deref(), Some("killed by signal 6"));
-        let slow = ExecResult { status: ExecStatus::TimedOut, millis: 300_400, ..exited(0) };
-        let v = classify(&t, "amd-ir", &Facts::default(), Some(&slow), None, &lines("Delay: 1\n"));
-        assert_eq!((v.outcome, v.reason.as_deref()), (Outcome::Timeout, Some("killed after 300 s, last output: Delay: 1")));
-        let v = classify(&t, "amd-avic", &Facts::default(), None, Some("qemu exited unexpectedly: qemu: fatal: AVIC"), &[]);
+        let killed = ExecResult {
+            status: ExecStatus::Signaled { signal: 6 },
+            ..exited(0)
+        };
+        assert_eq!(
+            classify(&t, "amd-ir", &Facts::default(), Some(&killed), None, &[])
+                .reason
+                .as_deref(),
+            Some("killed by signal 6")
+        );
+        let slow = ExecResult {
+            status: ExecStatus::TimedOut,
+            millis: 300_400,
+            ..exited(0)
+        };
+        let v = classify(
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&slow),
+            None,
+            &lines("Delay: 1\n"),
+        );
+        assert_eq!(
+            (v.outcome, v.reason.as_deref()),
+            (
+                Outcome::Timeout,
+                Some("killed after 300 s, last output: Delay: 1")
+            )
+        );
+        let v = classify(
+            &t,
+            "amd-avic",
+            &Facts::default(),
+            None,
+            Some("qemu exited unexpectedly: qemu: fatal: AVIC"),
+            &[],
+        );
         assert_eq!(v.outcome, Outcome::Broken);
-        assert!(v.outcome.is_failure() && !Outcome::Skip.is_failure() && !Outcome::Xfail.is_failure());
+        assert!(
+            v.outcome.is_failure() && !Outcome::Skip.is_failure() && !Outcome::Xfail.is_failure()
+        );
     }
 
     #[test]
     fn kernel_warnings_fail_a_passing_test() {
         let t = id(SelftestSuite::Kvm, "irqfd_test");
-        let warned = ExecResult { kernel_warnings: vec!["WARNING: at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free".into()], ..exited(0) };
+        let warned = ExecResult {
+            kernel_warnings: vec!["WARNING: at arch/x86/kvm/svm/svm.c:1316 svm_vcpu_free".into()],
+            ..exited(0)
+        };
         let v = classify(&t, "amd-avic", &Facts::default(), Some(&warned), None, &[]);
         assert_eq!(v.outcome, Outcome::Fail);
         assert_eq!(
@@ -457,41 +619,115 @@ mod tests {
 
     #[test]
     fn known_failures_are_xfail_and_a_pass_of_one_is_xpass() {
-        let table = [Known { test: "x86/debug_regs", variants: &["amd-ir"], when: When::Always, reason: "TCG" }];
+        let table = [Known {
+            test: "x86/debug_regs",
+            variants: &["amd-ir"],
+            when: When::Always,
+            reason: "TCG",
+        }];
         let t = id(SelftestSuite::Kvm, "x86/debug_regs");
-        let v = classify_in(&table, &t, "amd-ir", &Facts::default(), Some(&exited(254)), None, &lines("boom"));
+        let v = classify_in(
+            &table,
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&exited(254)),
+            None,
+            &lines("boom"),
+        );
         assert_eq!(v.outcome, Outcome::Xfail);
         assert_eq!(v.reason.as_deref(), Some("exit 254: boom (known: TCG)"));
-        let v = classify_in(&table, &t, "amd-ir", &Facts::default(), Some(&exited(0)), None, &[]);
+        let v = classify_in(
+            &table,
+            &t,
+            "amd-ir",
+            &Facts::default(),
+            Some(&exited(0)),
+            None,
+            &[],
+        );
         assert_eq!(v.outcome, Outcome::Xpass);
         assert!(v.outcome.is_failure());
         // other variants are not covered by the entry
-        assert_eq!(classify_in(&table, &t, "intel-ir", &Facts::default(), Some(&exited(254)), None, &[]).outcome, Outcome::Fail);
+        assert_eq!(
+            classify_in(
+                &table,
+                &t,
+                "intel-ir",
+                &Facts::default(),
+                Some(&exited(254)),
+                None,
+                &[]
+            )
+            .outcome,
+            Outcome::Fail
+        );
         // a skip stays a skip
-        assert_eq!(classify_in(&table, &t, "amd-ir", &Facts::default(), Some(&exited(4)), None, &[]).outcome, Outcome::Skip);
+        assert_eq!(
+            classify_in(
+                &table,
+                &t,
+                "amd-ir",
+                &Facts::default(),
+                Some(&exited(4)),
+                None,
+                &[]
+            )
+            .outcome,
+            Outcome::Skip
+        );
     }
 
     #[test]
     fn a_known_failure_can_depend_on_the_kernel() {
-        let table = [Known { test: "vfio:vfio_pci_device_test", variants: &[], when: When::NoIommufd, reason: "no iommufd" }];
+        let table = [Known {
+            test: "vfio:vfio_pci_device_test",
+            variants: &[],
+            when: When::NoIommufd,
+            reason: "no iommufd",
+        }];
         let t = id(SelftestSuite::Vfio, "vfio_pci_device_test");
-        let debian = Facts { iommufd: false, irq_remapping: true };
-        let built = Facts { iommufd: true, irq_remapping: true };
-        assert_eq!(classify_in(&table, &t, "intel-ir", &debian, Some(&exited(1)), None, &[]).outcome, Outcome::Xfail);
+        let debian = Facts {
+            iommufd: false,
+            irq_remapping: true,
+        };
+        let built = Facts {
+            iommufd: true,
+            irq_remapping: true,
+        };
+        assert_eq!(
+            classify_in(&table, &t, "intel-ir", &debian, Some(&exited(1)), None, &[]).outcome,
+            Outcome::Xfail
+        );
         // where the kernel has iommufd the same failure is a failure
-        assert_eq!(classify_in(&table, &t, "intel-ir", &built, Some(&exited(1)), None, &[]).outcome, Outcome::Fail);
-        assert_eq!(classify_in(&table, &t, "intel-ir", &built, Some(&exited(0)), None, &[]).outcome, Outcome::Pass);
+        assert_eq!(
+            classify_in(&table, &t, "intel-ir", &built, Some(&exited(1)), None, &[]).outcome,
+            Outcome::Fail
+        );
+        assert_eq!(
+            classify_in(&table, &t, "intel-ir", &built, Some(&exited(0)), None, &[]).outcome,
+            Outcome::Pass
+        );
     }
 
     #[test]
     fn a_known_failure_can_depend_on_interrupt_remapping() {
         let t = id(SelftestSuite::Vfio, "vfio_pci_device_test");
-        let no_ir = Facts { iommufd: true, irq_remapping: false };
-        let ir = Facts { iommufd: true, irq_remapping: true };
+        let no_ir = Facts {
+            iommufd: true,
+            irq_remapping: false,
+        };
+        let ir = Facts {
+            iommufd: true,
+            irq_remapping: true,
+        };
         let v = classify(&t, "amd-ir-patched", &no_ir, Some(&exited(1)), None, &[]);
         assert_eq!(v.outcome, Outcome::Xfail);
         assert!(v.reason.unwrap().contains("No southbridge IOAPIC found"));
-        assert_eq!(classify(&t, "intel-ir", &ir, Some(&exited(1)), None, &[]).outcome, Outcome::Fail);
+        assert_eq!(
+            classify(&t, "intel-ir", &ir, Some(&exited(1)), None, &[]).outcome,
+            Outcome::Fail
+        );
     }
 
     #[test]
@@ -499,13 +735,19 @@ mod tests {
         let t = id(SelftestSuite::Vfio, "vfio_pci_driver_test");
         assert_eq!(timeout_secs(&t, 300), 1200);
         assert_eq!(timeout_secs(&t, 3000), 3000);
-        assert_eq!(timeout_secs(&id(SelftestSuite::Kvm, "irqfd_test"), 300), 300);
+        assert_eq!(
+            timeout_secs(&id(SelftestSuite::Kvm, "irqfd_test"), 300),
+            300
+        );
     }
 
     #[test]
     fn every_default_is_a_plain_relative_name() {
         for name in DEFAULT_KVM.iter().chain(DEFAULT_VFIO) {
-            assert!(!name.starts_with('/') && !name.contains(':') && !name.contains(".."), "{name}");
+            assert!(
+                !name.starts_with('/') && !name.contains(':') && !name.contains(".."),
+                "{name}"
+            );
         }
         for k in KNOWN {
             assert!(!k.reason.is_empty(), "{}", k.test);

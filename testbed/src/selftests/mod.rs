@@ -116,7 +116,9 @@ struct Inputs {
 fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
     let mut suites = Vec::new();
     for s in &args.suites {
-        let suite: SelftestSuite = s.parse().map_err(|e: images::ImagesError| format!("--suite {s}: {e}"))?;
+        let suite: SelftestSuite = s
+            .parse()
+            .map_err(|e: images::ImagesError| format!("--suite {s}: {e}"))?;
         if !suites.contains(&suite) {
             suites.push(suite);
         }
@@ -127,7 +129,10 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
     let mut variants: Vec<&'static Variant> = if args.variants.is_empty() {
         variant::defaults().collect()
     } else {
-        args.variants.iter().map(|n| variant::lookup(n).map_err(|e| e.to_string())).collect::<Result<_, _>>()?
+        args.variants
+            .iter()
+            .map(|n| variant::lookup(n).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?
     };
     let baseline = match &args.baseline {
         Some(name) => {
@@ -139,11 +144,22 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         }
         None => None,
     };
-    let vfio_model: wire::DeviceModel = serde_json::from_value(serde_json::Value::String(args.vfio_device.clone()))
-        .ok()
-        .filter(|m: &wire::DeviceModel| m.qemu_driver().is_some() && m.vdpa().is_none() && !m.spec().sriov_vf)
-        .ok_or_else(|| format!("--vfio-device {}: not a PCI device model VFIO can take (edu, igb, e1000e)", args.vfio_device))?;
-    let kernel = args.kernel.parse().map_err(|e: images::ImagesError| e.to_string())?;
+    let vfio_model: wire::DeviceModel =
+        serde_json::from_value(serde_json::Value::String(args.vfio_device.clone()))
+            .ok()
+            .filter(|m: &wire::DeviceModel| {
+                m.qemu_driver().is_some() && m.vdpa().is_none() && !m.spec().sriov_vf
+            })
+            .ok_or_else(|| {
+                format!(
+                    "--vfio-device {}: not a PCI device model VFIO can take (edu, igb, e1000e)",
+                    args.vfio_device
+                )
+            })?;
+    let kernel = args
+        .kernel
+        .parse()
+        .map_err(|e: images::ImagesError| e.to_string())?;
     if args.test_timeout == 0 {
         return Err("--test-timeout must be at least 1 second".into());
     }
@@ -170,8 +186,18 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         results: None,
         snapshots: None,
     };
-    let results = args.results.clone().unwrap_or_else(|| PathBuf::from("results/selftests"));
-    Ok(Inputs { suites, variants, baseline, vfio_model, options, results })
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/selftests"));
+    Ok(Inputs {
+        suites,
+        variants,
+        baseline,
+        vfio_model,
+        options,
+        results,
+    })
 }
 
 /// A test the run wants, or one of the defaults this source lacks.
@@ -180,12 +206,21 @@ enum Wanted {
     Missing(TestId, String),
 }
 
-fn select(args: &SelftestsArgs, suites: &[SelftestSuite], build: &SelftestBuild) -> Result<Vec<Wanted>, String> {
+fn select(
+    args: &SelftestsArgs,
+    suites: &[SelftestSuite],
+    build: &SelftestBuild,
+) -> Result<Vec<Wanted>, String> {
     let available: Vec<TestId> = build
         .suites
         .iter()
         .filter(|s| suites.contains(&s.suite))
-        .flat_map(|s| s.tests.iter().map(|t| TestId { suite: s.suite, name: t.clone() }))
+        .flat_map(|s| {
+            s.tests.iter().map(|t| TestId {
+                suite: s.suite,
+                name: t.clone(),
+            })
+        })
         .collect();
     if !args.tests.is_empty() {
         // a test of a suite that did not build here: say why it is not there
@@ -199,24 +234,36 @@ fn select(args: &SelftestsArgs, suites: &[SelftestSuite], build: &SelftestBuild)
             .tests
             .iter()
             .map(|a| {
-                catalog::resolve(a, &available).map(|t| Wanted::Run(t.clone())).map_err(|e| match missing.as_slice() {
-                    [] => e,
-                    m => format!("{e}; from {}, {}", build.source, m.join("; ")),
-                })
+                catalog::resolve(a, &available)
+                    .map(|t| Wanted::Run(t.clone()))
+                    .map_err(|e| match missing.as_slice() {
+                        [] => e,
+                        m => format!("{e}; from {}, {}", build.source, m.join("; ")),
+                    })
             })
             .collect();
     }
     let mut wanted = Vec::new();
     for &suite in suites {
-        let missing_suite = build.suites.iter().find(|s| s.suite == suite).and_then(|s| s.missing.clone());
+        let missing_suite = build
+            .suites
+            .iter()
+            .find(|s| s.suite == suite)
+            .and_then(|s| s.missing.clone());
         for name in catalog::defaults(suite) {
-            let id = TestId { suite, name: (*name).to_owned() };
+            let id = TestId {
+                suite,
+                name: (*name).to_owned(),
+            };
             if available.contains(&id) {
                 wanted.push(Wanted::Run(id));
             } else {
-                let why = missing_suite
-                    .clone()
-                    .unwrap_or_else(|| format!("{} has no {suite} test {name} (kselftest-list.txt)", build.source));
+                let why = missing_suite.clone().unwrap_or_else(|| {
+                    format!(
+                        "{} has no {suite} test {name} (kselftest-list.txt)",
+                        build.source
+                    )
+                });
                 wanted.push(Wanted::Missing(id, why));
             }
         }
@@ -250,9 +297,20 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         eprintln!("error: {message}");
         code
     };
-    let kernel = match tokio::task::block_in_place(|| images::resolve_kernel(&cache, &options.kernel, &mut |p| ui.images(p))) {
+    let kernel = match tokio::task::block_in_place(|| {
+        images::resolve_kernel(&cache, &options.kernel, &mut |p| ui.images(p))
+    }) {
         Ok(k) => k,
-        Err(e) => return fail(format!("kernel {}: {e}", options.kernel), if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP }),
+        Err(e) => {
+            return fail(
+                format!("kernel {}: {e}", options.kernel),
+                if e.is_bad_input() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_SKIP
+                },
+            )
+        }
     };
     let source = match SelftestSource::for_kernel(&options.kernel, &kernel) {
         Ok(s) => s,
@@ -263,14 +321,32 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         images::build_selftests(&cache, &source, &SelftestSuite::ALL, &mut |p| ui.images(p))
     }) {
         Ok(b) => b,
-        Err(e) => return fail(format!("selftests: {e}"), if e.is_bad_input() { EXIT_USAGE } else { EXIT_SKIP }),
+        Err(e) => {
+            return fail(
+                format!("selftests: {e}"),
+                if e.is_bad_input() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_SKIP
+                },
+            )
+        }
     };
     // images said where the sources come from (Progress::SelftestsFrom, with the note)
     let wanted = match select(args, &inputs.suites, &build) {
         Ok(w) => w,
         Err(e) => return fail(e, EXIT_USAGE),
     };
-    let to_run: Vec<&TestId> = wanted.iter().filter_map(|w| if let Wanted::Run(t) = w { Some(t) } else { None }).collect();
+    let to_run: Vec<&TestId> = wanted
+        .iter()
+        .filter_map(|w| {
+            if let Wanted::Run(t) = w {
+                Some(t)
+            } else {
+                None
+            }
+        })
+        .collect();
     if args.list {
         for w in &wanted {
             match w {
@@ -280,12 +356,23 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         }
         return EXIT_OK;
     }
-    let files: Vec<(String, PathBuf)> =
-        to_run.iter().map(|t| (guest_path(t), build.root.join(t.suite.to_string()).join(&t.name))).collect();
+    let files: Vec<(String, PathBuf)> = to_run
+        .iter()
+        .map(|t| {
+            (
+                guest_path(t),
+                build.root.join(t.suite.to_string()).join(&t.name),
+            )
+        })
+        .collect();
     let vfio_wanted = to_run.iter().any(|t| t.suite == SelftestSuite::Vfio);
     let extras = InitramfsExtras {
         // VFIO selftests open devices through iommufd too, where the kernel has it
-        optional_modules: if vfio_wanted { vec![vec!["iommufd"]] } else { Vec::new() },
+        optional_modules: if vfio_wanted {
+            vec![vec!["iommufd"]]
+        } else {
+            Vec::new()
+        },
         files,
     };
     let runtime = match run::runtime_dir() {
@@ -296,13 +383,26 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         Ok(a) => a,
         Err(e) => return fail(e.message, e.code),
     };
-    let images = match run::prepare_kernel_with(&cache, &options.kernel, options, &agent, &extras, &mut |p| ui.images(p)) {
+    let images = match run::prepare_kernel_with(
+        &cache,
+        &options.kernel,
+        options,
+        &agent,
+        &extras,
+        &mut |p| ui.images(p),
+    ) {
         Ok(i) => i,
         Err(e) => return fail(e.message, e.code),
     };
-    let patched = if inputs.variants.iter().any(|v| v.qemu == variant::QemuKind::Patched) {
+    let patched = if inputs
+        .variants
+        .iter()
+        .any(|v| v.qemu == variant::QemuKind::Patched)
+    {
         let project = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| ui.images(p)) {
+        match run::prepare_patched_qemu(&cache, &project, options.qemu_tree.as_deref(), &mut |p| {
+            ui.images(p)
+        }) {
             Ok(b) => {
                 ui.line(&format!("patched qemu: {}", b.description));
                 Some(b)
@@ -333,10 +433,18 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
             argv: vec![guest_path(t)],
             cwd: format!("{GUEST_ROOT}/{}", t.suite),
             timeout: Duration::from_secs(catalog::timeout_secs(t, args.test_timeout)),
-            vfio_devices: if t.suite == SelftestSuite::Vfio { vec![VFIO_DEVICE_ID.into()] } else { Vec::new() },
+            vfio_devices: if t.suite == SelftestSuite::Vfio {
+                vec![VFIO_DEVICE_ID.into()]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
-    let timeouts = Timeouts { boot: options.boot_timeout, step: options.step_timeout, shutdown: Duration::from_secs(30) };
+    let timeouts = Timeouts {
+        boot: options.boot_timeout,
+        step: options.step_timeout,
+        shutdown: Duration::from_secs(30),
+    };
     let mut rows = Vec::new();
     let mut headers = Vec::new();
     let mut no_boot = Vec::new();
@@ -383,7 +491,11 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                 Wanted::Run(_) => {
                     let Some((t, run)) = ran.next() else { break };
                     let facts = catalog::Facts {
-                        iommufd: runs.boots.get(run.boot).and_then(|b| b.platform.as_ref()).is_some_and(|p| p.iommufd),
+                        iommufd: runs
+                            .boots
+                            .get(run.boot)
+                            .and_then(|b| b.platform.as_ref())
+                            .is_some_and(|p| p.iommufd),
                         irq_remapping: runs
                             .boots
                             .get(run.boot)
@@ -399,8 +511,16 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         &run.output,
                     );
                     let log = write_log(&dir, t, run, &verdict);
-                    let console = runs.boots.get(run.boot).map(|b| b.console_log.display().to_string());
-                    ui.line(&format!("{:<14} {:<36} {}", variant.name, t.to_string(), verdict.outcome.label()));
+                    let console = runs
+                        .boots
+                        .get(run.boot)
+                        .map(|b| b.console_log.display().to_string());
+                    ui.line(&format!(
+                        "{:<14} {:<36} {}",
+                        variant.name,
+                        t.to_string(),
+                        verdict.outcome.label()
+                    ));
                     Row {
                         test: (*t).clone(),
                         variant: variant.name,
@@ -416,7 +536,10 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                     test: t.clone(),
                     variant: variant.name,
                     kernel: release.clone(),
-                    verdict: Verdict { outcome: Outcome::Skip, reason: Some(why.clone()) },
+                    verdict: Verdict {
+                        outcome: Outcome::Skip,
+                        reason: Some(why.clone()),
+                    },
                     seconds: 0.0,
                     output: Vec::new(),
                     log: None,
@@ -447,10 +570,20 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
         "source_note": build.note,
         "variants": headers,
     });
-    let mut code = if rows.iter().any(|r| r.verdict.outcome.is_failure()) { EXIT_FAILED } else { EXIT_OK };
+    let mut code = if rows.iter().any(|r| r.verdict.outcome.is_failure()) {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    };
     type Render<'a> = Box<dyn Fn() -> String + 'a>;
     let writes: [(&Option<PathBuf>, Render); 3] = [
-        (&args.json, Box::new(|| serde_json::to_string_pretty(&output::json(header.clone(), &rows)).expect("json") + "\n")),
+        (
+            &args.json,
+            Box::new(|| {
+                serde_json::to_string_pretty(&output::json(header.clone(), &rows)).expect("json")
+                    + "\n"
+            }),
+        ),
         (&args.junit, Box::new(|| output::junit(&rows))),
         (&args.ktap, Box::new(|| output::ktap(&rows))),
     ];
@@ -490,19 +623,27 @@ fn variant_header(name: &str, runs: &boot::Runs, build: &SelftestBuild) -> serde
 
 /// The test's output, verdict and how it ended, under the variant's directory.
 fn write_log(dir: &Path, t: &TestId, run: &boot::TestRun, verdict: &Verdict) -> Option<String> {
-    let path = dir.join(t.suite.to_string()).join(format!("{}.log", t.name));
+    let path = dir
+        .join(t.suite.to_string())
+        .join(format!("{}.log", t.name));
     let mut text = format!("# {t}: {}", verdict.outcome.label());
     if let Some(r) = &verdict.reason {
         text.push_str(&format!(": {r}"));
     }
     text.push('\n');
     if let Some(result) = &run.result {
-        text.push_str(&format!("# status {:?}, {} ms in L1, boot {}\n", result.status, result.millis, run.boot));
+        text.push_str(&format!(
+            "# status {:?}, {} ms in L1, boot {}\n",
+            result.status, result.millis, run.boot
+        ));
         for w in &result.kernel_warnings {
             text.push_str(&format!("# kernel warned: {w}\n"));
         }
         if result.dropped_bytes > 0 {
-            text.push_str(&format!("# {} bytes of output dropped\n", result.dropped_bytes));
+            text.push_str(&format!(
+                "# {} bytes of output dropped\n",
+                result.dropped_bytes
+            ));
         }
     }
     for l in &run.output {

@@ -28,8 +28,15 @@ pub struct Row {
 /// `N passed, N failed, N skipped` (+ xfail, broken, timeout counts).
 pub fn counts(rows: &[Row]) -> String {
     let n = |o: Outcome| rows.iter().filter(|r| r.verdict.outcome == o).count();
-    let failed = rows.iter().filter(|r| r.verdict.outcome.is_failure()).count();
-    let mut s = format!("{} passed, {failed} failed, {} skipped", n(Outcome::Pass), n(Outcome::Skip));
+    let failed = rows
+        .iter()
+        .filter(|r| r.verdict.outcome.is_failure())
+        .count();
+    let mut s = format!(
+        "{} passed, {failed} failed, {} skipped",
+        n(Outcome::Pass),
+        n(Outcome::Skip)
+    );
     let more: Vec<String> = [
         (Outcome::Xfail, "known failures"),
         (Outcome::Broken, "broken"),
@@ -47,9 +54,22 @@ pub fn counts(rows: &[Row]) -> String {
 }
 
 pub fn table(rows: &[Row]) -> String {
-    let w = rows.iter().map(|r| r.test.to_string().len()).max().unwrap_or(4).max(4);
-    let k = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<w$}  {:<14} {:<k$}  {:<8} {:>8}\n", "TEST", "VARIANT", "KERNEL", "RESULT", "TIME");
+    let w = rows
+        .iter()
+        .map(|r| r.test.to_string().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let k = rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = format!(
+        "{:<w$}  {:<14} {:<k$}  {:<8} {:>8}\n",
+        "TEST", "VARIANT", "KERNEL", "RESULT", "TIME"
+    );
     for r in rows {
         let _ = writeln!(
             out,
@@ -99,10 +119,20 @@ fn tail(output: &[String], n: usize) -> String {
 pub fn junit(rows: &[Row]) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let failures = |rs: &[&Row]| {
-        rs.iter().filter(|r| r.verdict.outcome.is_failure() && r.verdict.outcome != Outcome::Broken).count()
+        rs.iter()
+            .filter(|r| r.verdict.outcome.is_failure() && r.verdict.outcome != Outcome::Broken)
+            .count()
     };
-    let errors = |rs: &[&Row]| rs.iter().filter(|r| r.verdict.outcome == Outcome::Broken).count();
-    let skipped = |rs: &[&Row]| rs.iter().filter(|r| r.verdict.outcome == Outcome::Skip).count();
+    let errors = |rs: &[&Row]| {
+        rs.iter()
+            .filter(|r| r.verdict.outcome == Outcome::Broken)
+            .count()
+    };
+    let skipped = |rs: &[&Row]| {
+        rs.iter()
+            .filter(|r| r.verdict.outcome == Outcome::Skip)
+            .count()
+    };
     let all: Vec<&Row> = rows.iter().collect();
     let _ = writeln!(
         out,
@@ -119,7 +149,10 @@ pub fn junit(rows: &[Row]) -> String {
         }
     }
     for (kernel, variant) in groups {
-        let rs: Vec<&Row> = rows.iter().filter(|r| r.kernel == kernel && r.variant == variant).collect();
+        let rs: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.kernel == kernel && r.variant == variant)
+            .collect();
         let secs: f64 = rs.iter().map(|r| r.seconds).sum::<f64>() + 0.0;
         let name = xml(&format!("selftests {kernel} {variant}"));
         let _ = writeln!(
@@ -168,7 +201,12 @@ pub fn ktap(rows: &[Row]) -> String {
     let mut out = format!("KTAP version 1\n1..{}\n", rows.len());
     for (i, r) in rows.iter().enumerate() {
         let name = format!("{} {} {}", r.test, r.variant, r.kernel);
-        let reason = r.verdict.reason.as_deref().map(|s| one_line(s, 300)).unwrap_or_default();
+        let reason = r
+            .verdict
+            .reason
+            .as_deref()
+            .map(|s| one_line(s, 300))
+            .unwrap_or_default();
         if r.verdict.outcome != Outcome::Pass {
             for line in r.output.iter().rev().take(20).rev() {
                 let _ = writeln!(out, "# {line}");
@@ -189,11 +227,19 @@ pub fn ktap(rows: &[Row]) -> String {
 pub fn baseline_diff(rows: &[Row], baseline: &str) -> Vec<String> {
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.variant != baseline) {
-        let Some(base) = rows.iter().find(|b| b.variant == baseline && b.test == r.test && b.kernel == r.kernel) else {
+        let Some(base) = rows
+            .iter()
+            .find(|b| b.variant == baseline && b.test == r.test && b.kernel == r.kernel)
+        else {
             continue;
         };
         if base.verdict.outcome != r.verdict.outcome {
-            let why = r.verdict.reason.as_deref().map(|s| format!(": {}", one_line(s, 160))).unwrap_or_default();
+            let why = r
+                .verdict
+                .reason
+                .as_deref()
+                .map(|s| format!(": {}", one_line(s, 160)))
+                .unwrap_or_default();
             out.push(format!(
                 "{}  {baseline} {}  ->  {} {}{why}",
                 r.test,
@@ -213,10 +259,16 @@ mod tests {
 
     fn row(name: &str, variant: &'static str, outcome: Outcome, reason: Option<&str>) -> Row {
         Row {
-            test: TestId { suite: SelftestSuite::Kvm, name: name.into() },
+            test: TestId {
+                suite: SelftestSuite::Kvm,
+                name: name.into(),
+            },
             variant,
             kernel: "7.2.13+deb14-amd64".into(),
-            verdict: Verdict { outcome, reason: reason.map(str::to_owned) },
+            verdict: Verdict {
+                outcome,
+                reason: reason.map(str::to_owned),
+            },
             seconds: 2.5,
             output: vec!["line <1>".into(), "last & line".into()],
             log: None,
@@ -227,11 +279,36 @@ mod tests {
     fn rows() -> Vec<Row> {
         vec![
             row("x86/xapic_ipi_test", "amd-ir", Outcome::Pass, None),
-            row("x86/xapic_ipi_test", "amd-avic", Outcome::Broken, Some("qemu: fatal: AVIC: guest read of the vAPIC page")),
-            row("x86/hyperv_ipi", "amd-ir", Outcome::Skip, Some("Requirement not met")),
-            row("x86/hyperv_ipi", "amd-avic", Outcome::Skip, Some("Requirement not met")),
-            row("x86/debug_regs", "amd-ir", Outcome::Xfail, Some("exit 254 (known: TCG)")),
-            row("x86/debug_regs", "amd-avic", Outcome::Fail, Some("exit 254")),
+            row(
+                "x86/xapic_ipi_test",
+                "amd-avic",
+                Outcome::Broken,
+                Some("qemu: fatal: AVIC: guest read of the vAPIC page"),
+            ),
+            row(
+                "x86/hyperv_ipi",
+                "amd-ir",
+                Outcome::Skip,
+                Some("Requirement not met"),
+            ),
+            row(
+                "x86/hyperv_ipi",
+                "amd-avic",
+                Outcome::Skip,
+                Some("Requirement not met"),
+            ),
+            row(
+                "x86/debug_regs",
+                "amd-ir",
+                Outcome::Xfail,
+                Some("exit 254 (known: TCG)"),
+            ),
+            row(
+                "x86/debug_regs",
+                "amd-avic",
+                Outcome::Fail,
+                Some("exit 254"),
+            ),
         ]
     }
 
@@ -241,28 +318,55 @@ mod tests {
         assert!(t.starts_with("TEST"), "{t}");
         assert!(t.contains("kvm:x86/xapic_ipi_test  amd-avic"), "{t}");
         assert!(t.contains("qemu: fatal: AVIC"), "{t}");
-        assert!(t.ends_with("1 passed, 2 failed, 2 skipped (1 known failures, 1 broken)\n"), "{t}");
+        assert!(
+            t.ends_with("1 passed, 2 failed, 2 skipped (1 known failures, 1 broken)\n"),
+            "{t}"
+        );
     }
 
     #[test]
     fn junit_cases_per_test_variant_kernel() {
         let x = junit(&rows());
-        assert!(x.contains("tests=\"6\" failures=\"1\" errors=\"1\" skipped=\"2\""), "{x}");
+        assert!(
+            x.contains("tests=\"6\" failures=\"1\" errors=\"1\" skipped=\"2\""),
+            "{x}"
+        );
         assert_eq!(x.matches("<testcase ").count(), 6);
         assert_eq!(x.matches("<testsuite ").count(), 2);
         assert!(x.contains("<error type=\"BROKEN\" message=\"qemu: fatal: AVIC: guest read of the vAPIC page\">line &lt;1&gt;\nlast &amp; line</error>"), "{x}");
-        assert!(x.contains("<skipped message=\"Requirement not met\"/>"), "{x}");
+        assert!(
+            x.contains("<skipped message=\"Requirement not met\"/>"),
+            "{x}"
+        );
         assert!(x.contains("known failure: exit 254 (known: TCG)"), "{x}");
-        assert!(x.contains("classname=\"selftests.kvm.amd-ir\" name=\"x86/xapic_ipi_test\""), "{x}");
+        assert!(
+            x.contains("classname=\"selftests.kvm.amd-ir\" name=\"x86/xapic_ipi_test\""),
+            "{x}"
+        );
     }
 
     #[test]
     fn ktap_lines_and_directives() {
         let k = ktap(&rows());
-        assert!(k.starts_with("KTAP version 1\n1..6\nok 1 kvm:x86/xapic_ipi_test amd-ir 7.2.13+deb14-amd64\n"), "{k}");
+        assert!(
+            k.starts_with(
+                "KTAP version 1\n1..6\nok 1 kvm:x86/xapic_ipi_test amd-ir 7.2.13+deb14-amd64\n"
+            ),
+            "{k}"
+        );
         assert!(k.contains("# last & line\nnot ok 2 kvm:x86/xapic_ipi_test amd-avic 7.2.13+deb14-amd64 # BROKEN: qemu: fatal"), "{k}");
-        assert!(k.contains("ok 3 kvm:x86/hyperv_ipi amd-ir 7.2.13+deb14-amd64 # SKIP Requirement not met"), "{k}");
-        assert!(k.contains("ok 5 kvm:x86/debug_regs amd-ir 7.2.13+deb14-amd64 # XFAIL exit 254 (known: TCG)"), "{k}");
+        assert!(
+            k.contains(
+                "ok 3 kvm:x86/hyperv_ipi amd-ir 7.2.13+deb14-amd64 # SKIP Requirement not met"
+            ),
+            "{k}"
+        );
+        assert!(
+            k.contains(
+                "ok 5 kvm:x86/debug_regs amd-ir 7.2.13+deb14-amd64 # XFAIL exit 254 (known: TCG)"
+            ),
+            "{k}"
+        );
     }
 
     #[test]

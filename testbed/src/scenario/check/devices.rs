@@ -27,10 +27,15 @@ impl Checker<'_, '_> {
                 match info.state {
                     DevState::Declared | DevState::Closed { .. } | DevState::Unbound { .. } => {}
                     DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} was unplugged at step {step}: replug it first")))
+                        return Err(self.err(
+                            "device",
+                            format!("{device} was unplugged at step {step}: replug it first"),
+                        ))
                     }
                     DevState::Bound | DevState::Enabled { .. } => {
-                        return Err(self.err("device", format!("{device} is already bound and open")))
+                        return Err(
+                            self.err("device", format!("{device} is already bound and open"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Bound);
@@ -46,11 +51,17 @@ impl Checker<'_, '_> {
                 if info.model.vdpa().is_some() {
                     return Err(self.err(
                         "device",
-                        format!("{device} ({}) is a vDPA device: unplug is for VFIO devices", info.model.label()),
+                        format!(
+                            "{device} ({}) is a vDPA device: unplug is for VFIO devices",
+                            info.model.label()
+                        ),
                     ));
                 }
                 if let DevState::Unplugged { step } = info.state {
-                    return Err(self.err("device", format!("{device} already unplugged at step {step}")));
+                    return Err(self.err(
+                        "device",
+                        format!("{device} already unplugged at step {step}"),
+                    ));
                 }
                 if self.bdfs.values().any(|d| d == device) {
                     return Err(self.err(
@@ -63,7 +74,10 @@ impl Checker<'_, '_> {
             Step::Replug { device } => {
                 let info = self.device("device", device)?;
                 if !matches!(info.state, DevState::Unplugged { .. }) {
-                    return Err(self.err("device", format!("{device} is not unplugged: no unplug {device} in force")));
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is not unplugged: no unplug {device} in force"),
+                    ));
                 }
                 self.set_dev(device, DevState::Declared);
             }
@@ -127,18 +141,26 @@ impl Checker<'_, '_> {
                 match info.state {
                     DevState::Bound => {}
                     DevState::Declared => {
-                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                        return Err(
+                            self.err("device", format!("{device} is not bound: bind it first"))
+                        )
                     }
                     DevState::Enabled { step, .. } => {
                         return Err(self.err(
                             "device",
-                            format!("msi on {device} already enabled at step {step}: disable-msi first"),
+                            format!(
+                                "msi on {device} already enabled at step {step}: disable-msi first"
+                            ),
                         ))
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
                         return Err(self.err(
                             "device",
-                            format!("{device} used after it was closed (step {step}): bind it again first"),
+                            format!(
+                            "{device} used after it was closed (step {step}): bind it again first"
+                        ),
                         ))
                     }
                 }
@@ -165,7 +187,11 @@ impl Checker<'_, '_> {
                             "{device} ({}) has {}, not {}: use {}",
                             model.label(),
                             irq_kind_name(model.irq()),
-                            if action == "enable-vqs" { "virtqueues" } else { "MSI-X" },
+                            if action == "enable-vqs" {
+                                "virtqueues"
+                            } else {
+                                "MSI-X"
+                            },
                             enable_action(model)
                         ),
                     ));
@@ -181,12 +207,18 @@ impl Checker<'_, '_> {
                 match info.state {
                     DevState::Bound | DevState::Enabled { .. } => {}
                     DevState::Declared => {
-                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                        return Err(
+                            self.err("device", format!("{device} is not bound: bind it first"))
+                        )
                     }
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
                         return Err(self.err(
                             "device",
-                            format!("{device} used after it was closed (step {step}): bind it again first"),
+                            format!(
+                            "{device} used after it was closed (step {step}): bind it again first"
+                        ),
                         ))
                     }
                 }
@@ -197,12 +229,13 @@ impl Checker<'_, '_> {
                         "vectors = {n} out of range: {device} ({}) has 1..={max}",
                         model.label()
                     )),
-                    wire::VectorSet::List(l) if l.is_empty() => {
-                        Some(match model.irq() {
-                            IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
-                            _ => "vectors = []: wire at least one vector (disable-msix turns MSI-X off)".to_string(),
-                        })
-                    }
+                    wire::VectorSet::List(l) if l.is_empty() => Some(match model.irq() {
+                        IrqKind::Vq => "vectors = []: wire at least one virtqueue".to_string(),
+                        _ => {
+                            "vectors = []: wire at least one vector (disable-msix turns MSI-X off)"
+                                .to_string()
+                        }
+                    }),
                     wire::VectorSet::List(l) => l.iter().find(|n| **n >= max).map(|n| {
                         format!(
                             "vector {n} out of range: {device} ({}) has {}",
@@ -254,11 +287,18 @@ impl Checker<'_, '_> {
                 }
                 match info.state {
                     DevState::Enabled { .. } => {}
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} used after it was closed (step {step})")))
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after it was closed (step {step})"),
+                        ))
                     }
                     DevState::Declared | DevState::Bound => {
-                        return Err(self.err("device", format!("interrupts of {device} are not enabled")))
+                        return Err(
+                            self.err("device", format!("interrupts of {device} are not enabled"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Bound);
@@ -269,19 +309,27 @@ impl Checker<'_, '_> {
                 if !model.can_mask() {
                     return Err(self.err(
                         "vector",
-                        format!("{dev} ({}) cannot mask a vector at the device", model.label()),
+                        format!(
+                            "{dev} ({}) cannot mask a vector at the device",
+                            model.label()
+                        ),
                     ));
                 }
                 self.enabled_vector("vector", vector)?;
                 if let Some(step) = self.masked.get(vector) {
-                    return Err(self.err("vector", format!("{vector} already masked at step {step}")));
+                    return Err(
+                        self.err("vector", format!("{vector} already masked at step {step}"))
+                    );
                 }
                 self.masked.insert(vector.clone(), k);
             }
             Step::Unmask { vector } => {
                 self.vector("vector", vector)?;
                 if self.masked.remove(vector).is_none() {
-                    return Err(self.err("vector", format!("{vector} is not masked: no mask {vector} in force")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is not masked: no mask {vector} in force"),
+                    ));
                 }
                 self.enabled_vector("vector", vector)?;
                 self.fired = true;
@@ -289,11 +337,10 @@ impl Checker<'_, '_> {
             Step::Fire { vector, count } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 let model = self.devices[&dev].model;
-                if let Some(wire::VqFire::Cannot(why)) = model.vdpa().and_then(|v| v.vqs.get(n as usize)) {
-                    return Err(self.err(
-                        "vector",
-                        format!("{vector} cannot fire: {why}"),
-                    ));
+                if let Some(wire::VqFire::Cannot(why)) =
+                    model.vdpa().and_then(|v| v.vqs.get(n as usize))
+                {
+                    return Err(self.err("vector", format!("{vector} cannot fire: {why}")));
                 }
                 if let DevState::Declared = self.devices[&dev].state {
                     return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
@@ -306,7 +353,10 @@ impl Checker<'_, '_> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -325,7 +375,10 @@ impl Checker<'_, '_> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -333,9 +386,15 @@ impl Checker<'_, '_> {
                 let info = self.device("device", device)?;
                 match info.state {
                     DevState::Bound | DevState::Enabled { .. } => {}
-                    DevState::Declared => return Err(self.err("device", format!("{device} is not bound"))),
-                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
-                        return Err(self.err("device", format!("{device} already closed at step {step}")))
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound")))
+                    }
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step } => {
+                        return Err(
+                            self.err("device", format!("{device} already closed at step {step}"))
+                        )
                     }
                 }
                 self.set_dev(device, DevState::Closed { step: k });
@@ -345,7 +404,10 @@ impl Checker<'_, '_> {
                 if !info.model.spec().intx {
                     return Err(self.err(
                         "device",
-                        format!("{device} ({}) has no INTx the testbed can drive", info.model.label()),
+                        format!(
+                            "{device} ({}) has no INTx the testbed can drive",
+                            info.model.label()
+                        ),
                     ));
                 }
                 match info.state {
@@ -367,7 +429,10 @@ impl Checker<'_, '_> {
                     }
                 }
                 if let Some(step) = info.intx {
-                    return Err(self.err("device", format!("INTx of {device} already enabled at step {step}")));
+                    return Err(self.err(
+                        "device",
+                        format!("INTx of {device} already enabled at step {step}"),
+                    ));
                 }
                 self.devices.get_mut(device).expect("declared").intx = Some(k);
                 self.eventfds.insert(wire::intx_vector(device));

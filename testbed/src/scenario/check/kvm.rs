@@ -13,9 +13,14 @@ impl Checker<'_, '_> {
                     return Err(self.err("vm", p));
                 }
                 match self.vms.get(vm) {
-                    Some(VmState::Live) => return Err(self.err("vm", format!("vm {vm:?} already exists"))),
+                    Some(VmState::Live) => {
+                        return Err(self.err("vm", format!("vm {vm:?} already exists")))
+                    }
                     Some(VmState::Destroyed { step }) => {
-                        return Err(self.err("vm", format!("vm {vm:?} was destroyed at step {step}: use a new name")))
+                        return Err(self.err(
+                            "vm",
+                            format!("vm {vm:?} was destroyed at step {step}: use a new name"),
+                        ))
                     }
                     None => {}
                 }
@@ -24,12 +29,20 @@ impl Checker<'_, '_> {
                 }
                 self.vms.insert(vm.clone(), VmState::Live);
             }
-            Step::Irqfd { vm, vector, resample, pin } => {
+            Step::Irqfd {
+                vm,
+                vector,
+                resample,
+                pin,
+            } => {
                 self.live_vm("vm", vm)?;
                 self.bound_vector("vector", vector)?;
                 let key = (vm.clone(), vector.clone());
                 if let Some(step) = self.irqfds.get(&key) {
-                    return Err(self.err("vector", format!("{vm} already has an irqfd on {vector} (step {step})")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} already has an irqfd on {vector} (step {step})"),
+                    ));
                 }
                 let intx = wire::is_intx(vector);
                 if *resample && !intx {
@@ -40,7 +53,10 @@ impl Checker<'_, '_> {
                 }
                 if let Some(p) = pin {
                     if !intx {
-                        return Err(self.err("pin", format!("pin is for INTx vectors (<device>/intx0), not {vector}")));
+                        return Err(self.err(
+                            "pin",
+                            format!("pin is for INTx vectors (<device>/intx0), not {vector}"),
+                        ));
                     }
                     if !wire::INTX_PINS.contains(p) {
                         return Err(self.err(
@@ -64,7 +80,10 @@ impl Checker<'_, '_> {
                 self.live_vm("vm", vm)?;
                 self.vector("vector", vector)?;
                 if self.irqfds.remove(&(vm.clone(), vector.clone())).is_none() {
-                    return Err(self.err("vector", format!("{vm} has no irqfd on {vector} to deassign")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} has no irqfd on {vector} to deassign"),
+                    ));
                 }
                 self.resample.remove(&(vm.clone(), vector.clone()));
             }
@@ -75,7 +94,11 @@ impl Checker<'_, '_> {
                 self.resample.retain(|(v, _), _| v != vm);
                 self.l2_running.remove(vm);
             }
-            Step::StartVm { vm, mode, period_ms } => {
+            Step::StartVm {
+                vm,
+                mode,
+                period_ms,
+            } => {
                 self.live_vm("vm", vm)?;
                 if let Some(step) = self.l2_running.get(vm) {
                     return Err(self.err(
@@ -96,7 +119,10 @@ impl Checker<'_, '_> {
                     if !(1..=wire::MAX_ALTERNATE_MS).contains(p) {
                         return Err(self.err(
                             "period_ms",
-                            format!("period_ms = {p} out of range 1..={}", wire::MAX_ALTERNATE_MS),
+                            format!(
+                                "period_ms = {p} out of range 1..={}",
+                                wire::MAX_ALTERNATE_MS
+                            ),
                         ));
                     }
                 }
@@ -132,7 +158,10 @@ impl Checker<'_, '_> {
                     ));
                 }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
-                    return Err(self.err("count", format!("count = {count} out of range 1..={MAX_FIRE_COUNT}")));
+                    return Err(self.err(
+                        "count",
+                        format!("count = {count} out of range 1..={MAX_FIRE_COUNT}"),
+                    ));
                 }
                 self.fired = true;
             }
@@ -221,13 +250,22 @@ vm = "vm0"
             "{e}"
         );
         let e = error("[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n");
-        assert!(e.contains("step 3 (stop-vm): the L2 of vm0 is not running"), "{e}");
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n");
         assert!(
-            e.contains("l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""),
+            e.contains("step 3 (stop-vm): the L2 of vm0 is not running"),
             "{e}"
         );
-        let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n");
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"running\"\nperiod_ms = 5\n",
+        );
+        assert!(
+            e.contains(
+                "l2.toml:19:1: step 3 (start-vm): period_ms only applies to mode = \"alternate\""
+            ),
+            "{e}"
+        );
+        let e = error(
+            "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"alternate\"\nperiod_ms = 0\n",
+        );
         assert!(e.contains("period_ms = 0 out of range 1..=1000"), "{e}");
         let e = error("[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\nmode = \"sleepy\"\n");
         assert!(e.contains("sleepy"), "{e}");
@@ -259,7 +297,10 @@ vm = "vm0"
             }
         );
         let e = error("[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n");
-        assert!(e.contains("step 3 (ipi): the L2 of vm0 is not running"), "{e}");
+        assert!(
+            e.contains("step 3 (ipi): the L2 of vm0 is not running"),
+            "{e}"
+        );
         let e = error(
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x41\n",
         );
@@ -281,6 +322,9 @@ vm = "vm0"
             "[[step]]\naction = \"start-vm\"\nvm = \"vm0\"\n[[step]]\naction = \"stop-vm\"\nvm = \"vm0\"\n\
              [[step]]\naction = \"ipi\"\nvm = \"vm0\"\nvector = 0x31\n",
         );
-        assert!(e.contains("step 5 (ipi): the L2 of vm0 is not running"), "{e}");
+        assert!(
+            e.contains("step 5 (ipi): the L2 of vm0 is not running"),
+            "{e}"
+        );
     }
 }

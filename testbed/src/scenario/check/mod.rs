@@ -122,7 +122,10 @@ impl<'s, 'a> Checker<'s, 'a> {
         self.src.error(span, format!("{}: {message}", self.context))
     }
 
-    pub(in crate::scenario) fn declare_device(&mut self, dev: &Spanned<ScenarioDevice>) -> Result<(), ScenarioError> {
+    pub(in crate::scenario) fn declare_device(
+        &mut self,
+        dev: &Spanned<ScenarioDevice>,
+    ) -> Result<(), ScenarioError> {
         self.span = dev.span();
         let d = dev.get_ref();
         self.context = format!("device {:?}", d.name);
@@ -185,9 +188,12 @@ impl<'s, 'a> Checker<'s, 'a> {
     }
 
     fn device(&self, key: &str, name: &str) -> Result<&DevInfo, ScenarioError> {
-        self.devices
-            .get(name)
-            .ok_or_else(|| self.err(key, format!("unknown device {name:?} ({})", self.declared())))
+        self.devices.get(name).ok_or_else(|| {
+            self.err(
+                key,
+                format!("unknown device {name:?} ({})", self.declared()),
+            )
+        })
     }
 
     /// Resolve `<device>/msi<n>` (or `msix<n>`) to (device, n), checking the model has it.
@@ -201,7 +207,10 @@ impl<'s, 'a> Checker<'s, 'a> {
         let Some(info) = self.devices.get(dev) else {
             return Err(self.err(
                 key,
-                format!("unknown device {dev:?} in vector {vector:?} ({})", self.declared()),
+                format!(
+                    "unknown device {dev:?} in vector {vector:?} ({})",
+                    self.declared()
+                ),
             ));
         };
         if rest == "intx0" && info.model.spec().intx {
@@ -221,7 +230,11 @@ impl<'s, 'a> Checker<'s, 'a> {
                     "unknown vector {vector:?}: {dev} ({}) has vectors {}{}",
                     info.model.label(),
                     vector_range(info.model),
-                    if info.model.spec().intx { " and intx0" } else { "" }
+                    if info.model.spec().intx {
+                        " and intx0"
+                    } else {
+                        ""
+                    }
                 ),
             )),
         }
@@ -233,10 +246,19 @@ impl<'s, 'a> Checker<'s, 'a> {
         if wire::is_intx(vector) {
             return match (&self.devices[&dev].state, self.devices[&dev].intx) {
                 (DevState::Bound | DevState::Enabled { .. }, Some(_)) => Ok((dev, n)),
-                (DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step }, _) => Err(
-                    self.err(key, format!("vector {vector:?} used after {dev} was closed (step {step})")),
-                ),
-                _ => Err(self.err(key, format!("vector {vector:?} is not enabled: no enable-intx {dev} in force"))),
+                (
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step },
+                    _,
+                ) => Err(self.err(
+                    key,
+                    format!("vector {vector:?} used after {dev} was closed (step {step})"),
+                )),
+                _ => Err(self.err(
+                    key,
+                    format!("vector {vector:?} is not enabled: no enable-intx {dev} in force"),
+                )),
             };
         }
         let enable = enable_action(self.devices[&dev].model);
@@ -249,7 +271,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                     describe_set(self.devices[&dev].model, vectors)
                 ),
             )),
-            DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => Err(self.err(
+            DevState::Closed { step }
+            | DevState::Unbound { step }
+            | DevState::Unplugged { step } => Err(self.err(
                 key,
                 format!("vector {vector:?} used after {dev} was closed (step {step})"),
             )),
@@ -277,14 +301,19 @@ impl<'s, 'a> Checker<'s, 'a> {
     fn live_vm(&self, key: &str, vm: &str) -> Result<(), ScenarioError> {
         match self.vms.get(vm) {
             Some(VmState::Live) => Ok(()),
-            Some(VmState::Destroyed { step }) => {
-                Err(self.err(key, format!("vm {vm:?} used after destroy-vm at step {step}")))
-            }
+            Some(VmState::Destroyed { step }) => Err(self.err(
+                key,
+                format!("vm {vm:?} used after destroy-vm at step {step}"),
+            )),
             None => Err(self.err(key, format!("unknown vm {vm:?}: no earlier create-vm {vm}"))),
         }
     }
 
-    pub(in crate::scenario) fn step(&mut self, index: usize, step: &Spanned<Step>) -> Result<(), ScenarioError> {
+    pub(in crate::scenario) fn step(
+        &mut self,
+        index: usize,
+        step: &Spanned<Step>,
+    ) -> Result<(), ScenarioError> {
         let k = index + 1;
         self.span = step.span();
         self.context = format!("step {k} ({})", step.get_ref().action());
@@ -313,16 +342,20 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::StopVm { .. }
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
-            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => self.nested_step(k, step.get_ref()),
+            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
+                self.nested_step(k, step.get_ref())
+            }
             Step::PanicL1 => {
                 if index + 1 != self.step_count {
-                    return Err(self.err("action", "panic-l1 must be the last step: nothing runs after it".into()));
+                    return Err(self.err(
+                        "action",
+                        "panic-l1 must be the last step: nothing runs after it".into(),
+                    ));
                 }
                 Ok(())
             }
         }
     }
-
 
     fn set_dev(&mut self, device: &str, state: DevState) {
         if let Some(d) = self.devices.get_mut(device) {
@@ -341,7 +374,8 @@ impl<'s, 'a> Checker<'s, 'a> {
     /// An enable step wired exactly `set` of the device's vectors.
     fn wire_vectors(&mut self, device: &str, set: BTreeSet<u32>, step: usize) {
         let model = self.devices[device].model;
-        self.eventfds.extend(set.iter().map(|n| model.vector_name(device, *n)));
+        self.eventfds
+            .extend(set.iter().map(|n| model.vector_name(device, *n)));
         let unwired: Vec<String> = self
             .masked
             .keys()
@@ -360,11 +394,17 @@ impl<'s, 'a> Checker<'s, 'a> {
         d.state = DevState::Enabled { vectors: set, step };
     }
 
-    pub(in crate::scenario) fn expectation(&mut self, index: usize, exp: &Spanned<Expectation>) -> Result<(), ScenarioError> {
+    pub(in crate::scenario) fn expectation(
+        &mut self,
+        index: usize,
+        exp: &Spanned<Expectation>,
+    ) -> Result<(), ScenarioError> {
         self.span = exp.span();
         self.context = format!("expect {} ({})", index + 1, exp.get_ref().check());
         match exp.get_ref() {
-            Expectation::Lossless if !self.fired => Err(self.err("check", "no fire step: nothing to check".into())),
+            Expectation::Lossless if !self.fired => {
+                Err(self.err("check", "no fire step: nothing to check".into()))
+            }
             Expectation::GaLogWakeups if !self.fired => {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
@@ -378,7 +418,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
                 if wire::is_intx(vector) {
-                    return Err(self.err("vector", format!("{vector} is INTx: VFIO registers no irqbypass producer for it")));
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is INTx: VFIO registers no irqbypass producer for it"),
+                    ));
                 }
                 if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
@@ -398,8 +441,13 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
                 self.vector("vector", vector)?;
-                if !self.ever_attached.contains_key(&(vm.clone(), vector.clone())) {
-                    return Err(self.err("vector", format!("no irqfd step attaches {vector} to {vm}")));
+                if !self
+                    .ever_attached
+                    .contains_key(&(vm.clone(), vector.clone()))
+                {
+                    return Err(
+                        self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
+                    );
                 }
                 Ok(())
             }
@@ -432,5 +480,8 @@ fn irq_kind_name(kind: IrqKind) -> &'static str {
 /// `msix0, msix3` for a set of a model's vectors.
 fn describe_set(model: DeviceModel, set: &BTreeSet<u32>) -> String {
     let p = model.irq().prefix();
-    set.iter().map(|n| format!("{p}{n}")).collect::<Vec<_>>().join(", ")
+    set.iter()
+        .map(|n| format!("{p}{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
