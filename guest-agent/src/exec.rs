@@ -243,6 +243,7 @@ pub fn run(
         millis: started.elapsed().as_millis() as u64,
         dropped_bytes,
         kernel_warnings: warnings,
+        event_counts: None,
     };
     for bdf in &job.vfio_pci {
         if let Err(e) = crate::vfio::bind_vfio_pci(bdf) {
@@ -277,6 +278,8 @@ pub fn run(
         }
     };
     say!("exec {}: {}", job.name, job.argv.join(" "));
+    // counting starts before the program does and ends after it (and its group) is gone
+    let mut counter = crate::evcount::Counter::start(&job.count_events);
     let child = match spawn(
         program,
         args,
@@ -321,6 +324,9 @@ pub fn run(
             }
         } else if eof {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(c) = counter.as_mut() {
+            c.poll();
         }
         if exited.is_none() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -369,7 +375,11 @@ pub fn run(
         status,
         started.elapsed().as_millis()
     );
-    result(status, lines.dropped, warnings())
+    let counts = counter.map(crate::evcount::Counter::finish);
+    ExecResult {
+        event_counts: counts,
+        ..result(status, lines.dropped, warnings())
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +394,7 @@ mod tests {
             cwd: Some("/tmp".into()),
             timeout_secs,
             vfio_pci: vec![],
+            count_events: vec![],
         }
     }
 

@@ -2,6 +2,7 @@
 //! tracing, then executes the host's jobs received over `/dev/ttyS1`.
 
 mod attrib;
+mod evcount;
 mod exec;
 mod genl;
 mod interrupts;
@@ -11,6 +12,7 @@ mod l2linux;
 mod modules;
 mod nested;
 mod platform;
+mod resume;
 mod runner;
 mod serial;
 #[macro_use]
@@ -114,11 +116,18 @@ fn main() {
         .as_mut()
         .map(|k| k.new_warnings())
         .unwrap_or_default();
-    let ready = AgentMessage::Ready(Ready {
+    // what a restore must put back, and where the kernel log stood, as saved
+    let pci_headers = resume::PciHeaders::read();
+    let mut resume_log = platform::KernelLog::open().ok().map(|mut k| {
+        k.read_new();
+        k
+    });
+    let mut ready = Ready {
         protocol: PROTOCOL_VERSION,
         platform,
-    });
-    if let Err(e) = port.send(&ready) {
+        resume: None,
+    };
+    if let Err(e) = port.send(&AgentMessage::Ready(ready.clone())) {
         say!("sending ready: {e}");
     }
     say!("ready after {} ms of agent time", t0.elapsed().as_millis());
@@ -172,6 +181,16 @@ fn main() {
                 watchdog::busy(false);
                 if let Err(e) = port.send(&AgentMessage::Exited(result)) {
                     say!("sending the end of {}: {e}", job.name);
+                }
+            }
+            HostMessage::Resumed { unix_time_ns } => {
+                ready.resume = Some(Box::new(resume::resume(
+                    unix_time_ns,
+                    &pci_headers,
+                    resume_log.as_mut(),
+                )));
+                if let Err(e) = port.send(&AgentMessage::Ready(ready.clone())) {
+                    say!("sending ready after resume: {e}");
                 }
             }
             HostMessage::HostActionDone { .. } => {

@@ -162,22 +162,25 @@ fn field(args: &str, key: &str) -> Option<i64> {
         .and_then(|(_, v)| parse_num(v))
 }
 
-/// Parse one line of `trace`/`trace_pipe` output. Lines of other events, headers
-/// and garbage give `None`.
-pub fn parse_line(line: &str) -> Option<TraceRecord> {
-    if let Some(i) = line.find("[LOST ") {
-        let n = line[i + 6..].split_whitespace().next()?.parse().ok()?;
-        return Some(TraceRecord {
-            pid: 0,
-            hardirq: false,
-            event: KEvent::Lost { count: n },
-        });
-    }
+/// One line of `trace`/`trace_pipe` output split into its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub pid: u32,
+    /// Hard-irq context (`h` or `H` in the latency flags).
+    pub hardirq: bool,
+    /// The event's name, e.g. `kvm_avic_doorbell` or `prod_reg`.
+    pub name: &'a str,
+    /// What the event printed after its name.
+    pub args: &'a str,
+}
+
+/// Splits a trace line ("<comm>-<pid> [cpu] <flags> <ts>: <event>: <args>")
+/// into its fields; headers, `[LOST n EVENTS]` lines and garbage give `None`.
+pub fn split_line(line: &str) -> Option<Fields<'_>> {
     if line.trim_start().starts_with('#') {
         return None;
     }
-    // "<comm>-<pid> [cpu] <flags> <ts>: <event>: <args>"; comm may contain spaces
-    // or dashes, so anchor on the "[cpu]" field.
+    // comm may contain spaces or dashes, so anchor on the "[cpu]" field.
     let open = find_cpu_field(line)?;
     let close = open + line[open..].find(']')?;
     let head = line[..open].trim_end();
@@ -197,6 +200,38 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
     let (name, args) = after_ts
         .split_once(": ")
         .unwrap_or((after_ts.trim_end_matches(':'), ""));
+    Some(Fields {
+        pid,
+        hardirq,
+        name,
+        args,
+    })
+}
+
+/// The count of a `[LOST n EVENTS]` line.
+pub fn lost_events(line: &str) -> Option<u64> {
+    let i = line.find("[LOST ")?;
+    line[i + 6..].split_whitespace().next()?.parse().ok()
+}
+
+/// Parse one line of `trace`/`trace_pipe` output. Lines of other events, headers
+/// and garbage give `None`.
+pub fn parse_line(line: &str) -> Option<TraceRecord> {
+    if line.contains("[LOST ") {
+        return Some(TraceRecord {
+            pid: 0,
+            hardirq: false,
+            event: KEvent::Lost {
+                count: lost_events(line)?,
+            },
+        });
+    }
+    let Fields {
+        pid,
+        hardirq,
+        name,
+        args,
+    } = split_line(line)?;
     let args = match args.trim_start().strip_prefix('(') {
         // kprobe lines start with "(sym+off/size [mod])" or "(caller <- sym)"
         Some(a) => a.split_once(')').map(|x| x.1).unwrap_or(""),

@@ -26,6 +26,7 @@ mod debver;
 mod initramfs;
 mod kbuild;
 mod kernel;
+mod l1state;
 mod linux_source;
 mod modules;
 mod pvh;
@@ -44,6 +45,10 @@ pub use kbuild::{
     linux_worktree, missing_values, resolve_rev, CONFIG_FRAGMENTS, KBUILD_FORMAT_VERSION,
 };
 pub use kernel::{bzimage_release, list_debian_kernels, resolve_kernel, Kernel};
+pub use l1state::{
+    discard_l1_state, find_l1_state, l1_state_slot, L1State, L1StateSlot, L1StateWriter,
+    L1_STATE_FILE, L1_STATE_META,
+};
 pub use linux_source::{debian_linux_tree, DebianTree, TreeFrom, TreeOrigin};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;

@@ -23,10 +23,12 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use crate::bisect::{first_change, Found, Probe};
+use std::collections::HashMap;
+
+use crate::bisect::{self, first_change_by, Chosen, Found, Outcome, Probe, Question};
 use crate::gitbisect::{self, GitBisectError, GitBisectOutcome, StepVerdict};
 use crate::run::{self, RunOptions, EXIT_FAILED, EXIT_OK, EXIT_SKIP, EXIT_USAGE};
 use crate::ui::Ui;
@@ -71,22 +73,67 @@ fn console_text(line: &str) -> &str {
     }
 }
 
+/// What a probe's report says: whether its checks passed (and it ran to
+/// its end), and its comparable body.
+fn outcome(
+    report: &crate::report::Report,
+    console_log: &Path,
+    console_match: &[String],
+) -> Outcome {
+    Outcome {
+        passed: report.failure.is_none() && report.all_passed(),
+        body: comparable(report, console_log, console_match),
+    }
+}
+
 /// `run`'s probe with another kernel.
 async fn probe_kernel(
     options: &RunOptions,
     kernel: images::KernelSpec,
     console_match: &[String],
     ui: &Ui,
-) -> Result<String, u8> {
+) -> Result<Outcome, u8> {
     let mut options = options.clone();
     options.kernel = kernel;
     run::probe(&options, ui)
         .await
-        .map(|(r, console)| comparable(&r, &console, console_match))
+        .map(|(r, console)| outcome(&r, &console, console_match))
+}
+
+/// Whether the one scenario file of a bisect has `[[expect]]` tables
+/// (exit 2 when it does not load).
+fn has_expectations(options: &RunOptions) -> Result<bool, u8> {
+    match options.paths.first().map(|p| crate::scenario::load(p)) {
+        Some(Ok(s)) => Ok(!s.expect.is_empty()),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            Err(EXIT_USAGE)
+        }
+        None => {
+            eprintln!("error: a bisect needs exactly one scenario file");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// The question line, with why the question is not the one asked for.
+fn question_line(chosen: &Chosen, kind: &str, good: &Outcome) -> String {
+    let mut line = format!("question: {}", chosen.question.text(kind, good));
+    if let Some(note) = &chosen.note {
+        line.push_str(&format!(" ({note})"));
+    }
+    line
 }
 
 /// The version bisect over the Debian kernels between `good` and `bad`.
-pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match: &[String]) -> u8 {
+/// `asked`: the question, or `None` to choose it from the ends.
+pub async fn versions(
+    options: RunOptions,
+    good: &str,
+    bad: &str,
+    console_match: &[String],
+    asked: Option<Question>,
+) -> u8 {
     let parse = |s: &str| -> Result<images::VersionReq, String> {
         let spec = if s.contains(':') {
             s.to_string()
@@ -107,6 +154,10 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
             eprintln!("error: {e}");
             return EXIT_USAGE;
         }
+    };
+    let expectations = match has_expectations(&options) {
+        Ok(e) => e,
+        Err(code) => return code,
     };
     let ui = Ui::new();
     let cache = images::Cache::default_location();
@@ -152,9 +203,13 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
         variant_name(&options)
     ));
     let mut aborted = None;
-    let mut reference: Option<String> = None;
+    // every probe once: the ends choose the question, the search reuses them
+    let mut probed: HashMap<usize, Probe<Outcome>> = HashMap::new();
     let started = Instant::now();
-    let found = first_change(items.len(), |i| {
+    let mut probe = |i: usize| -> Probe<Outcome> {
+        if let Some(p) = probed.get(&i) {
+            return p.clone();
+        }
         if aborted.is_some() {
             return Probe::Skip("the bisect was aborted".into());
         }
@@ -173,16 +228,19 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
             ))
         });
         let secs = t.elapsed().as_secs_f64();
-        match got {
-            Ok(body) => {
-                let verdict = match &reference {
-                    None => "reference".to_string(),
-                    Some(r) if *r == body => "same as the reference".to_string(),
-                    Some(_) => "differs".to_string(),
+        let p = match got {
+            Ok(o) => {
+                let report = match probed.get(&0) {
+                    None => "the reference report",
+                    Some(Probe::Report(r)) if r.body == o.body => "report same as the reference",
+                    Some(_) => "report differs",
                 };
-                ui.line(&format!("  {:<18} {verdict} ({secs:.0} s)", name(i)));
-                reference.get_or_insert_with(|| body.clone());
-                Probe::Report(body)
+                ui.line(&format!(
+                    "  {:<18} checks {}, {report} ({secs:.0} s)",
+                    name(i),
+                    o.verdict()
+                ));
+                Probe::Report(o)
             }
             Err(EXIT_SKIP) => {
                 ui.line(&format!(
@@ -195,21 +253,49 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
                 aborted = Some(code);
                 Probe::Skip("aborted".into())
             }
-        }
-    });
+        };
+        probed.insert(i, p.clone());
+        p
+    };
+    let ends = (probe(0), probe(items.len() - 1));
+    let chosen = match &ends {
+        (Probe::Report(g), Probe::Report(b)) => bisect::choose(asked, expectations, g, b),
+        // first_change says which end cannot be tested
+        _ => Chosen {
+            question: asked.unwrap_or(Question::Report),
+            note: None,
+        },
+    };
+    let question = chosen.question;
+    let found = first_change_by(items.len(), &mut probe, |a, b| question.same(a, b));
     ui.finish();
     if let Some(code) = aborted {
         return code;
     }
     let total = started.elapsed().as_secs_f64();
+    let outcome_of = |i: usize| match probed.get(&i) {
+        Some(Probe::Report(o)) => Some(o.clone()),
+        _ => None,
+    };
+    let Some(good_outcome) = outcome_of(0) else {
+        if let Err(e) = found {
+            eprintln!("error: {e}");
+        }
+        return EXIT_SKIP;
+    };
+    println!("{}", question_line(&chosen, "kernel", &good_outcome));
     match found {
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_SKIP
         }
         Ok(Found::NoChange) => {
+            let same = match question {
+                Question::Verdict => format!("the checks {} on both", good_outcome.verdict()),
+                Question::Report => "the report is the same on both".into(),
+            };
             println!(
-                "the report is the same on {} and {}: nothing to bisect ({total:.0} s)",
+                "answer: none: {same} of {} and {}: nothing to bisect ({total:.0} s)",
                 name(0),
                 name(items.len() - 1)
             );
@@ -222,28 +308,39 @@ pub async fn versions(options: RunOptions, good: &str, bad: &str, console_match:
         }) => {
             let skipped: Vec<String> = skipped.into_iter().map(name).collect();
             println!(
-                "the report changes after {} and by {}; {} could not be tested ({total:.0} s)",
+                "answer: unknown: the change lies after {} and by {}; {} could not be tested ({total:.0} s)",
                 name(last_good),
                 name(first_bad),
                 skipped.join(", ")
             );
             EXIT_SKIP
         }
-        Ok(Found::FirstChange {
-            index,
-            before,
-            after,
-        }) => {
-            println!(
-                "first kernel whose report differs: {} (the one before it, {}, gives the reference report of {}) ({total:.0} s)",
-                name(index),
-                name(index - 1),
-                name(0)
+        Ok(Found::FirstChange { index, after, .. }) => {
+            let before =
+                outcome_of(index - 1).expect("the search probed the item before the change");
+            let gap = bisect::version_gap(&items[index - 1], &items[index]);
+            let lines = bisect::describe(
+                question,
+                "kernel",
+                &good_outcome,
+                (&name(index - 1), &before),
+                (&name(index), &after),
+                &gap,
             );
+            for line in &lines[1..] {
+                println!("{line}");
+            }
+            println!("({} kernels probed, {total:.0} s)", probed.len());
             println!();
+            let title = |i: usize, o: &Outcome| format!("{} (checks {})", name(i), o.verdict());
             print!(
                 "{}",
-                side_by_side(&name(index - 1), &before, &name(index), &after)
+                side_by_side(
+                    &title(index - 1, &before),
+                    &before.body,
+                    &title(index, &after),
+                    &after.body
+                )
             );
             EXIT_OK
         }
@@ -318,14 +415,38 @@ pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str
     out.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
-/// Where the per-bisect files live: the reference body and one body per
-/// commit the step ran on.
-fn reference_file(state: &Path) -> PathBuf {
-    state.join("reference.txt")
+/// Where the per-bisect files live: the reference outcome (the good
+/// end's) and one per commit the step ran on, each as `NAME.txt` (the
+/// body) and `NAME.verdict` (`pass` or `fail`).
+const REFERENCE: &str = "reference";
+
+fn write_outcome(state: &Path, name: &str, o: &Outcome) -> Result<(), String> {
+    for (ext, text) in [("txt", o.body.as_str()), ("verdict", o.verdict())] {
+        let p = state.join(format!("{name}.{ext}"));
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
-fn report_file(state: &Path, commit: &str) -> PathBuf {
-    state.join(format!("{commit}.txt"))
+fn read_outcome(state: &Path, name: &str) -> Option<Outcome> {
+    let body = std::fs::read_to_string(state.join(format!("{name}.txt"))).ok()?;
+    let passed = match std::fs::read_to_string(state.join(format!("{name}.verdict")))
+        .ok()?
+        .trim()
+    {
+        "pass" => true,
+        "fail" => false,
+        _ => return None,
+    };
+    Some(Outcome { passed, body })
+}
+
+/// The `--question` value that names `q` (for the step's command line).
+fn question_arg(q: Question) -> &'static str {
+    match q {
+        Question::Verdict => "verdict",
+        Question::Report => "report",
+    }
 }
 
 fn git_line(tree: &Path, args: &[&str]) -> Option<String> {
@@ -367,7 +488,12 @@ pub async fn git_tree(
     bad: &str,
     console_match: &[String],
     step_args: Vec<OsString>,
+    asked: Option<Question>,
 ) -> u8 {
+    let expectations = match has_expectations(&options) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
     let ui = Ui::new();
     let fail = |ui: &Ui, msg: String, code: u8| {
         ui.finish();
@@ -450,16 +576,22 @@ pub async fn git_tree(
     }
     drop(restore);
     ui.finish();
-    if ends[0] == ends[1] {
-        println!("the report is the same at {good} and {bad}: nothing to bisect");
+    let chosen = bisect::choose(asked, expectations, &ends[0], &ends[1]);
+    let question = chosen.question;
+    println!("{}", question_line(&chosen, "commit", &ends[0]));
+    if question.same(&ends[0], &ends[1]) {
+        let same = match question {
+            Question::Verdict => format!("the checks {} at both", ends[0].verdict()),
+            Question::Report => "the report is the same at both".into(),
+        };
+        println!("answer: none: {same} of {good} and {bad}: nothing to bisect");
         return EXIT_FAILED;
     }
-    let write = |p: PathBuf, body: &str| {
-        std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    if let Err(e) = write(reference_file(state.path()), &ends[0])
-        .and(write(report_file(state.path(), &bad_sha), &ends[1]))
-    {
+    if let Err(e) = write_outcome(state.path(), REFERENCE, &ends[0]).and(write_outcome(
+        state.path(),
+        &bad_sha,
+        &ends[1],
+    )) {
         eprintln!("error: {e}");
         return EXIT_SKIP;
     }
@@ -475,6 +607,8 @@ pub async fn git_tree(
         "bisect-step".into(),
         "--state".into(),
         state.path().into(),
+        "--question".into(),
+        question_arg(question).into(),
     ];
     for m in console_match {
         step.push("--console-match".into());
@@ -512,23 +646,39 @@ pub async fn git_tree(
                     StepVerdict::Bad => "differs",
                     StepVerdict::Skip => "skipped",
                 };
-                println!("  {} {v:<8} {subject}", &sha[..12]);
+                let checks = read_outcome(state.path(), sha)
+                    .map(|o| format!("checks {}", o.verdict()))
+                    .unwrap_or_default();
+                println!("  {} {v:<8} {checks:<11} {subject}", &sha[..12]);
             }
             match r.outcome {
                 GitBisectOutcome::FirstBad { commit, subject } => {
-                    println!(
-                        "first commit whose report differs from {good}'s: {commit} {subject} ({total:.0} s in all)"
+                    let after = read_outcome(state.path(), &commit).unwrap_or_else(|| Outcome {
+                        passed: !ends[0].passed,
+                        body: String::new(),
+                    });
+                    let name = format!("{} {subject}", &commit[..12]);
+                    let lines = bisect::describe(
+                        question,
+                        "commit",
+                        &ends[0],
+                        (good, &ends[0]),
+                        (&name, &after),
+                        &bisect::Gap::Adjacent,
                     );
-                    let after = std::fs::read_to_string(report_file(state.path(), &commit))
-                        .unwrap_or_default();
+                    for line in &lines[1..2] {
+                        println!("{line}");
+                    }
+                    println!("the change is in {commit} {subject} (its parent gives the good end's answer; {total:.0} s in all)");
                     println!();
+                    let title = |n: &str, o: &Outcome| format!("{n} (checks {})", o.verdict());
                     print!(
                         "{}",
                         side_by_side(
-                            &format!("{good} (reference)"),
-                            &ends[0],
-                            &commit[..12],
-                            &after
+                            &title(&format!("{good} (good end)"), &ends[0]),
+                            &ends[0].body,
+                            &title(&commit[..12], &after),
+                            &after.body
                         )
                     );
                     EXIT_OK
@@ -549,7 +699,12 @@ pub async fn git_tree(
 /// names, compare with the reference in `state`. Exits 0 same, 1 differs,
 /// 125 cannot build or boot, 128 anything else (git aborts the bisect:
 /// bad input must not read as "bad").
-pub async fn step(options: RunOptions, state: &Path, console_match: &[String]) -> u8 {
+pub async fn step(
+    options: RunOptions,
+    state: &Path,
+    console_match: &[String],
+    question: Question,
+) -> u8 {
     let images::KernelSpec::Git { tree, .. } = &options.kernel else {
         eprintln!("error: bisect-step needs a git: kernel");
         return 128;
@@ -559,7 +714,7 @@ pub async fn step(options: RunOptions, state: &Path, console_match: &[String]) -
         return 128;
     };
     let subject = git_line(tree, &["log", "-1", "--format=%s", "HEAD"]).unwrap_or_default();
-    let Ok(reference) = std::fs::read_to_string(reference_file(state)) else {
+    let Some(reference) = read_outcome(state, REFERENCE) else {
         eprintln!("error: no reference report in {}", state.display());
         return 128;
     };
@@ -570,16 +725,19 @@ pub async fn step(options: RunOptions, state: &Path, console_match: &[String]) -
     let secs = t.elapsed().as_secs_f64();
     let (code, verdict) = match got {
         Ok((report, console)) => {
-            let body = comparable(&report, &console, console_match);
-            let _ = std::fs::write(report_file(state, &head), &body);
-            if body == reference {
-                (0, "same as the reference")
+            let o = outcome(&report, &console, console_match);
+            let _ = write_outcome(state, &head, &o);
+            if question.same(&o, &reference) {
+                (0, format!("checks {}, same as the good end", o.verdict()))
             } else {
-                (1, "differs")
+                (
+                    1,
+                    format!("checks {}, differs from the good end", o.verdict()),
+                )
             }
         }
-        Err(EXIT_SKIP) => (125, "skipped: no build or no boot"),
-        Err(_) => (128, "aborting: bad input"),
+        Err(EXIT_SKIP) => (125, "skipped: no build or no boot".to_string()),
+        Err(_) => (128, "aborting: bad input".to_string()),
     };
     eprintln!(
         "bisect-step {} {subject}: {verdict} ({secs:.0} s)",

@@ -53,8 +53,12 @@ enum Command {
         #[arg(long)]
         boot_sharing: bool,
     },
+    /// Boot L1 N times in a row (no scenario) and time each boot to the
+    /// agent; every boot must get there, a failure keeps its logs
+    BenchBoots(Box<testbed::bootbench::BootBenchArgs>),
     /// Find the first kernel (Debian version, or commit of --tree) at which
-    /// one scenario's report on one variant differs from --good's
+    /// one scenario's checks on one variant pass (or fail) where --good's
+    /// did the opposite, or at which its report differs from --good's
     Bisect {
         #[command(flatten)]
         run: RunArgs,
@@ -71,6 +75,22 @@ enum Command {
         /// Also compare the console lines containing TEXT (repeatable)
         #[arg(long, value_name = "TEXT")]
         console_match: Vec<String>,
+        /// verdict: the first kernel on which the checks pass, or fail
+        /// (git bisect's good/bad); report: the first whose report differs.
+        /// Default: the verdict when the scenario has expectations and the
+        /// checks differ between the ends, else the report
+        #[arg(long, value_enum)]
+        question: Option<QuestionArg>,
+    },
+    /// Run the regression corpus (default: regressions/): each entry's
+    /// scenario on the Debian kernels its [regression] table names, and
+    /// check that its checks fail or pass there as recorded
+    Regressions {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Only the CI cases: one failing and one passing kernel per entry
+        #[arg(long)]
+        ci: bool,
     },
     /// Fetch or build a kernel (any --kernel spec) and print it as a path:
     /// spec, with the time it took
@@ -112,7 +132,24 @@ enum Command {
         state: PathBuf,
         #[arg(long)]
         console_match: Vec<String>,
+        #[arg(long, value_enum)]
+        question: QuestionArg,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuestionArg {
+    Verdict,
+    Report,
+}
+
+impl From<QuestionArg> for testbed::bisect::Question {
+    fn from(a: QuestionArg) -> testbed::bisect::Question {
+        match a {
+            QuestionArg::Verdict => testbed::bisect::Question::Verdict,
+            QuestionArg::Report => testbed::bisect::Question::Report,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,9 +190,14 @@ struct RunArgs {
     /// Write the machine-readable report here
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Give every scenario its own boot
-    #[arg(long)]
+    /// Give every scenario its own boot (by default each starts from an L1
+    /// restored from a saved state)
+    #[arg(long, conflicts_with = "share_boots")]
     fresh_boot: bool,
+    /// Scenarios that agree on devices share one boot, instead of each
+    /// starting from a restored L1
+    #[arg(long)]
+    share_boots: bool,
     /// Seconds the agent may stay silent during a scenario
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -279,6 +321,7 @@ impl RunArgs {
             kernel,
             json: self.json,
             fresh_boot: self.fresh_boot,
+            share_boots: self.share_boots,
             step_timeout: std::time::Duration::from_secs(self.timeout),
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
             accel,
@@ -313,11 +356,12 @@ fn main() -> ExitCode {
                 boot_sharing,
             } => match args.options() {
                 Ok(options) if boot_sharing => {
-                    interruptible(run::bench_boot_sharing(options, iterations)).await
+                    interruptible(testbed::bench::bench_boot_sharing(options, iterations)).await
                 }
-                Ok(options) => interruptible(run::bench(options, iterations)).await,
+                Ok(options) => interruptible(testbed::bench::bench(options, iterations)).await,
                 Err(e) => run::usage_error(&e),
             },
+            Command::BenchBoots(args) => interruptible(testbed::bootbench::main(*args)).await,
             Command::Matrix(args) => interruptible(testbed::matrix::main(*args)).await,
             Command::Selftests(args) => interruptible(testbed::selftests::main(*args)).await,
             Command::List { what, paths } => list(what, &paths),
@@ -327,7 +371,9 @@ fn main() -> ExitCode {
                 bad,
                 tree,
                 console_match,
+                question,
             } => {
+                let question = question.map(Into::into);
                 if let Err(e) = args.check_bisect() {
                     eprintln!("error: {e}");
                     return run::EXIT_USAGE;
@@ -343,6 +389,7 @@ fn main() -> ExitCode {
                                 &bad,
                                 &console_match,
                                 step_args,
+                                question,
                             );
                             interruptible(bisect).await
                         }
@@ -352,10 +399,21 @@ fn main() -> ExitCode {
                                 &good,
                                 &bad,
                                 &console_match,
+                                question,
                             ))
                             .await
                         }
                     },
+                    Err(e) => run::usage_error(&e),
+                }
+            }
+            Command::Regressions { run: mut args, ci } => {
+                // the run flags' default scenario directory means the corpus here
+                if args.paths == [PathBuf::from("scenarios")] {
+                    args.paths = vec![PathBuf::from("regressions")];
+                }
+                match args.options() {
+                    Ok(options) => interruptible(testbed::regression::main(options, ci)).await,
                     Err(e) => run::usage_error(&e),
                 }
             }
@@ -370,9 +428,16 @@ fn main() -> ExitCode {
                 run: args,
                 state,
                 console_match,
+                question,
             } => match args.options() {
                 Ok(options) => {
-                    interruptible(bisect_cmd::step(options, &state, &console_match)).await
+                    interruptible(bisect_cmd::step(
+                        options,
+                        &state,
+                        &console_match,
+                        question.into(),
+                    ))
+                    .await
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -308,8 +308,44 @@ pub fn replug_props(d: &PciDevice) -> Vec<(String, String)> {
     props
 }
 
+/// Root-bus slots for QEMU `igb` PFs on variants that put a function at
+/// 00:14.0 ([`crate::variant::SB_IOAPIC_FUNCTION`]). QEMU creates an igb's
+/// eight VFs with the PF, at devfn PF + 0x80 + 2n: in slots s+16 and s+17
+/// of a PF in slot s. Auto-assignment puts the first devices in slots 2 to
+/// 4, and a PF in slot 3 or 4 would need 00:14.0 for a VF ("slot 20
+/// function 0 not available for igbvf"). These slots keep the VFs clear
+/// of 00:14.0, of ICH9 at 00:1f and of each other, and are above the slots
+/// auto-assignment reaches with a scenario's handful of devices.
+const SB_PF_SLOTS: &[u8] = &[0x0d, 0x0b, 0x09, 0x07, 0x05];
+
+/// `devices` with a fixed slot from [`SB_PF_SLOTS`] for every igb PF on the
+/// root bus that has none (hot-pluggable ones sit behind a root port, with
+/// their VFs on its bus).
+pub fn place_pfs_around_sb_function(devices: &[PciDevice]) -> Vec<PciDevice> {
+    let taken: Vec<String> = devices.iter().filter_map(|d| d.addr.clone()).collect();
+    let mut free = SB_PF_SLOTS
+        .iter()
+        .map(|s| format!("{s:02x}.0"))
+        .filter(|a| !taken.contains(a));
+    devices
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if d.driver == "igb" && !d.hotplug && d.addr.is_none() {
+                d.addr = free.next();
+            }
+            d
+        })
+        .collect()
+}
+
 /// The whole argument list, IOMMU before the devices it translates.
 pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
+    let devices = if cfg.variant.sb_ioapic_function() {
+        place_pfs_around_sb_function(&cfg.devices)
+    } else {
+        cfg.devices.clone()
+    };
     [
         machine_args(cfg.accel),
         cpu_args(cfg.variant, cfg.smp, cfg.memory_mib),
@@ -322,7 +358,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         ),
         cfg.variant.iommu_args(),
         panic_device_args(),
-        device_args(&cfg.devices),
+        device_args(&devices),
         serial_args(&cfg.console_log, &cfg.agent_socket()),
         qmp_args(&cfg.qmp_socket()),
         cfg.extra_args.clone(),
@@ -496,6 +532,55 @@ mod tests {
                 ("bus".to_owned(), "rp-nic0".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn igb_pfs_keep_their_vfs_off_the_sb_function() {
+        let pf = |id: &str, addr: Option<&str>, hotplug: bool| PciDevice {
+            id: id.into(),
+            driver: "igb".into(),
+            props: "romfile=".into(),
+            hotplug,
+            addr: addr.map(Into::into),
+            sriov: false,
+            hub: None,
+        };
+        let mut cfg = config("amd-ir-patched");
+        cfg.devices = vec![
+            pf("nic0", None, false),
+            pf("nic1", Some("0d.0"), false),
+            pf("nic2", None, false),
+            pf("nic3", None, true),
+        ];
+        let args = qemu_args(&cfg);
+        // nic1 pinned 0d.0 itself: the others take the next free slots
+        for want in [
+            "igb,id=nic0,romfile=,addr=0b.0",
+            "igb,id=nic1,romfile=,addr=0d.0",
+            "igb,id=nic2,romfile=,addr=09.0",
+        ] {
+            assert!(args.contains(&want.to_owned()), "{want}: {args:?}");
+        }
+        assert!(args.contains(&"igb,id=nic3,romfile=,bus=rp-nic3".to_owned()));
+        // no slot a PF gets has a VF (devfn + 0x80 + 2n, n < 8) at 00:14.0
+        // or 00:1f.x, nor shares a VF slot with another
+        let mut vf_slots = Vec::new();
+        for &slot in SB_PF_SLOTS {
+            let vfs: Vec<u32> = (0..8)
+                .map(|n| (u32::from(slot) * 8 + 0x80 + 2 * n) >> 3)
+                .collect();
+            assert!(
+                vfs.iter().all(|&s| s != 0x14 && s < 0x1f),
+                "slot {slot:#x}: {vfs:?}"
+            );
+            assert!(vfs.iter().all(|s| !vf_slots.contains(s)), "slot {slot:#x}");
+            vf_slots.extend(vfs);
+        }
+        // the reason: a PF in slot 3 (where auto-assignment would put it)
+        assert!((0..8).any(|n| (3 * 8 + 0x80 + 2 * n) >> 3 == 0x14));
+        // stock QEMU has no function at 00:14.0: nothing moves there
+        cfg.variant = variant::lookup("amd-ir").unwrap();
+        assert!(qemu_args(&cfg).contains(&"igb,id=nic0,romfile=".to_owned()));
     }
 
     #[test]

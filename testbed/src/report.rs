@@ -1051,15 +1051,17 @@ pub(crate) fn held_by_mask(scenario: &Scenario) -> Vec<Option<bool>> {
 }
 
 /// For each step index, which (vm, vector) irqfds are attached when it runs.
-pub(crate) fn irqfds_before_each_step(
-    scenario: &Scenario,
-) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+/// An irqfd step that KVM refused (its step report has an error, e.g.
+/// EBUSY for a second irqfd on one eventfd since 6.17) holds nothing.
+pub(crate) fn irqfds_before_each_step(r: &Report) -> Vec<BTreeMap<String, BTreeSet<String>>> {
+    let scenario = &r.scenario;
     // vector -> vms holding it
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut out = Vec::with_capacity(scenario.steps.len());
-    for s in &scenario.steps {
+    for (i, s) in scenario.steps.iter().enumerate() {
         out.push(held.clone());
         match s {
+            Step::Irqfd { .. } if r.step_report(i).is_some_and(|s| s.error.is_some()) => {}
             Step::Irqfd { vm, vector, .. } => {
                 held.entry(vector.clone()).or_default().insert(vm.clone());
             }

@@ -24,6 +24,10 @@ pub struct RunOptions {
     pub kernel: images::KernelSpec,
     pub json: Option<PathBuf>,
     pub fresh_boot: bool,
+    /// Scenarios that agree on devices share one boot (the fallback where
+    /// restore is impossible) instead of each starting from a restored L1.
+    /// `fresh_boot` and `share_boots` unset: restore (`testbed run`'s default).
+    pub share_boots: bool,
     pub step_timeout: Duration,
     pub boot_timeout: Duration,
     pub accel: Accel,
@@ -102,9 +106,9 @@ pub struct Cell {
 }
 
 /// Everything a run needs once the inputs are valid.
-struct Prepared {
-    scenarios: Vec<Scenario>,
-    images: KernelImages,
+pub(crate) struct Prepared {
+    pub(crate) scenarios: Vec<Scenario>,
+    pub(crate) images: KernelImages,
     snapshots: PathBuf,
     results: PathBuf,
     runtime: tempfile::TempDir,
@@ -144,7 +148,7 @@ impl PrepareError {
 }
 
 /// Loads scenarios, fetches the kernel, builds the initramfs. Errors carry the exit code.
-fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
+pub(crate) fn prepare(options: &RunOptions, ui: &Ui) -> Result<Prepared, u8> {
     let report = |e: PrepareError| {
         eprintln!("error: {}", e.message);
         e.code
@@ -420,6 +424,39 @@ pub async fn run(options: RunOptions) -> u8 {
             continue;
         }
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
+            if options.restores() {
+                let outcomes = match prepared
+                    .restore(&options, variant, i, &group.scenarios, &group.devices, &ui)
+                    .await
+                {
+                    Ok(o) => o.outcomes,
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        ui.finish();
+                        return EXIT_SKIP;
+                    }
+                };
+                for scenario in &group.scenarios {
+                    let outcome = outcomes
+                        .iter()
+                        .find(|o| o.runs.iter().any(|r| r.scenario == scenario.name));
+                    let cell = judge(
+                        &prepared.snapshots,
+                        variant,
+                        scenario,
+                        outcome.unwrap_or(&outcomes[0]),
+                    );
+                    ui.line(&format!(
+                        "{:<14} {:<32} {}",
+                        variant.name,
+                        scenario.name,
+                        cell.verdict.label()
+                    ));
+                    cells.push(cell);
+                }
+                boots.extend(outcomes.into_iter().map(|o| (variant.name, o)));
+                continue;
+            }
             let outcome = match prepared
                 .boot(&options, variant, i, &group.scenarios, &group.devices, &ui)
                 .await
@@ -465,7 +502,7 @@ pub async fn run(options: RunOptions) -> u8 {
 }
 
 impl Prepared {
-    async fn boot(
+    pub(crate) async fn boot(
         &self,
         options: &RunOptions,
         variant: &'static Variant,
@@ -474,7 +511,70 @@ impl Prepared {
         devices: &[crate::qemu::PciDevice],
         ui: &Ui,
     ) -> Result<BootOutcome, String> {
-        let target = BootTarget {
+        let target = self.target(variant, index);
+        boot(options, &target, variant, scenarios, devices, &mut |e| {
+            ui.run(e)
+        })
+        .await
+    }
+}
+
+impl RunOptions {
+    /// Each scenario starts from a restored L1 (where the variant allows).
+    pub fn restores(&self) -> bool {
+        !self.fresh_boot && !self.share_boots
+    }
+}
+
+impl Prepared {
+    /// Group `index`'s scenarios, each from a restored L1 (or shared where
+    /// restore is impossible, said on the UI): one outcome per L1 started.
+    pub(crate) async fn restore(
+        &self,
+        options: &RunOptions,
+        variant: &'static Variant,
+        index: usize,
+        scenarios: &[&Scenario],
+        devices: &[crate::qemu::PciDevice],
+        ui: &Ui,
+    ) -> Result<crate::restore::GroupOutcome, String> {
+        let target = self.target(variant, index);
+        for dir in [&target.log_dir, &target.runtime_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let cfg = boot_config(options, &target, variant, scenarios, devices)?;
+        let cache = images::Cache::default_location();
+        let group =
+            crate::restore::run_group(&cache, &cfg, scenarios, timeouts(options), &mut |e| {
+                ui.run(e)
+            })
+            .await;
+        match &group.mode {
+            crate::restore::GroupMode::Shared { reason } => ui.line(&format!(
+                "{:<14} boot {index}: scenarios share one boot: {reason}",
+                variant.name
+            )),
+            crate::restore::GroupMode::Restored { state, saved } => {
+                let saved = match saved {
+                    Some((boot, save)) => format!(
+                        " (saved now: booted in {:.1} s, saved in {:.1} s)",
+                        boot.as_secs_f64(),
+                        save.as_secs_f64()
+                    ),
+                    None => String::new(),
+                };
+                ui.line(&format!(
+                    "{:<14} boot {index}: each scenario from L1 state {}{saved}",
+                    variant.name,
+                    state.display()
+                ))
+            }
+        }
+        Ok(group)
+    }
+
+    fn target(&self, variant: &'static Variant, index: usize) -> BootTarget<'_> {
+        BootTarget {
             images: &self.images,
             patched_qemu: self.patched_qemu.as_ref(),
             log_dir: self
@@ -485,11 +585,7 @@ impl Prepared {
                 .runtime
                 .path()
                 .join(format!("{}-{index}", variant.name)),
-        };
-        boot(options, &target, variant, scenarios, devices, &mut |e| {
-            ui.run(e)
-        })
-        .await
+        }
     }
 }
 
@@ -513,6 +609,27 @@ pub async fn boot(
     devices: &[crate::qemu::PciDevice],
     on_event: &mut (dyn FnMut(runner::RunEvent) + Send),
 ) -> Result<BootOutcome, String> {
+    let cfg = boot_config(options, target, variant, scenarios, devices)?;
+    Ok(runner::run_boot(&cfg, scenarios, timeouts(options), on_event).await)
+}
+
+/// The run's timeouts.
+pub fn timeouts(options: &RunOptions) -> Timeouts {
+    Timeouts {
+        boot: options.boot_timeout,
+        step: options.step_timeout,
+        shutdown: Duration::from_secs(30),
+    }
+}
+
+/// The L1 of `scenarios` as [`boot`] would start it.
+pub fn boot_config(
+    options: &RunOptions,
+    target: &BootTarget<'_>,
+    variant: &'static Variant,
+    scenarios: &[&Scenario],
+    devices: &[crate::qemu::PciDevice],
+) -> Result<BootConfig, String> {
     for dir in [&target.log_dir, &target.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
@@ -563,12 +680,7 @@ pub async fn boot(
         runtime_dir: target.runtime_dir.clone(),
         console_log: target.log_dir.join("console.log"),
     };
-    let timeouts = Timeouts {
-        boot: options.boot_timeout,
-        step: options.step_timeout,
-        shutdown: Duration::from_secs(30),
-    };
-    Ok(runner::run_boot(&cfg, scenarios, timeouts, on_event).await)
+    Ok(cfg)
 }
 
 /// `name` itself when it has a slash, else the first executable of that
@@ -838,263 +950,6 @@ pub fn kernel_list_lines(kernels: &[images::DebianKernel]) -> Vec<String> {
 /// scenario's `fire` steps (interrupts raised per second of those steps'
 /// wall time, as the host saw them: raise, delivery or accounting, report).
 /// With several variants it also prints each rate as a ratio to the first.
-pub async fn bench(options: RunOptions, iterations: usize) -> u8 {
-    let ui = Ui::new();
-    let prepared = match prepare(&options, &ui) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    if options.variants.is_empty() {
-        return EXIT_USAGE;
-    }
-    let scenario = &prepared.scenarios[0];
-    let group = plan::group(std::slice::from_ref(scenario), true);
-    let mut summaries = Vec::new();
-    for variant in &options.variants {
-        let mut phases: Vec<[f64; 5]> = Vec::new();
-        let mut rates: Vec<f64> = Vec::new();
-        let mut posted = 0u64;
-        let mut raised = 0u64;
-        for i in 0..iterations.max(1) {
-            let started = Instant::now();
-            let outcome = match prepared
-                .boot(
-                    &options,
-                    variant,
-                    i,
-                    &group[0].scenarios,
-                    &group[0].devices,
-                    &ui,
-                )
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return EXIT_SKIP;
-                }
-            };
-            if let Some(f) = &outcome.failure {
-                eprintln!("error: {} boot {i} failed: {}", variant.name, f.message);
-                return EXIT_FAILED;
-            }
-            let t = &outcome.timings;
-            phases.push([
-                t.qemu_start.as_secs_f64(),
-                t.boot_to_ready.as_secs_f64(),
-                t.scenarios.iter().map(Duration::as_secs_f64).sum(),
-                t.shutdown.as_secs_f64(),
-                started.elapsed().as_secs_f64(),
-            ]);
-            for run in &outcome.runs {
-                let (n, secs) = fire_rate(scenario, run);
-                if secs > 0.0 {
-                    rates.push(n as f64 / secs);
-                }
-                raised += n;
-                if let Some(Ok(c)) = &run.iommu {
-                    posted += c.posted;
-                }
-            }
-        }
-        summaries.push((variant.name, phases, rates, posted, raised));
-    }
-    ui.finish();
-    let mut first_rate = None;
-    for (name, phases, rates, posted, raised) in &summaries {
-        println!(
-            "bench: scenario {} on {} ({}, {}), {} boots, medians:",
-            scenario.name,
-            name,
-            prepared.images.kernel.release,
-            options.accel.name(),
-            phases.len()
-        );
-        let names = [
-            "qemu start",
-            "kernel boot to agent ready",
-            "scenario",
-            "shutdown",
-            "total",
-        ];
-        for (i, label) in names.iter().enumerate() {
-            let (median, min, max) = median_min_max(phases.iter().map(|p| p[i]).collect());
-            println!("  {label:<28} {median:>7.3} s   (min {min:.3}, max {max:.3})");
-        }
-        if rates.is_empty() {
-            println!("  {:<28} no fire step", "interrupts/s (fire steps)");
-            continue;
-        }
-        let (median, min, max) = median_min_max(rates.clone());
-        let ratio = match first_rate {
-            None => {
-                first_rate = Some((*name, median));
-                String::new()
-            }
-            Some((first, rate)) => format!("   = {:.2} x {first}", median / rate),
-        };
-        println!(
-            "  {:<28} {median:>7.0}     (min {min:.0}, max {max:.0}){ratio}",
-            "interrupts/s (fire steps)"
-        );
-        if *raised > 0 {
-            println!(
-                "  {:<28} {posted} of {raised} raised ({:.0}%)",
-                "posted by the IOMMU",
-                *posted as f64 * 100.0 / *raised as f64
-            );
-        }
-    }
-    EXIT_OK
-}
-
-/// Interrupts raised by a run's `fire` steps and those steps' wall time (s).
-pub fn fire_rate(scenario: &Scenario, run: &runner::ScenarioRun) -> (u64, f64) {
-    let mut raised = 0u64;
-    let mut secs = 0.0;
-    for (i, step) in scenario.steps.iter().enumerate() {
-        if let wire::Step::Fire { count, .. } = step {
-            if let Some(t) = run.step_times.get(i) {
-                raised += u64::from(*count);
-                secs += t.as_secs_f64();
-            }
-        }
-    }
-    (raised, secs)
-}
-
-fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
-}
-
-/// `testbed bench --boot-sharing`: runs the whole scenario set per variant
-/// both ways, all scenarios in shared L1 boots (the default) and one boot
-/// per scenario (`--fresh-boot`), `iterations` times each, and prints the
-/// median wall time of each and their ratio. It also compares the two
-/// ways' report bodies scenario by scenario: scenarios must leave no state
-/// behind, so sharing a boot must not change any report.
-pub async fn bench_boot_sharing(options: RunOptions, iterations: usize) -> u8 {
-    let ui = Ui::new();
-    let prepared = match prepare(&options, &ui) {
-        Ok(p) => p,
-        Err(code) => {
-            ui.finish();
-            return code;
-        }
-    };
-    let mut lines = Vec::new();
-    let mut all_same = true;
-    for variant in &options.variants {
-        let here: Vec<Scenario> = prepared
-            .scenarios
-            .iter()
-            .filter(|s| s.runs_on(variant.name))
-            .cloned()
-            .collect();
-        if here.is_empty() {
-            continue;
-        }
-        // [shared, fresh]: wall times, boots, and the last iteration's bodies
-        let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        let mut boots = [0usize; 2];
-        let mut differing = std::collections::BTreeSet::new();
-        // every boot gets its own number: its sockets and logs are its own
-        let mut boot_no = 0;
-        for _ in 0..iterations.max(1) {
-            let mut bodies: [std::collections::BTreeMap<String, String>; 2] = Default::default();
-            for (way, fresh) in [false, true].into_iter().enumerate() {
-                let started = Instant::now();
-                let groups = plan::group(&here, fresh);
-                boots[way] = groups.len();
-                for group in &groups {
-                    let i = boot_no;
-                    boot_no += 1;
-                    let outcome = match prepared
-                        .boot(&options, variant, i, &group.scenarios, &group.devices, &ui)
-                        .await
-                    {
-                        Ok(o) => o,
-                        Err(e) => {
-                            ui.finish();
-                            eprintln!("error: {e}");
-                            return EXIT_SKIP;
-                        }
-                    };
-                    for scenario in &group.scenarios {
-                        match scenario_report(variant, scenario, &outcome) {
-                            Ok(report) => bodies[way].insert(scenario.name.clone(), report.body()),
-                            Err(why) => {
-                                ui.finish();
-                                eprintln!(
-                                    "error: {} boot {i}, {}: {why}",
-                                    variant.name, scenario.name
-                                );
-                                return EXIT_FAILED;
-                            }
-                        };
-                    }
-                }
-                secs[way].push(started.elapsed().as_secs_f64());
-            }
-            let [shared, fresh] = &bodies;
-            for (name, body) in shared {
-                if fresh.get(name) != Some(body) {
-                    differing.insert(name.clone());
-                }
-            }
-        }
-        let (shared, smin, smax) = median_min_max(secs[0].clone());
-        let (fresh, fmin, fmax) = median_min_max(secs[1].clone());
-        lines.push(format!(
-            "bench: {} scenarios on {} ({}, {}), {} iterations, medians:",
-            here.len(),
-            variant.name,
-            prepared.images.kernel.release,
-            options.accel.name(),
-            secs[0].len()
-        ));
-        lines.push(format!(
-            "  {:<32} {shared:>7.1} s   (min {smin:.1}, max {smax:.1}, {} boots)",
-            "shared boots (default)", boots[0]
-        ));
-        lines.push(format!(
-            "  {:<32} {fresh:>7.1} s   (min {fmin:.1}, max {fmax:.1}, {} boots)   = {:.2} x shared",
-            "one boot per scenario",
-            boots[1],
-            fresh / shared
-        ));
-        if differing.is_empty() {
-            lines.push(format!(
-                "  {:<32} all {} identical",
-                "reports, shared vs one per boot",
-                here.len()
-            ));
-        } else {
-            all_same = false;
-            let names: Vec<&str> = differing.iter().map(String::as_str).collect();
-            lines.push(format!(
-                "  {:<32} DIFFER for {}",
-                "reports, shared vs one per boot",
-                names.join(", ")
-            ));
-        }
-    }
-    ui.finish();
-    for l in lines {
-        println!("{l}");
-    }
-    if all_same {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    }
-}
-
 /// One boot of the single scenario of `options` on its first variant, for
 /// bisects: the report (checks and snapshot are not judged) and the boot's
 /// console log, or the exit code when there is none (2 bad input, 125 no

@@ -201,14 +201,24 @@ pub async fn run_boot(
     on_event: &mut (dyn FnMut(RunEvent) + Send),
 ) -> BootOutcome {
     let mut outcome = BootOutcome::new(cfg);
-    let mut session = match Session::start(cfg, timeouts, &mut outcome, on_event).await {
+    let session = match Session::start(cfg, timeouts, &mut outcome, on_event).await {
         Ok(session) => session,
         Err(failure) => {
             outcome.failure = Some(failure);
             return outcome;
         }
     };
-    let variant = cfg.variant.name;
+    run_in_session(session, outcome, scenarios, on_event).await
+}
+
+/// Run `scenarios` in order in a ready session, then power off.
+pub(crate) async fn run_in_session(
+    mut session: Session,
+    mut outcome: BootOutcome,
+    scenarios: &[&Scenario],
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> BootOutcome {
+    let variant = session.variant;
     for (i, scenario) in scenarios.iter().enumerate() {
         on_event(RunEvent::ScenarioStarted {
             variant,
@@ -268,12 +278,82 @@ pub(crate) struct Session {
     console_log: PathBuf,
     /// QOM path of the IOMMU whose counters are read around each scenario.
     iommu_counters: Option<&'static str>,
+    variant: &'static str,
 }
 
 /// Something that ended the wait for the agent.
 pub(crate) enum Interrupt {
     Message(wire::AgentMessage),
     Failed(String),
+}
+
+/// QEMU started with `args`, QMP negotiated, the agent's socket listening.
+pub(crate) struct Launched {
+    pub(crate) qemu: QemuProcess,
+    pub(crate) qmp: Qmp,
+    pub(crate) events: tokio::sync::mpsc::UnboundedReceiver<qapi::qmp::Event>,
+    pub(crate) listener: UnixListener,
+}
+
+/// Listen on the agent socket, spawn QEMU with `args`, connect QMP (with
+/// its transcript beside the console log); records the start-up time and
+/// QEMU's version in `outcome`.
+pub(crate) async fn launch(
+    cfg: &BootConfig,
+    args: &[String],
+    outcome: &mut BootOutcome,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> Result<Launched, Failure> {
+    let early = |message: String| Failure {
+        message,
+        before_ready: true,
+    };
+    let listener = UnixListener::bind(cfg.agent_socket()).map_err(|e| {
+        early(format!(
+            "cannot listen on {}: {e}",
+            cfg.agent_socket().display()
+        ))
+    })?;
+    let stderr_log = cfg.console_log.with_file_name("qemu-stderr.log");
+    let started = Instant::now();
+    let mut qemu = QemuProcess::spawn(&cfg.qemu, args, &stderr_log)
+        .map_err(|e| early(format!("cannot start {}: {e}", cfg.qemu.display())))?;
+    on_event(RunEvent::QemuStarted {
+        variant: cfg.variant.name,
+        pid: qemu.pid,
+    });
+
+    let qmp_socket = cfg.qmp_socket();
+    // The QMP transcript sits beside the console log: what QEMU was
+    // told and what it reported (events, replies) when a run goes wrong.
+    let transcript = cfg.console_log.with_file_name("qmp.log");
+    let transcript = std::fs::File::create(&transcript)
+        .map_err(|e| early(format!("cannot create {}: {e}", transcript.display())))?;
+    let qmp = tokio::select! {
+        qmp = Qmp::connect_with_transcript(&qmp_socket, Duration::from_secs(10), Box::new(transcript)) => qmp.map_err(|e| format!("qmp: {e}")),
+        status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "start-up")),
+    };
+    let mut qmp = qmp.map_err(early)?;
+    let events = qmp
+        .take_events()
+        .ok_or_else(|| early("qmp: event stream already taken".into()))?;
+    outcome.timings.qemu_start = started.elapsed();
+    let version = qmp.qemu_version();
+    outcome.qemu_version = format!(
+        "{}.{}.{}",
+        version.qemu.major, version.qemu.minor, version.qemu.micro
+    );
+    if !version.package.trim().is_empty() {
+        outcome
+            .qemu_version
+            .push_str(&format!(" ({})", version.package.trim()));
+    }
+    Ok(Launched {
+        qemu,
+        qmp,
+        events,
+        listener,
+    })
 }
 
 impl Session {
@@ -287,47 +367,14 @@ impl Session {
             message,
             before_ready: true,
         };
-        let listener = UnixListener::bind(cfg.agent_socket()).map_err(|e| {
-            early(format!(
-                "cannot listen on {}: {e}",
-                cfg.agent_socket().display()
-            ))
-        })?;
-        let args = qemu::qemu_args(cfg);
-        let stderr_log = cfg.console_log.with_file_name("qemu-stderr.log");
         let started = Instant::now();
-        let mut qemu = QemuProcess::spawn(&cfg.qemu, &args, &stderr_log)
-            .map_err(|e| early(format!("cannot start {}: {e}", cfg.qemu.display())))?;
-        on_event(RunEvent::QemuStarted {
-            variant: cfg.variant.name,
-            pid: qemu.pid,
-        });
-
-        let qmp_socket = cfg.qmp_socket();
-        // The QMP transcript sits beside the console log: what QEMU was
-        // told and what it reported (events, replies) when a run goes wrong.
-        let transcript = cfg.console_log.with_file_name("qmp.log");
-        let transcript = std::fs::File::create(&transcript)
-            .map_err(|e| early(format!("cannot create {}: {e}", transcript.display())))?;
-        let qmp = tokio::select! {
-            qmp = Qmp::connect_with_transcript(&qmp_socket, Duration::from_secs(10), Box::new(transcript)) => qmp.map_err(|e| format!("qmp: {e}")),
-            status = qemu.wait() => Err(qemu_exit_message(status, &stderr_log, "start-up")),
-        };
-        let mut qmp = qmp.map_err(early)?;
-        let events = qmp
-            .take_events()
-            .ok_or_else(|| early("qmp: event stream already taken".into()))?;
-        outcome.timings.qemu_start = started.elapsed();
-        let version = qmp.qemu_version();
-        outcome.qemu_version = format!(
-            "{}.{}.{}",
-            version.qemu.major, version.qemu.minor, version.qemu.micro
-        );
-        if !version.package.trim().is_empty() {
-            outcome
-                .qemu_version
-                .push_str(&format!(" ({})", version.package.trim()));
-        }
+        let Launched {
+            mut qemu,
+            qmp,
+            events,
+            listener,
+        } = launch(cfg, &qemu::qemu_args(cfg), outcome, on_event).await?;
+        let stderr_log = cfg.console_log.with_file_name("qemu-stderr.log");
 
         let mut bdfs = HashMap::new();
         // devices behind root ports have no bus number before the firmware runs
@@ -350,19 +397,18 @@ impl Session {
             _ = tokio::time::sleep_until(deadline) => Err("qemu never connected the agent port".to_owned()),
         }
         .map_err(early)?;
-        let (read, writer) = stream.into_split();
-        let mut session = Session {
-            qemu,
-            qmp,
-            events,
-            lines: BufReader::new(read).lines(),
-            writer,
+        let mut session = Session::connected(
+            cfg,
+            Launched {
+                qemu,
+                qmp,
+                events,
+                listener,
+            },
+            stream,
             bdfs,
-            devices: cfg.devices.clone(),
             timeouts,
-            console_log: cfg.console_log.clone(),
-            iommu_counters: cfg.variant.iommu_counters(),
-        };
+        );
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         match session
             .next_message(remaining, "waiting for the agent to start")
@@ -402,7 +448,43 @@ impl Session {
         }
     }
 
-    async fn run_scenario(
+    /// A session on `launched`'s QEMU whose agent connected on `stream`.
+    pub(crate) fn connected(
+        cfg: &BootConfig,
+        launched: Launched,
+        stream: tokio::net::UnixStream,
+        bdfs: HashMap<String, String>,
+        timeouts: Timeouts,
+    ) -> Session {
+        let (read, writer) = stream.into_split();
+        Session {
+            qemu: launched.qemu,
+            qmp: launched.qmp,
+            events: launched.events,
+            lines: BufReader::new(read).lines(),
+            writer,
+            bdfs,
+            devices: cfg.devices.clone(),
+            timeouts,
+            console_log: cfg.console_log.clone(),
+            iommu_counters: cfg.variant.iommu_counters(),
+            variant: cfg.variant.name,
+        }
+    }
+
+    pub(crate) fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// End QEMU without a guest shutdown (the guest's state is thrown away):
+    /// QMP `quit`, else kill.
+    pub(crate) async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.qmp.execute(qapi::qmp::quit {}))
+            .await;
+        let _ = self.qemu.finish(Duration::from_secs(5)).await;
+    }
+
+    pub(crate) async fn run_scenario(
         &mut self,
         scenario: &Scenario,
         variant: &'static str,
@@ -651,13 +733,68 @@ impl Session {
                     return Interrupt::Failed(qemu_exit_message(status, &stderr_log, what));
                 }
                 _ = &mut deadline => {
+                    let state = self.dump_cpu_state().await;
                     return Interrupt::Failed(format!(
-                        "guest hung: no word from the agent for {}s during {what}{}",
+                        "guest hung: no word from the agent for {}s during {what}{}{state}",
                         timeout.as_secs(),
                         console_evidence(&self.console_log)
                     ));
                 }
             }
+        }
+    }
+
+    /// A hung guest's CPUs as QEMU sees them, beside the console log
+    /// (`cpu-state.txt`): registers of every CPU twice, 1 s apart (a RIP
+    /// that moves spins, one that stays halts), each CPU's local APIC
+    /// (IRR, ISR, timer) and the interrupt controllers; then an NMI, whose
+    /// answer goes to the console log. Returns where it
+    /// went, for the failure message, or nothing when QMP does not answer.
+    async fn dump_cpu_state(&self) -> String {
+        let hmp = |command: &str, cpu: Option<i64>| {
+            let cmd = qapi::qmp::human_monitor_command {
+                cpu_index: cpu,
+                command_line: command.to_owned(),
+            };
+            tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd))
+        };
+        let mut text = String::new();
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match hmp("info registers -a", None).await {
+                Ok(Ok(out)) => text.push_str(&format!("== info registers -a ({round})\n{out}\n")),
+                _ => return String::new(),
+            }
+        }
+        for cpu in 0..64 {
+            match hmp("info lapic", Some(cpu)).await {
+                Ok(Ok(out)) => text.push_str(&format!("== info lapic (cpu {cpu})\n{out}\n")),
+                _ => break,
+            }
+        }
+        for command in ["info pic", "info irq"] {
+            if let Ok(Ok(out)) = hmp(command, None).await {
+                text.push_str(&format!("== {command}\n{out}\n"));
+            }
+        }
+        // An NMI makes a live kernel say something on its console; with
+        // `unknown_nmi_panic=1 panic_print=0x40` on its command line it
+        // panics with every CPU's backtrace, symbolized by the kernel.
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.qmp.execute(qapi::qmp::inject_nmi {}),
+        )
+        .await
+        {
+            text.push_str("== inject-nmi sent; the console log has the guest's answer, if any\n");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let path = self.console_log.with_file_name("cpu-state.txt");
+        match std::fs::write(&path, text) {
+            Ok(()) => format!("\n    CPU state: {}", path.display()),
+            Err(_) => String::new(),
         }
     }
 
@@ -715,7 +852,7 @@ pub(crate) fn message_kind(message: &wire::AgentMessage) -> &'static str {
 
 /// "qemu exited unexpectedly (how) during what: its stderr", then the
 /// kernel's panic line if the console has one.
-fn qemu_exit_message(
+pub(crate) fn qemu_exit_message(
     status: std::io::Result<std::process::ExitStatus>,
     stderr_log: &std::path::Path,
     what: &str,

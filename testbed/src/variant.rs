@@ -100,7 +100,11 @@ pub const VARIANTS: &[Variant] = &[
         // The patches are opt-in (`avic=on`, `guest-vapic=on`), so without
         // them this behaves as the pinned upstream QEMU and its snapshot
         // bodies equal amd-ir's (checked with patches 0001-0008 + 0020-0025).
-        summary: "amd-ir on the patched QEMU built from qemu-patches/",
+        // One difference: an SMBus function at 00:14.0, the IO-APIC's
+        // requester ID ([`SB_IOAPIC_FUNCTION`]), without which Linux 7.3
+        // turns interrupt remapping off.
+        summary:
+            "amd-ir on the patched QEMU built from qemu-patches/, with the FCH SMBus at 00:14.0",
         iommu: Iommu::AmdIr,
         qemu: QemuKind::Patched,
         default: false,
@@ -132,6 +136,16 @@ pub const VARIANTS: &[Variant] = &[
 
 /// QEMU `id=` of the amd-iommu device.
 pub const AMD_IOMMU_ID: &str = "iommu0";
+/// The PCI function at the amd-iommu's IO-APIC requester ID. QEMU's IVRS
+/// names the IO-APIC 00:14.0 (where AMD's FCH has its SMBus controller)
+/// and its interrupt messages carry that ID, but q35 has nothing there.
+/// Linux 7.3 (16f52863b2ec) accepts the southbridge IO-APIC only if that
+/// function is an SMBus controller or an ISA bridge, and disables
+/// interrupt remapping otherwise; older kernels want exactly 00:14.0. An
+/// SMBus controller there is what AMD platforms have. Stock QEMU (before
+/// qemu-patches/0027) refuses `-device ICH9-SMB`
+/// (docs/amd-iommu-ga-emulation.md, "The southbridge IO-APIC").
+pub const SB_IOAPIC_FUNCTION: &str = "ICH9-SMB,addr=14.0";
 /// Where QEMU puts a `-device` with `id=` [`AMD_IOMMU_ID`] in the QOM tree.
 pub const AMD_IOMMU_QOM_PATH: &str = "/machine/peripheral/iommu0";
 
@@ -176,8 +190,16 @@ impl Variant {
         }
     }
 
-    /// `-device` arguments for the IOMMU. They must come before any other PCI
-    /// device so the IOMMU sees every device it translates.
+    /// Whether the variant puts [`SB_IOAPIC_FUNCTION`] at the IO-APIC's
+    /// requester ID: amd-iommu on the patched QEMU, which allows it.
+    pub fn sb_ioapic_function(&self) -> bool {
+        matches!(self.iommu, Iommu::AmdIr | Iommu::AmdAvic) && self.qemu == QemuKind::Patched
+    }
+
+    /// `-device` arguments for the IOMMU (and the southbridge function its
+    /// IO-APIC needs). They must come before any other PCI device so the
+    /// IOMMU sees every device it translates, and 00:14.0 is taken before
+    /// QEMU assigns addresses to the rest.
     pub fn iommu_args(&self) -> Vec<String> {
         let device = match self.iommu {
             Iommu::None => return Vec::new(),
@@ -194,7 +216,11 @@ impl Variant {
             }
             Iommu::Virtio => "virtio-iommu-pci".to_owned(),
         };
-        vec!["-device".to_owned(), device]
+        let mut args = vec!["-device".to_owned(), device];
+        if self.sb_ioapic_function() {
+            args.extend(["-device".to_owned(), SB_IOAPIC_FUNCTION.to_owned()]);
+        }
+        args
     }
 
     /// CPU model. Without EIM, Linux cannot remap interrupts to x2APIC IDs,
@@ -205,6 +231,12 @@ impl Variant {
             Iommu::AmdAvic => "max,avic=on",
             _ => "max",
         }
+    }
+
+    /// The variant gives L1 a CPU with AVIC and asks its KVM to use it
+    /// (`kvm_amd.avic=1`): KVM's AVIC events must show it in use.
+    pub fn avic(&self) -> bool {
+        self.cpu().contains("avic=on")
     }
 
     /// Guest kernel command-line words that enable the variant.
@@ -251,7 +283,17 @@ mod tests {
         let stock = lookup("amd-ir").unwrap();
         assert_eq!(patched.qemu, QemuKind::Patched);
         assert_eq!(stock.qemu, QemuKind::Stock);
-        assert_eq!(patched.iommu_args(), stock.iommu_args());
+        // the same IOMMU, plus the southbridge function only the patched
+        // QEMU can create (Linux 7.3 wants it for interrupt remapping)
+        assert_eq!(
+            patched.iommu_args(),
+            [
+                stock.iommu_args(),
+                vec!["-device".into(), SB_IOAPIC_FUNCTION.into()]
+            ]
+            .concat()
+        );
+        assert!(!stock.sb_ioapic_function());
         assert_eq!(patched.cmdline(), stock.cmdline());
         assert_eq!(patched.cpu(), stock.cpu());
         assert!(defaults().all(|v| v.qemu == QemuKind::Stock));
@@ -266,7 +308,9 @@ mod tests {
             v.iommu_args(),
             [
                 "-device",
-                "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on"
+                "amd-iommu,id=iommu0,intremap=on,xtsup=on,guest-vapic=on",
+                "-device",
+                "ICH9-SMB,addr=14.0"
             ]
         );
         assert_eq!(v.cpu(), "max,avic=on");
@@ -278,6 +322,11 @@ mod tests {
             assert_eq!(other.iommu_counters(), None, "{}", other.name);
         }
         assert_eq!(v.cmdline(), ["amd_iommu=on", "kvm_amd.avic=1"]);
+        assert!(
+            v.avic()
+                && !lookup("amd-ir").unwrap().avic()
+                && !lookup("amd-ir-patched").unwrap().avic()
+        );
     }
 
     #[test]
@@ -291,6 +340,16 @@ mod tests {
             ["-device", "intel-iommu,intremap=on,eim=off"]
         );
         assert!(lookup("none").unwrap().iommu_args().is_empty());
+        // only amd-iommu on the patched QEMU gets the southbridge function
+        for v in VARIANTS {
+            let smbus = v.iommu_args().iter().any(|a| a.starts_with("ICH9-SMB"));
+            assert_eq!(
+                smbus,
+                matches!(v.name, "amd-ir-patched" | "amd-avic"),
+                "{}",
+                v.name
+            );
+        }
         assert!(lookup("none")
             .unwrap()
             .cmdline()

@@ -61,6 +61,26 @@ fn unknown_variant_is_exit_2() {
 }
 
 #[test]
+fn bench_boots_bad_input_is_exit_2() {
+    for (args, says) in [
+        (
+            &["--variant", "amd-avicc"][..],
+            "unknown variant \"amd-avicc\"",
+        ),
+        (
+            &["--variant", "amd-avic", "--kernel", "debian:x"][..],
+            "debian:x",
+        ),
+        (&["--variant", "amd-avic", "--count", "0"][..], "--count"),
+    ] {
+        let output = testbed().arg("bench-boots").args(args).output().unwrap();
+        let out = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+}
+
+#[test]
 fn bad_kernel_spec_is_exit_2() {
     let output = testbed()
         .args(["run", "--kernel", "debian:seven"])
@@ -250,8 +270,9 @@ fn guest_panic_mid_scenario_is_exit_1() {
 /// Starts a run in the background and returns it with the pid of its QEMU
 /// once the agent is ready (its console line is in the log).
 fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child, u32) {
+    // a booting L1's console, not a restored one's
     let child = testbed()
-        .args(["run", "--variant", "intel-ir", "--results"])
+        .args(["run", "--variant", "intel-ir", "--share-boots", "--results"])
         .arg(tmp)
         .args(extra)
         .arg(fixture("long-fire.toml"))
@@ -497,7 +518,7 @@ fn shared_and_fresh_boots_give_the_same_reports() {
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(
-        out.contains("reports, shared vs one per boot") && out.contains("identical"),
+        out.contains("reports, three ways") && out.contains("identical"),
         "{out}"
     );
     assert_no_qemu_left(tmp.path());

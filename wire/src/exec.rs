@@ -7,6 +7,8 @@
 //! [`HEARTBEAT_SECS`](crate::HEARTBEAT_SECS) while it is silent, and one
 //! [`AgentMessage::Exited`](crate::AgentMessage::Exited) at the end.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Most output bytes the agent forwards for one program; the rest is
@@ -35,6 +37,26 @@ pub struct ExecJob {
     /// [`ExecStatus::SetupFailed`] and the program does not run.
     #[serde(default)]
     pub vfio_pci: Vec<String>,
+    /// Trace events (`system:event`, e.g. `kvm:kvm_avic_doorbell`) the
+    /// agent counts from just before the program starts until it ended;
+    /// the counts come back in [`ExecResult::event_counts`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub count_events: Vec<String>,
+}
+
+/// How often each requested trace event fired while a program ran.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventCounts {
+    /// Per event that could be enabled (`kvm:kvm_avic_doorbell`), its count.
+    pub counts: BTreeMap<String, u64>,
+    /// Events that could not be counted, each with the reason (`kvm:kvm_avic_ga_log: not in this kernel`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
+    /// Events the trace buffer dropped (of any counted kind): when not 0,
+    /// the counts are lower bounds.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// How a program ended.
@@ -67,6 +89,9 @@ pub struct ExecResult {
     /// [`kernel_warning`](crate::kernel_warning)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_warnings: Vec<String>,
+    /// The trace events of [`ExecJob::count_events`]; `None` when none were asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_counts: Option<EventCounts>,
 }
 
 #[cfg(test)]
@@ -87,6 +112,7 @@ mod tests {
             cwd: Some("/selftests/kvm".into()),
             timeout_secs: 300,
             vfio_pci: vec!["0000:00:04.0".into()],
+            count_events: vec!["kvm:kvm_avic_doorbell".into()],
         });
         let line = serde_json::to_string(&job).unwrap();
         assert!(line.contains(r#""type":"exec""#), "{line}");
@@ -107,10 +133,31 @@ mod tests {
                 millis: 12,
                 dropped_bytes: 0,
                 kernel_warnings: vec![],
+                event_counts: None,
             });
             let line = serde_json::to_string(&m).unwrap();
             assert_eq!(serde_json::from_str::<AgentMessage>(&line).unwrap(), m);
         }
+        let counted = AgentMessage::Exited(ExecResult {
+            status: ExecStatus::Exited { code: 0 },
+            millis: 12,
+            dropped_bytes: 0,
+            kernel_warnings: vec![],
+            event_counts: Some(EventCounts {
+                counts: [("kvm:kvm_avic_doorbell".to_owned(), 7)].into(),
+                unavailable: vec!["kvm:kvm_avic_ga_log: not in this kernel".into()],
+                lost: 0,
+            }),
+        });
+        let line = serde_json::to_string(&counted).unwrap();
+        assert!(
+            line.contains(r#""counts":{"kvm:kvm_avic_doorbell":7}"#),
+            "{line}"
+        );
+        assert_eq!(
+            serde_json::from_str::<AgentMessage>(&line).unwrap(),
+            counted
+        );
         let out = AgentMessage::ExecOutput {
             line: "ok 1 selftests".into(),
         };

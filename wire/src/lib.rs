@@ -21,7 +21,7 @@ mod nested;
 pub use device::{
     Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire,
 };
-pub use exec::{ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
+pub use exec::{EventCounts, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use nested::{
     L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
     L2_MAX_FRAMES,
@@ -51,6 +51,12 @@ pub enum HostMessage {
     /// Run one program (a selftest); the agent answers with
     /// [`AgentMessage::ExecOutput`] lines, then [`AgentMessage::Exited`].
     Exec(ExecJob),
+    /// The guest was restored from a saved state into a new QEMU, whose
+    /// agent socket the host just accepted. The agent steps the guest's
+    /// wall clock to `unix_time_ns` (the host's), puts back what the VMM
+    /// did not migrate, and answers with a fresh [`AgentMessage::Ready`]
+    /// carrying [`Ready::resume`].
+    Resumed { unix_time_ns: u64 },
 }
 
 /// Something only the host can do (through QMP) in the middle of a step.
@@ -112,6 +118,38 @@ pub struct Done {
 pub struct Ready {
     pub protocol: u32,
     pub platform: Platform,
+    /// Set in the answer to [`HostMessage::Resumed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Box<Resume>>,
+}
+
+/// What the agent found and did when the guest was resumed from a saved
+/// state. Timing only: it never reaches a report body.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// Host wall clock minus the guest's before the agent set it, in ms:
+    /// about how long the saved state sat (the guest's clocks stood still).
+    pub clock_step_ms: i64,
+    /// The guest's clocksource (`current_clocksource`).
+    pub clocksource: String,
+    /// PCI functions whose command register, BARs or interrupt line the
+    /// restored QEMU did not have (a device model without migration state,
+    /// e.g. edu), written back from what the agent read before the save.
+    pub pci_restored: Vec<String>,
+    /// Kernel lines since the save that say the restore disturbed the
+    /// guest: warnings ([`kernel_warning`]: RCU stalls, soft lockups) and
+    /// the clocksource watchdog giving up on a clocksource.
+    pub noise: Vec<String>,
+}
+
+/// A kernel line that says the guest's time went wrong after a restore
+/// (besides [`kernel_warning`]s).
+pub fn resume_noise(message: &str) -> bool {
+    kernel_warning(message)
+        || message.contains("Marking clocksource")
+        || message.contains("timekeeping watchdog")
+        || message.contains("hrtimer: interrupt took")
 }
 
 /// Facts about the L1 guest that explain behaviour, read once at start.
@@ -694,6 +732,52 @@ mod tests {
             r#"{"action":"enable-msix","device":"nic0","vectors":"all"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn resume_noise_is_warnings_and_the_clocksource_watchdog() {
+        assert!(resume_noise(
+            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+        ));
+        assert!(resume_noise(
+            "clocksource: Marking clocksource 'tsc' as unstable because the skew is too large:"
+        ));
+        assert!(resume_noise(
+            "clocksource: timekeeping watchdog on CPU0: Marking clocksource 'tsc' as unstable"
+        ));
+        assert!(!resume_noise("clocksource: Switched to clocksource tsc"));
+        assert!(!resume_noise(
+            "testbed-agent: resumed: wall clock stepped 2456 ms"
+        ));
+    }
+
+    #[test]
+    fn resumed_and_its_ready_round_trip() {
+        let m = HostMessage::Resumed {
+            unix_time_ns: 1_700_000_000_000_000_000,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"resumed","unix_time_ns":1700000000000000000}"#
+        );
+        assert_eq!(serde_json::from_str::<HostMessage>(&line).unwrap(), m);
+        // a boot's Ready carries no resume field at all
+        let ready = Ready {
+            protocol: PROTOCOL_VERSION,
+            platform: Platform::default(),
+            resume: None,
+        };
+        assert!(!serde_json::to_string(&ready).unwrap().contains("resume"));
+        let resumed = Ready {
+            resume: Some(Box::new(Resume {
+                clock_step_ms: 5,
+                ..Resume::default()
+            })),
+            ..ready
+        };
+        let back: Ready = serde_json::from_str(&serde_json::to_string(&resumed).unwrap()).unwrap();
+        assert_eq!(back, resumed);
     }
 
     #[test]

@@ -4,6 +4,15 @@
 //! kernels = ["debian:6.12", "debian:7"]
 //! variants = ["intel-ir", "amd-ir"]
 //! scenarios = ["scenarios"]     # files or directories, relative to this file
+//!
+//! # a failure the matrix expects, with the cause found: its cells still
+//! # run; one that fails with the fact named in `when` is `xfail`, one that
+//! # passes is `XPASS` (a failure: the entry is stale)
+//! [[known-failure]]
+//! variant = "amd-ir"
+//! kernels-from = "7.3"           # kernel releases from this MAJOR.MINOR on
+//! when = "no-irq-remapping"      # the boot fact that comes with the failure
+//! reason = "why"
 //! ```
 //!
 //! Parsing is strict like scenario files: an unknown key, a variant that
@@ -27,6 +36,56 @@ pub struct MatrixFile {
     pub variants: Option<Vec<&'static Variant>>,
     /// Resolved against the file's directory.
     pub scenarios: Option<Vec<PathBuf>>,
+    pub known_failures: Vec<KnownFailure>,
+}
+
+/// A `[[known-failure]]`: cells of `variant` on kernels from `kernels_from`
+/// on that fail while L1 shows the fact `when` fail for `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownFailure {
+    pub variant: &'static Variant,
+    /// MAJOR.MINOR of the first kernel release it applies to.
+    pub kernels_from: (u32, u32),
+    pub when: Fact,
+    pub reason: String,
+}
+
+/// A boot fact a known failure comes with, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    /// L1 runs without interrupt remapping.
+    NoIrqRemapping,
+}
+
+impl Fact {
+    const NAMES: &[(&str, Fact)] = &[("no-irq-remapping", Fact::NoIrqRemapping)];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .expect("every fact has a name")
+    }
+}
+
+impl KnownFailure {
+    /// Whether the entry is about this cell's variant and kernel release
+    /// (`uname -r`, e.g. `7.3.4+deb13-amd64`).
+    pub fn covers(&self, variant: &str, release: Option<&str>) -> bool {
+        self.variant.name == variant
+            && release
+                .and_then(release_version)
+                .is_some_and(|v| v >= self.kernels_from)
+    }
+}
+
+/// MAJOR.MINOR of a kernel release string.
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +111,17 @@ struct RawMatrix {
     kernels: Option<Spanned<Vec<Spanned<String>>>>,
     variants: Option<Spanned<Vec<Spanned<String>>>>,
     scenarios: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(rename = "known-failure")]
+    known_failure: Option<Vec<Spanned<RawKnown>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKnown {
+    variant: Spanned<String>,
+    kernels_from: Spanned<String>,
+    when: Spanned<String>,
+    reason: Spanned<String>,
 }
 
 pub fn load(path: &Path) -> Result<MatrixFile, MatrixFileError> {
@@ -139,11 +209,70 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
             .map(|p| base.join(p.get_ref()))
             .collect()
     });
+    let mut known_failures = Vec::new();
+    for entry in raw.known_failure.unwrap_or_default() {
+        let span = entry.span();
+        let k = entry.into_inner();
+        let variant = variant::lookup(k.variant.get_ref())
+            .map_err(|e| error(k.variant.span(), e.to_string()))?;
+        let kernels_from = k
+            .kernels_from
+            .get_ref()
+            .split_once('.')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| {
+                error(
+                    k.kernels_from.span(),
+                    format!(
+                        "kernels-from {:?}: expected MAJOR.MINOR, e.g. 7.3",
+                        k.kernels_from.get_ref()
+                    ),
+                )
+            })?;
+        let when = Fact::NAMES
+            .iter()
+            .find(|(n, _)| n == k.when.get_ref())
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Fact::NAMES.iter().map(|(n, _)| *n).collect();
+                error(
+                    k.when.span(),
+                    format!(
+                        "unknown fact {:?} (known: {})",
+                        k.when.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        if k.reason.get_ref().trim().is_empty() {
+            return Err(error(
+                k.reason.span(),
+                "reason is empty: say what was found".into(),
+            ));
+        }
+        let known = KnownFailure {
+            variant,
+            kernels_from,
+            when,
+            reason: k.reason.into_inner(),
+        };
+        if known_failures
+            .iter()
+            .any(|o: &KnownFailure| o.variant == known.variant)
+        {
+            return Err(error(
+                span,
+                format!("known-failure: variant {:?} has two entries", variant.name),
+            ));
+        }
+        known_failures.push(known);
+    }
     Ok(MatrixFile {
         path: path.to_path_buf(),
         kernels,
         variants,
         scenarios,
+        known_failures,
     })
 }
 
@@ -186,6 +315,48 @@ mod tests {
     fn axes_are_optional() {
         let m = parse(Path::new("matrix.toml"), "# nothing\n").unwrap();
         assert!(m.kernels.is_none() && m.variants.is_none() && m.scenarios.is_none());
+        assert!(m.known_failures.is_empty());
+    }
+
+    const KNOWN: &str = "[[known-failure]]\nvariant = \"amd-ir\"\nkernels-from = \"7.3\"\nwhen = \"no-irq-remapping\"\nreason = \"why\"\n";
+
+    #[test]
+    fn known_failures_parse_and_cover_releases() {
+        let m = parse(Path::new("matrix.toml"), KNOWN).unwrap();
+        let k = &m.known_failures[0];
+        assert_eq!(
+            (k.variant.name, k.kernels_from, k.when, k.reason.as_str()),
+            ("amd-ir", (7, 3), Fact::NoIrqRemapping, "why")
+        );
+        assert!(k.covers("amd-ir", Some("7.3.4+deb13-amd64")));
+        assert!(k.covers("amd-ir", Some("7.10.1-testbed+")));
+        assert!(k.covers("amd-ir", Some("8.0.0")));
+        assert!(!k.covers("amd-ir", Some("7.2.13+deb14-amd64")));
+        assert!(!k.covers("amd-ir", Some("6.12.117+deb13-amd64")));
+        assert!(!k.covers("amd-ir", None));
+        assert!(!k.covers("amd-ir-patched", Some("7.3.4+deb13-amd64")));
+        assert_eq!(Fact::NoIrqRemapping.name(), "no-irq-remapping");
+    }
+
+    #[test]
+    fn known_failure_errors_name_the_line() {
+        assert!(err(&KNOWN.replace("amd-ir", "amd"))
+            .starts_with("m/matrix.toml:2:11: unknown variant \"amd\""));
+        assert_eq!(
+            err(&KNOWN.replace("\"7.3\"", "\"7\"")),
+            "m/matrix.toml:3:16: kernels-from \"7\": expected MAJOR.MINOR, e.g. 7.3"
+        );
+        assert_eq!(
+            err(&KNOWN.replace("no-irq-remapping", "no-ir")),
+            "m/matrix.toml:4:8: unknown fact \"no-ir\" (known: no-irq-remapping)"
+        );
+        assert_eq!(
+            err(&KNOWN.replace("\"why\"", "\" \"")),
+            "m/matrix.toml:5:10: reason is empty: say what was found"
+        );
+        assert!(err(&KNOWN.replace("reason", "because")).starts_with("m/matrix.toml:"));
+        assert!(err(&format!("{KNOWN}{KNOWN}"))
+            .contains("known-failure: variant \"amd-ir\" has two entries"));
     }
 
     #[test]

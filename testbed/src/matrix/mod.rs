@@ -125,6 +125,8 @@ pub struct Matrix {
     pub variants: Vec<&'static Variant>,
     pub scenarios: Vec<Scenario>,
     pub scenario_paths: Vec<PathBuf>,
+    /// From the matrix file's `[[known-failure]]` entries.
+    pub known_failures: Vec<file::KnownFailure>,
 }
 
 /// A (kernel, variant) pair: the unit of sharding and of boot sharing.
@@ -180,11 +182,13 @@ impl Matrix {
             }
         }
         let scenarios = run::load_scenarios(&scenario_paths).map_err(|e| e.message)?;
+        let known_failures = from_file.map(|f| f.known_failures).unwrap_or_default();
         Ok(Matrix {
             kernels,
             variants,
             scenarios,
             scenario_paths,
+            known_failures,
         })
     }
 
@@ -223,6 +227,11 @@ pub enum CellResult {
     Resumed,
     /// Never ran: its kernel could not be fetched, its QEMU not built.
     Error,
+    /// Failed as a `[[known-failure]]` of the matrix file says it does
+    /// (its variant, kernel and boot fact): expected, not a pass.
+    KnownFailure(Verdict),
+    /// Passed where a `[[known-failure]]` says it fails: the entry is stale.
+    UnexpectedPass,
 }
 
 impl CellResult {
@@ -231,6 +240,8 @@ impl CellResult {
             CellResult::Judged(v) => v.label(),
             CellResult::Resumed => "pass (resumed)",
             CellResult::Error => "ERROR",
+            CellResult::KnownFailure(_) => "xfail",
+            CellResult::UnexpectedPass => "XPASS",
         }
     }
 
@@ -239,6 +250,52 @@ impl CellResult {
             self,
             CellResult::Judged(Verdict::Pass | Verdict::Accepted) | CellResult::Resumed
         )
+    }
+
+    /// Passed, or failed as known: what the exit code accepts.
+    pub fn expected(self) -> bool {
+        self.passed() || matches!(self, CellResult::KnownFailure(_))
+    }
+
+    /// The result once the matrix's known failures are applied: a failure
+    /// becomes `xfail` only when an entry covers the cell's variant and
+    /// kernel and the boot showed the entry's fact; a pass an entry covers
+    /// is `XPASS`. Cells that never ran stay as they are.
+    pub fn with_known(
+        self,
+        known: &[file::KnownFailure],
+        variant: &str,
+        release: Option<&str>,
+        platform: Option<&wire::Platform>,
+    ) -> (CellResult, Option<String>) {
+        let Some(k) = known.iter().find(|k| k.covers(variant, release)) else {
+            return (self, None);
+        };
+        let fact = match k.when {
+            file::Fact::NoIrqRemapping => platform.is_some_and(|p| p.irq_remapping.is_none()),
+        };
+        match self {
+            r if r.passed() => (
+                CellResult::UnexpectedPass,
+                Some(format!(
+                    "passed, but listed as a known failure: {}",
+                    k.reason
+                )),
+            ),
+            CellResult::Judged(v) if !self.is_error() && fact => (
+                CellResult::KnownFailure(v),
+                Some(format!("known failure ({}): {}", k.when.name(), k.reason)),
+            ),
+            CellResult::Judged(v) if !self.is_error() => (
+                self,
+                Some(format!(
+                    "not the known failure of {variant} here, which comes with {}: {}",
+                    k.when.name(),
+                    v.label()
+                )),
+            ),
+            r => (r, None),
+        }
     }
 
     /// JUnit's split: a failure is the code's fault, an error the setup's.
@@ -307,7 +364,7 @@ pub struct MatrixOutcome {
 
 impl MatrixOutcome {
     pub fn exit_code(&self) -> u8 {
-        if self.cells.iter().all(|c| c.result.passed()) {
+        if self.cells.iter().all(|c| c.result.expected()) {
             run::EXIT_OK
         } else {
             run::EXIT_FAILED
@@ -404,6 +461,7 @@ fn run_options(args: &MatrixArgs, matrix: &Matrix) -> RunOptions {
         kernel: matrix.kernels[0].clone(),
         json: None,
         fresh_boot: args.fresh_boot,
+        share_boots: true,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel: match args.accel {
@@ -787,7 +845,14 @@ async fn run_unit(
     };
     let mut cells = Vec::new();
     for scenario in &unit.scenarios {
-        let judged = run::judge(ctx.settings.snapshots, variant, scenario, &outcome);
+        let mut judged = run::judge(ctx.settings.snapshots, variant, scenario, &outcome);
+        let (result, known) = CellResult::Judged(judged.verdict).with_known(
+            &ctx.matrix.known_failures,
+            variant.name,
+            kernel.release.as_deref(),
+            judged.report.as_ref().map(|r| &r.platform),
+        );
+        judged.detail.extend(known);
         let seconds = outcome
             .runs
             .iter()
@@ -799,7 +864,7 @@ async fn run_unit(
             kernel_release: kernel.release.clone(),
             variant: variant.name,
             scenario: scenario.name.clone(),
-            result: CellResult::Judged(judged.verdict),
+            result,
             seconds,
             // insta printed the diff as it went, among other cells' output:
             // point at the cell's own copy instead.
@@ -939,5 +1004,76 @@ async fn bench(
     } else {
         eprintln!("bench: some cells did not pass (timings still printed)");
         run::EXIT_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Vec<file::KnownFailure> {
+        let text = "[[known-failure]]\nvariant = \"amd-ir\"\nkernels-from = \"7.3\"\nwhen = \"no-irq-remapping\"\nreason = \"no SB IO-APIC\"\n";
+        file::parse(Path::new("matrix.toml"), text)
+            .unwrap()
+            .known_failures
+    }
+
+    #[test]
+    fn known_failures_need_variant_kernel_and_fact() {
+        let k = known();
+        let no_ir = wire::Platform::default();
+        let ir = wire::Platform {
+            irq_remapping: Some("amd x2apic".into()),
+            ..Default::default()
+        };
+        let broken = CellResult::Judged(Verdict::Broken);
+        let pass = CellResult::Judged(Verdict::Pass);
+        let r73 = Some("7.3.4+deb13-amd64");
+
+        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&no_ir));
+        assert_eq!(r, CellResult::KnownFailure(Verdict::Broken));
+        assert_eq!(
+            why.unwrap(),
+            "known failure (no-irq-remapping): no SB IO-APIC"
+        );
+        assert!(r.expected() && !r.passed());
+        assert_eq!(r.label(), "xfail");
+
+        // a pass where the entry expects a failure is a failure
+        let (r, why) = pass.with_known(&k, "amd-ir", r73, Some(&ir));
+        assert_eq!(r, CellResult::UnexpectedPass);
+        assert!(
+            !r.expected()
+                && why
+                    .unwrap()
+                    .starts_with("passed, but listed as a known failure")
+        );
+
+        // failing with interrupt remapping on is another failure
+        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&ir));
+        assert_eq!(r, broken);
+        assert!(!r.expected() && why.unwrap().starts_with("not the known failure"));
+        // so is failing without facts (no report)
+        assert_eq!(broken.with_known(&k, "amd-ir", r73, None).0, broken);
+
+        // other kernels and variants are not covered
+        assert_eq!(
+            broken.with_known(&k, "amd-ir", Some("7.2.13+deb14-amd64"), Some(&no_ir)),
+            (broken, None)
+        );
+        assert_eq!(
+            broken.with_known(&k, "amd-ir-patched", r73, Some(&no_ir)),
+            (broken, None)
+        );
+        // cells that never ran stay errors
+        let no_boot = CellResult::Judged(Verdict::NoBoot);
+        assert_eq!(
+            no_boot.with_known(&k, "amd-ir", r73, Some(&no_ir)),
+            (no_boot, None)
+        );
+        assert_eq!(
+            CellResult::Error.with_known(&k, "amd-ir", r73, None),
+            (CellResult::Error, None)
+        );
     }
 }

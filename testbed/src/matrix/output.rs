@@ -23,7 +23,12 @@ fn wall(outcome: &MatrixOutcome) -> String {
     }
 }
 
-/// "40 passed, 2 failed, 4 errors" (zero counts left out, except passed).
+fn known_failure(result: CellResult) -> bool {
+    matches!(result, CellResult::KnownFailure(_))
+}
+
+/// "40 passed, 2 failed, 4 errors, 3 known failures" (zero counts left
+/// out, except passed).
 pub fn counts(outcome: &MatrixOutcome) -> String {
     let passed = outcome.cells.iter().filter(|c| c.result.passed()).count();
     let errors = outcome
@@ -31,7 +36,12 @@ pub fn counts(outcome: &MatrixOutcome) -> String {
         .iter()
         .filter(|c| !c.result.passed() && c.result.is_error())
         .count();
-    let failed = outcome.cells.len() - passed - errors;
+    let xfail = outcome
+        .cells
+        .iter()
+        .filter(|c| known_failure(c.result))
+        .count();
+    let failed = outcome.cells.len() - passed - errors - xfail;
     let mut out = format!("{passed} passed");
     if failed > 0 {
         let _ = write!(out, ", {failed} failed");
@@ -41,6 +51,13 @@ pub fn counts(outcome: &MatrixOutcome) -> String {
             out,
             ", {errors} error{}",
             if errors == 1 { "" } else { "s" }
+        );
+    }
+    if xfail > 0 {
+        let _ = write!(
+            out,
+            ", {xfail} known failure{}",
+            if xfail == 1 { "" } else { "s" }
         );
     }
     out
@@ -205,25 +222,35 @@ fn failure_text(cell: &MatrixCell, root: &Path) -> String {
 
 /// JUnit XML: one `<testsuite>` per (kernel, variant), one `<testcase>`
 /// per cell. A cell that could not run (kernel not available, no boot) is
-/// an `<error>`, any other non-pass a `<failure>`; both carry the details,
-/// the snapshot diff and the end of the console log.
+/// an `<error>`, a known failure `<skipped>` with its reason, any other
+/// non-pass (an unexpected pass too) a `<failure>`; errors and failures
+/// carry the details, the snapshot diff and the end of the console log.
 pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let count = |cells: &[&MatrixCell]| {
         let failures = cells
             .iter()
-            .filter(|c| !c.result.passed() && !c.result.is_error())
+            .filter(|c| !c.result.expected() && !c.result.is_error())
             .count();
         let errors = cells.iter().filter(|c| c.result.is_error()).count();
+        let skipped = cells.iter().filter(|c| known_failure(c.result)).count();
         // An empty f64 sum is -0.0.
         let secs: f64 = cells.iter().filter_map(|c| c.seconds).sum::<f64>() + 0.0;
-        (cells.len(), failures, errors, secs)
+        (cells.len(), failures, errors, skipped, secs)
     };
     let all: Vec<&MatrixCell> = outcome.cells.iter().collect();
-    let (tests, failures, errors, _) = count(&all);
+    let (tests, failures, errors, skipped, _) = count(&all);
+    let skipped_attr = |n: usize| {
+        if n > 0 {
+            format!(" skipped=\"{n}\"")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "<testsuites name=\"testbed matrix\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\">",
+        "<testsuites name=\"testbed matrix\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\"{} time=\"{:.3}\">",
+        skipped_attr(skipped),
         outcome.wall.as_secs_f64()
     );
     let mut suites: Vec<(&str, &str)> = Vec::new();
@@ -238,11 +265,12 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
             .iter()
             .filter(|c| c.kernel == kernel && c.variant == variant)
             .collect();
-        let (tests, failures, errors, secs) = count(&cells);
+        let (tests, failures, errors, skipped, secs) = count(&cells);
         let name = xml(&format!("{kernel} {variant}"));
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{secs:.3}\">"
+            "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\"{} time=\"{secs:.3}\">",
+            skipped_attr(skipped)
         );
         if let Some(release) = cells.iter().find_map(|c| c.kernel_release.as_ref()) {
             let _ = writeln!(
@@ -267,6 +295,19 @@ pub fn junit(outcome: &MatrixOutcome, root: &Path) -> String {
                     } else {
                         let _ = writeln!(out, "{open}/>");
                     }
+                }
+                CellResult::KnownFailure(v) => {
+                    let reason = c
+                        .detail
+                        .iter()
+                        .find(|d| d.starts_with("known failure"))
+                        .map_or("", String::as_str);
+                    let _ = writeln!(
+                        out,
+                        "{open}>\n      <skipped message=\"{}\">{}</skipped>\n    </testcase>",
+                        xml(reason),
+                        xml(&format!("xfail: {}", v.label()))
+                    );
                 }
                 r => {
                     let tag = if r.is_error() { "error" } else { "failure" };
@@ -295,6 +336,7 @@ fn mark(result: CellResult) -> &'static str {
     match result {
         r if r.passed() => "✅",
         r if r.is_error() => "⚠️",
+        CellResult::KnownFailure(_) => "➖",
         _ => "❌",
     }
 }
@@ -372,10 +414,31 @@ pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
             .iter()
             .any(|k| k.spec == c.kernel && k.error.is_some())
     };
+    let known: Vec<&MatrixCell> = outcome
+        .cells
+        .iter()
+        .filter(|c| known_failure(c.result))
+        .collect();
+    if !known.is_empty() {
+        out.push_str("## Known failures\n\n");
+        for c in known {
+            let reason = c
+                .detail
+                .iter()
+                .find(|d| d.starts_with("known failure"))
+                .map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "- `{}` on `{}`, `{}`: {reason}",
+                c.scenario, c.variant, c.kernel
+            );
+        }
+        out.push('\n');
+    }
     let failing: Vec<&MatrixCell> = outcome
         .cells
         .iter()
-        .filter(|c| !c.result.passed() && !unavailable(c))
+        .filter(|c| !c.result.expected() && !unavailable(c))
         .collect();
     if !failing.is_empty() {
         out.push_str("## What failed\n\n");

@@ -159,6 +159,7 @@ pub fn cell_json(cell: &MatrixCell) -> serde_json::Value {
         "scenario": cell.scenario,
         "result": cell.result.label(),
         "passed": cell.result.passed(),
+        "expected": cell.result.expected(),
         "seconds": cell.seconds,
         "detail": cell.detail,
         "dir": cell.dir,

@@ -29,6 +29,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::ConsumerRegistered { vm, vector } => consumer_registered(r, vm, vector),
         Expectation::Connected { vm, vector } => connected(r, vm, vector),
         Expectation::ConnectedIffPosting { vm, vector } => connected_iff_posting(r, vm, vector),
+        Expectation::IrqfdRefused { vm, vector } => irqfd_refused(r, vm, vector),
         Expectation::GaLogWakeups => ga_log_wakeups(r),
         Expectation::L2Lossless => l2_lossless(r),
     }
@@ -140,7 +141,7 @@ fn fail(problems: Vec<String>) -> (bool, String) {
 /// is attributed to a step only by elimination.) `signal` steps have no
 /// device: KVM injects every write, and nothing is posted or seen by L1.
 fn lossless(r: &Report) -> (bool, String) {
-    let held = irqfds_before_each_step(&r.scenario);
+    let held = irqfds_before_each_step(r);
     let held_by_mask = held_by_mask(&r.scenario);
     let l2 = l2_running_before_each_step(&r.scenario);
     let mut problems = Vec::new();
@@ -809,6 +810,28 @@ fn not_registered_why(r: &Report) -> String {
     } else {
         format!("KVM has no device-posted IRQs ({why})")
     }
+}
+
+/// Some `irqfd` step of `vm` on `vector` ran and failed (KVM_IRQFD refused).
+fn irqfd_refused(r: &Report, vm: &str, vector: &str) -> (bool, String) {
+    let mut accepted = Vec::new();
+    for (i, step) in r.scenario.steps.iter().enumerate() {
+        if !matches!(step, Step::Irqfd { vm: v, vector: x, .. } if v == vm && x == vector) {
+            continue;
+        }
+        match r.step_report(i) {
+            Some(rep) if rep.error.is_some() => return (true, String::new()),
+            Some(_) => accepted.push(format!("step {}", i + 1)),
+            None => {}
+        }
+    }
+    if accepted.is_empty() {
+        return fail(vec![format!("no irqfd step of {vm} on {vector} ran")]);
+    }
+    fail(vec![format!(
+        "KVM accepted the irqfd of {vm} on {vector} ({})",
+        accepted.join(", ")
+    )])
 }
 
 fn consumer_registered(r: &Report, vm: &str, vector: &str) -> (bool, String) {

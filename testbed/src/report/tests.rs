@@ -5,7 +5,7 @@ use std::path::Path;
 use wire::{BypassEvent as E, Done, Platform, StepReport, VectorCount};
 
 use super::*;
-use crate::scenario;
+use crate::scenario::{self, Expectation};
 
 const PRODUCER_FIRST: &str = r#"
 description = "MSI producer registered before the KVM irqfd consumer; producer torn down first"
@@ -457,6 +457,28 @@ fn failed_step_and_skipped_steps() {
         "consumer-registered",
         "step 4 (irqfd vm0 dev0/msi0) failed",
     );
+}
+
+#[test]
+fn irqfd_refused_passes_only_where_kvm_refused_the_irqfd() {
+    let refused = Expectation::IrqfdRefused {
+        vm: "vm0".into(),
+        vector: "dev0/msi0".into(),
+    };
+    let mut steps = stock_steps();
+    steps.truncate(4);
+    steps[3].error = Some("KVM_IRQFD: Device or resource busy (os error 16)".into());
+    let r = report(stock(), steps, done());
+    assert_eq!(super::checks::check(&r, &refused), (true, String::new()));
+    // accepted: the check fails and says where
+    let r = report(stock(), stock_steps(), done());
+    let (passed, detail) = super::checks::check(&r, &refused);
+    assert!(!passed);
+    assert_eq!(
+        detail,
+        "KVM accepted the irqfd of vm0 on dev0/msi0 (step 4)"
+    );
+    assert_eq!(refused.to_string(), "irqfd-refused vm0 dev0/msi0");
 }
 
 // ---- pairing

@@ -107,6 +107,10 @@ pub enum Expectation {
     /// Where the platform can post, the consumer registers and connects;
     /// elsewhere it does not register and no connection forms.
     ConnectedIffPosting { vm: String, vector: String },
+    /// KVM refused `vm`'s irqfd on `vector` (its `irqfd` step failed), e.g.
+    /// EBUSY for a second irqfd on an eventfd since 6.17. The steps after a
+    /// failed one do not run, so nothing may follow it that must run.
+    IrqfdRefused { vm: String, vector: String },
     /// Where the IOMMU posts device interrupts (its counters were read), it
     /// logged at least one posted interrupt for a vCPU that was not running
     /// (GA log: the wake-up path of halted vCPUs). Not applicable, and so
@@ -137,6 +141,7 @@ impl Expectation {
             Expectation::ConsumerRegistered { .. } => "consumer-registered",
             Expectation::Connected { .. } => "connected",
             Expectation::ConnectedIffPosting { .. } => "connected-iff-posting",
+            Expectation::IrqfdRefused { .. } => "irqfd-refused",
             Expectation::GaLogWakeups => "ga-log-wakeups",
             Expectation::L2Lossless => "l2-lossless",
         }
@@ -157,7 +162,8 @@ impl fmt::Display for Expectation {
             }
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
-            | Expectation::ConnectedIffPosting { vm, vector } => write!(f, " {vm} {vector}"),
+            | Expectation::ConnectedIffPosting { vm, vector }
+            | Expectation::IrqfdRefused { vm, vector } => write!(f, " {vm} {vector}"),
         }
     }
 }
@@ -405,6 +411,11 @@ struct RawScenario {
     steps: Vec<Spanned<toml::Table>>,
     #[serde(default, rename = "expect")]
     expect: Vec<Spanned<toml::Table>>,
+    /// A regression corpus entry's record of the bug (`regressions/`):
+    /// checked by `crate::regression`, not part of the scenario.
+    #[serde(default)]
+    #[allow(dead_code)]
+    regression: Option<toml::Table>,
 }
 
 fn valid_scenario_name(name: &str) -> bool {

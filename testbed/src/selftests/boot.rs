@@ -96,6 +96,17 @@ pub async fn run_tests(
                 break;
             }
         };
+        // KVM's AVIC events exist where kvm_amd runs L1's guests
+        let kvm_amd = outcome
+            .ready
+            .as_ref()
+            .and_then(|r| r.platform.kvm_vendor.as_deref())
+            == Some("kvm_amd");
+        let count_events: Vec<String> = if kvm_amd {
+            super::avic::EVENTS.iter().map(|e| e.to_string()).collect()
+        } else {
+            Vec::new()
+        };
         let mut ended_by = None;
         while next < tests.len() {
             let test = &tests[next];
@@ -104,7 +115,7 @@ pub async fn run_tests(
                 variant: cfg.variant.name,
                 test: test.name.clone(),
             });
-            let run = run_one(&mut session, test, index, timeouts).await;
+            let run = run_one(&mut session, test, index, timeouts, &count_events).await;
             let broke = run.broken.clone();
             runs.tests.push(run);
             if let Some(why) = broke {
@@ -146,6 +157,7 @@ async fn run_one(
     test: &TestJob,
     boot: usize,
     timeouts: Timeouts,
+    count_events: &[String],
 ) -> TestRun {
     let mut run = TestRun {
         name: test.name.clone(),
@@ -165,6 +177,7 @@ async fn run_one(
                     millis: 0,
                     dropped_bytes: 0,
                     kernel_warnings: vec![],
+                    event_counts: None,
                 });
                 return run;
             }
@@ -181,6 +194,7 @@ async fn run_one(
         cwd: Some(test.cwd.clone()),
         timeout_secs: test.timeout.as_secs(),
         vfio_pci: bdfs,
+        count_events: count_events.to_vec(),
     };
     let started = Instant::now();
     let what = format!("selftest {}", test.name);

@@ -119,12 +119,14 @@ const NO_IOMMUFD: &str = "this kernel has no /dev/iommu (CONFIG_IOMMUFD unset, a
 /// VFIO refuses a device whose MSIs the platform cannot isolate, in every
 /// mode: type1 ("No interrupt remapping support", module parameter
 /// allow_unsafe_interrupts) and iommufd (EPERM from
-/// VFIO_DEVICE_BIND_IOMMUFD). On the amd-iommu variants with 7.3 kernels
-/// L1 turns interrupt remapping off at boot.
+/// VFIO_DEVICE_BIND_IOMMUFD). On stock amd-ir with 7.3 kernels L1 turns
+/// interrupt remapping off at boot (the patched variants put the SMBus
+/// function 7.3 wants at 00:14.0: variant::SB_IOAPIC_FUNCTION).
 const NO_IRQ_REMAPPING: &str = "L1 has no interrupt remapping, so VFIO refuses the device (type1: \"No interrupt remapping \
-     support\"; iommufd: EPERM from VFIO_DEVICE_BIND_IOMMUFD). On amd-iommu with 7.3 kernels: check_sb_ioapic() \
-     (drivers/iommu/amd/init.c) wants the IVRS IOAPIC's device to be an SMBus or ISA bridge, and QEMU's IVRS names \
-     00:14.0 (AMD's FCH address), which is empty on q35, so \"No southbridge IOAPIC found\" and IR is disabled";
+     support\"; iommufd: EPERM from VFIO_DEVICE_BIND_IOMMUFD). On stock amd-iommu with 7.3 kernels: check_sb_ioapic() \
+     (drivers/iommu/amd/init.c, 16f52863b2ec) wants the IVRS IOAPIC's device to be an SMBus or ISA bridge, and QEMU's \
+     IVRS names 00:14.0 (AMD's FCH address), which is empty on q35, so \"No southbridge IOAPIC found\" and IR is \
+     disabled (the patched variants add an SMBus function there)";
 
 pub const KNOWN: &[Known] = &[
     // The guest's INT3 must exit to L1's KVM as a #BP exception intercept
@@ -477,6 +479,7 @@ mod tests {
             millis: 1500,
             dropped_bytes: 0,
             kernel_warnings: vec![],
+            event_counts: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! takes L1 down is `BROKEN` with what the runner saw, and a fresh L1 goes
 //! on with the next one.
 
+pub mod avic;
 pub mod boot;
 pub mod catalog;
 pub mod output;
@@ -174,6 +175,7 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         kernel,
         json: None,
         fresh_boot: false,
+        share_boots: true,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel,
@@ -510,6 +512,8 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         run.broken.as_deref(),
                         &run.output,
                     );
+                    let events = run.result.as_ref().and_then(|r| r.event_counts.clone());
+                    let verdict = avic::judge(verdict, t, variant.avic(), events.as_ref());
                     let log = write_log(&dir, t, run, &verdict);
                     let console = runs
                         .boots
@@ -530,6 +534,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         output: run.output.clone(),
                         log,
                         console_log: console,
+                        events,
                     }
                 }
                 Wanted::Missing(t, why) => Row {
@@ -544,6 +549,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                     output: Vec::new(),
                     log: None,
                     console_log: None,
+                    events: None,
                 },
             };
             rows.push(row);
@@ -638,6 +644,9 @@ fn write_log(dir: &Path, t: &TestId, run: &boot::TestRun, verdict: &Verdict) -> 
         ));
         for w in &result.kernel_warnings {
             text.push_str(&format!("# kernel warned: {w}\n"));
+        }
+        if let Some(c) = &result.event_counts {
+            text.push_str(&format!("# AVIC events: {}\n", avic::summary(c)));
         }
         if result.dropped_bytes > 0 {
             text.push_str(&format!(

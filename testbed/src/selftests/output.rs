@@ -23,6 +23,10 @@ pub struct Row {
     /// Where its output and its boot's console log were written.
     pub log: Option<String>,
     pub console_log: Option<String>,
+    /// KVM's AVIC trace events counted in L1 while the test ran (boots
+    /// whose KVM is kvm_amd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<wire::EventCounts>,
 }
 
 /// `N passed, N failed, N skipped` (+ xfail, broken, timeout counts).
@@ -82,6 +86,14 @@ pub fn table(rows: &[Row]) -> String {
         );
         if let Some(why) = &r.verdict.reason {
             let _ = writeln!(out, "{:<w$}    {}", "", one_line(why, 160));
+        }
+        if let Some(c) = &r.events {
+            let _ = writeln!(
+                out,
+                "{:<w$}    AVIC events: {}",
+                "",
+                one_line(&super::avic::summary(c), 160)
+            );
         }
     }
     out.push_str(&counts(rows));
@@ -172,18 +184,20 @@ pub fn junit(rows: &[Row]) -> String {
             );
             let reason = xml(&one_line(r.verdict.reason.as_deref().unwrap_or(""), 400));
             let body = xml(&tail(&r.output, 40));
+            let props = properties(r);
             let _ = match r.verdict.outcome {
-                Outcome::Pass => writeln!(out, "{open}/>"),
-                Outcome::Skip => writeln!(out, "{open}>\n      <skipped message=\"{reason}\"/>\n    </testcase>"),
+                Outcome::Pass if props.is_empty() => writeln!(out, "{open}/>"),
+                Outcome::Pass => writeln!(out, "{open}>\n{props}    </testcase>"),
+                Outcome::Skip => writeln!(out, "{open}>\n{props}      <skipped message=\"{reason}\"/>\n    </testcase>"),
                 Outcome::Xfail => writeln!(
                     out,
-                    "{open}>\n      <system-out>known failure: {reason}\n{body}</system-out>\n    </testcase>"
+                    "{open}>\n{props}      <system-out>known failure: {reason}\n{body}</system-out>\n    </testcase>"
                 ),
                 o => {
                     let tag = if o == Outcome::Broken { "error" } else { "failure" };
                     writeln!(
                         out,
-                        "{open}>\n      <{tag} type=\"{}\" message=\"{reason}\">{body}</{tag}>\n    </testcase>",
+                        "{open}>\n{props}      <{tag} type=\"{}\" message=\"{reason}\">{body}</{tag}>\n    </testcase>",
                         o.label()
                     )
                 }
@@ -193,6 +207,35 @@ pub fn junit(rows: &[Row]) -> String {
     }
     out.push_str("</testsuites>\n");
     out
+}
+
+/// A test case's `<properties>`: one per counted trace event
+/// (`kvm:kvm_avic_doorbell` = count), what could not be counted, and the
+/// events the trace buffer lost; empty when nothing was counted.
+fn properties(r: &Row) -> String {
+    let Some(c) = &r.events else {
+        return String::new();
+    };
+    let mut p = String::from("      <properties>\n");
+    for (ev, n) in &c.counts {
+        let _ = writeln!(p, "        <property name=\"{}\" value=\"{n}\"/>", xml(ev));
+    }
+    for u in &c.unavailable {
+        let _ = writeln!(
+            p,
+            "        <property name=\"not-counted\" value=\"{}\"/>",
+            xml(u)
+        );
+    }
+    if c.lost > 0 {
+        let _ = writeln!(
+            p,
+            "        <property name=\"trace-events-lost\" value=\"{}\"/>",
+            c.lost
+        );
+    }
+    p.push_str("      </properties>\n");
+    p
 }
 
 /// KTAP version 1: one test line per row (`# SKIP` and `# XFAIL`
@@ -211,6 +254,9 @@ pub fn ktap(rows: &[Row]) -> String {
             for line in r.output.iter().rev().take(20).rev() {
                 let _ = writeln!(out, "# {line}");
             }
+        }
+        if let Some(c) = &r.events {
+            let _ = writeln!(out, "# AVIC events: {}", super::avic::summary(c));
         }
         let _ = match r.verdict.outcome {
             Outcome::Pass => writeln!(out, "ok {} {name}", i + 1),
@@ -273,7 +319,46 @@ mod tests {
             output: vec!["line <1>".into(), "last & line".into()],
             log: None,
             console_log: None,
+            events: None,
         }
+    }
+
+    fn counted(mut r: Row) -> Row {
+        r.events = Some(wire::EventCounts {
+            counts: [
+                ("kvm:kvm_avic_incomplete_ipi".to_owned(), 1545),
+                ("kvm:kvm_apicv_accept_irq".to_owned(), 0),
+            ]
+            .into(),
+            unavailable: vec![],
+            lost: 0,
+        });
+        r
+    }
+
+    #[test]
+    fn avic_events_in_the_table_junit_ktap_and_json() {
+        let rows = vec![
+            counted(row("x86/xapic_ipi_test", "amd-avic", Outcome::Pass, None)),
+            row("x86/xapic_ipi_test", "intel-ir", Outcome::Pass, None),
+        ];
+        let t = table(&rows);
+        assert!(t.contains("2.5s\n                          AVIC events: incomplete_ipi 1545, apicv_accept_irq 0\n"), "{t}");
+        assert_eq!(t.matches("AVIC events").count(), 1, "{t}");
+        let x = junit(&rows);
+        assert!(
+            x.contains("name=\"x86/xapic_ipi_test\" time=\"2.500\">\n      <properties>\n        <property name=\"kvm:kvm_apicv_accept_irq\" value=\"0\"/>\n        <property name=\"kvm:kvm_avic_incomplete_ipi\" value=\"1545\"/>\n      </properties>\n    </testcase>"),
+            "{x}"
+        );
+        assert_eq!(x.matches("<properties>").count(), 1, "{x}");
+        let k = ktap(&rows);
+        assert!(k.contains("# AVIC events: incomplete_ipi 1545, apicv_accept_irq 0\nok 1 kvm:x86/xapic_ipi_test amd-avic"), "{k}");
+        let j = json(serde_json::json!({}), &rows);
+        assert_eq!(
+            j["results"][0]["events"]["counts"]["kvm:kvm_avic_incomplete_ipi"],
+            1545
+        );
+        assert!(j["results"][1].get("events").is_none());
     }
 
     fn rows() -> Vec<Row> {

@@ -436,7 +436,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
-            | Expectation::ConnectedIffPosting { vm, vector } => {
+            | Expectation::ConnectedIffPosting { vm, vector }
+            | Expectation::IrqfdRefused { vm, vector } => {
                 if !self.vms.contains_key(vm) {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }

@@ -1,0 +1,121 @@
+//! Snapshot restore (`testbed run`'s default): scenarios start from one
+//! saved L1 state; a damaged state is reported, discarded and saved afresh.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_no_qemu_left, repo, testbed, text, vm_tests_enabled};
+
+fn run(results: &Path, scenarios: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = testbed();
+    cmd.args(["run", "--variant", "intel-ir", "--results"])
+        .arg(results);
+    for s in scenarios {
+        cmd.arg(repo().join("scenarios").join(s));
+    }
+    let output = cmd.output().unwrap();
+    (output.status.code(), text(&output))
+}
+
+/// The state directory the run says it restored from.
+fn state_dir(out: &str) -> PathBuf {
+    let line = out
+        .lines()
+        .find(|l| l.contains("each scenario from L1 state "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let rest = line.split("each scenario from L1 state ").nth(1).unwrap();
+    PathBuf::from(rest.split(" (").next().unwrap().trim())
+}
+
+fn resumed_consoles(results: &Path) -> usize {
+    let boot = results.join("intel-ir/boot-0");
+    std::fs::read_dir(&boot)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "save" && e.path().is_dir())
+        .filter(|e| {
+            let console = std::fs::read_to_string(e.path().join("console.log")).unwrap_or_default();
+            console.contains("testbed-agent: resumed: wall clock stepped")
+        })
+        .count()
+}
+
+#[test]
+fn scenarios_start_from_one_state_and_a_damaged_state_is_saved_afresh() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let (code, out) = run(
+        &first,
+        &["edu-producer-first.toml", "edu-consumer-first.toml"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let state = state_dir(&out);
+    assert_eq!(
+        resumed_consoles(&first),
+        2,
+        "both scenarios ran in a restored L1: {out}"
+    );
+    assert_no_qemu_left(tmp.path());
+    let file = state.join("state.mig");
+    let size = std::fs::metadata(&file).unwrap().len();
+
+    // truncated: found before QEMU starts
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    let second = tmp.path().join("second");
+    let (code, out) = run(&second, &["edu-producer-first.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("could not be loaded") && out.contains("bytes, the save wrote"),
+        "{out}"
+    );
+    assert!(
+        out.contains("saving afresh") && out.contains("saved now"),
+        "{out}"
+    );
+    assert_eq!(state_dir(&out), state);
+    // the stream's length varies a little from save to save: the entry says its own
+    let meta = std::fs::read_to_string(state.join("state.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    let saved = meta["size"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        saved,
+        "saved whole again"
+    );
+    assert!(saved > size / 2, "{saved} of {size}");
+    assert_eq!(resumed_consoles(&second), 1, "{out}");
+    assert_no_qemu_left(tmp.path());
+
+    // corrupt: QEMU refuses the stream
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"not a migration stream", 0).unwrap();
+    drop(f);
+    let third = tmp.path().join("third");
+    let (code, out) = run(&third, &["edu-producer-first.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("could not be loaded") && out.contains("saving afresh"),
+        "{out}"
+    );
+    assert_eq!(resumed_consoles(&third), 1, "{out}");
+    assert_no_qemu_left(tmp.path());
+    let head = std::fs::read(&file).unwrap();
+    assert_eq!(&head[..4], b"QEVM", "the fresh state is a migration stream");
+    // nothing half-written beside the entry
+    let siblings: Vec<_> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(siblings.is_empty(), "{siblings:?}");
+}
