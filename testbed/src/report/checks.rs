@@ -166,6 +166,14 @@ fn lossless(r: &Report) -> (bool, String) {
                         .any(|vm| l2.get(i).is_some_and(|r| r.contains(vm)))
                 });
                 super::level::lossless(r, i, vector, *count, running, &mut problems, &mut ok);
+                // a level interrupt is never posted: what L1's line took
+                // went through L1 (the rest coalesced on the asserted line)
+                if let Some(c) = r
+                    .step_report(i)
+                    .and_then(|rep| rep.interrupts.iter().find(|c| c.vector == *vector))
+                {
+                    through_l1 += c.host_irq;
+                }
                 continue;
             }
             Step::Fire { .. } if held_by_mask[i] == Some(true) => {

@@ -116,7 +116,7 @@ mod tests {
 
     use wire::{Done, Platform, StepReport, VectorCount};
 
-    use crate::report::{Header, Report};
+    use crate::report::{Header, IommuCounts, Report};
     use crate::scenario;
 
     const SCENARIO: &str = include_str!("../../../scenarios/edu-intx-resample.toml");
@@ -179,6 +179,23 @@ mod tests {
     fn every_lap_closed_passes() {
         let (ok, detail) = lossless(&report(counts(20, 20, 20, 20, 20)));
         assert!(ok, "{detail}");
+    }
+
+    /// On a platform whose IOMMU posts (amd-avic), a level interrupt still
+    /// passes through L1 (nothing posts INTx), and the summary says so.
+    #[test]
+    fn on_a_posting_platform_intx_counts_as_through_l1() {
+        let r = report(counts(20, 20, 20, 20, 20)).with_iommu(Some(Ok(IommuCounts {
+            remapped: 1184,
+            ..Default::default()
+        })));
+        let (ok, detail) = lossless(&r);
+        assert!(ok, "{detail}");
+        assert_eq!(detail, "0 posted by the IOMMU, 20 through L1");
+        // an INTx raise L1 never took is not posted either
+        let r = report(counts(19, 19, 19, 19, 19)).with_iommu(Some(Ok(IommuCounts::default())));
+        let (ok, detail) = lossless(&r);
+        assert!(!ok, "{detail}");
     }
 
     #[test]
