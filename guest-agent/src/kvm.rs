@@ -65,10 +65,12 @@ pub struct Vm {
     /// The L2 program's memory and thread, from the first `start-vm` on.
     /// After the VM fd: its memory is unmapped after the VM is closed.
     pub l2: Option<L2>,
+    /// The local APIC mode its L2 runs in (`create-vm`'s `apic`).
+    pub apic: wire::L2Apic,
 }
 
 impl Vm {
-    pub fn create() -> Result<Vm, String> {
+    pub fn create(apic: wire::L2Apic) -> Result<Vm, String> {
         let kvm = Kvm::new().map_err(|e| errno_str("open /dev/kvm", e.errno()))?;
         let vm = kvm
             .create_vm()
@@ -88,6 +90,7 @@ impl Vm {
             level_acks: Vec::new(),
             bar_maps: Vec::new(),
             l2: None,
+            apic,
         })
     }
 
@@ -103,7 +106,7 @@ impl Vm {
         }
         let vcpu = self.vcpu.take().ok_or("the VM has no vCPU")?;
         if self.l2.is_none() {
-            match L2::prepare(&self.kvm, &self.vm, &vcpu) {
+            match L2::prepare(&self.kvm, &self.vm, &vcpu, self.apic) {
                 Ok(l2) => {
                     for a in &self.level_acks {
                         l2.set_level_ack(a);

@@ -67,6 +67,11 @@ pub enum KEvent {
     },
     /// `vfio_pci_intx_unmask_handler` ran (VFIO unmasks a device's INTx).
     IntxUnmask,
+    /// `kvm_avic_unaccelerated_access` for a trapped write of the EOI
+    /// register: AVIC left the EOI of level-triggered `vec` to KVM.
+    AvicEoiTrap {
+        vec: u32,
+    },
     /// The ring buffer dropped events.
     Lost {
         count: u64,
@@ -300,6 +305,27 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
             }
             KEvent::AckIrq { pin }
         }
+        "kvm_avic_unaccelerated_access" => {
+            // "vcpu=0, offset=0xb0(APIC_EOI), trap, write, vec=0x40"
+            let mut offset = None;
+            let mut vec = None;
+            let (mut trap, mut write) = (false, false);
+            for t in args.split(',').map(str::trim) {
+                if let Some(v) = t.strip_prefix("offset=") {
+                    offset = parse_num(v.split('(').next().unwrap_or(v));
+                } else if let Some(v) = t.strip_prefix("vec=") {
+                    vec = parse_num(v);
+                }
+                trap |= t == "trap";
+                write |= t == "write";
+            }
+            if offset? != 0xb0 || !trap || !write {
+                return None;
+            }
+            KEvent::AvicEoiTrap {
+                vec: u32::try_from(vec?).ok()?,
+            }
+        }
         "kvm_msi_set_irq" => {
             // "dst 0 vec 65 (Fixed|physical|edge)"
             let mut it = args.split_whitespace();
@@ -411,7 +437,12 @@ impl Tracer {
                 continue;
             }
             failed.append(&mut last_err);
-            for event in ["kvm_msi_set_irq", "kvm_set_irq", "kvm_ack_irq"] {
+            for event in [
+                "kvm_msi_set_irq",
+                "kvm_set_irq",
+                "kvm_ack_irq",
+                "kvm_avic_unaccelerated_access",
+            ] {
                 let p = dir.join("events/kvm").join(event).join("enable");
                 if let Err(e) = write_attr(&p, "1") {
                     failed.push(format!("event kvm:{event}: {e}"));
@@ -532,6 +563,21 @@ mod tests {
         assert_eq!(r.event, KEvent::Msi { dst: 0, vec: 65 });
         assert!(r.hardirq);
         assert_eq!(r.pid, 0);
+    }
+
+    #[test]
+    fn avic_eoi_traps() {
+        // a trapped EOI write of a level-triggered vector
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0xb0(APIC_EOI), trap, write, vec=0x40";
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::AvicEoiTrap { vec: 0x40 }
+        );
+        // other registers and faults are not EOI traps
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0x300(APIC_ICR), trap, write, vec=0x0";
+        assert_eq!(parse_line(l), None);
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0xb0(APIC_EOI), fault, read, vec=0x0";
+        assert_eq!(parse_line(l), None);
     }
 
     #[test]

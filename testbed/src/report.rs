@@ -412,6 +412,10 @@ impl Report {
             if let Some(u) = c.unmasked {
                 let _ = write!(out, "  unmasked {u}");
             }
+            // only where AVIC trapped any: an x2APIC L2's EOIs never trap
+            if let Some(t) = c.eoi_trapped.filter(|t| *t > 0) {
+                let _ = write!(out, "  EOIs trapped by AVIC {t}");
+            }
             if let Some(sig) = c.signalled {
                 let _ = write!(out, "  eventfd signalled {sig}");
             }
@@ -561,7 +565,7 @@ impl Report {
                 Step::CloseDevice { device } => {
                     devices.remove(device.as_str());
                 }
-                Step::CreateVm { vm } => {
+                Step::CreateVm { vm, .. } => {
                     vms.insert(vm);
                 }
                 Step::DestroyVm { vm } => {
@@ -752,7 +756,10 @@ pub fn step_line(step: &Step) -> String {
         Step::Unbind { device } => format!("unbind {device}"),
         Step::Unplug { device } => format!("unplug {device}"),
         Step::Replug { device } => format!("replug {device}"),
-        Step::CreateVm { vm } => format!("create-vm {vm}"),
+        Step::CreateVm { vm, apic } => match apic {
+            wire::L2Apic::X2apic => format!("create-vm {vm}"),
+            wire::L2Apic::Xapic => format!("create-vm {vm} (xAPIC L2)"),
+        },
         Step::Irqfd {
             vm,
             vector,

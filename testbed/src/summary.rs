@@ -181,6 +181,7 @@ count = 5
             injected: l1,
             delivered: None,
             resampled: None,
+            eoi_trapped: None,
             unmasked: None,
         };
         let steps = vec![

@@ -47,6 +47,7 @@ fn report(l1_seen: u64) -> Report {
         injected: l1_seen,
         delivered: None,
         resampled: None,
+        eoi_trapped: None,
         unmasked: None,
     }];
     steps[5].bypass = vec![BypassEvent::ProducerUnregistered {

@@ -78,6 +78,7 @@ const BAD: &[(&str, &str)] = &[
         ("intx-pin-out-of-range", "24:1: step 4 (irqfd): pin = 24 out of range 16..=23"),
         ("intx-resample-on-msi", "19:1: step 3 (irqfd): resample is for level-triggered INTx vectors (<device>/intx0), not dev0/msi0"),
         ("intx-unmask-without-resample", "27:1: step 5 (intx-unmask): vm0 has no resample irqfd on dev0/intx0: irqfd with resample = true first"),
+        ("create-vm-bad-apic", "12:1: step 2 (create-vm): unknown variant `x3apic`, expected `x2apic` or `xapic`"),
         ("intx-with-msi", "17:1: step 3 (enable-intx): dev0 has MSI enabled (step 2): VFIO uses one interrupt type at a time"),
         ("no-producer-never-wired", "18:1: expect 1 (no-producer): no enable-vqs step ever wires vdpa0/vq0"),
 ];

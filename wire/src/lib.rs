@@ -286,8 +286,15 @@ pub enum Step {
     /// `vm`'s irqfd on the INTx `vector`: every EOI of the level interrupt
     /// in the VM then re-arms the device's line in L1.
     IntxUnmask { vm: String, vector: String },
-    /// Create a KVM VM with an in-kernel irqchip and one vCPU.
-    CreateVm { vm: String },
+    /// Create a KVM VM with an in-kernel irqchip and one vCPU. `apic`: the
+    /// mode the tiny L2 (`start-vm`) runs its local APIC in, `x2apic` (the
+    /// default: MSR accesses) or `xapic` (MMIO at 0xFEE00000: with AVIC
+    /// the CPU's vAPIC page, whose EOI of a level interrupt exits to KVM).
+    CreateVm {
+        vm: String,
+        #[serde(default, skip_serializing_if = "L2Apic::is_x2apic")]
+        apic: L2Apic,
+    },
     /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
     /// with KVM_IRQFD: KVM registers an irqbypass consumer when it can post.
     /// The device must be bound; its MSI need not be enabled yet (the eventfd
@@ -467,6 +474,23 @@ impl L2Mode {
     }
 }
 
+/// The local APIC mode of the tiny L2 (see [`Step::CreateVm`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum L2Apic {
+    /// x2APIC: every APIC register through its MSR.
+    #[default]
+    X2apic,
+    /// xAPIC: every APIC register through the MMIO page at 0xFEE00000.
+    Xapic,
+}
+
+impl L2Apic {
+    pub fn is_x2apic(&self) -> bool {
+        *self == L2Apic::X2apic
+    }
+}
+
 /// Vectors an `ipi` step may use: below the MSI route vectors (0x40 up),
 /// above the L2's own timer (0x20) and kick (0x21) vectors.
 pub const IPI_VECTORS: std::ops::RangeInclusive<u8> = 0x30..=0x3f;
@@ -629,6 +653,13 @@ pub struct VectorCount {
     /// unmask-by-eventfd, `vfio_pci_intx_unmask_handler`) during the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmasked: Option<u64>,
+    /// INTx vectors only: EOIs of the vector's VM-side vector that AVIC
+    /// trapped to KVM (`kvm_avic_unaccelerated_access`: a write of the
+    /// vAPIC page's EOI register while a level-triggered vector was in
+    /// service). Only an xAPIC L2 under AVIC makes them; KVM emulates an
+    /// x2APIC L2's EOIs from its MSR intercepts instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eoi_trapped: Option<u64>,
 }
 
 /// IOAPIC pins an INTx irqfd may use (the VM's IOAPIC has 24; 0-15 are
@@ -823,6 +854,36 @@ mod tests {
         assert!(
             serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn create_vm_defaults_to_an_x2apic_l2() {
+        let s: Step = serde_json::from_str(r#"{"action":"create-vm","vm":"vm0"}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::CreateVm {
+                vm: "vm0".into(),
+                apic: L2Apic::X2apic
+            }
+        );
+        // the default is not written, so an x2APIC create-vm reads as before
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"action":"create-vm","vm":"vm0"}"#
+        );
+        let s: Step =
+            serde_json::from_str(r#"{"action":"create-vm","vm":"vm0","apic":"xapic"}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::CreateVm {
+                vm: "vm0".into(),
+                apic: L2Apic::Xapic
+            }
+        );
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"create-vm","vm":"vm0","apic":"x3apic"}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use wire::L2Mode;
+use wire::{L2Apic, L2Mode};
 
 use crate::sys::errno_str;
 use layout::*;
@@ -185,6 +185,8 @@ pub struct L2 {
     booted: bool,
     pub mode: Option<L2Mode>,
     pub started: Option<Instant>,
+    /// The mode its local APIC runs in.
+    apic: L2Apic,
 }
 
 fn install_kick_handler() {
@@ -205,9 +207,12 @@ fn install_kick_handler() {
 impl L2 {
     /// Guest memory, CPUID (x2APIC offered), real-mode registers at the
     /// program's entry. Called once per VM, before its vCPU first runs.
-    pub fn prepare(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Result<L2, String> {
+    /// An xAPIC L2 (`apic`) gets FS's base at the APIC's MMIO page (the
+    /// program never loads FS): its APIC accesses are `[fs:register]`.
+    pub fn prepare(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd, apic: L2Apic) -> Result<L2, String> {
         let mem = GuestMem::new(MEM_SIZE)?;
         mem.load(&image());
+        mem.write_u32(CTL_XAPIC, u32::from(apic == L2Apic::Xapic));
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -247,6 +252,10 @@ impl L2 {
             s.base = 0;
             s.selector = 0;
         }
+        if apic == L2Apic::Xapic {
+            sregs.fs.base = XAPIC_MMIO;
+            sregs.fs.limit = 0xfff;
+        }
         sregs.idt.base = u64::from(IVT);
         sregs.idt.limit = 0x3ff;
         vcpu.set_sregs(&sregs)
@@ -260,7 +269,9 @@ impl L2 {
         vcpu.set_regs(&regs)
             .map_err(|e| errno_str("KVM_SET_REGS", e.errno()))?;
         install_kick_handler();
-        Ok(L2::with_mem(mem))
+        let mut l2 = L2::with_mem(mem);
+        l2.apic = apic;
+        Ok(l2)
     }
 
     /// An L2 over `mem` whose vCPU thread has not started.
@@ -277,6 +288,7 @@ impl L2 {
             booted: false,
             mode: None,
             started: None,
+            apic: L2Apic::X2apic,
         }
     }
 
@@ -389,9 +401,13 @@ impl L2 {
         self.wait_ack(gen, tick)?;
         if !self.booted {
             let base = lock(&self.shared).apic_base.unwrap_or(0);
-            if base & (APIC_BASE_EN | APIC_BASE_EXTD) != (APIC_BASE_EN | APIC_BASE_EXTD) {
+            let (want, name) = match self.apic {
+                L2Apic::X2apic => (APIC_BASE_EN | APIC_BASE_EXTD, "x2APIC"),
+                L2Apic::Xapic => (APIC_BASE_EN, "xAPIC"),
+            };
+            if base & (APIC_BASE_EN | APIC_BASE_EXTD) != want {
                 return Err(format!(
-                    "L2 is not in x2APIC mode: IA32_APIC_BASE {base:#x}"
+                    "L2 is not in {name} mode: IA32_APIC_BASE {base:#x}"
                 ));
             }
             self.booted = true;
@@ -595,6 +611,7 @@ mod tests {
         assert!(usize::from(STACK_TOP) <= MEM_SIZE);
         // every ctl field and counter is aligned (volatile u32 access)
         assert!(CTL_IPI_SENT + 4 <= COUNTERS);
+        assert!(CTL_XAPIC + 4 <= COUNTERS);
         for a in [
             CTL_MODE,
             CTL_REQ,
@@ -604,6 +621,7 @@ mod tests {
             CTL_HALTS,
             CTL_APIC_BASE,
             CTL_X2APIC_ID,
+            CTL_XAPIC,
             CTL_IPI_VECTOR,
             CTL_IPI_COUNT,
             CTL_IPI_REQ,

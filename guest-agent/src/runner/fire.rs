@@ -289,6 +289,7 @@ impl Runner {
             injected: self.injected_for(intx, &routes, &pins),
             resampled: intx.then(|| self.level_counts(&pins).0),
             unmasked: intx.then(|| self.level_counts(&pins).1),
+            eoi_trapped: intx.then(|| self.eoi_trapped(&routes)),
             delivered,
         })
     }

@@ -28,11 +28,11 @@ impl Runner {
         _recv: &mut Recv<'_>,
     ) -> Result<(), String> {
         match step {
-            Step::CreateVm { vm } => {
+            Step::CreateVm { vm, apic } => {
                 if st.vms.iter().any(|(n, _)| n == vm) {
                     Err(format!("VM {vm} already exists"))
                 } else {
-                    Vm::create().map(|v| st.vms.push((vm.clone(), v)))
+                    Vm::create(*apic).map(|v| st.vms.push((vm.clone(), v)))
                 }
             }
             Step::Irqfd {
@@ -126,6 +126,7 @@ impl Runner {
                             injected: 0,
                             delivered: Some(delivered),
                             resampled: None,
+                            eoi_trapped: None,
                             unmasked: None,
                         });
                         Ok(())

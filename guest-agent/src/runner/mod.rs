@@ -244,6 +244,15 @@ impl Runner {
         (acked, unmasked)
     }
 
+    /// For an INTx vector: EOIs of its VM-side vectors that AVIC trapped to
+    /// KVM during the step so far.
+    fn eoi_trapped(&self, vectors: &[u8]) -> u64 {
+        self.acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::AvicEoiTrap { vec } if vectors.iter().any(|v| u32::from(*v) == vec)))
+            .count() as u64
+    }
+
     fn injected(&self, vectors: &[u8]) -> u64 {
         self.acc
             .iter()

@@ -137,6 +137,7 @@ mod tests {
             injected,
             delivered: Some(delivered),
             resampled: Some(resampled),
+            eoi_trapped: None,
             unmasked: Some(unmasked),
         }
     }
@@ -196,6 +197,23 @@ mod tests {
         let r = report(counts(19, 19, 19, 19, 19)).with_iommu(Some(Ok(IommuCounts::default())));
         let (ok, detail) = lossless(&r);
         assert!(!ok, "{detail}");
+    }
+
+    /// AVIC's EOI traps (an xAPIC L2) show on the vector's line; none (an
+    /// x2APIC L2, or no AVIC) show nothing, so those bodies are unchanged.
+    #[test]
+    fn avic_eoi_traps_show_only_when_there_are_some() {
+        let line = "step 7  dev0/intx0  raised 20  L1 20 (IR-IO-APIC)  injected by KVM 20  delivered in L2 20  resampled 20  unmasked 20";
+        let mut c = counts(20, 20, 20, 20, 20);
+        c.eoi_trapped = Some(20);
+        let body = report(c.clone()).body();
+        assert!(
+            body.contains(&format!("{line}  EOIs trapped by AVIC 20\n")),
+            "{body}"
+        );
+        c.eoi_trapped = Some(0);
+        let body = report(c).body();
+        assert!(body.contains(&format!("{line}\n")), "{body}");
     }
 
     #[test]

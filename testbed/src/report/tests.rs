@@ -167,6 +167,7 @@ fn fired(raised: u64, host_irq: u64, injected: u64, signalled: Option<u64>) -> V
         injected,
         delivered: None,
         resampled: None,
+        eoi_trapped: None,
         unmasked: None,
     }
 }
@@ -1267,6 +1268,7 @@ fn ipi_report(sent: u64, delivered: Option<u64>) -> Report {
         injected: 0,
         delivered,
         resampled: None,
+        eoi_trapped: None,
         unmasked: None,
     }];
     Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
@@ -1535,6 +1537,7 @@ fn sim_fired(host_irq: u64, injected: u64) -> VectorCount {
         injected,
         delivered: None,
         resampled: None,
+        eoi_trapped: None,
         unmasked: None,
     }
 }

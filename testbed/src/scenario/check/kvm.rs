@@ -8,7 +8,7 @@ impl Checker<'_, '_> {
     /// create-vm, irqfd, irqfd-deassign, destroy-vm, start-vm, stop-vm, ipi.
     pub(super) fn kvm_step(&mut self, k: usize, step: &Step) -> Result<(), ScenarioError> {
         match step {
-            Step::CreateVm { vm } => {
+            Step::CreateVm { vm, .. } => {
                 if let Some(p) = name_problem(vm) {
                     return Err(self.err("vm", p));
                 }
