@@ -292,6 +292,11 @@ impl Attributor {
                 KEvent::EventfdRelease { .. } => {}
                 KEvent::Msi { vec, .. } => *obs.msi_by_vec.entry(*vec).or_default() += 1,
                 KEvent::Lost { count } => obs.lost += count,
+                // level-interrupt accounting: read by the fire step itself
+                KEvent::SetIrq { .. }
+                | KEvent::AckIrq { .. }
+                | KEvent::IntxUnmask
+                | KEvent::AvicEoiTrap { .. } => {}
             }
         }
         obs

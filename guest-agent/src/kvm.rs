@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irqchip, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,14 +18,32 @@ const FIRST_GSI: u32 = 24;
 /// MSI address of APIC ID 0, physical destination, fixed delivery.
 pub const MSI_ADDR_APIC0: u32 = 0xfee0_0000;
 
-/// One MSI route of a VM.
+/// One route of a VM: an MSI, or an IOAPIC pin (INTx).
 #[derive(Debug, Clone)]
 pub struct Route {
     pub gsi: u32,
-    /// Interrupt vector in the MSI data (fixed delivery, edge).
+    /// Interrupt vector in the MSI data (fixed delivery, edge), or in the
+    /// IOAPIC pin's redirection entry (fixed, level).
     pub vector: u8,
     /// Scenario name of the device vector feeding it.
     pub source: String,
+    /// The IOAPIC pin (= the GSI) of an INTx route; `None` for an MSI route.
+    pub pin: Option<u32>,
+}
+
+/// The memory slot of the first device page mapped into a VM (for an L2
+/// that acknowledges a level interrupt at its device); later ones follow.
+const FIRST_BAR_SLOT: u32 = 1;
+
+/// A device page mapped into the VM, and the writes that acknowledge a
+/// level interrupt there.
+pub struct LevelAck {
+    /// The route vector whose handler acknowledges.
+    pub vector: u8,
+    /// Guest-physical address of the page in the VM.
+    pub gpa: u64,
+    /// (offset in the page, value) of each ack write.
+    pub writes: Vec<(u16, u32)>,
 }
 
 pub struct Vm {
@@ -34,13 +55,22 @@ pub struct Vm {
     routes: Vec<Route>,
     /// Attached irqfds: source vector name -> GSI.
     pub irqfds: BTreeMap<String, u32>,
+    /// Resample eventfds of attached resample irqfds, by source vector.
+    pub resamplefds: BTreeMap<String, EventFd>,
+    /// Device pages mapped into the VM and their ack writes, in slot order.
+    pub level_acks: Vec<LevelAck>,
+    /// The device pages' mappings in the agent, unmapped after the VM fd
+    /// is closed (they keep the VFIO device open in the kernel).
+    bar_maps: Vec<(usize, usize)>,
     /// The L2 program's memory and thread, from the first `start-vm` on.
     /// After the VM fd: its memory is unmapped after the VM is closed.
     pub l2: Option<L2>,
+    /// The local APIC mode its L2 runs in (`create-vm`'s `apic`).
+    pub apic: wire::L2Apic,
 }
 
 impl Vm {
-    pub fn create() -> Result<Vm, String> {
+    pub fn create(apic: wire::L2Apic) -> Result<Vm, String> {
         let kvm = Kvm::new().map_err(|e| errno_str("open /dev/kvm", e.errno()))?;
         let vm = kvm
             .create_vm()
@@ -56,7 +86,11 @@ impl Vm {
             kvm,
             routes: Vec::new(),
             irqfds: BTreeMap::new(),
+            resamplefds: BTreeMap::new(),
+            level_acks: Vec::new(),
+            bar_maps: Vec::new(),
             l2: None,
+            apic,
         })
     }
 
@@ -72,8 +106,13 @@ impl Vm {
         }
         let vcpu = self.vcpu.take().ok_or("the VM has no vCPU")?;
         if self.l2.is_none() {
-            match L2::prepare(&self.kvm, &self.vm, &vcpu) {
-                Ok(l2) => self.l2 = Some(l2),
+            match L2::prepare(&self.kvm, &self.vm, &vcpu, self.apic) {
+                Ok(l2) => {
+                    for a in &self.level_acks {
+                        l2.set_level_ack(a);
+                    }
+                    self.l2 = Some(l2)
+                }
                 Err(e) => {
                     self.vcpu = Some(vcpu);
                     return Err(e);
@@ -133,36 +172,160 @@ impl Vm {
         self.l2.as_ref().filter(|l| l.running())
     }
 
-    /// Route for `source`, creating it (with `vector`) if it does not exist yet.
-    pub fn route_for(&mut self, source: &str, vector: u8) -> Result<Route, String> {
+    /// Route for `source`, creating it (with `vector`) if it does not exist
+    /// yet: an MSI route, or with `pin` an IOAPIC pin whose redirection
+    /// entry is programmed (fixed, level, physical destination APIC ID 0).
+    /// A pin another source already routes is shared (its vector stays).
+    pub fn route_for(
+        &mut self,
+        source: &str,
+        vector: u8,
+        pin: Option<u32>,
+    ) -> Result<Route, String> {
         if let Some(r) = self.routes.iter().find(|r| r.source == source) {
             return Ok(r.clone());
         }
-        let gsi = FIRST_GSI + self.routes.len() as u32;
         let mut routes = self.routes.clone();
-        routes.push(Route {
-            gsi,
-            vector,
-            source: source.to_string(),
-        });
+        let route = match pin {
+            None => {
+                let gsi = FIRST_GSI + self.routes.iter().filter(|r| r.pin.is_none()).count() as u32;
+                Route {
+                    gsi,
+                    vector,
+                    source: source.to_string(),
+                    pin: None,
+                }
+            }
+            Some(pin) => {
+                let vector = self
+                    .routes
+                    .iter()
+                    .find(|r| r.pin == Some(pin))
+                    .map_or(vector, |r| r.vector);
+                self.program_ioapic_pin(pin, vector)?;
+                Route {
+                    gsi: pin,
+                    vector,
+                    source: source.to_string(),
+                    pin: Some(pin),
+                }
+            }
+        };
+        routes.push(route);
+        // a pin shared by several sources is one entry: KVM refuses a GSI
+        // mapped twice to the same irqchip
+        let entries: Vec<&Route> = routes
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.pin.is_none() || !routes[..*i].iter().any(|o| o.pin == r.pin))
+            .map(|(_, r)| r)
+            .collect();
         let mut table =
-            KvmIrqRouting::new(routes.len()).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
-        for (slot, r) in table.as_mut_slice().iter_mut().zip(&routes) {
-            let mut e = kvm_irq_routing_entry {
-                gsi: r.gsi,
-                type_: KVM_IRQ_ROUTING_MSI,
-                ..Default::default()
+            KvmIrqRouting::new(entries.len()).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
+        for (slot, r) in table.as_mut_slice().iter_mut().zip(entries) {
+            *slot = match r.pin {
+                None => {
+                    let mut e = kvm_irq_routing_entry {
+                        gsi: r.gsi,
+                        type_: KVM_IRQ_ROUTING_MSI,
+                        ..Default::default()
+                    };
+                    e.u.msi.address_lo = MSI_ADDR_APIC0;
+                    e.u.msi.address_hi = 0;
+                    e.u.msi.data = u32::from(r.vector);
+                    e
+                }
+                Some(pin) => {
+                    let mut e = kvm_irq_routing_entry {
+                        gsi: r.gsi,
+                        type_: KVM_IRQ_ROUTING_IRQCHIP,
+                        ..Default::default()
+                    };
+                    e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
+                    e.u.irqchip.pin = pin;
+                    e
+                }
             };
-            e.u.msi.address_lo = MSI_ADDR_APIC0;
-            e.u.msi.address_hi = 0;
-            e.u.msi.data = u32::from(r.vector);
-            *slot = e;
         }
         self.vm
             .set_gsi_routing(&table)
             .map_err(|e| errno_str("KVM_SET_GSI_ROUTING", e.errno()))?;
         self.routes = routes;
         Ok(self.routes.last().cloned().expect("just pushed"))
+    }
+
+    /// The IOAPIC pin's redirection entry: `vector`, fixed delivery,
+    /// physical destination APIC ID 0, level-triggered, unmasked (what the
+    /// L2's OS would program; done by the agent through KVM_SET_IRQCHIP).
+    fn program_ioapic_pin(&mut self, pin: u32, vector: u8) -> Result<(), String> {
+        let mut chip = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        self.vm
+            .get_irqchip(&mut chip)
+            .map_err(|e| errno_str("KVM_GET_IRQCHIP(IOAPIC)", e.errno()))?;
+        const LEVEL: u64 = 1 << 15;
+        // SAFETY: chip_id IOAPIC: the kernel filled the ioapic member.
+        unsafe {
+            let e = chip
+                .chip
+                .ioapic
+                .redirtbl
+                .get_mut(pin as usize)
+                .ok_or_else(|| format!("no IOAPIC pin {pin}"))?;
+            e.bits = u64::from(vector) | LEVEL;
+        }
+        self.vm
+            .set_irqchip(&chip)
+            .map_err(|e| errno_str("KVM_SET_IRQCHIP(IOAPIC)", e.errno()))
+    }
+
+    /// Map a device page (from the agent's mapping at `host`, `len` bytes)
+    /// into the VM and have the L2's handler of `vector` make `writes` there
+    /// before its EOI. The VM owns the mapping from now on.
+    pub fn add_level_ack(
+        &mut self,
+        vector: u8,
+        host: (usize, usize),
+        writes: Vec<(u16, u32)>,
+    ) -> Result<(), String> {
+        let slot = FIRST_BAR_SLOT + self.bar_maps.len() as u32;
+        let gpa = crate::l2::layout::BAR_PAGES + 0x1000 * u64::from(slot - FIRST_BAR_SLOT);
+        self.bar_maps.push(host);
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: host.1 as u64,
+            userspace_addr: host.0 as u64,
+        };
+        // SAFETY: the mapping outlives the VM fd (unmapped in Drop after it).
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| errno_str("KVM_SET_USER_MEMORY_REGION(BAR0 page)", e.errno()))?;
+        let ack = LevelAck {
+            vector,
+            gpa,
+            writes,
+        };
+        if let Some(l2) = &self.l2 {
+            l2.set_level_ack(&ack);
+        }
+        self.level_acks.push(ack);
+        Ok(())
+    }
+
+    /// KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE: KVM signals the new resample
+    /// eventfd when the VM EOIs the GSI's level interrupt.
+    pub fn irqfd_resample(&mut self, source: &str, fd: &EventFd, gsi: u32) -> Result<(), String> {
+        let resample = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| crate::sys::errstr("eventfd", &e))?;
+        self.vm
+            .register_irqfd_with_resample(fd, &resample, gsi)
+            .map_err(|e| errno_str("KVM_IRQFD(RESAMPLE)", e.errno()))?;
+        self.irqfds.insert(source.to_string(), gsi);
+        self.resamplefds.insert(source.to_string(), resample);
+        Ok(())
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -193,6 +356,7 @@ impl Vm {
             .unregister_irqfd(fd, gsi)
             .map_err(|e| errno_str("KVM_IRQFD(DEASSIGN)", e.errno()))?;
         self.irqfds.remove(source);
+        self.resamplefds.remove(source);
         Ok(())
     }
 }
@@ -207,5 +371,17 @@ impl Drop for Vm {
             drop(vcpu);
         }
         self.vcpu.take();
+    }
+}
+
+impl Vm {
+    /// Close the VM, then unmap the device pages it had in its memory.
+    pub fn close(self) {
+        let maps = self.bar_maps.clone();
+        drop(self);
+        for (ptr, len) in maps {
+            // SAFETY: our own mappings; the VM that used them is closed.
+            unsafe { libc::munmap(ptr as *mut libc::c_void, len) };
+        }
     }
 }

@@ -62,6 +62,22 @@ pub enum KEvent {
         dst: u64,
         vec: u32,
     },
+    /// `kvm_set_irq`: a GSI's level set (irqfd injection of an IOAPIC route).
+    SetIrq {
+        gsi: u32,
+        level: u32,
+    },
+    /// `kvm_ack_irq`: an EOI reached KVM's ack notifiers for an IOAPIC pin.
+    AckIrq {
+        pin: u32,
+    },
+    /// `vfio_pci_intx_unmask_handler` ran (VFIO unmasks a device's INTx).
+    IntxUnmask,
+    /// `kvm_avic_unaccelerated_access` for a trapped write of the EOI
+    /// register: AVIC left the EOI of level-triggered `vec` to KVM.
+    AvicEoiTrap {
+        vec: u32,
+    },
     /// The ring buffer dropped events.
     Lost {
         count: u64,
@@ -131,6 +147,10 @@ pub fn probe_defs(eventfd_arg: bool) -> Vec<(&'static str, String)> {
             format!(
                 "p:{GROUP}/kvm_disconnect kvm:kvm_arch_irq_bypass_del_producer cons=%di:x64 prod=%si:x64"
             ),
+        ),
+        (
+            "intx_unmask",
+            format!("p:{GROUP}/intx_unmask vfio_pci_core:vfio_pci_intx_unmask_handler"),
         ),
     ];
     if eventfd_arg {
@@ -275,6 +295,57 @@ pub fn parse_line(line: &str) -> Option<TraceRecord> {
         "eventfd_release" => KEvent::EventfdRelease {
             ctx: field(args, "ctx")? as u64,
         },
+        "intx_unmask" => KEvent::IntxUnmask,
+        "kvm_set_irq" => {
+            // "gsi 16 level 1 source 2"
+            let mut it = args.split_whitespace();
+            let (mut gsi, mut level) = (None, None);
+            while let Some(t) = it.next() {
+                match t {
+                    "gsi" => gsi = it.next().and_then(|v| v.parse().ok()),
+                    "level" => level = it.next().and_then(|v| v.parse().ok()),
+                    _ => {}
+                }
+            }
+            KEvent::SetIrq {
+                gsi: gsi?,
+                level: level?,
+            }
+        }
+        "kvm_ack_irq" => {
+            // "irqchip IOAPIC pin 16"
+            let pin = args
+                .split_whitespace()
+                .skip_while(|t| *t != "pin")
+                .nth(1)?
+                .parse()
+                .ok()?;
+            if !args.contains("IOAPIC") {
+                return None;
+            }
+            KEvent::AckIrq { pin }
+        }
+        "kvm_avic_unaccelerated_access" => {
+            // "vcpu=0, offset=0xb0(APIC_EOI), trap, write, vec=0x40"
+            let mut offset = None;
+            let mut vec = None;
+            let (mut trap, mut write) = (false, false);
+            for t in args.split(',').map(str::trim) {
+                if let Some(v) = t.strip_prefix("offset=") {
+                    offset = parse_num(v.split('(').next().unwrap_or(v));
+                } else if let Some(v) = t.strip_prefix("vec=") {
+                    vec = parse_num(v);
+                }
+                trap |= t == "trap";
+                write |= t == "write";
+            }
+            if offset? != 0xb0 || !trap || !write {
+                return None;
+            }
+            KEvent::AvicEoiTrap {
+                vec: u32::try_from(vec?).ok()?,
+            }
+        }
         "kvm_msi_set_irq" => {
             // "dst 0 vec 65 (Fixed|physical|edge)"
             let mut it = args.split_whitespace();
@@ -347,7 +418,7 @@ impl Tracer {
                 Ok(()) => placed.push(name),
                 Err(e) => {
                     // "MOD:SYM" is refused by some kernels: retry with the bare symbol
-                    let bare = def.replace(" kvm:", " ");
+                    let bare = def.replace(" kvm:", " ").replace(" vfio_pci_core:", " ");
                     if bare != def && append_attr(&kprobe_events, &bare).is_ok() {
                         placed.push(name);
                     } else {
@@ -386,9 +457,16 @@ impl Tracer {
                 continue;
             }
             failed.append(&mut last_err);
-            let msi = dir.join("events/kvm/kvm_msi_set_irq/enable");
-            if let Err(e) = write_attr(&msi, "1") {
-                failed.push(format!("event kvm:kvm_msi_set_irq: {e}"));
+            for event in [
+                "kvm_msi_set_irq",
+                "kvm_set_irq",
+                "kvm_ack_irq",
+                "kvm_avic_unaccelerated_access",
+            ] {
+                let p = dir.join("events/kvm").join(event).join("enable");
+                if let Err(e) = write_attr(&p, "1") {
+                    failed.push(format!("event kvm:{event}: {e}"));
+                }
             }
             let _ = write_attr(dir.join("tracing_on"), "1");
             let pipe = OpenOptions::new()
@@ -489,11 +567,37 @@ mod tests {
 
     #[test]
     fn msi_line_and_flags() {
+        let l = "   kworker/0:1-12      [000] .....    40.1: kvm_set_irq: gsi 16 level 1 source 2";
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::SetIrq { gsi: 16, level: 1 }
+        );
+        let l = "  testbed-agent-90    [000] .....    40.2: kvm_ack_irq: irqchip IOAPIC pin 16";
+        assert_eq!(parse_line(l).unwrap().event, KEvent::AckIrq { pin: 16 });
+        let l = "  testbed-agent-90    [000] .....    40.2: kvm_ack_irq: irqchip PIC slave pin 3";
+        assert_eq!(parse_line(l), None);
+        let l = "  testbed-agent-90    [000] d..1.    40.3: intx_unmask: (vfio_pci_intx_unmask_handler+0x0/0xa0 [vfio_pci_core])";
+        assert_eq!(parse_line(l).unwrap().event, KEvent::IntxUnmask);
         let l = "          <idle>-0       [000] d.h2.    33.445566: kvm_msi_set_irq: dst 0 vec 65 (Fixed|physical|edge)";
         let r = parse_line(l).unwrap();
         assert_eq!(r.event, KEvent::Msi { dst: 0, vec: 65 });
         assert!(r.hardirq);
         assert_eq!(r.pid, 0);
+    }
+
+    #[test]
+    fn avic_eoi_traps() {
+        // a trapped EOI write of a level-triggered vector
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0xb0(APIC_EOI), trap, write, vec=0x40";
+        assert_eq!(
+            parse_line(l).unwrap().event,
+            KEvent::AvicEoiTrap { vec: 0x40 }
+        );
+        // other registers and faults are not EOI traps
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0x300(APIC_ICR), trap, write, vec=0x0";
+        assert_eq!(parse_line(l), None);
+        let l = " CPU 0/KVM-123     [000] d..1.    41.0: kvm_avic_unaccelerated_access: vcpu=0, offset=0xb0(APIC_EOI), fault, read, vec=0x0";
+        assert_eq!(parse_line(l), None);
     }
 
     #[test]

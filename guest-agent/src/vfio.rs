@@ -366,14 +366,67 @@ impl VfioDevice {
         self.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, start, fds)
     }
 
+    /// VFIO_DEVICE_SET_IRQS on the INTx index: the trigger eventfd, or
+    /// `None` to disable INTx.
+    pub fn set_intx(&self, fd: Option<RawFd>) -> Result<(), String> {
+        self.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, 0, fd.as_slice())
+    }
+
+    /// VFIO_DEVICE_SET_IRQS on the INTx index with ACTION_UNMASK |
+    /// DATA_EVENTFD: VFIO unmasks the line whenever `fd` is signalled.
+    pub fn set_intx_unmask_eventfd(&self, fd: RawFd) -> Result<(), String> {
+        self.set_irqs_action(
+            VFIO_PCI_INTX_IRQ_INDEX,
+            VFIO_IRQ_SET_ACTION_UNMASK,
+            0,
+            &[fd],
+        )
+    }
+
+    /// The first page of BAR0 mapped into the agent, for a VM's memory
+    /// slot: (address, length). The mapping holds the device file open in
+    /// the kernel; its owner unmaps it after the VM is gone.
+    pub fn map_bar0_page(&self) -> Result<(usize, usize), String> {
+        let len = 0x1000usize;
+        if self.bar0.size < len as u64 {
+            return Err(format!("{}: BAR0 is smaller than a page", self.bdf));
+        }
+        // SAFETY: a shared mapping of the device fd at BAR0's region offset;
+        // checked below, unmapped by the owner of the returned address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.device.as_raw_fd(),
+                self.bar0.offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(last_err(&format!("{}: mmap BAR0", self.bdf)));
+        }
+        Ok((ptr as usize, len))
+    }
+
     fn set_irqs(&self, index: u32, start: u32, fds: &[RawFd]) -> Result<(), String> {
+        self.set_irqs_action(index, VFIO_IRQ_SET_ACTION_TRIGGER, start, fds)
+    }
+
+    fn set_irqs_action(
+        &self,
+        index: u32,
+        action: u32,
+        start: u32,
+        fds: &[RawFd],
+    ) -> Result<(), String> {
         // header of 5 u32 followed by the fds, as one u32 buffer
         let mut buf: Vec<u32> = vec![0; 5 + fds.len()];
         buf[0] = (buf.len() * 4) as u32;
         buf[1] = if fds.is_empty() {
-            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+            VFIO_IRQ_SET_DATA_NONE | action
         } else {
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+            VFIO_IRQ_SET_DATA_EVENTFD | action
         };
         buf[2] = index;
         buf[3] = start;

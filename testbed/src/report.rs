@@ -18,6 +18,7 @@ use crate::scenario::Scenario;
 
 mod checks;
 mod l2;
+mod level;
 mod snapshot;
 
 pub use l2::l2_vector_counts;
@@ -401,6 +402,16 @@ impl Report {
             if let Some(d) = c.delivered {
                 let _ = write!(out, "  delivered in L2 {d}");
             }
+            if let Some(r) = c.resampled {
+                let _ = write!(out, "  resampled {r}");
+            }
+            if let Some(u) = c.unmasked {
+                let _ = write!(out, "  unmasked {u}");
+            }
+            // only where AVIC trapped any: an x2APIC L2's EOIs never trap
+            if let Some(t) = c.eoi_trapped.filter(|t| *t > 0) {
+                let _ = write!(out, "  EOIs trapped by AVIC {t}");
+            }
             if let Some(sig) = c.signalled {
                 let _ = write!(out, "  eventfd signalled {sig}");
             }
@@ -558,7 +569,7 @@ impl Report {
                 Step::CloseDevice { device } => {
                     devices.remove(device.as_str());
                 }
-                Step::CreateVm { vm } => {
+                Step::CreateVm { vm, .. } => {
                     vms.insert(vm);
                 }
                 Step::DestroyVm { vm } => {
@@ -752,8 +763,27 @@ pub fn step_line(step: &Step) -> String {
         Step::Unbind { device } => format!("unbind {device}"),
         Step::Unplug { device } => format!("unplug {device}"),
         Step::Replug { device } => format!("replug {device}"),
-        Step::CreateVm { vm } => format!("create-vm {vm}"),
-        Step::Irqfd { vm, vector } => format!("irqfd {vm} {vector}"),
+        Step::CreateVm { vm, apic } => match apic {
+            wire::L2Apic::X2apic => format!("create-vm {vm}"),
+            wire::L2Apic::Xapic => format!("create-vm {vm} (xAPIC L2)"),
+        },
+        Step::Irqfd {
+            vm,
+            vector,
+            resample,
+            pin,
+        } => {
+            let mut l = format!("irqfd {vm} {vector}");
+            if let Some(p) = pin {
+                l.push_str(&format!(" (IOAPIC pin {p})"));
+            }
+            if *resample {
+                l.push_str(" with resample");
+            }
+            l
+        }
+        Step::EnableIntx { device } => format!("enable-intx {device}"),
+        Step::IntxUnmask { vm, vector } => format!("intx-unmask {vector} on {vm}'s resample"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
         Step::Signal { vector, count } => format!("signal {vector} x{count}"),
@@ -1040,7 +1070,7 @@ pub(crate) fn irqfds_before_each_step(r: &Report) -> Vec<BTreeMap<String, BTreeS
         out.push(held.clone());
         match s {
             Step::Irqfd { .. } if r.step_report(i).is_some_and(|s| s.error.is_some()) => {}
-            Step::Irqfd { vm, vector } => {
+            Step::Irqfd { vm, vector, .. } => {
                 held.entry(vector.clone()).or_default().insert(vm.clone());
             }
             Step::IrqfdDeassign { vm, vector } => {

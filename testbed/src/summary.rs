@@ -189,6 +189,9 @@ count = 5
             host_chip: None,
             injected: l1,
             delivered: None,
+            resampled: None,
+            eoi_trapped: None,
+            unmasked: None,
         };
         let steps = vec![
             step(0, vec![], vec![]),

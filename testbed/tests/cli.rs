@@ -194,6 +194,33 @@ fn failing_expectation_is_exit_1() {
     assert_no_qemu_left(tmp.path());
 }
 
+/// A level interrupt whose resample eventfd is not wired to VFIO's unmask
+/// is taken once, then the line stays masked in L1: `lossless` fails and
+/// says why.
+#[test]
+fn intx_without_unmask_fails_lossless() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out) = run_in(
+        tmp.path(),
+        &["--variant", "intel-ir"],
+        true,
+        &fixture("intx-unmask-not-wired.toml"),
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("raised 20 but L1's INTx handler ran 1: 19 lost, the line was not re-armed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("is the resample eventfd wired to VFIO's unmask?"),
+        "{out}"
+    );
+    assert_no_qemu_left(tmp.path());
+}
+
 /// A kernel that panics before the agent runs is a kernel that "could not be
 /// booted": exit 125 so `git bisect run` skips it, with the panic quoted.
 #[test]

@@ -46,6 +46,9 @@ fn report(l1_seen: u64) -> Report {
         host_chip: Some("IR-PCI-MSI".into()),
         injected: l1_seen,
         delivered: None,
+        resampled: None,
+        eoi_trapped: None,
+        unmasked: None,
     }];
     steps[5].bypass = vec![BypassEvent::ProducerUnregistered {
         producer: "dev0/msi0".into(),

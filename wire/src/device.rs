@@ -187,9 +187,16 @@ pub struct ModelSpec {
     pub mask: &'static [RegWrite],
     /// Writes that unmask vector n: a pending raise is sent, once.
     pub unmask: &'static [RegWrite],
+    /// With MSI off, `fire` asserts the device's INTx pin (level) and
+    /// `ack` de-asserts it: the device can be driven through
+    /// `enable-intx`.
+    pub intx: bool,
 }
 
 // edu (hw/misc/edu.c): irq_status |= value at 0x60 raises MSI; 0x64 clears.
+// With MSI off, edu_raise_irq/edu_lower_irq drive pin A instead:
+// pci_set_irq(1) while irq_status is non-zero, pci_set_irq(0) once 0x64
+// cleared it, so the line is level-triggered and stays asserted until acked.
 const EDU: ModelSpec = ModelSpec {
     qemu_driver: Some("edu"),
     label: "edu",
@@ -204,6 +211,7 @@ const EDU: ModelSpec = ModelSpec {
     ack: &[w(0x64, 1)],
     mask: &[],
     unmask: &[],
+    intx: true,
 };
 
 // igb (82576 datasheet 7.3, hw/net/igb_core.c). GPIE.Multiple_MSIX (bit 4)
@@ -236,6 +244,7 @@ const IGB: ModelSpec = ModelSpec {
     ack: &[],
     mask: &[bit(IGB_EIMC, 0)],
     unmask: &[bit(IGB_EIMS, 0)],
+    intx: false,
 };
 
 // e1000e (82574 datasheet 10.2.4, hw/net/e1000e_core.c). IVAR gives each
@@ -285,6 +294,7 @@ const E1000E: ModelSpec = ModelSpec {
     ack: &[],
     mask: &[bit(E1000E_IMC, E1000E_CAUSE_SHIFT)],
     unmask: &[bit(E1000E_IMS, E1000E_CAUSE_SHIFT)],
+    intx: false,
 };
 
 // igb VF (82576 datasheet 7.9, hw/net/igbvf.c, igb_core.c). The VF's
@@ -307,6 +317,7 @@ const IGB_VF: ModelSpec = ModelSpec {
     ack: &[],
     mask: &[bit(IGB_EIMC, 0)],
     unmask: &[bit(IGB_EIMS, 0)],
+    intx: false,
 };
 
 // virtio-net (virtio spec 5.1.2): queue 0 receives, queue 1 transmits;
@@ -333,6 +344,7 @@ const VDPA_SIM: ModelSpec = ModelSpec {
     unmask: &[],
     sriov_vf: false,
     pf_setup: &[],
+    intx: false,
 };
 
 // QEMU's virtio-net-pci without a netdev: a transmitted frame has no peer
@@ -366,6 +378,7 @@ const VP_VDPA: ModelSpec = ModelSpec {
     unmask: &[],
     sriov_vf: false,
     pf_setup: &[],
+    intx: false,
 };
 
 impl DeviceModel {

@@ -324,13 +324,48 @@ pub enum Step {
     /// leaving it without a driver; a later `bind` binds and opens it again.
     /// Eventfds and irqfds stay: a consumer waits for the producer to return.
     Unbind { device: String },
-    /// Create a KVM VM with an in-kernel irqchip and one vCPU.
-    CreateVm { vm: String },
+    /// Give the device's INTx (its legacy level-triggered pin, vector
+    /// `<device>/intx0`) an eventfd with VFIO_DEVICE_SET_IRQS
+    /// (VFIO_PCI_INTX_IRQ_INDEX, ACTION_TRIGGER): VFIO's handler masks the
+    /// line and signals the eventfd on every assertion, and the line stays
+    /// masked until it is unmasked (`intx-unmask`). The device's MSI must be
+    /// off. VFIO registers no irqbypass producer for INTx.
+    EnableIntx { device: String },
+    /// Wire VFIO's unmask-by-eventfd (VFIO_DEVICE_SET_IRQS on the INTx
+    /// index, ACTION_UNMASK | DATA_EVENTFD) to the resample eventfd of
+    /// `vm`'s irqfd on the INTx `vector`: every EOI of the level interrupt
+    /// in the VM then re-arms the device's line in L1.
+    IntxUnmask { vm: String, vector: String },
+    /// Create a KVM VM with an in-kernel irqchip and one vCPU. `apic`: the
+    /// mode the tiny L2 (`start-vm`) runs its local APIC in, `x2apic` (the
+    /// default: MSR accesses) or `xapic` (MMIO at 0xFEE00000: with AVIC
+    /// the CPU's vAPIC page, whose EOI of a level interrupt exits to KVM).
+    CreateVm {
+        vm: String,
+        #[serde(default, skip_serializing_if = "L2Apic::is_x2apic")]
+        apic: L2Apic,
+    },
     /// Route a GSI as MSI to the VM's vCPU 0 and attach the vector's eventfd
     /// with KVM_IRQFD: KVM registers an irqbypass consumer when it can post.
     /// The device must be bound; its MSI need not be enabled yet (the eventfd
     /// is made here if no `enable-msi` made it before).
-    Irqfd { vm: String, vector: String },
+    ///
+    /// An INTx vector (`<device>/intx0`) is routed instead to an IOAPIC pin
+    /// of the VM (`pin`, default the first free one from 16), whose
+    /// redirection entry the agent programs (level, fixed, to vCPU 0), and
+    /// with `resample = true` attached with KVM_IRQFD_FLAG_RESAMPLE and a
+    /// resample eventfd that KVM signals when the VM EOIs the interrupt.
+    /// The device's BAR0 page is mapped into the VM, so that the L2
+    /// acknowledges the device (its `ack` writes) before its EOI, as a
+    /// guest driver does.
+    Irqfd {
+        vm: String,
+        vector: String,
+        #[serde(default)]
+        resample: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<u32>,
+    },
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: the consumer unregisters.
     IrqfdDeassign { vm: String, vector: String },
     /// Make the device raise the vector `count` times (edu: write BAR0+0x60,
@@ -506,6 +541,23 @@ impl L2Mode {
     }
 }
 
+/// The local APIC mode of the tiny L2 (see [`Step::CreateVm`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum L2Apic {
+    /// x2APIC: every APIC register through its MSR.
+    #[default]
+    X2apic,
+    /// xAPIC: every APIC register through the MMIO page at 0xFEE00000.
+    Xapic,
+}
+
+impl L2Apic {
+    pub fn is_x2apic(&self) -> bool {
+        *self == L2Apic::X2apic
+    }
+}
+
 /// Vectors an `ipi` step may use: below the MSI route vectors (0x40 up),
 /// above the L2's own timer (0x20) and kick (0x21) vectors.
 pub const IPI_VECTORS: std::ops::RangeInclusive<u8> = 0x30..=0x3f;
@@ -534,6 +586,8 @@ impl Step {
             Step::Unbind { .. } => "unbind",
             Step::Unplug { .. } => "unplug",
             Step::Replug { .. } => "replug",
+            Step::EnableIntx { .. } => "enable-intx",
+            Step::IntxUnmask { .. } => "intx-unmask",
             Step::CreateVm { .. } => "create-vm",
             Step::Irqfd { .. } => "irqfd",
             Step::IrqfdDeassign { .. } => "irqfd-deassign",
@@ -675,6 +729,36 @@ pub struct VectorCount {
     /// when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
+    /// INTx vectors only: EOIs of the vector's IOAPIC pin that reached
+    /// KVM's ack notifiers (`kvm_ack_irq`), each of which de-asserts the
+    /// GSI and signals the resample eventfds of the pin's irqfds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resampled: Option<u64>,
+    /// INTx vectors only: VFIO unmask handler runs (every device's INTx
+    /// unmask-by-eventfd, `vfio_pci_intx_unmask_handler`) during the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmasked: Option<u64>,
+    /// INTx vectors only: EOIs of the vector's VM-side vector that AVIC
+    /// trapped to KVM (`kvm_avic_unaccelerated_access`: a write of the
+    /// vAPIC page's EOI register while a level-triggered vector was in
+    /// service). Only an xAPIC L2 under AVIC makes them; KVM emulates an
+    /// x2APIC L2's EOIs from its MSR intercepts instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eoi_trapped: Option<u64>,
+}
+
+/// IOAPIC pins an INTx irqfd may use (the VM's IOAPIC has 24; 0-15 are
+/// ISA interrupts by convention).
+pub const INTX_PINS: std::ops::RangeInclusive<u32> = 16..=23;
+
+/// The vector name of a device's INTx pin.
+pub fn intx_vector(device: &str) -> String {
+    format!("{device}/intx0")
+}
+
+/// Whether a vector name is an INTx pin (`<device>/intx0`).
+pub fn is_intx(vector: &str) -> bool {
+    vector.ends_with("/intx0")
 }
 
 #[cfg(test)]
@@ -855,6 +939,36 @@ mod tests {
         assert!(
             serde_json::from_str::<Step>(r#"{"action":"enable-vqs","device":"vdpa0"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn create_vm_defaults_to_an_x2apic_l2() {
+        let s: Step = serde_json::from_str(r#"{"action":"create-vm","vm":"vm0"}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::CreateVm {
+                vm: "vm0".into(),
+                apic: L2Apic::X2apic
+            }
+        );
+        // the default is not written, so an x2APIC create-vm reads as before
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"action":"create-vm","vm":"vm0"}"#
+        );
+        let s: Step =
+            serde_json::from_str(r#"{"action":"create-vm","vm":"vm0","apic":"xapic"}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::CreateVm {
+                vm: "vm0".into(),
+                apic: L2Apic::Xapic
+            }
+        );
+        assert!(serde_json::from_str::<Step>(
+            r#"{"action":"create-vm","vm":"vm0","apic":"x3apic"}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! 0x0000  IVT: 256 x (offset u16, segment u16), one stub per vector
 //! 0x0800  control block (u32 fields, see CTL_*)
 //! 0x1000  counters: 256 x u32, interrupts taken per vector
+//! 0x1400  level acks: per vector 0x40..0x7f, two (segment u16, offset
+//!         u16, value u32) writes the handler makes before its EOI
+//!         (segment 0: none)
 //! 0x2000  code: entry, main loop, one stub per vector, common handler
 //! 0x8000  top of the stack (grows down)
-//! 0x10000 end of guest memory
+//! 0x10000 end of guest memory; device pages (BAR0's first page of an
+//!         INTx device) follow, one per 4 KiB, in their own memory slots
 //! ```
 
 #![allow(dead_code)]
@@ -50,6 +54,22 @@ pub const CTL_IPI_REQ: u16 = CTL + 40;
 pub const CTL_IPI_ACK: u16 = CTL + 44;
 /// ICR writes (IPIs sent) so far, written by the L2.
 pub const CTL_IPI_SENT: u16 = CTL + 48;
+/// EOIs the handlers wrote (every vector), written by the L2 after each EOI.
+pub const CTL_EOIS: u16 = CTL + 52;
+/// Non-zero: the APIC is used in xAPIC mode, through `[fs:XAPIC_*]` (the
+/// agent sets FS's base to `XAPIC_MMIO`), else in x2APIC mode through its
+/// MSRs. Written by the agent before the L2 first runs.
+pub const CTL_XAPIC: u16 = CTL + 56;
+/// Level-ack table (see the module doc).
+pub const ACKS: u16 = 0x1400;
+/// First vector with a level-ack entry.
+pub const ACK_FIRST_VECTOR: u8 = 0x40;
+/// Vectors with a level-ack entry.
+pub const ACK_VECTORS: u16 = 0x40;
+/// Bytes per level-ack entry (two writes).
+pub const ACK_ENTRY: u16 = 16;
+/// Guest-physical address of the first device page.
+pub const BAR_PAGES: u64 = 0x10000;
 /// Per-vector interrupt counters (u32 each).
 pub const COUNTERS: u16 = 0x1000;
 /// Code origin and entry point.
@@ -97,6 +117,19 @@ pub const MSR_X2APIC_ICR: u32 = 0x830;
 pub const MSR_X2APIC_LVT_TIMER: u32 = 0x832;
 pub const MSR_X2APIC_TIMER_INIT: u32 = 0x838;
 pub const MSR_X2APIC_TIMER_DIV: u32 = 0x83e;
+
+/// The xAPIC's MMIO page (IA32_APIC_BASE's default), FS's base in an
+/// xAPIC L2, and the registers the program uses (offsets in that page).
+pub const XAPIC_MMIO: u64 = 0xfee0_0000;
+pub const XAPIC_ID: u16 = 0x20;
+pub const XAPIC_TPR: u16 = 0x80;
+pub const XAPIC_EOI: u16 = 0xb0;
+pub const XAPIC_SVR: u16 = 0xf0;
+pub const XAPIC_ICR_LO: u16 = 0x300;
+pub const XAPIC_ICR_HI: u16 = 0x310;
+pub const XAPIC_LVT_TIMER: u16 = 0x320;
+pub const XAPIC_TIMER_INIT: u16 = 0x380;
+pub const XAPIC_TIMER_DIV: u16 = 0x3e0;
 
 /// Address of the counter of `vector`.
 pub const fn counter(vector: u8) -> u16 {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use wire::L2Mode;
+use wire::{L2Apic, L2Mode};
 
 use crate::sys::errno_str;
 use layout::*;
@@ -72,6 +72,12 @@ pub fn image() -> Vec<u8> {
     let p = usize::from(CTL_PERIOD);
     m[p..p + 4].copy_from_slice(&period_count(wire::DEFAULT_ALTERNATE_MS).to_le_bytes());
     m
+}
+
+/// The level-ack entry of `vector`, if it has one.
+pub fn level_ack_entry(vector: u8) -> Option<u16> {
+    let i = u16::from(vector.checked_sub(ACK_FIRST_VECTOR)?);
+    (i < ACK_VECTORS).then(|| ACKS + ACK_ENTRY * i)
 }
 
 /// Counter increase between two readings (the L2's counters are u32 and wrap).
@@ -179,6 +185,8 @@ pub struct L2 {
     booted: bool,
     pub mode: Option<L2Mode>,
     pub started: Option<Instant>,
+    /// The mode its local APIC runs in.
+    apic: L2Apic,
 }
 
 fn install_kick_handler() {
@@ -199,9 +207,12 @@ fn install_kick_handler() {
 impl L2 {
     /// Guest memory, CPUID (x2APIC offered), real-mode registers at the
     /// program's entry. Called once per VM, before its vCPU first runs.
-    pub fn prepare(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Result<L2, String> {
+    /// An xAPIC L2 (`apic`) gets FS's base at the APIC's MMIO page (the
+    /// program never loads FS): its APIC accesses are `[fs:register]`.
+    pub fn prepare(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd, apic: L2Apic) -> Result<L2, String> {
         let mem = GuestMem::new(MEM_SIZE)?;
         mem.load(&image());
+        mem.write_u32(CTL_XAPIC, u32::from(apic == L2Apic::Xapic));
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -241,6 +252,10 @@ impl L2 {
             s.base = 0;
             s.selector = 0;
         }
+        if apic == L2Apic::Xapic {
+            sregs.fs.base = XAPIC_MMIO;
+            sregs.fs.limit = 0xfff;
+        }
         sregs.idt.base = u64::from(IVT);
         sregs.idt.limit = 0x3ff;
         vcpu.set_sregs(&sregs)
@@ -254,7 +269,14 @@ impl L2 {
         vcpu.set_regs(&regs)
             .map_err(|e| errno_str("KVM_SET_REGS", e.errno()))?;
         install_kick_handler();
-        Ok(L2 {
+        let mut l2 = L2::with_mem(mem);
+        l2.apic = apic;
+        Ok(l2)
+    }
+
+    /// An L2 over `mem` whose vCPU thread has not started.
+    fn with_mem(mem: GuestMem) -> L2 {
+        L2 {
             mem: Arc::new(mem),
             shared: Arc::new(Mutex::new(Shared::default())),
             stop: Arc::new(AtomicBool::new(false)),
@@ -266,11 +288,40 @@ impl L2 {
             booted: false,
             mode: None,
             started: None,
-        })
+            apic: L2Apic::X2apic,
+        }
     }
 
     pub fn running(&self) -> bool {
         self.thread.is_some()
+    }
+
+    /// Have the handler of `ack.vector` make `ack.writes` in the device page
+    /// at `ack.gpa` before its EOI (the first free of the vector's two
+    /// write slots per write; more are dropped with a message).
+    pub fn set_level_ack(&self, ack: &crate::kvm::LevelAck) {
+        let Some(entry) = level_ack_entry(ack.vector) else {
+            crate::say!("no level-ack entry for vector {:#x}", ack.vector);
+            return;
+        };
+        let seg = u32::try_from(ack.gpa >> 4).unwrap_or(0) & 0xffff;
+        for (off, value) in &ack.writes {
+            let free = [entry, entry + 8]
+                .into_iter()
+                .find(|e| self.mem.read_u32(*e) & 0xffff == 0);
+            let Some(e) = free else {
+                crate::say!("vector {:#x}: more than two level-ack writes", ack.vector);
+                return;
+            };
+            self.mem.write_u32(e + 4, *value);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.mem.write_u32(e, seg | (u32::from(*off) << 16));
+        }
+    }
+
+    /// EOIs the L2 made so far.
+    pub fn eois(&self) -> u32 {
+        self.mem.read_u32(CTL_EOIS)
     }
 
     /// Why the vCPU thread stopped on its own, if it did.
@@ -350,9 +401,13 @@ impl L2 {
         self.wait_ack(gen, tick)?;
         if !self.booted {
             let base = lock(&self.shared).apic_base.unwrap_or(0);
-            if base & (APIC_BASE_EN | APIC_BASE_EXTD) != (APIC_BASE_EN | APIC_BASE_EXTD) {
+            let (want, name) = match self.apic {
+                L2Apic::X2apic => (APIC_BASE_EN | APIC_BASE_EXTD, "x2APIC"),
+                L2Apic::Xapic => (APIC_BASE_EN, "xAPIC"),
+            };
+            if base & (APIC_BASE_EN | APIC_BASE_EXTD) != want {
                 return Err(format!(
-                    "L2 is not in x2APIC mode: IA32_APIC_BASE {base:#x}"
+                    "L2 is not in {name} mode: IA32_APIC_BASE {base:#x}"
                 ));
             }
             self.booted = true;
@@ -556,6 +611,7 @@ mod tests {
         assert!(usize::from(STACK_TOP) <= MEM_SIZE);
         // every ctl field and counter is aligned (volatile u32 access)
         assert!(CTL_IPI_SENT + 4 <= COUNTERS);
+        assert!(CTL_XAPIC + 4 <= COUNTERS);
         for a in [
             CTL_MODE,
             CTL_REQ,
@@ -565,6 +621,7 @@ mod tests {
             CTL_HALTS,
             CTL_APIC_BASE,
             CTL_X2APIC_ID,
+            CTL_XAPIC,
             CTL_IPI_VECTOR,
             CTL_IPI_COUNT,
             CTL_IPI_REQ,
@@ -635,15 +692,43 @@ mod tests {
 
     #[test]
     fn program_ends_with_eoi_and_iret() {
-        // ... mov ecx, 0x80b; xor eax,eax; xor edx,edx; wrmsr; pop edx; pop ecx; pop eax; iret
-        let tail = &PROGRAM[PROGRAM.len() - 7..];
-        assert_eq!(tail, &[0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0xcf]);
+        // ... wrmsr; inc [CTL_EOIS]; pop es; pop ebp; pop edi; pop ebx; pop edx; pop ecx; pop eax; add sp, 2; iret
+        let tail = &PROGRAM[PROGRAM.len() - 17..];
+        assert_eq!(
+            tail,
+            &[
+                0x07, 0x66, 0x5d, 0x66, 0x5f, 0x66, 0x5b, 0x66, 0x5a, 0x66, 0x59, 0x66, 0x58, 0x83,
+                0xc4, 0x02, 0xcf
+            ]
+        );
         let eoi = [0x66, 0xb9, 0x0b, 0x08, 0x00, 0x00];
         assert!(PROGRAM.windows(6).any(|w| w == eoi), "mov ecx, 0x80b");
         // wrmsr appears; the x2APIC enable bits are or-ed in
         assert!(PROGRAM.windows(2).any(|w| w == [0x0f, 0x30]));
         let or = [0x66, 0x0d, 0x00, 0x0c, 0x00, 0x00]; // or eax, 0xc00
         assert!(PROGRAM.windows(6).any(|w| w == or));
+    }
+
+    #[test]
+    fn level_ack_entries() {
+        assert_eq!(level_ack_entry(0x3f), None);
+        assert_eq!(level_ack_entry(0x40), Some(ACKS));
+        assert_eq!(level_ack_entry(0x7f), Some(ACKS + 63 * ACK_ENTRY));
+        assert_eq!(level_ack_entry(0x80), None);
+        const { assert!(ACKS >= COUNTERS + 0x400 && ACKS + ACK_VECTORS * ACK_ENTRY <= CODE) };
+        const { assert!(CTL_EOIS + 4 <= COUNTERS) };
+        let l2 = L2::with_mem(GuestMem::new(MEM_SIZE).unwrap());
+        let ack = |gpa| crate::kvm::LevelAck {
+            vector: 0x41,
+            gpa,
+            writes: vec![(0x64, 1)],
+        };
+        l2.set_level_ack(&ack(0x10000));
+        l2.set_level_ack(&ack(0x11000));
+        let e = ACKS + ACK_ENTRY;
+        assert_eq!(l2.mem.read_u32(e), 0x1000 | (0x64 << 16));
+        assert_eq!(l2.mem.read_u32(e + 4), 1);
+        assert_eq!(l2.mem.read_u32(e + 8), 0x1100 | (0x64 << 16));
     }
 
     #[test]

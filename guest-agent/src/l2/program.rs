@@ -7,7 +7,12 @@
 //! 16-bit real mode, every segment base 0 (the agent sets CS, the program
 //! the rest). What it does:
 //!
-//! 1. Enters x2APIC mode (IA32_APIC_BASE |= EN|EXTD), sets the TPR to 0,
+//! The APIC is used in x2APIC mode through its MSRs, or, when the agent
+//! set `CTL_XAPIC` (with FS's base at the APIC's MMIO page), in xAPIC mode
+//! through `[fs:register]`: every APIC access below branches on that flag
+//! (`apic_write`).
+//!
+//! 1. Enters x2APIC mode (IA32_APIC_BASE |= EN|EXTD; xAPIC: stays), sets the TPR to 0,
 //!    software-enables the APIC (SVR = 0x1ff), programs the timer (one-shot,
 //!    vector `TIMER_VECTOR`, divide by 1, not armed), reads IA32_APIC_BASE
 //!    back into the control block and reports it with `out PORT_READY`.
@@ -21,8 +26,14 @@
 //!    acknowledged) makes it write its x2APIC ICR `CTL_IPI_COUNT` times
 //!    (vector `CTL_IPI_VECTOR`, fixed, physical destination = its own
 //!    x2APIC ID), waiting a bounded time for each IPI to be taken.
-//! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, then
-//!    the common tail EOIs through the x2APIC EOI MSR and `iret`s. Flags are
+//! 3. Every vector has its own stub in the IVT: `inc dword [counter]`, push
+//!    the vector, then the common tail makes the vector's level-ack writes
+//!    (vectors 0x40..0x7f with an entry in the `ACKS` table: the device's
+//!    ack, which de-asserts its INTx line, as a driver's handler does before
+//!    the EOI of a level interrupt), EOIs through the x2APIC EOI MSR,
+//!    counts the EOI in `CTL_EOIS`, drops the vector and `iret`s. (xAPIC: the
+//!    EOI is a write to the MMIO page; with AVIC that is the vAPIC page,
+//!    and the EOI of a level-triggered vector exits to the hypervisor.) Flags are
 //!    restored by `iret`, the registers the tail uses are saved.
 
 use iced_x86::code_asm::*;
@@ -39,11 +50,27 @@ pub struct Assembled {
     pub main_loop: u16,
 }
 
-fn wrmsr_imm(a: &mut CodeAssembler, msr: u32, value: u32) -> Result<(), IcedError> {
+/// Write eax to an APIC register: its x2APIC MSR `msr`, or `[fs:off]` in
+/// an xAPIC L2 (`CTL_XAPIC` set). Clobbers ecx, edx and the flags. Ends
+/// with a `nop`, so that a label may follow.
+fn apic_write(a: &mut CodeAssembler, msr: u32, off: u16) -> Result<(), IcedError> {
+    let mut xapic = a.create_label();
+    let mut done = a.create_label();
+    a.cmp(dword_ptr(u32::from(CTL_XAPIC)), 0)?;
+    a.jne(xapic)?;
     a.mov(ecx, msr)?;
-    a.mov(eax, value)?;
     a.xor(edx, edx)?;
-    a.wrmsr()
+    a.wrmsr()?;
+    a.jmp(done)?;
+    a.set_label(&mut xapic)?;
+    a.mov(dword_ptr(u32::from(off)).fs(), eax)?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
+fn apic_write_imm(a: &mut CodeAssembler, msr: u32, off: u16, value: u32) -> Result<(), IcedError> {
+    a.mov(eax, value)?;
+    apic_write(a, msr, off)
 }
 
 pub fn assemble() -> Result<Assembled, IcedError> {
@@ -61,17 +88,42 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.mov(es, ax)?;
     a.mov(ss, ax)?;
     a.mov(sp, u32::from(STACK_TOP))?;
-    // x2APIC: IA32_APIC_BASE |= EN | EXTD (xAPIC -> x2APIC is a legal transition)
+    // x2APIC: IA32_APIC_BASE |= EN | EXTD (xAPIC -> x2APIC is a legal
+    // transition); an xAPIC L2 keeps the reset state (EN set, xAPIC mode)
+    let mut xapic_setup = a.create_label();
+    a.cmp(dword_ptr(u32::from(CTL_XAPIC)), 0)?;
+    a.jne(xapic_setup)?;
     a.mov(ecx, MSR_APIC_BASE)?;
     a.rdmsr()?;
     a.or(eax, APIC_BASE_EN | APIC_BASE_EXTD)?;
     a.wrmsr()?;
-    wrmsr_imm(&mut a, MSR_X2APIC_TPR, 0)?;
-    wrmsr_imm(&mut a, MSR_X2APIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR))?;
-    wrmsr_imm(&mut a, MSR_X2APIC_TIMER_DIV, 0b1011)?; // divide by 1
-    wrmsr_imm(&mut a, MSR_X2APIC_LVT_TIMER, u32::from(TIMER_VECTOR))?; // one-shot, unmasked
+    a.set_label(&mut xapic_setup)?;
+    apic_write_imm(&mut a, MSR_X2APIC_TPR, XAPIC_TPR, 0)?;
+    apic_write_imm(
+        &mut a,
+        MSR_X2APIC_SVR,
+        XAPIC_SVR,
+        0x100 | u32::from(SPURIOUS_VECTOR),
+    )?;
+    apic_write_imm(&mut a, MSR_X2APIC_TIMER_DIV, XAPIC_TIMER_DIV, 0b1011)?; // divide by 1
+    apic_write_imm(
+        &mut a,
+        MSR_X2APIC_LVT_TIMER,
+        XAPIC_LVT_TIMER,
+        u32::from(TIMER_VECTOR),
+    )?; // one-shot, unmasked
+        // the APIC ID: x2APIC's MSR, or xAPIC's ID register bits 31:24
+    let mut xapic_id = a.create_label();
+    let mut have_id = a.create_label();
+    a.cmp(dword_ptr(u32::from(CTL_XAPIC)), 0)?;
+    a.jne(xapic_id)?;
     a.mov(ecx, MSR_X2APIC_ID)?;
     a.rdmsr()?;
+    a.jmp(have_id)?;
+    a.set_label(&mut xapic_id)?;
+    a.mov(eax, dword_ptr(u32::from(XAPIC_ID)).fs())?;
+    a.shr(eax, 24)?;
+    a.set_label(&mut have_id)?;
     a.mov(dword_ptr(CTL_X2APIC_ID), eax)?;
     a.mov(ecx, MSR_APIC_BASE)?;
     a.rdmsr()?;
@@ -107,10 +159,24 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.test(ebp, ebp)?;
     a.jz(ipi_done)?;
     a.mov(esi, dword_ptr(bx))?;
+    // fixed, physical, no shorthand, destination: ourselves. xAPIC: the
+    // destination in ICR high bits 31:24, then the write of ICR low sends
+    let mut xapic_icr = a.create_label();
+    let mut icr_sent = a.create_label();
+    a.cmp(dword_ptr(u32::from(CTL_XAPIC)), 0)?;
+    a.jne(xapic_icr)?;
     a.mov(ecx, MSR_X2APIC_ICR)?;
-    a.movzx(eax, byte_ptr(CTL_IPI_VECTOR))?; // fixed, physical, no shorthand
-    a.mov(edx, dword_ptr(CTL_X2APIC_ID))?; // destination: ourselves
+    a.movzx(eax, byte_ptr(CTL_IPI_VECTOR))?;
+    a.mov(edx, dword_ptr(CTL_X2APIC_ID))?;
     a.wrmsr()?;
+    a.jmp(icr_sent)?;
+    a.set_label(&mut xapic_icr)?;
+    a.mov(eax, dword_ptr(CTL_X2APIC_ID))?;
+    a.shl(eax, 24)?;
+    a.mov(dword_ptr(u32::from(XAPIC_ICR_HI)).fs(), eax)?;
+    a.movzx(eax, byte_ptr(CTL_IPI_VECTOR))?;
+    a.mov(dword_ptr(u32::from(XAPIC_ICR_LO)).fs(), eax)?;
+    a.set_label(&mut icr_sent)?;
     a.inc(dword_ptr(CTL_IPI_SENT))?;
     a.mov(eax, IPI_SPIN)?;
     a.set_label(&mut ipi_wait)?;
@@ -167,10 +233,8 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     let mut nap = a.create_label();
     a.set_label(&mut alternate)?;
     a.mov(edi, dword_ptr(timer))?;
-    a.mov(ecx, MSR_X2APIC_TIMER_INIT)?;
     a.mov(eax, dword_ptr(CTL_PERIOD))?;
-    a.xor(edx, edx)?;
-    a.wrmsr()?;
+    apic_write(&mut a, MSR_X2APIC_TIMER_INIT, XAPIC_TIMER_INIT)?;
     a.set_label(&mut spin)?;
     a.pause()?;
     a.cmp(esi, dword_ptr(CTL_REQ))?;
@@ -179,10 +243,10 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.je(spin)?;
     a.mov(edi, dword_ptr(timer))?;
     a.mov(eax, dword_ptr(CTL_PERIOD))?;
-    a.wrmsr()?; // ecx, edx unchanged
-                // the nap's checks, like `halted`'s, run with interrupts off: the
-                // one-shot timer may fire (and be taken) before the `hlt` is reached
-                // when L1 preempts the L2 for longer than a period
+    apic_write(&mut a, MSR_X2APIC_TIMER_INIT, XAPIC_TIMER_INIT)?;
+    // the nap's checks, like `halted`'s, run with interrupts off: the
+    // one-shot timer may fire (and be taken) before the `hlt` is reached
+    // when L1 preempts the L2 for longer than a period
     a.set_label(&mut nap)?;
     a.cli()?;
     a.cmp(esi, dword_ptr(CTL_REQ))?;
@@ -200,6 +264,7 @@ pub fn assemble() -> Result<Assembled, IcedError> {
         let mut l = a.create_label();
         a.set_label(&mut l)?;
         a.inc(dword_ptr(counter(v)))?;
+        a.push(i32::from(v))?;
         a.jmp(common)?;
         stubs.push(l);
     }
@@ -207,13 +272,45 @@ pub fn assemble() -> Result<Assembled, IcedError> {
     a.push(eax)?;
     a.push(ecx)?;
     a.push(edx)?;
-    a.mov(ecx, MSR_X2APIC_EOI)?;
+    a.push(ebx)?;
+    a.push(edi)?;
+    a.push(ebp)?;
+    a.mov(bp, sp)?;
+    a.push(es)?;
+    // bx = the ack entry of the vector pushed by the stub, if it has one
+    let mut eoi = a.create_label();
+    let mut second = a.create_label();
+    a.mov(bx, word_ptr(bp + 24))?;
+    a.and(bx, 0xff)?;
+    a.sub(bx, i32::from(ACK_FIRST_VECTOR))?;
+    a.cmp(bx, i32::from(ACK_VECTORS))?;
+    a.jae(eoi)?;
+    a.shl(bx, 4)?;
+    a.add(bx, i32::from(ACKS))?;
+    for (entry, next) in [(0u16, &mut second), (8, &mut eoi)] {
+        a.mov(ax, word_ptr(bx + i32::from(entry)))?;
+        a.test(ax, ax)?;
+        a.jz(*next)?;
+        a.mov(es, ax)?;
+        a.mov(di, word_ptr(bx + i32::from(entry + 2)))?;
+        a.mov(eax, dword_ptr(bx + i32::from(entry + 4)))?;
+        a.mov(dword_ptr(di).es(), eax)?;
+        if entry == 0 {
+            a.set_label(next)?;
+        }
+    }
+    a.set_label(&mut eoi)?;
     a.xor(eax, eax)?;
-    a.xor(edx, edx)?;
-    a.wrmsr()?;
+    apic_write(&mut a, MSR_X2APIC_EOI, XAPIC_EOI)?;
+    a.inc(dword_ptr(CTL_EOIS))?;
+    a.pop(es)?;
+    a.pop(ebp)?;
+    a.pop(edi)?;
+    a.pop(ebx)?;
     a.pop(edx)?;
     a.pop(ecx)?;
     a.pop(eax)?;
+    a.add(sp, 2)?;
     a.iret()?;
 
     let res = a.assemble_options(

@@ -126,6 +126,7 @@ impl Runner {
                     Err(format!("device {device} is not open"))
                 }
             }
+            Step::EnableIntx { device } => self.enable_intx(st, device),
             _ => unreachable!("not a device step: {}", step.action()),
         }
     }
@@ -174,12 +175,34 @@ impl Runner {
         };
         // VFIO reset the device on open: set it up for the scenario now
         write_ops(&dev, d.model.spec().setup, 0).map_err(|e| format!("{device} setup: {e}"))?;
+        if spec.intx {
+            // edu has no reset: a level line an earlier scenario left
+            // asserted (nobody acknowledged it) is de-asserted here
+            write_ops(&dev, spec.ack, 0).map_err(|e| format!("{device} ack: {e}"))?;
+        }
         say!(
             "{device} ({}) open{}",
             dev.bdf,
             if dev.noiommu { " (no-IOMMU)" } else { "" }
         );
         st.open.push((device.to_string(), dev));
+        Ok(())
+    }
+
+    /// The INTx trigger eventfd (the vector's, made here unless an irqfd made it first).
+    pub(super) fn enable_intx(&mut self, st: &mut JobState, device: &str) -> Result<(), String> {
+        st.device(device)?;
+        if !st.model(device)?.intx {
+            return Err(format!("{device} cannot raise INTx"));
+        }
+        let name = wire::intx_vector(device);
+        if let std::collections::hash_map::Entry::Vacant(e) = st.vectors.entry(name.clone()) {
+            e.insert(new_vector()?);
+        }
+        st.device(device)?
+            .set_intx(Some(st.vectors[&name].eventfd.as_raw_fd()))?;
+        st.wired
+            .insert(device.to_string(), [0].into_iter().collect());
         Ok(())
     }
 

@@ -61,6 +61,8 @@ impl Runner {
             .map_err(|e| errstr("dup eventfd", &e))?;
         // routes fed by this vector through an attached irqfd
         let mut routes = Vec::new();
+        // an INTx vector's IOAPIC pins (= GSIs)
+        let mut pins = Vec::new();
         for (_, vm) in &st.vms {
             if vm.irqfds.contains_key(vector) {
                 routes.extend(
@@ -69,8 +71,15 @@ impl Runner {
                         .filter(|r| r.source == vector)
                         .map(|r| r.vector),
                 );
+                pins.extend(
+                    vm.routes()
+                        .iter()
+                        .filter(|r| r.source == vector)
+                        .filter_map(|r| r.pin),
+                );
             }
         }
+        let intx = kind == "intx";
         let held = !routes.is_empty();
         // A device interrupt of a connected vector is posted by the IOMMU
         // straight into the vCPU's vAPIC: no host IRQ, no KVM injection. The
@@ -90,13 +99,26 @@ impl Runner {
                     l2.mem.clone(),
                     r.vector,
                     l2.mem.count(r.vector),
+                    l2.eois(),
                 ));
             }
         }
+        // delivered in each L2; for a level interrupt only once the handler
+        // is done (device acked, EOI written: the line is re-armed by then)
         let delivered =
-            |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32)]| -> Vec<u64> {
+            |l2s: &[(String, std::sync::Arc<crate::l2::GuestMem>, u8, u32, u32)]| -> Vec<u64> {
                 l2s.iter()
-                    .map(|(_, m, v, base)| crate::l2::delta(*base, m.count(*v)))
+                    .map(|(_, m, v, base, eois)| {
+                        let d = crate::l2::delta(*base, m.count(*v));
+                        if intx {
+                            d.min(crate::l2::delta(
+                                *eois,
+                                m.read_u32(crate::l2::layout::CTL_EOIS),
+                            ))
+                        } else {
+                            d
+                        }
+                    })
                     .collect()
             };
         let fire_t0 = Instant::now();
@@ -108,6 +130,7 @@ impl Runner {
             Source::Eventfd => None,
         };
         let irq_name = dev.and_then(|d| match d {
+            Target::Vfio(d) if intx => Some(format!("vfio-intx({})", d.bdf)),
             Target::Vfio(d) => Some(vfio_irq_name(kind, idx, &d.bdf)),
             Target::Vdpa(d) => d.irq_name(idx),
         });
@@ -125,7 +148,10 @@ impl Runner {
         };
         // a vDPA buffer is acknowledged by the device completing it, which
         // also frees its descriptor for the next fire
+        // a level interrupt is acknowledged by the L2's handler, before its
+        // EOI; where nobody takes it the line stays asserted
         let ack = |dev: Option<Target>| match dev {
+            Some(Target::Vfio(_)) if intx => Ok(()),
             Some(Target::Vfio(d)) => write_ops(d, spec.ack, idx),
             Some(Target::Vdpa(d)) => d.wait_completed(idx),
             None => Ok(()),
@@ -172,7 +198,7 @@ impl Runner {
                         .map(|l| l.count)
                         .unwrap_or(0)
                         .saturating_sub(base);
-                    if host > i || self.injected(&routes) > i {
+                    if host > i || self.injected_for(intx, &routes, &pins) > i {
                         break;
                     }
                 } else {
@@ -224,7 +250,7 @@ impl Runner {
                 let all_in = delivered(&l2s).iter().all(|d| *d >= u64::from(count));
                 // every VM holding the vector injects each interrupt
                 let want = u64::from(count) * routes.len() as u64;
-                if ((posted || self.injected(&routes) >= want) && all_in)
+                if ((posted || self.injected_for(intx, &routes, &pins) >= want) && all_in)
                     || t0.elapsed() > Duration::from_millis(300)
                 {
                     break;
@@ -260,7 +286,10 @@ impl Runner {
                 .map(|l| l.count.saturating_sub(base))
                 .unwrap_or(0),
             host_chip: line.map(|l| normalize_chip(&l.chip)),
-            injected: self.injected(&routes),
+            injected: self.injected_for(intx, &routes, &pins),
+            resampled: intx.then(|| self.level_counts(&pins).0),
+            unmasked: intx.then(|| self.level_counts(&pins).1),
+            eoi_trapped: intx.then(|| self.eoi_trapped(&routes)),
             delivered,
         })
     }

@@ -1,6 +1,7 @@
 //! KVM steps: VMs, irqfds (with their GSI routes), and the tiny L2 that
 //! runs on a VM's vCPU thread (start, stop, IPIs).
 
+use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use wire::{AgentMessage, Step, VectorCount};
@@ -27,16 +28,21 @@ impl Runner {
         _recv: &mut Recv<'_>,
     ) -> Result<(), String> {
         match step {
-            Step::CreateVm { vm } => {
+            Step::CreateVm { vm, apic } => {
                 if st.vms.iter().any(|(n, _)| n == vm) {
                     Err(format!("VM {vm} already exists"))
                 } else {
-                    Vm::create().map(|v| st.vms.push((vm.clone(), v)))
+                    Vm::create(*apic).map(|v| st.vms.push((vm.clone(), v)))
                 }
             }
-            Step::Irqfd { vm, vector } => {
+            Step::Irqfd {
+                vm,
+                vector,
+                resample,
+                pin,
+            } => {
                 out.names.consumer = Some(format!("{vm}:{vector}"));
-                let r = self.irqfd(st, vm, vector);
+                let r = self.irqfd(st, vm, vector, *resample, *pin);
                 if r.is_ok() {
                     out.irqfd_ok = out.names.consumer.clone();
                 }
@@ -65,7 +71,7 @@ impl Runner {
                         }
                         None => Ok(()),
                     };
-                    drop(v);
+                    v.close();
                     r
                 }
                 None => Err(format!("no VM named {vm}")),
@@ -119,6 +125,9 @@ impl Runner {
                             host_chip: None,
                             injected: 0,
                             delivered: Some(delivered),
+                            resampled: None,
+                            eoi_trapped: None,
+                            unmasked: None,
                         });
                         Ok(())
                     }
@@ -131,6 +140,7 @@ impl Runner {
                 say!("{vm}: L2 stopped ({stats})");
                 r.map_err(|e| format!("{vm}: {e}"))
             }),
+            Step::IntxUnmask { vm, vector } => self.intx_unmask(st, vm, vector),
             _ => unreachable!("not a KVM step: {}", step.action()),
         }
     }
@@ -140,8 +150,11 @@ impl Runner {
         st: &mut JobState,
         vm: &str,
         vector: &str,
+        resample: bool,
+        pin: Option<u32>,
     ) -> Result<(), String> {
-        let (device, _, _) = parse_vector(vector)?;
+        let (device, kind, _) = parse_vector(vector)?;
+        let intx = kind == "intx";
         if !st.is_open(device) {
             return Err(format!("device {device} is not open (no bind step?)"));
         }
@@ -164,11 +177,57 @@ impl Runner {
                 if vec > 0xfe {
                     return Err("out of MSI vectors for routes".into());
                 }
-                let r = v.route_for(vector, vec as u8)?;
+                // an INTx vector goes to an IOAPIC pin: the one asked for,
+                // else the first one no route of this VM uses
+                let pin = match (intx, pin) {
+                    (false, _) => None,
+                    (true, Some(p)) => Some(p),
+                    (true, None) => Some(
+                        wire::INTX_PINS
+                            .clone()
+                            .find(|p| !v.routes().iter().any(|r| r.pin == Some(*p)))
+                            .ok_or("no free IOAPIC pin")?,
+                    ),
+                };
+                let r = v.route_for(vector, vec as u8, pin)?;
                 st.next_vector += 1;
                 r
             }
         };
-        st.vm(vm)?.irqfd(vector, &fd, route.gsi)
+        if !intx {
+            return st.vm(vm)?.irqfd(vector, &fd, route.gsi);
+        }
+        // the L2 acknowledges the device in its page before the EOI
+        let spec = st.model(device)?;
+        let page = st.device(device)?.map_bar0_page()?;
+        let writes = spec
+            .ack
+            .iter()
+            .map(|w| (w.offset as u16, w.value.for_vector(0)))
+            .collect();
+        let v = st.vm(vm)?;
+        v.add_level_ack(route.vector, page, writes)?;
+        if resample {
+            v.irqfd_resample(vector, &fd, route.gsi)
+        } else {
+            v.irqfd(vector, &fd, route.gsi)
+        }
+    }
+
+    /// VFIO's INTx unmask-by-eventfd, wired to `vm`'s resample eventfd of `vector`.
+    pub(super) fn intx_unmask(
+        &mut self,
+        st: &mut JobState,
+        vm: &str,
+        vector: &str,
+    ) -> Result<(), String> {
+        let (device, _, _) = parse_vector(vector)?;
+        let fd = st
+            .vm(vm)?
+            .resamplefds
+            .get(vector)
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(|| format!("{vm} has no resample irqfd on {vector}"))?;
+        st.device(device)?.set_intx_unmask_eventfd(fd)
     }
 }

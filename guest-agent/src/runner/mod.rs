@@ -116,7 +116,9 @@ pub fn parse_vector(name: &str) -> Result<(&str, &str, u32), String> {
         format!("bad vector name {name:?} (expected <device>/msi<n>, <device>/msix<n> or <device>/vq<n>)")
     };
     let (dev, v) = name.split_once('/').ok_or_else(bad)?;
-    let (kind, idx) = if let Some(i) = v.strip_prefix("msix") {
+    let (kind, idx) = if let Some(i) = v.strip_prefix("intx") {
+        ("intx", i)
+    } else if let Some(i) = v.strip_prefix("msix") {
         ("msix", i)
     } else if let Some(i) = v.strip_prefix("msi") {
         ("msi", i)
@@ -214,6 +216,43 @@ impl Runner {
         }
     }
 
+    /// KVM's injections for a vector's routes: MSIs by route vector, or
+    /// for an INTx vector the assertions (`kvm_set_irq` level 1) of its GSIs.
+    fn injected_for(&self, intx: bool, vectors: &[u8], gsis: &[u32]) -> u64 {
+        if !intx {
+            return self.injected(vectors);
+        }
+        self.acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::SetIrq { gsi, level: 1 } if gsis.contains(&gsi)))
+            .count() as u64
+    }
+
+    /// For an INTx vector: EOIs of its pins that reached KVM's resampler
+    /// (`kvm_ack_irq`), and VFIO INTx unmasks, during the step so far.
+    fn level_counts(&self, pins: &[u32]) -> (u64, u64) {
+        let acked = self
+            .acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::AckIrq { pin } if pins.contains(&pin)))
+            .count() as u64;
+        let unmasked = self
+            .acc
+            .iter()
+            .filter(|r| r.event == KEvent::IntxUnmask)
+            .count() as u64;
+        (acked, unmasked)
+    }
+
+    /// For an INTx vector: EOIs of its VM-side vectors that AVIC trapped to
+    /// KVM during the step so far.
+    fn eoi_trapped(&self, vectors: &[u8]) -> u64 {
+        self.acc
+            .iter()
+            .filter(|r| matches!(r.event, KEvent::AvicEoiTrap { vec } if vectors.iter().any(|v| u32::from(*v) == vec)))
+            .count() as u64
+    }
+
     fn injected(&self, vectors: &[u8]) -> u64 {
         self.acc
             .iter()
@@ -285,7 +324,7 @@ impl Runner {
         let vms = std::mem::take(&mut st.vms);
         for (name, vm) in vms {
             say!("cleanup: destroy {name}");
-            drop(vm);
+            vm.close();
         }
         let open = std::mem::take(&mut st.open);
         for (name, dev) in open {
@@ -342,6 +381,7 @@ impl Runner {
             | Step::Unbind { .. }
             | Step::Fire { .. }
             | Step::Signal { .. }
+            | Step::EnableIntx { .. }
             | Step::CloseDevice { .. } => self.device_step(st, index, step, &mut out, send, recv),
             Step::CreateVm { .. }
             | Step::Irqfd { .. }
@@ -349,6 +389,7 @@ impl Runner {
             | Step::DestroyVm { .. }
             | Step::StartVm { .. }
             | Step::Ipi { .. }
+            | Step::IntxUnmask { .. }
             | Step::StopVm { .. } => self.kvm_step(st, index, step, &mut out, send, recv),
             Step::StartL2 { .. }
             | Step::L2Traffic { .. }
@@ -431,7 +472,8 @@ mod tests {
         assert!(parse_vector("dev0").is_err());
         assert!(parse_vector("dev0/msi").is_err());
         assert!(parse_vector("/msi0").is_err());
-        assert!(parse_vector("dev0/intx0").is_err());
+        assert_eq!(parse_vector("dev0/intx0").unwrap(), ("dev0", "intx", 0));
+        assert!(parse_vector("dev0/intx").is_err());
         assert_eq!(parse_vector("vdpa0/vq1").unwrap(), ("vdpa0", "vq", 1));
     }
 }

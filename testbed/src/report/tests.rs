@@ -168,6 +168,9 @@ fn fired(raised: u64, host_irq: u64, injected: u64, signalled: Option<u64>) -> V
         host_chip: Some("IR-PCI-MSI".into()),
         injected,
         delivered: None,
+        resampled: None,
+        eoi_trapped: None,
+        unmasked: None,
     }
 }
 
@@ -1266,6 +1269,9 @@ fn ipi_report(sent: u64, delivered: Option<u64>) -> Report {
         host_chip: None,
         injected: 0,
         delivered,
+        resampled: None,
+        eoi_trapped: None,
+        unmasked: None,
     }];
     Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
 }
@@ -1532,6 +1538,9 @@ fn sim_fired(host_irq: u64, injected: u64) -> VectorCount {
         host_chip: None,
         injected,
         delivered: None,
+        resampled: None,
+        eoi_trapped: None,
+        unmasked: None,
     }
 }
 

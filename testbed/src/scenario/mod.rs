@@ -8,7 +8,7 @@
 //! catch use of undeclared devices, vectors that are not enabled, irqfds on VMs
 //! that do not exist, anything used after it was closed, and so on. Every error
 //! names the file, line and column, e.g.
-//! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0`.
+//! `scenarios/x.toml:14:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0 and intx0`.
 
 //!
 //! Where things live: this file has the types and the loader; `source.rs`
@@ -85,6 +85,10 @@ pub enum Expectation {
     /// either passes through L1 (host_irq, then injected) or is posted, and
     /// over the scenario the IOMMU posted exactly raised - host_irq.
     /// `signal` steps: KVM injected every write (no L1 IRQ, nothing posted).
+    /// INTx vectors (level): every lap of the loop closes once per raise
+    /// (L1 handler, KVM assertion, L2 ack and EOI, resample, at least one
+    /// VFIO unmask per EOI); with no L2 running the line is taken once
+    /// (`report/level.rs`).
     Lossless,
     /// `connected` only between a registered producer and a registered consumer
     /// of the same vector; every connection is disconnected before or when

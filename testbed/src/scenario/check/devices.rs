@@ -120,6 +120,12 @@ impl Checker<'_, '_> {
             }
             Step::EnableMsi { device, vectors } => {
                 let info = self.device("device", device)?;
+                if let Some(step) = info.intx {
+                    return Err(self.err(
+                        "device",
+                        format!("INTx of {device} is enabled (step {step}): VFIO uses one interrupt type at a time"),
+                    ));
+                }
                 let max = info.model.vectors();
                 if info.model.irq() != IrqKind::Msi {
                     return Err(self.err(
@@ -340,6 +346,12 @@ impl Checker<'_, '_> {
                     return Err(self.err("vector", format!("{dev} is not bound: bind it first")));
                 }
                 self.enabled_vector("vector", vector)?;
+                if wire::is_intx(vector) && !self.irqfds.keys().any(|(_, v)| v == vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is level-triggered and no irqfd holds it: nothing would acknowledge it"),
+                    ));
+                }
                 if !(1..=MAX_FIRE_COUNT).contains(count) {
                     return Err(self.err(
                         "count",
@@ -350,6 +362,12 @@ impl Checker<'_, '_> {
             }
             Step::Signal { vector, count } => {
                 self.vector("vector", vector)?;
+                if wire::is_intx(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is a level-triggered line: only the device (fire) asserts and de-asserts it"),
+                    ));
+                }
                 if !self.eventfds.contains(vector) {
                     return Err(self.err(
                         "vector",
@@ -380,6 +398,44 @@ impl Checker<'_, '_> {
                     }
                 }
                 self.set_dev(device, DevState::Closed { step: k });
+            }
+            Step::EnableIntx { device } => {
+                let info = self.device("device", device)?;
+                if !info.model.spec().intx {
+                    return Err(self.err(
+                        "device",
+                        format!(
+                            "{device} ({}) has no INTx the testbed can drive",
+                            info.model.label()
+                        ),
+                    ));
+                }
+                match info.state {
+                    DevState::Bound => {}
+                    DevState::Declared => {
+                        return Err(self.err("device", format!("{device} is not bound: bind it first")))
+                    }
+                    DevState::Enabled { step, .. } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} has MSI enabled (step {step}): VFIO uses one interrupt type at a time"),
+                        ))
+                    }
+                    DevState::Closed { step } | DevState::Unbound { step } | DevState::Unplugged { step } => {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} used after it was closed (step {step}): bind it again first"),
+                        ))
+                    }
+                }
+                if let Some(step) = info.intx {
+                    return Err(self.err(
+                        "device",
+                        format!("INTx of {device} already enabled at step {step}"),
+                    ));
+                }
+                self.devices.get_mut(device).expect("declared").intx = Some(k);
+                self.eventfds.insert(wire::intx_vector(device));
             }
             _ => unreachable!("not a device step: {}", step.action()),
         }

@@ -8,7 +8,7 @@ impl Checker<'_, '_> {
     /// create-vm, irqfd, irqfd-deassign, destroy-vm, start-vm, stop-vm, ipi.
     pub(super) fn kvm_step(&mut self, k: usize, step: &Step) -> Result<(), ScenarioError> {
         match step {
-            Step::CreateVm { vm } => {
+            Step::CreateVm { vm, .. } => {
                 if let Some(p) = name_problem(vm) {
                     return Err(self.err("vm", p));
                 }
@@ -29,7 +29,12 @@ impl Checker<'_, '_> {
                 }
                 self.vms.insert(vm.clone(), VmState::Live);
             }
-            Step::Irqfd { vm, vector } => {
+            Step::Irqfd {
+                vm,
+                vector,
+                resample,
+                pin,
+            } => {
                 self.live_vm("vm", vm)?;
                 self.bound_vector("vector", vector)?;
                 let key = (vm.clone(), vector.clone());
@@ -38,6 +43,34 @@ impl Checker<'_, '_> {
                         "vector",
                         format!("{vm} already has an irqfd on {vector} (step {step})"),
                     ));
+                }
+                let intx = wire::is_intx(vector);
+                if *resample && !intx {
+                    return Err(self.err(
+                        "resample",
+                        format!("resample is for level-triggered INTx vectors (<device>/intx0), not {vector}"),
+                    ));
+                }
+                if let Some(p) = pin {
+                    if !intx {
+                        return Err(self.err(
+                            "pin",
+                            format!("pin is for INTx vectors (<device>/intx0), not {vector}"),
+                        ));
+                    }
+                    if !wire::INTX_PINS.contains(p) {
+                        return Err(self.err(
+                            "pin",
+                            format!(
+                                "pin = {p} out of range {}..={}",
+                                wire::INTX_PINS.start(),
+                                wire::INTX_PINS.end()
+                            ),
+                        ));
+                    }
+                }
+                if *resample {
+                    self.resample.insert(key.clone(), k);
                 }
                 self.irqfds.insert(key.clone(), k);
                 self.ever_attached.entry(key).or_insert(k);
@@ -52,11 +85,13 @@ impl Checker<'_, '_> {
                         format!("{vm} has no irqfd on {vector} to deassign"),
                     ));
                 }
+                self.resample.remove(&(vm.clone(), vector.clone()));
             }
             Step::DestroyVm { vm } => {
                 self.live_vm("vm", vm)?;
                 self.vms.insert(vm.clone(), VmState::Destroyed { step: k });
                 self.irqfds.retain(|(v, _), _| v != vm);
+                self.resample.retain(|(v, _), _| v != vm);
                 self.l2_running.remove(vm);
             }
             Step::StartVm {
@@ -129,6 +164,16 @@ impl Checker<'_, '_> {
                     ));
                 }
                 self.fired = true;
+            }
+            Step::IntxUnmask { vm, vector } => {
+                self.live_vm("vm", vm)?;
+                self.enabled_vector("vector", vector)?;
+                if !self.resample.contains_key(&(vm.clone(), vector.clone())) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm} has no resample irqfd on {vector}: irqfd with resample = true first"),
+                    ));
+                }
             }
             _ => unreachable!("not a KVM step: {}", step.action()),
         }

@@ -52,6 +52,8 @@ pub(in crate::scenario) struct DevInfo {
     pub(in crate::scenario) state: DevState,
     /// Every vector some enable step wired.
     pub(in crate::scenario) ever_wired: BTreeSet<u32>,
+    /// The enable-intx step in force, if any.
+    pub(in crate::scenario) intx: Option<usize>,
 }
 
 /// Simulates the steps' state to find mistakes before anything runs.
@@ -75,6 +77,8 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
     /// Unplugged and paused L2s (`l2ctl`).
     pub(in crate::scenario) l2ctl: l2ctl::L2Ctl,
+    /// Resample irqfds: (vm, INTx vector) -> the irqfd step.
+    pub(in crate::scenario) resample: BTreeMap<(String, String), usize>,
     /// Whether any step fires (or signals).
     pub(in crate::scenario) fired: bool,
     /// Vectors masked at the device: vector -> the mask step.
@@ -102,6 +106,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             linux_l2s: BTreeMap::new(),
             l2ctl: Default::default(),
             l2_traffic: false,
+            resample: BTreeMap::new(),
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
@@ -171,6 +176,7 @@ impl<'s, 'a> Checker<'s, 'a> {
                 model: d.model,
                 state: DevState::Declared,
                 ever_wired: BTreeSet::new(),
+                intx: None,
             },
         );
         Ok(())
@@ -211,6 +217,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                 ),
             ));
         };
+        if rest == "intx0" && info.model.spec().intx {
+            return Ok((dev.to_string(), 0));
+        }
         let n = rest
             .strip_prefix(info.model.irq().prefix())
             .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -222,9 +231,14 @@ impl<'s, 'a> Checker<'s, 'a> {
             None => Err(self.err(
                 key,
                 format!(
-                    "unknown vector {vector:?}: {dev} ({}) has vectors {}",
+                    "unknown vector {vector:?}: {dev} ({}) has vectors {}{}",
                     info.model.label(),
-                    vector_range(info.model)
+                    vector_range(info.model),
+                    if info.model.spec().intx {
+                        " and intx0"
+                    } else {
+                        ""
+                    }
                 ),
             )),
         }
@@ -233,6 +247,24 @@ impl<'s, 'a> Checker<'s, 'a> {
     /// The vector exists and an enable step still in force wired it.
     fn enabled_vector(&self, key: &str, vector: &str) -> Result<(String, u32), ScenarioError> {
         let (dev, n) = self.vector(key, vector)?;
+        if wire::is_intx(vector) {
+            return match (&self.devices[&dev].state, self.devices[&dev].intx) {
+                (DevState::Bound | DevState::Enabled { .. }, Some(_)) => Ok((dev, n)),
+                (
+                    DevState::Closed { step }
+                    | DevState::Unbound { step }
+                    | DevState::Unplugged { step },
+                    _,
+                ) => Err(self.err(
+                    key,
+                    format!("vector {vector:?} used after {dev} was closed (step {step})"),
+                )),
+                _ => Err(self.err(
+                    key,
+                    format!("vector {vector:?} is not enabled: no enable-intx {dev} in force"),
+                )),
+            };
+        }
         let enable = enable_action(self.devices[&dev].model);
         match &self.devices[&dev].state {
             DevState::Enabled { vectors, .. } if vectors.contains(&n) => Ok((dev, n)),
@@ -304,6 +336,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::Unmask { .. }
             | Step::Fire { .. }
             | Step::Signal { .. }
+            | Step::EnableIntx { .. }
             | Step::CloseDevice { .. } => self.device_step(k, step.get_ref()),
             Step::CreateVm { .. }
             | Step::Irqfd { .. }
@@ -311,7 +344,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::DestroyVm { .. }
             | Step::StartVm { .. }
             | Step::StopVm { .. }
-            | Step::Ipi { .. } => self.kvm_step(k, step.get_ref()),
+            | Step::Ipi { .. }
+            | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
                 self.nested_step(k, step.get_ref())
             }
@@ -333,6 +367,9 @@ impl<'s, 'a> Checker<'s, 'a> {
 
     fn set_dev(&mut self, device: &str, state: DevState) {
         if let Some(d) = self.devices.get_mut(device) {
+            if !matches!(state, DevState::Bound | DevState::Enabled { .. }) {
+                d.intx = None;
+            }
             if !matches!(state, DevState::Enabled { .. }) {
                 // masks live in the device's interrupt setup: they go with it
                 let prefix = format!("{device}/");
@@ -388,6 +425,12 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Expectation::L2Lossless => Ok(()),
             Expectation::ProducerRegistered { vector } | Expectation::NoProducer { vector } => {
                 let (dev, n) = self.vector("vector", vector)?;
+                if wire::is_intx(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is INTx: VFIO registers no irqbypass producer for it"),
+                    ));
+                }
                 if !self.devices[&dev].ever_wired.contains(&n) {
                     return Err(self.err(
                         "vector",
