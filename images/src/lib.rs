@@ -53,9 +53,10 @@ pub use linux_source::{debian_linux_tree, DebianTree, TreeFrom, TreeOrigin};
 pub use modules::{module_closure, read_modinfo, ModuleIndex, ModuleInfo};
 pub use pvh::pvh_kernel;
 pub use qemu::{
-    build_qemu, default_configure_args, ensure_venv, list_patches, ninja, prepare_check_tree,
-    system_data_dirs, CheckTree, QemuBuild, QemuBuildSpec, QemuSource, PINNED_DEBIAN_VERSION,
-    PINNED_ORIG_SHA256, QEMU_BINARY, QEMU_FORMAT_VERSION, QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
+    build_qemu, default_configure_args, ensure_venv, entry_dir as qemu_entry_dir, list_patches,
+    ninja, prepare_check_tree, system_data_dirs, CheckTree, QemuBuild, QemuBuildSpec, QemuSource,
+    PINNED_DEBIAN_VERSION, PINNED_ORIG_SHA256, QEMU_BINARY, QEMU_FORMAT_VERSION,
+    QEMU_TREE_FORMAT_VERSION, RUNTIME_FILES,
 };
 pub use selftests::{
     build_selftests, kernel_upstream_version, SelftestBuild, SelftestSource, SelftestSuite,

@@ -296,11 +296,23 @@ fn load_entry(dir: &Path) -> Result<Option<QemuBuild>, ImagesError> {
 }
 
 /// Build (or find in the cache) the QEMU `spec` describes.
-pub fn build_qemu(
+/// The cache directory that holds (or would hold) the build of `spec`,
+/// named by its key; nothing is built.
+pub fn entry_dir(
     cache: &Cache,
     spec: &QemuBuildSpec,
     progress: &mut dyn FnMut(Progress),
-) -> Result<QemuBuild, ImagesError> {
+) -> Result<PathBuf, ImagesError> {
+    let (_, _, key) = identify(cache, spec, progress)?;
+    Ok(cache.root().join("qemu").join(key))
+}
+
+/// The patch files of `spec`, its source's identity and the build key.
+fn identify(
+    cache: &Cache,
+    spec: &QemuBuildSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<PathBuf>, SourceId, String), ImagesError> {
     let patch_files = list_patches(&spec.patches_dir)?;
     let patches = patch_files
         .iter()
@@ -308,6 +320,15 @@ pub fn build_qemu(
         .collect::<Result<Vec<_>, _>>()?;
     let source = source_identity(cache, &spec.source, progress)?;
     let key = build_key(&source, &patches, &spec.configure_args);
+    Ok((patch_files, source, key))
+}
+
+pub fn build_qemu(
+    cache: &Cache,
+    spec: &QemuBuildSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<QemuBuild, ImagesError> {
+    let (patch_files, source, key) = identify(cache, spec, progress)?;
     let short = &key[..12];
     let final_dir = cache.root().join("qemu").join(&key);
     let hit_what = |d: &str| d.to_string();
@@ -361,13 +382,15 @@ pub fn build_qemu(
     };
     let version_line = run_version(&bin_dir.join(QEMU_BINARY))?;
     let description = match &source {
-        SourceId::Debian { .. } => format!("{version} +{} patches (key {short})", patches.len()),
+        SourceId::Debian { .. } => {
+            format!("{version} +{} patches (key {short})", patch_files.len())
+        }
         SourceId::Tree { path, head, diff } => format!(
             "{version} tree {}@{}{} +{} patches (key {short})",
             path.display(),
             &head[..head.len().min(12)],
             if diff.is_empty() { "" } else { "+dirty" },
-            patches.len()
+            patch_files.len()
         ),
     };
     let _ = fs::copy(&log_path, entry.join("build.log"));

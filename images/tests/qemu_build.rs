@@ -33,18 +33,6 @@ fn project_patches() -> PathBuf {
         .join("qemu-patches")
 }
 
-fn entries(cache: &Cache) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(cache.root().join("qemu"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 #[test]
 fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
     if !enabled() {
@@ -132,11 +120,14 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
          @@ -1,3 +1,3 @@\n-this line is not in amd_iommu.c\n+nor is this one\n context that does not exist\n \n",
     )
     .unwrap();
-    let before = entries(&cache);
     let bad_spec = QemuBuildSpec {
         patches_dir: bad_dir.path().to_path_buf(),
         ..spec.clone()
     };
+    // other runs may add their own entries meanwhile: only the bad
+    // spec's own entry must never appear
+    let bad_entry = images::qemu_entry_dir(&cache, &bad_spec, &mut |_| {}).unwrap();
+    assert!(!bad_entry.exists(), "{}", bad_entry.display());
     let t = Instant::now();
     let e = build_qemu(&cache, &bad_spec, &mut |_| {}).unwrap_err();
     eprintln!("bad patch after {:?}: {e}", t.elapsed());
@@ -150,7 +141,11 @@ fn patched_qemu_builds_caches_boots_and_names_bad_patches() {
         "{msg}"
     );
     assert!(msg.contains("hw/i386/amd_iommu.c"), "{msg}");
-    assert_eq!(entries(&cache), before, "no entry for a failed build");
+    assert!(
+        !bad_entry.exists(),
+        "no entry for a failed build: {}",
+        bad_entry.display()
+    );
 }
 
 /// Boot a Debian kernel (no initramfs: it panics at the root mount, and
