@@ -11,8 +11,9 @@
 //! headers of devices QEMU does not migrate (edu) and answers with a fresh
 //! Ready. A state QEMU cannot load (truncated, corrupt) is discarded and
 //! saved afresh; a variant with a device QEMU will not migrate (stock
-//! amd-iommu is `unmigratable`) runs its scenarios in the saving boot,
-//! shared, with QEMU's reason shown.
+//! amd-iommu is `unmigratable`, so `amd-ir`; the patched QEMU's is not,
+//! qemu-patches/0029) runs its scenarios in the saving boot, shared, with
+//! QEMU's reason shown.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

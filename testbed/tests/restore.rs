@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use common::{assert_no_qemu_left, repo, testbed, text, vm_tests_enabled};
 
 fn run(results: &Path, scenarios: &[&str]) -> (Option<i32>, String) {
+    run_on("intel-ir", results, scenarios)
+}
+
+fn run_on(variant: &str, results: &Path, scenarios: &[&str]) -> (Option<i32>, String) {
     let mut cmd = testbed();
-    cmd.args(["run", "--variant", "intel-ir", "--results"])
+    cmd.args(["run", "--variant", variant, "--results"])
         .arg(results);
     for s in scenarios {
         cmd.arg(repo().join("scenarios").join(s));
@@ -29,7 +33,11 @@ fn state_dir(out: &str) -> PathBuf {
 }
 
 fn resumed_consoles(results: &Path) -> usize {
-    let boot = results.join("intel-ir/boot-0");
+    resumed_consoles_of("intel-ir", results)
+}
+
+fn resumed_consoles_of(variant: &str, results: &Path) -> usize {
+    let boot = results.join(variant).join("boot-0");
     std::fs::read_dir(&boot)
         .unwrap()
         .flatten()
@@ -118,4 +126,37 @@ fn scenarios_start_from_one_state_and_a_damaged_state_is_saved_afresh() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(siblings.is_empty(), "{siblings:?}");
+}
+
+/// The patched QEMU migrates amd-iommu (qemu-patches/0029), guest-vapic
+/// state included: `amd-avic` restores; `amd-ir` on the stock QEMU, whose
+/// amd-iommu is unmigratable, runs its scenarios in one shared boot and
+/// says why.
+#[test]
+fn amd_avic_restores_and_stock_amd_ir_falls_back_to_a_shared_boot() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let avic = tmp.path().join("avic");
+    let (code, out) = run_on("amd-avic", &avic, &["edu-producer-first.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("each scenario from L1 state "), "{out}");
+    assert!(!out.contains("scenarios share one boot"), "{out}");
+    assert_eq!(resumed_consoles_of("amd-avic", &avic), 1, "{out}");
+    assert_no_qemu_left(tmp.path());
+
+    let stock = tmp.path().join("stock");
+    let (code, out) = run_on("amd-ir", &stock, &["edu-producer-first.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("scenarios share one boot: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("amd-iommu"),
+        "QEMU's reason names the device: {line}"
+    );
+    assert_eq!(resumed_consoles_of("amd-ir", &stock), 0, "{out}");
+    assert_no_qemu_left(tmp.path());
 }
