@@ -168,6 +168,8 @@ pub fn json(outcome: &MatrixOutcome) -> serde_json::Value {
             "qemu_version": b.qemu_version,
             "seconds": b.seconds,
             "boot_to_ready_seconds": b.boot_to_ready,
+            "restored": b.restored,
+            "shared_because": b.shared_because,
         })).collect::<Vec<_>>(),
     })
 }
