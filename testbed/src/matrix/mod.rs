@@ -699,7 +699,7 @@ pub async fn run_matrix(
         estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios))
     });
     ui.status(&format!(
-        "{} boots, {} at a time",
+        "{} groups of scenarios, {} L1s at a time",
         units.len(),
         settings.jobs
     ));
@@ -805,6 +805,9 @@ impl<T> Drop for AbortOnDrop<T> {
 struct UnitL1s {
     outcomes: Vec<(crate::runner::BootOutcome, Vec<usize>, bool)>,
     shared_because: Option<String>,
+    /// The boot that saved the unit's L1 state, when this run made it:
+    /// its boot and save times.
+    saved: Option<(Duration, Duration)>,
 }
 
 async fn run_unit(
@@ -890,6 +893,7 @@ async fn run_unit(
                 Ok(o) => UnitL1s {
                     outcomes: vec![(o, all, false)],
                     shared_because,
+                    saved: None,
                 },
                 Err(e) => return (error_cells(e), Vec::new()),
             }
@@ -928,11 +932,13 @@ async fn run_unit(
                             .map(|o| (o, all.clone(), false))
                             .collect(),
                         shared_because: Some(reason),
+                        saved: None,
                     }
                 }
                 Obtained::Failed(outcome) => UnitL1s {
                     outcomes: vec![(outcome, all, false)],
                     shared_because: None,
+                    saved: None,
                 },
                 Obtained::State(state, saved) => {
                     if let Some((boot, save)) = saved {
@@ -998,6 +1004,7 @@ async fn run_unit(
                             .flatten()
                             .collect(),
                         shared_because: None,
+                        saved,
                     }
                 }
             }
@@ -1102,10 +1109,21 @@ async fn run_unit(
         ctx.ui.cell_done(&cell);
         cells.push(cell);
     }
-    let boots = l1s
-        .outcomes
-        .iter()
-        .map(|(outcome, of, restored)| {
+    let saving = l1s.saved.map(|(boot, save)| BootRecord {
+        kernel: kernel.spec.clone(),
+        variant: variant.name,
+        scenarios: Vec::new(),
+        dir: boot_dir.join("save"),
+        failure: None,
+        qemu_version: String::new(),
+        boot_to_ready: boot.as_secs_f64(),
+        seconds: (boot + save).as_secs_f64(),
+        restored: false,
+        shared_because: None,
+    });
+    let boots = saving
+        .into_iter()
+        .chain(l1s.outcomes.iter().map(|(outcome, of, restored)| {
             // a restored L1's logs are in a directory of their own under the unit's
             let sub = outcome
                 .console_log
@@ -1137,7 +1155,7 @@ async fn run_unit(
                 restored: *restored,
                 shared_because: l1s.shared_because.clone(),
             }
-        })
+        }))
         .collect();
     (cells, boots)
 }
