@@ -268,7 +268,7 @@ pub async fn run_group_from(
     }
 }
 
-pub(crate) fn failed_mode(cfg: &BootConfig) -> GroupMode {
+fn failed_mode(cfg: &BootConfig) -> GroupMode {
     GroupMode::Restored {
         state: cfg.runtime_dir.clone(),
         saved: None,
@@ -622,7 +622,7 @@ fn check_size(state: &images::L1State) -> Result<(), String> {
 }
 
 /// Boot sharing, for a group restore cannot serve.
-pub(crate) async fn shared(
+async fn shared(
     cfg: &BootConfig,
     scenarios: &[&Scenario],
     timeouts: Timeouts,
