@@ -148,6 +148,19 @@ pub async fn run_group(
     timeouts: Timeouts,
     on_event: &mut (dyn FnMut(RunEvent) + Send),
 ) -> GroupOutcome {
+    run_group_from(cache, cfg, 0, scenarios, timeouts, on_event).await
+}
+
+/// [`run_group`] for scenarios `first..` of a group, so that restores of
+/// one group can run side by side (the matrix) with distinct logs and sockets.
+pub async fn run_group_from(
+    cache: &images::Cache,
+    cfg: &BootConfig,
+    first: usize,
+    scenarios: &[&Scenario],
+    timeouts: Timeouts,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> GroupOutcome {
     if let Some(reason) = unsupported(scenarios) {
         return shared(cfg, scenarios, timeouts, on_event, reason).await;
     }
@@ -167,7 +180,7 @@ pub async fn run_group(
     };
     let mut outcomes = Vec::new();
     for (n, scenario) in scenarios.iter().enumerate() {
-        let one = scenario_cfg(cfg, n, &scenario.name);
+        let one = scenario_cfg(cfg, first + n, &scenario.name);
         let mut outcome = BootOutcome::new(&one);
         if let Err(e) = std::fs::create_dir_all(&one.runtime_dir) {
             outcome.failure = Some(Failure {
@@ -264,7 +277,7 @@ fn failed_mode(cfg: &BootConfig) -> GroupMode {
 }
 
 /// The configuration of scenario `n`'s restored L1: its own logs and sockets.
-fn scenario_cfg(cfg: &BootConfig, n: usize, scenario: &str) -> BootConfig {
+pub(crate) fn scenario_cfg(cfg: &BootConfig, n: usize, scenario: &str) -> BootConfig {
     let log_dir = cfg
         .console_log
         .parent()
@@ -294,13 +307,23 @@ fn save_cfg(cfg: &BootConfig) -> BootConfig {
     }
 }
 
-enum Obtained {
+pub(crate) enum Obtained {
     /// The state, and the boot and save times when this call made it.
     State(images::L1State, Option<(Duration, Duration)>),
     /// QEMU will not migrate this L1: the booted session, to run shared.
     Blocked(Box<Session>, BootOutcome, String),
     /// The saving boot failed.
     Failed(BootOutcome),
+}
+
+/// The cached state of `cfg`'s L1, else boot, save and publish it.
+pub(crate) async fn obtain_state(
+    cache: &images::Cache,
+    cfg: &BootConfig,
+    timeouts: Timeouts,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> Obtained {
+    obtain(cache, &state_key(cfg), cfg, timeouts, on_event).await
 }
 
 /// The cached state of `key`, else boot, save and publish it.
@@ -450,7 +473,7 @@ pub enum Restore {
 }
 
 /// A new QEMU loaded from `state`, resumed, its agent ready again.
-async fn restore(
+pub(crate) async fn restore(
     cfg: &BootConfig,
     state: &images::L1State,
     timeouts: Timeouts,
@@ -615,7 +638,7 @@ async fn shared(
 }
 
 /// The rest of a boot restore could not save: its scenarios, shared.
-async fn in_session(
+pub(crate) async fn in_session(
     session: Session,
     outcome: BootOutcome,
     scenarios: &[&Scenario],

@@ -77,9 +77,14 @@ pub struct MatrixArgs {
     /// Run the matrix with -j 1 and then -j N (temporary results) and print both wall times
     #[arg(long, conflicts_with_all = ["resume", "emit"])]
     pub bench: bool,
-    /// Give every scenario its own boot
-    #[arg(long)]
+    /// Give every scenario its own boot (by default each starts from an L1
+    /// restored from a saved state)
+    #[arg(long, conflicts_with = "share_boots")]
     pub fresh_boot: bool,
+    /// Scenarios that agree on devices share one boot, instead of each
+    /// starting from a restored L1
+    #[arg(long)]
+    pub share_boots: bool,
     /// Seconds the agent may stay silent during a scenario
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -340,6 +345,11 @@ pub struct BootRecord {
     pub qemu_version: String,
     pub boot_to_ready: f64,
     pub seconds: f64,
+    /// Restored from a saved L1 state rather than booted.
+    pub restored: bool,
+    /// Why this boot's scenarios shared it where each would have started
+    /// from a restored L1.
+    pub shared_because: Option<String>,
 }
 
 /// A kernel of the matrix and what became of it.
@@ -461,7 +471,7 @@ fn run_options(args: &MatrixArgs, matrix: &Matrix) -> RunOptions {
         kernel: matrix.kernels[0].clone(),
         json: None,
         fresh_boot: args.fresh_boot,
-        share_boots: true,
+        share_boots: args.share_boots,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel: match args.accel {
@@ -689,7 +699,7 @@ pub async fn run_matrix(
         estimated_seconds(&b.scenarios).total_cmp(&estimated_seconds(&a.scenarios))
     });
     ui.status(&format!(
-        "{} boots, {} at a time",
+        "{} groups of scenarios, {} L1s at a time",
         units.len(),
         settings.jobs
     ));
@@ -707,9 +717,9 @@ pub async fn run_matrix(
             .await;
     ui.finish();
     let mut boots = Vec::new();
-    for (unit_cells, boot) in finished {
+    for (unit_cells, unit_boots) in finished {
         cells.extend(unit_cells);
-        boots.extend(boot);
+        boots.extend(unit_boots);
     }
     // Matrix order: kernel, variant, scenario, whatever finished first.
     let order = |c: &MatrixCell| {
@@ -757,42 +767,83 @@ struct UnitContext<'a> {
     ui: &'a MatrixUi,
 }
 
+/// How a unit's L1s start, decided before any boot.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// One boot for the unit's scenarios (`--share-boots`, `--fresh-boot`).
+    Boot,
+    /// Each scenario from a restored L1 (the default); the saving boot may
+    /// still find QEMU unwilling to migrate, and then the scenarios share it.
+    Restore,
+    /// One boot, because restore is impossible for these scenarios.
+    Shared(String),
+}
+
+fn start_of(options: &RunOptions, scenarios: &[&Scenario]) -> Start {
+    if !options.restores() {
+        return Start::Boot;
+    }
+    match crate::restore::unsupported(scenarios) {
+        Some(reason) => Start::Shared(reason),
+        None => Start::Restore,
+    }
+}
+
+/// Aborts a spawned restore when the matrix is dropped (Ctrl-C), so that
+/// its QEMU goes with the run.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The L1s of one unit: each outcome with the unit's scenarios it ran (by
+/// index), whether it was restored, and why it was shared if restore was
+/// wanted.
+struct UnitL1s {
+    outcomes: Vec<(crate::runner::BootOutcome, Vec<usize>, bool)>,
+    shared_because: Option<String>,
+    /// The boot that saved the unit's L1 state, when this run made it:
+    /// its boot and save times.
+    saved: Option<(Duration, Duration)>,
+}
+
 async fn run_unit(
     ctx: &UnitContext<'_>,
     n: usize,
     unit: &Unit<'_>,
-) -> (Vec<MatrixCell>, Option<BootRecord>) {
+) -> (Vec<MatrixCell>, Vec<BootRecord>) {
     let kernel = &ctx.kernels[unit.pair.kernel];
     let variant = unit.pair.variant;
     let label = ctx.matrix.pair_label(&unit.pair);
-    let _cpu = ctx
+    let cpu = ctx
         .cpus
         .acquire()
         .await
         .expect("the semaphore is never closed");
     let progress = ctx.ui.unit(&label);
+    let error_cell = |s: &Scenario, why: &str| -> MatrixCell {
+        let cell = MatrixCell {
+            kernel: kernel.spec.clone(),
+            kernel_release: kernel.release.clone(),
+            variant: variant.name,
+            scenario: s.name.clone(),
+            result: CellResult::Error,
+            seconds: None,
+            detail: vec![why.to_owned()],
+            diff: None,
+            report: None,
+            dir: results::cell_dir(&kernel.spec, variant.name, &s.name),
+            console_log: None,
+        };
+        results::write_cell(ctx.settings.root, &cell, None, None);
+        ctx.ui.cell_done(&cell);
+        cell
+    };
     let error_cells = |why: String| -> Vec<MatrixCell> {
-        unit.scenarios
-            .iter()
-            .map(|s| {
-                let cell = MatrixCell {
-                    kernel: kernel.spec.clone(),
-                    kernel_release: kernel.release.clone(),
-                    variant: variant.name,
-                    scenario: s.name.clone(),
-                    result: CellResult::Error,
-                    seconds: None,
-                    detail: vec![why.clone()],
-                    diff: None,
-                    report: None,
-                    dir: results::cell_dir(&kernel.spec, variant.name, &s.name),
-                    console_log: None,
-                };
-                results::write_cell(ctx.settings.root, &cell, None, None);
-                ctx.ui.cell_done(&cell);
-                cell
-            })
-            .collect()
+        unit.scenarios.iter().map(|s| error_cell(s, &why)).collect()
     };
     let boot_dir = results::boot_dir(&kernel.spec, variant.name, unit.index);
     let live = match results::LiveBootDir::create(ctx.settings.root, &boot_dir) {
@@ -803,7 +854,7 @@ async fn run_unit(
                     "creating a boot directory under {}: {e}",
                     ctx.settings.root.display()
                 )),
-                None,
+                Vec::new(),
             )
         }
     };
@@ -813,39 +864,191 @@ async fn run_unit(
         log_dir: live.path().to_path_buf(),
         runtime_dir: ctx.runtime.join(format!("u{n}")),
     };
+    let options = ctx.settings.options;
     let started = Instant::now();
-    let outcome = match run::boot(
-        ctx.settings.options,
-        &target,
-        variant,
-        &unit.scenarios,
-        &unit.devices,
-        &mut |e| progress.event(e),
-    )
-    .await
-    {
-        Ok(o) => o,
-        Err(e) => return (error_cells(e), None),
+    let all: Vec<usize> = (0..unit.scenarios.len()).collect();
+    let start = start_of(options, &unit.scenarios);
+    let l1s = match start {
+        Start::Boot | Start::Shared(_) => {
+            let shared_because = match start {
+                Start::Shared(reason) => {
+                    ctx.ui.line(&format!(
+                        "{label} boot {}: scenarios share one boot: {reason}",
+                        unit.index
+                    ));
+                    Some(reason)
+                }
+                _ => None,
+            };
+            match run::boot(
+                options,
+                &target,
+                variant,
+                &unit.scenarios,
+                &unit.devices,
+                &mut |e| progress.event(e),
+            )
+            .await
+            {
+                Ok(o) => UnitL1s {
+                    outcomes: vec![(o, all, false)],
+                    shared_because,
+                    saved: None,
+                },
+                Err(e) => return (error_cells(e), Vec::new()),
+            }
+        }
+        Start::Restore => {
+            let cfg =
+                match run::boot_config(options, &target, variant, &unit.scenarios, &unit.devices) {
+                    Ok(c) => c,
+                    Err(e) => return (error_cells(e), Vec::new()),
+                };
+            let cache = images::Cache::default_location();
+            let timeouts = run::timeouts(options);
+            use crate::restore::{self, Obtained};
+            match restore::obtain_state(&cache, &cfg, timeouts, &mut |e| progress.event(e)).await {
+                Obtained::Blocked(session, outcome, reason) => {
+                    let group = restore::in_session(
+                        *session,
+                        outcome,
+                        &unit.scenarios,
+                        &mut |e| progress.event(e),
+                        reason,
+                    )
+                    .await;
+                    let reason = match group.mode {
+                        restore::GroupMode::Shared { reason } => reason,
+                        restore::GroupMode::Restored { .. } => String::new(),
+                    };
+                    ctx.ui.line(&format!(
+                        "{label} boot {}: scenarios share one boot: {reason}",
+                        unit.index
+                    ));
+                    UnitL1s {
+                        outcomes: group
+                            .outcomes
+                            .into_iter()
+                            .map(|o| (o, all.clone(), false))
+                            .collect(),
+                        shared_because: Some(reason),
+                        saved: None,
+                    }
+                }
+                Obtained::Failed(outcome) => UnitL1s {
+                    outcomes: vec![(outcome, all, false)],
+                    shared_because: None,
+                    saved: None,
+                },
+                Obtained::State(state, saved) => {
+                    if let Some((boot, save)) = saved {
+                        ctx.ui.line(&format!(
+                            "{label} boot {}: saved the L1 state (booted in {:.1} s, saved in {:.1} s)",
+                            unit.index,
+                            boot.as_secs_f64(),
+                            save.as_secs_f64()
+                        ));
+                    }
+                    drop(state);
+                    // the saving boot's CPU goes back: every scenario takes its own
+                    drop(cpu);
+                    drop(progress);
+                    let restores = unit.scenarios.iter().enumerate().map(|(i, s)| {
+                        let cache = cache.clone();
+                        let cfg = cfg.clone();
+                        let scenario: Scenario = (*s).clone();
+                        let label = format!("{label} {}", s.name);
+                        async move {
+                            let _cpu = ctx
+                                .cpus
+                                .acquire()
+                                .await
+                                .expect("the semaphore is never closed");
+                            let progress = ctx.ui.unit(&label);
+                            let events = progress.events();
+                            let failed_cfg = restore::scenario_cfg(&cfg, i, &s.name);
+                            let task = AbortOnDrop(tokio::spawn(async move {
+                                restore::run_group_from(
+                                    &cache,
+                                    &cfg,
+                                    i,
+                                    &[&scenario],
+                                    timeouts,
+                                    &mut |e| events.event(e),
+                                )
+                                .await
+                                .outcomes
+                            }));
+                            let mut task = task;
+                            let outcomes = match (&mut task.0).await {
+                                Ok(o) => o,
+                                Err(e) => {
+                                    let mut o = crate::runner::BootOutcome::new(&failed_cfg);
+                                    o.failure = Some(crate::runner::Failure {
+                                        message: format!("the restore task ended: {e}"),
+                                        before_ready: true,
+                                    });
+                                    vec![o]
+                                }
+                            };
+                            outcomes
+                                .into_iter()
+                                .map(|o| (o, vec![i], true))
+                                .collect::<Vec<_>>()
+                        }
+                    });
+                    UnitL1s {
+                        outcomes: futures::future::join_all(restores)
+                            .await
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                        shared_because: None,
+                        saved,
+                    }
+                }
+            }
+        }
     };
     let seconds = started.elapsed().as_secs_f64();
-    // The boot is over: its directory becomes boot-N, and messages that
+    // The unit is over: its directory becomes boot-N, and messages that
     // name its files follow it there.
     let final_dir = ctx.settings.root.join(&boot_dir);
     let live_path = live.path().to_string_lossy().into_owned();
     let final_path = final_dir.to_string_lossy().into_owned();
-    let boot_files = match live.finish(&final_dir) {
-        Ok(()) => Some(final_dir.clone()),
+    let moved = |p: &Path| PathBuf::from(p.to_string_lossy().replace(&live_path, &final_path));
+    let kept = match live.finish(&final_dir) {
+        Ok(()) => true,
         Err(e) => {
             ctx.ui.line(&format!(
                 "{label}: cannot keep the boot's logs in {}: {e}",
                 final_dir.display()
             ));
-            None
+            false
         }
     };
     let mut cells = Vec::new();
-    for scenario in &unit.scenarios {
-        let mut judged = run::judge(ctx.settings.snapshots, variant, scenario, &outcome);
+    for (si, scenario) in unit.scenarios.iter().enumerate() {
+        let Some((outcome, _, _)) = l1s
+            .outcomes
+            .iter()
+            .find(|(o, of, _)| {
+                of.contains(&si) && o.runs.iter().any(|r| r.scenario == scenario.name)
+            })
+            .or_else(|| {
+                l1s.outcomes
+                    .iter()
+                    .rev()
+                    .find(|(_, of, _)| of.contains(&si))
+            })
+        else {
+            cells.push(error_cell(scenario, "no L1 ran this scenario"));
+            continue;
+        };
+        let boot_files = kept
+            .then(|| outcome.console_log.parent().map(moved))
+            .flatten();
+        let mut judged = run::judge(ctx.settings.snapshots, variant, scenario, outcome);
         let (result, known) = CellResult::Judged(judged.verdict).with_known(
             &ctx.matrix.known_failures,
             variant.name,
@@ -906,20 +1109,55 @@ async fn run_unit(
         ctx.ui.cell_done(&cell);
         cells.push(cell);
     }
-    let boot = BootRecord {
+    let saving = l1s.saved.map(|(boot, save)| BootRecord {
         kernel: kernel.spec.clone(),
         variant: variant.name,
-        scenarios: unit.scenarios.iter().map(|s| s.name.clone()).collect(),
-        dir: boot_dir,
-        failure: outcome
-            .failure
-            .as_ref()
-            .map(|f| f.message.replace(&live_path, &final_path)),
-        qemu_version: outcome.qemu_version.clone(),
-        boot_to_ready: outcome.timings.boot_to_ready.as_secs_f64(),
-        seconds,
-    };
-    (cells, Some(boot))
+        scenarios: Vec::new(),
+        dir: boot_dir.join("save"),
+        failure: None,
+        qemu_version: String::new(),
+        boot_to_ready: boot.as_secs_f64(),
+        seconds: (boot + save).as_secs_f64(),
+        restored: false,
+        shared_because: None,
+    });
+    let boots = saving
+        .into_iter()
+        .chain(l1s.outcomes.iter().map(|(outcome, of, restored)| {
+            // a restored L1's logs are in a directory of their own under the unit's
+            let sub = outcome
+                .console_log
+                .parent()
+                .and_then(|d| d.strip_prefix(&live_path).ok())
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let t = &outcome.timings;
+            BootRecord {
+                kernel: kernel.spec.clone(),
+                variant: variant.name,
+                scenarios: of.iter().map(|&i| unit.scenarios[i].name.clone()).collect(),
+                dir: boot_dir.join(sub),
+                failure: outcome
+                    .failure
+                    .as_ref()
+                    .map(|f| f.message.replace(&live_path, &final_path)),
+                qemu_version: outcome.qemu_version.clone(),
+                boot_to_ready: t.boot_to_ready.as_secs_f64(),
+                seconds: if *restored {
+                    (t.qemu_start
+                        + t.boot_to_ready
+                        + t.scenarios.iter().sum::<Duration>()
+                        + t.shutdown)
+                        .as_secs_f64()
+                } else {
+                    seconds
+                },
+                restored: *restored,
+                shared_because: l1s.shared_because.clone(),
+            }
+        }))
+        .collect();
+    (cells, boots)
 }
 
 /// `--bench`: the same matrix with -j 1 and then -j `jobs`, each into a
@@ -1016,6 +1254,75 @@ mod tests {
         file::parse(Path::new("matrix.toml"), text)
             .unwrap()
             .known_failures
+    }
+
+    fn options(flags: &[&str]) -> RunOptions {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MatrixArgs,
+        }
+        let argv = ["matrix", "--accel", "tcg"].iter().chain(flags);
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let matrix = Matrix {
+            kernels: vec!["debian:7.2".parse().unwrap()],
+            variants: vec![variant::lookup("intel-ir").unwrap()],
+            scenarios: Vec::new(),
+            scenario_paths: Vec::new(),
+            known_failures: Vec::new(),
+        };
+        run_options(&cli.args, &matrix)
+    }
+
+    fn scenario(name: &str, steps: Vec<wire::Step>) -> Scenario {
+        Scenario {
+            name: name.into(),
+            path: format!("scenarios/{name}.toml").into(),
+            description: String::new(),
+            fresh_boot: false,
+            variants: None,
+            devices: Vec::new(),
+            steps,
+            expect: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_scenario_starts_from_a_restored_l1_unless_told_or_impossible() {
+        let plain = scenario("edu-producer-first", Vec::new());
+        let nested = scenario(
+            "igb-l2",
+            vec![wire::Step::StartL2 {
+                l2: "l2".into(),
+                devices: Vec::new(),
+                queues: 1,
+                append: None,
+            }],
+        );
+        assert_eq!(start_of(&options(&[]), &[&plain]), Start::Restore);
+        assert_eq!(
+            start_of(&options(&["--share-boots"]), &[&plain]),
+            Start::Boot
+        );
+        assert_eq!(
+            start_of(&options(&["--fresh-boot"]), &[&plain]),
+            Start::Boot
+        );
+        // a group restore cannot serve shares one boot, and says why
+        match start_of(&options(&[]), &[&plain, &nested]) {
+            Start::Shared(why) => assert!(why.contains("igb-l2 runs a nested L2"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // --share-boots and --fresh-boot exclude each other, like `testbed run`'s
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            args: MatrixArgs,
+        }
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["matrix", "--share-boots", "--fresh-boot"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -126,10 +126,10 @@ pub fn table(outcome: &MatrixOutcome) -> String {
     }
     let _ = writeln!(
         out,
-        "{}; {} cells, {} boots in {} wall with -j {}{}",
+        "{}; {} cells, {} in {} wall with -j {}{}",
         counts(outcome),
         outcome.cells.len(),
-        outcome.boots.len(),
+        l1s(outcome),
         wall(outcome),
         outcome.jobs,
         outcome
@@ -168,6 +168,8 @@ pub fn json(outcome: &MatrixOutcome) -> serde_json::Value {
             "qemu_version": b.qemu_version,
             "seconds": b.seconds,
             "boot_to_ready_seconds": b.boot_to_ready,
+            "restored": b.restored,
+            "shared_because": b.shared_because,
         })).collect::<Vec<_>>(),
     })
 }
@@ -341,16 +343,26 @@ fn mark(result: CellResult) -> &'static str {
     }
 }
 
+/// The L1s a run started: `3 boots`, or `2 boots, 19 restores`.
+fn l1s(outcome: &MatrixOutcome) -> String {
+    let restores = outcome.boots.iter().filter(|b| b.restored).count();
+    let boots = outcome.boots.len() - restores;
+    match restores {
+        0 => format!("{boots} boots"),
+        r => format!("{boots} boots, {r} restores"),
+    }
+}
+
 /// The summary a person reads: one grid per kernel (scenarios down,
 /// variants across), then each failure with its details, diff and console.
 pub fn markdown(outcome: &MatrixOutcome, root: &Path) -> String {
     let mut out = String::from("# irqbypass testbed matrix\n\n");
     let _ = writeln!(
         out,
-        "**{}** of {} cells, {} boots in {} wall with `-j {}`{}.\n",
+        "**{}** of {} cells, {} in {} wall with `-j {}`{}.\n",
         counts(outcome),
         outcome.cells.len(),
-        outcome.boots.len(),
+        l1s(outcome),
         wall(outcome),
         outcome.jobs,
         outcome

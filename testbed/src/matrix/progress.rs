@@ -69,8 +69,10 @@ impl MatrixUi {
             bar
         });
         UnitProgress {
-            bar,
-            label: label.to_owned(),
+            events: UnitEvents {
+                bar,
+                label: label.to_owned(),
+            },
         }
     }
 
@@ -99,11 +101,27 @@ impl MatrixUi {
 }
 
 pub struct UnitProgress {
+    events: UnitEvents,
+}
+
+/// Where a unit's events go: cloneable, for a restore on a task of its own.
+#[derive(Clone)]
+pub struct UnitEvents {
     bar: Option<ProgressBar>,
     label: String,
 }
 
 impl UnitProgress {
+    pub fn event(&self, event: RunEvent) {
+        self.events.event(event)
+    }
+
+    pub fn events(&self) -> UnitEvents {
+        self.events.clone()
+    }
+}
+
+impl UnitEvents {
     pub fn event(&self, event: RunEvent) {
         let text = match event {
             RunEvent::QemuStarted { .. } => "booting".to_owned(),
@@ -137,7 +155,7 @@ impl UnitProgress {
 
 impl Drop for UnitProgress {
     fn drop(&mut self) {
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.events.bar {
             bar.finish_and_clear();
         }
     }

@@ -1,7 +1,12 @@
-//! Runs selftests in L1 boots: one boot takes tests in order until one of
-//! them takes L1 down (QEMU dies, the guest panics or falls silent); that
-//! test is `BROKEN` with what the runner saw, and a fresh boot goes on with
-//! the next test, the way cloud-hypervisor re-runs a wedged batch.
+//! Runs selftests in L1s. By default each test starts from an L1 restored
+//! from a saved state (the L1 of this kernel, selftests initramfs, variant
+//! and devices, saved at agent-ready: `restore`), so no test sees another's
+//! leftovers and a test that takes L1 down (QEMU dies, the guest panics or
+//! falls silent) costs nothing more than its own restore: it is `BROKEN`
+//! with what the runner saw. Where QEMU will not migrate the L1 (stock
+//! amd-iommu), and with `--share-boots`, one boot takes tests in order
+//! until one takes L1 down, and a fresh boot goes on with the next test, the
+//! way cloud-hypervisor re-runs a wedged batch.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -52,7 +57,14 @@ pub struct BootInfo {
 #[derive(Debug, Default)]
 pub struct Runs {
     pub tests: Vec<TestRun>,
+    /// One per L1 started: a boot, or a restore (then one per test).
     pub boots: Vec<BootInfo>,
+    /// The saved state each test's L1 was restored from, and the boot and
+    /// save times when this run saved it.
+    pub restored_from: Option<(PathBuf, Option<(Duration, Duration)>)>,
+    /// Why the tests shared boots where each would have started from a
+    /// restored L1.
+    pub shared_because: Option<String>,
     /// The first boot never reached the agent: the kernel cannot be
     /// tested here (exit 125).
     pub no_boot: Option<String>,
@@ -60,31 +72,52 @@ pub struct Runs {
 
 /// Runs `tests` in as few boots as they allow. `config(n)` gives boot n's
 /// configuration (its own log directory and sockets).
+///
+/// With `restore` (the cache of saved states), each test runs in an L1
+/// restored from the state of `config(0)`'s L1 (saved first if the cache
+/// lacks it; its boot logs under `save/` beside `config(0)`'s), test n's
+/// logs where `config(n)` puts them. Where the L1 cannot be saved the tests
+/// share boots as without `restore`, and `Runs::shared_because` says why.
 pub async fn run_tests(
     config: &(dyn Fn(usize) -> Result<BootConfig, String> + Sync),
     tests: &[TestJob],
     timeouts: Timeouts,
+    restore: Option<&images::Cache>,
     on_event: &mut (dyn FnMut(RunEvent) + Send),
 ) -> Runs {
     let mut runs = Runs::default();
+    // a booted L1 the shared boots go on in (the saving boot, unmigratable)
+    let mut booted = None;
+    if let Some(cache) = restore {
+        match run_restored(cache, config, tests, timeouts, &mut runs, on_event).await {
+            None => return runs,
+            Some((reason, session)) => {
+                runs.shared_because = Some(reason);
+                booted = session;
+            }
+        }
+    }
+    // every boot of one run has the same variant
+    let variant = config(0).map(|c| c.variant.name).unwrap_or_default();
     let mut next = 0;
     while next < tests.len() {
         let index = runs.boots.len();
-        let cfg = match config(index) {
-            Ok(c) => c,
-            Err(e) => {
-                not_run(&mut runs, &tests[next..], index, &e);
-                break;
+        let (started, outcome) = match booted.take() {
+            Some((session, outcome)) => (Ok(session), outcome),
+            None => {
+                let cfg = match config(index) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        not_run(&mut runs, &tests[next..], index, &e);
+                        break;
+                    }
+                };
+                let mut outcome = BootOutcome::new(&cfg);
+                let started = Session::start(&cfg, timeouts, &mut outcome, on_event).await;
+                (started, outcome)
             }
         };
-        let mut outcome = BootOutcome::new(&cfg);
-        let started = Session::start(&cfg, timeouts, &mut outcome, on_event).await;
-        runs.boots.push(BootInfo {
-            qemu_version: outcome.qemu_version.clone(),
-            platform: outcome.ready.as_ref().map(|r| r.platform.clone()),
-            console_log: cfg.console_log.clone(),
-            boot_to_ready: outcome.timings.boot_to_ready,
-        });
+        runs.boots.push(boot_info(&outcome));
         let mut session = match started {
             Ok(s) => s,
             Err(failure) => {
@@ -96,23 +129,13 @@ pub async fn run_tests(
                 break;
             }
         };
-        // KVM's AVIC events exist where kvm_amd runs L1's guests
-        let kvm_amd = outcome
-            .ready
-            .as_ref()
-            .and_then(|r| r.platform.kvm_vendor.as_deref())
-            == Some("kvm_amd");
-        let count_events: Vec<String> = if kvm_amd {
-            super::avic::EVENTS.iter().map(|e| e.to_string()).collect()
-        } else {
-            Vec::new()
-        };
+        let count_events = avic_events(&outcome);
         let mut ended_by = None;
         while next < tests.len() {
             let test = &tests[next];
             next += 1;
             on_event(RunEvent::TestStarted {
-                variant: cfg.variant.name,
+                variant,
                 test: test.name.clone(),
             });
             let run = run_one(&mut session, test, index, timeouts, &count_events).await;
@@ -127,14 +150,138 @@ pub async fn run_tests(
             // dropping the session kills what is left of QEMU
             Some(_) => drop(session),
             None => {
-                on_event(RunEvent::PoweringOff {
-                    variant: cfg.variant.name,
-                });
+                on_event(RunEvent::PoweringOff { variant });
                 let _ = session.poweroff().await;
             }
         }
     }
     runs
+}
+
+fn boot_info(outcome: &BootOutcome) -> BootInfo {
+    BootInfo {
+        qemu_version: outcome.qemu_version.clone(),
+        platform: outcome.ready.as_ref().map(|r| r.platform.clone()),
+        console_log: outcome.console_log.clone(),
+        boot_to_ready: outcome.timings.boot_to_ready,
+    }
+}
+
+/// KVM's AVIC events exist where kvm_amd runs L1's guests: count them there.
+fn avic_events(outcome: &BootOutcome) -> Vec<String> {
+    let kvm_amd = outcome
+        .ready
+        .as_ref()
+        .and_then(|r| r.platform.kvm_vendor.as_deref())
+        == Some("kvm_amd");
+    if kvm_amd {
+        super::avic::EVENTS.iter().map(|e| e.to_string()).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Each test from a freshly restored L1. `None`: every test has its run
+/// (or why it never ran); else why restore is impossible here, with the
+/// saving boot's L1 when it is up and the tests can go on in it.
+async fn run_restored(
+    cache: &images::Cache,
+    config: &(dyn Fn(usize) -> Result<BootConfig, String> + Sync),
+    tests: &[TestJob],
+    timeouts: Timeouts,
+    runs: &mut Runs,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> Option<(String, Option<(Session, BootOutcome)>)> {
+    use crate::restore::{self, Obtained, Restore};
+    let base = match config(0) {
+        Ok(c) => c,
+        Err(e) => {
+            not_run(runs, tests, 0, &e);
+            return None;
+        }
+    };
+    let mut state = match restore::obtain_state(cache, &base, timeouts, on_event).await {
+        Obtained::State(state, saved) => {
+            runs.restored_from = Some((state.dir.clone(), saved));
+            state
+        }
+        Obtained::Blocked(session, outcome, reason) => {
+            return Some((
+                format!("QEMU cannot migrate this L1: {reason}"),
+                Some((*session, outcome)),
+            ))
+        }
+        Obtained::Failed(outcome) => {
+            let failure = outcome.failure.clone().unwrap_or(runner::Failure {
+                message: "the saving boot failed".into(),
+                before_ready: true,
+            });
+            if !failure.before_ready {
+                // L1 booted; only the save failed: boots will do
+                return Some((format!("saving the L1 state: {}", failure.message), None));
+            }
+            runs.boots.push(boot_info(&outcome));
+            let why = format!("L1 did not boot to the agent: {}", failure.message);
+            runs.no_boot = Some(why.clone());
+            not_run(runs, tests, 0, &why);
+            return None;
+        }
+    };
+    let variant = base.variant.name;
+    let mut resaved = false;
+    for (n, test) in tests.iter().enumerate() {
+        let cfg = match config(n) {
+            Ok(c) => c,
+            Err(e) => {
+                not_run(runs, &tests[n..], n, &e);
+                break;
+            }
+        };
+        let mut outcome = BootOutcome::new(&cfg);
+        let mut session = restore::restore(&cfg, &state, timeouts, &mut outcome, on_event).await;
+        if let (Err(Restore::BadState(why)), false) = (&session, resaved) {
+            // once per run: a second bad state is not the cache's fault
+            resaved = true;
+            eprintln!(
+                "warning: the saved L1 state {} could not be loaded ({why}): discarding it and saving afresh",
+                state.dir.display()
+            );
+            if let Err(e) = tokio::task::block_in_place(|| images::discard_l1_state(cache, &state))
+            {
+                eprintln!("warning: discarding {}: {e}", state.dir.display());
+            }
+            match restore::obtain_state(cache, &base, timeouts, on_event).await {
+                Obtained::State(fresh, saved) => {
+                    runs.restored_from = Some((fresh.dir.clone(), saved));
+                    state = fresh;
+                }
+                Obtained::Blocked(s, _, _) => s.quit().await,
+                Obtained::Failed(_) => {}
+            }
+            outcome = BootOutcome::new(&cfg);
+            session = restore::restore(&cfg, &state, timeouts, &mut outcome, on_event).await;
+        }
+        runs.boots.push(boot_info(&outcome));
+        match session {
+            Ok(mut session) => {
+                on_event(RunEvent::TestStarted {
+                    variant,
+                    test: test.name.clone(),
+                });
+                let run = run_one(&mut session, test, n, timeouts, &avic_events(&outcome)).await;
+                runs.tests.push(run);
+                // broken or not, this L1 is thrown away: no shutdown inside it
+                session.quit().await;
+            }
+            Err(Restore::BadState(why) | Restore::Failed(why)) => runs.tests.push(TestRun {
+                name: test.name.clone(),
+                broken: Some(format!("the restored L1 did not come up: {why}")),
+                boot: n,
+                ..Default::default()
+            }),
+        }
+    }
+    None
 }
 
 fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {

@@ -1,8 +1,10 @@
 //! `testbed selftests`: the kernel's own KVM and VFIO selftests, built from
 //! the tested kernel's source (images::selftests), packed into the L1
-//! initramfs and run one by one by the agent, on each variant. A test that
-//! takes L1 down is `BROKEN` with what the runner saw, and a fresh L1 goes
-//! on with the next one.
+//! initramfs and run one by one by the agent, on each variant, each from a
+//! freshly restored L1 (`--share-boots`, or a variant QEMU will not migrate:
+//! one boot for as many tests as it survives). A test that takes L1 down is
+//! `BROKEN` with what the runner saw, and a fresh L1 goes on with the next
+//! one.
 
 pub mod avic;
 pub mod boot;
@@ -99,6 +101,10 @@ pub struct SelftestsArgs {
     /// Extra words for the guest kernel command line
     #[arg(long = "append")]
     pub append: Vec<String>,
+    /// Tests share boots (a fresh boot after a test that takes L1 down),
+    /// instead of each starting from a restored L1
+    #[arg(long)]
+    pub share_boots: bool,
     /// Where logs go (default: results/selftests)
     #[arg(long)]
     pub results: Option<PathBuf>,
@@ -175,7 +181,7 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         kernel,
         json: None,
         fresh_boot: false,
-        share_boots: true,
+        share_boots: args.share_boots,
         step_timeout: Duration::from_secs(args.timeout),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         accel,
@@ -478,7 +484,33 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                 console_log: log_dir.join("console.log"),
             })
         };
-        let runs = boot::run_tests(&config, &jobs, timeouts, &mut |e| ui.run(e)).await;
+        let runs = boot::run_tests(
+            &config,
+            &jobs,
+            timeouts,
+            options.restores().then_some(&cache),
+            &mut |e| ui.run(e),
+        )
+        .await;
+        match (&runs.restored_from, &runs.shared_because) {
+            (Some((state, saved)), _) => ui.line(&format!(
+                "{:<14} each test from L1 state {}{}",
+                variant.name,
+                state.display(),
+                match saved {
+                    Some((boot, save)) => format!(
+                        " (saved now: booted in {:.1} s, saved in {:.1} s)",
+                        boot.as_secs_f64(),
+                        save.as_secs_f64()
+                    ),
+                    None => String::new(),
+                }
+            )),
+            (None, Some(reason)) => {
+                ui.line(&format!("{:<14} tests share boots: {reason}", variant.name))
+            }
+            (None, None) => {}
+        }
         if let Some(why) = &runs.no_boot {
             no_boot.push(format!("{}: {why}", variant.name));
         }
@@ -634,6 +666,8 @@ fn variant_header(name: &str, runs: &boot::Runs, build: &SelftestBuild) -> serde
     serde_json::json!({
         "variant": name,
         "boots": runs.boots.len(),
+        "restored": runs.restored_from.is_some(),
+        "shared_because": runs.shared_because,
         "qemu": first.map(|b| b.qemu_version.clone()),
         "kernel_release": first.and_then(|b| b.platform.as_ref().map(|p| p.kernel_release.clone())),
         "kvm_vendor": first.and_then(|b| b.platform.as_ref().and_then(|p| p.kvm_vendor.clone())),
