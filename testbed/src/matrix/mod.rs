@@ -1297,6 +1297,7 @@ mod tests {
                 devices: Vec::new(),
                 queues: 1,
                 append: None,
+                hotplug: false,
             }],
         );
         assert_eq!(start_of(&options(&[]), &[&plain]), Start::Restore);
