@@ -268,7 +268,10 @@ fn guest_panic_mid_scenario_is_exit_1() {
 }
 
 /// Starts a run in the background and returns it with the pid of its QEMU
-/// once the agent is ready (its console line is in the log).
+/// once the agent has its job (its console line is in the log): the host
+/// then has the agent's Ready, so what a test does to the guest next
+/// happens in the middle of the scenario, not before the host saw the
+/// guest come up (under load the console can run ahead of the host).
 fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child, u32) {
     // a booting L1's console, not a restored one's
     let child = testbed()
@@ -296,7 +299,7 @@ fn start_and_wait_for_agent(tmp: &Path, extra: &[&str]) -> (std::process::Child,
             "agent never became ready"
         );
         let log = std::fs::read_to_string(&console).unwrap_or_default();
-        if log.contains("testbed-agent: ready") {
+        if log.contains("testbed-agent: job ") {
             if let Some(&pid) = qemu_processes_with(tmp).first() {
                 return (child, pid);
             }
