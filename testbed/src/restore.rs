@@ -222,6 +222,8 @@ pub async fn run_group_from(
                 }
             }
             outcome = BootOutcome::new(&one);
+            // the failed load's QEMU is gone, its agent socket file is not
+            let _ = std::fs::remove_file(one.agent_socket());
             session = restore(&one, &state, timeouts, &mut outcome, on_event).await;
         }
         match session {
