@@ -228,8 +228,9 @@ fn vfio_selftests_pass_on_a_kernel_with_iommufd() {
 }
 
 /// A test that overruns --test-timeout is killed by the agent (TIMEOUT,
-/// exit 1) and the next test runs in the same boot. set_memory_region_test
-/// takes 30 s and more under TCG, svm_vmcall_test well under a second.
+/// exit 1) and, in shared boots, the next test runs in the same boot.
+/// set_memory_region_test takes 30 s and more under TCG, svm_vmcall_test
+/// well under a second.
 #[test]
 fn an_overrunning_test_times_out_and_the_boot_goes_on() {
     if !vm_tests_enabled() {
@@ -238,6 +239,7 @@ fn an_overrunning_test_times_out_and_the_boot_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let output = selftests(tmp.path())
         .args([
+            "--share-boots",
             "--variant",
             "intel-ir",
             "--test-timeout",
