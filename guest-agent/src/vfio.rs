@@ -232,16 +232,24 @@ impl VfioDevice {
         }
         let plain = PathBuf::from(format!("/dev/vfio/{group_no}"));
         let noiommu_path = PathBuf::from(format!("/dev/vfio/noiommu-{group_no}"));
-        let (group_path, noiommu) = if plain.exists() {
-            (plain, false)
-        } else if noiommu_path.exists() {
-            (noiommu_path, true)
-        } else {
-            return Err(format!(
-                "{bdf}: neither {} nor {} exists",
-                plain.display(),
-                noiommu_path.display()
-            ));
+        // The group's node can trail the bind by a moment: seen once on
+        // amd-avic right after a hot-replug (the bind step 56 ms after the
+        // device came back found neither node)
+        let t0 = Instant::now();
+        let (group_path, noiommu) = loop {
+            if plain.exists() {
+                break (plain, false);
+            } else if noiommu_path.exists() {
+                break (noiommu_path, true);
+            } else if t0.elapsed() > Duration::from_secs(2) {
+                return Err(format!(
+                    "{bdf}: neither {} nor {} exists after 2 s (driver: {})",
+                    plain.display(),
+                    noiommu_path.display(),
+                    current_driver(bdf).unwrap_or_else(|| "none".into())
+                ));
+            }
+            sleep(Duration::from_millis(10));
         };
         let group = open_rw(&group_path)?;
         let mut status = vfio_group_status {
