@@ -177,12 +177,25 @@ pub fn base_args() -> Vec<String> {
 /// calibrated delay for ticks; on a host loaded with other TCG guests the
 /// delay misfires and intel-ir boots died with "timer doesn't work through
 /// Interrupt-remapped IO-APIC" at 0.04 s (load average 13); the timer works.
+///
+/// `tsc=reliable` takes the TSC out of the clocksource watchdog (the
+/// kernel's documented meaning: no runtime verification, no boot-time
+/// stability checks). Under TCG every vCPU's TSC is the host's clock, so
+/// there is nothing to verify, and the watchdog hurt: its cross-CPU skew
+/// check spins with interrupts off waiting for the other CPU, which sat in
+/// a stop_machine waiting for the first, and under host load (every PAUSE
+/// costs about 1 ms under TCG) 3 of 109 two-vCPU amd-avic boots hung there
+/// for good (docs/avic-emulation.md, "Boot reliability"); under load the
+/// watchdog also marked the TSC unstable now and then and moved L1 to the
+/// HPET, whose every read exits to QEMU (and `testbed scaling` reads the
+/// clock twice per KVM_IRQFD it times).
 pub fn cmdline(variant: &Variant, devices: &[PciDevice], extra: &[String]) -> String {
     let mut words: Vec<String> = strings(&[
         "console=ttyS0",
         "panic=-1",
         "8250.nr_uarts=2",
         "no_timer_check",
+        "tsc=reliable",
     ]);
     if devices.iter().any(|d| d.sriov) {
         // vfio-pci refuses sriov_numvfs on a PF it owns without it
@@ -603,7 +616,7 @@ mod tests {
         let line = cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline);
         assert_eq!(
             line,
-            "console=ttyS0 panic=-1 8250.nr_uarts=2 no_timer_check vfio.enable_unsafe_noiommu_mode=1 quiet"
+            "console=ttyS0 panic=-1 8250.nr_uarts=2 no_timer_check tsc=reliable vfio.enable_unsafe_noiommu_mode=1 quiet"
         );
     }
 
