@@ -84,9 +84,11 @@ const BAD: &[(&str, &str)] = &[
         ("create-vm-bad-apic", "12:1: step 2 (create-vm): unknown variant `x3apic`, expected `x2apic` or `xapic`"),
         ("intx-with-msi", "17:1: step 3 (enable-intx): dev0 has MSI enabled (step 2): VFIO uses one interrupt type at a time"),
         ("reload-kvm-vm-open", "8:1: step 2 (reload-kvm): VM vm0 still open: the vendor module cannot go while a VM holds it (destroy-vm first)"),
-        ("pit-reinject-off-first", "10:1: step 2 (pit-reinject): vm0 has no PIT yet: the first pit-reinject turns reinjection on"),
-        ("pit-reinject-twice", "15:1: step 3 (pit-reinject): vm0's PIT reinjection is already on"),
-        ("inhibit-routes-never-cleared", "36:1: expect 1 (inhibit-routes): no fire of dev0/msi0 after vm0's inhibit is cleared (pit-reinject reinject = false)"),
+        ("pit-reinject-off-first", "14:1: step 3 (pit-reinject): vm0 has no PIT yet: the first pit-reinject turns reinjection on"),
+        ("pit-reinject-twice", "19:1: step 4 (pit-reinject): vm0's PIT reinjection is already on"),
+        ("inhibit-routes-never-cleared", "40:1: expect 1 (inhibit-routes): no fire of dev0/msi0 after vm0's inhibit is cleared (pit-reinject reinject = false)"),
+        ("pit-reinject-l2-stopped", "9:1: step 2 (pit-reinject): the L2 of vm0 is not running: start-vm first (a vCPU outside KVM_RUN takes the APICv update only when it next enters)"),
+        ("pit-reinject-l2-halted", "14:1: step 3 (pit-reinject): the L2 of vm0 runs halted: its vCPU would take the APICv update only when an interrupt wakes it"),
         ("no-producer-never-wired", "18:1: expect 1 (no-producer): no enable-vqs step ever wires vdpa0/vq0"),
 ];
 

@@ -435,9 +435,9 @@ pub enum Step {
     /// APICv/AVIC inhibit APICV_INHIBIT_REASON_PIT_REINJ (AVIC does not trap
     /// the EOIs the PIT's reinjection counts), off clears it: on kvm_amd
     /// KVM then moves the VM's device-posted IRTEs to remapped mode (KVM
-    /// injects) and back to guest mode (the IOMMU posts). Where the VM's
-    /// L2 is running, the step returns once its vCPU has re-entered the
-    /// guest, i.e. has taken the APICv update.
+    /// injects) and back to guest mode (the IOMMU posts). The VM's L2 must
+    /// be running, not halted: the step returns once its vCPU has entered
+    /// the guest again, i.e. has taken the APICv update.
     PitReinject { vm: String, reinject: bool },
     /// Unload the KVM vendor module (kvm_amd, or kvm_intel: whichever is
     /// loaded) with delete_module and load it again from the initramfs

@@ -138,6 +138,10 @@ vm = "vm0"
 vector = "dev0/msi0"
 
 [[step]]
+action = "start-vm"
+vm = "vm0"
+
+[[step]]
 action = "pit-reinject"
 vm = "vm0"
 reinject = true
@@ -200,7 +204,7 @@ vector = "dev0/msi0"
     /// fire after the inhibit was cleared.
     fn report(posting: bool, inhibited: VectorCount, cleared: VectorCount) -> Report {
         let s = scenario::parse(Path::new("scenarios/inhibit.toml"), INHIBIT).unwrap();
-        let mut steps: Vec<StepReport> = (0..8)
+        let mut steps: Vec<StepReport> = (0..9)
             .map(|index| StepReport {
                 index,
                 error: None,
@@ -217,8 +221,8 @@ vector = "dev0/msi0"
                 ret: 0,
             }];
         }
-        steps[5].interrupts = vec![inhibited];
-        steps[7].interrupts = vec![cleared];
+        steps[6].interrupts = vec![inhibited];
+        steps[8].interrupts = vec![cleared];
         let header = Header {
             variant: "amd-avic".into(),
             kernel_release: "7.2.13".into(),

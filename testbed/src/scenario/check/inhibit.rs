@@ -1,5 +1,6 @@
 //! The KVM vendor module and APICv/AVIC inhibits: `reload-kvm` (no VM may
-//! be open) and `pit-reinject` (the PIT_REINJ inhibit of a VM), and what
+//! be open) and `pit-reinject` (the PIT_REINJ inhibit of a VM whose L2
+//! runs, not halted: its vCPU takes the update at once), and what
 //! `inhibit-routes` needs: fires of the vector while the inhibit is set and
 //! after it was cleared.
 
@@ -46,6 +47,18 @@ impl Checker<'_, '_> {
             }
             Step::PitReinject { vm, reinject } => {
                 self.live_vm("vm", vm)?;
+                if !self.l2_running.contains_key(vm) {
+                    return Err(self.err(
+                        "vm",
+                        format!("the L2 of {vm} is not running: start-vm first (a vCPU outside KVM_RUN takes the APICv update only when it next enters)"),
+                    ));
+                }
+                if self.l2_halted.contains(vm) {
+                    return Err(self.err(
+                        "vm",
+                        format!("the L2 of {vm} runs halted: its vCPU would take the APICv update only when an interrupt wakes it"),
+                    ));
+                }
                 let cur = self.inhibits.get(vm).copied().unwrap_or_default();
                 if !cur.ever && !reinject {
                     return Err(self.err(

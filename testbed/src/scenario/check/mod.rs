@@ -72,6 +72,8 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) ever_attached: BTreeMap<(String, String), usize>,
     /// VMs whose L2 runs: vm -> the start-vm step.
     pub(in crate::scenario) l2_running: BTreeMap<String, usize>,
+    /// VMs whose L2 last started in mode `halted`.
+    pub(in crate::scenario) l2_halted: BTreeSet<String>,
     /// Whether any step is an `l2-traffic`.
     pub(in crate::scenario) l2_traffic: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
@@ -108,6 +110,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             irqfds: BTreeMap::new(),
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
+            l2_halted: BTreeSet::new(),
             linux_l2s: BTreeMap::new(),
             l2ctl: Default::default(),
             l2_traffic: false,
