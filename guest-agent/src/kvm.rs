@@ -2,6 +2,7 @@
 //! vCPU runs only between `start-vm` and `stop-vm`, with the L2 program (`l2`).
 
 use std::collections::BTreeMap;
+use std::os::unix::io::AsRawFd;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irqchip, kvm_userspace_memory_region, KvmIrqRouting,
@@ -12,6 +13,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::l2::L2;
 use crate::sys::errno_str;
+
+/// `_IO(KVMIO, 0x71)`.
+const KVM_REINJECT_CONTROL: u64 = 0xae71;
 
 /// First GSI the agent routes (0..23 are the IOAPIC pins).
 const FIRST_GSI: u32 = 24;
@@ -67,6 +71,8 @@ pub struct Vm {
     pub l2: Option<L2>,
     /// The local APIC mode its L2 runs in (`create-vm`'s `apic`).
     pub apic: wire::L2Apic,
+    /// Whether the VM has an in-kernel PIT (the first `pit-reinject`).
+    pit: bool,
 }
 
 impl Vm {
@@ -91,6 +97,7 @@ impl Vm {
             bar_maps: Vec::new(),
             l2: None,
             apic,
+            pit: false,
         })
     }
 
@@ -165,6 +172,34 @@ impl Vm {
             .filter(|l| l.running())
             .ok_or("its L2 is not running")?;
         l2.ipi(&self.vm, vector, count, tick)
+    }
+
+    /// PIT reinjection on or off (see `wire::Step::PitReinject`); the PIT
+    /// is created on first use, with reinjection on.
+    pub fn set_pit_reinject(&mut self, reinject: bool) -> Result<(), String> {
+        if !self.pit {
+            self.vm
+                .create_pit2(kvm_bindings::kvm_pit_config::default())
+                .map_err(|e| errno_str("KVM_CREATE_PIT2", e.errno()))?;
+            self.pit = true;
+        }
+        let ctl = kvm_bindings::kvm_reinject_control {
+            pit_reinject: u8::from(reinject),
+            reserved: [0; 31],
+        };
+        // SAFETY: KVM_REINJECT_CONTROL reads a kvm_reinject_control.
+        let r = unsafe {
+            libc::ioctl(
+                self.vm.as_raw_fd(),
+                KVM_REINJECT_CONTROL as _,
+                &ctl as *const kvm_bindings::kvm_reinject_control,
+            )
+        };
+        if r < 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return Err(errno_str("KVM_REINJECT_CONTROL", errno));
+        }
+        Ok(())
     }
 
     /// The L2, when it is running.

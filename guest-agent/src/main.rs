@@ -7,6 +7,7 @@ mod exec;
 mod genl;
 mod interrupts;
 mod kvm;
+mod kvmmod;
 mod l2;
 mod l2ctl;
 mod l2linux;
@@ -30,7 +31,7 @@ use std::time::Instant;
 use wire::{AgentMessage, HostMessage, Platform, Ready, PROTOCOL_VERSION};
 
 const AGENT_PORT: &str = "/dev/ttyS1";
-const MODULES_ORDER: &str = "/etc/testbed/modules.order";
+pub const MODULES_ORDER: &str = "/etc/testbed/modules.order";
 
 /// `testbed_l2=1` (and `testbed_l2.queues=N`) on the kernel command line:
 /// this agent runs in a real L2 started by an L1 agent.

@@ -126,6 +126,47 @@ pub fn load_all(order_file: &Path, moddir: &Path, cmdline: &str) -> LoadResult {
     res
 }
 
+/// Load the one module `name` of `order_file` again, with the command
+/// line's parameters for it; returns them.
+pub fn load_one(
+    order_file: &Path,
+    moddir: &Path,
+    cmdline: &str,
+    name: &str,
+) -> Result<String, String> {
+    let order = std::fs::read_to_string(order_file)
+        .map_err(|e| format!("{}: {e}", order_file.display()))?;
+    let (rel, compressed) = order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| (l, module_name_from_path(l)))
+        .find(|(_, (n, _))| n == name)
+        .map(|(l, (_, c))| (l, c))
+        .ok_or_else(|| format!("{name} is not in {}", order_file.display()))?;
+    let p = module_params(cmdline)
+        .get(name)
+        .map(|v| v.join(" "))
+        .unwrap_or_default();
+    finit_module(&moddir.join(rel), &p, compressed)
+        .map_err(|errno| format!("loading {name}: {}", errno_name(errno)))?;
+    Ok(p)
+}
+
+/// Unload `name` (delete_module, O_NONBLOCK: fails at once while in use).
+pub fn unload(name: &str) -> Result<(), i32> {
+    let cname = CString::new(name).map_err(|_| libc::EINVAL)?;
+    // SAFETY: delete_module reads the NUL-terminated name.
+    let r = unsafe { libc::syscall(libc::SYS_delete_module, cname.as_ptr(), libc::O_NONBLOCK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    }
+}
+
 fn finit_module(path: &Path, params: &str, compressed: bool) -> Result<(), i32> {
     let f = File::open(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     let cparams = CString::new(params).map_err(|_| libc::EINVAL)?;

@@ -17,6 +17,7 @@ use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
 
 mod checks;
+mod inhibit;
 mod l2;
 mod level;
 mod snapshot;
@@ -790,6 +791,14 @@ pub fn step_line(step: &Step) -> String {
         Step::CloseDevice { device } => format!("close-device {device}"),
         Step::DestroyVm { vm } => format!("destroy-vm {vm}"),
         Step::PanicL1 => "panic-l1".to_owned(),
+        Step::PitReinject { vm, reinject: true } => {
+            format!("pit-reinject {vm} on (APICv inhibit PIT_REINJ)")
+        }
+        Step::PitReinject {
+            vm,
+            reinject: false,
+        } => format!("pit-reinject {vm} off"),
+        Step::ReloadKvm => "reload-kvm".to_owned(),
         Step::StartVm {
             vm,
             mode,

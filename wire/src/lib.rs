@@ -32,7 +32,7 @@ pub use scaling::{
 };
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -429,6 +429,22 @@ pub enum Step {
         #[serde(default = "one")]
         count: u32,
     },
+    /// Turn the in-kernel PIT's reinjection on or off for `vm`: the first
+    /// one gives the VM a PIT (KVM_CREATE_PIT2; its timer is never
+    /// programmed), then KVM_REINJECT_CONTROL. Reinjection on sets the
+    /// APICv/AVIC inhibit APICV_INHIBIT_REASON_PIT_REINJ (AVIC does not trap
+    /// the EOIs the PIT's reinjection counts), off clears it: on kvm_amd
+    /// KVM then moves the VM's device-posted IRTEs to remapped mode (KVM
+    /// injects) and back to guest mode (the IOMMU posts). The VM's L2 must
+    /// be running, not halted: the step returns once its vCPU has entered
+    /// the guest again, i.e. has taken the APICv update.
+    PitReinject { vm: String, reinject: bool },
+    /// Unload the KVM vendor module (kvm_amd, or kvm_intel: whichever is
+    /// loaded) with delete_module and load it again from the initramfs
+    /// with the parameters it got at boot (the kernel command line's, e.g.
+    /// `kvm_amd.avic=1`). No VM may be open. Fails when a parameter in
+    /// /sys/module/<module>/parameters reads differently after the reload.
+    ReloadKvm,
     /// Panic the L1 kernel (sysrq-c). A self-test of the harness: the run
     /// must end with the guest's panic reported, never hang.
     PanicL1,
@@ -595,6 +611,8 @@ impl Step {
             Step::Signal { .. } => "signal",
             Step::CloseDevice { .. } => "close-device",
             Step::DestroyVm { .. } => "destroy-vm",
+            Step::PitReinject { .. } => "pit-reinject",
+            Step::ReloadKvm => "reload-kvm",
             Step::PanicL1 => "panic-l1",
             Step::StartVm { .. } => "start-vm",
             Step::StopVm { .. } => "stop-vm",

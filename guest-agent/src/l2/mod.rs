@@ -292,6 +292,11 @@ impl L2 {
         }
     }
 
+    /// Turns of the L2's main loop so far (`CTL_ITER`).
+    pub fn iterations(&self) -> u32 {
+        self.mem.read_u32(CTL_ITER)
+    }
+
     pub fn running(&self) -> bool {
         self.thread.is_some()
     }

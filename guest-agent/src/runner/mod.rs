@@ -10,6 +10,7 @@
 mod devices;
 mod fire;
 mod hotplug;
+mod inhibit;
 mod kvm;
 mod nested;
 
@@ -391,6 +392,7 @@ impl Runner {
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. }
             | Step::StopVm { .. } => self.kvm_step(st, index, step, &mut out, send, recv),
+            Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(st, step),
             Step::StartL2 { .. }
             | Step::L2Traffic { .. }
             | Step::StopL2 { .. }

@@ -32,6 +32,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::IrqfdRefused { vm, vector } => irqfd_refused(r, vm, vector),
         Expectation::GaLogWakeups => ga_log_wakeups(r),
         Expectation::L2Lossless => super::l2::l2_lossless(r),
+        Expectation::InhibitRoutes { vm, vector } => super::inhibit::inhibit_routes(r, vm, vector),
     }
 }
 

@@ -121,6 +121,14 @@ pub enum Expectation {
     /// IRQ line saw the device raise it, and the receiving NIC's queue
     /// vectors took at least one interrupt.
     L2Lossless,
+    /// `vm`'s APICv/AVIC inhibit (`pit-reinject`) moves `vector` between
+    /// posting and injection without losing any: every `fire` of it while
+    /// the inhibit is set passed through L1 and KVM injected each one;
+    /// every `fire` after the inhibit was cleared again was posted by the
+    /// IOMMU (nothing seen by L1) where the platform can post and the
+    /// vector's producer connected to `vm`'s consumer, and passed through
+    /// L1 elsewhere.
+    InhibitRoutes { vm: String, vector: String },
 }
 
 impl Scenario {
@@ -144,6 +152,7 @@ impl Expectation {
             Expectation::IrqfdRefused { .. } => "irqfd-refused",
             Expectation::GaLogWakeups => "ga-log-wakeups",
             Expectation::L2Lossless => "l2-lossless",
+            Expectation::InhibitRoutes { .. } => "inhibit-routes",
         }
     }
 }
@@ -163,7 +172,8 @@ impl fmt::Display for Expectation {
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
-            | Expectation::IrqfdRefused { vm, vector } => write!(f, " {vm} {vector}"),
+            | Expectation::IrqfdRefused { vm, vector }
+            | Expectation::InhibitRoutes { vm, vector } => write!(f, " {vm} {vector}"),
         }
     }
 }

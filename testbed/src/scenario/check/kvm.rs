@@ -127,6 +127,11 @@ impl Checker<'_, '_> {
                     }
                 }
                 self.l2_running.insert(vm.clone(), k);
+                if *mode == wire::L2Mode::Halted {
+                    self.l2_halted.insert(vm.clone());
+                } else {
+                    self.l2_halted.remove(vm);
+                }
             }
             Step::StopVm { vm } => {
                 self.live_vm("vm", vm)?;

@@ -15,6 +15,7 @@ use super::source::Source;
 use super::{name_problem, valid_bdf, Expectation, ScenarioDevice, ScenarioError};
 
 mod devices;
+mod inhibit;
 mod kvm;
 mod l2ctl;
 mod nested;
@@ -71,6 +72,8 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) ever_attached: BTreeMap<(String, String), usize>,
     /// VMs whose L2 runs: vm -> the start-vm step.
     pub(in crate::scenario) l2_running: BTreeMap<String, usize>,
+    /// VMs whose L2 last started in mode `halted`.
+    pub(in crate::scenario) l2_halted: BTreeSet<String>,
     /// Whether any step is an `l2-traffic`.
     pub(in crate::scenario) l2_traffic: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
@@ -85,6 +88,10 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) masked: BTreeMap<String, usize>,
     /// Vectors whose eventfd the agent has made (an irqfd or enable-msi ran).
     pub(in crate::scenario) eventfds: std::collections::BTreeSet<String>,
+    /// PIT reinjection (the PIT_REINJ inhibit) per VM.
+    pub(in crate::scenario) inhibits: BTreeMap<String, inhibit::Inhibit>,
+    /// (vm, vector) -> fires of the vector held by the VM's irqfd, by inhibit.
+    pub(in crate::scenario) fires_by_inhibit: BTreeMap<(String, String), inhibit::FiresByInhibit>,
     /// How many steps the scenario has.
     pub(in crate::scenario) step_count: usize,
     /// Where the current table is, for errors.
@@ -103,6 +110,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             irqfds: BTreeMap::new(),
             ever_attached: BTreeMap::new(),
             l2_running: BTreeMap::new(),
+            l2_halted: BTreeSet::new(),
             linux_l2s: BTreeMap::new(),
             l2ctl: Default::default(),
             l2_traffic: false,
@@ -110,6 +118,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
+            inhibits: BTreeMap::new(),
+            fires_by_inhibit: BTreeMap::new(),
             step_count: 0,
             span: 0..0,
             context: String::new(),
@@ -337,7 +347,13 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::Fire { .. }
             | Step::Signal { .. }
             | Step::EnableIntx { .. }
-            | Step::CloseDevice { .. } => self.device_step(k, step.get_ref()),
+            | Step::CloseDevice { .. } => {
+                self.device_step(k, step.get_ref())?;
+                if let Step::Fire { vector, .. } = step.get_ref() {
+                    self.note_fire_by_inhibit(vector);
+                }
+                Ok(())
+            }
             Step::CreateVm { .. }
             | Step::Irqfd { .. }
             | Step::IrqfdDeassign { .. }
@@ -346,6 +362,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::StopVm { .. }
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
+            Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(step.get_ref()),
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
                 self.nested_step(k, step.get_ref())
             }
@@ -445,7 +462,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
-            | Expectation::IrqfdRefused { vm, vector } => {
+            | Expectation::IrqfdRefused { vm, vector }
+            | Expectation::InhibitRoutes { vm, vector } => {
                 if !self.vms.contains_key(vm) {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
@@ -457,6 +475,9 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(
                         self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
                     );
+                }
+                if let Expectation::InhibitRoutes { vm, vector } = exp.get_ref() {
+                    self.inhibit_routes(vm, vector)?;
                 }
                 Ok(())
             }
