@@ -19,7 +19,7 @@ const BAD: &[(&str, &str)] = &[
         ("deassign-unattached", "14:1: step 2 (irqfd-deassign): vm0 has no irqfd on dev0/msi0 to deassign"),
         ("duplicate-device", r#"8:1: device "dev0": declared twice"#),
         ("expect-never-attached", "22:1: expect 1 (consumer-registered): no irqfd step attaches dev0/msi0 to vm0"),
-        ("expect-unknown-check", "8:1: expect 1 (fast): unknown variant `fast`, expected one of `lossless`, `pairing`, `producer-registered`, `no-producer`, `consumer-registered`, `connected`, `connected-iff-posting`, `irqfd-refused`, `ga-log-wakeups`, `l2-lossless`"),
+        ("expect-unknown-check", "8:1: expect 1 (fast): unknown variant `fast`, expected one of `lossless`, `pairing`, `producer-registered`, `no-producer`, `consumer-registered`, `connected`, `connected-iff-posting`, `irqfd-refused`, `ga-log-wakeups`, `l2-lossless`, `route-delivery`"),
         ("expect-unknown-vector", r#"17:1: expect 1 (producer-registered): unknown vector "dev0/msi1": dev0 (edu) has vectors msi0..msi0 and intx0"#),
         ("expect-unknown-vm", r#"26:1: expect 1 (connected): unknown vm "vm1": no create-vm vm1"#),
         ("fire-after-disable", r#"21:1: step 4 (fire): vector "dev0/msi0" is not enabled: no enable-msi dev0 in force"#),
@@ -39,7 +39,7 @@ const BAD: &[(&str, &str)] = &[
         ("syntax", "5:6: string values must be quoted, expected literal string"),
         ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
         ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
-        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `enable-intx`, `intx-unmask`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `panic-l1`, `start-l2`, `l2-traffic`, `stop-l2`, `l2-unplug`, `l2-replug`, `l2-pause`, `l2-resume`"),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `enable-intx`, `intx-unmask`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `route`, `panic-l1`, `start-l2`, `l2-traffic`, `stop-l2`, `l2-unplug`, `l2-replug`, `l2-pause`, `l2-resume`"),
         ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`, `hub`"),
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
         ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `igb-vf`, `e1000e`, `vdpa-sim-net`, `vp-vdpa-net`"),
@@ -83,6 +83,10 @@ const BAD: &[(&str, &str)] = &[
         ("intx-unmask-without-resample", "27:1: step 5 (intx-unmask): vm0 has no resample irqfd on dev0/intx0: irqfd with resample = true first"),
         ("create-vm-bad-apic", "12:1: step 2 (create-vm): unknown variant `x3apic`, expected `x2apic` or `xapic`"),
         ("intx-with-msi", "17:1: step 3 (enable-intx): dev0 has MSI enabled (step 2): VFIO uses one interrupt type at a time"),
+        ("route-no-irqfd", "18:1: step 3 (route): vm0 has no irqfd on dev0/msi0: route changes a live irqfd's route"),
+        ("route-none-with-vector", "25:1: step 4 (route): to = \"none\" removes the route: it has no vector"),
+        ("route-then-signal", "28:1: step 5 (signal): vm0's route of dev0/msi0 changed at step 4: fire it instead"),
+        ("route-delivery-no-route", "23:1: expect 1 (route-delivery): no route step changes vm0's route of dev0/msi0: nothing to check"),
         ("no-producer-never-wired", "18:1: expect 1 (no-producer): no enable-vqs step ever wires vdpa0/vq0"),
 ];
 

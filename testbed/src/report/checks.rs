@@ -32,6 +32,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::IrqfdRefused { vm, vector } => irqfd_refused(r, vm, vector),
         Expectation::GaLogWakeups => ga_log_wakeups(r),
         Expectation::L2Lossless => super::l2::l2_lossless(r),
+        Expectation::RouteDelivery { vm, vector } => super::route::route_delivery(r, vm, vector),
     }
 }
 
@@ -65,6 +66,7 @@ fn lossless(r: &Report) -> (bool, String) {
     let held = irqfds_before_each_step(r);
     let held_by_mask = held_by_mask(&r.scenario);
     let l2 = l2_running_before_each_step(&r.scenario);
+    let routes = crate::scenario::routes_before_each_step(&r.scenario.steps);
     let mut problems = Vec::new();
     let mut ok = Vec::new();
     let posting = r.iommu.is_some();
@@ -176,8 +178,10 @@ fn lossless(r: &Report) -> (bool, String) {
         };
         match holders {
             Some(vms) => {
-                // an eventfd held by several VMs' irqfds wakes each of them
-                let copies = vms.len() as u64;
+                // an eventfd held by several VMs' irqfds wakes each of
+                // them; a VM whose route of it was removed injects nothing
+                let route_of = |vm: &str| super::route::route_at(&routes, i, vm, vector);
+                let copies = vms.iter().filter(|vm| route_of(vm).injects()).count() as u64;
                 if c.injected != via_kvm * copies {
                     let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
                     let each = if copies > 1 {
@@ -203,9 +207,11 @@ fn lossless(r: &Report) -> (bool, String) {
                     }
                 }
                 // where an L2 runs, every interrupt must arrive there too
+                // (one whose route reaches no vCPU delivers nothing)
                 let running: Vec<&str> = vms
                     .iter()
                     .filter(|vm| l2.get(i).is_some_and(|r| r.contains(*vm)))
+                    .filter(|vm| route_of(vm).delivers())
                     .map(String::as_str)
                     .collect();
                 match c.delivered {

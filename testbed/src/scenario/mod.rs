@@ -18,6 +18,8 @@
 //! `check/nested.rs`: real L2 Linux guests) and the expectations.
 
 mod check;
+
+pub(crate) use check::routes_before_each_step;
 mod source;
 
 use check::{Checker, DevState};
@@ -121,6 +123,16 @@ pub enum Expectation {
     /// IRQ line saw the device raise it, and the receiving NIC's queue
     /// vectors took at least one interrupt.
     L2Lossless,
+    /// Every `fire` of `vector` while `vm`'s irqfd holds it and a `route`
+    /// step has changed its route went where the route says, as upstream
+    /// KVM intends (`kvm_arch_update_irqfd_routing`): a postable MSI
+    /// route on a platform that posts and a connected irqfd: nothing
+    /// through L1, delivered on the route's vector; any other route: the
+    /// IRTE back under host control, so L1 sees every interrupt, and KVM
+    /// injects through the route (an MSI to no vCPU or an IOAPIC pin; a
+    /// removed route injects nothing); a running L2 takes them on the
+    /// route's vector only (none where the route reaches no vCPU).
+    RouteDelivery { vm: String, vector: String },
 }
 
 impl Scenario {
@@ -144,6 +156,7 @@ impl Expectation {
             Expectation::IrqfdRefused { .. } => "irqfd-refused",
             Expectation::GaLogWakeups => "ga-log-wakeups",
             Expectation::L2Lossless => "l2-lossless",
+            Expectation::RouteDelivery { .. } => "route-delivery",
         }
     }
 }
@@ -163,7 +176,8 @@ impl fmt::Display for Expectation {
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
-            | Expectation::IrqfdRefused { vm, vector } => write!(f, " {vm} {vector}"),
+            | Expectation::IrqfdRefused { vm, vector }
+            | Expectation::RouteDelivery { vm, vector } => write!(f, " {vm} {vector}"),
         }
     }
 }

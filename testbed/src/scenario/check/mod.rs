@@ -3,7 +3,8 @@
 //! error at its line before anything runs. The steps themselves are checked
 //! per family: `devices.rs` (VFIO and vDPA devices: bind, interrupts,
 //! masks, fire, hot-plug), `kvm.rs` (VMs, irqfds, the tiny L2 in a KVM VM),
-//! `nested.rs` (real L2 Linux guests under L1's QEMU).
+//! `nested.rs` (real L2 Linux guests under L1's QEMU), `route.rs` (GSI
+//! routes changed under a live irqfd).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -18,6 +19,9 @@ mod devices;
 mod kvm;
 mod l2ctl;
 mod nested;
+mod route;
+
+pub(crate) use route::routes_before_each_step;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::scenario) enum DevState {
@@ -77,6 +81,9 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
     /// Unplugged and paused L2s (`l2ctl`).
     pub(in crate::scenario) l2ctl: l2ctl::L2Ctl,
+    /// (vm, vector) irqfds whose route a `route` step changed -> the first
+    /// such step.
+    pub(in crate::scenario) rerouted: BTreeMap<(String, String), usize>,
     /// Resample irqfds: (vm, INTx vector) -> the irqfd step.
     pub(in crate::scenario) resample: BTreeMap<(String, String), usize>,
     /// Whether any step fires (or signals).
@@ -107,6 +114,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             l2ctl: Default::default(),
             l2_traffic: false,
             resample: BTreeMap::new(),
+            rerouted: BTreeMap::new(),
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
@@ -346,6 +354,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::StopVm { .. }
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
+            Step::Route { .. } => self.route_step(k, step.get_ref()),
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
                 self.nested_step(k, step.get_ref())
             }
@@ -445,7 +454,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             Expectation::ConsumerRegistered { vm, vector }
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
-            | Expectation::IrqfdRefused { vm, vector } => {
+            | Expectation::IrqfdRefused { vm, vector }
+            | Expectation::RouteDelivery { vm, vector } => {
                 if !self.vms.contains_key(vm) {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
@@ -457,6 +467,15 @@ impl<'s, 'a> Checker<'s, 'a> {
                     return Err(
                         self.err("vector", format!("no irqfd step attaches {vector} to {vm}"))
                     );
+                }
+                let key = (vm.clone(), vector.clone());
+                if matches!(exp.get_ref(), Expectation::RouteDelivery { .. })
+                    && !self.rerouted.contains_key(&key)
+                {
+                    return Err(self.err(
+                        "vector",
+                        format!("no route step changes {vm}'s route of {vector}: nothing to check"),
+                    ));
                 }
                 Ok(())
             }
