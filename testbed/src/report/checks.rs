@@ -215,6 +215,14 @@ fn lossless(r: &Report) -> (bool, String) {
                     .map(String::as_str)
                     .collect();
                 match c.delivered {
+                    Some(d) if running.is_empty() && d != 0 => problems.push(format!(
+                        "step {n} {vector}: raised {} and L2 received {d}, but no running L2's route of it reaches a vCPU ({})",
+                        c.raised,
+                        vms.iter()
+                            .map(|vm| format!("{vm}: {}", route_of(vm).name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                     Some(d) if d != c.raised * running.len() as u64 => problems.push(format!(
                         "step {n} {vector}: raised {} but L2 received {d} (L2 of {}{})",
                         c.raised,

@@ -288,7 +288,7 @@ fn an_irte_left_posting_after_a_non_msi_route_fails() {
     fails(
         &r,
         "lossless",
-        "step 11 dev0/msi0: raised 3 but L2 received 3",
+        "step 11 dev0/msi0: raised 3 and L2 received 3, but no running L2's route of it reaches a vCPU (vm0: none)",
     );
 }
 
