@@ -86,6 +86,7 @@ const BAD: &[(&str, &str)] = &[
         ("route-no-irqfd", "18:1: step 3 (route): vm0 has no irqfd on dev0/msi0: route changes a live irqfd's route"),
         ("route-none-with-vector", "25:1: step 4 (route): to = \"none\" removes the route: it has no vector"),
         ("route-then-signal", "28:1: step 5 (signal): vm0's route of dev0/msi0 changed at step 4: fire it instead"),
+        ("route-then-mask", "33:1: step 6 (mask): vm0's route of nic0/msix0 changed at step 5: masks and route changes do not mix yet"),
         ("route-delivery-no-route", "23:1: expect 1 (route-delivery): no route step changes vm0's route of dev0/msi0: nothing to check"),
         ("no-producer-never-wired", "18:1: expect 1 (no-producer): no enable-vqs step ever wires vdpa0/vq0"),
 ];

@@ -305,6 +305,12 @@ impl Checker<'_, '_> {
             }
             Step::Mask { vector } => {
                 let (dev, _) = self.vector("vector", vector)?;
+                if let Some((vm, k)) = self.rerouted_live(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm}'s route of {vector} changed at step {k}: masks and route changes do not mix yet"),
+                    ));
+                }
                 let model = self.devices[&dev].model;
                 if !model.can_mask() {
                     return Err(self.err(

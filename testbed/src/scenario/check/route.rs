@@ -102,3 +102,42 @@ impl Checker<'_, '_> {
             .map(|((vm, _), k)| (vm.as_str(), *k))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(vm: &str, to: RouteTo) -> Step {
+        Step::Route {
+            vm: vm.into(),
+            vector: "dev0/msi0".into(),
+            to,
+            l2_vector: None,
+        }
+    }
+
+    #[test]
+    fn routes_follow_route_steps_and_go_with_their_vm() {
+        let steps = vec![
+            route("vm0", RouteTo::Ioapic),
+            Step::IrqfdDeassign {
+                vm: "vm0".into(),
+                vector: "dev0/msi0".into(),
+            },
+            route("vm0", RouteTo::None),
+            Step::DestroyVm { vm: "vm0".into() },
+            Step::PanicL1,
+        ];
+        let r = routes_before_each_step(&steps);
+        let key = ("vm0".to_string(), "dev0/msi0".to_string());
+        assert!(r[0].is_empty(), "as irqfd made it: not listed");
+        assert_eq!(r[1].get(&key), Some(&RouteTo::Ioapic));
+        assert_eq!(
+            r[2].get(&key),
+            Some(&RouteTo::Ioapic),
+            "a deassign keeps it"
+        );
+        assert_eq!(r[3].get(&key), Some(&RouteTo::None));
+        assert!(r[4].is_empty(), "gone with its VM");
+    }
+}
