@@ -31,8 +31,11 @@ pub struct Route {
     pub vector: u8,
     /// Scenario name of the device vector feeding it.
     pub source: String,
-    /// The IOAPIC pin (= the GSI) of an INTx route; `None` for an MSI route.
+    /// The IOAPIC pin of an INTx route (= the GSI) or of a route a
+    /// `route` step pointed at a pin (GSI unchanged); `None` for an MSI.
     pub pin: Option<u32>,
+    /// Where a `route` step pointed it; `None` for the route `irqfd` made.
+    pub to: Option<wire::RouteTo>,
 }
 
 /// The memory slot of the first device page mapped into a VM (for an L2
@@ -73,6 +76,8 @@ pub struct Vm {
     pub apic: wire::L2Apic,
     /// Whether the VM has an in-kernel PIT (the first `pit-reinject`).
     pit: bool,
+    /// (source, vector) of every route the VM had, old ones included.
+    history: Vec<(String, u8)>,
 }
 
 impl Vm {
@@ -98,6 +103,7 @@ impl Vm {
             l2: None,
             apic,
             pit: false,
+            history: Vec::new(),
         })
     }
 
@@ -223,12 +229,15 @@ impl Vm {
         let mut routes = self.routes.clone();
         let route = match pin {
             None => {
-                let gsi = FIRST_GSI + self.routes.iter().filter(|r| r.pin.is_none()).count() as u32;
+                // a rerouted route keeps its GSI, a pin or not
+                let gsi =
+                    FIRST_GSI + self.routes.iter().filter(|r| r.gsi >= FIRST_GSI).count() as u32;
                 Route {
                     gsi,
                     vector,
                     source: source.to_string(),
                     pin: None,
+                    to: None,
                 }
             }
             Some(pin) => {
@@ -237,21 +246,79 @@ impl Vm {
                     .iter()
                     .find(|r| r.pin == Some(pin))
                     .map_or(vector, |r| r.vector);
-                self.program_ioapic_pin(pin, vector)?;
+                self.program_ioapic_pin(pin, vector, true)?;
                 Route {
                     gsi: pin,
                     vector,
                     source: source.to_string(),
                     pin: Some(pin),
+                    to: None,
                 }
             }
         };
         routes.push(route);
+        self.commit(routes)?;
+        Ok(self.routes.last().cloned().expect("just pushed"))
+    }
+
+    /// Point the route of `source` elsewhere (see `wire::Step::Route`),
+    /// keeping its GSI, and set the VM's whole table again.
+    pub fn reroute(
+        &mut self,
+        source: &str,
+        to: wire::RouteTo,
+        vector: u8,
+    ) -> Result<Route, String> {
+        let i = self
+            .routes
+            .iter()
+            .position(|r| r.source == source)
+            .ok_or_else(|| format!("no route for {source} in this VM (no irqfd?)"))?;
+        let pin = match to {
+            wire::RouteTo::Ioapic => {
+                let others = |p: u32| {
+                    self.routes
+                        .iter()
+                        .any(|r| r.source != source && r.pin == Some(p))
+                };
+                let pin = wire::INTX_PINS
+                    .clone()
+                    .find(|p| !others(*p))
+                    .ok_or("no free IOAPIC pin")?;
+                self.program_ioapic_pin(pin, vector, false)?;
+                Some(pin)
+            }
+            _ => None,
+        };
+        let mut routes = self.routes.clone();
+        routes[i] = Route {
+            vector,
+            pin,
+            to: Some(to),
+            ..routes[i].clone()
+        };
+        self.commit(routes)?;
+        Ok(self.routes[i].clone())
+    }
+
+    /// KVM_SET_GSI_ROUTING with `routes` (a removed route left out), which
+    /// become the VM's routes.
+    fn commit(&mut self, routes: Vec<Route>) -> Result<(), String> {
+        for r in &routes {
+            if !self
+                .history
+                .iter()
+                .any(|(s, v)| *s == r.source && *v == r.vector)
+            {
+                self.history.push((r.source.clone(), r.vector));
+            }
+        }
         // a pin shared by several sources is one entry: KVM refuses a GSI
         // mapped twice to the same irqchip
         let entries: Vec<&Route> = routes
             .iter()
             .enumerate()
+            .filter(|(_, r)| r.to != Some(wire::RouteTo::None))
             .filter(|(i, r)| r.pin.is_none() || !routes[..*i].iter().any(|o| o.pin == r.pin))
             .map(|(_, r)| r)
             .collect();
@@ -265,7 +332,11 @@ impl Vm {
                         type_: KVM_IRQ_ROUTING_MSI,
                         ..Default::default()
                     };
-                    e.u.msi.address_lo = MSI_ADDR_APIC0;
+                    let dest = match r.to {
+                        Some(wire::RouteTo::MsiNoVcpu) => u32::from(wire::NO_VCPU_APIC_ID),
+                        _ => 0,
+                    };
+                    e.u.msi.address_lo = MSI_ADDR_APIC0 | dest << 12;
                     e.u.msi.address_hi = 0;
                     e.u.msi.data = u32::from(r.vector);
                     e
@@ -286,13 +357,14 @@ impl Vm {
             .set_gsi_routing(&table)
             .map_err(|e| errno_str("KVM_SET_GSI_ROUTING", e.errno()))?;
         self.routes = routes;
-        Ok(self.routes.last().cloned().expect("just pushed"))
+        Ok(())
     }
 
     /// The IOAPIC pin's redirection entry: `vector`, fixed delivery,
-    /// physical destination APIC ID 0, level-triggered, unmasked (what the
-    /// L2's OS would program; done by the agent through KVM_SET_IRQCHIP).
-    fn program_ioapic_pin(&mut self, pin: u32, vector: u8) -> Result<(), String> {
+    /// physical destination APIC ID 0, level- or edge-triggered, unmasked
+    /// (what the L2's OS would program; done by the agent through
+    /// KVM_SET_IRQCHIP).
+    fn program_ioapic_pin(&mut self, pin: u32, vector: u8, level: bool) -> Result<(), String> {
         let mut chip = kvm_irqchip {
             chip_id: KVM_IRQCHIP_IOAPIC,
             ..Default::default()
@@ -309,7 +381,7 @@ impl Vm {
                 .redirtbl
                 .get_mut(pin as usize)
                 .ok_or_else(|| format!("no IOAPIC pin {pin}"))?;
-            e.bits = u64::from(vector) | LEVEL;
+            e.bits = u64::from(vector) | if level { LEVEL } else { 0 };
         }
         self.vm
             .set_irqchip(&chip)
@@ -365,6 +437,15 @@ impl Vm {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Every vector a route of `source` had in this VM, the current one too.
+    pub fn vectors_of(&self, source: &str) -> Vec<u8> {
+        self.history
+            .iter()
+            .filter(|(s, _)| s == source)
+            .map(|(_, v)| *v)
+            .collect()
     }
 
     pub fn irqfd(&mut self, source: &str, fd: &EventFd, gsi: u32) -> Result<(), String> {

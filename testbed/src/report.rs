@@ -20,6 +20,7 @@ mod checks;
 mod inhibit;
 mod l2;
 mod level;
+mod route;
 mod snapshot;
 
 pub use l2::l2_vector_counts;
@@ -402,6 +403,28 @@ impl Report {
             };
             if let Some(d) = c.delivered {
                 let _ = write!(out, "  delivered in L2 {d}");
+            }
+            if let Some(seen) = &c.route {
+                let _ = write!(out, "  route {}", seen.to.name());
+                if let Some(v) = seen.l2_vector {
+                    let _ = write!(out, " {v:#04x}");
+                }
+                if c.delivered.is_some() {
+                    let took: Vec<String> = seen
+                        .l2_vectors
+                        .iter()
+                        .map(|(v, k)| format!("{v:#04x} x{k}"))
+                        .collect();
+                    let _ = write!(
+                        out,
+                        "  L2 took {}",
+                        if took.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            took.join(", ")
+                        }
+                    );
+                }
             }
             if let Some(r) = c.resampled {
                 let _ = write!(out, "  resampled {r}");
@@ -786,6 +809,18 @@ pub fn step_line(step: &Step) -> String {
         Step::EnableIntx { device } => format!("enable-intx {device}"),
         Step::IntxUnmask { vm, vector } => format!("intx-unmask {vector} on {vm}'s resample"),
         Step::IrqfdDeassign { vm, vector } => format!("irqfd-deassign {vm} {vector}"),
+        Step::Route {
+            vm,
+            vector,
+            to,
+            l2_vector,
+        } => {
+            let mut l = format!("route {vm} {vector} -> {}", to.name());
+            if let Some(v) = l2_vector {
+                l.push_str(&format!(" vector {v:#04x}"));
+            }
+            l
+        }
         Step::Fire { vector, count } => format!("fire {vector} x{count}"),
         Step::Signal { vector, count } => format!("signal {vector} x{count}"),
         Step::CloseDevice { device } => format!("close-device {device}"),

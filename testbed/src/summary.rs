@@ -191,6 +191,7 @@ count = 5
             delivered: None,
             resampled: None,
             eoi_trapped: None,
+            route: None,
             unmasked: None,
         };
         let steps = vec![

@@ -48,6 +48,7 @@ fn report(l1_seen: u64) -> Report {
         delivered: None,
         resampled: None,
         eoi_trapped: None,
+        route: None,
         unmasked: None,
     }];
     steps[5].bypass = vec![BypassEvent::ProducerUnregistered {

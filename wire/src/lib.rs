@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 mod device;
 mod exec;
 mod nested;
+mod route;
 mod scaling;
 pub use device::{
     Attach, DeviceModel, IrqKind, Mgmtdev, ModelSpec, RegValue, RegWrite, VdpaSpec, VqFire,
@@ -27,6 +28,7 @@ pub use nested::{
     L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
     L2_MAX_FRAMES,
 };
+pub use route::{RouteSeen, RouteTo, NO_VCPU_APIC_ID};
 pub use scaling::{
     ConsumerProbe, ScalingDone, ScalingJob, ScalingPoint, CHUNK_CALLS, MAX_IRQFDS_PER_VM,
 };
@@ -445,6 +447,23 @@ pub enum Step {
     /// `kvm_amd.avic=1`). No VM may be open. Fails when a parameter in
     /// /sys/module/<module>/parameters reads differently after the reload.
     ReloadKvm,
+    /// Rewrite the GSI route of `vm`'s irqfd on `vector` while the irqfd
+    /// stays assigned (KVM_SET_GSI_ROUTING with the VM's whole table, the
+    /// GSI unchanged): KVM re-evaluates the irqfd's routing
+    /// (`kvm_irq_routing_update`), and where the irqfd is connected to a
+    /// producer it must move the IRTE between posted and remapped mode
+    /// (`kvm_arch_update_irqfd_routing`). `to` says where the route goes
+    /// ([`RouteTo`]); `l2_vector` is the vector the new route delivers on
+    /// in the VM (default: a new one, as `irqfd` hands out). Later `fire`
+    /// steps of the vector report the route and the L2 vectors that took
+    /// its interrupts ([`VectorCount::route`]).
+    Route {
+        vm: String,
+        vector: String,
+        to: RouteTo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        l2_vector: Option<u8>,
+    },
     /// Panic the L1 kernel (sysrq-c). A self-test of the harness: the run
     /// must end with the guest's panic reported, never hang.
     PanicL1,
@@ -617,6 +636,7 @@ impl Step {
             Step::StartVm { .. } => "start-vm",
             Step::StopVm { .. } => "stop-vm",
             Step::Ipi { .. } => "ipi",
+            Step::Route { .. } => "route",
             Step::StartL2 { .. } => "start-l2",
             Step::L2Traffic { .. } => "l2-traffic",
             Step::StopL2 { .. } => "stop-l2",
@@ -763,6 +783,10 @@ pub struct VectorCount {
     /// x2APIC L2's EOIs from its MSR intercepts instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eoi_trapped: Option<u64>,
+    /// Only for a vector whose route a `route` step changed: the route it
+    /// fired through and which L2 vectors took its interrupts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSeen>,
 }
 
 /// IOAPIC pins an INTx irqfd may use (the VM's IOAPIC has 24; 0-15 are

@@ -49,6 +49,9 @@ impl Runner {
         send: &mut dyn FnMut(AgentMessage),
     ) -> Result<VectorCount, String> {
         let (device, kind, idx) = parse_vector(vector)?;
+        if source == Source::Device && kind != "intx" && Self::rerouted(st, vector) {
+            return self.fire_rerouted(st, vector, count, index, send);
+        }
         let spec = st.model(device)?;
         // a masked vector's raises stay in the device: nothing to wait for
         let masked = source == Source::Device && st.masked.contains(vector);
@@ -290,6 +293,7 @@ impl Runner {
             resampled: intx.then(|| self.level_counts(&pins).0),
             unmasked: intx.then(|| self.level_counts(&pins).1),
             eoi_trapped: intx.then(|| self.eoi_trapped(&routes)),
+            route: None,
             delivered,
         })
     }

@@ -1,5 +1,6 @@
 //! KVM steps: VMs, irqfds (with their GSI routes), and the tiny L2 that
-//! runs on a VM's vCPU thread (start, stop, IPIs).
+//! runs on a VM's vCPU thread (start, stop, IPIs); `route` is in
+//! `reroute.rs`.
 
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::say;
 use crate::sys::errstr;
 
 /// First MSI vector number the agent hands out; one per route, job-wide.
-const FIRST_VECTOR: u8 = 0x40;
+pub(super) const FIRST_VECTOR: u8 = 0x40;
 
 impl Runner {
     /// Executes the KVM steps.
@@ -127,6 +128,7 @@ impl Runner {
                             delivered: Some(delivered),
                             resampled: None,
                             eoi_trapped: None,
+                            route: None,
                             unmasked: None,
                         });
                         Ok(())
@@ -141,6 +143,12 @@ impl Runner {
                 r.map_err(|e| format!("{vm}: {e}"))
             }),
             Step::IntxUnmask { vm, vector } => self.intx_unmask(st, vm, vector),
+            Step::Route {
+                vm,
+                vector,
+                to,
+                l2_vector,
+            } => self.reroute(st, vm, vector, *to, *l2_vector),
             _ => unreachable!("not a KVM step: {}", step.action()),
         }
     }

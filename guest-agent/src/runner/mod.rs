@@ -5,6 +5,7 @@
 //! vDPA devices: bind, MSI, MSI-X, virtqueues, masks, fire), `hotplug.rs`
 //! (unplug and replug through the host), `fire.rs` (raising interrupts
 //! and accounting for them), `kvm.rs` (VMs, irqfds, the tiny L2),
+//! `reroute.rs` (routes changed under a live irqfd, and their fires),
 //! `nested.rs` (real L2 Linux guests).
 
 mod devices;
@@ -13,6 +14,7 @@ mod hotplug;
 mod inhibit;
 mod kvm;
 mod nested;
+mod reroute;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -391,6 +393,7 @@ impl Runner {
             | Step::StartVm { .. }
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. }
+            | Step::Route { .. }
             | Step::StopVm { .. } => self.kvm_step(st, index, step, &mut out, send, recv),
             Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(st, step),
             Step::StartL2 { .. }

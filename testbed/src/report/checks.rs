@@ -33,6 +33,7 @@ pub(super) fn check(r: &Report, exp: &Expectation) -> (bool, String) {
         Expectation::GaLogWakeups => ga_log_wakeups(r),
         Expectation::L2Lossless => super::l2::l2_lossless(r),
         Expectation::InhibitRoutes { vm, vector } => super::inhibit::inhibit_routes(r, vm, vector),
+        Expectation::RouteDelivery { vm, vector } => super::route::route_delivery(r, vm, vector),
     }
 }
 
@@ -66,6 +67,7 @@ fn lossless(r: &Report) -> (bool, String) {
     let held = irqfds_before_each_step(r);
     let held_by_mask = held_by_mask(&r.scenario);
     let l2 = l2_running_before_each_step(&r.scenario);
+    let routes = crate::scenario::routes_before_each_step(&r.scenario.steps);
     let mut problems = Vec::new();
     let mut ok = Vec::new();
     let posting = r.iommu.is_some();
@@ -177,8 +179,10 @@ fn lossless(r: &Report) -> (bool, String) {
         };
         match holders {
             Some(vms) => {
-                // an eventfd held by several VMs' irqfds wakes each of them
-                let copies = vms.len() as u64;
+                // an eventfd held by several VMs' irqfds wakes each of
+                // them; a VM whose route of it was removed injects nothing
+                let route_of = |vm: &str| super::route::route_at(&routes, i, vm, vector);
+                let copies = vms.iter().filter(|vm| route_of(vm).injects()).count() as u64;
                 if c.injected != via_kvm * copies {
                     let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
                     let each = if copies > 1 {
@@ -204,12 +208,22 @@ fn lossless(r: &Report) -> (bool, String) {
                     }
                 }
                 // where an L2 runs, every interrupt must arrive there too
+                // (one whose route reaches no vCPU delivers nothing)
                 let running: Vec<&str> = vms
                     .iter()
                     .filter(|vm| l2.get(i).is_some_and(|r| r.contains(*vm)))
+                    .filter(|vm| route_of(vm).delivers())
                     .map(String::as_str)
                     .collect();
                 match c.delivered {
+                    Some(d) if running.is_empty() && d != 0 => problems.push(format!(
+                        "step {n} {vector}: raised {} and L2 received {d}, but no running L2's route of it reaches a vCPU ({})",
+                        c.raised,
+                        vms.iter()
+                            .map(|vm| format!("{vm}: {}", route_of(vm).name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                     Some(d) if d != c.raised * running.len() as u64 => problems.push(format!(
                         "step {n} {vector}: raised {} but L2 received {d} (L2 of {}{})",
                         c.raised,

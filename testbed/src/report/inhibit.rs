@@ -197,6 +197,7 @@ vector = "dev0/msi0"
             resampled: None,
             eoi_trapped: None,
             unmasked: None,
+            route: None,
         }
     }
 

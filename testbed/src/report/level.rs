@@ -138,6 +138,7 @@ mod tests {
             delivered: Some(delivered),
             resampled: Some(resampled),
             eoi_trapped: None,
+            route: None,
             unmasked: Some(unmasked),
         }
     }

@@ -170,6 +170,7 @@ fn fired(raised: u64, host_irq: u64, injected: u64, signalled: Option<u64>) -> V
         delivered: None,
         resampled: None,
         eoi_trapped: None,
+        route: None,
         unmasked: None,
     }
 }
@@ -1271,6 +1272,7 @@ fn ipi_report(sent: u64, delivered: Option<u64>) -> Report {
         delivered,
         resampled: None,
         eoi_trapped: None,
+        route: None,
         unmasked: None,
     }];
     Report::from_parts(&s, header(), posting_platform(), steps, done(), None)
@@ -1540,6 +1542,7 @@ fn sim_fired(host_irq: u64, injected: u64) -> VectorCount {
         delivered: None,
         resampled: None,
         eoi_trapped: None,
+        route: None,
         unmasked: None,
     }
 }

@@ -18,6 +18,8 @@
 //! `check/nested.rs`: real L2 Linux guests) and the expectations.
 
 mod check;
+
+pub(crate) use check::routes_before_each_step;
 mod source;
 
 use check::{Checker, DevState};
@@ -129,6 +131,16 @@ pub enum Expectation {
     /// vector's producer connected to `vm`'s consumer, and passed through
     /// L1 elsewhere.
     InhibitRoutes { vm: String, vector: String },
+    /// Every `fire` of `vector` while `vm`'s irqfd holds it and a `route`
+    /// step has changed its route went where the route says, as upstream
+    /// KVM intends (`kvm_arch_update_irqfd_routing`): a postable MSI
+    /// route on a platform that posts and a connected irqfd: nothing
+    /// through L1, delivered on the route's vector; any other route: the
+    /// IRTE back under host control, so L1 sees every interrupt, and KVM
+    /// injects through the route (an MSI to no vCPU or an IOAPIC pin; a
+    /// removed route injects nothing); a running L2 takes them on the
+    /// route's vector only (none where the route reaches no vCPU).
+    RouteDelivery { vm: String, vector: String },
 }
 
 impl Scenario {
@@ -153,6 +165,7 @@ impl Expectation {
             Expectation::GaLogWakeups => "ga-log-wakeups",
             Expectation::L2Lossless => "l2-lossless",
             Expectation::InhibitRoutes { .. } => "inhibit-routes",
+            Expectation::RouteDelivery { .. } => "route-delivery",
         }
     }
 }
@@ -173,7 +186,8 @@ impl fmt::Display for Expectation {
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
             | Expectation::IrqfdRefused { vm, vector }
-            | Expectation::InhibitRoutes { vm, vector } => write!(f, " {vm} {vector}"),
+            | Expectation::InhibitRoutes { vm, vector }
+            | Expectation::RouteDelivery { vm, vector } => write!(f, " {vm} {vector}"),
         }
     }
 }

@@ -305,6 +305,12 @@ impl Checker<'_, '_> {
             }
             Step::Mask { vector } => {
                 let (dev, _) = self.vector("vector", vector)?;
+                if let Some((vm, k)) = self.rerouted_live(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm}'s route of {vector} changed at step {k}: masks and route changes do not mix yet"),
+                    ));
+                }
                 let model = self.devices[&dev].model;
                 if !model.can_mask() {
                     return Err(self.err(
@@ -336,6 +342,14 @@ impl Checker<'_, '_> {
             }
             Step::Fire { vector, count } => {
                 let (dev, n) = self.vector("vector", vector)?;
+                if let (Some((vm, k)), Some(m)) =
+                    (self.rerouted_live(vector), self.masked.get(vector))
+                {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vector} is masked (step {m}) and {vm}'s route of it changed at step {k}: unmask it first"),
+                    ));
+                }
                 let model = self.devices[&dev].model;
                 if let Some(wire::VqFire::Cannot(why)) =
                     model.vdpa().and_then(|v| v.vqs.get(n as usize))
@@ -362,6 +376,12 @@ impl Checker<'_, '_> {
             }
             Step::Signal { vector, count } => {
                 self.vector("vector", vector)?;
+                if let Some((vm, k)) = self.rerouted_live(vector) {
+                    return Err(self.err(
+                        "vector",
+                        format!("{vm}'s route of {vector} changed at step {k}: fire it instead"),
+                    ));
+                }
                 if wire::is_intx(vector) {
                     return Err(self.err(
                         "vector",

@@ -3,7 +3,8 @@
 //! error at its line before anything runs. The steps themselves are checked
 //! per family: `devices.rs` (VFIO and vDPA devices: bind, interrupts,
 //! masks, fire, hot-plug), `kvm.rs` (VMs, irqfds, the tiny L2 in a KVM VM),
-//! `nested.rs` (real L2 Linux guests under L1's QEMU).
+//! `nested.rs` (real L2 Linux guests under L1's QEMU), `route.rs` (GSI
+//! routes changed under a live irqfd).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -19,6 +20,9 @@ mod inhibit;
 mod kvm;
 mod l2ctl;
 mod nested;
+mod route;
+
+pub(crate) use route::routes_before_each_step;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::scenario) enum DevState {
@@ -80,6 +84,9 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
     /// Unplugged and paused L2s (`l2ctl`).
     pub(in crate::scenario) l2ctl: l2ctl::L2Ctl,
+    /// (vm, vector) irqfds whose route a `route` step changed -> the first
+    /// such step.
+    pub(in crate::scenario) rerouted: BTreeMap<(String, String), usize>,
     /// Resample irqfds: (vm, INTx vector) -> the irqfd step.
     pub(in crate::scenario) resample: BTreeMap<(String, String), usize>,
     /// Whether any step fires (or signals).
@@ -115,6 +122,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             l2ctl: Default::default(),
             l2_traffic: false,
             resample: BTreeMap::new(),
+            rerouted: BTreeMap::new(),
             fired: false,
             masked: BTreeMap::new(),
             eventfds: Default::default(),
@@ -363,6 +371,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::Ipi { .. }
             | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
             Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(step.get_ref()),
+            Step::Route { .. } => self.route_step(k, step.get_ref()),
             Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
                 self.nested_step(k, step.get_ref())
             }
@@ -463,7 +472,8 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Expectation::Connected { vm, vector }
             | Expectation::ConnectedIffPosting { vm, vector }
             | Expectation::IrqfdRefused { vm, vector }
-            | Expectation::InhibitRoutes { vm, vector } => {
+            | Expectation::InhibitRoutes { vm, vector }
+            | Expectation::RouteDelivery { vm, vector } => {
                 if !self.vms.contains_key(vm) {
                     return Err(self.err("vm", format!("unknown vm {vm:?}: no create-vm {vm}")));
                 }
@@ -478,6 +488,15 @@ impl<'s, 'a> Checker<'s, 'a> {
                 }
                 if let Expectation::InhibitRoutes { vm, vector } = exp.get_ref() {
                     self.inhibit_routes(vm, vector)?;
+                }
+                let key = (vm.clone(), vector.clone());
+                if matches!(exp.get_ref(), Expectation::RouteDelivery { .. })
+                    && !self.rerouted.contains_key(&key)
+                {
+                    return Err(self.err(
+                        "vector",
+                        format!("no route step changes {vm}'s route of {vector}: nothing to check"),
+                    ));
                 }
                 Ok(())
             }
