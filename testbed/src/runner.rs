@@ -303,7 +303,8 @@ pub(crate) struct Session {
 /// and the vCPU, running an L2 that never exits, never looks there again:
 /// L1 freezes (qemu-patches/0018-0019 fix the patched QEMU). The UART
 /// interrupt of the empty line makes QEMU poll that APIC, as real hardware
-/// evaluates its IRR at every instruction boundary; docs/tcg-lost-wakeup.md
+/// evaluates its IRR at every instruction boundary (not on stock amd-ir,
+/// whose amd-iommu drops every IO-APIC interrupt); docs/tcg-lost-wakeup.md
 /// has the evidence.
 pub(crate) const NUDGE_AFTER: Duration = Duration::from_secs(5);
 
