@@ -178,25 +178,27 @@ pub fn base_args() -> Vec<String> {
 /// delay misfires and intel-ir boots died with "timer doesn't work through
 /// Interrupt-remapped IO-APIC" at 0.04 s (load average 13); the timer works.
 ///
-/// `tsc=reliable` takes the TSC out of the clocksource watchdog (the
-/// kernel's documented meaning: no runtime verification, no boot-time
-/// stability checks). Under TCG every vCPU's TSC is the host's clock, so
-/// there is nothing to verify, and the watchdog hurt: its cross-CPU skew
-/// check spins with interrupts off waiting for the other CPU, which sat in
-/// a stop_machine waiting for the first, and under host load (every PAUSE
-/// costs about 1 ms under TCG) 3 of 109 two-vCPU amd-avic boots hung there
-/// for good (docs/avic-emulation.md, "Boot reliability"); under load the
-/// watchdog also marked the TSC unstable now and then and moved L1 to the
-/// HPET, whose every read exits to QEMU (and `testbed scaling` reads the
-/// clock twice per KVM_IRQFD it times).
-pub fn cmdline(variant: &Variant, devices: &[PciDevice], extra: &[String]) -> String {
+/// With two or more L1 CPUs, `tsc=reliable` takes the TSC out of the
+/// clocksource watchdog (the kernel's documented meaning: no runtime
+/// verification, no boot-time stability checks). Under TCG every vCPU's
+/// TSC is the host's clock, so there is nothing to verify, and the
+/// watchdog hurt: its cross-CPU skew check spins with interrupts off
+/// waiting for the other CPU, which sat in a stop_machine waiting for the
+/// first, and under host load (every PAUSE costs about 1 ms under TCG) 3 of
+/// 109 two-vCPU amd-avic boots hung there for good (docs/avic-emulation.md,
+/// "Boot reliability"). With one CPU the skew check skips itself, and the
+/// one-CPU variants run stock QEMU, whose lost interrupt requests
+/// (docs/tcg-lost-wakeup.md) froze their L2 scenarios more often with it.
+pub fn cmdline(variant: &Variant, smp: u32, devices: &[PciDevice], extra: &[String]) -> String {
     let mut words: Vec<String> = strings(&[
         "console=ttyS0",
         "panic=-1",
         "8250.nr_uarts=2",
         "no_timer_check",
-        "tsc=reliable",
     ]);
+    if smp >= 2 {
+        words.push("tsc=reliable".into());
+    }
     if devices.iter().any(|d| d.sriov) {
         // vfio-pci refuses sriov_numvfs on a PF it owns without it
         words.push("vfio_pci.enable_sriov=1".to_owned());
@@ -367,7 +369,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         boot_args(
             &cfg.kernel,
             &cfg.initrd,
-            &cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline),
+            &cmdline(cfg.variant, cfg.smp, &cfg.devices, &cfg.extra_cmdline),
         ),
         cfg.variant.iommu_args(),
         panic_device_args(),
@@ -613,9 +615,14 @@ mod tests {
     #[test]
     fn command_line_carries_variant_words() {
         let cfg = config("none");
-        let line = cmdline(cfg.variant, &cfg.devices, &cfg.extra_cmdline);
+        let line = cmdline(cfg.variant, cfg.smp, &cfg.devices, &cfg.extra_cmdline);
         assert_eq!(
             line,
+            "console=ttyS0 panic=-1 8250.nr_uarts=2 no_timer_check vfio.enable_unsafe_noiommu_mode=1 quiet"
+        );
+        // two CPUs: the TSC leaves the clocksource watchdog
+        assert_eq!(
+            cmdline(cfg.variant, 2, &cfg.devices, &cfg.extra_cmdline),
             "console=ttyS0 panic=-1 8250.nr_uarts=2 no_timer_check tsc=reliable vfio.enable_unsafe_noiommu_mode=1 quiet"
         );
     }
@@ -625,12 +632,14 @@ mod tests {
         let mut cfg = config("intel-ir");
         let global = "q35-pcihost.pci-hole64-size=0".to_owned();
         assert!(!qemu_args(&cfg).contains(&global));
-        assert!(!cmdline(cfg.variant, &cfg.devices, &[]).contains("enable_sriov"));
+        assert!(!cmdline(cfg.variant, cfg.smp, &cfg.devices, &[]).contains("enable_sriov"));
         cfg.devices[2].sriov = true;
         let args = qemu_args(&cfg);
         let at = args.iter().position(|a| *a == global).unwrap();
         assert_eq!(args[at - 1], "-global");
-        assert!(cmdline(cfg.variant, &cfg.devices, &[]).contains(" vfio_pci.enable_sriov=1"));
+        assert!(
+            cmdline(cfg.variant, cfg.smp, &cfg.devices, &[]).contains(" vfio_pci.enable_sriov=1")
+        );
     }
 
     #[test]

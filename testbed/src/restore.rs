@@ -555,8 +555,6 @@ pub(crate) async fn restore(
         listener,
     };
     let mut session = Session::connected(cfg, launched, stream, bdfs, timeouts);
-    // the agent was running when its state was saved
-    session.nudge_when_silent();
     let unix_time_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

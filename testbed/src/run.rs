@@ -745,9 +745,6 @@ pub fn judge(
             return cell;
         }
     };
-    if let Some(note) = nudge_note(outcome, &scenario.name) {
-        cell.detail.push(note);
-    }
     for check in report.checks() {
         if !check.passed {
             cell.verdict = Verdict::ChecksFailed;
@@ -801,18 +798,6 @@ pub fn judge(
     }
     cell.report = Some(report);
     cell
-}
-
-/// A line for a scenario whose silent agent answered only after a nudge
-/// (see `runner::NUDGE_AFTER`): a rescue is shown, never silent.
-fn nudge_note(outcome: &BootOutcome, scenario: &str) -> Option<String> {
-    let run = outcome.runs.iter().find(|r| r.scenario == scenario)?;
-    (run.nudges > 0).then(|| {
-        format!(
-            "L1 went silent and was nudged {} time(s) (a lost interrupt request in QEMU; see docs/tcg-lost-wakeup.md)",
-            run.nudges
-        )
-    })
 }
 
 fn exit_code(cells: &[Cell]) -> u8 {
@@ -1011,28 +996,6 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_nudged_scenario_says_so_and_others_do_not() {
-        let run = |scenario: &str, nudges: u32| crate::runner::ScenarioRun {
-            scenario: scenario.into(),
-            nudges,
-            ..Default::default()
-        };
-        let outcome = BootOutcome {
-            ready: None,
-            qemu_version: String::new(),
-            timings: Default::default(),
-            runs: vec![run("quiet", 0), run("frozen", 2)],
-            failure: None,
-            console_log: PathBuf::new(),
-        };
-        let note = nudge_note(&outcome, "frozen").unwrap();
-        assert!(note.contains("nudged 2 time(s)"), "{note}");
-        assert!(note.contains("docs/tcg-lost-wakeup.md"), "{note}");
-        assert_eq!(nudge_note(&outcome, "quiet"), None);
-        assert_eq!(nudge_note(&outcome, "absent"), None);
-    }
 
     fn kernel(version: &str, debian_version: &str, package: &str) -> images::DebianKernel {
         let deb = images::DebPackage {

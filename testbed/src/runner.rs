@@ -44,13 +44,6 @@ pub enum RunEvent {
         variant: &'static str,
         scenario: String,
     },
-    /// The agent was silent for [`NUDGE_AFTER`] and got a nudge; it
-    /// answered afterwards.
-    Nudged {
-        variant: &'static str,
-        scenario: String,
-        during: String,
-    },
     /// A selftest started in L1 (`testbed selftests`).
     TestStarted {
         variant: &'static str,
@@ -106,8 +99,6 @@ pub struct ScenarioRun {
     /// Wall time of each step as the host saw it: from `Run` (or the
     /// previous step's report) to the step's report.
     pub step_times: Vec<Duration>,
-    /// How often the silent agent was nudged (see [`NUDGE_AFTER`]).
-    pub nudges: u32,
 }
 
 /// Deltas of the amd-iommu's interrupt counters (read-only QOM properties
@@ -288,25 +279,7 @@ pub(crate) struct Session {
     /// QOM path of the IOMMU whose counters are read around each scenario.
     iommu_counters: Option<&'static str>,
     variant: &'static str,
-    /// Whether a silent agent is nudged (from its Ready on).
-    nudge: bool,
-    /// Nudges sent so far (see [`NUDGE_AFTER`]).
-    nudges: u32,
 }
-
-/// A ready agent silent this long gets an empty line on its port, again
-/// after each further such period. Stock QEMU before 10.2 can lose a
-/// vCPU's interrupt request: TCG's VMRUN sets `CPU_INTERRUPT_VIRQ` in
-/// `interrupt_request` without the BQL and without an atomic operation, so
-/// a `CPU_INTERRUPT_POLL` the main loop sets at the same moment (an APIC
-/// timer expiry) can be overwritten. The interrupt stays in the APIC's IRR
-/// and the vCPU, running an L2 that never exits, never looks there again:
-/// L1 freezes (qemu-patches/0018-0019 fix the patched QEMU). The UART
-/// interrupt of the empty line makes QEMU poll that APIC, as real hardware
-/// evaluates its IRR at every instruction boundary (not on stock amd-ir,
-/// whose amd-iommu drops every IO-APIC interrupt); docs/tcg-lost-wakeup.md
-/// has the evidence.
-pub(crate) const NUDGE_AFTER: Duration = Duration::from_secs(5);
 
 /// Something that ended the wait for the agent.
 pub(crate) enum Interrupt {
@@ -465,7 +438,6 @@ impl Session {
                     after: started.elapsed(),
                 });
                 outcome.ready = Some(ready);
-                session.nudge_when_silent();
                 Ok(session)
             }
             Interrupt::Message(other) => Err(early(format!(
@@ -497,19 +469,7 @@ impl Session {
             console_log: cfg.console_log.clone(),
             iommu_counters: cfg.variant.iommu_counters(),
             variant: cfg.variant.name,
-            nudge: false,
-            nudges: 0,
         }
-    }
-
-    /// From now on a silent agent is nudged (see [`NUDGE_AFTER`]).
-    pub(crate) fn nudge_when_silent(&mut self) {
-        self.nudge = true;
-    }
-
-    /// Nudges sent since the last call.
-    pub(crate) fn take_nudges(&mut self) -> u32 {
-        std::mem::take(&mut self.nudges)
     }
 
     pub(crate) fn qmp(&self) -> &Qmp {
@@ -551,19 +511,7 @@ impl Session {
                 }
                 _ => "cleanup".to_owned(),
             };
-            let message = self.next_message(self.timeouts.step, &what).await;
-            let nudges = self.take_nudges();
-            if nudges > 0 {
-                run.nudges += nudges;
-                if let Interrupt::Message(_) = message {
-                    on_event(RunEvent::Nudged {
-                        variant,
-                        scenario: scenario.name.clone(),
-                        during: what.clone(),
-                    });
-                }
-            }
-            match message {
+            match self.next_message(self.timeouts.step, &what).await {
                 Interrupt::Message(wire::AgentMessage::Step(report)) => {
                     if report.index != run.steps.len() || report.index >= scenario.steps.len() {
                         run.failure = Some(format!(
@@ -751,18 +699,8 @@ impl Session {
     pub(crate) async fn next_message(&mut self, timeout: Duration, what: &str) -> Interrupt {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut nudge =
-            tokio::time::interval_at(tokio::time::Instant::now() + NUDGE_AFTER, NUDGE_AFTER);
         loop {
             tokio::select! {
-                _ = nudge.tick(), if self.nudge => {
-                    // An empty line, which the agent skips: L1 takes a UART
-                    // interrupt, and QEMU looks at its APIC again.
-                    if self.writer.write_all(b"\n").await.is_ok() {
-                        self.nudges += 1;
-                    }
-                    continue;
-                }
                 line = self.lines.next_line() => {
                     return match line {
                         Ok(Some(line)) if line.trim().is_empty() => continue,

@@ -70,21 +70,6 @@ impl Ui {
                 }
             }
             RunEvent::ScenarioFinished { .. } => {}
-            RunEvent::Nudged {
-                variant,
-                scenario,
-                during,
-            } => {
-                let text = format!(
-                    "{variant}: {scenario}: agent silent for {}s during {during}, answered after a nudge \
-                     (a lost interrupt request in QEMU; see docs/tcg-lost-wakeup.md)",
-                    crate::runner::NUDGE_AFTER.as_secs()
-                );
-                match &self.bar {
-                    Some(bar) => bar.println(text),
-                    None => eprintln!("{text}"),
-                }
-            }
             RunEvent::TestStarted { variant, test } => self.status(format!("{variant}: {test}")),
             RunEvent::PoweringOff { variant } => {
                 if self.bar.is_some() {
