@@ -110,6 +110,7 @@ mod tests {
 
     use wire::{BypassEvent as E, Done, Platform, StepReport, VectorCount};
 
+    use super::super::tests::step;
     use super::super::{Header, Report};
     use crate::scenario;
 
@@ -170,18 +171,12 @@ vector = "dev0/msi0"
     fn platform(posting: bool) -> Platform {
         Platform {
             kernel_release: "7.2.13".into(),
-            modules_loaded: vec![],
-            modules_failed: vec![],
             kvm_vendor: Some("kvm_amd".into()),
             apicv: Some(posting),
             device_posted_irqs: Some(posting),
             irq_remapping: Some("amd".into()),
             irq_posting: posting,
-            iommufd: false,
-            tracing_failed: vec![],
-            boot_warnings: vec![],
-            ipiv: None,
-            x2avic: None,
+            ..Platform::default()
         }
     }
 
@@ -205,16 +200,7 @@ vector = "dev0/msi0"
     /// fire after the inhibit was cleared.
     fn report(posting: bool, inhibited: VectorCount, cleared: VectorCount) -> Report {
         let s = scenario::parse(Path::new("scenarios/inhibit.toml"), INHIBIT).unwrap();
-        let mut steps: Vec<StepReport> = (0..9)
-            .map(|index| StepReport {
-                index,
-                error: None,
-                bypass: vec![],
-                interrupts: vec![],
-                kernel_warnings: vec![],
-                l2: None,
-            })
-            .collect();
+        let mut steps: Vec<StepReport> = (0..9).map(|index| step(index, vec![])).collect();
         if posting {
             steps[3].bypass = vec![E::Connected {
                 producer: "dev0/msi0".into(),

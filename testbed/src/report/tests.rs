@@ -116,7 +116,9 @@ fn header() -> Header {
     }
 }
 
-fn step(index: usize, bypass: Vec<E>) -> StepReport {
+/// A step's report with these bypass events and nothing else (shared
+/// with the other report modules' tests).
+pub(super) fn step(index: usize, bypass: Vec<E>) -> StepReport {
     StepReport {
         index,
         error: None,

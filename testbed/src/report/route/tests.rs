@@ -5,6 +5,7 @@ use std::path::Path;
 
 use wire::{BypassEvent as E, Done, Platform, RouteSeen, RouteTo, StepReport, VectorCount};
 
+use super::super::tests::step;
 use super::super::{Header, Report};
 use crate::runner::IommuCounts;
 use crate::scenario;
@@ -109,17 +110,6 @@ fn platform() -> Platform {
         irq_remapping: Some("amd x2apic".into()),
         irq_posting: true,
         ..Platform::default()
-    }
-}
-
-fn step(index: usize, bypass: Vec<E>) -> StepReport {
-    StepReport {
-        index,
-        error: None,
-        bypass,
-        interrupts: vec![],
-        kernel_warnings: vec![],
-        l2: None,
     }
 }
 
