@@ -68,6 +68,15 @@ pub const CONFIG_FRAGMENTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Fragments for options that only newer trees have, merged after
+/// [`CONFIG_FRAGMENTS`]. Their values are checked like the others where the
+/// final `.config` names the symbol at all; a tree whose Kconfig lacks the
+/// symbol (a `.config` without a line for it) builds without it.
+pub const IF_PRESENT_FRAGMENTS: &[(&str, &str)] = &[(
+    "posted-msi.config",
+    include_str!("../../kernel-config/posted-msi.config"),
+)];
+
 /// tinyconfig, as `make tinyconfig` builds it: allnoconfig plus these.
 const BASE_FRAGMENTS: &[&str] = &["kernel/configs/tiny.config", "arch/x86/configs/tiny.config"];
 
@@ -114,7 +123,7 @@ fn short_hash(parts: &[&[u8]]) -> String {
 
 fn fragments_bytes() -> Vec<u8> {
     let mut v = Vec::new();
-    for (name, text) in CONFIG_FRAGMENTS {
+    for (name, text) in CONFIG_FRAGMENTS.iter().chain(IF_PRESENT_FRAGMENTS) {
         v.extend_from_slice(format!("{name} {}\0", text.len()).as_bytes());
         v.extend_from_slice(text.as_bytes());
     }
@@ -337,7 +346,7 @@ fn build(
         }
         merge.push(base.to_string());
     }
-    for (name, text) in CONFIG_FRAGMENTS {
+    for (name, text) in CONFIG_FRAGMENTS.iter().chain(IF_PRESENT_FRAGMENTS) {
         let p = frag_dir.join(name);
         fs::write(&p, text).ctx("write", &p)?;
         merge.push(p.display().to_string());
@@ -438,10 +447,15 @@ fn is_compile_line(line: &str) -> bool {
         && (t.starts_with("CC ") || t.starts_with("AS ") || t.starts_with("CC [M] "))
 }
 
-/// Values the fragments ask for that are not in the final `.config`.
+/// Values the fragments ask for that are not in the final `.config`
+/// (those of [`IF_PRESENT_FRAGMENTS`] only where it has a line for them).
 pub fn missing_values(config: &str) -> Vec<String> {
     let mut missing = Vec::new();
-    for (_, text) in CONFIG_FRAGMENTS {
+    let fragments = CONFIG_FRAGMENTS
+        .iter()
+        .map(|f| (f, false))
+        .chain(IF_PRESENT_FRAGMENTS.iter().map(|f| (f, true)));
+    for ((_, text), if_present) in fragments {
         for line in text.lines().map(str::trim) {
             let (symbol, wanted) = if let Some(sym) = line
                 .strip_prefix("# ")
@@ -466,6 +480,7 @@ pub fn missing_values(config: &str) -> Vec<String> {
                 }
             });
             let ok = match (wanted, actual) {
+                (_, None) if if_present => true,
                 (None, None | Some(None)) => true,
                 (Some(w), Some(Some(a))) => w == a,
                 _ => false,
@@ -591,6 +606,25 @@ mod tests {
         // a symbol that is a prefix of another is not confused with it
         let config = config.replace("CONFIG_VFIO=m\n", "CONFIG_VFIO_X=m\n");
         assert!(missing_values(&config).contains(&"CONFIG_VFIO=m".to_string()));
+    }
+
+    #[test]
+    fn if_present_values_are_checked_only_where_the_tree_has_them() {
+        let required: String = CONFIG_FRAGMENTS
+            .iter()
+            .flat_map(|(_, t)| t.lines())
+            .filter(|l| l.starts_with("CONFIG_") || l.ends_with(" is not set"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // a tree without the symbol (Linux before 6.10): nothing missing
+        assert!(!required.contains("X86_POSTED_MSI"));
+        assert_eq!(missing_values(&required), Vec::<String>::new());
+        // a tree that has it and sets it as asked
+        let with = format!("{required}CONFIG_X86_POSTED_MSI=y\n");
+        assert_eq!(missing_values(&with), Vec::<String>::new());
+        // a tree that has it but could not set it
+        let without = format!("{required}# CONFIG_X86_POSTED_MSI is not set\n");
+        assert_eq!(missing_values(&without), ["CONFIG_X86_POSTED_MSI=y"]);
     }
 
     #[test]
