@@ -138,6 +138,30 @@ pub fn intel_posting_cap() -> bool {
     })
 }
 
+/// Whether Linux posts L1's device MSIs (see [`wire::Platform::posted_msi`]):
+/// it has the option (the `PMN` line), was asked to (`intremap=posted_msi`),
+/// and VT-d reported the posting capability, which `posted_msi_supported()`
+/// requires.
+pub fn posted_msi(
+    interrupts: Option<&str>,
+    cmdline: Option<&str>,
+    vtd_posting: bool,
+) -> Option<bool> {
+    let has = interrupts?
+        .lines()
+        .any(|l| l.trim_start().starts_with("PMN:"));
+    if !has {
+        return None;
+    }
+    let asked = cmdline.is_some_and(|c| {
+        c.split_whitespace().any(|w| {
+            w.strip_prefix("intremap=")
+                .is_some_and(|v| v.split(',').any(|o| o == "posted_msi"))
+        })
+    });
+    Some(asked && vtd_posting)
+}
+
 /// Fill everything but the module lists.
 pub fn collect(p: &mut wire::Platform) {
     p.kernel_release = kernel_release();
@@ -170,6 +194,11 @@ pub fn collect(p: &mut wire::Platform) {
     let (mode, amd_posting) = remapping_from_log(&log);
     let intel = mode.as_deref().is_some_and(|m| m.starts_with("intel"));
     p.irq_posting = amd_posting || (intel && intel_posting_cap());
+    p.posted_msi = posted_msi(
+        std::fs::read_to_string("/proc/interrupts").ok().as_deref(),
+        std::fs::read_to_string("/proc/cmdline").ok().as_deref(),
+        intel && p.irq_posting,
+    );
     p.irq_remapping = mode;
     p.iommufd = Path::new("/dev/iommu").exists();
 }
@@ -180,6 +209,20 @@ mod tests {
 
     fn v(l: &[&str]) -> Vec<String> {
         l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn posted_msi_needs_option_request_and_capability() {
+        let pmn = "  CPU0\nPMN:   0   Posted MSI notification event\n";
+        let cmd = "console=ttyS0 intel_iommu=on intremap=posted_msi";
+        assert_eq!(posted_msi(Some(pmn), Some(cmd), true), Some(true));
+        assert_eq!(posted_msi(Some(pmn), Some(cmd), false), Some(false));
+        assert_eq!(
+            posted_msi(Some(pmn), Some("intel_iommu=on"), true),
+            Some(false)
+        );
+        assert_eq!(posted_msi(Some("  CPU0\nNMI: 0\n"), Some(cmd), true), None);
+        assert_eq!(posted_msi(None, Some(cmd), true), None);
     }
 
     #[test]

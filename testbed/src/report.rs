@@ -15,11 +15,13 @@ use wire::{BypassEvent, Platform, Step, StepReport, VectorCount};
 
 use crate::runner::IommuCounts;
 use crate::scenario::Scenario;
+pub use posted_msi::VtdPiCounts;
 
 mod checks;
 mod inhibit;
 mod l2;
 mod level;
+mod posted_msi;
 mod route;
 mod snapshot;
 
@@ -64,6 +66,9 @@ pub struct Report {
     /// posts interrupts (`Err`: its counters could not be read). `None`
     /// means a platform whose IOMMU posts nothing.
     pub iommu: Option<Result<IommuCounts, String>>,
+    /// What the intel-iommu counted while posting L1's own MSIs, where the
+    /// variant does that (`Err`: not read); `None` elsewhere.
+    pub vtd_pi: Option<Result<VtdPiCounts, String>>,
 }
 
 impl Report {
@@ -83,6 +88,13 @@ impl Report {
             run.failure.clone(),
         )
         .with_iommu(run.iommu.clone())
+        .with_vtd_pi(run.vtd_pi.clone())
+    }
+
+    /// The same report with the intel-iommu's posting counts over the scenario.
+    pub fn with_vtd_pi(mut self, vtd_pi: Option<Result<VtdPiCounts, String>>) -> Report {
+        self.vtd_pi = vtd_pi;
+        self
     }
 
     /// The same report with the IOMMU's counts over the scenario.
@@ -117,6 +129,7 @@ impl Report {
             done,
             failure,
             iommu: None,
+            vtd_pi: None,
         }
     }
 
@@ -125,8 +138,9 @@ impl Report {
         self.steps.iter().find(|s| s.index == index)
     }
 
-    /// The checks of every `[[expect]]`, in file order, then the check every
-    /// scenario carries without asking, `kernel-quiet`, when it fails: a
+    /// The checks of every `[[expect]]`, in file order, then the checks a
+    /// scenario carries without asking: `posted-msi` where the variant posts
+    /// L1's MSIs (always listed), and `kernel-quiet` when it fails: a
     /// kernel that warned has gone wrong, whatever else the report says. A
     /// passing `kernel-quiet` is not listed, so that it is not in every
     /// snapshot.
@@ -144,6 +158,7 @@ impl Report {
                 }
             })
             .collect();
+        checks.extend(posted_msi::check(self));
         let warnings = self.kernel_warnings();
         if !warnings.is_empty() {
             let shown: Vec<String> = warnings
@@ -555,6 +570,14 @@ impl Report {
                 Some(Ok(c)) => serde_json::to_value(c).unwrap_or_default(),
                 Some(Err(e)) => serde_json::json!({ "error": e }),
             },
+            "vtd_posted_msi": match &self.vtd_pi {
+                None => serde_json::Value::Null,
+                Some(Ok(c)) => serde_json::json!({
+                    "iommu": c,
+                    "l1": self.done.as_ref().and_then(|d| d.l1_msi),
+                }),
+                Some(Err(e)) => serde_json::json!({ "error": e }),
+            },
             "checks": self.checks(),
         })
     }
@@ -720,6 +743,33 @@ impl Report {
                 ));
             }
             Some(Err(e)) => map.push((s("iommu"), s(e))),
+        }
+        match &self.vtd_pi {
+            None => {}
+            Some(Ok(c)) => {
+                let n = |v: u64| Content::from(v);
+                let l1 = self.done.as_ref().and_then(|d| d.l1_msi);
+                let mut m = vec![
+                    (s("posted"), n(c.posted)),
+                    (s("notified"), n(c.notified)),
+                    (s("urgent"), n(c.urgent)),
+                    (s("suppressed"), n(c.suppressed)),
+                    (s("outstanding"), n(c.outstanding)),
+                    (s("faults"), n(c.faults)),
+                    (s("remapped"), n(c.remapped)),
+                ];
+                if let Some(l1) = l1 {
+                    m.push((s("l1_pci_msi"), n(l1.pci_msi)));
+                    if let Some(pmn) = l1.posted_msi_notifications {
+                        m.push((s("l1_pmn"), n(pmn)));
+                    }
+                }
+                map.push((s("vtd_posted_msi"), Content::Map(m)));
+            }
+            Some(Err(e)) => map.push((s("vtd_posted_msi"), s(e))),
+        }
+        if let Some(v) = p.posted_msi {
+            map.push((s("posted_msi"), Content::from(v)));
         }
         Content::Map(map)
     }

@@ -96,6 +96,9 @@ pub struct ScenarioRun {
     /// after `Done`), for variants whose IOMMU posts interrupts; `Err` when
     /// its counters could not be read.
     pub iommu: Option<Result<IommuCounts, String>>,
+    /// The intel-iommu's posting counters over the scenario (same window),
+    /// for variants whose L1 posts its own MSIs.
+    pub vtd_pi: Option<Result<crate::report::VtdPiCounts, String>>,
     /// Wall time of each step as the host saw it: from `Run` (or the
     /// previous step's report) to the step's report.
     pub step_times: Vec<Duration>,
@@ -278,6 +281,7 @@ pub(crate) struct Session {
     console_log: PathBuf,
     /// QOM path of the IOMMU whose counters are read around each scenario.
     iommu_counters: Option<&'static str>,
+    vtd_counters: Option<&'static str>,
     variant: &'static str,
 }
 
@@ -468,6 +472,7 @@ impl Session {
             timeouts,
             console_log: cfg.console_log.clone(),
             iommu_counters: cfg.variant.iommu_counters(),
+            vtd_counters: cfg.variant.vtd_counters(),
             variant: cfg.variant.name,
         }
     }
@@ -498,6 +503,7 @@ impl Session {
         // The agent does not pause between steps, so the IOMMU is read
         // around the whole scenario; nothing else posts interrupts meanwhile.
         let before = self.read_iommu().await;
+        let vtd_before = self.read_vtd().await;
         if self.send(&wire::HostMessage::Run(job)).await.is_err() {
             // A write fails when QEMU is gone; say why it is gone, not EPIPE.
             run.failure = Some(self.gone("the start of the scenario").await);
@@ -575,6 +581,14 @@ impl Session {
                             (Ok(_), None) => Err("the IOMMU's counters went away".into()),
                         });
                     }
+                    if let Some(before) = vtd_before {
+                        let after = self.read_vtd().await;
+                        run.vtd_pi = Some(match (before, after) {
+                            (Ok(b), Some(Ok(a))) => Ok(a.since(&b)),
+                            (Err(e), _) | (_, Some(Err(e))) => Err(e),
+                            (Ok(_), None) => Err("the IOMMU's counters went away".into()),
+                        });
+                    }
                     return run;
                 }
                 Interrupt::Message(wire::AgentMessage::Failed { message }) => {
@@ -613,8 +627,31 @@ impl Session {
     /// The IOMMU's counters, where the variant has some to read.
     async fn read_iommu(&self) -> Option<Result<IommuCounts, String>> {
         let path = self.iommu_counters?;
-        let mut values = [0u64; 7];
-        for (value, property) in values.iter_mut().zip(IommuCounts::PROPERTIES) {
+        Some(
+            self.read_counters(path, IommuCounts::PROPERTIES)
+                .await
+                .map(IommuCounts::from_values),
+        )
+    }
+
+    /// The intel-iommu's posting counters, where the variant posts L1's MSIs.
+    async fn read_vtd(&self) -> Option<Result<crate::report::VtdPiCounts, String>> {
+        let path = self.vtd_counters?;
+        Some(
+            self.read_counters(path, crate::report::VtdPiCounts::PROPERTIES)
+                .await
+                .map(crate::report::VtdPiCounts::from_values),
+        )
+    }
+
+    /// Integer QOM properties of the object at `path`, in order.
+    async fn read_counters<const N: usize>(
+        &self,
+        path: &str,
+        properties: [&str; N],
+    ) -> Result<[u64; N], String> {
+        let mut values = [0u64; N];
+        for (value, property) in values.iter_mut().zip(properties) {
             let cmd = qapi::qmp::qom_get {
                 path: path.to_owned(),
                 property: property.to_owned(),
@@ -622,21 +659,15 @@ impl Session {
             let got =
                 match tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd)).await {
                     Ok(Ok(v)) => v,
-                    Ok(Err(e)) => return Some(Err(format!("qom-get {path} {property}: {e}"))),
-                    Err(_) => {
-                        return Some(Err(format!("qom-get {path} {property}: no answer in 10 s")))
-                    }
+                    Ok(Err(e)) => return Err(format!("qom-get {path} {property}: {e}")),
+                    Err(_) => return Err(format!("qom-get {path} {property}: no answer in 10 s")),
                 };
             match got.as_u64() {
                 Some(v) => *value = v,
-                None => {
-                    return Some(Err(format!(
-                        "qom-get {path} {property}: not a number: {got}"
-                    )))
-                }
+                None => return Err(format!("qom-get {path} {property}: not a number: {got}")),
             }
         }
-        Some(Ok(IommuCounts::from_values(values)))
+        Ok(values)
     }
 
     pub(crate) async fn poweroff(mut self) -> Result<(), String> {

@@ -160,6 +160,7 @@ count = 5
             irq_posting: posting,
             ipiv: Some(true),
             x2avic: posting.then_some(variant == "amd-x2avic"),
+            posted_msi: None,
             ..Default::default()
         };
         let step = |index: usize,

@@ -75,6 +75,7 @@ fn report(l1_seen: u64) -> Report {
             cleanup: vec![],
             cleanup_error: None,
             kernel_warnings: vec![],
+            l1_msi: None,
         }),
         None,
     )

@@ -5,56 +5,15 @@
 //!
 //! The kernel: `$TESTBED_VDPA_KERNEL` (any kernel spec, e.g.
 //! `git:/path/to/linux` or the `path:` that `testbed kernel` prints), else
-//! Debian's 6.12.107 source (what the snapshots were taken on) made into a
-//! git tree once by `testbed kernel-tree` in the testbed's cache and built
-//! with `git:` (a full build the first time, the cached kernel after).
+//! [`common::built_kernel`]: Debian's 6.12.107 source (what the snapshots
+//! were taken on) built with `git:`.
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled};
 
-/// The Debian `linux` version the built kernel comes from.
-const LINUX_VERSION: &str = "6.12.107";
-
 fn vdpa_kernel() -> String {
-    // the tests of this binary may run in parallel threads: one makes the tree
-    static KERNEL: OnceLock<String> = OnceLock::new();
-    KERNEL.get_or_init(make_vdpa_kernel).clone()
-}
-
-fn make_vdpa_kernel() -> String {
-    if let Some(spec) = std::env::var_os("TESTBED_VDPA_KERNEL").filter(|v| !v.is_empty()) {
-        return spec
-            .into_string()
-            .expect("TESTBED_VDPA_KERNEL is not UTF-8");
-    }
-    let tree: PathBuf = images::Cache::default_location()
-        .root()
-        .join("test-linux-trees")
-        .join(LINUX_VERSION);
-    if !tree.join(".git").exists() {
-        // made under another name and renamed: an interrupted run leaves
-        // no half-made tree that a later run would build
-        let partial = tree.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(tree.parent().unwrap()).unwrap();
-        let out = testbed()
-            .args(["kernel-tree", LINUX_VERSION])
-            .arg(&partial)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "testbed kernel-tree: {}",
-            text(&out)
-        );
-        std::fs::rename(&partial, &tree).unwrap();
-    }
-    format!("git:{}", tree.display())
+    common::built_kernel("TESTBED_VDPA_KERNEL")
 }
 
 /// Both scenarios match their snapshots on every variant they name: no

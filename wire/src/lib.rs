@@ -34,7 +34,7 @@ pub use scaling::{
 };
 
 /// Bumped on any incompatible change; the host refuses an agent that differs.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The name the agent gives a kernel object it did not see being
 /// registered (or a producer registered where no step expected one).
@@ -134,6 +134,24 @@ pub struct Done {
     /// [`StepReport::kernel_warnings`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_warnings: Vec<String>,
+    /// L1's own MSIs from `Run` to `Done` (cleanup included), read at every
+    /// step boundary so that lines freed during the scenario still count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l1_msi: Option<L1Msi>,
+}
+
+/// What L1's /proc/interrupts counted over a scenario, summed over CPUs.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct L1Msi {
+    /// Every PCI MSI and MSI-X line (chip `PCI-MSI*` or `IR-PCI-MSI*`):
+    /// the interrupts L1's devices sent, whoever handled them.
+    pub pci_msi: u64,
+    /// `PMN`, posted-MSI notification events (the kernel's handler of the
+    /// VT-d notification vector, which runs the handlers of the posted
+    /// vectors); `None` on a kernel without CONFIG_X86_POSTED_MSI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_msi_notifications: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -221,6 +239,13 @@ pub struct Platform {
     /// logged neither (AVIC off, or not AMD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x2avic: Option<bool>,
+    /// Whether L1's device MSIs go through VT-d interrupt posting (Linux's
+    /// posted MSIs): `Some(true)` with CONFIG_X86_POSTED_MSI, `intremap=posted_msi`
+    /// and an IOMMU that can post; `Some(false)` when the kernel has the
+    /// option but does not use it; `None` without it (no `PMN` line in
+    /// /proc/interrupts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_msi: Option<bool>,
 }
 
 impl Platform {

@@ -282,6 +282,7 @@ impl Runner {
         recv: &mut Recv<'_>,
     ) -> Done {
         self.last_sent = Instant::now();
+        let mut msi = read_interrupts().map(|t| crate::interrupts::MsiTally::start(&t));
         self.attrib.reset();
         self.connected.clear();
         let mut st = JobState {
@@ -307,6 +308,9 @@ impl Runner {
             }
             crate::watchdog::alive();
             let rep = self.step(&mut st, index, step, send, recv);
+            if let (Some(tally), Some(text)) = (msi.as_mut(), read_interrupts()) {
+                tally.sample(&text);
+            }
             say!(
                 "step {index} {}: {}",
                 step.action(),
@@ -349,6 +353,12 @@ impl Runner {
             cleanup: obs.events,
             cleanup_error,
             kernel_warnings,
+            l1_msi: msi.map(|mut tally| {
+                if let Some(text) = read_interrupts() {
+                    tally.sample(&text);
+                }
+                tally.total()
+            }),
         }
     }
 
@@ -464,6 +474,11 @@ impl Runner {
             l2: l2_report,
         }
     }
+}
+
+/// L1's /proc/interrupts; `None` when it cannot be read.
+fn read_interrupts() -> Option<String> {
+    std::fs::read_to_string("/proc/interrupts").ok()
 }
 
 #[cfg(test)]

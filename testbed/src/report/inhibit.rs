@@ -219,6 +219,7 @@ vector = "dev0/msi0"
             cleanup: vec![],
             cleanup_error: None,
             kernel_warnings: vec![],
+            l1_msi: None,
         });
         Report::from_parts(&s, header, platform(posting), steps, done, None)
     }

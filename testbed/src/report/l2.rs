@@ -295,6 +295,7 @@ check = "l2-lossless"
             boot_warnings: vec![],
             ipiv: Some(true),
             x2avic: Some(false),
+            posted_msi: None,
         };
         Report::from_parts(&s, header, platform, steps, None, None)
     }

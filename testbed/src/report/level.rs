@@ -164,6 +164,7 @@ mod tests {
             cleanup: vec![],
             cleanup_error: None,
             kernel_warnings: vec![],
+            l1_msi: None,
         };
         Report::from_parts(&s, header, Platform::default(), steps, Some(done), None)
     }

@@ -94,6 +94,7 @@ fn stock() -> Platform {
         boot_warnings: vec![],
         ipiv: Some(true),
         x2avic: None,
+        posted_msi: None,
     }
 }
 
@@ -225,6 +226,7 @@ fn done() -> Option<Done> {
         cleanup: vec![],
         cleanup_error: None,
         kernel_warnings: vec![],
+        l1_msi: None,
     })
 }
 
@@ -552,6 +554,7 @@ fn pairing_fails_when_something_survives_cleanup() {
         cleanup: vec![cunreg("vm0:dev0/msi0")],
         cleanup_error: None,
         kernel_warnings: vec![],
+        l1_msi: None,
     };
     passes(&report(posting_platform(), steps, Some(d)), "pairing");
 }

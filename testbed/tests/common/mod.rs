@@ -73,3 +73,44 @@ pub fn assert_no_qemu_left(marker: &Path) {
     }
     panic!("QEMU left running: {:?}", qemu_processes_with(marker));
 }
+
+/// The Debian `linux` version of [`built_kernel`].
+pub const BUILT_LINUX_VERSION: &str = "6.12.107";
+
+/// A kernel the testbed builds, for the tests that need one (vDPA, posted
+/// MSIs): `$<env>` if set (any kernel spec), else Debian's 6.12.107 source
+/// made into a git tree once by `testbed kernel-tree` in the testbed's
+/// cache and built with `git:` (a full build the first time, the cached
+/// kernel after). Every test that calls it is in the `guests` group, which
+/// runs one test at a time, so two never make the tree at once.
+pub fn built_kernel(env: &str) -> String {
+    if let Some(spec) = std::env::var_os(env).filter(|v| !v.is_empty()) {
+        return spec
+            .into_string()
+            .unwrap_or_else(|_| panic!("{env} is not UTF-8"));
+    }
+    let tree: PathBuf = images::Cache::default_location()
+        .root()
+        .join("test-linux-trees")
+        .join(BUILT_LINUX_VERSION);
+    if !tree.join(".git").exists() {
+        // made under another name and renamed: an interrupted run leaves
+        // no half-made tree that a later run would build
+        let partial = tree.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(tree.parent().unwrap()).unwrap();
+        let out = testbed()
+            .args(["kernel-tree", BUILT_LINUX_VERSION])
+            .arg(&partial)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "testbed kernel-tree: {}",
+            text(&out)
+        );
+        std::fs::rename(&partial, &tree).unwrap();
+    }
+    format!("git:{}", tree.display())
+}

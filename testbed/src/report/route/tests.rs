@@ -208,6 +208,7 @@ fn report(steps: Vec<StepReport>, posted: u64) -> Report {
         cleanup: vec![],
         cleanup_error: None,
         kernel_warnings: vec![],
+        l1_msi: None,
     });
     Report::from_parts(&s, header, platform(), steps, done, None).with_iommu(Some(Ok(
         IommuCounts {
