@@ -317,6 +317,13 @@ impl RunArgs {
             AccelArg::Tcg => testbed::qemu::Accel::Tcg,
             AccelArg::Kvm => testbed::qemu::Accel::Kvm,
         };
+        let nested_vmx = testbed::qemu::host_nested_vmx();
+        if let Some(why) = variants
+            .iter()
+            .find_map(|v| v.host_problem(accel, nested_vmx))
+        {
+            return Err(run::InputError::Host(why));
+        }
         Ok(RunOptions {
             paths: self.paths,
             variants,

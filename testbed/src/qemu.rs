@@ -134,8 +134,22 @@ pub fn firmware_args(data_dirs: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-pub fn machine_args(accel: Accel) -> Vec<String> {
-    strings(&["-machine", &format!("q35,accel={}", accel.name())])
+/// q35 on `accel`; with KVM and an IOMMU that remaps interrupts, the
+/// IO-APIC in QEMU (`kernel-irqchip=split`), which QEMU's interrupt
+/// remapping requires.
+pub fn machine_args(accel: Accel, variant: &Variant) -> Vec<String> {
+    let split = if accel == Accel::Kvm && variant.remaps_interrupts() {
+        ",kernel-irqchip=split"
+    } else {
+        ""
+    };
+    strings(&["-machine", &format!("q35,accel={}{split}", accel.name())])
+}
+
+/// Whether the host's kvm_intel has nested VMX (`None`: not loaded).
+pub fn host_nested_vmx() -> Option<bool> {
+    let v = std::fs::read_to_string("/sys/module/kvm_intel/parameters/nested").ok()?;
+    Some(matches!(v.trim(), "Y" | "y" | "1"))
 }
 
 pub fn cpu_args(variant: &Variant, smp: u32, memory_mib: u32) -> Vec<String> {
@@ -362,7 +376,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<String> {
         cfg.devices.clone()
     };
     [
-        machine_args(cfg.accel),
+        machine_args(cfg.accel, cfg.variant),
         cpu_args(cfg.variant, cfg.smp, cfg.memory_mib),
         base_args(),
         firmware_args(&cfg.data_dirs),
@@ -648,5 +662,43 @@ mod tests {
         assert!(args.contains(&"unix:/run/t/qmp.sock,server=on,wait=off".to_owned()));
         assert!(args.contains(&"socket,id=agent,path=/run/t/agent.sock".to_owned()));
         assert!(args.contains(&"file:/log/console.log".to_owned()));
+    }
+
+    #[test]
+    fn kvm_with_interrupt_remapping_splits_the_irqchip() {
+        let v = |n| variant::lookup(n).unwrap();
+        let m = |a, n| machine_args(a, v(n)).join(" ");
+        assert_eq!(m(Accel::Tcg, "intel-vmx-posted"), "-machine q35,accel=tcg");
+        assert_eq!(
+            m(Accel::Kvm, "intel-vmx-posted"),
+            "-machine q35,accel=kvm,kernel-irqchip=split"
+        );
+        assert_eq!(
+            m(Accel::Kvm, "amd-ir"),
+            "-machine q35,accel=kvm,kernel-irqchip=split"
+        );
+        // no interrupt remapping: the in-kernel IO-APIC is fine
+        assert_eq!(m(Accel::Kvm, "virtio-iommu"), "-machine q35,accel=kvm");
+        assert_eq!(m(Accel::Kvm, "none"), "-machine q35,accel=kvm");
+    }
+
+    /// The whole command line of the variant that only KVM hosts with
+    /// nested VMX run: the host CPU, two of them, the posting intel-iommu,
+    /// the split irqchip.
+    #[test]
+    fn vmx_posted_command_line() {
+        let mut cfg = config("intel-vmx-posted");
+        cfg.accel = Accel::Kvm;
+        cfg.smp = cfg.variant.smp;
+        let args = qemu_args(&cfg).join(" ");
+        for want in [
+            "-machine q35,accel=kvm,kernel-irqchip=split",
+            "-cpu host -smp 2",
+            "-device intel-iommu,id=vtd0,intremap=on,eim=on,posted-interrupts=on",
+        ] {
+            assert!(args.contains(want), "{want}: {args}");
+        }
+        let line = cmdline(cfg.variant, cfg.smp, &cfg.devices, &[]);
+        assert!(line.ends_with("tsc=reliable intel_iommu=on"), "{line}");
     }
 }

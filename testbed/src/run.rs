@@ -51,6 +51,9 @@ pub struct RunOptions {
 pub enum InputError {
     #[error(transparent)]
     Variant(UnknownVariant),
+    /// A variant this host cannot run (`Variant::host_problem`).
+    #[error("{0}")]
+    Host(String),
     #[error(transparent)]
     Kernel(images::ImagesError),
 }

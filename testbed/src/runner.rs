@@ -165,6 +165,25 @@ impl IommuCounts {
         ]
     }
 
+    /// An intel-iommu's posting counters in these terms (intel-vmx-posted):
+    /// posted = PIR bits set; running = those that sent the notification
+    /// (a running vCPU takes it as posted-interrupt processing, a blocked
+    /// one as KVM's wake-up vector: VT-d cannot tell them apart, so nothing
+    /// is "logged"); idle = PIR only (ON already set, or SN set by KVM for a
+    /// preempted vCPU). VT-d has no log to overflow; faults count as failed
+    /// doorbells (posted nowhere).
+    pub fn from_vtd(c: &crate::report::VtdPiCounts) -> IommuCounts {
+        IommuCounts {
+            posted: c.posted,
+            posted_running: c.notified,
+            posted_logged: 0,
+            posted_idle: c.suppressed + c.outstanding,
+            log_overflows: 0,
+            doorbell_failed: c.faults,
+            remapped: c.remapped,
+        }
+    }
+
     /// `self - before`, counter by counter (counters only grow).
     pub fn since(&self, before: &IommuCounts) -> IommuCounts {
         let (a, b) = (self.values(), before.values());
@@ -281,6 +300,8 @@ pub(crate) struct Session {
     console_log: PathBuf,
     /// QOM path of the IOMMU whose counters are read around each scenario.
     iommu_counters: Option<&'static str>,
+    /// [`Self::iommu_counters`] is an intel-iommu (VT-d's counter names).
+    iommu_counters_vtd: bool,
     vtd_counters: Option<&'static str>,
     variant: &'static str,
 }
@@ -472,6 +493,7 @@ impl Session {
             timeouts,
             console_log: cfg.console_log.clone(),
             iommu_counters: cfg.variant.iommu_counters(),
+            iommu_counters_vtd: cfg.variant.iommu_counters_are_vtd(),
             vtd_counters: cfg.variant.vtd_counters(),
             variant: cfg.variant.name,
         }
@@ -627,6 +649,13 @@ impl Session {
     /// The IOMMU's counters, where the variant has some to read.
     async fn read_iommu(&self) -> Option<Result<IommuCounts, String>> {
         let path = self.iommu_counters?;
+        if self.iommu_counters_vtd {
+            return Some(
+                self.read_counters(path, crate::report::VtdPiCounts::PROPERTIES)
+                    .await
+                    .map(|v| IommuCounts::from_vtd(&crate::report::VtdPiCounts::from_values(v))),
+            );
+        }
         Some(
             self.read_counters(path, IommuCounts::PROPERTIES)
                 .await

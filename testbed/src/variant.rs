@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::qemu::Accel;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Iommu {
     /// No IOMMU: VFIO runs in no-IOMMU mode, MSIs are not remapped.
@@ -27,6 +29,10 @@ pub enum Iommu {
     /// device MSIs (`intremap=posted_msi`). Needs the patched QEMU and a
     /// kernel with CONFIG_X86_POSTED_MSI.
     IntelPostedMsi,
+    /// The same posting intel-iommu for an L1 under KVM with nested VMX,
+    /// whose own KVM posts its L2's device interrupts (qemu-patches/0044).
+    /// Only on hosts with KVM and nested VMX.
+    IntelVmxPosted,
 }
 
 /// Which QEMU a variant boots.
@@ -176,6 +182,24 @@ pub const VARIANTS: &[Variant] = &[
         default: false,
         smp: 1,
     },
+    // KVM's own VT-d device posting, which needs VMX in L1, so a host with
+    // KVM and nested VMX (not TCG: TCG has no VMX): L1 runs under KVM with
+    // `-cpu host`, L1's kvm_intel uses APICv and posted interrupts for its
+    // L2, and when irqbypass connects it points the IRTE at the L2 vCPU's
+    // descriptor. The emulated IOMMU then writes PIR in L1's memory and
+    // sends KVM's notification vector, which the host's nested VMX turns
+    // into posted-interrupt processing in the running L2 (or L1's wake-up
+    // vector when the vCPU blocks). Refused, with the reason, where the
+    // host lacks KVM or nested VMX ([`Variant::host_problem`]). Two CPUs
+    // as amd-avic: posting to a vCPU that runs needs one that runs.
+    Variant {
+        name: "intel-vmx-posted",
+        summary: "KVM hosts with nested VMX: L1 under KVM, VT-d posting, L1's KVM posts to its L2",
+        iommu: Iommu::IntelVmxPosted,
+        qemu: QemuKind::Patched,
+        default: false,
+        smp: 2,
+    },
 ];
 
 /// QEMU `id=` of the amd-iommu device.
@@ -233,8 +257,38 @@ impl Variant {
     pub fn iommu_counters(&self) -> Option<&'static str> {
         match self.iommu {
             Iommu::AmdAvic | Iommu::AmdX2avic => Some(AMD_IOMMU_QOM_PATH),
+            Iommu::IntelVmxPosted => Some(VTD_QOM_PATH),
             _ => None,
         }
+    }
+
+    /// Whether [`Self::iommu_counters`] names an intel-iommu, whose posting
+    /// counters have VT-d's names (`pi-posted`, ...), not amd-iommu's.
+    pub fn iommu_counters_are_vtd(&self) -> bool {
+        self.iommu == Iommu::IntelVmxPosted
+    }
+
+    /// Whether QEMU remaps interrupts in this variant: with KVM that needs
+    /// `kernel-irqchip=split` (QEMU refuses interrupt remapping with the
+    /// IO-APIC in the kernel).
+    pub fn remaps_interrupts(&self) -> bool {
+        !matches!(self.iommu, Iommu::None | Iommu::IntelDma | Iommu::Virtio)
+    }
+
+    /// Why this host cannot run the variant, if it cannot: `accel` is the
+    /// accelerator the run uses, `nested_vmx` whether the host's kvm_intel
+    /// has nested VMX (`None`: no kvm_intel).
+    pub fn host_problem(&self, accel: Accel, nested_vmx: Option<bool>) -> Option<String> {
+        if self.iommu != Iommu::IntelVmxPosted {
+            return None;
+        }
+        let why = match (accel, nested_vmx) {
+            (Accel::Tcg, _) => "it needs KVM (TCG has no VMX for L1's KVM): this run uses TCG (no usable /dev/kvm, or --accel tcg)",
+            (Accel::Kvm, None) => "it needs KVM on an Intel host with nested VMX: kvm_intel is not loaded",
+            (Accel::Kvm, Some(false)) => "it needs nested VMX: kvm_intel's nested parameter is off (load it with nested=1)",
+            (Accel::Kvm, Some(true)) => return None,
+        };
+        Some(format!("variant {}: {why}", self.name))
     }
 
     /// QOM path of the intel-iommu whose posted-interrupt counters
@@ -271,7 +325,7 @@ impl Variant {
                 format!("amd-iommu,id={AMD_IOMMU_ID},intremap=on,xtsup=on,guest-vapic=on")
             }
             Iommu::Virtio => "virtio-iommu-pci".to_owned(),
-            Iommu::IntelPostedMsi => {
+            Iommu::IntelPostedMsi | Iommu::IntelVmxPosted => {
                 format!("intel-iommu,id={VTD_ID},intremap=on,eim=on,posted-interrupts=on")
             }
         };
@@ -290,6 +344,8 @@ impl Variant {
             Iommu::AmdAvic => "max,avic=on",
             // TCG's features under a family 19h model 11h (Zen 4) identity
             Iommu::AmdX2avic => "max,avic=on,x2avic=on,family=25,model=17,stepping=1",
+            // the host's CPU, VMX included (KVM only)
+            Iommu::IntelVmxPosted => "host",
             _ => "max",
         }
     }
@@ -314,6 +370,7 @@ impl Variant {
             Iommu::AmdAvic | Iommu::AmdX2avic => vec!["amd_iommu=on", "kvm_amd.avic=1"],
             Iommu::Virtio => vec![],
             Iommu::IntelPostedMsi => vec!["intel_iommu=on", "intremap=posted_msi"],
+            Iommu::IntelVmxPosted => vec!["intel_iommu=on"],
         }
     }
 }
@@ -378,10 +435,11 @@ mod tests {
         assert_eq!(v.cpu(), "max,avic=on");
         assert_eq!(v.smp, 2);
         assert_eq!(v.iommu_counters(), Some("/machine/peripheral/iommu0"));
-        // only the posting IOMMUs are read; everything else keeps one CPU
+        // only the IOMMUs that post into guests are read; everything else
+        // keeps one CPU
         for other in VARIANTS
             .iter()
-            .filter(|o| !["amd-avic", "amd-x2avic"].contains(&o.name))
+            .filter(|o| !["amd-avic", "amd-x2avic", "intel-vmx-posted"].contains(&o.name))
         {
             assert_eq!(other.smp, 1, "{}", other.name);
             assert_eq!(other.iommu_counters(), None, "{}", other.name);
@@ -437,6 +495,45 @@ mod tests {
         assert!(VARIANTS
             .iter()
             .all(|o| (o.vtd_counters().is_some()) == (o.name == "intel-posted-msi")));
+    }
+
+    #[test]
+    fn vmx_posted_variant_arguments_and_host_check() {
+        let v = lookup("intel-vmx-posted").unwrap();
+        assert_eq!(v.qemu, QemuKind::Patched);
+        assert!(!v.default);
+        assert_eq!(
+            v.iommu_args(),
+            lookup("intel-posted-msi").unwrap().iommu_args()
+        );
+        assert_eq!(v.cpu(), "host");
+        assert_eq!(v.smp, 2);
+        // L1's MSIs stay remapped: what is posted is KVM's, into the L2
+        assert_eq!(v.cmdline(), ["intel_iommu=on"]);
+        assert_eq!(v.iommu_counters(), Some("/machine/peripheral/vtd0"));
+        assert!(v.iommu_counters_are_vtd() && v.vtd_counters().is_none());
+        assert!(v.remaps_interrupts());
+        assert!(!v.avic());
+        // refused with the reason wherever the host cannot run it
+        let tcg = v.host_problem(Accel::Tcg, Some(true)).unwrap();
+        assert!(
+            tcg.starts_with("variant intel-vmx-posted: it needs KVM"),
+            "{tcg}"
+        );
+        assert!(v
+            .host_problem(Accel::Kvm, None)
+            .unwrap()
+            .contains("kvm_intel is not loaded"));
+        assert!(v
+            .host_problem(Accel::Kvm, Some(false))
+            .unwrap()
+            .contains("nested=1"));
+        assert_eq!(v.host_problem(Accel::Kvm, Some(true)), None);
+        // every other variant runs anywhere
+        for o in VARIANTS.iter().filter(|o| o.name != v.name) {
+            assert_eq!(o.host_problem(Accel::Tcg, None), None, "{}", o.name);
+            assert!(!o.iommu_counters_are_vtd(), "{}", o.name);
+        }
     }
 
     /// An AMD CPU whose KVM uses AVIC against an Intel IOMMU that posts: KVM

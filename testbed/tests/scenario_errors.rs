@@ -44,7 +44,7 @@ const BAD: &[(&str, &str)] = &[
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
         ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `igb-vf`, `e1000e`, `vdpa-sim-net`, `vp-vdpa-net`"),
         ("unknown-step-key", "13:1: step 2 (fire): unknown field `vectr`, expected `vector` or `count`"),
-        ("unknown-variant-list", r#"2:12: unknown variant "amd-avx" (known: intel-ir, intel-ir-xapic, intel-dma, amd-ir, virtio-iommu, none, amd-ir-patched, amd-avic, amd-x2avic, intel-posted-msi)"#),
+        ("unknown-variant-list", r#"2:12: unknown variant "amd-avx" (known: intel-ir, intel-ir-xapic, intel-dma, amd-ir, virtio-iommu, none, amd-ir-patched, amd-avic, amd-x2avic, intel-posted-msi, intel-vmx-posted)"#),
         ("unknown-top-key", "2:1: unknown field `fresh-boot`, expected one of `description`, `fresh_boot`, `variants`, `device`, `step`, `expect`, `regression`"),
         ("unknown-vector", r#"17:1: step 3 (fire): unknown vector "dev0/msi3": dev0 (edu) has vectors msi0..msi0 and intx0"#),
         ("use-after-close", "17:1: step 3 (enable-msi): dev0 used after it was closed (step 2): bind it again first"),

@@ -422,6 +422,15 @@ pub async fn main(args: MatrixArgs) -> u8 {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let options = run_options(&args, &matrix);
+    let nested_vmx = crate::qemu::host_nested_vmx();
+    if let Some(why) = options
+        .variants
+        .iter()
+        .find_map(|v| v.host_problem(options.accel, nested_vmx))
+    {
+        eprintln!("error: {why}");
+        return run::EXIT_USAGE;
+    }
     let project = run::project_dir(&matrix.scenarios[0].path);
     let snapshots = args
         .snapshots

@@ -175,6 +175,13 @@ fn inputs(args: &SelftestsArgs) -> Result<Inputs, String> {
         "kvm" => Accel::Kvm,
         _ => Accel::detect(),
     };
+    let nested_vmx = crate::qemu::host_nested_vmx();
+    if let Some(why) = variants
+        .iter()
+        .find_map(|v| v.host_problem(accel, nested_vmx))
+    {
+        return Err(why);
+    }
     let options = RunOptions {
         paths: Vec::new(),
         variants: variants.clone(),
