@@ -68,6 +68,11 @@ pub fn main(queues: u32) -> ! {
                     .unwrap_or_else(|message| L2Message::Failed { message });
                 send(&mut port, &msg);
             }
+            L2Command::Link { bdf, up, link_irqs } => {
+                let msg = crate::l2link::await_link(&bdf, up, link_irqs)
+                    .unwrap_or_else(|message| L2Message::Failed { message });
+                send(&mut port, &msg);
+            }
             L2Command::BringUp { bdf, queues } => {
                 let msg = match bring_up_one(&bdf, queues) {
                     Ok(nic) => L2Message::Ready {
@@ -351,7 +356,7 @@ pub fn parse_irqs(text: &str) -> Vec<L2Irq> {
     out
 }
 
-fn ifname_of(bdf: &str) -> Result<String, String> {
+pub(crate) fn ifname_of(bdf: &str) -> Result<String, String> {
     let dir = Path::new("/sys/bus/pci/devices").join(bdf).join("net");
     std::fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e} (no network interface on {bdf})", dir.display()))?

@@ -10,6 +10,7 @@ mod kvm;
 mod kvmmod;
 mod l2;
 mod l2ctl;
+mod l2link;
 mod l2linux;
 mod modules;
 mod nested;

@@ -20,6 +20,7 @@ pub use posted_msi::VtdPiCounts;
 mod checks;
 mod inhibit;
 mod l2;
+mod l2link;
 mod level;
 mod posted_msi;
 mod route;
@@ -280,7 +281,10 @@ impl Report {
                                 if n.carrier { "up" } else { "down" }
                             );
                         }
-                        for line in l2::traffic_lines(l2) {
+                        for line in l2::traffic_lines(l2)
+                            .into_iter()
+                            .chain(l2link::link_lines(l2))
+                        {
                             let _ = writeln!(out, "  {:width$}   {line}", "");
                         }
                     }
@@ -343,18 +347,26 @@ impl Report {
             .iter()
             .flat_map(|r| r.interrupts.iter().map(move |c| (r.index, c)))
             .collect();
-        let l2_counts: Vec<(usize, &wire::L2VectorCount, Option<u64>)> = self
+        let l2_counts: Vec<(usize, &wire::L2VectorCount, &wire::L2StepReport)> = self
             .steps
             .iter()
             .flat_map(|r| {
                 r.l2.iter()
-                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v, l.posted)))
+                    .flat_map(move |l| l.vectors.iter().map(move |v| (r.index, v, &**l)))
             })
             .collect();
         if counts.is_empty() && l2_counts.is_empty() {
             out.push_str("   none fired\n");
         }
-        for (index, v, posted) in &l2_counts {
+        for (index, v, l2) in &l2_counts {
+            let shown = match (s.steps.get(*index), l2.link_changes) {
+                (Some(Step::L2Link { device, .. }), Some(changes))
+                    if l2link::is_link_vector(v, device) =>
+                {
+                    l2link::link_vector_counts(v, changes, l2.posted)
+                }
+                _ => l2_vector_counts(v, l2.posted),
+            };
             let _ = writeln!(
                 out,
                 "   step {:<w$} {} ({})  {}",
@@ -365,7 +377,7 @@ impl Report {
                 } else {
                     v.l2_action.as_str()
                 },
-                l2_vector_counts(v, *posted),
+                shown,
                 w = width,
             );
         }
@@ -922,6 +934,9 @@ pub fn step_line(step: &Step) -> String {
             to,
             frames,
         } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        Step::L2Link { l2, device, flaps } => {
+            format!("l2-link {l2} {device} down and up x{flaps}")
+        }
         Step::StopL2 { l2 } => format!("stop-l2 {l2}"),
         Step::L2Unplug { l2, device } => format!("l2-unplug {l2} {device}"),
         Step::L2Replug { l2, device } => format!("l2-replug {l2} {device}"),

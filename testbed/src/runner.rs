@@ -562,8 +562,16 @@ impl Session {
                 Interrupt::Message(wire::AgentMessage::Progress { .. }) => continue,
                 Interrupt::Message(wire::AgentMessage::HostAction { index, action }) => {
                     let fits = match (&action, scenario.steps.get(index)) {
-                        (wire::HostAction::IommuPosted, Some(wire::Step::L2Traffic { .. })) => true,
+                        (
+                            wire::HostAction::IommuPosted,
+                            Some(wire::Step::L2Traffic { .. } | wire::Step::L2Link { .. }),
+                        ) => true,
                         (wire::HostAction::IommuPosted, _) => false,
+                        (
+                            wire::HostAction::SetLink { device, .. },
+                            Some(wire::Step::L2Link { device: d, .. }),
+                        ) => device == d,
+                        (wire::HostAction::SetLink { .. }, _) => false,
                         (_, step) => matches!(
                             step,
                             Some(wire::Step::Unplug { .. } | wire::Step::Replug { .. })
@@ -751,6 +759,23 @@ impl Session {
                     .device_add(&d.driver, &d.id, qemu::replug_props(d))
                     .await
                     .map_err(|e| format!("device_add {device}: {e}"))
+            }
+            wire::HostAction::SetLink { device, up } => {
+                let state = if *up { "on" } else { "off" };
+                if !self.devices.iter().any(|d| d.id == *device) {
+                    return Err(format!(
+                        "set_link {device} {state}: not a device of this boot"
+                    ));
+                }
+                let cmd = qapi::qmp::set_link {
+                    name: device.clone(),
+                    up: *up,
+                };
+                match tokio::time::timeout(Duration::from_secs(10), self.qmp.execute(cmd)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("set_link {device} {state}: {e}")),
+                    Err(_) => Err(format!("set_link {device} {state}: no answer in 10 s")),
+                }
             }
         }
     }

@@ -26,7 +26,7 @@ pub use device::{
 pub use exec::{EventCounts, ExecJob, ExecResult, ExecStatus, MAX_EXEC_OUTPUT};
 pub use nested::{
     L2Command, L2Irq, L2Message, L2Nic, L2StepReport, L2VectorCount, L2_DEFAULT_QUEUES,
-    L2_MAX_FRAMES,
+    L2_MAX_FLAPS, L2_MAX_FRAMES,
 };
 pub use route::{RouteSeen, RouteTo, NO_VCPU_APIC_ID};
 pub use scaling::{
@@ -86,6 +86,9 @@ pub enum HostAction {
     /// so that a step inside which a real L2 runs can count what was
     /// posted during it.
     IommuPosted,
+    /// QMP `set_link`: the NIC's link goes down (`up = false`) or up, and
+    /// its model raises its link-status-change interrupt.
+    SetLink { device: String, up: bool },
 }
 
 /// Agent to host.
@@ -529,6 +532,21 @@ pub enum Step {
         #[serde(default = "one")]
         frames: u32,
     },
+    /// Take `device`'s link down and up again `flaps` times through L0's
+    /// QMP (`set_link`) while the L2 runs: each change makes the NIC model
+    /// raise its link-status-change interrupt (igb, e1000e: ICR.LSC on the
+    /// "other" MSI-X vector), which no DMA is needed for. After each change
+    /// the L2 agent waits until L2's driver has taken a new interrupt on the
+    /// NIC's link vector and the interface's carrier shows the change, so
+    /// every change is its own interrupt. Reports, per MSI-X vector of the
+    /// L2's devices, the L1 host IRQ line's count and what L2's
+    /// /proc/interrupts counted, as `l2-traffic` does.
+    L2Link {
+        l2: String,
+        device: String,
+        #[serde(default = "one")]
+        flaps: u32,
+    },
     /// Stop the L2 (it resets; its QEMU, run with -no-reboot, exits: QEMU's own teardown:
     /// VFIO releases the devices, producers and consumers unregister); the
     /// devices stay bound to vfio-pci in L1.
@@ -664,6 +682,7 @@ impl Step {
             Step::Route { .. } => "route",
             Step::StartL2 { .. } => "start-l2",
             Step::L2Traffic { .. } => "l2-traffic",
+            Step::L2Link { .. } => "l2-link",
             Step::StopL2 { .. } => "stop-l2",
             Step::L2Unplug { .. } => "l2-unplug",
             Step::L2Replug { .. } => "l2-replug",
@@ -677,6 +696,7 @@ impl Step {
         match self {
             Step::StartL2 { l2, .. }
             | Step::L2Traffic { l2, .. }
+            | Step::L2Link { l2, .. }
             | Step::StopL2 { l2 }
             | Step::L2Unplug { l2, .. }
             | Step::L2Replug { l2, .. }
@@ -708,7 +728,7 @@ pub struct StepReport {
     /// fails the scenario on any of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_warnings: Vec<String>,
-    /// What a real L2 did during `start-l2`, `l2-traffic` and `stop-l2`.
+    /// What a real L2 did during `start-l2`, `l2-traffic`, `l2-link` and `stop-l2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<Box<L2StepReport>>,
 }
@@ -886,6 +906,34 @@ mod tests {
         assert!(serde_json::from_str::<Step>(r#"{"action":"ipi","vm":"vm0"}"#).is_err());
         assert!(IPI_VECTORS.contains(&0x30) && IPI_VECTORS.contains(&0x3f));
         assert!(!IPI_VECTORS.contains(&0x21) && !IPI_VECTORS.contains(&0x40));
+    }
+
+    #[test]
+    fn l2_link_step_and_its_messages() {
+        let s: Step =
+            serde_json::from_str(r#"{"action":"l2-link","l2":"l2","device":"nic0"}"#).unwrap();
+        assert_eq!(
+            s,
+            Step::L2Link {
+                l2: "l2".into(),
+                device: "nic0".into(),
+                flaps: 1
+            }
+        );
+        assert_eq!((s.action(), s.l2()), ("l2-link", Some("l2")));
+        let a = HostAction::SetLink {
+            device: "nic0".into(),
+            up: false,
+        };
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"action":"set-link","device":"nic0","up":false}"#);
+        let c = L2Command::Link {
+            bdf: "0000:00:10.0".into(),
+            up: true,
+            link_irqs: 3,
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<L2Command>(&json).unwrap(), c);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const L2_DEFAULT_QUEUES: u32 = 2;
 /// Most frames one `l2-traffic` step may send.
 pub const L2_MAX_FRAMES: u32 = 100_000;
+/// Most link flaps (down, then up) one `l2-link` step may make.
+pub const L2_MAX_FLAPS: u32 = 50;
 
 /// L1 agent to L2 agent.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -19,6 +21,16 @@ pub enum L2Command {
         from: String,
         to: String,
         frames: u32,
+    },
+    /// Wait until the NIC at L2 address `bdf` has carrier `up` and its link
+    /// vector (the MSI-X line named after the interface: link and other
+    /// causes) has counted at least `link_irqs` in L2's /proc/interrupts;
+    /// answered with [`L2Message::Link`]. `link_irqs = 0` reads the state
+    /// as it is (once the carrier is `up`).
+    Link {
+        bdf: String,
+        up: bool,
+        link_irqs: u64,
     },
     /// A NIC came back at L2 address `bdf` (hot-plugged): wait for its
     /// driver, set `queues`, bring its link up; answered with `Ready`.
@@ -43,6 +55,13 @@ pub enum L2Message {
         received: u64,
         before: Vec<L2Irq>,
         after: Vec<L2Irq>,
+    },
+    /// The answer to [`L2Command::Link`]: the carrier and the link vector's
+    /// count when both were as asked, and every MSI-X line then.
+    Link {
+        carrier: bool,
+        link_irqs: u64,
+        interrupts: Vec<L2Irq>,
     },
     /// Something in L2 went wrong; the L2 stays up for the next command.
     Failed { message: String },
@@ -92,20 +111,24 @@ pub struct L2StepReport {
     pub frames_sent: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frames_received: Option<u64>,
-    /// `l2-traffic`: MSIs L1's KVM injected into the L2 during the step
+    /// `l2-link`: link changes the host made (two per flap), each seen by
+    /// L2's driver before the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_changes: Option<u64>,
+    /// `l2-traffic`, `l2-link`: MSIs L1's KVM injected into the L2 during the step
     /// (`kvm_msi_set_irq`, all vectors: the L2 has no other MSI source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected: Option<u64>,
-    /// `l2-traffic`: interrupts the IOMMU posted during the step (into the
+    /// `l2-traffic`, `l2-link`: interrupts the IOMMU posted during the step (into the
     /// L2 vCPU's vAPIC page, L1 not involved); none where it has no counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posted: Option<u64>,
-    /// `l2-traffic`: per MSI-X vector of the L2's devices.
+    /// `l2-traffic`, `l2-link`: per MSI-X vector of the L2's devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vectors: Vec<L2VectorCount>,
 }
 
-/// One vector of an L2's device during `l2-traffic`.
+/// One vector of an L2's device during `l2-traffic` or `l2-link`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct L2VectorCount {

@@ -6,13 +6,15 @@
 //! (unplug and replug through the host), `fire.rs` (raising interrupts
 //! and accounting for them), `kvm.rs` (VMs, irqfds, the tiny L2),
 //! `reroute.rs` (routes changed under a live irqfd, and their fires),
-//! `nested.rs` (real L2 Linux guests).
+//! `nested.rs` (real L2 Linux guests), `l2link.rs` (their NICs' links
+//! flapped through the host).
 
 mod devices;
 mod fire;
 mod hotplug;
 mod inhibit;
 mod kvm;
+mod l2link;
 mod nested;
 mod reroute;
 
@@ -408,6 +410,7 @@ impl Runner {
             Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(st, step),
             Step::StartL2 { .. }
             | Step::L2Traffic { .. }
+            | Step::L2Link { .. }
             | Step::StopL2 { .. }
             | Step::L2Unplug { .. }
             | Step::L2Replug { .. }

@@ -58,6 +58,11 @@ impl Runner {
                 }
                 Err(e) => Err(e),
             },
+            Step::L2Link { l2, device, flaps } => {
+                let r = self.l2_link(st, index, l2, device, *flaps, send, recv)?;
+                out.l2_report = Some(Box::new(r));
+                Ok(())
+            }
             Step::StopL2 { l2 } => match st.l2s.iter().position(|(n, _)| n == l2) {
                 None => Err(format!("no running L2 named {l2}")),
                 Some(i) => {
@@ -237,36 +242,7 @@ impl Runner {
             .iter()
             .filter(|r| matches!(r.event, KEvent::Msi { .. }))
             .count() as u64;
-        let l2_deltas = crate::l2linux::deltas(&before, &after);
-        let mut vectors = Vec::new();
-        for (name, l1_bdf, l2_bdf) in &devices {
-            let model = st
-                .devices
-                .get(name)
-                .map(|d| d.model)
-                .ok_or_else(|| format!("unknown device {name}"))?;
-            for n in 0..model.vectors() {
-                let line = vfio_irq_name("msix", n, l1_bdf);
-                let b = find_line(&l1_before, &line).map(|l| l.count).unwrap_or(0);
-                let a = find_line(&l1_after, &line);
-                let l2 = l2_deltas.get(&(l2_bdf.clone(), n));
-                if a.is_none() && l2.is_none() {
-                    continue; // a vector neither L1 nor L2 has wired
-                }
-                let action = l2.map(|(act, _)| {
-                    act.split_once('-')
-                        .map(|(_, q)| q.to_string())
-                        .unwrap_or_default()
-                });
-                vectors.push(wire::L2VectorCount {
-                    vector: model.vector_name(name, n),
-                    l2_action: action.unwrap_or_default(),
-                    host_irq: a.as_ref().map(|l| l.count.saturating_sub(b)).unwrap_or(0),
-                    host_chip: a.map(|l| normalize_chip(&l.chip)),
-                    delivered: l2.map(|(_, c)| *c).unwrap_or(0),
-                });
-            }
-        }
+        let vectors = l2_vectors(st, &devices, &l1_before, &l1_after, &before, &after)?;
         say!(
             "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
             vectors
@@ -291,4 +267,49 @@ impl Runner {
             ..Default::default()
         })
     }
+}
+
+/// Per MSI-X vector of an L2's `devices` (scenario name, L1 address, L2
+/// address): the delta of its L1 host IRQ line between two readings of
+/// L1's /proc/interrupts, and of its line in L2's between two readings of
+/// L2's. A vector neither L1 nor L2 has wired is left out.
+pub(super) fn l2_vectors(
+    st: &JobState,
+    devices: &[(String, String, String)],
+    l1_before: &str,
+    l1_after: &str,
+    before: &[wire::L2Irq],
+    after: &[wire::L2Irq],
+) -> Result<Vec<wire::L2VectorCount>, String> {
+    let l2_deltas = crate::l2linux::deltas(before, after);
+    let mut vectors = Vec::new();
+    for (name, l1_bdf, l2_bdf) in devices {
+        let model = st
+            .devices
+            .get(name)
+            .map(|d| d.model)
+            .ok_or_else(|| format!("unknown device {name}"))?;
+        for n in 0..model.vectors() {
+            let line = vfio_irq_name("msix", n, l1_bdf);
+            let b = find_line(l1_before, &line).map(|l| l.count).unwrap_or(0);
+            let a = find_line(l1_after, &line);
+            let l2 = l2_deltas.get(&(l2_bdf.clone(), n));
+            if a.is_none() && l2.is_none() {
+                continue; // a vector neither L1 nor L2 has wired
+            }
+            let action = l2.map(|(act, _)| {
+                act.split_once('-')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default()
+            });
+            vectors.push(wire::L2VectorCount {
+                vector: model.vector_name(name, n),
+                l2_action: action.unwrap_or_default(),
+                host_irq: a.as_ref().map(|l| l.count.saturating_sub(b)).unwrap_or(0),
+                host_chip: a.map(|l| normalize_chip(&l.chip)),
+                delivered: l2.map(|(_, c)| *c).unwrap_or(0),
+            });
+        }
+    }
+    Ok(vectors)
 }

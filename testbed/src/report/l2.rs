@@ -1,5 +1,5 @@
 //! A real L2 Linux in the report: what its steps say, its vectors' counts
-//! and the `l2-lossless` check.
+//! and the `l2-lossless` check (`l2link.rs`: its `l2-link` part).
 //!
 //! How many interrupts a number of frames makes depends on NAPI and
 //! interrupt moderation timing, so the body holds relations (and whether
@@ -16,13 +16,21 @@ pub(super) fn traffic_lines(l2: &L2StepReport) -> Vec<String> {
         return vec![];
     };
     let mut lines = vec![format!("frames sent {sent}, received {received}")];
+    lines.extend(delivery_lines(l2));
+    lines
+}
+
+/// How the interrupts of an `l2-traffic` or `l2-link` step reached the
+/// L2: KVM's injections against L1's device interrupts, and whether the
+/// IOMMU posted any.
+pub(super) fn delivery_lines(l2: &L2StepReport) -> Vec<String> {
     let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
     let inj = match l2.injected {
         Some(i) if i == l1 => "= L1's device interrupts".to_string(),
         Some(i) => format!("{i}, L1 took {l1}"),
         None => "not counted".to_string(),
     };
-    lines.push(format!("KVM's injections into L2 {inj}"));
+    let mut lines = vec![format!("KVM's injections into L2 {inj}")];
     match l2.posted {
         None => {}
         Some(0) => lines.push("posted by the IOMMU: none".into()),
@@ -91,7 +99,8 @@ pub fn l2_vector_counts(v: &L2VectorCount, posted: Option<u64>) -> String {
     }
 }
 
-/// Frames and interrupts of every `l2-traffic` step. Measured on
+/// Frames and interrupts of every `l2-traffic` step, link changes and
+/// interrupts of every `l2-link` step (`l2link::link_problems`). Measured on
 /// intel-ir with Debian 7.2 (2 igb, 2 queues, 64 frames): L1's host IRQ
 /// lines saw more interrupts than L2's handlers ran (45 against 27 on one
 /// transmit vector) while KVM injected every one L1 saw: a vector raised
@@ -114,9 +123,9 @@ pub(super) fn l2_lossless(r: &Report) -> (bool, String) {
     let mut problems = Vec::new();
     let mut steps = 0;
     for (i, step) in r.scenario.steps.iter().enumerate() {
-        let Step::L2Traffic { to, frames, .. } = step else {
+        if !matches!(step, Step::L2Traffic { .. } | Step::L2Link { .. }) {
             continue;
-        };
+        }
         steps += 1;
         let k = i + 1;
         let Some(rep) = r.step_report(i) else {
@@ -127,77 +136,104 @@ pub(super) fn l2_lossless(r: &Report) -> (bool, String) {
             problems.push(format!("step {k}: no L2 counts"));
             continue;
         };
-        let (sent, received) = (l2.frames_sent.unwrap_or(0), l2.frames_received.unwrap_or(0));
-        if sent != u64::from(*frames) || received != sent {
-            problems.push(format!(
-                "step {k}: {frames} frames asked, {sent} sent, {received} received"
-            ));
-        }
-        let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
-        match l2.injected {
-            Some(inj) if inj == l1 => {}
-            Some(inj) => problems.push(format!(
-                "step {k}: L1 took {l1} device interrupts, KVM injected {inj} into L2"
-            )),
-            None => problems.push(format!("step {k}: KVM injections not counted")),
-        }
-        let beyond_l1: u64 = l2
-            .vectors
-            .iter()
-            .map(|v| v.delivered.saturating_sub(v.host_irq))
-            .sum();
-        match l2.posted {
-            None => {
-                for v in l2.vectors.iter().filter(|v| v.delivered > v.host_irq) {
-                    problems.push(format!(
-                        "step {k}: {} delivered in L2 {} times, raised (L1) only {}",
-                        v.vector, v.delivered, v.host_irq
-                    ));
-                }
+        match step {
+            Step::L2Traffic { to, frames, .. } => {
+                traffic_problems(k, to, *frames, l2, &mut problems)
             }
-            Some(posted) => {
-                if beyond_l1 > posted {
-                    problems.push(format!(
-                        "step {k}: L2's handlers ran {beyond_l1} times more than L1 took, the IOMMU posted only {posted}"
-                    ));
-                }
-                let delivered: u64 = l2.vectors.iter().map(|v| v.delivered).sum();
-                if posted > 0 && delivered == 0 {
-                    problems.push(format!(
-                        "step {k}: the IOMMU posted {posted}, L2 handled none"
-                    ));
-                }
+            Step::L2Link { device, flaps, .. } => {
+                super::l2link::link_problems(k, device, *flaps, l2, &mut problems)
             }
+            _ => unreachable!("filtered above"),
         }
-        for v in l2
-            .vectors
-            .iter()
-            .filter(|v| v.host_irq > 0 && v.delivered == 0)
-        {
-            problems.push(format!(
-                "step {k}: {} raised {} times (L1), never delivered in L2",
-                v.vector, v.host_irq
-            ));
-        }
-        let rx: u64 = l2
-            .vectors
-            .iter()
-            .filter(|v| v.vector.starts_with(&format!("{to}/")) && v.l2_action.starts_with("rx"))
-            .map(|v| v.delivered)
-            .sum();
-        if rx == 0 {
-            problems.push(format!(
-                "step {k}: {to}'s receive vectors took no interrupt in L2"
-            ));
-        }
+        accounting_problems(k, l2, &mut problems);
     }
     if steps == 0 {
-        problems.push("the scenario has no l2-traffic step".into());
+        problems.push("the scenario has no l2-traffic or l2-link step".into());
     }
     if problems.is_empty() {
         (true, String::new())
     } else {
         fail(problems)
+    }
+}
+
+/// An `l2-traffic` step's own part: every frame arrived, and the receiving
+/// NIC's queue vectors took interrupts.
+fn traffic_problems(
+    k: usize,
+    to: &str,
+    frames: u32,
+    l2: &L2StepReport,
+    problems: &mut Vec<String>,
+) {
+    let (sent, received) = (l2.frames_sent.unwrap_or(0), l2.frames_received.unwrap_or(0));
+    if sent != u64::from(frames) || received != sent {
+        problems.push(format!(
+            "step {k}: {frames} frames asked, {sent} sent, {received} received"
+        ));
+    }
+    let rx: u64 = l2
+        .vectors
+        .iter()
+        .filter(|v| v.vector.starts_with(&format!("{to}/")) && v.l2_action.starts_with("rx"))
+        .map(|v| v.delivered)
+        .sum();
+    if rx == 0 {
+        problems.push(format!(
+            "step {k}: {to}'s receive vectors took no interrupt in L2"
+        ));
+    }
+}
+
+/// What every counted L2 step must account for: KVM injected what L1
+/// took, no vector ran in L2 beyond what L1 took and the IOMMU posted, and
+/// none that L1 took was never delivered.
+fn accounting_problems(k: usize, l2: &L2StepReport, problems: &mut Vec<String>) {
+    let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
+    match l2.injected {
+        Some(inj) if inj == l1 => {}
+        Some(inj) => problems.push(format!(
+            "step {k}: L1 took {l1} device interrupts, KVM injected {inj} into L2"
+        )),
+        None => problems.push(format!("step {k}: KVM injections not counted")),
+    }
+    let beyond_l1: u64 = l2
+        .vectors
+        .iter()
+        .map(|v| v.delivered.saturating_sub(v.host_irq))
+        .sum();
+    match l2.posted {
+        None => {
+            for v in l2.vectors.iter().filter(|v| v.delivered > v.host_irq) {
+                problems.push(format!(
+                    "step {k}: {} delivered in L2 {} times, raised (L1) only {}",
+                    v.vector, v.delivered, v.host_irq
+                ));
+            }
+        }
+        Some(posted) => {
+            if beyond_l1 > posted {
+                problems.push(format!(
+                    "step {k}: L2's handlers ran {beyond_l1} times more than L1 took, the IOMMU posted only {posted}"
+                ));
+            }
+            let delivered: u64 = l2.vectors.iter().map(|v| v.delivered).sum();
+            if posted > 0 && delivered == 0 {
+                problems.push(format!(
+                    "step {k}: the IOMMU posted {posted}, L2 handled none"
+                ));
+            }
+        }
+    }
+    for v in l2
+        .vectors
+        .iter()
+        .filter(|v| v.host_irq > 0 && v.delivered == 0)
+    {
+        problems.push(format!(
+            "step {k}: {} raised {} times (L1), never delivered in L2",
+            v.vector, v.host_irq
+        ));
     }
 }
 

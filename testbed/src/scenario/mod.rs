@@ -118,10 +118,14 @@ pub enum Expectation {
     /// (GA log: the wake-up path of halted vCPUs). Not applicable, and so
     /// passing, where the platform cannot post.
     GaLogWakeups,
-    /// Every `l2-traffic` step: every frame sent arrived, every vector of
-    /// the L2's devices was delivered in L2 exactly as often as L1's host
-    /// IRQ line saw the device raise it, and the receiving NIC's queue
-    /// vectors took at least one interrupt.
+    /// Every `l2-traffic` and `l2-link` step: KVM injected into the L2
+    /// exactly what the devices' L1 host IRQ lines took; no vector ran its
+    /// L2 handler more often than L1 saw it raised (plus what the IOMMU
+    /// posted, where it posts), and one raised at all ran at least once.
+    /// `l2-traffic`: every frame sent arrived and the receiving NIC's
+    /// queue vectors took interrupts. `l2-link`: the host made every link
+    /// change, and the NIC's link vector was delivered in L2 exactly once
+    /// per change, each taken by L1's line (or L1's and the IOMMU's posts).
     L2Lossless,
     /// `vm`'s APICv/AVIC inhibit (`pit-reinject`) moves `vector` between
     /// posting and injection without losing any: every `fire` of it while

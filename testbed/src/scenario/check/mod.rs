@@ -78,8 +78,9 @@ pub(in crate::scenario) struct Checker<'s, 'a> {
     pub(in crate::scenario) l2_running: BTreeMap<String, usize>,
     /// VMs whose L2 last started in mode `halted`.
     pub(in crate::scenario) l2_halted: BTreeSet<String>,
-    /// Whether any step is an `l2-traffic`.
-    pub(in crate::scenario) l2_traffic: bool,
+    /// Whether any step is an `l2-traffic` or an `l2-link`: counts what
+    /// a real L2's devices raised.
+    pub(in crate::scenario) l2_counted: bool,
     /// Running real L2s (`start-l2`): name -> (step, devices).
     pub(in crate::scenario) linux_l2s: BTreeMap<String, (usize, Vec<String>)>,
     /// Unplugged and paused L2s (`l2ctl`).
@@ -120,7 +121,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             l2_halted: BTreeSet::new(),
             linux_l2s: BTreeMap::new(),
             l2ctl: Default::default(),
-            l2_traffic: false,
+            l2_counted: false,
             resample: BTreeMap::new(),
             rerouted: BTreeMap::new(),
             fired: false,
@@ -372,9 +373,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             | Step::IntxUnmask { .. } => self.kvm_step(k, step.get_ref()),
             Step::ReloadKvm | Step::PitReinject { .. } => self.inhibit_step(step.get_ref()),
             Step::Route { .. } => self.route_step(k, step.get_ref()),
-            Step::StartL2 { .. } | Step::L2Traffic { .. } | Step::StopL2 { .. } => {
-                self.nested_step(k, step.get_ref())
-            }
+            Step::StartL2 { .. }
+            | Step::L2Traffic { .. }
+            | Step::L2Link { .. }
+            | Step::StopL2 { .. } => self.nested_step(k, step.get_ref()),
             Step::L2Unplug { .. }
             | Step::L2Replug { .. }
             | Step::L2Pause { .. }
@@ -442,9 +444,10 @@ impl<'s, 'a> Checker<'s, 'a> {
             Expectation::GaLogWakeups if !self.fired => {
                 Err(self.err("check", "no fire step: nothing can be posted".into()))
             }
-            Expectation::L2Lossless if !self.l2_traffic => {
-                Err(self.err("check", "no l2-traffic step: nothing to check".into()))
-            }
+            Expectation::L2Lossless if !self.l2_counted => Err(self.err(
+                "check",
+                "no l2-traffic or l2-link step: nothing to check".into(),
+            )),
             Expectation::Lossless
             | Expectation::Pairing
             | Expectation::GaLogWakeups

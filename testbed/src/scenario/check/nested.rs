@@ -6,7 +6,7 @@ use super::{Checker, DevState};
 use crate::scenario::ScenarioError;
 
 impl Checker<'_, '_> {
-    /// start-l2, l2-traffic, stop-l2.
+    /// start-l2, l2-traffic, l2-link, stop-l2.
     pub(super) fn nested_step(&mut self, k: usize, step: &Step) -> Result<(), ScenarioError> {
         match step {
             Step::StartL2 {
@@ -103,13 +103,35 @@ impl Checker<'_, '_> {
                         format!("{from} and {to} must sit on the same hub (hub = \"...\" in both [[device]] tables)"),
                     ));
                 }
-                self.l2_traffic = true;
+                self.l2_counted = true;
                 if !(1..=wire::L2_MAX_FRAMES).contains(frames) {
                     return Err(self.err(
                         "frames",
                         format!("frames = {frames} out of range 1..={}", wire::L2_MAX_FRAMES),
                     ));
                 }
+            }
+            Step::L2Link { l2, device, flaps } => {
+                let Some((_, devs)) = self.linux_l2s.get(l2) else {
+                    return Err(self.err(
+                        "l2",
+                        format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
+                    ));
+                };
+                if !devs.contains(device) {
+                    return Err(self.err(
+                        "device",
+                        format!("{device} is not a device of L2 {l2} ({})", devs.join(", ")),
+                    ));
+                }
+                self.l2_usable(l2, &[("device", device)])?;
+                if !(1..=wire::L2_MAX_FLAPS).contains(flaps) {
+                    return Err(self.err(
+                        "flaps",
+                        format!("flaps = {flaps} out of range 1..={}", wire::L2_MAX_FLAPS),
+                    ));
+                }
+                self.l2_counted = true;
             }
             Step::StopL2 { l2 } => {
                 self.l2_usable(l2, &[])?;
