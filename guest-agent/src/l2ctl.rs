@@ -257,6 +257,14 @@ pub fn control(
             vm.qmp.execute("cont", json!({}), tick)?;
             Ok(None)
         }
+        Step::KillL2 { .. } => {
+            let status = vm.kill()?;
+            say!(
+                "{name}: its QEMU killed ({status}) after {} ms",
+                t0.elapsed().as_millis()
+            );
+            Ok(None)
+        }
         other => Err(format!("{} is not an L2 control step", other.action())),
     }
 }

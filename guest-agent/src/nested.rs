@@ -269,6 +269,35 @@ impl L2Linux {
         }
     }
 
+    /// How the VMM ended, if it has.
+    fn gone(&mut self) -> Option<String> {
+        self.child.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+
+    /// The error for a command to an L2 whose VMM is gone.
+    fn gone_error(&self, status: &str) -> String {
+        let console = tail(&self.console, 8);
+        if console.is_empty() {
+            format!("the L2's QEMU is gone ({status})")
+        } else {
+            format!("the L2's QEMU is gone ({status}); L2 console: [{console}]")
+        }
+    }
+
+    /// SIGKILL the VMM and wait for it: how it ended.
+    pub fn kill(&mut self) -> Result<String, String> {
+        if let Some(status) = self.gone() {
+            return Err(self.gone_error(&status));
+        }
+        self.child
+            .kill()
+            .map_err(|e| format!("killing the L2's QEMU: {e}"))?;
+        self.child
+            .wait()
+            .map(|s| s.to_string())
+            .map_err(|e| format!("waiting for the L2's QEMU: {e}"))
+    }
+
     /// Send a command and wait for its answer.
     pub fn command(
         &mut self,
@@ -276,6 +305,9 @@ impl L2Linux {
         cmd: &L2Command,
         tick: &mut dyn FnMut(),
     ) -> Result<L2Message, String> {
+        if let Some(status) = self.gone() {
+            return Err(self.gone_error(&status));
+        }
         let mut line = serde_json::to_string(cmd).map_err(|e| e.to_string())?;
         line.push('\n');
         self.stdin
@@ -287,6 +319,9 @@ impl L2Linux {
 
     /// Stop the L2 (it resets) and wait for its QEMU to exit by itself (-no-reboot).
     pub fn stop(mut self, tick: &mut dyn FnMut()) -> Result<(), String> {
+        if let Some(status) = self.gone() {
+            return Err(self.gone_error(&status));
+        }
         let mut line = serde_json::to_string(&L2Command::Poweroff).map_err(|e| e.to_string())?;
         line.push('\n');
         self.stdin

@@ -941,6 +941,7 @@ pub fn step_line(step: &Step) -> String {
         Step::L2Unplug { l2, device } => format!("l2-unplug {l2} {device}"),
         Step::L2Replug { l2, device } => format!("l2-replug {l2} {device}"),
         Step::L2Pause { l2 } => format!("l2-pause {l2}"),
+        Step::KillL2 { l2 } => format!("kill-l2 {l2}"),
         Step::L2Resume { l2 } => format!("l2-resume {l2}"),
     }
 }

@@ -132,3 +132,57 @@ fn an_l2_that_never_comes_up_fails_clearly() {
     assert!(console.contains("job l2-never-up done"), "{console}");
     assert_no_qemu_left(tmp.path());
 }
+
+/// The L2's VMM in L1 dies (`kill-l2`: SIGKILL, as a crash would): the
+/// kernel's teardown of its VFIO and KVM file descriptors unregisters
+/// everything it registered, the next step that needs the L2 fails naming
+/// how its QEMU ended, the agent goes on to its cleanup, and no process is
+/// left, in L1 or on the host.
+#[test]
+fn an_l1_qemu_that_dies_fails_the_next_step_clearly() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("report.json");
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path().join("results"))
+        .arg("--snapshots")
+        .arg(tmp.path().join("snapshots"))
+        .arg("--json")
+        .arg(&json)
+        .arg(fixture("nested/l1-qemu-dies.toml"))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = &report["results"][0]["report"];
+    let steps = &r["steps"];
+    assert!(
+        steps[0]["error"].is_null() && steps[1]["error"].is_null(),
+        "{report}"
+    );
+    let error = steps[2]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("l2-link did not fail: {report}"));
+    assert!(
+        error.contains("the L2's QEMU is gone (signal: 9 (SIGKILL))"),
+        "{error}"
+    );
+    // what the VMM registered went with it
+    let pairing = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["expectation"] == "pairing")
+        .unwrap();
+    assert_eq!(pairing["passed"], true, "{pairing}");
+    let console =
+        std::fs::read_to_string(tmp.path().join("results/intel-ir/boot-0/console.log")).unwrap();
+    assert!(console.contains("l2: its QEMU killed"), "{console}");
+    assert!(console.contains("job l1-qemu-dies done"), "{console}");
+    assert_no_qemu_left(tmp.path());
+}

@@ -39,7 +39,7 @@ const BAD: &[(&str, &str)] = &[
         ("syntax", "5:6: string values must be quoted, expected literal string"),
         ("too-many-vectors", "14:1: step 2 (enable-msi): vectors = 2 out of range: dev0 (edu) has 1..=1"),
         ("undeclared-device", r#"9:1: step 1 (bind): unknown device "dev1" (declared: dev0)"#),
-        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `enable-intx`, `intx-unmask`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `pit-reinject`, `reload-kvm`, `route`, `panic-l1`, `start-l2`, `l2-traffic`, `l2-link`, `stop-l2`, `l2-unplug`, `l2-replug`, `l2-pause`, `l2-resume`"),
+        ("unknown-action", "4:1: step 1 (explode): unknown variant `explode`, expected one of `bind`, `enable-vqs`, `enable-msi`, `disable-msi`, `enable-msix`, `disable-msix`, `mask`, `unmask`, `unplug`, `replug`, `unbind`, `enable-intx`, `intx-unmask`, `create-vm`, `irqfd`, `irqfd-deassign`, `fire`, `signal`, `close-device`, `destroy-vm`, `start-vm`, `stop-vm`, `ipi`, `pit-reinject`, `reload-kvm`, `route`, `panic-l1`, `start-l2`, `l2-traffic`, `l2-link`, `stop-l2`, `l2-unplug`, `l2-replug`, `l2-pause`, `l2-resume`, `kill-l2`"),
         ("unknown-device-key", "5:1: unknown field `modl`, expected one of `name`, `model`, `bdf`, `hub`"),
         ("unknown-expect-key", "21:1: expect 1 (lossless): unknown field `vector`, expected no other field"),
         ("unknown-model", "5:9: unknown variant `e1000`, expected one of `edu`, `igb`, `igb-vf`, `e1000e`, `vdpa-sim-net`, `vp-vdpa-net`"),

@@ -564,6 +564,11 @@ pub enum Step {
     L2Pause { l2: String },
     /// Resume a paused L2 (`cont`).
     L2Resume { l2: String },
+    /// Kill the L2's VMM with SIGKILL, as a crash would, and wait until it
+    /// is gone: the kernel closes its VFIO and KVM file descriptors, and
+    /// none of QEMU's own teardown runs. The L2 keeps its name, so a later
+    /// step that needs it finds its VMM dead and fails saying so.
+    KillL2 { l2: String },
 }
 
 fn default_queues() -> u32 {
@@ -687,6 +692,7 @@ impl Step {
             Step::L2Unplug { .. } => "l2-unplug",
             Step::L2Replug { .. } => "l2-replug",
             Step::L2Pause { .. } => "l2-pause",
+            Step::KillL2 { .. } => "kill-l2",
             Step::L2Resume { .. } => "l2-resume",
         }
     }
@@ -701,7 +707,8 @@ impl Step {
             | Step::L2Unplug { l2, .. }
             | Step::L2Replug { l2, .. }
             | Step::L2Pause { l2 }
-            | Step::L2Resume { l2 } => Some(l2),
+            | Step::L2Resume { l2 }
+            | Step::KillL2 { l2 } => Some(l2),
             _ => None,
         }
     }

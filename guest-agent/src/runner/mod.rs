@@ -415,6 +415,7 @@ impl Runner {
             | Step::L2Unplug { .. }
             | Step::L2Replug { .. }
             | Step::L2Pause { .. }
+            | Step::KillL2 { .. }
             | Step::L2Resume { .. } => self.nested_step(st, index, step, &mut out, send, recv),
             Step::PanicL1 => {
                 say!("panicking the kernel through sysrq-c, as the scenario asks");

@@ -88,6 +88,7 @@ impl Runner {
             Step::L2Unplug { .. }
             | Step::L2Replug { .. }
             | Step::L2Pause { .. }
+            | Step::KillL2 { .. }
             | Step::L2Resume { .. } => {
                 let last_sent = &mut self.last_sent;
                 let mut tick = || {

@@ -380,6 +380,7 @@ impl<'s, 'a> Checker<'s, 'a> {
             Step::L2Unplug { .. }
             | Step::L2Replug { .. }
             | Step::L2Pause { .. }
+            | Step::KillL2 { .. }
             | Step::L2Resume { .. } => self.l2_control(k, step.get_ref()),
             Step::PanicL1 => {
                 if index + 1 != self.step_count {
