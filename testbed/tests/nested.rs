@@ -96,22 +96,7 @@ fn an_l2_that_never_comes_up_fails_clearly() {
     if !vm_tests_enabled() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("report.json");
-    let output = testbed()
-        .args(["run", "--variant", "intel-ir", "--results"])
-        .arg(tmp.path().join("results"))
-        .arg("--snapshots")
-        .arg(tmp.path().join("snapshots"))
-        .arg("--json")
-        .arg(&json)
-        .arg(fixture("nested/l2-never-up.toml"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{out}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (tmp, report) = run_failing_fixture("nested/l2-never-up.toml");
     let steps = &report["results"][0]["report"]["steps"];
     let error = steps[0]["error"]
         .as_str()
@@ -143,22 +128,7 @@ fn an_l1_qemu_that_dies_fails_the_next_step_clearly() {
     if !vm_tests_enabled() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("report.json");
-    let output = testbed()
-        .args(["run", "--variant", "intel-ir", "--results"])
-        .arg(tmp.path().join("results"))
-        .arg("--snapshots")
-        .arg(tmp.path().join("snapshots"))
-        .arg("--json")
-        .arg(&json)
-        .arg(fixture("nested/l1-qemu-dies.toml"))
-        .output()
-        .unwrap();
-    let out = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{out}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (tmp, report) = run_failing_fixture("nested/l1-qemu-dies.toml");
     let r = &report["results"][0]["report"];
     let steps = &r["steps"];
     assert!(
@@ -185,4 +155,25 @@ fn an_l1_qemu_that_dies_fails_the_next_step_clearly() {
     assert!(console.contains("l2: its QEMU killed"), "{console}");
     assert!(console.contains("job l1-qemu-dies done"), "{console}");
     assert_no_qemu_left(tmp.path());
+}
+
+/// Run a fixture on intel-ir (results and snapshots in a temporary
+/// directory), expect exit 1, and return the directory and the JSON report.
+fn run_failing_fixture(name: &str) -> (tempfile::TempDir, serde_json::Value) {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("report.json");
+    let output = testbed()
+        .args(["run", "--variant", "intel-ir", "--results"])
+        .arg(tmp.path().join("results"))
+        .arg("--snapshots")
+        .arg(tmp.path().join("snapshots"))
+        .arg("--json")
+        .arg(&json)
+        .arg(fixture(name))
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (tmp, report)
 }

@@ -146,19 +146,9 @@ impl Runner {
             t0.elapsed().as_millis(),
             first.link_irqs,
             last.link_irqs,
-            vectors
-                .iter()
-                .map(|v| format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered))
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::nested::vectors_line(&vectors)
         );
-        say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
-        let posted = posted_before
-            .zip(posted_after)
-            .map(|(b, a)| a.saturating_sub(b));
-        if let Some(p) = posted {
-            say!("{l2}: the IOMMU posted {p} interrupts during the step");
-        }
+        let posted = super::nested::say_injected_posted(l2, injected, posted_before, posted_after);
         Ok(wire::L2StepReport {
             link_changes: Some(changes),
             posted,

@@ -246,19 +246,9 @@ impl Runner {
         let vectors = l2_vectors(st, &devices, &l1_before, &l1_after, &before, &after)?;
         say!(
             "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
-            vectors
-                .iter()
-                .map(|v| format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered))
-                .collect::<Vec<_>>()
-                .join(", ")
+            vectors_line(&vectors)
         );
-        say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
-        let posted = posted_before
-            .zip(posted_after)
-            .map(|(b, a)| a.saturating_sub(b));
-        if let Some(p) = posted {
-            say!("{l2}: the IOMMU posted {p} interrupts during the step");
-        }
+        let posted = say_injected_posted(l2, injected, posted_before, posted_after);
         Ok(wire::L2StepReport {
             posted,
             injected: Some(injected),
@@ -274,6 +264,33 @@ impl Runner {
 /// address): the delta of its L1 host IRQ line between two readings of
 /// L1's /proc/interrupts, and of its line in L2's between two readings of
 /// L2's. A vector neither L1 nor L2 has wired is left out.
+/// `nic0/msix1 L1 3 L2 3, ...`: a step's vectors for the console.
+pub(super) fn vectors_line(vectors: &[wire::L2VectorCount]) -> String {
+    vectors
+        .iter()
+        .map(|v| format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Say what KVM injected into an L2 and the IOMMU posted during a step;
+/// the posts, where the IOMMU counts them.
+pub(super) fn say_injected_posted(
+    l2: &str,
+    injected: u64,
+    posted_before: Option<u64>,
+    posted_after: Option<u64>,
+) -> Option<u64> {
+    say!("{l2}: KVM injected {injected} MSIs into the L2 during the step");
+    let posted = posted_before
+        .zip(posted_after)
+        .map(|(b, a)| a.saturating_sub(b));
+    if let Some(p) = posted {
+        say!("{l2}: the IOMMU posted {p} interrupts during the step");
+    }
+    posted
+}
+
 pub(super) fn l2_vectors(
     st: &JobState,
     devices: &[(String, String, String)],
