@@ -159,8 +159,14 @@ impl Port {
     pub fn read_line_timeout(&mut self, timeout: Duration) -> io::Result<Option<String>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.buf.contains(&b'\n') {
-                return self.read_line().map(Some);
+            // a blank line is skipped here, and the wait goes on to the
+            // deadline (read_line would block past it)
+            if let Some(line) = take_line(&mut self.buf) {
+                return Ok(Some(line));
+            }
+            if self.buf.len() > MAX_LINE {
+                self.buf.clear();
+                return Err(io::Error::other("line longer than 16 MiB"));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -196,15 +202,8 @@ impl Port {
     /// Next non-empty line (without the newline and any CR).
     pub fn read_line(&mut self) -> io::Result<String> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|&c| c == b'\n') {
-                let l: Vec<u8> = self.buf.drain(..=nl).collect();
-                let s = String::from_utf8_lossy(&l[..l.len() - 1])
-                    .trim_matches(|c: char| c == '\r' || c.is_whitespace())
-                    .to_string();
-                if s.is_empty() {
-                    continue;
-                }
-                return Ok(s);
+            if let Some(line) = take_line(&mut self.buf) {
+                return Ok(line);
             }
             let mut b = [0u8; 4096];
             match self.file.read(&mut b) {
@@ -213,10 +212,50 @@ impl Port {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            if self.buf.len() > 16 << 20 {
+            if self.buf.len() > MAX_LINE {
                 self.buf.clear();
                 return Err(io::Error::other("line longer than 16 MiB"));
             }
         }
+    }
+}
+
+/// Longest line the agent buffers.
+const MAX_LINE: usize = 16 << 20;
+
+/// Take the next non-empty complete line out of `buf` (without the newline,
+/// CRs and surrounding blanks), dropping blank lines before it; `None` when
+/// no complete non-empty line is there (a partial line stays).
+fn take_line(buf: &mut Vec<u8>) -> Option<String> {
+    while let Some(nl) = buf.iter().position(|&c| c == b'\n') {
+        let l: Vec<u8> = buf.drain(..=nl).collect();
+        let s = String::from_utf8_lossy(&l[..l.len() - 1])
+            .trim_matches(|c: char| c == '\r' || c.is_whitespace())
+            .to_string();
+        if !s.is_empty() {
+            return Some(s);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::take_line;
+
+    #[test]
+    fn blank_lines_are_dropped_and_partial_lines_kept() {
+        let mut buf = b"\r\n  \n{\"a\":1}\r\n\npart".to_vec();
+        assert_eq!(take_line(&mut buf).as_deref(), Some("{\"a\":1}"));
+        // only blank lines and a partial one left: nothing, partial kept
+        assert_eq!(take_line(&mut buf), None);
+        assert_eq!(buf, b"part");
+        buf.extend_from_slice(b"ial\n");
+        assert_eq!(take_line(&mut buf).as_deref(), Some("partial"));
+        assert!(buf.is_empty());
+        // a buffer of blank lines only yields nothing (and is consumed)
+        let mut blank = b"\n\n\r\n".to_vec();
+        assert_eq!(take_line(&mut blank), None);
+        assert!(blank.is_empty());
     }
 }
