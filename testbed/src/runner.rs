@@ -191,6 +191,20 @@ impl IommuCounts {
     }
 }
 
+/// What counters counted between two readings (`since(after, before)`), or
+/// why that is not known.
+fn counted<T>(
+    before: Result<T, String>,
+    after: Option<Result<T, String>>,
+    since: fn(&T, &T) -> T,
+) -> Result<T, String> {
+    match (before, after) {
+        (Ok(b), Some(Ok(a))) => Ok(since(&a, &b)),
+        (Err(e), _) | (_, Some(Err(e))) => Err(e),
+        (Ok(_), None) => Err("the IOMMU's counters went away".into()),
+    }
+}
+
 #[derive(Debug)]
 pub struct BootOutcome {
     pub ready: Option<wire::Ready>,
@@ -604,20 +618,15 @@ impl Session {
                 Interrupt::Message(wire::AgentMessage::Done(done)) => {
                     run.done = Some(done);
                     if let Some(before) = before {
-                        let after = self.read_iommu().await;
-                        run.iommu = Some(match (before, after) {
-                            (Ok(b), Some(Ok(a))) => Ok(a.since(&b)),
-                            (Err(e), _) | (_, Some(Err(e))) => Err(e),
-                            (Ok(_), None) => Err("the IOMMU's counters went away".into()),
-                        });
+                        run.iommu =
+                            Some(counted(before, self.read_iommu().await, IommuCounts::since));
                     }
                     if let Some(before) = vtd_before {
-                        let after = self.read_vtd().await;
-                        run.vtd_pi = Some(match (before, after) {
-                            (Ok(b), Some(Ok(a))) => Ok(a.since(&b)),
-                            (Err(e), _) | (_, Some(Err(e))) => Err(e),
-                            (Ok(_), None) => Err("the IOMMU's counters went away".into()),
-                        });
+                        run.vtd_pi = Some(counted(
+                            before,
+                            self.read_vtd().await,
+                            crate::report::VtdPiCounts::since,
+                        ));
                     }
                     return run;
                 }
