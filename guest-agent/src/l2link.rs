@@ -45,7 +45,6 @@ pub fn await_link(bdf: &str, up: bool, link_irqs: u64) -> Result<L2Message, Stri
             return Ok(L2Message::Link {
                 carrier,
                 link_irqs: count,
-                interrupts: irqs,
             });
         }
         if t0.elapsed() > LINK_TIMEOUT {

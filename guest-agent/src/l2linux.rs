@@ -84,6 +84,12 @@ pub fn main(queues: u32) -> ! {
                 };
                 send(&mut port, &msg);
             }
+            L2Command::Counts => send(
+                &mut port,
+                &L2Message::Counts {
+                    interrupts: read_irqs(),
+                },
+            ),
             L2Command::Poweroff => {
                 // The L2 boots with acpi=off (ACPI costs it about 2 s of its
                 // boot under nested TCG), so it cannot power off: it resets,
@@ -467,7 +473,6 @@ fn traffic(from: &str, to: &str, frames: u32) -> Result<L2Message, String> {
     let tx = packet_socket(&from_if, 0)?;
     let mut buf = vec![0u8; 2048];
     drain(&rx, &mut buf);
-    let before = read_irqs();
     let (mut sent, mut received) = (0u64, 0u64);
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
@@ -503,26 +508,9 @@ fn traffic(from: &str, to: &str, frames: u32) -> Result<L2Message, String> {
         "L2: {sent} frames {from_if} -> {to_if}, {received} received in {} ms",
         t0.elapsed().as_millis()
     );
-    // the last interrupts (transmit completions, NAPI re-arm) settle
-    let mut prev = read_irqs();
-    let mut stable_since = Instant::now();
-    let t1 = Instant::now();
-    while stable_since.elapsed() < Duration::from_millis(500)
-        && t1.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = read_irqs();
-        if now != prev {
-            prev = now;
-            stable_since = Instant::now();
-        }
-    }
-    Ok(L2Message::Traffic {
-        sent,
-        received,
-        before,
-        after: prev,
-    })
+    // the L1 agent reads the counts around the step once they settle
+    // (runner/l2cut.rs)
+    Ok(L2Message::Traffic { sent, received })
 }
 
 /// Per (bdf, index) delta between two readings.

@@ -16,7 +16,7 @@ pub const L2_MAX_FLAPS: u32 = 50;
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum L2Command {
     /// Send `frames` frames from the NIC at L2 address `from` to the one at
-    /// `to`, wait for them and for the interrupt counts to settle.
+    /// `to` and wait for them.
     Traffic {
         from: String,
         to: String,
@@ -35,6 +35,8 @@ pub enum L2Command {
     /// A NIC came back at L2 address `bdf` (hot-plugged): wait for its
     /// driver, set `queues`, bring its link up; answered with `Ready`.
     BringUp { bdf: String, queues: u32 },
+    /// Read L2's MSI-X lines as they are; answered with [`L2Message::Counts`].
+    Counts,
     /// Stop the L2: it resets (it has no ACPI to power off with), and its QEMU exits.
     Poweroff,
 }
@@ -49,20 +51,15 @@ pub enum L2Message {
         nics: Vec<L2Nic>,
         interrupts: Vec<L2Irq>,
     },
-    /// The answer to [`L2Command::Traffic`].
-    Traffic {
-        sent: u64,
-        received: u64,
-        before: Vec<L2Irq>,
-        after: Vec<L2Irq>,
-    },
+    /// The answer to [`L2Command::Traffic`]: frames sent and received.
+    /// The L1 agent reads the interrupt counts around it
+    /// ([`L2Command::Counts`]).
+    Traffic { sent: u64, received: u64 },
     /// The answer to [`L2Command::Link`]: the carrier and the link vector's
-    /// count when both were as asked, and every MSI-X line then.
-    Link {
-        carrier: bool,
-        link_irqs: u64,
-        interrupts: Vec<L2Irq>,
-    },
+    /// count when both were as asked.
+    Link { carrier: bool, link_irqs: u64 },
+    /// The answer to [`L2Command::Counts`]: every MSI-X line of L2.
+    Counts { interrupts: Vec<L2Irq> },
     /// Something in L2 went wrong; the L2 stays up for the next command.
     Failed { message: String },
 }

@@ -4,23 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use wire::{AgentMessage, HostAction, L2Command, L2Irq, L2Message};
+use wire::{AgentMessage, HostAction, L2Command, L2Message};
 
 use super::nested::l2_vectors;
 use super::{JobState, Recv, Runner};
 use crate::nested::L2Linux;
 use crate::say;
-use crate::trace::KEvent;
 
 /// What the L2 agent said once the link was as asked.
 struct LinkState {
     link_irqs: u64,
-    interrupts: Vec<L2Irq>,
 }
 
 impl Runner {
     /// One command to a running L2, sending heartbeats while it runs.
-    fn l2_command(
+    pub(super) fn l2_command(
         &mut self,
         index: usize,
         vm: &mut L2Linux,
@@ -59,14 +57,7 @@ impl Runner {
             link_irqs,
         };
         match self.l2_command(index, vm, l2, &cmd, send)? {
-            L2Message::Link {
-                link_irqs,
-                interrupts,
-                ..
-            } => Ok(LinkState {
-                link_irqs,
-                interrupts,
-            }),
+            L2Message::Link { link_irqs, .. } => Ok(LinkState { link_irqs }),
             L2Message::Failed { message } => Err(format!("{l2}: {message}")),
             other => Err(format!("{l2} answered {other:?}")),
         }
@@ -100,8 +91,8 @@ impl Runner {
             .find(|(n, ..)| n == device)
             .map(|(_, _, b)| b.clone())
             .ok_or_else(|| format!("device {device} is not in L2 {l2}"))?;
-        let l1_before = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
         let first = self.await_link(index, &mut st.l2s[pos].1, l2, &bdf, true, 0, send)?;
+        let start = self.settled_cut(st, pos, index, send)?;
         let mut seen = first.link_irqs;
         let mut last = None;
         let mut changes = 0u64;
@@ -120,32 +111,17 @@ impl Runner {
                 last = Some(now);
             }
         }
-        let last = last.unwrap_or(LinkState {
-            link_irqs: first.link_irqs,
-            interrupts: first.interrupts.clone(),
-        });
-        let l1_after = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let last_irqs = last.map_or(first.link_irqs, |l| l.link_irqs);
+        let end = self.settled_cut(st, pos, index, send)?;
         let posted_after =
             self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        self.poll_trace();
-        let injected = self
-            .acc
-            .iter()
-            .filter(|r| matches!(r.event, KEvent::Msi { .. }))
-            .count() as u64;
-        let vectors = l2_vectors(
-            st,
-            &devices,
-            &l1_before,
-            &l1_after,
-            &first.interrupts,
-            &last.interrupts,
-        )?;
+        let injected = self.injected_between(&start, &end);
+        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2)?;
         say!(
             "{l2}: {device} link changed {changes} times in {} ms, its link vector in L2 {} -> {}; {}",
             t0.elapsed().as_millis(),
             first.link_irqs,
-            last.link_irqs,
+            last_irqs,
             super::nested::vectors_line(&vectors)
         );
         let posted = super::nested::say_injected_posted(l2, injected, posted_before, posted_after);

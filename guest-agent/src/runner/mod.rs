@@ -14,6 +14,7 @@ mod fire;
 mod hotplug;
 mod inhibit;
 mod kvm;
+mod l2cut;
 mod l2link;
 mod nested;
 mod reroute;

@@ -8,7 +8,6 @@ use wire::{AgentMessage, HostAction, Step};
 use super::{JobState, Recv, Runner, StepOut};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
 use crate::say;
-use crate::trace::KEvent;
 use crate::vfio::bind_vfio_pci;
 
 impl Runner {
@@ -193,57 +192,37 @@ impl Runner {
     ) -> Result<wire::L2StepReport, String> {
         let posted_before =
             self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let (_, vm) = st
+        let pos = st
             .l2s
-            .iter_mut()
-            .find(|(n, _)| n == l2)
+            .iter()
+            .position(|(n, _)| n == l2)
             .ok_or_else(|| format!("no running L2 named {l2}"))?;
+        let devices = st.l2s[pos].1.devices.clone();
         let l2_addr = |d: &str| {
-            vm.devices
+            devices
                 .iter()
                 .find(|(n, ..)| n == d)
                 .map(|(_, _, b)| b.clone())
                 .ok_or_else(|| format!("device {d} is not in L2 {l2}"))
         };
         let (from_l2, to_l2) = (l2_addr(from)?, l2_addr(to)?);
-        let devices = vm.devices.clone();
-        let l1_before = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-        let last_sent = &mut self.last_sent;
-        let mut tick = || {
-            if last_sent.elapsed() >= Duration::from_millis(wire::HEARTBEAT_SECS * 1000 / 2) {
-                crate::watchdog::alive();
-                send(AgentMessage::Progress { index });
-                *last_sent = Instant::now();
-            }
-        };
+        let start = self.settled_cut(st, pos, index, send)?;
         let cmd = wire::L2Command::Traffic {
             from: from_l2,
             to: to_l2,
             frames,
         };
-        let answer = vm
-            .command(l2, &cmd, &mut tick)
-            .map_err(|e| format!("{l2}: {e}"))?;
-        let l1_after = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-        let posted_after =
-            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let (sent, received, before, after) = match answer {
-            wire::L2Message::Traffic {
-                sent,
-                received,
-                before,
-                after,
-            } => (sent, received, before, after),
+        let answer = self.l2_command(index, &mut st.l2s[pos].1, l2, &cmd, send)?;
+        let (sent, received) = match answer {
+            wire::L2Message::Traffic { sent, received, .. } => (sent, received),
             wire::L2Message::Failed { message } => return Err(format!("{l2}: {message}")),
             other => return Err(format!("{l2} answered {other:?}")),
         };
-        self.poll_trace();
-        let injected = self
-            .acc
-            .iter()
-            .filter(|r| matches!(r.event, KEvent::Msi { .. }))
-            .count() as u64;
-        let vectors = l2_vectors(st, &devices, &l1_before, &l1_after, &before, &after)?;
+        let end = self.settled_cut(st, pos, index, send)?;
+        let posted_after =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
+        let injected = self.injected_between(&start, &end);
+        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2)?;
         say!(
             "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
             vectors_line(&vectors)
