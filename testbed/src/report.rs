@@ -365,6 +365,9 @@ impl Report {
                 {
                     l2link::link_vector_counts(v, changes, l2.posted)
                 }
+                (Some(Step::L2Traffic { to, .. }), _) if l2::is_idle_receive_vector(v, to) => {
+                    l2::idle_receive_counts(v)
+                }
                 _ => l2_vector_counts(v, l2.posted),
             };
             let _ = writeln!(
