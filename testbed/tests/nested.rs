@@ -5,14 +5,14 @@ mod common;
 
 use common::{assert_no_qemu_left, fixture, repo, testbed, text, vm_tests_enabled};
 
-/// `nested/` on intel-ir: the L2 boots, its igb driver binds both NICs
-/// and takes every interrupt the checks ask for; the report matches its
-/// snapshot and the L2's boot time is printed in the L1 console log.
-/// igb-l2-unplug shares the boot: nic1 leaves the L2 through L1 QEMU's
-/// device_del and comes back through device_add. Not e1000e-l2: its
-/// report is not stable yet (README, "Nested QEMU": once in about seven
-/// intel-ir runs nic0's receive vector took interrupts that its traffic
-/// does not make).
+/// `nested/` on intel-ir, the whole directory as issue #15 asks: the L2
+/// boots, its igb and e1000e drivers bind the NICs and take every
+/// interrupt the checks ask for; each report matches its snapshot and the
+/// L2's boot time is printed in the L1 console log. igb-l2-unplug shares
+/// the boot: nic1 leaves the L2 through L1 QEMU's device_del and comes
+/// back through device_add. e1000e-l2 is stable since its counts are read
+/// at a settled cut and the sender's receive vector, which e1000e's
+/// watchdog kicks every 2 s, shows no timing (README, "Nested QEMU").
 #[test]
 fn nested_scenarios_pass_on_intel_ir() {
     if !vm_tests_enabled() {
@@ -22,23 +22,22 @@ fn nested_scenarios_pass_on_intel_ir() {
     let output = testbed()
         .args(["run", "--variant", "intel-ir", "--results"])
         .arg(tmp.path())
-        .arg(repo().join("nested/igb-l2-msix.toml"))
-        .arg(repo().join("nested/igb-l2-unplug.toml"))
+        .arg(repo().join("nested"))
         .output()
         .unwrap();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(
-        out.contains("igb-l2-msix")
-            && out.contains("igb-l2-unplug")
-            && out.contains("2 passed, 0 failed"),
+        ["e1000e-l2", "igb-l2-link", "igb-l2-msix", "igb-l2-unplug"]
+            .iter()
+            .all(|s| out.contains(s))
+            && out.contains("4 passed, 0 failed"),
         "{out}"
     );
-    let console: String = (0..1)
-        .map(|b| {
-            std::fs::read_to_string(tmp.path().join(format!("intel-ir/boot-{b}/console.log")))
-                .unwrap()
-        })
+    // every boot's console (the scenarios' device sets differ)
+    let console: String = std::fs::read_dir(tmp.path().join("intel-ir"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("console.log")).ok())
         .collect();
     assert!(
         console.contains("L2 ready "),
