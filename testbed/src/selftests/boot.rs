@@ -238,7 +238,15 @@ async fn run_restored(
             }
         };
         let mut outcome = BootOutcome::new(&cfg);
-        let mut session = restore::restore(&cfg, &state, timeouts, &mut outcome, on_event).await;
+        let mut session = restore::restore_undisturbed(
+            &cfg,
+            &state,
+            timeouts,
+            &mut outcome,
+            on_event,
+            &test.name,
+        )
+        .await;
         if let (Err(Restore::BadState(why)), false) = (&session, resaved) {
             // once per run: a second bad state is not the cache's fault
             resaved = true;
@@ -259,7 +267,15 @@ async fn run_restored(
                 Obtained::Failed(_) => {}
             }
             outcome = BootOutcome::new(&cfg);
-            session = restore::restore(&cfg, &state, timeouts, &mut outcome, on_event).await;
+            session = restore::restore_undisturbed(
+                &cfg,
+                &state,
+                timeouts,
+                &mut outcome,
+                on_event,
+                &test.name,
+            )
+            .await;
         }
         runs.boots.push(boot_info(&outcome));
         match session {
@@ -273,12 +289,14 @@ async fn run_restored(
                 // broken or not, this L1 is thrown away: no shutdown inside it
                 session.quit().await;
             }
-            Err(Restore::BadState(why) | Restore::Failed(why)) => runs.tests.push(TestRun {
-                name: test.name.clone(),
-                broken: Some(format!("the restored L1 did not come up: {why}")),
-                boot: n,
-                ..Default::default()
-            }),
+            Err(Restore::BadState(why) | Restore::Disturbed(why) | Restore::Failed(why)) => {
+                runs.tests.push(TestRun {
+                    name: test.name.clone(),
+                    broken: Some(format!("the restored L1 did not come up: {why}")),
+                    boot: n,
+                    ..Default::default()
+                })
+            }
         }
     }
     None
