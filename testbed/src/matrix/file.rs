@@ -12,6 +12,7 @@
 //! variant = "amd-ir"
 //! kernels-from = "7.3"           # kernel releases from this MAJOR.MINOR on
 //! when = "no-irq-remapping"      # the boot fact that comes with the failure
+//!                                # (only scenarios with a device: vfio-pci)
 //! reason = "why"
 //! ```
 //!
@@ -59,6 +60,15 @@ pub enum Fact {
 
 impl Fact {
     const NAMES: &[(&str, Fact)] = &[("no-irq-remapping", Fact::NoIrqRemapping)];
+
+    /// Whether a scenario can fail because of the fact: L1 without
+    /// interrupt remapping makes vfio-pci refuse devices, so a scenario
+    /// with none (edu-l2-ipi: IPIs only) runs as anywhere else.
+    pub fn can_affect(self, scenario_has_devices: bool) -> bool {
+        match self {
+            Fact::NoIrqRemapping => scenario_has_devices,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         Self::NAMES
