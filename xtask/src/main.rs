@@ -427,6 +427,18 @@ fn setup(sh: &Shell) -> Result<()> {
     let backports = format!("{suite}-backports");
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     cmd!(sh, "apt-get update -q").run()?;
+    // bookworm's build packages first: QEMU from backports installed first
+    // pulls backports' libelf1 (0.192), and bookworm's libelf-dev, which
+    // wants its own libelf1 (0.188), can then not be installed (measured in
+    // a fresh debootstrap of bookworm). Installed second, QEMU takes the
+    // libraries already there where its versions allow.
+    if !missing_build.is_empty() {
+        cmd!(
+            sh,
+            "apt-get install -y -q --no-install-recommends {missing_build...}"
+        )
+        .run()?;
+    }
     cmd!(
         sh,
         "apt-get install -y -q --no-install-recommends -t {backports} qemu-system-x86"
@@ -437,13 +449,6 @@ fn setup(sh: &Shell) -> Result<()> {
         "apt-get install -y -q --no-install-recommends busybox-static"
     )
     .run()?;
-    if !missing_build.is_empty() {
-        cmd!(
-            sh,
-            "apt-get install -y -q --no-install-recommends {missing_build...}"
-        )
-        .run()?;
-    }
     Ok(())
 }
 
