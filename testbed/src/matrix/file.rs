@@ -11,8 +11,12 @@
 //! [[known-failure]]
 //! variant = "amd-ir"
 //! kernels-from = "7.3"           # kernel releases from this MAJOR.MINOR on
-//! when = "no-irq-remapping"      # the boot fact that comes with the failure
-//!                                # (only scenarios with a device: vfio-pci)
+//! kernels-before = "8.0"         # optional: up to (not including) this one
+//! when = "no-irq-remapping"      # the fact that comes with the failure: a
+//!                                # boot's (only scenarios with a device:
+//!                                # vfio-pci) or "irqfd-deassign" (scenarios
+//!                                # that deassign an irqfd)
+//! may-pass = false               # true: a race, a pass is a pass
 //! reason = "why"
 //! ```
 //!
@@ -47,7 +51,12 @@ pub struct KnownFailure {
     pub variant: &'static Variant,
     /// MAJOR.MINOR of the first kernel release it applies to.
     pub kernels_from: (u32, u32),
+    /// MAJOR.MINOR of the first kernel release it no longer applies to.
+    pub kernels_before: Option<(u32, u32)>,
     pub when: Fact,
+    /// The failure shows in some runs only (a race): a pass is a pass,
+    /// not `XPASS`.
+    pub may_pass: bool,
     pub reason: String,
 }
 
@@ -56,17 +65,43 @@ pub struct KnownFailure {
 pub enum Fact {
     /// L1 runs without interrupt remapping.
     NoIrqRemapping,
+    /// The scenario deassigns an irqfd (`irqfd-deassign`).
+    IrqfdDeassign,
+}
+
+/// What a cell's scenario does that a [`Fact`] can depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScenarioFacts {
+    pub has_devices: bool,
+    pub deassigns_irqfd: bool,
+}
+
+impl ScenarioFacts {
+    pub fn of(scenario: &crate::scenario::Scenario) -> ScenarioFacts {
+        ScenarioFacts {
+            has_devices: !scenario.devices.is_empty(),
+            deassigns_irqfd: scenario
+                .steps
+                .iter()
+                .any(|s| matches!(s, wire::Step::IrqfdDeassign { .. })),
+        }
+    }
 }
 
 impl Fact {
-    const NAMES: &[(&str, Fact)] = &[("no-irq-remapping", Fact::NoIrqRemapping)];
+    const NAMES: &[(&str, Fact)] = &[
+        ("no-irq-remapping", Fact::NoIrqRemapping),
+        ("irqfd-deassign", Fact::IrqfdDeassign),
+    ];
 
-    /// Whether a scenario can fail because of the fact: L1 without
+    /// Whether a scenario can fail because of the fact. L1 without
     /// interrupt remapping makes vfio-pci refuse devices, so a scenario
-    /// with none (edu-l2-ipi: IPIs only) runs as anywhere else.
-    pub fn can_affect(self, scenario_has_devices: bool) -> bool {
+    /// with none (edu-l2-ipi: IPIs only) runs as anywhere else; a kernel
+    /// bug in deassigning an irqfd is hit only by a scenario that does.
+    pub fn can_affect(self, scenario: ScenarioFacts) -> bool {
         match self {
-            Fact::NoIrqRemapping => scenario_has_devices,
+            Fact::NoIrqRemapping => scenario.has_devices,
+            Fact::IrqfdDeassign => scenario.deassigns_irqfd,
         }
     }
 
@@ -84,9 +119,9 @@ impl KnownFailure {
     /// (`uname -r`, e.g. `7.3.4+deb13-amd64`).
     pub fn covers(&self, variant: &str, release: Option<&str>) -> bool {
         self.variant.name == variant
-            && release
-                .and_then(release_version)
-                .is_some_and(|v| v >= self.kernels_from)
+            && release.and_then(release_version).is_some_and(|v| {
+                v >= self.kernels_from && self.kernels_before.is_none_or(|b| v < b)
+            })
     }
 }
 
@@ -130,7 +165,9 @@ struct RawMatrix {
 struct RawKnown {
     variant: Spanned<String>,
     kernels_from: Spanned<String>,
+    kernels_before: Option<Spanned<String>>,
     when: Spanned<String>,
+    may_pass: Option<bool>,
     reason: Spanned<String>,
 }
 
@@ -225,20 +262,35 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         let k = entry.into_inner();
         let variant = variant::lookup(k.variant.get_ref())
             .map_err(|e| error(k.variant.span(), e.to_string()))?;
-        let kernels_from = k
-            .kernels_from
-            .get_ref()
-            .split_once('.')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .ok_or_else(|| {
-                error(
-                    k.kernels_from.span(),
-                    format!(
-                        "kernels-from {:?}: expected MAJOR.MINOR, e.g. 7.3",
-                        k.kernels_from.get_ref()
-                    ),
-                )
-            })?;
+        let major_minor = |key: &str, v: &Spanned<String>| {
+            v.get_ref()
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .ok_or_else(|| {
+                    error(
+                        v.span(),
+                        format!("{key} {:?}: expected MAJOR.MINOR, e.g. 7.3", v.get_ref()),
+                    )
+                })
+        };
+        let kernels_from: (u32, u32) = major_minor("kernels-from", &k.kernels_from)?;
+        let kernels_before = match &k.kernels_before {
+            Some(v) => {
+                let before: (u32, u32) = major_minor("kernels-before", v)?;
+                if before <= kernels_from {
+                    return Err(error(
+                        v.span(),
+                        format!(
+                            "kernels-before {:?} is not after kernels-from {:?}",
+                            v.get_ref(),
+                            k.kernels_from.get_ref()
+                        ),
+                    ));
+                }
+                Some(before)
+            }
+            None => None,
+        };
         let when = Fact::NAMES
             .iter()
             .find(|(n, _)| n == k.when.get_ref())
@@ -263,7 +315,9 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         let known = KnownFailure {
             variant,
             kernels_from,
+            kernels_before,
             when,
+            may_pass: k.may_pass.unwrap_or(false),
             reason: k.reason.into_inner(),
         };
         if known_failures
@@ -358,7 +412,18 @@ mod tests {
         );
         assert_eq!(
             err(&KNOWN.replace("no-irq-remapping", "no-ir")),
-            "m/matrix.toml:4:8: unknown fact \"no-ir\" (known: no-irq-remapping)"
+            "m/matrix.toml:4:8: unknown fact \"no-ir\" (known: no-irq-remapping, irqfd-deassign)"
+        );
+        assert_eq!(
+            err(&KNOWN.replace("when", "kernels-before = \"7.3\"\nwhen")),
+            "m/matrix.toml:4:18: kernels-before \"7.3\" is not after kernels-from \"7.3\""
+        );
+        assert_eq!(
+            err(&KNOWN.replace("when", "kernels-before = \"8\"\nwhen")),
+            "m/matrix.toml:4:18: kernels-before \"8\": expected MAJOR.MINOR, e.g. 7.3"
+        );
+        assert!(
+            err(&KNOWN.replace("when", "may-pass = \"yes\"\nwhen")).starts_with("m/matrix.toml:4:")
         );
         assert_eq!(
             err(&KNOWN.replace("\"why\"", "\" \"")),

@@ -272,18 +272,27 @@ impl CellResult {
         variant: &str,
         release: Option<&str>,
         platform: Option<&wire::Platform>,
-        has_devices: bool,
+        scenario: file::ScenarioFacts,
     ) -> (CellResult, Option<String>) {
         let Some(k) = known
             .iter()
-            .find(|k| k.covers(variant, release) && k.when.can_affect(has_devices))
+            .find(|k| k.covers(variant, release) && k.when.can_affect(scenario))
         else {
             return (self, None);
         };
         let fact = match k.when {
             file::Fact::NoIrqRemapping => platform.is_some_and(|p| p.irq_remapping.is_none()),
+            // can_affect: the scenario does
+            file::Fact::IrqfdDeassign => true,
         };
         match self {
+            r if r.passed() && k.may_pass => (
+                r,
+                Some(format!(
+                    "passed; a known failure shows in some runs only: {}",
+                    k.reason
+                )),
+            ),
             r if r.passed() => (
                 CellResult::UnexpectedPass,
                 Some(format!(
@@ -1067,7 +1076,7 @@ async fn run_unit(
             variant.name,
             kernel.release.as_deref(),
             judged.report.as_ref().map(|r| &r.platform),
-            !scenario.devices.is_empty(),
+            file::ScenarioFacts::of(scenario),
         );
         judged.detail.extend(known);
         let seconds = outcome
@@ -1263,6 +1272,15 @@ async fn bench(
 mod tests {
     use super::*;
 
+    const DEVICE: file::ScenarioFacts = file::ScenarioFacts {
+        has_devices: true,
+        deassigns_irqfd: false,
+    };
+    const NO_DEVICE: file::ScenarioFacts = file::ScenarioFacts {
+        has_devices: false,
+        deassigns_irqfd: false,
+    };
+
     fn known() -> Vec<file::KnownFailure> {
         let text = "[[known-failure]]\nvariant = \"amd-ir\"\nkernels-from = \"7.3\"\nwhen = \"no-irq-remapping\"\nreason = \"no SB IO-APIC\"\n";
         file::parse(Path::new("matrix.toml"), text)
@@ -1352,7 +1370,7 @@ mod tests {
         let pass = CellResult::Judged(Verdict::Pass);
         let r73 = Some("7.3.4+deb13-amd64");
 
-        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&no_ir), true);
+        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&no_ir), DEVICE);
         assert_eq!(r, CellResult::KnownFailure(Verdict::Broken));
         assert_eq!(
             why.unwrap(),
@@ -1362,7 +1380,7 @@ mod tests {
         assert_eq!(r.label(), "xfail");
 
         // a pass where the entry expects a failure is a failure
-        let (r, why) = pass.with_known(&k, "amd-ir", r73, Some(&ir), true);
+        let (r, why) = pass.with_known(&k, "amd-ir", r73, Some(&ir), DEVICE);
         assert_eq!(r, CellResult::UnexpectedPass);
         assert!(
             !r.expected()
@@ -1372,41 +1390,90 @@ mod tests {
         );
 
         // failing with interrupt remapping on is another failure
-        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&ir), true);
+        let (r, why) = broken.with_known(&k, "amd-ir", r73, Some(&ir), DEVICE);
         assert_eq!(r, broken);
         assert!(!r.expected() && why.unwrap().starts_with("not the known failure"));
         // so is failing without facts (no report)
-        assert_eq!(broken.with_known(&k, "amd-ir", r73, None, true).0, broken);
+        assert_eq!(broken.with_known(&k, "amd-ir", r73, None, DEVICE).0, broken);
 
         // other kernels and variants are not covered
         assert_eq!(
-            broken.with_known(&k, "amd-ir", Some("7.2.13+deb14-amd64"), Some(&no_ir), true),
+            broken.with_known(
+                &k,
+                "amd-ir",
+                Some("7.2.13+deb14-amd64"),
+                Some(&no_ir),
+                DEVICE
+            ),
             (broken, None)
         );
         assert_eq!(
-            broken.with_known(&k, "amd-ir-patched", r73, Some(&no_ir), true),
+            broken.with_known(&k, "amd-ir-patched", r73, Some(&no_ir), DEVICE),
             (broken, None)
         );
         // cells that never ran stay errors
         let no_boot = CellResult::Judged(Verdict::NoBoot);
         assert_eq!(
-            no_boot.with_known(&k, "amd-ir", r73, Some(&no_ir), true),
+            no_boot.with_known(&k, "amd-ir", r73, Some(&no_ir), DEVICE),
             (no_boot, None)
         );
         assert_eq!(
-            CellResult::Error.with_known(&k, "amd-ir", r73, None, true),
+            CellResult::Error.with_known(&k, "amd-ir", r73, None, DEVICE),
             (CellResult::Error, None)
         );
         // a scenario with no device (edu-l2-ipi) does not need interrupt
         // remapping: it passes as a plain pass, and fails as a plain failure
         // (measured: edu-l2-ipi was XPASS on amd-ir with 7.3 before)
         assert_eq!(
-            pass.with_known(&k, "amd-ir", r73, Some(&no_ir), false),
+            pass.with_known(&k, "amd-ir", r73, Some(&no_ir), NO_DEVICE),
             (pass, None)
         );
         assert_eq!(
-            broken.with_known(&k, "amd-ir", r73, Some(&no_ir), false),
+            broken.with_known(&k, "amd-ir", r73, Some(&no_ir), NO_DEVICE),
             (broken, None)
         );
+    }
+
+    /// CVE-2026-23198 on 6.17: a race, so a pass is a pass; only scenarios
+    /// that deassign an irqfd, only up to 6.18.
+    #[test]
+    fn a_known_race_covers_scenarios_that_deassign_and_may_pass() {
+        let text = "[[known-failure]]\nvariant = \"amd-avic\"\nkernels-from = \"6.17\"\nkernels-before = \"6.18\"\nwhen = \"irqfd-deassign\"\nmay-pass = true\nreason = \"CVE\"\n";
+        let k = file::parse(Path::new("matrix.toml"), text)
+            .unwrap()
+            .known_failures;
+        let deassigns = file::ScenarioFacts {
+            has_devices: true,
+            deassigns_irqfd: true,
+        };
+        let platform = wire::Platform::default();
+        let r617 = Some("6.17.13+deb13-amd64");
+        let broken = CellResult::Judged(Verdict::Broken);
+        let check = CellResult::Judged(Verdict::ChecksFailed);
+        let pass = CellResult::Judged(Verdict::Pass);
+
+        let (r, why) = broken.with_known(&k, "amd-avic", r617, Some(&platform), deassigns);
+        assert_eq!(r, CellResult::KnownFailure(Verdict::Broken));
+        assert_eq!(why.unwrap(), "known failure (irqfd-deassign): CVE");
+        let (r, _) = check.with_known(&k, "amd-avic", r617, Some(&platform), deassigns);
+        assert_eq!(r, CellResult::KnownFailure(Verdict::ChecksFailed));
+        // the race not hit: a pass, said so
+        let (r, why) = pass.with_known(&k, "amd-avic", r617, Some(&platform), deassigns);
+        assert_eq!(r, pass);
+        assert!(why
+            .unwrap()
+            .starts_with("passed; a known failure shows in some runs only"));
+        // a scenario that deassigns nothing fails as itself
+        assert_eq!(
+            broken.with_known(&k, "amd-avic", r617, Some(&platform), DEVICE),
+            (broken, None)
+        );
+        // 6.18 and 6.16 are not covered
+        for release in ["6.18.12+deb13-amd64", "6.16.12+deb13-amd64"] {
+            assert_eq!(
+                broken.with_known(&k, "amd-avic", Some(release), Some(&platform), deassigns),
+                (broken, None)
+            );
+        }
     }
 }
