@@ -1,7 +1,7 @@
 //! QEMU command lines, built by small pure functions, and the process that
 //! owns a running QEMU. Dropping a [`QemuProcess`] kills and reaps QEMU, and
-//! QEMU also dies with the testbed (PR_SET_PDEATHSIG), so no path leaves one
-//! behind.
+//! QEMU also dies with the testbed (PR_SET_PDEATHSIG, spawned from a thread
+//! that lasts as long as the testbed), so no path leaves one behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -399,6 +399,50 @@ fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| (*w).to_owned()).collect()
 }
 
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Spawns `cmd` from a thread that lives as long as the testbed.
+///
+/// PR_SET_PDEATHSIG fires when the parent *thread* ends, not the process
+/// (prctl(2)), and tokio's threads come and go: a worker that ran
+/// `block_in_place` can end up in the blocking pool, which lets an idle
+/// thread go after 10 s. A QEMU spawned from such a thread got SIGKILL in
+/// the middle of a long scenario: "qemu exited unexpectedly (killed by
+/// signal 9) during step 6 (fire)" in edu-posted-stress on amd-avic, in 2
+/// of 5 matrix runs on 2026-12-06 (one 97-cell run, one 388-cell run).
+fn spawn_from_a_lasting_thread(
+    mut cmd: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<SpawnJob>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("qemu-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawning the QEMU spawner thread");
+        std::sync::Mutex::new(tx)
+    });
+    // tokio's Command registers the child with the runtime it runs in
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: SpawnJob = Box::new(move || {
+        let _entered = runtime.enter();
+        let _ = tx.send(cmd.spawn());
+    });
+    spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("the QEMU spawner's lock is poisoned"))?
+        .send(job)
+        .map_err(|_| std::io::Error::other("the QEMU spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the QEMU spawner thread dropped the request"))?
+}
+
 /// A running QEMU. Dropping it kills and reaps the process.
 pub struct QemuProcess {
     child: tokio::process::Child,
@@ -426,7 +470,7 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn()?;
+        let child = spawn_from_a_lasting_thread(cmd)?;
         let pid = child.id().unwrap_or(0);
         Ok(QemuProcess { child, pid })
     }
@@ -477,6 +521,59 @@ pub fn describe_exit(status: ExitStatus) -> String {
 mod tests {
     use super::*;
     use crate::variant;
+
+    /// A child spawned with PR_SET_PDEATHSIG from a tokio blocking-pool
+    /// thread dies when that thread goes idle and ends; one spawned through
+    /// [`QemuProcess::spawn`] outlives it. `sleep` stands in for QEMU.
+    #[test]
+    fn qemu_outlives_the_thread_that_asked_for_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_keep_alive(Duration::from_millis(20))
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        rt.block_on(async {
+            // as before: spawned on the thread that asked
+            let mut direct = tokio::task::spawn_blocking(|| {
+                let mut cmd = tokio::process::Command::new("sleep");
+                cmd.arg("30");
+                // SAFETY: as in QemuProcess::spawn
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                cmd.kill_on_drop(true).spawn().unwrap()
+            })
+            .await
+            .unwrap();
+            let mut qemu = {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || {
+                    QemuProcess::spawn(Path::new("sleep"), &["30".into()], &log).unwrap()
+                })
+                .await
+                .unwrap()
+            };
+            // the blocking thread ends after 20 ms idle
+            let status = tokio::time::timeout(Duration::from_secs(10), direct.wait())
+                .await
+                .expect("the directly spawned child outlived its thread")
+                .unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGKILL));
+            // and the thread that asked for QEMU has ended by now too
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                matches!(qemu.child.try_wait(), Ok(None)),
+                "QEMU died with its thread"
+            );
+        });
+    }
 
     fn config(variant: &str) -> BootConfig {
         BootConfig {
