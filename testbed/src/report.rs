@@ -261,7 +261,8 @@ impl Report {
                     if let Some(e) = &r.error {
                         let _ = writeln!(out, "  {:width$}   failed: {}", "", normalize(e));
                     }
-                    let (shown, vmm_irqfds) = l2::shown_events(&r.bypass, &l2_names);
+                    let (shown, vmm_irqfds) =
+                        l2::shown_events(&r.bypass, &l2_names, s.l2_has_vdpa());
                     for ev in shown {
                         let _ = writeln!(out, "  {:width$}   {}", "", self.event_line(ev));
                     }
@@ -931,9 +932,14 @@ pub fn step_line(step: &Step) -> String {
         Step::L2Traffic {
             l2,
             from,
-            to,
+            to: Some(to),
             frames,
-        } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        } if to != from => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        Step::L2Traffic {
+            l2, from, frames, ..
+        } => {
+            format!("l2-traffic {l2} {from} -> itself (looped back) x{frames}")
+        }
         Step::L2Link { l2, device, flaps } => {
             format!("l2-link {l2} {device} down and up x{flaps}")
         }

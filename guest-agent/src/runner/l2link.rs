@@ -10,7 +10,6 @@ use super::nested::l2_vectors;
 use super::{JobState, Recv, Runner};
 use crate::nested::L2Linux;
 use crate::say;
-use crate::trace::KEvent;
 
 /// What the L2 agent said once the link was as asked.
 struct LinkState {
@@ -128,11 +127,8 @@ impl Runner {
         let posted_after =
             self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
         self.poll_trace();
-        let injected = self
-            .acc
-            .iter()
-            .filter(|r| matches!(r.event, KEvent::Msi { .. }))
-            .count() as u64;
+        let msis = super::nested::injected_vectors(&self.acc);
+        let injected = msis.len() as u64;
         let vectors = l2_vectors(
             st,
             &devices,
@@ -140,6 +136,7 @@ impl Runner {
             &l1_after,
             &first.interrupts,
             &last.interrupts,
+            &msis,
         )?;
         say!(
             "{l2}: {device} link changed {changes} times in {} ms, its link vector in L2 {} -> {}; {}",
