@@ -143,7 +143,8 @@ impl Child {
 /// its posix_spawn path is never taken (its libc checks are weak symbols,
 /// which static binaries lack), and its fork path needs an AF_UNIX
 /// socketpair, which a kernel without CONFIG_UNIX (the testbed's built
-/// kernels) refuses with EAFNOSUPPORT.
+/// kernels had none before kernel-config/nested.config) refuses with
+/// EAFNOSUPPORT.
 fn spawn(
     program: &str,
     args: &[String],

@@ -84,12 +84,11 @@ pub fn main(queues: u32) -> ! {
                 };
                 send(&mut port, &msg);
             }
-            L2Command::Counts => send(
-                &mut port,
-                &L2Message::Counts {
-                    interrupts: read_irqs(),
-                },
-            ),
+            L2Command::Counts => {
+                let mut interrupts = read_irqs();
+                add_apic_vectors(&mut interrupts);
+                send(&mut port, &L2Message::Counts { interrupts });
+            }
             L2Command::Poweroff => {
                 // The L2 boots with acpi=off (ACPI costs it about 2 s of its
                 // boot under nested TCG), so it cannot power off: it resets,
@@ -144,16 +143,12 @@ fn bring_up(queues: u32) -> Result<Vec<L2Nic>, String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let sock = Socket::new(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let sock = Socket::control()?;
     for ifname in names {
         let base = Path::new("/sys/class/net").join(&ifname);
-        let Ok(dev) = std::fs::read_link(base.join("device")) else {
+        let Some(bdf) = pci_bdf_of(&base) else {
             continue;
         };
-        let bdf = dev
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let driver = std::fs::read_link(base.join("device/driver"))
             .ok()
             .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
@@ -194,6 +189,20 @@ fn bring_up(queues: u32) -> Result<Vec<L2Nic>, String> {
     Ok(nics)
 }
 
+/// The PCI address behind a network interface (`/sys/class/net/<if>`):
+/// its device, or for a virtio NIC the PCI function its virtio device
+/// sits on (`.../0000:00:10.0/virtio0`).
+fn pci_bdf_of(base: &Path) -> Option<String> {
+    let dev = std::fs::canonicalize(base.join("device")).ok()?;
+    let name = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned());
+    let own = name(&dev)?;
+    if own.starts_with("virtio") {
+        dev.parent().and_then(name)
+    } else {
+        Some(own)
+    }
+}
+
 /// A NIC hot-plugged at `bdf`: wait for its driver's interface, set its
 /// queues, bring it up, wait for carrier.
 fn bring_up_one(bdf: &str, queues: u32) -> Result<L2Nic, String> {
@@ -207,11 +216,15 @@ fn bring_up_one(bdf: &str, queues: u32) -> Result<L2Nic, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    let driver = std::fs::read_link(Path::new("/sys/bus/pci/devices").join(bdf).join("driver"))
-        .ok()
-        .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    let sock = Socket::new(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let driver = std::fs::read_link(
+        Path::new("/sys/class/net")
+            .join(&ifname)
+            .join("device/driver"),
+    )
+    .ok()
+    .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+    .unwrap_or_default();
+    let sock = Socket::control()?;
     let got = set_channels(&sock, &ifname, queues)?;
     set_up(&sock, &ifname)?;
     let t0 = Instant::now();
@@ -240,6 +253,14 @@ impl Socket {
             return Err(crate::sys::last_err("socket"));
         }
         Ok(Socket(fd))
+    }
+
+    /// A socket for interface ioctls (SIOCETHTOOL, SIOC[GS]IFFLAGS):
+    /// AF_INET, or a packet socket on a kernel without INET (the testbed's
+    /// built kernels); both hand these to dev_ioctl.
+    fn control() -> Result<Socket, String> {
+        Socket::new(libc::AF_INET, libc::SOCK_DGRAM, 0)
+            .or_else(|_| Socket::new(libc::AF_PACKET, libc::SOCK_DGRAM, 0))
     }
 }
 
@@ -357,13 +378,25 @@ pub fn parse_irqs(text: &str) -> Vec<L2Irq> {
             index,
             name: toks[ncpu + 3..].join(" "),
             count,
+            apic_vector: None,
         });
     }
     out
 }
 
 pub(crate) fn ifname_of(bdf: &str) -> Result<String, String> {
-    let dir = Path::new("/sys/bus/pci/devices").join(bdf).join("net");
+    let pci = Path::new("/sys/bus/pci/devices").join(bdf);
+    let mut dir = pci.join("net");
+    if !dir.exists() {
+        // a virtio NIC: the interface is under the function's virtio device
+        if let Some(v) = std::fs::read_dir(&pci).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with("virtio"))
+        }) {
+            dir = pci.join(v).join("net");
+        }
+    }
     std::fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e} (no network interface on {bdf})", dir.display()))?
         .filter_map(|e| e.ok())
@@ -468,7 +501,13 @@ fn drain(rx: &Socket, buf: &mut [u8]) -> u64 {
 
 fn traffic(from: &str, to: &str, frames: u32) -> Result<L2Message, String> {
     let (from_if, to_if) = (ifname_of(from)?, ifname_of(to)?);
-    let (src, dst) = (mac(&from_if)?, mac(&to_if)?);
+    // a device that loops frames back (vdpa_sim_net) sends to itself:
+    // broadcast, which its receive filter takes whatever MAC it has
+    let (src, dst) = if from == to {
+        (mac(&from_if)?, [0xff; 6])
+    } else {
+        (mac(&from_if)?, mac(&to_if)?)
+    };
     let rx = packet_socket(&to_if, ETH_P_IP)?;
     let tx = packet_socket(&from_if, 0)?;
     let mut buf = vec![0u8; 2048];
@@ -513,6 +552,98 @@ fn traffic(from: &str, to: &str, frames: u32) -> Result<L2Message, String> {
     Ok(L2Message::Traffic { sent, received })
 }
 
+/// Each MSI-X line's APIC vector, from its device's MSI-X table (where
+/// it can be read: the function's config space and BAR through sysfs).
+pub fn add_apic_vectors(irqs: &mut [L2Irq]) {
+    let mut tables: BTreeMap<String, Option<Vec<u32>>> = BTreeMap::new();
+    for irq in irqs.iter_mut() {
+        let data = tables
+            .entry(irq.bdf.clone())
+            .or_insert_with(|| match msix_data(&irq.bdf) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    say!("L2: {}: MSI-X table not read: {e}", irq.bdf);
+                    None
+                }
+            });
+        irq.apic_vector = data
+            .as_ref()
+            .and_then(|d| d.get(irq.index as usize))
+            .map(|d| (d & 0xff) as u8);
+    }
+}
+
+/// Where a function's MSI-X table is: (BAR, offset, entries), from its
+/// config space (PCI 3.0 6.8.2: capability 0x11; message control's table
+/// size minus one in bits 0..=10; table offset and BIR).
+pub fn msix_table(config: &[u8]) -> Option<(usize, usize, usize)> {
+    let r16 = |o: usize| {
+        config
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let r32 = |o: usize| {
+        config
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if r16(6)? & 0x10 == 0 {
+        return None; // no capability list
+    }
+    let mut ptr = usize::from(*config.get(0x34)? & 0xfc);
+    for _ in 0..48 {
+        if ptr == 0 {
+            return None;
+        }
+        if *config.get(ptr)? == 0x11 {
+            let entries = usize::from(r16(ptr + 2)? & 0x7ff) + 1;
+            let t = r32(ptr + 4)?;
+            return Some(((t & 7) as usize, (t & !7) as usize, entries));
+        }
+        ptr = usize::from(*config.get(ptr + 1)? & 0xfc);
+    }
+    None
+}
+
+/// The message data of every MSI-X table entry of `bdf`.
+fn msix_data(bdf: &str) -> Result<Vec<u32>, String> {
+    let dir = Path::new("/sys/bus/pci/devices").join(bdf);
+    let config = std::fs::read(dir.join("config")).map_err(|e| format!("config: {e}"))?;
+    let (bar, offset, entries) = msix_table(&config).ok_or("no MSI-X capability")?;
+    let path = dir.join(format!("resource{bar}"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let start = offset & !0xfff;
+    let len = (offset - start + 16 * entries).next_multiple_of(4096);
+    // SAFETY: a shared read-only mapping of the BAR's pages, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::unix::io::AsRawFd::as_raw_fd(&file),
+            start as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(crate::sys::last_err(&format!("mmap {}", path.display())));
+    }
+    let base = p.cast::<u8>();
+    let data = (0..entries)
+        .map(|i| {
+            // SAFETY: inside the mapping; MMIO, read as one aligned u32.
+            unsafe { std::ptr::read_volatile(base.add(offset - start + 16 * i + 8).cast::<u32>()) }
+        })
+        .collect();
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(p, len) };
+    Ok(data)
+}
+
 /// Per (bdf, index) delta between two readings.
 pub fn deltas(before: &[L2Irq], after: &[L2Irq]) -> BTreeMap<(String, u32), (String, u64)> {
     let mut out = BTreeMap::new();
@@ -545,16 +676,33 @@ mod tests {
                     bdf: "0000:00:10.0".into(),
                     index: 0,
                     name: "eth0".into(),
-                    count: 4
+                    count: 4,
+                    apic_vector: None,
                 },
                 L2Irq {
                     bdf: "0000:00:10.0".into(),
                     index: 1,
                     name: "eth0-TxRx-0".into(),
-                    count: 12
+                    count: 12,
+                    apic_vector: None,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_msix_table_is_found_through_the_capability_list() {
+        let mut c = vec![0u8; 256];
+        c[6] = 0x10; // status: capability list
+        c[0x34] = 0x40;
+        c[0x40] = 0x09; // vendor-specific, next 0x98
+        c[0x41] = 0x98;
+        c[0x98] = 0x11; // MSI-X, 4 entries, table in BAR 1 at 0x2000
+        c[0x9a] = 3;
+        c[0x9c..0xa0].copy_from_slice(&0x2001u32.to_le_bytes());
+        assert_eq!(msix_table(&c), Some((1, 0x2000, 4)));
+        c[6] = 0;
+        assert_eq!(msix_table(&c), None);
     }
 
     #[test]

@@ -44,8 +44,11 @@ pub struct L2Linux {
     /// Combined queues per NIC, as asked at start-l2.
     pub queues: u32,
     pub console: PathBuf,
-    /// (scenario device, L1 address, L2 address)
+    /// (scenario device, L1 address or vhost-vdpa node, L2 address)
     pub devices: Vec<(String, String, String)>,
+    /// vDPA devices the VMM opened, held only to be deleted after it is
+    /// gone (fields drop after `Drop::drop` killed and reaped it).
+    _vdpa: Vec<crate::vdpa::VhostNode>,
 }
 
 /// The L2 address of the i-th assigned device.
@@ -58,12 +61,32 @@ pub fn l2_addr(i: usize) -> String {
     format!("{:#x}.0", FIRST_SLOT + i as u32)
 }
 
-/// The VMM's command line. `devices`: (scenario name, L1 address); the
-/// name is the QEMU device id. `hotplug`: the L2 keeps ACPI, which PCI
-/// hotplug on the `pc` machine needs.
+/// How a device reaches the L2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L2Backing {
+    /// A PCI function of L1 bound to vfio-pci: `-device vfio-pci,host=`.
+    Vfio { bdf: String },
+    /// A vDPA device bound to vhost_vdpa: its node, opened by the VMM
+    /// (`-netdev type=vhost-vdpa`) behind a `virtio-net-pci` in L2.
+    VhostVdpa { node: String },
+}
+
+impl L2Backing {
+    /// What L1 knows the device by: the PCI address, or the node.
+    pub fn l1_name(&self) -> &str {
+        match self {
+            L2Backing::Vfio { bdf } => bdf,
+            L2Backing::VhostVdpa { node } => node,
+        }
+    }
+}
+
+/// The VMM's command line. `devices`: (scenario name, how it reaches the
+/// L2); the name is the QEMU device id. `hotplug`: the L2 keeps ACPI,
+/// which PCI hotplug on the `pc` machine needs.
 pub fn vmm_args(
     name: &str,
-    devices: &[(String, String)],
+    devices: &[(String, L2Backing)],
     queues: u32,
     append: Option<&str>,
     hotplug: bool,
@@ -78,11 +101,21 @@ pub fn vmm_args(
         cmdline.push(' ');
         cmdline.push_str(a);
     }
+    let vdpa = devices
+        .iter()
+        .any(|(_, b)| matches!(b, L2Backing::VhostVdpa { .. }));
     let mut args: Vec<String> = [
         "-L",
         FIRMWARE,
         "-machine",
-        "pc,accel=kvm",
+        // vhost-vdpa maps the L2's memory for its parent; vdpa_sim works on
+        // L1's virtual addresses (use_va), and vhost_vdpa_va_map takes only
+        // shared file-backed memory: anonymous guest RAM would be skipped
+        if vdpa {
+            "pc,accel=kvm,memory-backend=l2mem"
+        } else {
+            "pc,accel=kvm"
+        },
         "-cpu",
         "host",
         "-smp",
@@ -106,23 +139,38 @@ pub fn vmm_args(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend([
-        "-m".into(),
-        format!("{L2_MEMORY_MIB}M"),
-        "-append".into(),
-        cmdline,
-    ]);
+    args.extend(["-m".into(), format!("{L2_MEMORY_MIB}M")]);
+    if vdpa {
+        args.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=l2mem,size={L2_MEMORY_MIB}M,share=on"),
+        ]);
+    }
+    args.extend(["-append".into(), cmdline]);
     args.extend([
         "-serial".into(),
         format!("file:{}", console_path(name).display()),
         "-serial".into(),
         "stdio".into(),
     ]);
-    for (i, (id, bdf)) in devices.iter().enumerate() {
-        args.extend([
-            "-device".into(),
-            format!("vfio-pci,host={bdf},id={id},addr={},rombar=0", l2_addr(i)),
-        ]);
+    for (i, (id, backing)) in devices.iter().enumerate() {
+        match backing {
+            L2Backing::Vfio { bdf } => args.extend([
+                "-device".into(),
+                format!("vfio-pci,host={bdf},id={id},addr={},rombar=0", l2_addr(i)),
+            ]),
+            // no option ROM (the boot carries none); MSI-X: a vector per
+            // virtqueue plus the configuration vector (QEMU's default)
+            L2Backing::VhostVdpa { node } => args.extend([
+                "-netdev".into(),
+                format!("type=vhost-vdpa,vhostdev={node},id=net-{id}"),
+                "-device".into(),
+                format!(
+                    "virtio-net-pci,netdev=net-{id},id={id},addr={},romfile=",
+                    l2_addr(i)
+                ),
+            ]),
+        }
     }
     args.extend(crate::l2ctl::qmp_args(name));
     args
@@ -150,12 +198,13 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 impl L2Linux {
-    /// Start the VMM with `devices` (scenario name, L1 address: already
-    /// bound to vfio-pci) and wait for the L2's ready message, calling
+    /// Start the VMM with `devices` (scenario name, and a PCI function
+    /// already bound to vfio-pci or a vDPA device's node among `vdpa`) and wait for the L2's ready message, calling
     /// `tick` every 100 ms meanwhile.
     pub fn start(
         name: &str,
-        devices: &[(String, String)],
+        devices: &[(String, L2Backing)],
+        vdpa: Vec<crate::vdpa::VhostNode>,
         queues: u32,
         append: Option<&str>,
         hotplug: bool,
@@ -218,8 +267,9 @@ impl L2Linux {
             devices: devices
                 .iter()
                 .enumerate()
-                .map(|(i, (n, b))| (n.clone(), b.clone(), l2_bdf(i)))
+                .map(|(i, (n, b))| (n.clone(), b.l1_name().to_string(), l2_bdf(i)))
                 .collect(),
+            _vdpa: vdpa,
         };
         let ready = l2.next_message(BOOT_TIMEOUT, tick, &stderr_path)?;
         let took = t0.elapsed();

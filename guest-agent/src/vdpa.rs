@@ -318,23 +318,100 @@ fn vhost_node(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Create vDPA device `name` on the management device `mgmt` (on `bus`,
+/// e.g. `pci`, for a PCI management device).
+fn create(name: &str, bus: Option<&str>, mgmt: &str) -> Result<(), String> {
+    let mut nl = Genl::open()?;
+    let family = nl.family(VDPA_GENL_NAME)?;
+    let mut req = Request::new(family, VDPA_CMD_DEV_NEW, VDPA_GENL_VERSION);
+    if let Some(bus) = bus {
+        req = req.string(VDPA_ATTR_MGMTDEV_BUS_NAME, bus);
+    }
+    req = req
+        .string(VDPA_ATTR_MGMTDEV_DEV_NAME, mgmt)
+        .string(VDPA_ATTR_DEV_NAME, name);
+    let what = match bus {
+        Some(b) => format!("VDPA_CMD_DEV_NEW {name} on {b}/{mgmt}"),
+        None => format!("VDPA_CMD_DEV_NEW {name} on {mgmt}"),
+    };
+    nl.command(&what, req)
+}
+
+/// Delete vDPA device `name`; a failure is only said.
+fn delete(name: &str) {
+    let del = Genl::open().and_then(|mut nl| {
+        let family = nl.family(VDPA_GENL_NAME)?;
+        let req = Request::new(family, VDPA_CMD_DEV_DEL, VDPA_GENL_VERSION)
+            .string(VDPA_ATTR_DEV_NAME, name);
+        nl.command(&format!("VDPA_CMD_DEV_DEL {name}"), req)
+    });
+    if let Err(e) = del {
+        crate::say!("{name}: {e}");
+    }
+}
+
+/// The modules of `spec` that are not loaded, as the error a scenario gets.
+fn check_modules(spec: &VdpaSpec) -> Result<(), String> {
+    let missing: Vec<&str> = spec
+        .modules
+        .iter()
+        .copied()
+        .filter(|m| !is_loaded(m))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "module {} not loaded: this kernel has no such vDPA support (Debian's kernels lack vdpa_sim and vp_vdpa; use a kernel the testbed builds, --kernel git:...)",
+        missing.join(", ")
+    ))
+}
+
+/// A vDPA device bound to vhost_vdpa that the agent does not open: a VMM
+/// in L1 (the L2's QEMU, `-netdev type=vhost-vdpa`) opens its node.
+/// Dropping deletes the vDPA device, so drop it only after the VMM is gone.
+pub struct VhostNode {
+    pub name: String,
+    /// `/dev/vhost-vdpa-N`.
+    pub node: PathBuf,
+}
+
+impl VhostNode {
+    /// Create vDPA device `name` on a named management device
+    /// (`vdpasim_net`) and wait for its vhost-vdpa node.
+    pub fn create(name: &str, spec: &'static VdpaSpec) -> Result<VhostNode, String> {
+        check_modules(spec)?;
+        let Mgmtdev::Named(mgmt) = spec.mgmtdev else {
+            return Err(format!(
+                "{name}: only a vDPA device on a named management device (vdpasim_net) can be given to an L2"
+            ));
+        };
+        create(name, None, mgmt)?;
+        match vhost_node(name) {
+            Ok(node) => Ok(VhostNode {
+                name: name.to_string(),
+                node,
+            }),
+            Err(e) => {
+                delete(name);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for VhostNode {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
 impl VdpaDevice {
     /// Create the vDPA device `name` (on PCI function `bdf` for a PCI
     /// management device), open it through vhost-vdpa and set up every
     /// virtqueue of `spec` up to FEATURES_OK (no call eventfds).
     pub fn open(name: &str, bdf: &str, spec: &'static VdpaSpec) -> Result<VdpaDevice, String> {
-        let missing: Vec<&str> = spec
-            .modules
-            .iter()
-            .copied()
-            .filter(|m| !is_loaded(m))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "module {} not loaded: this kernel has no such vDPA support (Debian's kernels lack vdpa_sim and vp_vdpa; use a kernel the testbed builds, --kernel git:...)",
-                missing.join(", ")
-            ));
-        }
+        check_modules(spec)?;
         let len = VQ_STRIDE * spec.vqs.len();
         let mut dev = VdpaDevice {
             name: name.to_string(),
@@ -360,20 +437,7 @@ impl VdpaDevice {
                 (Some("pci"), bdf.to_string())
             }
         };
-        let mut nl = Genl::open()?;
-        let family = nl.family(VDPA_GENL_NAME)?;
-        let mut req = Request::new(family, VDPA_CMD_DEV_NEW, VDPA_GENL_VERSION);
-        if let Some(bus) = bus {
-            req = req.string(VDPA_ATTR_MGMTDEV_BUS_NAME, bus);
-        }
-        req = req
-            .string(VDPA_ATTR_MGMTDEV_DEV_NAME, &mgmt)
-            .string(VDPA_ATTR_DEV_NAME, name);
-        let what = match bus {
-            Some(b) => format!("VDPA_CMD_DEV_NEW {name} on {b}/{mgmt}"),
-            None => format!("VDPA_CMD_DEV_NEW {name} on {mgmt}"),
-        };
-        nl.command(&what, req)?;
+        create(name, bus, &mgmt)?;
         dev.created = true;
         let node = vhost_node(name)?;
         dev.fd = Some(
@@ -670,15 +734,7 @@ impl Drop for VdpaDevice {
         // closing resets the device: producers unregister, IRQs are freed
         drop(self.fd.take());
         if self.created {
-            let del = Genl::open().and_then(|mut nl| {
-                let family = nl.family(VDPA_GENL_NAME)?;
-                let req = Request::new(family, VDPA_CMD_DEV_DEL, VDPA_GENL_VERSION)
-                    .string(VDPA_ATTR_DEV_NAME, &self.name);
-                nl.command(&format!("VDPA_CMD_DEV_DEL {}", self.name), req)
-            });
-            if let Err(e) = del {
-                crate::say!("{}: {e}", self.name);
-            }
+            delete(&self.name);
         }
         if let Some((bdf, had)) = self.pci_taken.take() {
             if let Err(e) = restore_pci(&bdf, had.as_deref()) {

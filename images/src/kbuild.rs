@@ -66,6 +66,10 @@ pub const CONFIG_FRAGMENTS: &[(&str, &str)] = &[
         "pcie-hotplug.config",
         include_str!("../../kernel-config/pcie-hotplug.config"),
     ),
+    (
+        "nested.config",
+        include_str!("../../kernel-config/nested.config"),
+    ),
 ];
 
 /// Fragments for options that only newer trees have, merged after

@@ -113,13 +113,17 @@ impl QemuBuildSpec {
 /// firmware; `--firmwarepath`: the system's firmware directories (as
 /// Debian's own build), so qtests run from the build directory find
 /// SeaBIOS too, not only boots given `-L`. No debug info: the entry stays
-/// small and the build faster.
+/// small and the build faster. vhost-vdpa and vhost-net: the same binary is
+/// the VMM of an L2 in L1, which opens a vDPA device with `-netdev
+/// type=vhost-vdpa` (built-kernel/vdpa-sim-l2.toml).
 pub fn default_configure_args() -> Vec<String> {
     [
         "--target-list=x86_64-softmmu",
         "--without-default-features",
         "--enable-tcg",
         "--enable-kvm",
+        "--enable-vhost-vdpa",
+        "--enable-vhost-net",
         "--enable-fdt=system",
         "--disable-install-blobs",
         &format!("--firmwarepath={}", FIRMWARE_DIRS.join(":")),
@@ -1263,8 +1267,9 @@ mod tests {
             "dirty diff counts"
         );
         // entries already in caches stay valid: the key of a given input
-        // never changes (bump QEMU_FORMAT_VERSION when it must)
-        assert_eq!(&build_key(&src, &[p1], &args)[..16], "5948049793cec235");
+        // never changes (bump QEMU_FORMAT_VERSION when it must); the
+        // default arguments are part of the input (vhost-vdpa changed it)
+        assert_eq!(&build_key(&src, &[p1], &args)[..16], "ab90697840edf846");
     }
 
     #[test]

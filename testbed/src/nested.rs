@@ -14,25 +14,36 @@ use crate::run::KernelImages;
 pub const GUEST_L2_KERNEL: &str = "/opt/testbed/l2/kernel";
 pub const GUEST_L2_INITRD: &str = "/opt/testbed/l2/initrd";
 
-/// Modules the L2 loads: the drivers of the NICs an L2 may be given.
-pub const L2_MODULES: &[&str] = &["igb", "e1000e"];
+/// Modules the L2 loads: the drivers of the NICs an L2 may be given,
+/// each where the kernel has it (the testbed's built kernels have neither).
+pub const L2_MODULES: &[&[&str]] = &[&["igb"], &["e1000e"]];
+
+/// What an L2 given a vDPA device also loads: the virtio-net it sees
+/// (`virtio_pci`, a module in Debian's kernels, built in the testbed's).
+pub const L2_VIRTIO_MODULES: &[&[&str]] = &[&["virtio_net"], &["virtio_pci"]];
 
 /// The L2's initramfs, then L1's with the VMM and the L2 inside.
+/// `virtio`: an L2 of the boot is given a vDPA device (a virtio-net in L2).
 pub fn nested_initrd(
     cache: &images::Cache,
     images: &KernelImages,
     vmm: &Path,
     firmware_dirs: &[PathBuf],
+    virtio: bool,
     progress: &mut dyn FnMut(images::Progress),
 ) -> Result<PathBuf, images::ImagesError> {
     let kernel = &images.kernel;
     let busybox = PathBuf::from("/bin/busybox");
+    let mut l2_modules = L2_MODULES.to_vec();
+    if virtio {
+        l2_modules.extend_from_slice(L2_VIRTIO_MODULES);
+    }
     let l2 = images::build_initramfs(
         cache,
         &images::InitramfsSpec {
             kernel,
-            modules: L2_MODULES,
-            optional: &[],
+            modules: &[],
+            optional: &l2_modules,
             agent: &images.agent,
             busybox: &busybox,
             files: &[],

@@ -261,7 +261,8 @@ impl Report {
                     if let Some(e) = &r.error {
                         let _ = writeln!(out, "  {:width$}   failed: {}", "", normalize(e));
                     }
-                    let (shown, vmm_irqfds) = l2::shown_events(&r.bypass, &l2_names);
+                    let (shown, vmm_irqfds) =
+                        l2::shown_events(&r.bypass, &l2_names, s.l2_has_vdpa());
                     for ev in shown {
                         let _ = writeln!(out, "  {:width$}   {}", "", self.event_line(ev));
                     }
@@ -365,7 +366,9 @@ impl Report {
                 {
                     l2link::link_vector_counts(v, changes, l2.posted)
                 }
-                (Some(Step::L2Traffic { to, .. }), _) if l2::is_idle_receive_vector(v, to) => {
+                (Some(Step::L2Traffic { from, to, .. }), _)
+                    if l2::is_idle_receive_vector(v, to.as_deref().unwrap_or(from)) =>
+                {
                     l2::idle_receive_counts(v)
                 }
                 _ => l2_vector_counts(v, l2.posted),
@@ -934,9 +937,14 @@ pub fn step_line(step: &Step) -> String {
         Step::L2Traffic {
             l2,
             from,
-            to,
+            to: Some(to),
             frames,
-        } => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        } if to != from => format!("l2-traffic {l2} {from} -> {to} x{frames}"),
+        Step::L2Traffic {
+            l2, from, frames, ..
+        } => {
+            format!("l2-traffic {l2} {from} -> itself (looped back) x{frames}")
+        }
         Step::L2Link { l2, device, flaps } => {
             format!("l2-link {l2} {device} down and up x{flaps}")
         }

@@ -648,7 +648,15 @@ pub fn boot_config(
         let cache = images::Cache::default_location();
         let t0 = Instant::now();
         let initrd = tokio::task::block_in_place(|| {
-            crate::nested::nested_initrd(&cache, target.images, &vmm, &firmware, &mut |_| {})
+            let virtio = scenarios.iter().any(|s| s.l2_has_vdpa());
+            crate::nested::nested_initrd(
+                &cache,
+                target.images,
+                &vmm,
+                &firmware,
+                virtio,
+                &mut |_| {},
+            )
         })
         .map_err(|e| {
             format!(

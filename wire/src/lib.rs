@@ -524,11 +524,15 @@ pub enum Step {
     /// L0) through a packet socket, and wait for all of them to arrive at
     /// `to`, then for the interrupts to settle. Reports, per MSI-X vector
     /// of the L2's devices, the L1 host IRQ line's count and what L2's
-    /// /proc/interrupts counted.
+    /// /proc/interrupts counted. A device that loops its transmitted
+    /// frames back (vdpa-sim-net, a virtio-net in L2 through vhost-vdpa)
+    /// sends to itself: `to` omitted or equal to `from`; the frames are
+    /// then broadcast, which the simulator's receive filter takes.
     L2Traffic {
         l2: String,
         from: String,
-        to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
         #[serde(default = "one")]
         frames: u32,
     },
@@ -694,6 +698,15 @@ impl Step {
             Step::L2Pause { .. } => "l2-pause",
             Step::KillL2 { .. } => "kill-l2",
             Step::L2Resume { .. } => "l2-resume",
+        }
+    }
+
+    /// An `l2-traffic` step's receiving device: `to`, else `from` (a
+    /// device that loops its frames back). None for other steps.
+    pub fn l2_traffic_to(&self) -> Option<&str> {
+        match self {
+            Step::L2Traffic { from, to, .. } => Some(to.as_deref().unwrap_or(from)),
+            _ => None,
         }
     }
 

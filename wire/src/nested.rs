@@ -16,7 +16,8 @@ pub const L2_MAX_FLAPS: u32 = 50;
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum L2Command {
     /// Send `frames` frames from the NIC at L2 address `from` to the one at
-    /// `to` and wait for them.
+    /// `to` (broadcast when `to` is `from`: a device that loops frames
+    /// back) and wait for them.
     Traffic {
         from: String,
         to: String,
@@ -89,6 +90,11 @@ pub struct L2Irq {
     pub name: String,
     /// Summed over CPUs.
     pub count: u64,
+    /// The APIC vector the entry's MSI message asks for (its data's low
+    /// byte, read from the device's MSI-X table), where the L2 read it:
+    /// KVM's `kvm_msi_set_irq` in L1 names the same vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apic_vector: Option<u8>,
 }
 
 /// What a real L2 did during a step.
@@ -139,4 +145,10 @@ pub struct L2VectorCount {
     pub host_chip: Option<String>,
     /// Delta of the vector's line in L2's /proc/interrupts.
     pub delivered: u64,
+    /// MSIs L1's KVM injected on this vector during the step, counted per
+    /// vector where no L1 host IRQ line precedes them (a vhost-vdpa
+    /// device without per-queue IRQs: its parent signals the call eventfd,
+    /// which is KVM's irqfd). None for a vector with an L1 line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<u64>,
 }

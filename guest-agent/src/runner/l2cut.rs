@@ -70,7 +70,7 @@ impl Runner {
                 .iter()
                 .filter(|r| matches!(r.event, KEvent::Msi { .. }))
                 .count();
-            let vectors = l2_vectors(st, &devices, &l1a, &l1b, &l2r, &l2r)?;
+            let vectors = l2_vectors(st, &devices, &l1a, &l1b, &l2r, &l2r, &[])?;
             let Some(moved) = moved(&vectors, injected) else {
                 crate::say!(
                     "{l2}: counts settled after {tries} reading(s), {} ms",
@@ -91,12 +91,10 @@ impl Runner {
         }
     }
 
-    /// KVM's MSI injections between two cuts.
-    pub(super) fn injected_between(&self, start: &Cut, end: &Cut) -> u64 {
-        self.acc[start.trace..end.trace]
-            .iter()
-            .filter(|r| matches!(r.event, KEvent::Msi { .. }))
-            .count() as u64
+    /// The vectors of KVM's MSI injections between two cuts, one per
+    /// injection.
+    pub(super) fn injected_between(&self, start: &Cut, end: &Cut) -> Vec<u32> {
+        super::nested::injected_vectors(&self.acc[start.trace..end.trace])
     }
 
     fn l2_counts(
@@ -144,6 +142,7 @@ mod tests {
             host_irq,
             host_chip: None,
             delivered,
+            injected: None,
         }
     }
 

@@ -115,8 +115,9 @@ impl Runner {
         let end = self.settled_cut(st, pos, index, send)?;
         let posted_after =
             self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let injected = self.injected_between(&start, &end);
-        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2)?;
+        let msis = self.injected_between(&start, &end);
+        let injected = msis.len() as u64;
+        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2, &msis)?;
         say!(
             "{l2}: {device} link changed {changes} times in {} ms, its link vector in L2 {} -> {}; {}",
             t0.elapsed().as_millis(),

@@ -7,7 +7,9 @@ use wire::{AgentMessage, HostAction, Step};
 
 use super::{JobState, Recv, Runner, StepOut};
 use crate::interrupts::{find_line, normalize_chip, vfio_irq_name};
+use crate::nested::L2Backing;
 use crate::say;
+use crate::trace::KEvent;
 use crate::vfio::bind_vfio_pci;
 
 impl Runner {
@@ -50,7 +52,16 @@ impl Runner {
                 from,
                 to,
                 frames,
-            } => match self.l2_traffic(st, index, l2, from, to, *frames, send, recv) {
+            } => match self.l2_traffic(
+                st,
+                index,
+                l2,
+                from,
+                to.as_deref().unwrap_or(from),
+                *frames,
+                send,
+                recv,
+            ) {
                 Ok(r) => {
                     out.l2_report = Some(Box::new(r));
                     Ok(())
@@ -121,15 +132,37 @@ impl Runner {
             return Err(format!("L2 {l2} is already running"));
         }
         let mut assigned = Vec::new();
+        let mut vdpa = Vec::new();
         for d in devices {
             if st.is_open(d) {
                 return Err(format!(
                     "device {d} is open in the agent: close-device before giving it to an L2"
                 ));
             }
+            let model = st
+                .devices
+                .get(d)
+                .map(|x| x.model)
+                .ok_or_else(|| format!("unknown device {d}"))?;
+            if let Some(spec) = model.vdpa() {
+                // created and bound to vhost_vdpa, left for the VMM to open
+                let node = crate::vdpa::VhostNode::create(d, spec)?;
+                say!(
+                    "{d}: vDPA device for the L2's VMM at {}",
+                    node.node.display()
+                );
+                assigned.push((
+                    d.clone(),
+                    L2Backing::VhostVdpa {
+                        node: node.node.display().to_string(),
+                    },
+                ));
+                vdpa.push(node);
+                continue;
+            }
             let bdf = st.bdf(d)?;
             bind_vfio_pci(&bdf)?;
-            assigned.push((d.clone(), bdf));
+            assigned.push((d.clone(), L2Backing::Vfio { bdf }));
         }
         let last_sent = &mut self.last_sent;
         let mut tick = || {
@@ -140,7 +173,7 @@ impl Runner {
             }
         };
         let (vm, ready, took) =
-            crate::nested::L2Linux::start(l2, &assigned, queues, append, hotplug, &mut tick)
+            crate::nested::L2Linux::start(l2, &assigned, vdpa, queues, append, hotplug, &mut tick)
                 .map_err(|e| format!("{l2}: {e}"))?;
         let wire::L2Message::Ready {
             uptime_ms, nics, ..
@@ -221,8 +254,9 @@ impl Runner {
         let end = self.settled_cut(st, pos, index, send)?;
         let posted_after =
             self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let injected = self.injected_between(&start, &end);
-        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2)?;
+        let msis = self.injected_between(&start, &end);
+        let injected = msis.len() as u64;
+        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2, &msis)?;
         say!(
             "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
             vectors_line(&vectors)
@@ -247,7 +281,10 @@ impl Runner {
 pub(super) fn vectors_line(vectors: &[wire::L2VectorCount]) -> String {
     vectors
         .iter()
-        .map(|v| format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered))
+        .map(|v| match v.injected {
+            Some(i) => format!("{} KVM {i} L2 {}", v.vector, v.delivered),
+            None => format!("{} L1 {} L2 {}", v.vector, v.host_irq, v.delivered),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -270,6 +307,72 @@ pub(super) fn say_injected_posted(
     posted
 }
 
+/// The APIC vectors of the MSIs KVM injected during a step (`kvm_msi_set_irq`).
+pub(super) fn injected_vectors(acc: &[crate::trace::TraceRecord]) -> Vec<u32> {
+    acc.iter()
+        .filter_map(|r| match r.event {
+            KEvent::Msi { vec, .. } => Some(vec),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A virtio-net's vector in L2 by its action (`virtio0-input.0`): the
+/// virtqueue it signals (receive queue k is vq 2k, transmit queue k is vq
+/// 2k + 1) as the scenario names it (`vdpa0/vq1`), or the configuration
+/// vector (`vdpa0/config`).
+pub(super) fn virtio_vector_name(device: &str, action: &str) -> Option<String> {
+    let what = action.split_once('-').map_or(action, |(_, w)| w);
+    if what == "config" {
+        return Some(format!("{device}/config"));
+    }
+    let (dir, k) = what.split_once('.')?;
+    let k: u32 = k.parse().ok()?;
+    let vq = match dir {
+        "input" => 2 * k,
+        "output" => 2 * k + 1,
+        _ => return None,
+    };
+    Some(format!("{device}/vq{vq}"))
+}
+
+/// Per MSI-X vector of an L2's device, as [`l2_vectors`] says; a vDPA
+/// device (a virtio-net in L2, vhost-vdpa in L1) has no L1 line: its L2
+/// vectors are taken from L2's /proc/interrupts, each with what KVM
+/// injected on its APIC vector (`injected`: the MSI vectors of the step's
+/// `kvm_msi_set_irq` events).
+fn vdpa_vectors(
+    name: &str,
+    l2_bdf: &str,
+    l2_deltas: &std::collections::BTreeMap<(String, u32), (String, u64)>,
+    after: &[wire::L2Irq],
+    injected: &[u32],
+) -> Vec<wire::L2VectorCount> {
+    let mut out = Vec::new();
+    for ((bdf, index), (action, delivered)) in l2_deltas {
+        if bdf != l2_bdf {
+            continue;
+        }
+        let apic = after
+            .iter()
+            .find(|i| i.bdf == *bdf && i.index == *index)
+            .and_then(|i| i.apic_vector);
+        out.push(wire::L2VectorCount {
+            vector: virtio_vector_name(name, action)
+                .unwrap_or_else(|| format!("{name}/msix{index}")),
+            l2_action: action
+                .split_once('-')
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default(),
+            host_irq: 0,
+            host_chip: None,
+            delivered: *delivered,
+            injected: apic.map(|a| injected.iter().filter(|v| **v == u32::from(a)).count() as u64),
+        });
+    }
+    out
+}
+
 pub(super) fn l2_vectors(
     st: &JobState,
     devices: &[(String, String, String)],
@@ -277,6 +380,7 @@ pub(super) fn l2_vectors(
     l1_after: &str,
     before: &[wire::L2Irq],
     after: &[wire::L2Irq],
+    injected: &[u32],
 ) -> Result<Vec<wire::L2VectorCount>, String> {
     let l2_deltas = crate::l2linux::deltas(before, after);
     let mut vectors = Vec::new();
@@ -286,6 +390,10 @@ pub(super) fn l2_vectors(
             .get(name)
             .map(|d| d.model)
             .ok_or_else(|| format!("unknown device {name}"))?;
+        if model.vdpa().is_some() {
+            vectors.extend(vdpa_vectors(name, l2_bdf, &l2_deltas, after, injected));
+            continue;
+        }
         for n in 0..model.vectors() {
             let line = vfio_irq_name("msix", n, l1_bdf);
             let b = find_line(l1_before, &line).map(|l| l.count).unwrap_or(0);
@@ -305,8 +413,35 @@ pub(super) fn l2_vectors(
                 host_irq: a.as_ref().map(|l| l.count.saturating_sub(b)).unwrap_or(0),
                 host_chip: a.map(|l| normalize_chip(&l.chip)),
                 delivered: l2.map(|(_, c)| *c).unwrap_or(0),
+                injected: None,
             });
         }
     }
     Ok(vectors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_vectors_are_named_by_their_virtqueue() {
+        assert_eq!(
+            virtio_vector_name("vdpa0", "virtio0-input.0").as_deref(),
+            Some("vdpa0/vq0")
+        );
+        assert_eq!(
+            virtio_vector_name("vdpa0", "virtio0-output.0").as_deref(),
+            Some("vdpa0/vq1")
+        );
+        assert_eq!(
+            virtio_vector_name("vdpa0", "virtio3-output.1").as_deref(),
+            Some("vdpa0/vq3")
+        );
+        assert_eq!(
+            virtio_vector_name("vdpa0", "virtio0-config").as_deref(),
+            Some("vdpa0/config")
+        );
+        assert_eq!(virtio_vector_name("vdpa0", "virtio0-weird"), None);
+    }
 }

@@ -667,12 +667,15 @@ fn producer_registered(r: &Report, vector: &str) -> (bool, String) {
     )])
 }
 
-/// A step that gives `dev`'s vectors their eventfds.
+/// A step that gives `dev`'s vectors their eventfds: an enable step, or
+/// a `start-l2` whose VMM opens `dev` (a vDPA device through vhost-vdpa;
+/// the scenario checker lets `no-producer` name such a device only then).
 fn wires(s: &Step, dev: &str) -> bool {
     match s {
         Step::EnableMsi { device, .. }
         | Step::EnableMsix { device, .. }
         | Step::EnableVqs { device, .. } => device == dev,
+        Step::StartL2 { devices, .. } => devices.iter().any(|d| d == dev),
         _ => false,
     }
 }

@@ -25,10 +25,18 @@ pub(super) fn traffic_lines(l2: &L2StepReport) -> Vec<String> {
 /// IOMMU posted any.
 pub(super) fn delivery_lines(l2: &L2StepReport) -> Vec<String> {
     let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
-    let inj = match l2.injected {
-        Some(i) if i == l1 => "= L1's device interrupts".to_string(),
-        Some(i) => format!("{i}, L1 took {l1}"),
-        None => "not counted".to_string(),
+    let irqfd = irqfd_injections(l2);
+    let inj = match (l2.injected, irqfd) {
+        (Some(i), None) if i == l1 => "= L1's device interrupts".to_string(),
+        (Some(i), None) => format!("{i}, L1 took {l1}"),
+        (Some(i), Some(f)) if i == l1 + f && l1 == 0 => {
+            "= the vhost-vdpa vectors' irqfd injections (no L1 irq line)".to_string()
+        }
+        (Some(i), Some(f)) if i == l1 + f => {
+            "= L1's device interrupts + the vhost-vdpa vectors' irqfd injections".to_string()
+        }
+        (Some(i), Some(f)) => format!("{i}, L1 took {l1}, the vhost-vdpa vectors' {f}"),
+        (None, _) => "not counted".to_string(),
     };
     let mut lines = vec![format!("KVM's injections into L2 {inj}")];
     match l2.posted {
@@ -37,6 +45,26 @@ pub(super) fn delivery_lines(l2: &L2StepReport) -> Vec<String> {
         Some(_) => lines.push("posted by the IOMMU: > 0".into()),
     }
     lines
+}
+
+/// What KVM injected on the vectors that have no L1 line (vhost-vdpa
+/// without per-queue IRQs), summed; None where the step has none.
+fn irqfd_injections(l2: &L2StepReport) -> Option<u64> {
+    l2.vectors
+        .iter()
+        .filter(|v| v.host_chip.is_none())
+        .filter_map(|v| v.injected)
+        .reduce(|a, b| a + b)
+}
+
+/// What a vector was raised as, as far as L1 can tell: its L1 host IRQ
+/// line's count, or where it has none (vhost-vdpa whose parent signals
+/// the call eventfd from kernel code) KVM's irqfd injections on it.
+fn raised(v: &L2VectorCount) -> u64 {
+    match (&v.host_chip, v.injected) {
+        (None, Some(i)) => i,
+        _ => v.host_irq,
+    }
 }
 
 /// The consumer name of an L2 VMM's irqfd with no producer (the agent's
@@ -52,9 +80,13 @@ const NO_PRODUCER: &str = "no-producer-";
 /// amd-avic) were INTx irqfds named after a vector whose eventfd and
 /// irqfd later took their addresses, which the agent no longer does; a
 /// real re-assignment stays shown as its net change.
+///
+/// `vdpa`: an L2 has a vDPA device, whose virtqueues' irqfds have no
+/// producer either (vdpa_sim has no per-queue IRQ).
 pub(super) fn shown_events<'e>(
     events: &'e [BypassEvent],
     l2s: &[&str],
+    vdpa: bool,
 ) -> (Vec<&'e BypassEvent>, Option<String>) {
     let vmm = |c: &str| c.split_once(':').is_some_and(|(p, _)| l2s.contains(&p));
     let no_producer = |c: &str| {
@@ -77,8 +109,16 @@ pub(super) fn shown_events<'e>(
             _ => out.push(ev),
         }
     }
+    let which = if vdpa {
+        "QEMU's irqfds of the vDPA device's virtqueues, or INTx irqfds"
+    } else {
+        "QEMU's INTx irqfds"
+    };
     let summary = (reg + unreg > 0).then(|| {
-        format!("consumers without a producer (QEMU's INTx irqfds) registered and unregistered, net {:+}", reg - unreg)
+        format!(
+            "consumers without a producer ({which}) registered and unregistered, net {:+}",
+            reg - unreg
+        )
     });
     (out, summary)
 }
@@ -88,6 +128,16 @@ pub(super) fn shown_events<'e>(
 pub fn l2_vector_counts(v: &L2VectorCount, posted: Option<u64>) -> String {
     let chip = v.host_chip.as_deref().unwrap_or("no irq line");
     let posting = posted.is_some_and(|p| p > 0);
+    if let (None, Some(inj)) = (&v.host_chip, v.injected) {
+        // vhost-vdpa without per-queue IRQs: KVM's irqfd is the first count
+        return match (inj, v.delivered) {
+            (0, 0) => format!("none  ({chip})"),
+            (0, _) if posting => format!("KVM injected 0, delivered in L2 > 0: posted  ({chip})"),
+            (a, b) if b > a => format!("KVM injected {a} < delivered in L2 {b}  ({chip})"),
+            (_, 0) => format!("KVM injected > 0, never delivered in L2  ({chip})"),
+            _ => format!("KVM injected >= delivered in L2 > 0  ({chip})"),
+        };
+    }
     match (v.host_irq, v.delivered) {
         (0, 0) => format!("none  ({chip})"),
         // nothing through L1: the IOMMU posted them into the L2 vCPU
@@ -160,7 +210,8 @@ pub(super) fn l2_lossless(r: &Report) -> (bool, String) {
             continue;
         };
         match step {
-            Step::L2Traffic { to, frames, .. } => {
+            Step::L2Traffic { frames, .. } => {
+                let to = step.l2_traffic_to().unwrap_or_default();
                 traffic_problems(k, to, *frames, l2, &mut problems)
             }
             Step::L2Link { device, flaps, .. } => {
@@ -198,7 +249,10 @@ fn traffic_problems(
     let rx: u64 = l2
         .vectors
         .iter()
-        .filter(|v| v.vector.starts_with(&format!("{to}/")) && v.l2_action.starts_with("rx"))
+        .filter(|v| {
+            v.vector.starts_with(&format!("{to}/"))
+                && (v.l2_action.starts_with("rx") || v.l2_action.starts_with("input"))
+        })
         .map(|v| v.delivered)
         .sum();
     if rx == 0 {
@@ -211,10 +265,21 @@ fn traffic_problems(
 /// What every counted L2 step must account for: KVM injected what L1
 /// took, no vector ran in L2 beyond what L1 took and the IOMMU posted, and
 /// none that L1 took was never delivered.
+///
+/// A vector with no L1 line (vhost-vdpa whose parent has no per-queue
+/// IRQ: vdpa_sim signals the call eventfd, KVM's irqfd injects) is
+/// counted where KVM injects it, per APIC vector: then "raised" is KVM's
+/// injections on it, and KVM's total must be L1's lines plus those (no
+/// MSI injected that no vector of the L2's devices asked for).
 fn accounting_problems(k: usize, l2: &L2StepReport, problems: &mut Vec<String>) {
     let l1: u64 = l2.vectors.iter().map(|v| v.host_irq).sum();
+    let irqfd = irqfd_injections(l2);
     match l2.injected {
-        Some(inj) if inj == l1 => {}
+        Some(inj) if inj == l1 + irqfd.unwrap_or(0) => {}
+        Some(inj) if irqfd.is_some() => problems.push(format!(
+            "step {k}: L1 took {l1} device interrupts and KVM injected {} on the vhost-vdpa vectors, but {inj} into L2 in all",
+            irqfd.unwrap_or(0)
+        )),
         Some(inj) => problems.push(format!(
             "step {k}: L1 took {l1} device interrupts, KVM injected {inj} into L2"
         )),
@@ -223,15 +288,24 @@ fn accounting_problems(k: usize, l2: &L2StepReport, problems: &mut Vec<String>) 
     let beyond_l1: u64 = l2
         .vectors
         .iter()
-        .map(|v| v.delivered.saturating_sub(v.host_irq))
+        .map(|v| v.delivered.saturating_sub(raised(v)))
         .sum();
     match l2.posted {
         None => {
-            for v in l2.vectors.iter().filter(|v| v.delivered > v.host_irq) {
-                problems.push(format!(
-                    "step {k}: {} delivered in L2 {} times, raised (L1) only {}",
-                    v.vector, v.delivered, v.host_irq
-                ));
+            for v in l2.vectors.iter().filter(|v| v.delivered > raised(v)) {
+                if v.host_chip.is_none() && v.injected.is_some() {
+                    problems.push(format!(
+                        "step {k}: {} delivered in L2 {} times, KVM injected it only {}",
+                        v.vector,
+                        v.delivered,
+                        raised(v)
+                    ));
+                } else {
+                    problems.push(format!(
+                        "step {k}: {} delivered in L2 {} times, raised (L1) only {}",
+                        v.vector, v.delivered, v.host_irq
+                    ));
+                }
             }
         }
         Some(posted) => {
@@ -251,12 +325,20 @@ fn accounting_problems(k: usize, l2: &L2StepReport, problems: &mut Vec<String>) 
     for v in l2
         .vectors
         .iter()
-        .filter(|v| v.host_irq > 0 && v.delivered == 0)
+        .filter(|v| raised(v) > 0 && v.delivered == 0)
     {
-        problems.push(format!(
-            "step {k}: {} raised {} times (L1), never delivered in L2",
-            v.vector, v.host_irq
-        ));
+        if v.host_chip.is_none() && v.injected.is_some() {
+            problems.push(format!(
+                "step {k}: {} injected {} times by KVM, never delivered in L2",
+                v.vector,
+                raised(v)
+            ));
+        } else {
+            problems.push(format!(
+                "step {k}: {} raised {} times (L1), never delivered in L2",
+                v.vector, v.host_irq
+            ));
+        }
     }
 }
 
@@ -309,6 +391,7 @@ check = "l2-lossless"
             host_irq,
             host_chip: Some("IR-PCI-MSIX".into()),
             delivered,
+            injected: None,
         }
     }
 
@@ -470,6 +553,119 @@ check = "l2-lossless"
         );
     }
 
+    const VDPA_SCENARIO: &str = r#"
+description = "vdpa_sim_net to a real L2"
+
+[[device]]
+name = "vdpa0"
+model = "vdpa-sim-net"
+
+[[step]]
+action = "start-l2"
+l2 = "l2"
+devices = ["vdpa0"]
+
+[[step]]
+action = "l2-traffic"
+l2 = "l2"
+from = "vdpa0"
+frames = 64
+
+[[step]]
+action = "stop-l2"
+l2 = "l2"
+
+[[expect]]
+check = "l2-lossless"
+"#;
+
+    /// A vhost-vdpa vector: no L1 line, KVM's injections on its APIC vector.
+    fn vdpa_vector(vector: &str, action: &str, injected: u64, delivered: u64) -> L2VectorCount {
+        L2VectorCount {
+            vector: vector.into(),
+            l2_action: action.into(),
+            host_irq: 0,
+            host_chip: None,
+            delivered,
+            injected: Some(injected),
+        }
+    }
+
+    /// The vDPA L2's traffic step: `rx`, `tx` = (KVM injected, L2 delivered).
+    fn vdpa_report(injected: u64, rx: (u64, u64), tx: (u64, u64), received: u64) -> Report {
+        let mut r = report(None, injected, (0, 0), (0, 0));
+        r.scenario =
+            crate::scenario::parse(Path::new("built-kernel/vdpa-sim-l2.toml"), VDPA_SCENARIO)
+                .unwrap();
+        let l2 = r.steps[1].l2.as_mut().unwrap();
+        l2.frames_received = Some(received);
+        l2.vectors = vec![
+            vdpa_vector("vdpa0/config", "config", 0, 0),
+            vdpa_vector("vdpa0/vq0", "input.0", rx.0, rx.1),
+            vdpa_vector("vdpa0/vq1", "output.0", tx.0, tx.1),
+        ];
+        r
+    }
+
+    #[test]
+    fn a_vhost_vdpa_vector_is_counted_where_kvm_injects_it() {
+        let r = vdpa_report(50, (30, 28), (20, 20), 64);
+        assert_eq!(l2_lossless(&r), (true, String::new()));
+        let body = r.body();
+        assert!(
+            body.contains("l2-traffic l2 vdpa0 -> itself (looped back) x64"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "KVM's injections into L2 = the vhost-vdpa vectors' irqfd injections (no L1 irq line)"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "vdpa0/vq0 (input.0)  KVM injected >= delivered in L2 > 0  (no irq line)"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("vdpa0/config (config)  none  (no irq line)"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_vhost_vdpa_vector_handled_beyond_kvms_injections_fails() {
+        let (ok, detail) = l2_lossless(&vdpa_report(50, (30, 31), (20, 20), 64));
+        assert!(!ok);
+        assert!(
+            detail.contains("vdpa0/vq0 delivered in L2 31 times, KVM injected it only 30"),
+            "{detail}"
+        );
+        // an MSI KVM injected that no vector of the L2's devices accounts for
+        let (ok, detail) = l2_lossless(&vdpa_report(51, (30, 28), (20, 20), 64));
+        assert!(!ok);
+        assert!(
+            detail.contains("KVM injected 50 on the vhost-vdpa vectors, but 51 into L2 in all"),
+            "{detail}"
+        );
+        // injected, never handled; nothing on the receive queue; frames lost
+        let (ok, detail) = l2_lossless(&vdpa_report(20, (0, 0), (20, 0), 60));
+        assert!(!ok);
+        assert!(
+            detail.contains("vdpa0/vq1 injected 20 times by KVM, never delivered in L2"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("vdpa0's receive vectors took no interrupt in L2"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("64 frames asked, 64 sent, 60 received"),
+            "{detail}"
+        );
+    }
+
     #[test]
     fn an_l2_vmms_irqfd_churn_is_shown_as_its_net_change() {
         let reg = |c: &str| BypassEvent::ConsumerRegistered {
@@ -494,7 +690,7 @@ check = "l2-lossless"
             unreg("vm0:dev0/msi0"),
             reg("vm0:dev0/msi0"),
         ];
-        let (shown, line) = shown_events(&events, &["l2"]);
+        let (shown, line) = shown_events(&events, &["l2"], false);
         assert_eq!(
             shown,
             vec![&events[0], &p, &events[7], &events[8], &events[9]]
@@ -509,7 +705,7 @@ check = "l2-lossless"
             reg("l2:nic1/msix4"),
             unreg("l2:nic1/msix4"),
         ];
-        let (shown, line) = shown_events(&events, &["l2"]);
+        let (shown, line) = shown_events(&events, &["l2"], false);
         assert_eq!(shown, vec![&events[2]]);
         assert_eq!(line, None);
     }

@@ -137,6 +137,7 @@ check = "l2-lossless"
             host_irq,
             host_chip: Some("IR-PCI-MSIX".into()),
             delivered,
+            injected: None,
         }
     }
 

@@ -1589,6 +1589,64 @@ fn no_producer_passes_without_one_and_fails_on_any() {
     );
 }
 
+const VDPA_SIM_L2: &str = r#"
+description = "vdpa_sim_net to a real L2"
+
+[[device]]
+name = "vdpa0"
+model = "vdpa-sim-net"
+
+[[step]]
+action = "start-l2"
+l2 = "l2"
+devices = ["vdpa0"]
+
+[[step]]
+action = "stop-l2"
+l2 = "l2"
+
+[[expect]]
+check = "no-producer"
+vector = "vdpa0/vq0"
+"#;
+
+#[test]
+fn no_producer_counts_start_l2_as_wiring_a_vdpa_device() {
+    let s = scenario::parse(Path::new("built-kernel/vdpa-sim-l2.toml"), VDPA_SIM_L2).unwrap();
+    let r = Report::from_parts(
+        &s,
+        header(),
+        stock(),
+        vec![step(0, vec![]), step(1, vec![])],
+        done(),
+        None,
+    );
+    passes(&r, "no-producer");
+    // L1's QEMU made vhost-vdpa register one after all
+    let r = Report::from_parts(
+        &s,
+        header(),
+        stock(),
+        vec![step(0, vec![preg("vdpa0/vq0")]), step(1, vec![])],
+        done(),
+        None,
+    );
+    fails(
+        &r,
+        "no-producer",
+        "producer vdpa0/vq0 registered at step 1 (ret 0)",
+    );
+    // the L2 never started: nothing was wired
+    let mut steps = vec![step(0, vec![])];
+    steps[0].error = Some("l2: no answer from L2".into());
+    let r = Report::from_parts(&s, header(), stock(), steps, done(), None);
+    fails(
+        &r,
+        "no-producer",
+        "cannot tell: step 1 (start-l2 l2 with vdpa0",
+    );
+}
+
 #[test]
 fn lossless_of_a_device_without_its_own_irq() {
     // an L1 line for a device that has none is a miscount

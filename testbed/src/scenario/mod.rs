@@ -152,6 +152,18 @@ impl Scenario {
     pub fn needs_l2(&self) -> bool {
         self.steps.iter().any(|s| matches!(s, Step::StartL2 { .. }))
     }
+
+    /// Some `start-l2` gives its L2 a vDPA device (a virtio-net in L2).
+    pub fn l2_has_vdpa(&self) -> bool {
+        self.steps.iter().any(|s| match s {
+            Step::StartL2 { devices, .. } => devices.iter().any(|d| {
+                self.devices
+                    .iter()
+                    .any(|x| x.name == *d && x.model.vdpa().is_some())
+            }),
+            _ => false,
+        })
+    }
 }
 
 impl Expectation {

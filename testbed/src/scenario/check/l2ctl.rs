@@ -74,6 +74,14 @@ impl Checker<'_, '_> {
                         format!("{device} is not a device of L2 {l2} ({})", devs.join(", ")),
                     ));
                 }
+                if let Some(info) = self.devices.get(device.as_str()) {
+                    if info.model.vdpa().is_some() {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} is {}: only a NIC given through vfio-pci can be unplugged from an L2", info.model.label()),
+                        ));
+                    }
+                }
                 if !self.l2ctl.hotplug.contains(l2) {
                     return Err(self.err(
                         "l2",

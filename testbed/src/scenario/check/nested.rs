@@ -31,10 +31,13 @@ impl Checker<'_, '_> {
                 }
                 for d in devices {
                     let info = self.device("devices", d)?;
-                    if !matches!(info.model, DeviceModel::Igb | DeviceModel::E1000e) {
+                    if !matches!(
+                        info.model,
+                        DeviceModel::Igb | DeviceModel::E1000e | DeviceModel::VdpaSimNet
+                    ) {
                         return Err(self.err(
                             "devices",
-                            format!("{d} is {}: an L2 drives only NICs with a Linux driver (igb, e1000e)", info.model.label()),
+                            format!("{d} is {}: an L2 drives only NICs with a Linux driver (igb, e1000e through vfio-pci) and vdpa-sim-net (a virtio-net through vhost-vdpa)", info.model.label()),
                         ));
                     }
                     match info.state {
@@ -64,6 +67,15 @@ impl Checker<'_, '_> {
                         return Err(self.err("devices", format!("{d} is listed twice")));
                     }
                 }
+                // the VMM gives a vDPA device's virtqueues their call
+                // eventfds (KVM's irqfds): start-l2 wires them
+                for d in devices {
+                    if let Some(info) = self.devices.get_mut(d) {
+                        if let Some(spec) = info.model.vdpa() {
+                            info.ever_wired.extend(0..spec.vqs.len() as u32);
+                        }
+                    }
+                }
                 self.linux_l2s.insert(l2.clone(), (k, devices.clone()));
             }
             Step::L2Traffic {
@@ -78,6 +90,7 @@ impl Checker<'_, '_> {
                         format!("no L2 named {l2} is running (no start-l2 {l2} in force)"),
                     ));
                 };
+                let to = to.as_ref().unwrap_or(from);
                 self.l2_usable(l2, &[("from", from), ("to", to)])?;
                 for (key, d) in [("from", from), ("to", to)] {
                     if !devs.contains(d) {
@@ -87,21 +100,35 @@ impl Checker<'_, '_> {
                         ));
                     }
                 }
+                let loops = |d: &str| {
+                    self.devices
+                        .get(d)
+                        .is_some_and(|i| i.model == DeviceModel::VdpaSimNet)
+                };
                 if from == to {
+                    if !loops(from) {
+                        return Err(self.err(
+                            "to",
+                            format!("from and to are both {to}: frames go from one NIC to another (only a device that loops frames back, vdpa-sim-net, sends to itself)"),
+                        ));
+                    }
+                } else if loops(from) || loops(to) {
+                    let d = if loops(from) { from } else { to };
                     return Err(self.err(
                         "to",
-                        format!("from and to are both {to}: frames go from one NIC to another"),
+                        format!("{d} is vdpa-sim-net: it is on no network, it loops its own frames back (leave `to` out, or set it to `from`)"),
                     ));
-                }
-                let hubs: Vec<Option<&String>> = [from, to]
-                    .iter()
-                    .map(|d| self.hubs.get(*d).and_then(|h| h.as_ref()))
-                    .collect();
-                if hubs[0].is_none() || hubs[0] != hubs[1] {
-                    return Err(self.err(
-                        "to",
-                        format!("{from} and {to} must sit on the same hub (hub = \"...\" in both [[device]] tables)"),
-                    ));
+                } else {
+                    let hubs: Vec<Option<&String>> = [from, to]
+                        .iter()
+                        .map(|d| self.hubs.get(*d).and_then(|h| h.as_ref()))
+                        .collect();
+                    if hubs[0].is_none() || hubs[0] != hubs[1] {
+                        return Err(self.err(
+                            "to",
+                            format!("{from} and {to} must sit on the same hub (hub = \"...\" in both [[device]] tables)"),
+                        ));
+                    }
                 }
                 self.l2_counted = true;
                 if !(1..=wire::L2_MAX_FRAMES).contains(frames) {
@@ -125,6 +152,14 @@ impl Checker<'_, '_> {
                     ));
                 }
                 self.l2_usable(l2, &[("device", device)])?;
+                if let Some(info) = self.devices.get(device.as_str()) {
+                    if info.model.vdpa().is_some() {
+                        return Err(self.err(
+                            "device",
+                            format!("{device} is {}: it has no link L0 can flip (l2-link takes an igb or e1000e)", info.model.label()),
+                        ));
+                    }
+                }
                 if !(1..=wire::L2_MAX_FLAPS).contains(flaps) {
                     return Err(self.err(
                         "flaps",
