@@ -23,7 +23,7 @@ use crate::trace::KEvent;
 /// How long a cut may wait for the counts to hold still. e1000e's watchdog,
 /// the only source measured so far, leaves about 2 s between its kicks;
 /// one reading of L2's is a command and its answer over the L2's emulated
-/// UART, in a nested guest under TCG: 0.5-1.3 s at a load average of 4-6,
+/// UART, in a nested guest under TCG: 0.4-1.3 s at a load average of 4-6,
 /// up to 4 s at 10.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
