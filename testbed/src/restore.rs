@@ -169,7 +169,10 @@ pub async fn run_group_from(
     let (mut state, mut saved) = match obtain(cache, &key, cfg, timeouts, on_event).await {
         Obtained::State(state, took) => (state, took),
         Obtained::Blocked(session, outcome, reason) => {
-            return in_session(*session, outcome, scenarios, on_event, reason).await;
+            return in_session(
+                cfg, *session, outcome, scenarios, timeouts, on_event, reason,
+            )
+            .await;
         }
         Obtained::Failed(outcome) => {
             return GroupOutcome {
@@ -694,22 +697,25 @@ async fn shared(
 ) -> GroupOutcome {
     let outcome = runner::run_boot(cfg, scenarios, timeouts, on_event).await;
     GroupOutcome {
-        outcomes: vec![outcome],
+        outcomes: runner::rest_on_new_boots(cfg, outcome, scenarios, timeouts, on_event).await,
         mode: GroupMode::Shared { reason },
     }
 }
 
-/// The rest of a boot restore could not save: its scenarios, shared.
+/// The rest of a boot restore could not save (`cfg`'s): its scenarios,
+/// shared, and after a break the rest on new boots of `cfg`.
 pub(crate) async fn in_session(
+    cfg: &BootConfig,
     session: Session,
     outcome: BootOutcome,
     scenarios: &[&Scenario],
+    timeouts: Timeouts,
     on_event: &mut (dyn FnMut(RunEvent) + Send),
     reason: String,
 ) -> GroupOutcome {
     let outcome = runner::run_in_session(session, outcome, scenarios, on_event).await;
     GroupOutcome {
-        outcomes: vec![outcome],
+        outcomes: runner::rest_on_new_boots(cfg, outcome, scenarios, timeouts, on_event).await,
         mode: GroupMode::Shared {
             reason: format!("QEMU cannot migrate this L1: {reason}"),
         },

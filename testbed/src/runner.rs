@@ -4,7 +4,7 @@
 //! [`Failure`] with a message; QEMU is always reaped.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qmp_client::Qmp;
@@ -51,6 +51,13 @@ pub enum RunEvent {
     },
     PoweringOff {
         variant: &'static str,
+    },
+    /// A shared boot broke in `scenario`; the `rest` it did not run get a
+    /// new boot.
+    BootingForTheRest {
+        variant: &'static str,
+        scenario: String,
+        rest: usize,
     },
 }
 
@@ -213,6 +220,9 @@ pub struct BootOutcome {
     pub runs: Vec<ScenarioRun>,
     pub failure: Option<Failure>,
     pub console_log: PathBuf,
+    /// The index in [`Self::runs`] of the scenario whose failure ended a
+    /// shared boot (those after it are marked not run).
+    pub broken_at: Option<usize>,
 }
 
 impl BootOutcome {
@@ -225,6 +235,7 @@ impl BootOutcome {
             runs: Vec::new(),
             failure: None,
             console_log: cfg.console_log.clone(),
+            broken_at: None,
         }
     }
 }
@@ -285,6 +296,7 @@ pub(crate) async fn run_in_session(
                 message,
                 before_ready: false,
             });
+            outcome.broken_at = Some(i);
             return outcome;
         }
     }
@@ -298,6 +310,73 @@ pub(crate) async fn run_in_session(
     }
     outcome.timings.shutdown = started.elapsed();
     outcome
+}
+
+/// A shared boot that broke leaves the scenarios after the one that broke
+/// it not run: they get a new boot, and so on after each break, so one
+/// scenario (or one emulator hiccup) costs the others a boot, not their
+/// results. Each new boot logs in `rest-<n>-<scenario>/` beside the first,
+/// `n` being its first scenario's place in `scenarios`. Every scenario ends
+/// up in exactly one outcome's runs.
+pub(crate) async fn rest_on_new_boots(
+    cfg: &BootConfig,
+    first: BootOutcome,
+    scenarios: &[&Scenario],
+    timeouts: Timeouts,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> Vec<BootOutcome> {
+    let mut outcomes = vec![first];
+    let mut start = 0;
+    while let Some(last) = outcomes.last_mut() {
+        let Some(broke) = last.broken_at else { break };
+        let next = start + broke + 1;
+        if next >= scenarios.len() {
+            break;
+        }
+        last.runs.truncate(broke + 1);
+        on_event(RunEvent::BootingForTheRest {
+            variant: cfg.variant.name,
+            scenario: scenarios[next - 1].name.clone(),
+            rest: scenarios.len() - next,
+        });
+        let rest = rest_cfg(cfg, next, &scenarios[next].name);
+        let mut outcome = run_boot(&rest, &scenarios[next..], timeouts, on_event).await;
+        if outcome.runs.is_empty() {
+            let why = outcome
+                .failure
+                .as_ref()
+                .map_or("the guest did not boot", |f| f.message.as_str())
+                .to_owned();
+            outcome.runs = scenarios[next..]
+                .iter()
+                .map(|s| ScenarioRun {
+                    scenario: s.name.clone(),
+                    failure: Some(format!("not run: the boot for the rest failed ({why})")),
+                    ..Default::default()
+                })
+                .collect();
+        }
+        outcomes.push(outcome);
+        start = next;
+    }
+    outcomes
+}
+
+/// The configuration of the new boot for `scenarios[n..]` of a broken one.
+fn rest_cfg(cfg: &BootConfig, n: usize, scenario: &str) -> BootConfig {
+    let log_dir = cfg
+        .console_log
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("rest-{n}-{scenario}"));
+    let _ = std::fs::create_dir_all(&log_dir);
+    let runtime_dir = cfg.runtime_dir.join(format!("rest{n}"));
+    let _ = std::fs::create_dir_all(&runtime_dir);
+    BootConfig {
+        console_log: log_dir.join("console.log"),
+        runtime_dir,
+        ..cfg.clone()
+    }
 }
 
 /// A running L1 whose agent said Ready. Dropping it kills QEMU.

@@ -76,6 +76,13 @@ impl Ui {
                     self.status(format!("{variant}: powering off"));
                 }
             }
+            RunEvent::BootingForTheRest {
+                variant,
+                scenario,
+                rest,
+            } => self.line(&format!(
+                "{variant}: {scenario} broke the shared boot: a new boot for the {rest} after it"
+            )),
         }
     }
 

@@ -160,3 +160,66 @@ fn amd_avic_restores_and_stock_amd_ir_falls_back_to_a_shared_boot() {
     assert_eq!(resumed_consoles_of("amd-ir", &stock), 0, "{out}");
     assert_no_qemu_left(tmp.path());
 }
+
+/// Where restore falls back to a shared boot (stock `amd-ir`), a scenario
+/// that breaks the boot (L1 panics) costs the scenarios after it a new
+/// boot, not their results: the next one runs on a boot of its own in
+/// `rest-1-<scenario>/` and matches its snapshot.
+#[test]
+fn a_broken_shared_boot_gives_the_rest_a_new_boot() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("scenarios");
+    std::fs::create_dir(&dir).unwrap();
+    // a directory's files run in name order: the panic first
+    std::fs::copy(common::fixture("panic-l1.toml"), dir.join("a-panic.toml")).unwrap();
+    std::fs::copy(
+        repo().join("scenarios/edu-no-consumer.toml"),
+        dir.join("edu-no-consumer.toml"),
+    )
+    .unwrap();
+    // the panic's new snapshot goes here, not into the repository
+    let snapshots = tmp.path().join("snapshots");
+    std::fs::create_dir_all(snapshots.join("amd-ir")).unwrap();
+    std::fs::copy(
+        repo().join("snapshots/amd-ir/edu-no-consumer.snap"),
+        snapshots.join("amd-ir/edu-no-consumer.snap"),
+    )
+    .unwrap();
+    let results = tmp.path().join("results");
+    let output = testbed()
+        .args(["run", "--variant", "amd-ir", "--results"])
+        .arg(&results)
+        .arg("--snapshots")
+        .arg(&snapshots)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("scenarios share one boot: "), "{out}");
+    assert!(
+        out.contains("a-panic broke the shared boot: a new boot for the 1 after it"),
+        "{out}"
+    );
+    let verdict = |name: &str| {
+        out.lines()
+            .find(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some("amd-ir") && words.next() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no line for {name}: {out}"))
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(verdict("a-panic"), "BROKEN", "{out}");
+    assert_eq!(verdict("edu-no-consumer"), "pass", "{out}");
+    let rest = results.join("amd-ir/boot-0/rest-1-edu-no-consumer/console.log");
+    let console = std::fs::read_to_string(&rest).unwrap_or_else(|e| panic!("{rest:?}: {e}"));
+    assert!(console.contains("job edu-no-consumer done"), "{console}");
+    assert_no_qemu_left(tmp.path());
+}

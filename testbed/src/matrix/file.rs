@@ -14,8 +14,10 @@
 //! kernels-before = "8.0"         # optional: up to (not including) this one
 //! when = "no-irq-remapping"      # the fact that comes with the failure: a
 //!                                # boot's (only scenarios with a device:
-//!                                # vfio-pci) or "irqfd-deassign" (scenarios
-//!                                # that deassign an irqfd)
+//!                                # vfio-pci), "irqfd-deassign" (scenarios
+//!                                # that deassign an irqfd) or "l1-froze-with-l2"
+//!                                # (scenarios that start an L2, whose run
+//!                                # ended with L1 silent: "guest hung")
 //! may-pass = false               # true: a race, a pass is a pass
 //! reason = "why"
 //! ```
@@ -67,6 +69,9 @@ pub enum Fact {
     NoIrqRemapping,
     /// The scenario deassigns an irqfd (`irqfd-deassign`).
     IrqfdDeassign,
+    /// The scenario starts an L2 and its run ended with L1 hung
+    /// (`l1-froze-with-l2`).
+    L1FrozeWithL2,
 }
 
 /// What a cell's scenario does that a [`Fact`] can depend on.
@@ -74,6 +79,10 @@ pub enum Fact {
 pub struct ScenarioFacts {
     pub has_devices: bool,
     pub deassigns_irqfd: bool,
+    pub starts_l2: bool,
+    /// Its run ended with no word from L1's agent ("guest hung"): a fact of
+    /// the cell, not the file, set by the matrix once the cell ran.
+    pub l1_hung: bool,
 }
 
 impl ScenarioFacts {
@@ -84,6 +93,11 @@ impl ScenarioFacts {
                 .steps
                 .iter()
                 .any(|s| matches!(s, wire::Step::IrqfdDeassign { .. })),
+            starts_l2: scenario
+                .steps
+                .iter()
+                .any(|s| matches!(s, wire::Step::StartVm { .. })),
+            l1_hung: false,
         }
     }
 }
@@ -92,6 +106,7 @@ impl Fact {
     const NAMES: &[(&str, Fact)] = &[
         ("no-irq-remapping", Fact::NoIrqRemapping),
         ("irqfd-deassign", Fact::IrqfdDeassign),
+        ("l1-froze-with-l2", Fact::L1FrozeWithL2),
     ];
 
     /// Whether a scenario can fail because of the fact. L1 without
@@ -102,6 +117,7 @@ impl Fact {
         match self {
             Fact::NoIrqRemapping => scenario.has_devices,
             Fact::IrqfdDeassign => scenario.deassigns_irqfd,
+            Fact::L1FrozeWithL2 => scenario.starts_l2,
         }
     }
 
@@ -115,6 +131,12 @@ impl Fact {
 }
 
 impl KnownFailure {
+    /// Whether some kernel release is in both entries' ranges.
+    fn overlaps(&self, other: &KnownFailure) -> bool {
+        let before = |k: &KnownFailure, v: (u32, u32)| k.kernels_before.is_none_or(|b| v < b);
+        before(self, other.kernels_from) && before(other, self.kernels_from)
+    }
+
     /// Whether the entry is about this cell's variant and kernel release
     /// (`uname -r`, e.g. `7.3.4+deb13-amd64`).
     pub fn covers(&self, variant: &str, release: Option<&str>) -> bool {
@@ -322,11 +344,14 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixFile, MatrixFileError> {
         };
         if known_failures
             .iter()
-            .any(|o: &KnownFailure| o.variant == known.variant)
+            .any(|o: &KnownFailure| o.variant == known.variant && o.overlaps(&known))
         {
             return Err(error(
                 span,
-                format!("known-failure: variant {:?} has two entries", variant.name),
+                format!(
+                    "known-failure: variant {:?} has two entries for the same kernels",
+                    variant.name
+                ),
             ));
         }
         known_failures.push(known);
@@ -412,7 +437,7 @@ mod tests {
         );
         assert_eq!(
             err(&KNOWN.replace("no-irq-remapping", "no-ir")),
-            "m/matrix.toml:4:8: unknown fact \"no-ir\" (known: no-irq-remapping, irqfd-deassign)"
+            "m/matrix.toml:4:8: unknown fact \"no-ir\" (known: no-irq-remapping, irqfd-deassign, l1-froze-with-l2)"
         );
         assert_eq!(
             err(&KNOWN.replace("when", "kernels-before = \"7.3\"\nwhen")),
@@ -431,7 +456,17 @@ mod tests {
         );
         assert!(err(&KNOWN.replace("reason", "because")).starts_with("m/matrix.toml:"));
         assert!(err(&format!("{KNOWN}{KNOWN}"))
-            .contains("known-failure: variant \"amd-ir\" has two entries"));
+            .contains("known-failure: variant \"amd-ir\" has two entries for the same kernels"));
+        // one variant, kernel ranges apart: both stand; overlapping: an error
+        let older = KNOWN
+            .replace("\"7.3\"", "\"6.16\"")
+            .replace("when", "kernels-before = \"6.17\"\nwhen");
+        let m = parse(Path::new("m/matrix.toml"), &format!("{KNOWN}{older}")).unwrap();
+        assert_eq!(m.known_failures.len(), 2);
+        let overlapping = KNOWN
+            .replace("\"7.3\"", "\"6.16\"")
+            .replace("when", "kernels-before = \"7.4\"\nwhen");
+        assert!(err(&format!("{KNOWN}{overlapping}")).contains("for the same kernels"));
     }
 
     #[test]

@@ -284,6 +284,7 @@ impl CellResult {
             file::Fact::NoIrqRemapping => platform.is_some_and(|p| p.irq_remapping.is_none()),
             // can_affect: the scenario does
             file::Fact::IrqfdDeassign => true,
+            file::Fact::L1FrozeWithL2 => scenario.l1_hung,
         };
         match self {
             r if r.passed() && k.may_pass => (
@@ -902,22 +903,36 @@ async fn run_unit(
                 }
                 _ => None,
             };
-            match run::boot(
-                options,
-                &target,
-                variant,
-                &unit.scenarios,
-                &unit.devices,
-                &mut |e| progress.event(e),
-            )
-            .await
-            {
-                Ok(o) => UnitL1s {
-                    outcomes: vec![(o, all, false)],
-                    shared_because,
-                    saved: None,
-                },
-                Err(e) => return (error_cells(e), Vec::new()),
+            let cfg =
+                match run::boot_config(options, &target, variant, &unit.scenarios, &unit.devices) {
+                    Ok(c) => c,
+                    Err(e) => return (error_cells(e), Vec::new()),
+                };
+            let timeouts = run::timeouts(options);
+            let first = crate::runner::run_boot(&cfg, &unit.scenarios, timeouts, &mut |e| {
+                progress.event(e)
+            })
+            .await;
+            // the fallback gives the rest of a broken boot a new one; the
+            // boots --share-boots asked for stay as asked
+            let outcomes = if shared_because.is_some() {
+                crate::runner::rest_on_new_boots(&cfg, first, &unit.scenarios, timeouts, &mut |e| {
+                    progress.event(e)
+                })
+                .await
+            } else {
+                vec![first]
+            };
+            UnitL1s {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| {
+                        let of = ran_in(&unit.scenarios, &o);
+                        (o, of, false)
+                    })
+                    .collect(),
+                shared_because,
+                saved: None,
             }
         }
         Start::Restore => {
@@ -932,9 +947,11 @@ async fn run_unit(
             match restore::obtain_state(&cache, &cfg, timeouts, &mut |e| progress.event(e)).await {
                 Obtained::Blocked(session, outcome, reason) => {
                     let group = restore::in_session(
+                        &cfg,
                         *session,
                         outcome,
                         &unit.scenarios,
+                        timeouts,
                         &mut |e| progress.event(e),
                         reason,
                     )
@@ -951,7 +968,10 @@ async fn run_unit(
                         outcomes: group
                             .outcomes
                             .into_iter()
-                            .map(|o| (o, all.clone(), false))
+                            .map(|o| {
+                                let of = ran_in(&unit.scenarios, &o);
+                                (o, of, false)
+                            })
                             .collect(),
                         shared_because: Some(reason),
                         saved: None,
@@ -1076,7 +1096,14 @@ async fn run_unit(
             variant.name,
             kernel.release.as_deref(),
             judged.report.as_ref().map(|r| &r.platform),
-            file::ScenarioFacts::of(scenario),
+            file::ScenarioFacts {
+                // its own hang, not a "not run" after another's
+                l1_hung: judged
+                    .detail
+                    .iter()
+                    .any(|d| d.starts_with("guest hung: no word from the agent")),
+                ..file::ScenarioFacts::of(scenario)
+            },
         );
         judged.detail.extend(known);
         let seconds = outcome
@@ -1183,6 +1210,17 @@ async fn run_unit(
     (cells, boots)
 }
 
+/// The indices of `scenarios` that `outcome` ran (or marked not run);
+/// all of them for a boot that never got to run one.
+fn ran_in(scenarios: &[&Scenario], outcome: &crate::runner::BootOutcome) -> Vec<usize> {
+    let all = 0..scenarios.len();
+    if outcome.runs.is_empty() {
+        return all.collect();
+    }
+    all.filter(|&i| outcome.runs.iter().any(|r| r.scenario == scenarios[i].name))
+        .collect()
+}
+
 /// `--bench`: the same matrix with -j 1 and then -j `jobs`, each into a
 /// fresh temporary results directory, then both wall times and the ratio.
 async fn bench(
@@ -1275,10 +1313,14 @@ mod tests {
     const DEVICE: file::ScenarioFacts = file::ScenarioFacts {
         has_devices: true,
         deassigns_irqfd: false,
+        starts_l2: false,
+        l1_hung: false,
     };
     const NO_DEVICE: file::ScenarioFacts = file::ScenarioFacts {
         has_devices: false,
         deassigns_irqfd: false,
+        starts_l2: false,
+        l1_hung: false,
     };
 
     fn known() -> Vec<file::KnownFailure> {
@@ -1434,6 +1476,56 @@ mod tests {
         );
     }
 
+    /// Stock QEMU's lost wakeup (docs/tcg-lost-wakeup.md): only a hang of
+    /// a scenario that starts an L2 is the known failure; another failure
+    /// of the same cell is not, and a scenario without an L2 is not covered.
+    #[test]
+    fn a_frozen_l1_is_known_only_when_the_scenario_starts_an_l2_and_hung() {
+        let text = "[[known-failure]]\nvariant = \"amd-ir\"\nkernels-from = \"6.16\"\nkernels-before = \"6.17\"\nwhen = \"l1-froze-with-l2\"\nmay-pass = true\nreason = \"lost wakeup\"\n";
+        let k = file::parse(Path::new("matrix.toml"), text)
+            .unwrap()
+            .known_failures;
+        let platform = wire::Platform::default();
+        let r616 = Some("6.16.12+deb13-amd64");
+        let broken = CellResult::Judged(Verdict::Broken);
+        let l2 = file::ScenarioFacts {
+            starts_l2: true,
+            ..DEVICE
+        };
+        let hung = file::ScenarioFacts {
+            l1_hung: true,
+            ..l2
+        };
+        let (r, why) = broken.with_known(&k, "amd-ir", r616, Some(&platform), hung);
+        assert_eq!(r, CellResult::KnownFailure(Verdict::Broken));
+        assert_eq!(
+            why.unwrap(),
+            "known failure (l1-froze-with-l2): lost wakeup"
+        );
+        // broken otherwise (a panic, QEMU gone): still a failure
+        let (r, why) = broken.with_known(&k, "amd-ir", r616, Some(&platform), l2);
+        assert_eq!(r, broken);
+        assert!(why.unwrap().starts_with("not the known failure"));
+        // no L2, no entry
+        let (r, why) = broken.with_known(
+            &k,
+            "amd-ir",
+            r616,
+            Some(&platform),
+            file::ScenarioFacts {
+                l1_hung: true,
+                ..DEVICE
+            },
+        );
+        assert_eq!((r, why), (broken, None));
+        // other lines are not covered
+        let r617 = Some("6.17.13+deb13-amd64");
+        assert_eq!(
+            broken.with_known(&k, "amd-ir", r617, Some(&platform), hung),
+            (broken, None)
+        );
+    }
+
     /// CVE-2026-23198 on 6.17: a race, so a pass is a pass; only scenarios
     /// that deassign an irqfd, only up to 6.18.
     #[test]
@@ -1443,8 +1535,8 @@ mod tests {
             .unwrap()
             .known_failures;
         let deassigns = file::ScenarioFacts {
-            has_devices: true,
             deassigns_irqfd: true,
+            ..DEVICE
         };
         let platform = wire::Platform::default();
         let r617 = Some("6.17.13+deb13-amd64");

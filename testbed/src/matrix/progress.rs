@@ -144,6 +144,18 @@ impl UnitEvents {
                 format!("{scenario}: step {} {action}", index + 1)
             }
             RunEvent::PoweringOff { .. } => "powering off".to_owned(),
+            RunEvent::BootingForTheRest { scenario, rest, .. } => {
+                // a line of its own: the bar's message is gone by the next event
+                let text = format!(
+                    "{}: {scenario} broke the shared boot: a new boot for the {rest} after it",
+                    self.label
+                );
+                match &self.bar {
+                    Some(bar) => bar.println(text),
+                    None => eprintln!("{text}"),
+                }
+                return;
+            }
             _ => return,
         };
         match &self.bar {
