@@ -86,6 +86,27 @@ pub struct BootConfig {
 }
 
 impl BootConfig {
+    /// Another boot of this configuration: its logs in `logs/` beside this
+    /// boot's console log, its sockets in `runtime/` under this one's
+    /// runtime directory (both created, best effort: whatever is missing
+    /// shows when QEMU starts).
+    pub(crate) fn beside(&self, logs: &str, runtime: &str) -> BootConfig {
+        let log_dir = self
+            .console_log
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(logs);
+        let runtime_dir = self.runtime_dir.join(runtime);
+        for dir in [&log_dir, &runtime_dir] {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        BootConfig {
+            console_log: log_dir.join("console.log"),
+            runtime_dir,
+            ..self.clone()
+        }
+    }
+
     pub fn qmp_socket(&self) -> PathBuf {
         self.runtime_dir.join("qmp.sock")
     }

@@ -301,33 +301,11 @@ fn failed_mode(cfg: &BootConfig) -> GroupMode {
 
 /// The configuration of scenario `n`'s restored L1: its own logs and sockets.
 pub(crate) fn scenario_cfg(cfg: &BootConfig, n: usize, scenario: &str) -> BootConfig {
-    let log_dir = cfg
-        .console_log
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!("{n}-{scenario}"));
-    let _ = std::fs::create_dir_all(&log_dir);
-    BootConfig {
-        console_log: log_dir.join("console.log"),
-        runtime_dir: cfg.runtime_dir.join(format!("r{n}")),
-        ..cfg.clone()
-    }
+    cfg.beside(&format!("{n}-{scenario}"), &format!("r{n}"))
 }
 
 fn save_cfg(cfg: &BootConfig) -> BootConfig {
-    let log_dir = cfg
-        .console_log
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("save");
-    let _ = std::fs::create_dir_all(&log_dir);
-    let runtime_dir = cfg.runtime_dir.join("save");
-    let _ = std::fs::create_dir_all(&runtime_dir);
-    BootConfig {
-        console_log: log_dir.join("console.log"),
-        runtime_dir,
-        ..cfg.clone()
-    }
+    cfg.beside("save", "save")
 }
 
 pub(crate) enum Obtained {

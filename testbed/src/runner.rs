@@ -4,7 +4,7 @@
 //! [`Failure`] with a message; QEMU is always reaped.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qmp_client::Qmp;
@@ -339,7 +339,10 @@ pub(crate) async fn rest_on_new_boots(
             scenario: scenarios[next - 1].name.clone(),
             rest: scenarios.len() - next,
         });
-        let rest = rest_cfg(cfg, next, &scenarios[next].name);
+        let rest = cfg.beside(
+            &format!("rest-{next}-{}", scenarios[next].name),
+            &format!("rest{next}"),
+        );
         let mut outcome = run_boot(&rest, &scenarios[next..], timeouts, on_event).await;
         if outcome.runs.is_empty() {
             let why = outcome
@@ -360,23 +363,6 @@ pub(crate) async fn rest_on_new_boots(
         start = next;
     }
     outcomes
-}
-
-/// The configuration of the new boot for `scenarios[n..]` of a broken one.
-fn rest_cfg(cfg: &BootConfig, n: usize, scenario: &str) -> BootConfig {
-    let log_dir = cfg
-        .console_log
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!("rest-{n}-{scenario}"));
-    let _ = std::fs::create_dir_all(&log_dir);
-    let runtime_dir = cfg.runtime_dir.join(format!("rest{n}"));
-    let _ = std::fs::create_dir_all(&runtime_dir);
-    BootConfig {
-        console_log: log_dir.join("console.log"),
-        runtime_dir,
-        ..cfg.clone()
-    }
 }
 
 /// A running L1 whose agent said Ready. Dropping it kills QEMU.
