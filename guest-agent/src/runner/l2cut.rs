@@ -14,10 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use wire::{AgentMessage, L2Command, L2Irq, L2Message, L2VectorCount};
+use wire::{AgentMessage, HostAction, L2Command, L2Irq, L2Message, L2VectorCount};
 
 use super::nested::l2_vectors;
-use super::{JobState, Runner};
+use super::{JobState, Recv, Runner};
 use crate::trace::KEvent;
 
 /// How long a cut may wait for the counts to hold still. e1000e's watchdog,
@@ -26,6 +26,15 @@ use crate::trace::KEvent;
 /// UART, in a nested guest under TCG: 0.4-1.3 s at a load average of 4-6,
 /// up to 4 s at 10.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// What moved during an L2 step, between its two cuts.
+pub(super) struct Measured {
+    /// The IOMMU's posted count after the step (none: it has no counter).
+    pub posted_after: Option<u64>,
+    /// KVM's MSI injections.
+    pub injected: u64,
+    pub vectors: Vec<L2VectorCount>,
+}
 
 /// The counts at a cut.
 pub(super) struct Cut {
@@ -91,10 +100,28 @@ impl Runner {
         }
     }
 
-    /// The vectors of KVM's MSI injections between two cuts, one per
-    /// injection.
-    pub(super) fn injected_between(&self, start: &Cut, end: &Cut) -> Vec<u32> {
-        super::nested::injected_vectors(&self.acc[start.trace..end.trace])
+    /// The end of an L2 step measured from `start`: a settled cut, then
+    /// the IOMMU's posted count, and what moved between the two cuts.
+    pub(super) fn close_cut(
+        &mut self,
+        st: &mut JobState,
+        pos: usize,
+        index: usize,
+        start: &Cut,
+        send: &mut dyn FnMut(AgentMessage),
+        recv: &mut Recv<'_>,
+    ) -> Result<Measured, String> {
+        let end = self.settled_cut(st, pos, index, send)?;
+        let posted_after =
+            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
+        let msis = super::nested::injected_vectors(&self.acc[start.trace..end.trace]);
+        let devices = &st.l2s[pos].1.devices;
+        let vectors = l2_vectors(st, devices, &start.l1, &end.l1, &start.l2, &end.l2, &msis)?;
+        Ok(Measured {
+            posted_after,
+            injected: msis.len() as u64,
+            vectors,
+        })
     }
 
     fn l2_counts(

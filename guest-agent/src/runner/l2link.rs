@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use wire::{AgentMessage, HostAction, L2Command, L2Message};
 
-use super::nested::l2_vectors;
 use super::{JobState, Recv, Runner};
 use crate::nested::L2Linux;
 use crate::say;
@@ -112,12 +111,11 @@ impl Runner {
             }
         }
         let last_irqs = last.map_or(first.link_irqs, |l| l.link_irqs);
-        let end = self.settled_cut(st, pos, index, send)?;
-        let posted_after =
-            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let msis = self.injected_between(&start, &end);
-        let injected = msis.len() as u64;
-        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2, &msis)?;
+        let super::l2cut::Measured {
+            posted_after,
+            injected,
+            vectors,
+        } = self.close_cut(st, pos, index, &start, send, recv)?;
         say!(
             "{l2}: {device} link changed {changes} times in {} ms, its link vector in L2 {} -> {}; {}",
             t0.elapsed().as_millis(),

@@ -251,12 +251,11 @@ impl Runner {
             wire::L2Message::Failed { message } => return Err(format!("{l2}: {message}")),
             other => return Err(format!("{l2} answered {other:?}")),
         };
-        let end = self.settled_cut(st, pos, index, send)?;
-        let posted_after =
-            self.host_action(index, HostAction::IommuPosted, send, recv, &mut || {})?;
-        let msis = self.injected_between(&start, &end);
-        let injected = msis.len() as u64;
-        let vectors = l2_vectors(st, &devices, &start.l1, &end.l1, &start.l2, &end.l2, &msis)?;
+        let super::l2cut::Measured {
+            posted_after,
+            injected,
+            vectors,
+        } = self.close_cut(st, pos, index, &start, send, recv)?;
         say!(
             "{l2}: {sent} frames {from} -> {to}, {received} received; {}",
             vectors_line(&vectors)
