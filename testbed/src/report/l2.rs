@@ -580,14 +580,11 @@ check = "l2-lossless"
 "#;
 
     /// A vhost-vdpa vector: no L1 line, KVM's injections on its APIC vector.
-    fn vdpa_vector(vector: &str, action: &str, injected: u64, delivered: u64) -> L2VectorCount {
+    fn vdpa_vector(name: &str, action: &str, injected: u64, delivered: u64) -> L2VectorCount {
         L2VectorCount {
-            vector: vector.into(),
-            l2_action: action.into(),
-            host_irq: 0,
             host_chip: None,
-            delivered,
             injected: Some(injected),
+            ..vector(name, action, 0, delivered)
         }
     }
 
