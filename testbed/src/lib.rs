@@ -6,6 +6,7 @@ pub mod bisect;
 pub mod bisect_cmd;
 pub mod bootbench;
 pub mod gitbisect;
+pub mod lost_wakeup;
 pub mod matrix;
 pub mod nested;
 pub mod plan;

@@ -70,6 +70,10 @@ pub struct Report {
     /// What the intel-iommu counted while posting L1's own MSIs, where the
     /// variant does that (`Err`: not read); `None` elsewhere.
     pub vtd_pi: Option<Result<VtdPiCounts, String>>,
+    /// This run is a second try: the first stalled on the stock QEMU's lost
+    /// wakeup with this failure. Not part of the body: the second try's
+    /// report is the scenario's.
+    pub retried_after: Option<String>,
 }
 
 impl Report {
@@ -90,6 +94,13 @@ impl Report {
         )
         .with_iommu(run.iommu.clone())
         .with_vtd_pi(run.vtd_pi.clone())
+        .with_retried_after(run.retried_after.clone())
+    }
+
+    /// The same report, marked as a second try after `first`'s stall.
+    pub fn with_retried_after(mut self, first: Option<String>) -> Report {
+        self.retried_after = first;
+        self
     }
 
     /// The same report with the intel-iommu's posting counts over the scenario.
@@ -131,6 +142,7 @@ impl Report {
             failure,
             iommu: None,
             vtd_pi: None,
+            retried_after: None,
         }
     }
 
@@ -579,6 +591,7 @@ impl Report {
                 "error": d.cleanup_error,
             })),
             "failure": self.failure,
+            "retried_after": self.retried_after,
             "interrupts": interrupts,
             "kernel_warnings": self.kernel_warnings().into_iter()
                 .map(|(when, warning)| serde_json::json!({ "when": when, "warning": warning }))

@@ -245,43 +245,58 @@ pub async fn run_group_from(
             )
             .await;
         }
-        match session {
-            Ok(mut session) => {
-                let variant = cfg.variant.name;
-                on_event(RunEvent::ScenarioStarted {
-                    variant,
-                    scenario: scenario.name.clone(),
-                    steps: scenario.steps.len(),
-                });
-                let started = Instant::now();
-                let run = session.run_scenario(scenario, variant, on_event).await;
-                outcome.timings.scenarios.push(started.elapsed());
-                on_event(RunEvent::ScenarioFinished {
-                    variant,
-                    scenario: scenario.name.clone(),
-                });
-                if let Some(message) = &run.failure {
-                    outcome.failure = Some(Failure {
-                        message: message.clone(),
-                        before_ready: false,
-                    });
-                }
-                outcome.runs.push(run);
-                // the guest's state is thrown away: no shutdown inside it
-                let stopped = Instant::now();
-                session.quit().await;
-                outcome.timings.shutdown = stopped.elapsed();
-            }
-            Err(Restore::BadState(message))
-            | Err(Restore::Disturbed(message))
-            | Err(Restore::Failed(message)) => {
-                outcome.failure = Some(Failure {
-                    message,
-                    before_ready: true,
-                });
-            }
-        }
+        run_restored(session, scenario, &mut outcome, on_event).await;
+        let retry = outcome
+            .runs
+            .first()
+            .filter(|r| r.to_retry())
+            .and_then(|r| r.failure.clone());
         outcomes.push(outcome);
+        if let Some(why) = retry {
+            // the stock QEMU's lost wakeup: once more from the same state
+            on_event(RunEvent::Retrying {
+                variant: cfg.variant.name,
+                scenario: scenario.name.clone(),
+                why: why.clone(),
+            });
+            let again = cfg.beside(
+                &format!("{}-{}-retry", first + n, scenario.name),
+                &format!("r{}b", first + n),
+            );
+            let mut outcome = BootOutcome::new(&again);
+            let session = match std::fs::create_dir_all(&again.runtime_dir) {
+                Ok(()) => {
+                    restore_undisturbed(
+                        &again,
+                        &state,
+                        timeouts,
+                        &mut outcome,
+                        on_event,
+                        &scenario.name,
+                    )
+                    .await
+                }
+                Err(e) => Err(Restore::Failed(format!(
+                    "creating {}: {e}",
+                    again.runtime_dir.display()
+                ))),
+            };
+            run_restored(session, scenario, &mut outcome, on_event).await;
+            match outcome.runs.first_mut() {
+                Some(run) => run.retried_after = Some(why),
+                None => outcome.runs.push(ScenarioRun {
+                    scenario: scenario.name.clone(),
+                    failure: outcome.failure.as_ref().map(|f| f.message.clone()),
+                    retried_after: Some(why),
+                    ..Default::default()
+                }),
+            }
+            // the stalled try's outcome keeps its logs, not the scenario
+            if let Some(stalled) = outcomes.last_mut() {
+                stalled.runs.clear();
+            }
+            outcomes.push(outcome);
+        }
     }
     GroupOutcome {
         outcomes,
@@ -289,6 +304,41 @@ pub async fn run_group_from(
             state: state.dir,
             saved,
         },
+    }
+}
+
+/// Runs `scenario` in a restored L1 (or records why there is none) and
+/// ends that L1 without a shutdown: its state is thrown away.
+async fn run_restored(
+    session: Result<Session, Restore>,
+    scenario: &Scenario,
+    outcome: &mut BootOutcome,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) {
+    match session {
+        Ok(mut session) => {
+            let run = session
+                .run_timed(scenario, &mut outcome.timings, on_event)
+                .await;
+            if let Some(message) = &run.failure {
+                outcome.failure = Some(Failure {
+                    message: message.clone(),
+                    before_ready: false,
+                });
+            }
+            outcome.runs.push(run);
+            let stopped = Instant::now();
+            session.quit().await;
+            outcome.timings.shutdown = stopped.elapsed();
+        }
+        Err(Restore::BadState(message))
+        | Err(Restore::Disturbed(message))
+        | Err(Restore::Failed(message)) => {
+            outcome.failure = Some(Failure {
+                message,
+                before_ready: true,
+            });
+        }
     }
 }
 

@@ -427,44 +427,18 @@ pub async fn run(options: RunOptions) -> u8 {
             continue;
         }
         for (i, group) in plan::group(&here, options.fresh_boot).iter().enumerate() {
-            if options.restores() {
-                let outcomes = match prepared
+            let outcomes = if options.restores() {
+                prepared
                     .restore(&options, variant, i, &group.scenarios, &group.devices, &ui)
                     .await
-                {
-                    Ok(o) => o.outcomes,
-                    Err(message) => {
-                        eprintln!("error: {message}");
-                        ui.finish();
-                        return EXIT_SKIP;
-                    }
-                };
-                for scenario in &group.scenarios {
-                    let outcome = outcomes
-                        .iter()
-                        .find(|o| o.runs.iter().any(|r| r.scenario == scenario.name));
-                    let cell = judge(
-                        &prepared.snapshots,
-                        variant,
-                        scenario,
-                        outcome.unwrap_or(&outcomes[0]),
-                    );
-                    ui.line(&format!(
-                        "{:<14} {:<32} {}",
-                        variant.name,
-                        scenario.name,
-                        cell.verdict.label()
-                    ));
-                    cells.push(cell);
-                }
-                boots.extend(outcomes.into_iter().map(|o| (variant.name, o)));
-                continue;
-            }
-            let outcome = match prepared
-                .boot(&options, variant, i, &group.scenarios, &group.devices, &ui)
-                .await
-            {
-                Ok(outcome) => outcome,
+                    .map(|g| g.outcomes)
+            } else {
+                prepared
+                    .boots(&options, variant, i, &group.scenarios, &group.devices, &ui)
+                    .await
+            };
+            let outcomes = match outcomes {
+                Ok(o) => o,
                 Err(message) => {
                     eprintln!("error: {message}");
                     ui.finish();
@@ -472,16 +446,21 @@ pub async fn run(options: RunOptions) -> u8 {
                 }
             };
             for scenario in &group.scenarios {
-                let cell = judge(&prepared.snapshots, variant, scenario, &outcome);
+                let outcome = runner::outcome_of(&outcomes, &scenario.name);
+                let cell = judge(&prepared.snapshots, variant, scenario, outcome);
+                let retried = match cell.report.as_ref().map(|r| &r.retried_after) {
+                    Some(Some(_)) => " (a second try: the first stalled on QEMU's lost wakeup)",
+                    _ => "",
+                };
                 ui.line(&format!(
-                    "{:<14} {:<32} {}",
+                    "{:<14} {:<32} {}{retried}",
                     variant.name,
                     scenario.name,
                     cell.verdict.label()
                 ));
                 cells.push(cell);
             }
-            boots.push((variant.name, outcome));
+            boots.extend(outcomes.into_iter().map(|o| (variant.name, o)));
         }
     }
     ui.finish();
@@ -505,7 +484,9 @@ pub async fn run(options: RunOptions) -> u8 {
 }
 
 impl Prepared {
-    pub(crate) async fn boot(
+    /// Group `index`'s scenarios in one boot, then new boots for whatever
+    /// a break left undone ([`boots`]).
+    pub(crate) async fn boots(
         &self,
         options: &RunOptions,
         variant: &'static Variant,
@@ -513,9 +494,9 @@ impl Prepared {
         scenarios: &[&Scenario],
         devices: &[crate::qemu::PciDevice],
         ui: &Ui,
-    ) -> Result<BootOutcome, String> {
+    ) -> Result<Vec<BootOutcome>, String> {
         let target = self.target(variant, index);
-        boot(options, &target, variant, scenarios, devices, &mut |e| {
+        boots(options, &target, variant, scenarios, devices, &mut |e| {
             ui.run(e)
         })
         .await
@@ -614,6 +595,23 @@ pub async fn boot(
 ) -> Result<BootOutcome, String> {
     let cfg = boot_config(options, target, variant, scenarios, devices)?;
     Ok(runner::run_boot(&cfg, scenarios, timeouts(options), on_event).await)
+}
+
+/// [`boot`], and when a scenario breaks that boot, new boots for the rest
+/// (the scenario itself once more first if it stalled on the stock QEMU's
+/// lost wakeup; `runner::rest_on_new_boots`): one outcome per L1 started.
+pub async fn boots(
+    options: &RunOptions,
+    target: &BootTarget<'_>,
+    variant: &'static Variant,
+    scenarios: &[&Scenario],
+    devices: &[crate::qemu::PciDevice],
+    on_event: &mut (dyn FnMut(runner::RunEvent) + Send),
+) -> Result<Vec<BootOutcome>, String> {
+    let cfg = boot_config(options, target, variant, scenarios, devices)?;
+    let timeouts = timeouts(options);
+    let first = runner::run_boot(&cfg, scenarios, timeouts, on_event).await;
+    Ok(runner::rest_on_new_boots(&cfg, first, scenarios, timeouts, on_event).await)
 }
 
 /// The run's timeouts.
@@ -977,8 +975,8 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
         return Err(EXIT_USAGE);
     }
     let group = plan::group(std::slice::from_ref(scenario), true);
-    let outcome = prepared
-        .boot(
+    let outcomes = prepared
+        .boots(
             options,
             variant,
             0,
@@ -991,7 +989,8 @@ pub async fn probe(options: &RunOptions, ui: &Ui) -> Result<(Report, PathBuf), u
             eprintln!("error: {e}");
             EXIT_SKIP
         })?;
-    match scenario_report(variant, scenario, &outcome) {
+    let outcome = runner::outcome_of(&outcomes, &scenario.name);
+    match scenario_report(variant, scenario, outcome) {
         Ok(report) => Ok((report, outcome.console_log.clone())),
         Err(why) => {
             eprintln!(

@@ -18,6 +18,10 @@ use crate::scenario::Scenario;
 /// Longest a hot-unplug may take: the guest must release the device and eject it.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Silence from the agent after which (and every such span after) the
+/// runner looks for QEMU's lost wakeup ([`crate::lost_wakeup`]).
+const PROBE_AFTER: Duration = Duration::from_secs(10);
+
 /// What the runner tells the UI.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
@@ -58,6 +62,13 @@ pub enum RunEvent {
         variant: &'static str,
         scenario: String,
         rest: usize,
+    },
+    /// `scenario` stalled on the stock QEMU's lost wakeup (`why`, the
+    /// failure): it runs once more on a new L1.
+    Retrying {
+        variant: &'static str,
+        scenario: String,
+        why: String,
     },
 }
 
@@ -109,6 +120,21 @@ pub struct ScenarioRun {
     /// Wall time of each step as the host saw it: from `Run` (or the
     /// previous step's report) to the step's report.
     pub step_times: Vec<Duration>,
+    /// The failure is the stock QEMU's lost wakeup
+    /// ([`crate::lost_wakeup`]): L1 stalled through no fault of the kernel
+    /// under test. (On the patched QEMU, whose 0018-0019 fix that race, a
+    /// stall is a failure like any other: a bug to find.)
+    pub stalled: bool,
+    /// This is a second try on a new L1; the first stalled with this
+    /// failure (its logs stay where the first L1's are).
+    pub retried_after: Option<String>,
+}
+
+impl ScenarioRun {
+    /// The run stalled on QEMU's lost wakeup and gets one more try.
+    pub fn to_retry(&self) -> bool {
+        self.stalled && self.retried_after.is_none()
+    }
 }
 
 /// Deltas of the amd-iommu's interrupt counters (read-only QOM properties
@@ -267,18 +293,9 @@ pub(crate) async fn run_in_session(
 ) -> BootOutcome {
     let variant = session.variant;
     for (i, scenario) in scenarios.iter().enumerate() {
-        on_event(RunEvent::ScenarioStarted {
-            variant,
-            scenario: scenario.name.clone(),
-            steps: scenario.steps.len(),
-        });
-        let started = Instant::now();
-        let run = session.run_scenario(scenario, variant, on_event).await;
-        outcome.timings.scenarios.push(started.elapsed());
-        on_event(RunEvent::ScenarioFinished {
-            variant,
-            scenario: scenario.name.clone(),
-        });
+        let run = session
+            .run_timed(scenario, &mut outcome.timings, on_event)
+            .await;
         let broken = run.failure.clone();
         outcome.runs.push(run);
         if let Some(message) = broken {
@@ -315,9 +332,13 @@ pub(crate) async fn run_in_session(
 /// A shared boot that broke leaves the scenarios after the one that broke
 /// it not run: they get a new boot, and so on after each break, so one
 /// scenario (or one emulator hiccup) costs the others a boot, not their
-/// results. Each new boot logs in `rest-<n>-<scenario>/` beside the first,
-/// `n` being its first scenario's place in `scenarios`. Every scenario ends
-/// up in exactly one outcome's runs.
+/// results. A scenario that broke it by stalling on the stock QEMU's lost
+/// wakeup ([`ScenarioRun::to_retry`]) runs once more first, at the head of
+/// the new boot, its run there saying why (`retried_after`); the stalled
+/// run itself is dropped, its logs stay with its boot. Each new boot logs
+/// in `rest-<n>-<scenario>/` beside the first, `n` being its first
+/// scenario's place in `scenarios`. Every scenario ends up in exactly one
+/// outcome's runs.
 pub(crate) async fn rest_on_new_boots(
     cfg: &BootConfig,
     first: BootOutcome,
@@ -329,16 +350,28 @@ pub(crate) async fn rest_on_new_boots(
     let mut start = 0;
     while let Some(last) = outcomes.last_mut() {
         let Some(broke) = last.broken_at else { break };
-        let next = start + broke + 1;
+        let retry = last
+            .runs
+            .get(broke)
+            .filter(|r| r.to_retry())
+            .and_then(|r| r.failure.clone());
+        let next = start + broke + usize::from(retry.is_none());
         if next >= scenarios.len() {
             break;
         }
-        last.runs.truncate(broke + 1);
-        on_event(RunEvent::BootingForTheRest {
-            variant: cfg.variant.name,
-            scenario: scenarios[next - 1].name.clone(),
-            rest: scenarios.len() - next,
-        });
+        last.runs.truncate(broke + usize::from(retry.is_none()));
+        match &retry {
+            Some(why) => on_event(RunEvent::Retrying {
+                variant: cfg.variant.name,
+                scenario: scenarios[next].name.clone(),
+                why: why.clone(),
+            }),
+            None => on_event(RunEvent::BootingForTheRest {
+                variant: cfg.variant.name,
+                scenario: scenarios[next - 1].name.clone(),
+                rest: scenarios.len() - next,
+            }),
+        }
         let rest = cfg.beside(
             &format!("rest-{next}-{}", scenarios[next].name),
             &format!("rest{next}"),
@@ -359,10 +392,22 @@ pub(crate) async fn rest_on_new_boots(
                 })
                 .collect();
         }
+        if let (Some(why), Some(run)) = (retry, outcome.runs.first_mut()) {
+            run.retried_after = Some(why);
+        }
         outcomes.push(outcome);
         start = next;
     }
     outcomes
+}
+
+/// The outcome among `outcomes` (one L1's each) that ran `scenario`, else
+/// the first: the one whose failure kept it from running.
+pub fn outcome_of<'a>(outcomes: &'a [BootOutcome], scenario: &str) -> &'a BootOutcome {
+    outcomes
+        .iter()
+        .find(|o| o.runs.iter().any(|r| r.scenario == scenario))
+        .unwrap_or(&outcomes[0])
 }
 
 /// A running L1 whose agent said Ready. Dropping it kills QEMU.
@@ -383,6 +428,10 @@ pub(crate) struct Session {
     iommu_counters_vtd: bool,
     vtd_counters: Option<&'static str>,
     variant: &'static str,
+    /// Set when a wait for the agent ended on a lost wakeup.
+    stalled: Option<crate::lost_wakeup::LostWakeup>,
+    /// The variant runs a stock QEMU, whose lost wakeups are retried.
+    stock_qemu: bool,
 }
 
 /// Something that ended the wait for the agent.
@@ -575,11 +624,20 @@ impl Session {
             iommu_counters_vtd: cfg.variant.iommu_counters_are_vtd(),
             vtd_counters: cfg.variant.vtd_counters(),
             variant: cfg.variant.name,
+            stalled: None,
+            stock_qemu: cfg.variant.qemu == crate::variant::QemuKind::Stock,
         }
     }
 
     pub(crate) fn qmp(&self) -> &Qmp {
         &self.qmp
+    }
+
+    /// The last wait for the agent ended on a lost wakeup, and this is a
+    /// stock QEMU, whose lost wakeups get a second try
+    /// ([`ScenarioRun::stalled`]).
+    pub(crate) fn stalled_on_stock_qemu(&self) -> bool {
+        self.stalled.is_some() && self.stock_qemu
     }
 
     /// End QEMU without a guest shutdown (the guest's state is thrown away):
@@ -588,6 +646,30 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.qmp.execute(qapi::qmp::quit {}))
             .await;
         let _ = self.qemu.finish(Duration::from_secs(5)).await;
+    }
+
+    /// [`Self::run_scenario`] between `ScenarioStarted` and
+    /// `ScenarioFinished`, its wall time added to `timings`.
+    pub(crate) async fn run_timed(
+        &mut self,
+        scenario: &Scenario,
+        timings: &mut Timings,
+        on_event: &mut (dyn FnMut(RunEvent) + Send),
+    ) -> ScenarioRun {
+        let variant = self.variant;
+        on_event(RunEvent::ScenarioStarted {
+            variant,
+            scenario: scenario.name.clone(),
+            steps: scenario.steps.len(),
+        });
+        let started = Instant::now();
+        let run = self.run_scenario(scenario, variant, on_event).await;
+        timings.scenarios.push(started.elapsed());
+        on_event(RunEvent::ScenarioFinished {
+            variant,
+            scenario: scenario.name.clone(),
+        });
+        run
     }
 
     pub(crate) async fn run_scenario(
@@ -717,6 +799,7 @@ impl Session {
                 }
                 Interrupt::Failed(message) => {
                     run.failure = Some(message);
+                    run.stalled = self.stalled_on_stock_qemu();
                     return run;
                 }
             }
@@ -856,8 +939,12 @@ impl Session {
 
     /// The agent's next message, or why none will come.
     pub(crate) async fn next_message(&mut self, timeout: Duration, what: &str) -> Interrupt {
+        let since = Instant::now();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let probe = tokio::time::sleep(PROBE_AFTER);
+        tokio::pin!(probe);
+        let mut probing = timeout > PROBE_AFTER;
         loop {
             tokio::select! {
                 line = self.lines.next_line() => {
@@ -904,6 +991,24 @@ impl Session {
                     }
                     let stderr_log = self.console_log.with_file_name("qemu-stderr.log");
                     return Interrupt::Failed(qemu_exit_message(status, &stderr_log, what));
+                }
+                _ = &mut probe, if probing => {
+                    match crate::lost_wakeup::probe(&self.qmp, Duration::from_secs(5)).await {
+                        Some((stuck, looks)) => {
+                            let state = self.write_cpu_state(looks);
+                            let message = format!(
+                                "L1 stalled: {stuck}; no word from the agent for {}s during {what}{state}",
+                                since.elapsed().as_secs()
+                            );
+                            self.stalled = Some(stuck);
+                            return Interrupt::Failed(message);
+                        }
+                        None => {
+                            let next = tokio::time::Instant::now() + PROBE_AFTER;
+                            probing = next < tokio::time::Instant::from_std(since + timeout);
+                            probe.as_mut().reset(next);
+                        }
+                    }
                 }
                 _ = &mut deadline => {
                     let state = self.dump_cpu_state().await;
@@ -964,6 +1069,12 @@ impl Session {
             text.push_str("== inject-nmi sent; the console log has the guest's answer, if any\n");
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+        self.write_cpu_state(text)
+    }
+
+    /// Writes `text` to `cpu-state.txt` beside the console log; returns
+    /// where, for a failure message, or nothing when it could not.
+    fn write_cpu_state(&self, text: String) -> String {
         let path = self.console_log.with_file_name("cpu-state.txt");
         match std::fs::write(&path, text) {
             Ok(()) => format!("\n    CPU state: {}", path.display()),

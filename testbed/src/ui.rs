@@ -83,6 +83,14 @@ impl Ui {
             } => self.line(&format!(
                 "{variant}: {scenario} broke the shared boot: a new boot for the {rest} after it"
             )),
+            RunEvent::Retrying {
+                variant,
+                scenario,
+                why,
+            } => self.line(&format!(
+                "{variant}: {scenario}: {}\n  on the stock QEMU: once more on a new L1",
+                why.lines().next().unwrap_or_default()
+            )),
         }
     }
 

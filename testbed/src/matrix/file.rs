@@ -80,8 +80,9 @@ pub struct ScenarioFacts {
     pub has_devices: bool,
     pub deassigns_irqfd: bool,
     pub starts_l2: bool,
-    /// Its run ended with no word from L1's agent ("guest hung"): a fact of
-    /// the cell, not the file, set by the matrix once the cell ran.
+    /// Its run ended with no word from L1's agent ("guest hung", or "L1
+    /// stalled" on a lost wakeup, twice when the stock QEMU's was retried):
+    /// a fact of the cell, not the file, set by the matrix once the cell ran.
     pub l1_hung: bool,
 }
 

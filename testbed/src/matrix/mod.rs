@@ -1098,10 +1098,10 @@ async fn run_unit(
             judged.report.as_ref().map(|r| &r.platform),
             file::ScenarioFacts {
                 // its own hang, not a "not run" after another's
-                l1_hung: judged
-                    .detail
-                    .iter()
-                    .any(|d| d.starts_with("guest hung: no word from the agent")),
+                l1_hung: judged.detail.iter().any(|d| {
+                    d.starts_with("guest hung: no word from the agent")
+                        || d.starts_with("L1 stalled: ")
+                }),
                 ..file::ScenarioFacts::of(scenario)
             },
         );

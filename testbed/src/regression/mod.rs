@@ -264,7 +264,7 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                 };
                 boots += 1;
                 let t = Instant::now();
-                let outcome = run::boot(
+                let outcomes = run::boots(
                     &options,
                     &target,
                     variant,
@@ -279,15 +279,18 @@ pub async fn main(options: RunOptions, ci_only: bool) -> u8 {
                         .iter()
                         .find(|&&(e, _)| entries[e].scenario.name == scenario.name)
                         .expect("in this group");
-                    let got = match &outcome {
+                    let got = match &outcomes {
                         Err(why) => Got::NoRun(why.clone()),
-                        Ok(o) => match run::scenario_report(variant, scenario, o) {
-                            Ok(report) => verdict(&report),
-                            Err(why) => Got::NoRun(format!(
-                                "{why} (console log: {})",
-                                o.console_log.display()
-                            )),
-                        },
+                        Ok(o) => {
+                            let o = crate::runner::outcome_of(o, &scenario.name);
+                            match run::scenario_report(variant, scenario, o) {
+                                Ok(report) => verdict(&report),
+                                Err(why) => Got::NoRun(format!(
+                                    "{why} (console log: {})",
+                                    o.console_log.display()
+                                )),
+                            }
+                        }
                     };
                     let judged = judge(&entries[entry].regression.kernels[case], &got);
                     ui.line(&format!(

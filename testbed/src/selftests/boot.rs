@@ -42,6 +42,18 @@ pub struct TestRun {
     pub wall: Duration,
     /// Which boot ran it (0, 1, ...), for its console log.
     pub boot: usize,
+    /// It broke the boot by stalling on the stock QEMU's lost wakeup
+    /// (`runner::ScenarioRun::stalled`).
+    pub stalled: bool,
+    /// This is a second try in a new L1; the first stalled with this.
+    pub retried_after: Option<String>,
+}
+
+impl TestRun {
+    /// It stalled on the stock QEMU's lost wakeup and gets one more try.
+    fn to_retry(&self) -> bool {
+        self.stalled && self.retried_after.is_none()
+    }
 }
 
 /// One boot's facts for the report header.
@@ -100,6 +112,8 @@ pub async fn run_tests(
     // every boot of one run has the same variant
     let variant = config(0).map(|c| c.variant.name).unwrap_or_default();
     let mut next = 0;
+    // the failure of a test that stalled, tried once more at the next boot
+    let mut retrying: Option<String> = None;
     while next < tests.len() {
         let index = runs.boots.len();
         let (started, outcome) = match booted.take() {
@@ -138,9 +152,21 @@ pub async fn run_tests(
                 variant,
                 test: test.name.clone(),
             });
-            let run = run_one(&mut session, test, index, timeouts, &count_events).await;
+            let mut run = run_one(&mut session, test, index, timeouts, &count_events).await;
+            run.retried_after = retrying.take();
             let broke = run.broken.clone();
-            runs.tests.push(run);
+            if run.to_retry() {
+                // the stock QEMU's lost wakeup: this test again, first in a new boot
+                next -= 1;
+                on_event(RunEvent::Retrying {
+                    variant,
+                    scenario: test.name.clone(),
+                    why: broke.clone().unwrap_or_default(),
+                });
+                retrying = broke.clone();
+            } else {
+                runs.tests.push(run);
+            }
             if let Some(why) = broke {
                 ended_by = Some(why);
                 break;
@@ -284,10 +310,21 @@ async fn run_restored(
                     variant,
                     test: test.name.clone(),
                 });
-                let run = run_one(&mut session, test, n, timeouts, &avic_events(&outcome)).await;
-                runs.tests.push(run);
+                let mut run =
+                    run_one(&mut session, test, n, timeouts, &avic_events(&outcome)).await;
                 // broken or not, this L1 is thrown away: no shutdown inside it
                 session.quit().await;
+                if run.to_retry() {
+                    let why = run.broken.clone().unwrap_or_default();
+                    on_event(RunEvent::Retrying {
+                        variant,
+                        scenario: test.name.clone(),
+                        why: why.clone(),
+                    });
+                    run = retry_restored(&cfg, &state, test, n, timeouts, runs, on_event).await;
+                    run.retried_after = Some(why);
+                }
+                runs.tests.push(run);
             }
             Err(Restore::BadState(why) | Restore::Disturbed(why) | Restore::Failed(why)) => {
                 runs.tests.push(TestRun {
@@ -300,6 +337,61 @@ async fn run_restored(
         }
     }
     None
+}
+
+/// Test `n` once more, in an L1 restored from `state` with its logs in
+/// `retry/` under test `n`'s; its boot replaces the stalled one's as boot `n`
+/// (the stalled try's evidence is named in its failure).
+async fn retry_restored(
+    cfg: &BootConfig,
+    state: &images::L1State,
+    test: &TestJob,
+    n: usize,
+    timeouts: Timeouts,
+    runs: &mut Runs,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> TestRun {
+    let again = cfg.beside("retry", &format!("t{n}b"));
+    let mut outcome = BootOutcome::new(&again);
+    let session = match std::fs::create_dir_all(&again.runtime_dir) {
+        Ok(()) => {
+            crate::restore::restore_undisturbed(
+                &again,
+                state,
+                timeouts,
+                &mut outcome,
+                on_event,
+                &test.name,
+            )
+            .await
+        }
+        Err(e) => Err(crate::restore::Restore::Failed(format!(
+            "creating {}: {e}",
+            again.runtime_dir.display()
+        ))),
+    };
+    runs.boots[n] = boot_info(&outcome);
+    match session {
+        Ok(mut session) => {
+            on_event(RunEvent::TestStarted {
+                variant: again.variant.name,
+                test: test.name.clone(),
+            });
+            let run = run_one(&mut session, test, n, timeouts, &avic_events(&outcome)).await;
+            session.quit().await;
+            run
+        }
+        Err(
+            crate::restore::Restore::BadState(why)
+            | crate::restore::Restore::Disturbed(why)
+            | crate::restore::Restore::Failed(why),
+        ) => TestRun {
+            name: test.name.clone(),
+            broken: Some(format!("the restored L1 did not come up: {why}")),
+            boot: n,
+            ..Default::default()
+        },
+    }
 }
 
 fn not_run(runs: &mut Runs, rest: &[TestJob], boot: usize, why: &str) {
@@ -400,6 +492,7 @@ async fn run_one(
             }
             Interrupt::Failed(message) => {
                 run.broken = Some(message);
+                run.stalled = session.stalled_on_stock_qemu();
                 break;
             }
         }

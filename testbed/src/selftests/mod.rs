@@ -572,8 +572,12 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         .boots
                         .get(run.boot)
                         .map(|b| b.console_log.display().to_string());
+                    let retried = match run.retried_after {
+                        Some(_) => " (a second try: the first stalled on QEMU's lost wakeup)",
+                        None => "",
+                    };
                     ui.line(&format!(
-                        "{:<14} {:<36} {}",
+                        "{:<14} {:<36} {}{retried}",
                         variant.name,
                         t.to_string(),
                         verdict.outcome.label()
@@ -588,6 +592,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         log,
                         console_log: console,
                         events,
+                        retried_after: run.retried_after.clone(),
                     }
                 }
                 Wanted::Missing(t, why) => Row {
@@ -603,6 +608,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                     log: None,
                     console_log: None,
                     events: None,
+                    retried_after: None,
                 },
             };
             rows.push(row);

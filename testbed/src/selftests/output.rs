@@ -27,6 +27,10 @@ pub struct Row {
     /// whose KVM is kvm_amd).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<wire::EventCounts>,
+    /// A second try in a new L1: the first stalled on the stock QEMU's
+    /// lost wakeup with this failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_after: Option<String>,
 }
 
 /// `N passed, N failed, N skipped` (+ xfail, broken, timeout counts).
@@ -320,6 +324,7 @@ mod tests {
             log: None,
             console_log: None,
             events: None,
+            retried_after: None,
         }
     }
 
