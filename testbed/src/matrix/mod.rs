@@ -1171,6 +1171,7 @@ async fn run_unit(
         restored: false,
         shared_because: None,
     });
+    let shared_boots = l1s.outcomes.iter().filter(|(_, _, r)| !r).count();
     let boots = saving
         .into_iter()
         .chain(l1s.outcomes.iter().map(|(outcome, of, restored)| {
@@ -1193,7 +1194,9 @@ async fn run_unit(
                     .map(|f| f.message.replace(&live_path, &final_path)),
                 qemu_version: outcome.qemu_version.clone(),
                 boot_to_ready: t.boot_to_ready.as_secs_f64(),
-                seconds: if *restored {
+                // the unit's wall time is its one boot's; restored L1s and
+                // the new boots after a break (several per unit) count their own
+                seconds: if *restored || shared_boots > 1 {
                     (t.qemu_start
                         + t.boot_to_ready
                         + t.scenarios.iter().sum::<Duration>()
