@@ -139,7 +139,12 @@ pub async fn run_tests(
                 if index == 0 {
                     runs.no_boot = Some(why.clone());
                 }
+                let first = runs.tests.len();
                 not_run(&mut runs, &tests[next..], index, &why);
+                // a stalled test whose second boot never came up keeps why it was tried again
+                if let (Some(stalled), Some(t)) = (retrying.take(), runs.tests.get_mut(first)) {
+                    t.retried_after = Some(stalled);
+                }
                 break;
             }
         };
