@@ -205,15 +205,7 @@ pub async fn run_group_from(
         if let (Err(Restore::BadState(why)), false) = (&session, resaved) {
             // once per group: a second bad state is not the cache's fault
             resaved = true;
-            eprintln!(
-                "warning: the saved L1 state {} could not be loaded ({why}): discarding it and saving afresh",
-                state.dir.display()
-            );
-            if let Err(e) = tokio::task::block_in_place(|| images::discard_l1_state(cache, &state))
-            {
-                eprintln!("warning: discarding {}: {e}", state.dir.display());
-            }
-            match obtain(cache, &key, cfg, timeouts, on_event).await {
+            match save_afresh(cache, cfg, &state, why, timeouts, on_event).await {
                 Obtained::State(fresh, took) => {
                     state = fresh;
                     saved = took.or(saved);
@@ -233,8 +225,6 @@ pub async fn run_group_from(
                 }
             }
             outcome = BootOutcome::new(&one);
-            // the failed load's QEMU is gone, its agent socket file is not
-            let _ = std::fs::remove_file(one.agent_socket());
             session = restore_undisturbed(
                 &one,
                 &state,
@@ -375,6 +365,26 @@ pub(crate) async fn obtain_state(
     on_event: &mut (dyn FnMut(RunEvent) + Send),
 ) -> Obtained {
     obtain(cache, &state_key(cfg), cfg, timeouts, on_event).await
+}
+
+/// A saved state QEMU could not load (`why`): says so, moves it aside
+/// and boots and saves `cfg`'s L1 afresh.
+pub(crate) async fn save_afresh(
+    cache: &images::Cache,
+    cfg: &BootConfig,
+    state: &images::L1State,
+    why: &str,
+    timeouts: Timeouts,
+    on_event: &mut (dyn FnMut(RunEvent) + Send),
+) -> Obtained {
+    eprintln!(
+        "warning: the saved L1 state {} could not be loaded ({why}): discarding it and saving afresh",
+        state.dir.display()
+    );
+    if let Err(e) = tokio::task::block_in_place(|| images::discard_l1_state(cache, state)) {
+        eprintln!("warning: discarding {}: {e}", state.dir.display());
+    }
+    obtain_state(cache, cfg, timeouts, on_event).await
 }
 
 /// The cached state of `key`, else boot, save and publish it.
@@ -544,6 +554,9 @@ pub(crate) async fn restore_undisturbed(
 ) -> Result<Session, Restore> {
     let mut tries = 1;
     loop {
+        // the QEMU of an earlier load of this L1 (disturbed, or of a bad
+        // state) is gone, its agent socket file is not
+        let _ = std::fs::remove_file(cfg.agent_socket());
         match restore(cfg, state, timeouts, outcome, on_event).await {
             Err(Restore::Disturbed(why)) if tries <= DISTURBED_RETRIES => {
                 eprintln!(
@@ -552,8 +565,6 @@ pub(crate) async fn restore_undisturbed(
                 );
                 tries += 1;
                 *outcome = BootOutcome::new(cfg);
-                // the disturbed QEMU is gone, its agent socket file is not
-                let _ = std::fs::remove_file(cfg.agent_socket());
             }
             Err(Restore::Disturbed(why)) => {
                 return Err(Restore::Disturbed(format!(

@@ -281,32 +281,34 @@ async fn run_restored(
         if let (Err(Restore::BadState(why)), false) = (&session, resaved) {
             // once per run: a second bad state is not the cache's fault
             resaved = true;
-            eprintln!(
-                "warning: the saved L1 state {} could not be loaded ({why}): discarding it and saving afresh",
-                state.dir.display()
-            );
-            if let Err(e) = tokio::task::block_in_place(|| images::discard_l1_state(cache, &state))
-            {
-                eprintln!("warning: discarding {}: {e}", state.dir.display());
-            }
-            match restore::obtain_state(cache, &base, timeouts, on_event).await {
-                Obtained::State(fresh, saved) => {
-                    runs.restored_from = Some((fresh.dir.clone(), saved));
-                    state = fresh;
-                }
-                Obtained::Blocked(s, _, _) => s.quit().await,
-                Obtained::Failed(_) => {}
-            }
-            outcome = BootOutcome::new(&cfg);
-            session = restore::restore_undisturbed(
-                &cfg,
-                &state,
-                timeouts,
-                &mut outcome,
-                on_event,
-                &test.name,
-            )
-            .await;
+            session =
+                match restore::save_afresh(cache, &base, &state, why, timeouts, on_event).await {
+                    Obtained::State(fresh, saved) => {
+                        runs.restored_from = Some((fresh.dir.clone(), saved));
+                        state = fresh;
+                        outcome = BootOutcome::new(&cfg);
+                        restore::restore_undisturbed(
+                            &cfg,
+                            &state,
+                            timeouts,
+                            &mut outcome,
+                            on_event,
+                            &test.name,
+                        )
+                        .await
+                    }
+                    Obtained::Blocked(s, _, reason) => {
+                        s.quit().await;
+                        Err(Restore::Failed(format!(
+                            "saving afresh: migration blocked: {reason}"
+                        )))
+                    }
+                    Obtained::Failed(o) => Err(Restore::Failed(format!(
+                        "saving afresh: {}",
+                        o.failure
+                            .map_or("the saving boot failed".to_owned(), |f| f.message)
+                    ))),
+                };
         }
         runs.boots.push(boot_info(&outcome));
         match session {
