@@ -20,6 +20,9 @@ use std::time::Duration;
 
 use qmp_client::Qmp;
 
+/// What a table line adds for a second try after a stall.
+pub const SECOND_TRY: &str = " (a second try: the first stalled on QEMU's lost wakeup)";
+
 /// How far apart the first and the last look are.
 pub const LOOK_APART: Duration = Duration::from_secs(2);
 /// How many looks a diagnosis takes (evenly spread over [`LOOK_APART`]).

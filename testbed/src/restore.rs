@@ -185,14 +185,6 @@ pub async fn run_group_from(
     for (n, scenario) in scenarios.iter().enumerate() {
         let one = scenario_cfg(cfg, first + n, &scenario.name);
         let mut outcome = BootOutcome::new(&one);
-        if let Err(e) = std::fs::create_dir_all(&one.runtime_dir) {
-            outcome.failure = Some(Failure {
-                message: format!("creating {}: {e}", one.runtime_dir.display()),
-                before_ready: true,
-            });
-            outcomes.push(outcome);
-            continue;
-        }
         let mut session = restore_undisturbed(
             &one,
             &state,
@@ -254,23 +246,15 @@ pub async fn run_group_from(
                 &format!("r{}b", first + n),
             );
             let mut outcome = BootOutcome::new(&again);
-            let session = match std::fs::create_dir_all(&again.runtime_dir) {
-                Ok(()) => {
-                    restore_undisturbed(
-                        &again,
-                        &state,
-                        timeouts,
-                        &mut outcome,
-                        on_event,
-                        &scenario.name,
-                    )
-                    .await
-                }
-                Err(e) => Err(Restore::Failed(format!(
-                    "creating {}: {e}",
-                    again.runtime_dir.display()
-                ))),
-            };
+            let session = restore_undisturbed(
+                &again,
+                &state,
+                timeouts,
+                &mut outcome,
+                on_event,
+                &scenario.name,
+            )
+            .await;
             run_restored(session, scenario, &mut outcome, on_event).await;
             match outcome.runs.first_mut() {
                 Some(run) => run.retried_after = Some(why),
@@ -541,8 +525,9 @@ pub enum Restore {
 /// Restores of one scenario (or selftest) after a disturbed one.
 const DISTURBED_RETRIES: u32 = 2;
 
-/// [`restore`], again while the guest comes back disturbed, at most
-/// [`DISTURBED_RETRIES`] more times; the last failure says how many.
+/// [`restore`] (into `cfg`'s runtime directory, made here), again while
+/// the guest comes back disturbed, at most [`DISTURBED_RETRIES`] more
+/// times; the last failure says how many.
 /// `what` names the scenario or test in the warning.
 pub(crate) async fn restore_undisturbed(
     cfg: &BootConfig,
@@ -552,6 +537,8 @@ pub(crate) async fn restore_undisturbed(
     on_event: &mut (dyn FnMut(RunEvent) + Send),
     what: &str,
 ) -> Result<Session, Restore> {
+    std::fs::create_dir_all(&cfg.runtime_dir)
+        .map_err(|e| Restore::Failed(format!("creating {}: {e}", cfg.runtime_dir.display())))?;
     let mut tries = 1;
     loop {
         // the QEMU of an earlier load of this L1 (disturbed, or of a bad

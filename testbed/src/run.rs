@@ -449,7 +449,7 @@ pub async fn run(options: RunOptions) -> u8 {
                 let outcome = runner::outcome_of(&outcomes, &scenario.name);
                 let cell = judge(&prepared.snapshots, variant, scenario, outcome);
                 let retried = match cell.report.as_ref().map(|r| &r.retried_after) {
-                    Some(Some(_)) => " (a second try: the first stalled on QEMU's lost wakeup)",
+                    Some(Some(_)) => crate::lost_wakeup::SECOND_TRY,
                     _ => "",
                 };
                 ui.line(&format!(

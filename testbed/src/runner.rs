@@ -72,6 +72,23 @@ pub enum RunEvent {
     },
 }
 
+impl RunEvent {
+    /// The line of its own an event that changes the plan deserves (a new
+    /// boot for the rest, a second try), without the variant.
+    pub fn notice(&self) -> Option<String> {
+        match self {
+            RunEvent::BootingForTheRest { scenario, rest, .. } => Some(format!(
+                "{scenario} broke the shared boot: a new boot for the {rest} after it"
+            )),
+            RunEvent::Retrying { scenario, why, .. } => Some(format!(
+                "{scenario}: {}\n  on the stock QEMU: once more on a new L1",
+                why.lines().next().unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// From QEMU start to the agent's Ready.
@@ -429,7 +446,7 @@ pub(crate) struct Session {
     vtd_counters: Option<&'static str>,
     variant: &'static str,
     /// Set when a wait for the agent ended on a lost wakeup.
-    stalled: Option<crate::lost_wakeup::LostWakeup>,
+    stalled: bool,
     /// The variant runs a stock QEMU, whose lost wakeups are retried.
     stock_qemu: bool,
 }
@@ -624,7 +641,7 @@ impl Session {
             iommu_counters_vtd: cfg.variant.iommu_counters_are_vtd(),
             vtd_counters: cfg.variant.vtd_counters(),
             variant: cfg.variant.name,
-            stalled: None,
+            stalled: false,
             stock_qemu: cfg.variant.qemu == crate::variant::QemuKind::Stock,
         }
     }
@@ -637,7 +654,7 @@ impl Session {
     /// stock QEMU, whose lost wakeups get a second try
     /// ([`ScenarioRun::stalled`]).
     pub(crate) fn stalled_on_stock_qemu(&self) -> bool {
-        self.stalled.is_some() && self.stock_qemu
+        self.stalled && self.stock_qemu
     }
 
     /// End QEMU without a guest shutdown (the guest's state is thrown away):
@@ -1000,7 +1017,7 @@ impl Session {
                                 "L1 stalled: {stuck}; no word from the agent for {}s during {what}{state}",
                                 since.elapsed().as_secs()
                             );
-                            self.stalled = Some(stuck);
+                            self.stalled = true;
                             return Interrupt::Failed(message);
                         }
                         None => {

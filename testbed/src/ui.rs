@@ -76,21 +76,11 @@ impl Ui {
                     self.status(format!("{variant}: powering off"));
                 }
             }
-            RunEvent::BootingForTheRest {
-                variant,
-                scenario,
-                rest,
-            } => self.line(&format!(
-                "{variant}: {scenario} broke the shared boot: a new boot for the {rest} after it"
-            )),
-            RunEvent::Retrying {
-                variant,
-                scenario,
-                why,
-            } => self.line(&format!(
-                "{variant}: {scenario}: {}\n  on the stock QEMU: once more on a new L1",
-                why.lines().next().unwrap_or_default()
-            )),
+            RunEvent::BootingForTheRest { variant, .. } | RunEvent::Retrying { variant, .. } => {
+                if let Some(notice) = event.notice() {
+                    self.line(&format!("{variant}: {notice}"))
+                }
+            }
         }
     }
 

@@ -146,18 +146,8 @@ impl UnitEvents {
             RunEvent::PoweringOff { .. } => "powering off".to_owned(),
             RunEvent::BootingForTheRest { .. } | RunEvent::Retrying { .. } => {
                 // a line of its own: the bar's message is gone by the next event
-                let text = match event {
-                    RunEvent::BootingForTheRest { scenario, rest, .. } => format!(
-                        "{}: {scenario} broke the shared boot: a new boot for the {rest} after it",
-                        self.label
-                    ),
-                    RunEvent::Retrying { scenario, why, .. } => format!(
-                        "{}: {scenario}: {}\n  on the stock QEMU: once more on a new L1",
-                        self.label,
-                        why.lines().next().unwrap_or_default()
-                    ),
-                    _ => return,
-                };
+                let Some(notice) = event.notice() else { return };
+                let text = format!("{}: {notice}", self.label);
                 match &self.bar {
                     Some(bar) => bar.println(text),
                     None => eprintln!("{text}"),

@@ -360,23 +360,15 @@ async fn retry_restored(
 ) -> TestRun {
     let again = cfg.beside("retry", &format!("t{n}b"));
     let mut outcome = BootOutcome::new(&again);
-    let session = match std::fs::create_dir_all(&again.runtime_dir) {
-        Ok(()) => {
-            crate::restore::restore_undisturbed(
-                &again,
-                state,
-                timeouts,
-                &mut outcome,
-                on_event,
-                &test.name,
-            )
-            .await
-        }
-        Err(e) => Err(crate::restore::Restore::Failed(format!(
-            "creating {}: {e}",
-            again.runtime_dir.display()
-        ))),
-    };
+    let session = crate::restore::restore_undisturbed(
+        &again,
+        state,
+        timeouts,
+        &mut outcome,
+        on_event,
+        &test.name,
+    )
+    .await;
     runs.boots[n] = boot_info(&outcome);
     match session {
         Ok(mut session) => {

@@ -573,7 +573,7 @@ async fn run_all(args: &SelftestsArgs, inputs: &Inputs, ui: &Ui) -> u8 {
                         .get(run.boot)
                         .map(|b| b.console_log.display().to_string());
                     let retried = match run.retried_after {
-                        Some(_) => " (a second try: the first stalled on QEMU's lost wakeup)",
+                        Some(_) => crate::lost_wakeup::SECOND_TRY,
                         None => "",
                     };
                     ui.line(&format!(
